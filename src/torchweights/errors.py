@@ -1,0 +1,103 @@
+"""The whole exception tree of torchweights.
+
+Every error torchweights raises on purpose derives from :class:`TorchWeightsError` and carries a stable short
+``code`` (for scripts, exit codes and docs). Each concrete error is also a builtin exception, so code that already
+catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
+
+    TorchWeightsError                      base; never raised itself
+    ├── CheckpointNotFoundError            FileNotFoundError   [not-found]
+    ├── CheckpointReadError                OSError             [read-failed]
+    ├── NotACheckpointError                ValueError          [lfs-pointer, html-page, json-document, empty-file,
+    │                                                           gzip, tar, numpy-npy, numpy-npz, gguf, onnx,
+    │                                                           no-tensors, unknown-format, ...]
+    ├── CorruptCheckpointError             ValueError          [truncated, bad-pickle, bad-header, bad-record, ...]
+    │   ├── ShardIndexError                                    [shard-*]
+    │   └── ResourceLimitError                                 [limit-*]
+    ├── UnsafeCheckpointError              ValueError          [unsafe-global]
+    └── UnsupportedCheckpointError         ValueError          [unsupported-*]
+
+Messages say what happened, why, and what to do, in that order.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "CheckpointReadError",
+    "CorruptCheckpointError",
+    "NotACheckpointError",
+    "ResourceLimitError",
+    "ShardIndexError",
+    "TorchWeightsError",
+    "UnsafeCheckpointError",
+    "UnsupportedCheckpointError",
+]
+
+
+class TorchWeightsError(Exception):
+    """Base class of every error torchweights raises on purpose.
+
+    Attributes:
+        code: a stable short identifier such as ``"lfs-pointer"``; documented and safe to match on.
+        message: the human explanation (what, why, what to do).
+        path: the file the error is about, when there is one.
+    """
+
+    default_code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, path: str | None = None) -> None:
+        self.code = code or self.default_code
+        self.message = message
+        self.path = path
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+class CheckpointNotFoundError(TorchWeightsError, FileNotFoundError):
+    """The path does not exist (or names nothing readable)."""
+
+    default_code = "not-found"
+
+
+class CheckpointReadError(TorchWeightsError, OSError):
+    """The operating system refused to read the file (permissions, I/O error)."""
+
+    default_code = "read-failed"
+
+
+class NotACheckpointError(TorchWeightsError, ValueError):
+    """The file is readable but is not a checkpoint (LFS pointer, HTML page, ONNX model, ...)."""
+
+    default_code = "unknown-format"
+
+
+class CorruptCheckpointError(TorchWeightsError, ValueError):
+    """The file claims to be a checkpoint format but its content is broken or inconsistent."""
+
+    default_code = "corrupt"
+
+
+class ShardIndexError(CorruptCheckpointError):
+    """A sharded checkpoint's index is invalid, unsafe, or disagrees with its shards."""
+
+    default_code = "shard-index"
+
+
+class ResourceLimitError(CorruptCheckpointError):
+    """The file asks for more memory, depth or size than a bounded reader allows."""
+
+    default_code = "limit"
+
+
+class UnsafeCheckpointError(TorchWeightsError, ValueError):
+    """The file references code that torchweights will not call (pickle globals not allowed)."""
+
+    default_code = "unsafe-global"
+
+
+class UnsupportedCheckpointError(TorchWeightsError, ValueError):
+    """The file is a valid checkpoint using a feature torchweights does not read yet."""
+
+    default_code = "unsupported"

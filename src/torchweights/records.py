@@ -1,0 +1,162 @@
+"""Lazy descriptions of what a checkpoint holds: tensor records and the checkpoint itself. No bytes, no torch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import dtypes
+
+__all__ = ["Checkpoint", "StorageRef", "TensorRecord"]
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """Where the bytes of one storage live.
+
+    Attributes:
+        key: identifies the storage within its checkpoint; records with the same key share memory.
+        file: path of the file that holds the bytes.
+        offset: absolute byte offset of the first byte in ``file`` (for a zip member, of its data).
+        nbytes: length of the storage in bytes.
+        byteorder: ``"little"`` or ``"big"``: byte order of the stored elements.
+        member: zip member name, when the bytes are inside a zip archive.
+        compression: zip compression method of that member (0 = stored; anything else must be inflated).
+        compressed_size: bytes the member occupies in the file when it is compressed.
+        crc32: expected CRC-32 of the bytes, when the container records one.
+    """
+
+    key: str
+    file: str
+    offset: int
+    nbytes: int
+    byteorder: str = "little"
+    member: str | None = None
+    compression: int = 0
+    compressed_size: int = 0
+    crc32: int | None = None
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One tensor of a checkpoint, described without reading its bytes.
+
+    Attributes:
+        name: dotted name (``state_dict.encoder.weight``; list indices as ``.0``).
+        path: the keys leading to the tensor in the checkpoint's container tree (``("state_dict", "encoder.weight")``).
+        dtype: torch dtype name without prefix (``"bfloat16"``).
+        shape: sizes per dimension.
+        stride: strides in elements.
+        storage_offset: offset of element 0 into the storage, in elements.
+        storage: where the bytes are; None for tensors saved without data (meta device).
+        requires_grad: the flag saved with the tensor.
+        is_parameter: saved as ``nn.Parameter``.
+    """
+
+    name: str
+    path: tuple[str, ...]
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    storage_offset: int
+    storage: StorageRef | None
+    requires_grad: bool = False
+    is_parameter: bool = False
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return dtypes.itemsize(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's elements (``numel * itemsize``), not of its whole storage."""
+        return self.numel * self.itemsize
+
+    @property
+    def byte_range(self) -> tuple[int, int] | None:
+        """``(start, end)`` absolute file offsets spanned by this tensor's elements, or None without storage."""
+        if self.storage is None:
+            return None
+        size = self.itemsize
+        if self.numel == 0:
+            start = self.storage.offset + self.storage_offset * size
+            return (start, start)
+        last = self.storage_offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
+        return (self.storage.offset + self.storage_offset * size, self.storage.offset + (last + 1) * size)
+
+    @property
+    def is_contiguous(self) -> bool:
+        """True when the elements are laid out densely in C order."""
+        expected = 1
+        for n, s in zip(reversed(self.shape), reversed(self.stride)):
+            if n != 1 and s != expected:
+                return False
+            expected *= n
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view for JSON output."""
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "nbytes": self.nbytes,
+        }
+
+
+@dataclass
+class Checkpoint:
+    """Everything known about a checkpoint without reading tensor bytes.
+
+    Attributes:
+        path: what the user opened (file, index file or folder).
+        format: format id (``torch-zip``, ``torch-legacy``, ``safetensors``, ``sharded-safetensors``, ...).
+        files: every file that belongs to the checkpoint.
+        records: dotted name -> :class:`TensorRecord`, in file order.
+        extras: dotted name -> non-tensor leaf (epoch, hyper-parameters, numpy scalars, inert stubs...).
+        globals: every pickle global the file references, as ``module.qualname``, sorted.
+        metadata: format records and free-form metadata (zip ``version``/``byteorder``, safetensors
+            ``__metadata__``, ...).
+        warnings: things worth knowing that did not stop reading (renamed duplicate names, ...).
+    """
+
+    path: str
+    format: str
+    files: tuple[str, ...] = ()
+    records: dict[str, TensorRecord] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    globals: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.records)
+
+    def __getitem__(self, name: str) -> TensorRecord:
+        return self.records[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.records
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of all tensors (shared storages counted per tensor)."""
+        return sum(r.nbytes for r in self.records.values())
+
+    @property
+    def numel(self) -> int:
+        """Total number of elements over all tensors."""
+        return sum(r.numel for r in self.records.values())
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.format} {self.path!r}: {len(self.records)} tensors, {self.nbytes} bytes>"
