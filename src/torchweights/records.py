@@ -25,6 +25,7 @@ class StorageRef:
         compression: zip compression method of that member (0 = stored; anything else must be inflated).
         compressed_size: bytes the member occupies in the file when it is compressed.
         crc32: expected CRC-32 of the bytes, when the container records one.
+        location: device the storage was saved from (``"cpu"``, ``"cuda:0"``), as the file records it.
     """
 
     key: str
@@ -36,6 +37,7 @@ class StorageRef:
     compression: int = 0
     compressed_size: int = 0
     crc32: int | None = None
+    location: str = "cpu"
 
 
 @dataclass(frozen=True)
