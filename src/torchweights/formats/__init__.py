@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import UnsupportedCheckpointError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint
 
@@ -32,11 +33,12 @@ Reader = Callable[[str, ReadOptions], Checkpoint]
 
 
 def _readers() -> dict[str, Reader]:
-    from . import legacy, safetensors, sharded, torch_zip
+    from . import legacy, pickle_file, safetensors, sharded, torch_zip
 
     return {
         "torch-zip": torch_zip.read,
         "torch-legacy": legacy.read,
+        "pickle": pickle_file.read,
         "safetensors": safetensors.read,
         "sharded": sharded.read,
     }
@@ -50,4 +52,25 @@ def open_path(path: str, options: ReadOptions) -> Checkpoint:
     from ..detect import detect
 
     fmt = detect(path)
-    return _readers()[fmt](path, options)
+    reader = _readers().get(fmt)
+    if reader is None:
+        raise UnsupportedCheckpointError(
+            f"'{path}' is a {_FORMAT_NAMES.get(fmt, fmt)}, which torchweights cannot read yet. "
+            f"{_FORMAT_FIXES.get(fmt, '')}".rstrip(),
+            code=f"unsupported-{fmt}",
+            path=path,
+        )
+    return reader(path, options)
+
+
+_FORMAT_NAMES = {
+    "torchscript": "TorchScript archive (torch.jit.save)",
+    "torch-package": "torch.package archive",
+    "legacy-tar": "torch tar file from before torch 0.4",
+    "dcp": "torch.distributed.checkpoint folder",
+}
+_FORMAT_FIXES = {
+    "torchscript": "If you trust it: torch.jit.load(path).state_dict(), then torch.save that dict.",
+    "dcp": "Convert it with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt').",
+    "legacy-tar": "If you trust it, load it with an old torch and re-save it with torch.save.",
+}
