@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["load", "open"]
 
 
-def open(  # noqa: A001 - the public verb is tw.open
+def open(
     path: str | os.PathLike[str],
     *,
     allow_globals: Iterable[str] = (),

@@ -221,7 +221,7 @@ def check_view(name: str, tensor: PickledTensor, storage_nbytes: int, where: str
     except KeyError:
         raise CorruptCheckpointError(
             f"tensor '{name}' in {where} has unknown dtype '{tensor.dtype}'", code="bad-record"
-        )
+        ) from None
     shape, stride = tensor.shape, tensor.stride
     problem = None
     if len(shape) != len(stride):

@@ -6,9 +6,10 @@ exactly as they were saved. Big-endian storages are byte-swapped; compressed zip
 
 from __future__ import annotations
 
+import io
 import zipfile
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from . import dtypes
 from .errors import CheckpointReadError, CorruptCheckpointError
@@ -24,9 +25,9 @@ class _Files:
     """Open file handles, one per path, closed together."""
 
     def __init__(self) -> None:
-        self.handles: dict[str, BinaryIO] = {}
+        self.handles: dict[str, io.BufferedReader] = {}
 
-    def get(self, path: str) -> BinaryIO:
+    def get(self, path: str) -> io.BufferedReader:
         handle = self.handles.get(path)
         if handle is None:
             try:
