@@ -57,7 +57,7 @@ DTYPES: dict[str, DType] = {
         DType("uint16", 2, "U16", None, "uint"),
         DType("uint8", 1, "U8", "ByteStorage", "uint"),
         DType("bool", 1, "BOOL", "BoolStorage", "bool"),
-        DType("complex128", 16, "C128", "ComplexDoubleStorage", "complex"),
+        DType("complex128", 16, None, "ComplexDoubleStorage", "complex"),
         DType("complex64", 8, "C64", "ComplexFloatStorage", "complex"),
         DType("complex32", 4, None, None, "complex"),
         DType("qint8", 1, None, "QInt8Storage", "quantized"),

@@ -1,0 +1,325 @@
+"""``torchweights inspect PATH``: what a checkpoint holds, from its records alone.
+
+Prints the format, files, metadata, tensor and parameter totals, a dtype breakdown, a prefix tree with layer
+indices folded, non-tensor extras, the pickle globals the file references (with a safety verdict each) and reader
+warnings. ``--json`` prints the same facts as one JSON object.
+
+Inspect never reads tensor bytes, never prints tensor values and never imports torch: it works from the
+:class:`~torchweights.records.Checkpoint` that :func:`torchweights.api.open` returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from .. import api
+from ..fold import fold_names, human_bytes, human_count, prefix_tree
+from ..records import Checkpoint
+
+__all__ = ["register", "render_text", "run", "summarize"]
+
+#: Extras values in ``--json`` that are not JSON scalars become their ``repr``, cut to this many characters.
+JSON_REPR_LIMIT = 200
+#: Longest value shown on one line of the text report.
+TEXT_VALUE_LIMIT = 64
+#: Most rows shown per section of the text report (files, metadata, extras); the rest are counted.
+TEXT_ROW_LIMIT = 40
+
+
+# --------------------------------------------------------------------------------------------------- argparse
+
+
+def _depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"depth must be 0 or more, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``inspect`` subcommand to the top-level parser."""
+    parser = subparsers.add_parser(
+        "inspect",
+        help="describe a checkpoint: format, tensors, dtypes, layout, extras, globals",
+        description="Describe a checkpoint without reading tensor data, executing pickle code or importing torch.",
+    )
+    parser.add_argument("path", metavar="PATH", help="checkpoint file, sharded index (*.index.json) or folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    parser.add_argument(
+        "--allow-global",
+        metavar="NAME",
+        action="append",
+        default=[],
+        dest="allow_globals",
+        help="trust pickle global NAME (module.qualname); repeat for several",
+    )
+    parser.add_argument(
+        "--depth",
+        metavar="N",
+        type=_depth,
+        default=3,
+        help="levels of the name tree to show (default 3; 0 hides the tree)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open ``args.path`` and print its report; return the exit code."""
+    ckpt = api.open(args.path, allow_globals=args.allow_globals)
+    if args.json:
+        sys.stdout.write(json.dumps(summarize(ckpt), allow_nan=False) + "\n")
+    else:
+        sys.stdout.write(render_text(ckpt, depth=args.depth))
+    sys.stdout.flush()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- facts
+
+
+def _classifier() -> Callable[[str], str]:
+    """``torchweights.unpickle.classify_global``, or a stand-in answering ``"unknown"`` when it is unavailable."""
+    try:
+        from ..unpickle import classify_global
+    except ImportError:  # pragma: no cover - only while the unpickler is missing
+        return lambda name: "unknown"
+    return classify_global
+
+
+def _file_sizes(files: Iterable[str]) -> list[tuple[str, int | None]]:
+    out: list[tuple[str, int | None]] = []
+    for path in files:
+        try:
+            out.append((path, os.path.getsize(path)))
+        except OSError:
+            out.append((path, None))
+    return out
+
+
+def _dtype_totals(ckpt: Checkpoint) -> dict[str, dict[str, int]]:
+    """``{dtype: {"tensors", "numel", "nbytes"}}``, largest by bytes first."""
+    totals: dict[str, dict[str, int]] = {}
+    for record in ckpt.records.values():
+        entry = totals.setdefault(record.dtype, {"tensors": 0, "numel": 0, "nbytes": 0})
+        entry["tensors"] += 1
+        entry["numel"] += record.numel
+        entry["nbytes"] += record.nbytes
+    return dict(sorted(totals.items(), key=lambda kv: (-kv[1]["nbytes"], -kv[1]["tensors"], kv[0])))
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a stub or foreign object with a broken __repr__ must not stop the report
+        return f"<{type(value).__name__} object>"
+
+
+def _truncate(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in ``...`` when cut."""
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
+_JSON_SCALARS = (str, int, bool, type(None))
+
+
+def _json_scalar(value: Any) -> bool:
+    if type(value) in _JSON_SCALARS:
+        return True
+    return type(value) is float and math.isfinite(value)
+
+
+def _json_extra(value: Any) -> Any:
+    """An extras value for ``--json``: JSON scalars as they are, anything else as its repr cut to 200 characters."""
+    return value if _json_scalar(value) else _truncate(_repr(value), JSON_REPR_LIMIT)
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """Metadata as plain JSON: mappings and sequences kept (string keys), other values as their repr."""
+    if _json_scalar(value):
+        return value
+    if depth < 20:
+        if isinstance(value, Mapping):
+            return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_json_safe(v, depth + 1) for v in value]
+    return _truncate(_repr(value), JSON_REPR_LIMIT)
+
+
+def summarize(ckpt: Checkpoint) -> dict[str, Any]:
+    """Everything ``inspect --json`` prints, as one JSON-ready dict (no tensor values, no tensor bytes)."""
+    classify = _classifier()
+    return {
+        "path": ckpt.path,
+        "format": ckpt.format,
+        "files": [{"path": path, "size": size} for path, size in _file_sizes(ckpt.files)],
+        "metadata": _json_safe(ckpt.metadata),
+        "tensors": [record.to_dict() for record in ckpt.records.values()],
+        "totals": {"tensors": len(ckpt.records), "numel": ckpt.numel, "nbytes": ckpt.nbytes},
+        "dtypes": _dtype_totals(ckpt),
+        "extras": {str(key): _json_extra(value) for key, value in ckpt.extras.items()},
+        "globals": [{"name": name, "verdict": classify(name)} for name in ckpt.globals],
+        "warnings": [str(w) for w in ckpt.warnings],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- text
+
+
+def _clean(text: str) -> str:
+    """Escape control and other non-printable characters so text from a file cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _table(rows: Sequence[Sequence[str]], right: Iterable[int] = (), indent: str = "  ") -> list[str]:
+    """Rows of cells as aligned lines; columns listed in ``right`` are right-aligned."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right_set = set(right)
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(w) if i in right_set else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _more(count: int) -> str:
+    return f"  ... {count} more"
+
+
+def _short(value: Any, limit: int = TEXT_VALUE_LIMIT) -> str:
+    """One line for a value: strings bare, other values as repr, cut to ``limit`` with the full length noted."""
+    text = value if isinstance(value, str) else _repr(value)
+    text = _clean(text)
+    if len(text) > limit:
+        suffix = f"... ({len(text)} chars)"
+        return text[: max(limit - len(suffix), 0)] + suffix
+    return text
+
+
+def _metadata_rows(metadata: Mapping[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """Flatten nested metadata to ``(dotted key, short value)``; deep or large containers are summarised."""
+    rows: list[tuple[str, str]] = []
+    for key, value in metadata.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and depth < 2:
+            rows.extend(_metadata_rows(value, f"{name}.", depth + 1))
+        elif isinstance(value, Mapping):
+            rows.append((name, f"{{{len(value)} keys}}" if value else "{}"))
+        elif isinstance(value, (list, tuple)) and len(_repr(value)) > TEXT_VALUE_LIMIT:
+            rows.append((name, f"{type(value).__name__} of {len(value)} items"))
+        else:
+            rows.append((name, _short(value)))
+    return rows
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _extras_rows(extras: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(key or folded pattern, type, value summary)`` per extras pattern."""
+    rows: list[tuple[str, str, str]] = []
+    for pattern, members in fold_names(str(k) for k in extras):
+        values = [extras[m] for m in members]
+        types = {_type_name(v) for v in values}
+        if len(values) == 1:
+            rows.append((pattern, _type_name(values[0]), _short(values[0])))
+            continue
+        kind = f"{len(values)} x {types.pop()}" if len(types) == 1 else f"{len(values)} x mixed"
+        joined = ", ".join(_short(v, 24) for v in values[:12])
+        rows.append((pattern, kind, _short(joined + (", ..." if len(values) > 12 else ""))))
+    return rows
+
+
+def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
+    """The terminal report of ``inspect`` (ends with a newline)."""
+    lines: list[str] = []
+    sizes = _file_sizes(ckpt.files)
+    known = [s for _, s in sizes if s is not None]
+    total_size = sum(known)
+    numel, nbytes = ckpt.numel, ckpt.nbytes
+
+    head: list[tuple[str, str]] = [("path", _clean(ckpt.path)), ("format", _clean(ckpt.format))]
+    if sizes:
+        count = f"{len(sizes)} file" + ("s" if len(sizes) != 1 else "")
+        size_text = f"{count}, {human_bytes(total_size)} ({total_size:,} bytes)" if known else f"{count}, size unknown"
+        if known and len(known) < len(sizes):
+            size_text += f", {len(sizes) - len(known)} unreadable"
+        head.append(("files", size_text))
+    head += [
+        ("tensors", f"{len(ckpt.records):,}"),
+        ("params", f"{human_count(numel)} ({numel:,})"),
+        ("data", f"{human_bytes(nbytes)} ({nbytes:,} bytes)"),
+    ]
+    lines += _table(head, indent="")
+
+    if len(sizes) > 1 or (sizes and os.path.abspath(sizes[0][0]) != os.path.abspath(ckpt.path)):
+        lines += ["", "files"]
+        rows = [[_clean(p), human_bytes(s) if s is not None else "?"] for p, s in sizes[:TEXT_ROW_LIMIT]]
+        lines += _table(rows, right=[1])
+        if len(sizes) > TEXT_ROW_LIMIT:
+            lines.append(_more(len(sizes) - TEXT_ROW_LIMIT))
+
+    if ckpt.metadata:
+        meta = _metadata_rows(ckpt.metadata)
+        lines += ["", "metadata"]
+        lines += _table([[_clean(k), v] for k, v in meta[:TEXT_ROW_LIMIT]])
+        if len(meta) > TEXT_ROW_LIMIT:
+            lines.append(_more(len(meta) - TEXT_ROW_LIMIT))
+
+    if ckpt.records:
+        lines += ["", "dtypes"]
+        rows = [["dtype", "tensors", "params", "bytes"]]
+        rows += [
+            [dtype, f"{t['tensors']:,}", human_count(t["numel"]), human_bytes(t["nbytes"])]
+            for dtype, t in _dtype_totals(ckpt).items()
+        ]
+        lines += _table(rows, right=[1, 2, 3])
+
+        tree = prefix_tree(((r.name, r.numel, r.nbytes) for r in ckpt.records.values()), max_depth=depth)
+        if tree:
+            lines += ["", "tree"]
+            rows = [["name", "tensors", "params", "bytes"]]
+            rows += [
+                [
+                    "  " * row.depth + _truncate(_clean(row.label), TEXT_VALUE_LIMIT),
+                    f"{row.tensors:,}",
+                    human_count(row.numel),
+                    human_bytes(row.nbytes),
+                ]
+                for row in tree
+            ]
+            lines += _table(rows, right=[1, 2, 3])
+
+    if ckpt.extras:
+        extras = _extras_rows(ckpt.extras)
+        lines += ["", f"extras ({len(ckpt.extras)})"]
+        lines += _table([[_clean(p), t, v] for p, t, v in extras[:TEXT_ROW_LIMIT]])
+        if len(extras) > TEXT_ROW_LIMIT:
+            lines.append(_more(len(extras) - TEXT_ROW_LIMIT))
+
+    if ckpt.globals:
+        classify = _classifier()
+        verdicts = [(classify(name), name) for name in ckpt.globals]
+        counts = {v: sum(1 for verdict, _ in verdicts if verdict == v) for v in ("dangerous", "unknown", "safe")}
+        summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+        lines += ["", f"globals ({len(verdicts)}: {summary})"]
+        lines += _table([[verdict, _clean(name)] for verdict, name in verdicts])
+
+    if ckpt.warnings:
+        lines += ["", f"warnings ({len(ckpt.warnings)})"]
+        lines += [f"  - {_clean(str(w))}" for w in ckpt.warnings]
+
+    return "\n".join(lines) + "\n"
