@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import torchweights.detect as detect_module
-from torchweights.detect import FORMATS, describe_size, detect
+from torchweights.detect import FORMATS, detect
 from torchweights.errors import (
     CheckpointNotFoundError,
     CheckpointReadError,
@@ -480,21 +480,6 @@ def test_magic_prefixed_junk_only_raises_our_errors(tmp_path: Path, magic: bytes
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-
-
-@pytest.mark.parametrize(
-    ("n", "text"),
-    [(0, "0 B"), (134, "134 B"), (999, "999 B"), (1000, "1.0 KB"), (1_234_567, "1.2 MB"), (999_999, "1.0 MB")],
-)
-def test_describe_size(n: int, text: str) -> None:
-    assert describe_size(n) == text
-
-
-def test_describe_size_large_and_negative() -> None:
-    assert describe_size(3_400_000_000) == "3.4 GB"
-    assert describe_size(5 * 10**15) == "5.0 PB"
-    with pytest.raises(ValueError):
-        describe_size(-1)
 
 
 def test_detect_reads_small_slices_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,8 +34,9 @@ from .errors import (
     CorruptCheckpointError,
     NotACheckpointError,
 )
+from .fold import human_bytes
 
-__all__ = ["FORMATS", "describe_size", "detect"]
+__all__ = ["FORMATS", "detect"]
 
 #: Every format id :func:`detect` can return.
 FORMATS = (
@@ -69,24 +70,6 @@ class _Sample:
     path: str
     size: int
     head: bytes
-
-
-def describe_size(n: int) -> str:
-    """Format a byte count for messages: ``134 B``, ``1.2 KB``, ``1.2 MB``, ``3.4 GB`` (decimal units).
-
-    Raises:
-        ValueError: ``n`` is negative.
-    """
-    if n < 0:
-        raise ValueError(f"size must be non-negative, got {n}")
-    if n < 1000:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KB", "MB", "GB", "TB"):
-        value /= 1000
-        if round(value, 1) < 1000:
-            return f"{value:.1f} {unit}"
-    return f"{value / 1000:.1f} PB"
 
 
 def detect(path: str | os.PathLike[str]) -> str:
@@ -250,7 +233,7 @@ def _sniff_lfs_pointer(s: _Sample) -> str | None:
     real = re.search(r"^size (\d+)", text, re.MULTILINE)
     details = [f"oid {oid.group(1)}"] if oid else []
     if real:
-        details.append(f"real size {describe_size(int(real.group(1)))}")
+        details.append(f"real size {human_bytes(int(real.group(1)))}")
     extra = f" ({', '.join(details)})" if details else ""
     raise NotACheckpointError(
         f"{_q(s.path)} is a {s.size}-byte Git LFS pointer{extra}, not the weights: the repository was cloned or "
@@ -281,7 +264,7 @@ def _sniff_safetensors(s: _Sample) -> str | None:
     if 8 + n > s.size:
         raise CorruptCheckpointError(
             f"{_q(s.path)} is a truncated safetensors file: its header says {n} bytes of JSON follow, but the "
-            f"file is only {s.size} bytes ({describe_size(s.size)}), so the download or copy was cut short. "
+            f"file is only {s.size} bytes ({human_bytes(s.size)}), so the download or copy was cut short. "
             "Fix: re-download it.",
             code="truncated",
             path=s.path,
@@ -469,7 +452,7 @@ def _zip_directory(s: _Sample) -> tuple[int, int, int]:
         at = tail.rfind(b"PK\x05\x06", 0, at)
     if at < 0:
         raise CorruptCheckpointError(
-            f"{_q(s.path)} is a zip archive without a central directory ({describe_size(s.size)}): the file is "
+            f"{_q(s.path)} is a zip archive without a central directory ({human_bytes(s.size)}): the file is "
             "incomplete, typically a download or copy that was cut short. Fix: re-download it (or save it again).",
             code="truncated",
             path=s.path,
@@ -480,7 +463,7 @@ def _zip_directory(s: _Sample) -> tuple[int, int, int]:
     if offset + size > s.size:
         raise CorruptCheckpointError(
             f"{_q(s.path)} is a zip archive whose central directory points past the end of the file "
-            f"({describe_size(s.size)}): the file is incomplete or damaged. Fix: re-download it.",
+            f"({human_bytes(s.size)}): the file is incomplete or damaged. Fix: re-download it.",
             code="truncated",
             path=s.path,
         )
@@ -653,7 +636,7 @@ def _sniff_html(s: _Sample) -> str | None:
     title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
     titled = f' titled "{_excerpt(html.unescape(title.group(1)), 100)}"' if title else ""
     raise NotACheckpointError(
-        f"{_q(s.path)} is an HTML web page{titled} ({describe_size(s.size)}), not a checkpoint: typically a login, "
+        f"{_q(s.path)} is an HTML web page{titled} ({human_bytes(s.size)}), not a checkpoint: typically a login, "
         "error or redirect page saved instead of the file. Fix: download the raw file URL (on Hugging Face use "
         "/resolve/ rather than /blob/), with authentication (e.g. `huggingface-cli login` or a token header) if "
         "the file is gated or private.",
@@ -704,7 +687,7 @@ def _sniff_text(s: _Sample) -> str | None:
         return None
     first = next((line for line in text.splitlines() if line.strip()), "")
     raise NotACheckpointError(
-        f'{_q(s.path)} is a text file ({describe_size(s.size)}) starting "{_excerpt(first, 120)}", not a '
+        f'{_q(s.path)} is a text file ({human_bytes(s.size)}) starting "{_excerpt(first, 120)}", not a '
         "checkpoint. Fix: pass the weights file itself (e.g. *.safetensors, *.bin, *.pt).",
         code="text-file",
         path=s.path,
@@ -714,7 +697,7 @@ def _sniff_text(s: _Sample) -> str | None:
 def _unknown(s: _Sample) -> NotACheckpointError:
     """The error for content no sniffer recognised."""
     return NotACheckpointError(
-        f"{_q(s.path)} ({describe_size(s.size)}) is in no format torchweights recognises; it starts with bytes "
+        f"{_q(s.path)} ({human_bytes(s.size)}) is in no format torchweights recognises; it starts with bytes "
         f"{s.head[:16].hex(' ')}. A PyTorch checkpoint starts with 'PK' (torch.save zip), 0x80 (pickle) or an "
         "8-byte length and '{' (safetensors). Fix: check that this is the file you meant and that it was "
         "downloaded completely.",
