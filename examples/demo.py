@@ -1,6 +1,6 @@
 """torchweights demo: the checkpoints that make torch.load painful, read safely. Runs offline on generated data.
 
-    make demo        (or: .venv/bin/python examples/demo.py)
+make demo        (or: .venv/bin/python examples/demo.py)
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.load(path, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - showing torch's own message
+        except Exception as exc:
             print("torch.load(weights_only=True):", textwrap.shorten(str(exc), 200))
         tensors = tw.load(path)
         ckpt = tw.open(path)
