@@ -305,28 +305,29 @@ def _looks_safetensors(data: bytes) -> bool:
     return len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < _SAFETENSORS_MAX_HEADER
 
 
-def _sniff_npy(s: _Sample) -> str | None:
-    """A single numpy array (``numpy.save``)."""
-    if not s.head.startswith(b"\x93NUMPY"):
-        return None
-    raise NotACheckpointError(
-        f"{_q(s.path)} is a NumPy .npy array file, not a PyTorch checkpoint. Fix: load it with "
+#: Foreign formats recognised by their leading magic bytes: (magic, error code, what it is and the fix).
+_MAGIC_FORMATS: tuple[tuple[bytes, str, str], ...] = (
+    (
+        b"\x93NUMPY",
+        "numpy-npy",
+        "is a NumPy .npy array file, not a PyTorch checkpoint. Fix: load it with "
         "`torch.from_numpy(numpy.load(path))`, or convert it to safetensors first.",
-        code="numpy-npy",
-        path=s.path,
-    )
+    ),
+    (
+        b"GGUF",
+        "gguf",
+        "is a GGUF model (llama.cpp format), not a PyTorch checkpoint. Fix: use it with llama.cpp, read it with "
+        "the `gguf` Python package, or convert it back with llama.cpp's conversion scripts.",
+    ),
+)
 
 
-def _sniff_gguf(s: _Sample) -> str | None:
-    """A llama.cpp GGUF model."""
-    if not s.head.startswith(b"GGUF"):
-        return None
-    raise NotACheckpointError(
-        f"{_q(s.path)} is a GGUF model (llama.cpp format), not a PyTorch checkpoint. Fix: use it with llama.cpp, "
-        "read it with the `gguf` Python package, or convert it back with llama.cpp's conversion scripts.",
-        code="gguf",
-        path=s.path,
-    )
+def _sniff_magic(s: _Sample) -> str | None:
+    """Foreign formats with a fixed leading magic (:data:`_MAGIC_FORMATS`)."""
+    for magic, code, explanation in _MAGIC_FORMATS:
+        if s.head.startswith(magic):
+            raise NotACheckpointError(f"{_q(s.path)} {explanation}", code=code, path=s.path)
+    return None
 
 
 def _sniff_hdf5(s: _Sample) -> str | None:
@@ -715,8 +716,7 @@ _SNIFFERS: tuple[Callable[[_Sample], str | None], ...] = (
     _sniff_safetensors,
     _sniff_gzip,
     _sniff_tar,
-    _sniff_npy,
-    _sniff_gguf,
+    _sniff_magic,
     _sniff_hdf5,
     _sniff_onnx,
     _sniff_html,
