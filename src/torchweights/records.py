@@ -95,7 +95,9 @@ class TensorRecord:
 
     @property
     def is_contiguous(self) -> bool:
-        """True when the elements are laid out densely in C order."""
+        """True when the elements are laid out densely in C order (as torch says: empty tensors are)."""
+        if self.numel == 0:
+            return True
         expected = 1
         for n, s in zip(reversed(self.shape), reversed(self.stride)):
             if n != 1 and s != expected:

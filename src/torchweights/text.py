@@ -1,0 +1,56 @@
+"""Message formatting shared by every error and report: quoting names, lists, counts, sizes and shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .fold import human_bytes
+
+__all__ = ["format_bytes", "format_shape", "is_are", "plural", "problem_list", "quote", "quote_list", "shorten_list"]
+
+
+def quote(name: str) -> str:
+    """``name`` in single quotes, as every message quotes names; control characters are escaped (``'a\\x00b'``)."""
+    if not name.isprintable():
+        name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return f"'{name}'"
+
+
+def shorten_list(parts: Iterable[str], limit: int = 8) -> str:
+    """``a, b, c`` joined by commas; folded to ``a, b, … and 12 more`` past ``limit`` parts."""
+    items = list(parts)
+    shown = ", ".join(items[:limit])
+    if len(items) > limit:
+        shown += f", … and {len(items) - limit} more"
+    return shown
+
+
+def quote_list(names: Iterable[str], limit: int = 8) -> str:
+    """``'a', 'b', 'c'``; folded to ``'a', 'b', … and 12 more`` past ``limit`` names."""
+    return shorten_list((quote(n) for n in names), limit)
+
+
+def is_are(count: int) -> str:
+    """``is`` for one thing, ``are`` for several."""
+    return "is" if count == 1 else "are"
+
+
+def plural(count: int, word: str) -> str:
+    """``1 tensor`` / ``3 tensors``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def format_bytes(nbytes: int) -> str:
+    """``123 bytes``, or ``104,857,600 bytes (104.9 MB)`` when a unit helps."""
+    text = "1 byte" if nbytes == 1 else f"{nbytes:,} bytes"
+    return text if nbytes < 1000 else f"{text} ({human_bytes(nbytes)})"
+
+
+def format_shape(shape: Sequence[object]) -> str:
+    """A shape as Python prints a tuple: ``(1000, 768)``, ``(5,)``, ``()``."""
+    return str(tuple(shape))
+
+
+def problem_list(problems: Sequence[tuple[str, str]]) -> str:
+    """Problems ``(code, text)`` as one line each, ready to append to a message."""
+    return "\n".join(f"  - [{code}] {text}" for code, text in problems)
