@@ -6,14 +6,30 @@ from collections.abc import Iterable, Sequence
 
 from .fold import human_bytes
 
-__all__ = ["format_bytes", "format_shape", "is_are", "plural", "problem_list", "quote", "quote_list", "shorten_list"]
+__all__ = [
+    "format_bytes",
+    "format_shape",
+    "is_are",
+    "plural",
+    "printable",
+    "problem_list",
+    "quote",
+    "quote_list",
+    "shorten_list",
+]
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped, so text from a file cannot drive the
+    terminal (``'a\\x00b'``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def quote(name: str) -> str:
-    """``name`` in single quotes, as every message quotes names; control characters are escaped (``'a\\x00b'``)."""
-    if not name.isprintable():
-        name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
-    return f"'{name}'"
+    """``name`` in single quotes, as every message quotes names; control characters are escaped."""
+    return f"'{printable(name)}'"
 
 
 def shorten_list(parts: Iterable[str], limit: int = 8) -> str:

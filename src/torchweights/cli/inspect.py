@@ -21,6 +21,7 @@ from typing import Any
 from .. import api
 from ..fold import fold_names, human_bytes, human_count, prefix_tree
 from ..records import Checkpoint
+from ..text import printable
 
 __all__ = ["register", "render_text", "run", "summarize"]
 
@@ -174,13 +175,6 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- text
 
 
-def _clean(text: str) -> str:
-    """Escape control and other non-printable characters so text from a file cannot drive the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _table(rows: Sequence[Sequence[str]], right: Iterable[int] = (), indent: str = "  ") -> list[str]:
     """Rows of cells as aligned lines; columns listed in ``right`` are right-aligned."""
     if not rows:
@@ -201,7 +195,7 @@ def _more(count: int) -> str:
 def _short(value: Any, limit: int = TEXT_VALUE_LIMIT) -> str:
     """One line for a value: strings bare, other values as repr, cut to ``limit`` with the full length noted."""
     text = value if isinstance(value, str) else _repr(value)
-    text = _clean(text)
+    text = printable(text)
     if len(text) > limit:
         suffix = f"... ({len(text)} chars)"
         return text[: max(limit - len(suffix), 0)] + suffix
@@ -251,7 +245,7 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
     total_size = sum(known)
     numel, nbytes = ckpt.numel, ckpt.nbytes
 
-    head: list[tuple[str, str]] = [("path", _clean(ckpt.path)), ("format", _clean(ckpt.format))]
+    head: list[tuple[str, str]] = [("path", printable(ckpt.path)), ("format", printable(ckpt.format))]
     if sizes:
         count = f"{len(sizes)} file" + ("s" if len(sizes) != 1 else "")
         size_text = f"{count}, {human_bytes(total_size)} ({total_size:,} bytes)" if known else f"{count}, size unknown"
@@ -267,7 +261,7 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
 
     if len(sizes) > 1 or (sizes and os.path.abspath(sizes[0][0]) != os.path.abspath(ckpt.path)):
         lines += ["", "files"]
-        rows = [[_clean(p), human_bytes(s) if s is not None else "?"] for p, s in sizes[:TEXT_ROW_LIMIT]]
+        rows = [[printable(p), human_bytes(s) if s is not None else "?"] for p, s in sizes[:TEXT_ROW_LIMIT]]
         lines += _table(rows, right=[1])
         if len(sizes) > TEXT_ROW_LIMIT:
             lines.append(_more(len(sizes) - TEXT_ROW_LIMIT))
@@ -275,7 +269,7 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
     if ckpt.metadata:
         meta = _metadata_rows(ckpt.metadata)
         lines += ["", "metadata"]
-        lines += _table([[_clean(k), v] for k, v in meta[:TEXT_ROW_LIMIT]])
+        lines += _table([[printable(k), v] for k, v in meta[:TEXT_ROW_LIMIT]])
         if len(meta) > TEXT_ROW_LIMIT:
             lines.append(_more(len(meta) - TEXT_ROW_LIMIT))
 
@@ -294,7 +288,7 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
             rows = [["name", "tensors", "params", "bytes"]]
             rows += [
                 [
-                    "  " * row.depth + _truncate(_clean(row.label), TEXT_VALUE_LIMIT),
+                    "  " * row.depth + _truncate(printable(row.label), TEXT_VALUE_LIMIT),
                     f"{row.tensors:,}",
                     human_count(row.numel),
                     human_bytes(row.nbytes),
@@ -306,7 +300,7 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
     if ckpt.extras:
         extras = _extras_rows(ckpt.extras)
         lines += ["", f"extras ({len(ckpt.extras)})"]
-        lines += _table([[_clean(p), t, v] for p, t, v in extras[:TEXT_ROW_LIMIT]])
+        lines += _table([[printable(p), t, v] for p, t, v in extras[:TEXT_ROW_LIMIT]])
         if len(extras) > TEXT_ROW_LIMIT:
             lines.append(_more(len(extras) - TEXT_ROW_LIMIT))
 
@@ -316,10 +310,10 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
         counts = {v: sum(1 for verdict, _ in verdicts if verdict == v) for v in ("dangerous", "unknown", "safe")}
         summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
         lines += ["", f"globals ({len(verdicts)}: {summary})"]
-        lines += _table([[verdict, _clean(name)] for verdict, name in verdicts])
+        lines += _table([[verdict, printable(name)] for verdict, name in verdicts])
 
     if ckpt.warnings:
         lines += ["", f"warnings ({len(ckpt.warnings)})"]
-        lines += [f"  - {_clean(str(w))}" for w in ckpt.warnings]
+        lines += [f"  - {printable(str(w))}" for w in ckpt.warnings]
 
     return "\n".join(lines) + "\n"
