@@ -777,6 +777,12 @@ def _build(obj: Any, state: Any, allowed: bool) -> Any:
         return obj
     if isinstance(obj, (dict, list, PickledTensor)) and not state:
         return obj  # dict subclasses pickle an empty instance state; tensors carry theirs as arguments
+    if isinstance(obj, collections.OrderedDict) and isinstance(state, dict):
+        # state_dict() sets ``_metadata`` (per-module versions) on its OrderedDict: keep it as an attribute.
+        for key, value in state.items():
+            if isinstance(key, str) and key.isidentifier() and not key.startswith("__"):
+                setattr(obj, key, value)
+        return obj
     if allowed and not isinstance(obj, (Global, TorchValue, StorageType, _Ctor, PickledStorage, PickledTensor)):
         _real_build(obj, state)  # an object made by a global the user allowed: restore it as pickle would
         return obj
