@@ -18,22 +18,17 @@ import torch
 import torchweights as tw
 from torchweights.cli import main as cli
 
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_models import TinyNet, pretrained, target
+
 
 def banner(title: str) -> None:
     print(f"\n{'=' * 100}\n{title}\n{'=' * 100}")
 
 
-class TinyNet(torch.nn.Module):
-    def __init__(self, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
-        self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(4))
-        self.head = torch.nn.Linear(16, classes)
-
-
 def make_training_checkpoint(folder: Path) -> Path:
     """What a Lightning-style run leaves behind: DataParallel + torch.compile prefixes, optimizer, hparams."""
-    model = TinyNet(classes=1000)
+    model = pretrained()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     model.head(model.blocks[0](torch.randn(2, 16))).sum().backward()
     opt.step()
@@ -57,29 +52,43 @@ def main() -> int:
         path = make_training_checkpoint(folder)
 
         banner(f"1. What is inside '{path.name}'?   torchweights inspect FILE   (reads pickles and headers only)")
-        cli(["inspect", str(path), "--depth", "3"])
+        cli(["inspect", str(path), "--depth", "2"])
 
-        banner("2. torch.load(weights_only=True) refuses it; tw.load reads it without executing anything")
+        banner("2. model.load_state_dict(torch.load(path)) fails three ways; tw.load_into explains what to do")
+        model = target()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.load(path, weights_only=True)
         except Exception as exc:
-            print("torch.load(weights_only=True):", textwrap.shorten(str(exc), 200))
-        tensors = tw.load(path)
-        ckpt = tw.open(path)
-        print(f"tw.load: {len(tensors)} tensors; extras kept as data:")
-        for key in ("epoch", "global_step", "best_acc", "hyper_parameters"):
-            print(f"  {key:<18} {ckpt.extras[key]!r}")
+            print("torch.load(weights_only=True):", textwrap.shorten(str(exc), 160))
+        try:
+            model.load_state_dict(torch.load(path, weights_only=False))
+        except Exception as exc:
+            print("load_state_dict:", textwrap.shorten(str(exc), 160))
+        print()
+        try:
+            tw.load_into(model, path)
+        except tw.LoadError as exc:
+            print(f"{type(exc).__name__} [{exc.code}]: {exc.message}")
 
-        banner("3. A full pickled model whose class no longer exists: its weights still come out")
+        banner("3. tw.load_into(model, path, skip=['head.*']): loads the rest, accounts for every key")
+        report = tw.load_into(model, path, skip=["head.*"])
+        print(report)
+
+        banner("4. Dry run from the command line: torchweights check FILE --model examples/demo_models.py:target")
+        models = Path(__file__).with_name("demo_models.py")
+        code = cli(["check", str(path), "--model", f"{models}:target", "--skip", "head.*"])
+        print(f"(exit code {code})")
+
+        banner("5. A full pickled model (torch.save(model)): its class is never imported, its weights still come out")
         full = folder / "full_model.pt"
         torch.save(TinyNet(), full)
         opened = tw.open(full)
         print(f"classes referenced (never imported): {[g for g in opened.globals if g.endswith('TinyNet')]}")
         print(f"tensors named like state_dict(): {list(opened.records)[:6]} ...")
 
-        banner("4. Files that are not weights are diagnosed before parsing")
+        banner("6. Files that are not weights are diagnosed before parsing")
         pointer = folder / "pytorch_model.bin"
         pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a21\nsize 438000000\n")
         half = folder / "truncated.pt"
@@ -91,7 +100,7 @@ def main() -> int:
                 print(f"{type(exc).__name__} [{exc.code}]:")
                 print(textwrap.indent(textwrap.fill(exc.message, 98), "  "))
 
-        banner("5. A pickle that tries to run a command is refused; nothing is executed")
+        banner("7. A pickle that tries to run a command is refused; nothing is executed")
         marker = folder / "pwned"
 
         class Evil:

@@ -9,13 +9,15 @@ Importing this package does not import torch; only :func:`load` does.
 
 from __future__ import annotations
 
-from .api import load, open
+from .api import load, load_into, open
 from .errors import (
     CheckpointNotFoundError,
     CheckpointReadError,
     CorruptCheckpointError,
+    LoadError,
     NotACheckpointError,
     ResourceLimitError,
+    RuleError,
     ShardIndexError,
     TorchWeightsError,
     UnsafeCheckpointError,
@@ -23,6 +25,7 @@ from .errors import (
 )
 from .limits import Limits
 from .records import Checkpoint, StorageRef, TensorRecord
+from .report import LoadReport
 
 __version__ = "0.1.0"
 
@@ -31,9 +34,12 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointReadError",
     "CorruptCheckpointError",
+    "LoadError",
+    "LoadReport",
     "Limits",
     "NotACheckpointError",
     "ResourceLimitError",
+    "RuleError",
     "ShardIndexError",
     "StorageRef",
     "TensorRecord",
@@ -42,5 +48,6 @@ __all__ = [
     "UnsupportedCheckpointError",
     "__version__",
     "load",
+    "load_into",
     "open",
 ]

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 from .formats import ReadOptions, open_path
 from .limits import DEFAULT_LIMITS, Limits
 from .records import Checkpoint
+from .report import LoadReport
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["load", "open"]
+__all__ = ["load", "load_into", "open"]
 
 
 def open(
@@ -66,3 +67,86 @@ def load(
 
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
     return materialize(builtins.list(ckpt.records.values()), map_location=map_location)
+
+
+def load_into(
+    model: torch.nn.Module,
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, Any],
+    *,
+    strict: bool | str = True,
+    container: str = "auto",
+    prefix: str | None = "auto",
+    rename: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    skip: Iterable[str] | str = (),
+    on_mismatch: str = "error",
+    dtype: str = "model",
+    allow_globals: Iterable[str] = (),
+    dry_run: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> LoadReport:
+    """Load a checkpoint into ``model``: reconcile every key first, then copy, and report what happened.
+
+    What users call instead of ``model.load_state_dict(torch.load(path))``.
+
+    Args:
+        model: the ``nn.Module`` to fill (may live on the meta device: it is then materialised from the file).
+        source: a checkpoint path (any format :func:`open` reads), an opened :class:`Checkpoint`, or a plain
+            ``{name: tensor}`` state dict.
+        strict: ``True``: every model key loaded and no unexpected checkpoint tensors; ``"model"``: every model
+            key loaded, extra checkpoint keys allowed and reported; ``False``: load what fits, report the rest.
+        container: ``"auto"`` finds the dict of tensors that fits the model best (``state_dict``, ``model``,
+            ``ema``, a pickled module, the root...); a dotted path (``"ema"``, ``"state_dict"``) forces one.
+        prefix: ``"auto"`` infers the prefix to strip or add (``module.``, ``_orig_mod.``...); ``None`` changes
+            nothing; ``"module."`` strips it; ``"+model."`` adds it; ``"a.->b."`` replaces one with the other.
+        rename: ``{regex: replacement}`` applied in order to the container's keys before prefix handling.
+        skip: glob patterns (``"head.*"``) of keys to leave as initialised (model side) or not to load.
+        on_mismatch: ``"error"`` (default) or ``"skip"`` to leave every shape-mismatched key as initialised.
+        dtype: ``"model"`` casts to the model's dtypes; ``"checkpoint"`` keeps the checkpoint's (assigns).
+        allow_globals: pickle globals you trust (see :func:`open`).
+        dry_run: plan and report only; the model is not touched.
+        limits: resource bounds for hostile files.
+
+    Returns:
+        A :class:`~torchweights.report.LoadReport` accounting for every key.
+
+    Raises:
+        LoadError: the checkpoint does not fit under ``strict`` (and ``dry_run`` is False); the model is
+            untouched and ``error.report`` has the full account.
+        RuleError: an option cannot be followed (unknown container, bad regex, colliding renames).
+        TorchWeightsError: the file cannot be read safely (see :func:`open`).
+    """
+    import time
+
+    from .apply import apply_plan
+    from .plan import reconcile
+    from .rules import Rules
+    from .spec import ModelSpec
+
+    started = time.perf_counter()
+    rules = Rules.make(
+        strict=strict,  # type: ignore[arg-type]
+        container=container,
+        prefix=prefix,
+        rename=rename if rename is None or isinstance(rename, Mapping) else builtins.list(rename),
+        skip=skip,
+        on_mismatch=on_mismatch,
+        dtype=dtype,
+    )
+    checkpoint: Checkpoint | Mapping[str, Any]
+    if isinstance(source, (str, os.PathLike)):
+        checkpoint = open(source, allow_globals=allow_globals, limits=limits)
+        name = os.fspath(source)
+    else:
+        checkpoint = source
+        name = source.path if isinstance(source, Checkpoint) else "<state dict>"
+    spec = ModelSpec.from_module(model)
+    plan = reconcile(checkpoint, spec, rules, source=name)
+    report = LoadReport(plan, notes=builtins.list(checkpoint.warnings) if isinstance(checkpoint, Checkpoint) else [])
+    if not dry_run:
+        if not plan.ok:
+            report.seconds = time.perf_counter() - started
+            report.raise_if_problems()
+        report.bytes_read, report.fallback_modules = apply_plan(plan, model, checkpoint, spec)
+        report.applied = True
+    report.seconds = time.perf_counter() - started
+    return report

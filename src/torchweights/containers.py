@@ -13,6 +13,9 @@ The walk is depth-limited and budgeted by the number of objects the pickle creat
 from __future__ import annotations
 
 import argparse
+import collections
+import math
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +24,9 @@ from . import dtypes
 from .errors import CorruptCheckpointError, ResourceLimitError
 from .limits import Limits
 from .records import StorageRef, TensorRecord
-from .unpickle import PickledTensor, Stub
+from .unpickle import PickledTensor, Stub, _short
 
-__all__ = ["Flattened", "check_view", "flatten", "is_module_stub", "record_maker"]
+__all__ = ["Flattened", "check_view", "flatten", "is_module_stub", "record_maker", "short_repr"]
 
 _MODULE_KEYS = ("_parameters", "_buffers", "_modules")
 
@@ -42,14 +45,91 @@ def is_module_stub(obj: Any) -> bool:
     return isinstance(obj, Stub) and any(isinstance(obj.attributes.get(k), dict) for k in _MODULE_KEYS)
 
 
+_OPEN_CLOSE: dict[type, tuple[str, str]] = {
+    list: ("[", "]"),
+    tuple: ("(", ")"),
+    set: ("{", "}"),
+    frozenset: ("frozenset({", "})"),
+    collections.deque: ("deque([", "])"),
+}
+
+
+def short_repr(value: Any, limit: int = 200, depth: int = 6) -> str:
+    """A repr of an extras value cut to about ``limit`` characters, computed in bounded time and stack.
+
+    ``repr()`` itself is unsafe on unpickled data: a list of shared lists 60 levels deep has a repr of 2**60
+    characters, a list nested 100 000 deep exhausts the stack, an int of a million digits refuses to print. This
+    walks at most ``depth`` levels and stops as soon as ``limit`` characters are written.
+    """
+    out: list[str] = []
+    room = [limit]
+
+    def emit(text: str) -> bool:
+        out.append(text[: room[0] + 3])
+        room[0] -= len(text)
+        return room[0] > 0
+
+    def leaf(obj: Any) -> str:
+        if isinstance(obj, (str, bytes, bytearray, int, float, complex, type(None), Stub)):
+            return _short(obj, limit)
+        if type(obj).__module__.startswith("numpy") and hasattr(obj, "shape") and hasattr(obj, "dtype"):
+            if getattr(obj.dtype, "hasobject", True) or getattr(obj, "size", 0) > 64:
+                return f"<{type(obj).__name__} shape={tuple(obj.shape)} dtype={obj.dtype}>"
+        try:
+            return repr(obj)[: limit + 3]
+        except Exception:  # a foreign object with a broken or refusing __repr__
+            return _short(obj, limit)
+
+    def pairs(items: Any, level: int, sep: str, quote_keys: bool) -> bool:
+        for n, (key, val) in enumerate(items):
+            if n > limit // 2 or not emit(", " if n else ""):
+                return emit(", ...") and False
+            ok = emit(repr(key[:limit]) if quote_keys else key) if isinstance(key, str) else visit(key, level)
+            if not (ok and emit(sep) and visit(val, level)):
+                return False
+        return True
+
+    def visit(obj: Any, level: int) -> bool:
+        if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)):
+            opening, closing = f"{type(obj).__name__}(", ")"
+        elif isinstance(obj, dict):
+            opening, closing = ("{", "}") if type(obj) is dict else (f"{type(obj).__name__}({{", "})")
+        elif isinstance(obj, tuple(_OPEN_CLOSE)):
+            opening, closing = next(oc for t, oc in _OPEN_CLOSE.items() if isinstance(obj, t))
+        else:
+            return emit(leaf(obj))
+        if level >= depth:
+            return emit(opening + "..." + closing)
+        if not emit(opening):
+            return False
+        if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)):
+            ok = pairs(vars(obj).items(), level + 1, "=", False)
+        elif isinstance(obj, dict):
+            ok = pairs(obj.items(), level + 1, ": ", True)
+        else:
+            ok = True
+            for n, item in enumerate(obj):
+                if n > limit // 2 or not emit(", " if n else ""):
+                    return emit(", ...") and False
+                if not visit(item, level + 1):
+                    return False
+            if type(obj) is tuple and len(obj) == 1:
+                ok = emit(",")
+        return ok and emit(closing)
+
+    complete = visit(value, 0)
+    text = "".join(out)
+    return text if complete and len(text) <= limit else text[: max(limit - 3, 0)] + "..."
+
+
 def _key(key: Any) -> str:
     if isinstance(key, str):
         return key
     if isinstance(key, (int, float, bool)) or key is None:
-        return str(key)
-    if isinstance(key, tuple):
+        return str(key) if not isinstance(key, int) or key.bit_length() <= 256 else _short(key)
+    if isinstance(key, tuple) and len(key) <= 16 and all(isinstance(k, (str, int, float, bool)) for k in key):
         return ".".join(_key(k) for k in key)
-    return repr(key)
+    return _short(key)
 
 
 def _module_children(obj: Stub) -> Iterator[tuple[str, Any]]:
@@ -62,10 +142,12 @@ def _module_children(obj: Stub) -> Iterator[tuple[str, Any]]:
                 yield _key(name), value
     buffers = attrs.get("_buffers")
     non_persistent = attrs.get("_non_persistent_buffers_set")
-    skip = set(non_persistent) if isinstance(non_persistent, (set, frozenset, list, tuple)) else set()
+    skip: set[str] = set()
+    if isinstance(non_persistent, (set, frozenset, list, tuple)):
+        skip = {name for name in non_persistent if isinstance(name, str)}
     if isinstance(buffers, dict):
         for name, value in buffers.items():
-            if value is not None and name not in skip:
+            if value is not None and not (isinstance(name, str) and name in skip):
                 yield _key(name), value
     modules = attrs.get("_modules")
     if isinstance(modules, dict):
@@ -80,7 +162,7 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]] | None:
         return ((_key(k), v) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
         return ((str(i), v) for i, v in enumerate(obj))
-    if isinstance(obj, argparse.Namespace):
+    if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)):
         return iter(vars(obj).items())
     if isinstance(obj, Stub):
         if is_module_stub(obj):
@@ -98,7 +180,23 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]] | None:
     return None
 
 
+def _is_tensor(obj: Any) -> bool:
+    """A tensor, or an unsupported tensor kind (walked to, so that it is reported)."""
+    return isinstance(obj, PickledTensor) or (isinstance(obj, Stub) and obj.cls.startswith("torch._utils._rebuild_"))
+
+
+_END = object()
+
+
 class _Walker:
+    """Names tensors depth-first, in container order, without recursion.
+
+    Both passes keep explicit stacks, so a pickle nested a million levels deep costs memory, never the Python stack.
+    ``has_tensor`` is memoised per object, so shared sub-trees are searched once; ``walk`` is not (a shared tensor
+    gets every name it is reachable by, as ``state_dict`` does for tied weights), so every visit is paid from
+    ``budget``: a "billion laughs" tree of shared lists ends with :class:`ResourceLimitError`, not a hang.
+    """
+
     def __init__(
         self,
         make_record: Callable[[str, tuple[str, ...], PickledTensor], TensorRecord],
@@ -121,64 +219,101 @@ class _Walker:
                 code="limit-expansion",
             )
 
-    def has_tensor(self, obj: Any, depth: int = 0) -> bool:
-        if isinstance(obj, PickledTensor):
+    def has_tensor(self, root: Any) -> bool:
+        """True when a tensor is reachable from ``root`` (a cycle back to an object being searched is not followed)."""
+        if _is_tensor(root):
             return True
-        if isinstance(obj, Stub) and obj.cls.startswith("torch._utils._rebuild_"):
-            return True  # an unsupported tensor kind: walk to it so it is reported
-        key = id(obj)
-        cached = self._has_tensor.get(key)
+        cached = self._has_tensor.get(id(root))
         if cached is not None:
             return cached
-        children = _children(obj)
-        if children is None or key in self._active or depth > self.limits.max_depth:
+        children = _children(root)
+        if children is None:
             return False
-        self._active.add(key)
-        try:
-            result = False
-            for _, child in children:
-                self.spend()
-                if self.has_tensor(child, depth + 1):
-                    result = True
-                    break
-        finally:
-            self._active.discard(key)
-        self._has_tensor[key] = result
-        return result
+        on_path = {id(root)}
+        frames: list[list[Any]] = [[root, children, False]]  # [object, its children, found a tensor]
+        while frames:
+            frame = frames[-1]
+            step: Any = _END if frame[2] else next(frame[1], _END)
+            if step is _END:
+                frames.pop()
+                on_path.discard(id(frame[0]))
+                self._has_tensor[id(frame[0])] = frame[2]
+                if frame[2] and frames:
+                    frames[-1][2] = True
+                continue
+            self.spend()
+            child = step[1]
+            if _is_tensor(child):
+                frame[2] = True
+                continue
+            key = id(child)
+            cached = self._has_tensor.get(key)
+            if cached is not None:
+                frame[2] = cached
+                continue
+            if key in on_path:
+                continue
+            grandchildren = _children(child)
+            if grandchildren is not None:
+                on_path.add(key)
+                frames.append([child, grandchildren, False])
+        return self._has_tensor[id(root)]
 
-    def walk(self, obj: Any, path: tuple[str, ...]) -> None:
+    def walk(self, root: Any) -> None:
+        # One frame per container being walked; ``names`` holds the path to the top frame's children, so a path
+        # is only spelled out (in O(depth)) for what gets a name: records, extras and warnings.
+        frames: list[tuple[Any, Iterator[tuple[str, Any]], bool]] = []  # (container, its children, is a module)
+        names: list[str] = []
+        if self._enter(root, names):
+            frames.append((root, _children(root) or iter(()), is_module_stub(root)))
+        while frames:
+            obj, children, in_module = frames[-1]
+            step = next(children, None)
+            if step is None:
+                frames.pop()
+                self._active.discard(id(obj))
+                if names:
+                    names.pop()
+                continue
+            child_name, child = step
+            if in_module and is_module_stub(child) and not self.has_tensor(child):
+                continue  # a stateless submodule (ReLU, Dropout): not in state_dict, and not data either
+            names.append(child_name)
+            if self._enter(child, names):
+                frames.append((child, _children(child) or iter(()), is_module_stub(child)))
+            else:
+                names.pop()
+
+    def _enter(self, obj: Any, names: list[str]) -> bool:
+        """Visit one object at path ``names``: record a tensor or keep a leaf as an extra (False), or return True
+        for a container holding tensors, to be walked."""
         self.spend()
-        name = ".".join(path)
         if isinstance(obj, PickledTensor):
-            self.add_record(name, path, obj)
-            return
+            path = tuple(names)
+            self.add_record(".".join(path), path, obj)
+            return False
         if isinstance(obj, Stub) and obj.cls.startswith("torch._utils._rebuild_"):
+            name = ".".join(names)
             kind = obj.cls.rsplit("._rebuild_", 1)[1]
             self.out.warnings.append(f"'{name}' is a {kind.replace('_', ' ')}, which torchweights does not read yet")
             self.out.extras[name] = obj
-            return
-        if len(path) > self.limits.max_depth:
+            return False
+        if not self.has_tensor(obj):
+            if names or obj is not None:
+                self.out.extras[".".join(names)] = obj
+            return False
+        if len(names) > self.limits.max_depth:
             raise ResourceLimitError(
-                f"'{name[:200]}' is nested more than {self.limits.max_depth} levels deep; no real checkpoint is. "
-                "If you trust the file, raise the limit: tw.open(path, limits=Limits(max_depth=...)).",
+                f"'{'.'.join(names[:20])}...' holds tensors more than {self.limits.max_depth} levels deep; no real "
+                "checkpoint does. If you trust the file, raise the limit: tw.open(path, limits=Limits(max_depth=...)).",
                 code="limit-depth",
             )
-        if not self.has_tensor(obj):
-            if path:
-                self.out.extras[name] = obj
-            elif obj is not None:
-                self.out.extras[""] = obj
-            return
         key = id(obj)
         if key in self._active:
-            self.out.warnings.append(f"'{name}' refers back to one of its parents (a cycle); not followed")
-            return
+            self.out.warnings.append(f"'{'.'.join(names)}' refers back to one of its parents (a cycle); not followed")
+            return False
         self._active.add(key)
-        try:
-            for child_name, child in _children(obj) or ():
-                self.walk(child, (*path, child_name))
-        finally:
-            self._active.discard(key)
+        return True
 
     def add_record(self, name: str, path: tuple[str, ...], tensor: PickledTensor) -> None:
         if name in self.out.records:
@@ -206,12 +341,44 @@ def flatten(
         budget: most objects to visit (a multiple of the pickle's opcode count).
     """
     walker = _Walker(make_record, limits, budget)
-    walker.walk(root, ())
+    walker.walk(root)
     return walker.out
 
 
-def check_view(name: str, tensor: PickledTensor, storage_nbytes: int, where: str) -> None:
-    """Check that a tensor view fits its storage: sizes and strides non-negative, the last element inside.
+_INT64_MAX = 2**63 - 1
+
+
+def _view_problem(tensor: PickledTensor, size: int, storage_nbytes: int | None) -> str | None:
+    shape, stride, offset = tensor.shape, tensor.stride, tensor.storage_offset
+    if len(shape) != len(stride):
+        return f"has {len(shape)} sizes but {len(stride)} strides"
+    if len(shape) > 64:
+        return f"has {len(shape)} dimensions"
+    if any(n < 0 for n in shape) or any(s < 0 for s in stride) or offset < 0:
+        return f"has a negative size, stride or offset: size {shape}, stride {stride}, offset {offset}"
+    numel = math.prod(shape)
+    if any(v > _INT64_MAX for v in (*shape, *stride, offset, numel, numel * size)):
+        return f"has sizes, strides or an offset beyond what torch can represent (size {shape}, stride {stride})"
+    if storage_nbytes is None:
+        return None  # saved without data (meta): nothing to fit into
+    if numel:
+        last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
+        if (last + 1) * size > storage_nbytes:
+            return (
+                f"reaches byte {(last + 1) * size} of a {storage_nbytes}-byte storage "
+                f"(size {shape}, stride {stride}, offset {offset}, {tensor.dtype})"
+            )
+    elif offset * size > storage_nbytes:
+        return f"starts at byte {offset * size} of a {storage_nbytes}-byte storage"
+    return None
+
+
+def check_view(name: str, tensor: PickledTensor, storage_nbytes: int | None, where: str) -> None:
+    """Check that a tensor view is one torch can represent and that it fits its storage.
+
+    Sizes, strides and offset must be non-negative and fit in int64, with at most 64 dimensions; with a storage
+    (``storage_nbytes`` not None) the last element must lie inside it. Tensors saved without data (meta) are
+    checked for the first part only.
 
     Raises:
         CorruptCheckpointError: naming the tensor, its view and the storage size.
@@ -222,25 +389,7 @@ def check_view(name: str, tensor: PickledTensor, storage_nbytes: int, where: str
         raise CorruptCheckpointError(
             f"tensor '{name}' in {where} has unknown dtype '{tensor.dtype}'", code="bad-record"
         ) from None
-    shape, stride = tensor.shape, tensor.stride
-    problem = None
-    if len(shape) != len(stride):
-        problem = f"has {len(shape)} sizes but {len(stride)} strides"
-    elif any(n < 0 for n in shape) or any(s < 0 for s in stride) or tensor.storage_offset < 0:
-        problem = (
-            f"has a negative size, stride or offset: size {shape}, stride {stride}, offset {tensor.storage_offset}"
-        )
-    elif len(shape) > 64:
-        problem = f"has {len(shape)} dimensions"
-    elif 0 not in shape:
-        last = tensor.storage_offset + sum((n - 1) * s for n, s in zip(shape, stride))
-        if (last + 1) * size > storage_nbytes:
-            problem = (
-                f"reaches byte {(last + 1) * size} of a {storage_nbytes}-byte storage "
-                f"(size {shape}, stride {stride}, offset {tensor.storage_offset}, {tensor.dtype})"
-            )
-    elif tensor.storage_offset * size > storage_nbytes:
-        problem = f"starts at byte {tensor.storage_offset * size} of a {storage_nbytes}-byte storage"
+    problem = _view_problem(tensor, size, storage_nbytes)
     if problem:
         raise CorruptCheckpointError(
             f"tensor '{name}' in {where} {problem}. The file is corrupt or was crafted; re-download or re-save it.",
@@ -269,6 +418,8 @@ def record_maker(
                 offset += extra
             view = PickledTensor(tensor.storage, tensor.dtype, offset, tensor.shape, tensor.stride)
             check_view(name, view, ref.nbytes, where)
+        else:
+            check_view(name, tensor, None, where)
         return TensorRecord(
             name=name,
             path=path,

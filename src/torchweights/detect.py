@@ -656,7 +656,7 @@ def _sniff_json(s: _Sample) -> str | None:
             return "sharded"
         raise _json_document(s, None, _excerpt(text))
     try:
-        document = json.loads(_read_at(s.path, 0, _MAX_JSON_PARSE).decode("utf-8-sig"))
+        document = json.loads(_read_at(s.path, 0, min(s.size, _MAX_JSON_PARSE)).decode("utf-8-sig"))
     except (ValueError, UnicodeDecodeError):
         if '"weight_map"' in text:
             return "sharded"  # the sharded reader reports the broken index

@@ -14,7 +14,10 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │   ├── ShardIndexError                                    [shard-*]
     │   └── ResourceLimitError                                 [limit-*]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
-    └── UnsupportedCheckpointError         ValueError          [unsupported-*]
+    ├── UnsupportedCheckpointError         ValueError          [unsupported-*]
+    ├── RuleError                          ValueError          [bad-rule, bad-container, rename-collision, ...]
+    └── LoadError                          ValueError          [shape-mismatch, missing-keys, unexpected-keys]
+                                                               carries the full LoadReport as .report
 
 Messages say what happened, why, and what to do, in that order.
 """
@@ -25,8 +28,10 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointReadError",
     "CorruptCheckpointError",
+    "LoadError",
     "NotACheckpointError",
     "ResourceLimitError",
+    "RuleError",
     "ShardIndexError",
     "TorchWeightsError",
     "UnsafeCheckpointError",
@@ -101,3 +106,25 @@ class UnsupportedCheckpointError(TorchWeightsError, ValueError):
     """The file is a valid checkpoint using a feature torchweights does not read yet."""
 
     default_code = "unsupported"
+
+
+class RuleError(TorchWeightsError, ValueError):
+    """A loading rule the caller passed cannot be followed (bad regex, unknown container, colliding renames)."""
+
+    default_code = "bad-rule"
+
+
+class LoadError(TorchWeightsError, ValueError):
+    """A checkpoint does not fit the model under the chosen strictness; the model was left untouched.
+
+    Attributes:
+        report: the full :class:`~torchweights.report.LoadReport`, every key accounted for.
+    """
+
+    default_code = "load-failed"
+
+    def __init__(
+        self, message: str, *, report: object = None, code: str | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, path=path)
+        self.report = report

@@ -7,6 +7,7 @@ exactly as they were saved. Big-endian storages are byte-swapped; compressed zip
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -68,18 +69,38 @@ def read_storage_bytes(ref: StorageRef, files: _Files | None = None) -> bytearra
 
 
 def _read_member(ref: StorageRef) -> bytearray:
+    """Inflate the first ``ref.nbytes`` bytes of a compressed zip member (bounded by the member's own sizes)."""
+    from .formats.torch_zip import ZIP_ERRORS, read_member
+
     try:
-        with zipfile.ZipFile(ref.file) as zf, zf.open(ref.member or "") as member:
-            data = member.read(ref.nbytes)
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as exc:
-        raise CorruptCheckpointError(
-            f"'{ref.file}': compressed member '{ref.member}' cannot be read ({exc}). Re-download or re-save the file.",
-            code="bad-member",
-            path=ref.file,
-        ) from None
+        handle = open(ref.file, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise CheckpointReadError(f"cannot read '{ref.file}': {exc.strerror or exc}", path=ref.file) from None
+    with handle:
+        try:
+            with zipfile.ZipFile(handle) as zf:
+                info = zf.getinfo(ref.member or "")
+                data = read_member(zf, handle, info, os.fstat(handle.fileno()).st_size, ref.file, ref.nbytes)
+        except KeyError:
+            raise CorruptCheckpointError(
+                f"'{ref.file}': member '{ref.member}' is no longer in the archive. The file changed since it was "
+                "opened; open it again.",
+                code="missing-storage",
+                path=ref.file,
+            ) from None
+        except ZIP_ERRORS as exc:
+            raise CorruptCheckpointError(
+                f"'{ref.file}': compressed member '{ref.member}' cannot be read ({type(exc).__name__}: {exc}). The "
+                "file changed since it was opened or is damaged; re-download or re-save it.",
+                code="bad-member",
+                path=ref.file,
+            ) from None
     if len(data) != ref.nbytes:
         raise CorruptCheckpointError(
-            f"'{ref.file}': member '{ref.member}' holds {len(data)} bytes, {ref.nbytes} expected", code="truncated"
+            f"'{ref.file}': member '{ref.member}' holds {len(data)} bytes, {ref.nbytes} expected. The file changed "
+            "since it was opened or is damaged; re-download or re-save it.",
+            code="truncated",
+            path=ref.file,
         )
     return bytearray(data)
 
@@ -94,13 +115,20 @@ def _target_device(location: str, map_location: Any) -> Any:
     return map_location
 
 
-def _to_storage(buf: bytearray, byteorder: str, unit: int) -> torch.UntypedStorage:
+def _to_storage(buf: bytearray, ref: StorageRef, unit: int) -> torch.UntypedStorage:
     import torch
 
     if not buf:
         return torch.UntypedStorage(0)
     raw = torch.frombuffer(buf, dtype=torch.uint8)
-    if byteorder == "big" and unit > 1:
+    if ref.byteorder == "big" and unit > 1:
+        if len(buf) % unit:
+            raise CorruptCheckpointError(
+                f"'{ref.file}': big-endian storage '{ref.key}' holds {len(buf)} bytes, not a whole number of "
+                f"{unit}-byte elements, so its byte order cannot be swapped. The file is corrupt; re-save it.",
+                code="bad-record",
+                path=ref.file,
+            )
         raw = raw.view(-1, unit).flip(1).reshape(-1).clone()
     return raw.untyped_storage()
 
@@ -108,6 +136,59 @@ def _to_storage(buf: bytearray, byteorder: str, unit: int) -> torch.UntypedStora
 def _swap_unit(dtype: str) -> int:
     info = dtypes.get(dtype)
     return info.itemsize // 2 if info.kind == "complex" else info.itemsize
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _check_view(record: TensorRecord) -> None:
+    """Refuse views torch cannot represent (negative or 64-bit-overflowing sizes, strides, offset or numel).
+
+    Readers already check that views fit their storage; this guards the torch calls below so a record that slipped
+    through (a meta tensor, a zero stride over a huge size) fails as a corrupt file, not as a torch exception.
+    """
+    shape, stride, offset = record.shape, record.stride, record.storage_offset
+    problem = None
+    if len(shape) != len(stride):
+        problem = f"has {len(shape)} sizes but {len(stride)} strides"
+    elif any(type(v) is not int or not 0 <= v <= _INT64_MAX for v in (*shape, *stride, offset)):
+        problem = "has a size, stride or offset that is negative or does not fit in 64 bits"
+    else:
+        numel = 1
+        for n in shape:
+            numel *= n
+        extent = offset + sum((n - 1) * s for n, s in zip(shape, stride) if n)
+        if numel * record.itemsize > _INT64_MAX or (extent + 1) * record.itemsize > _INT64_MAX:
+            problem = "spans more elements than a 64-bit size can count"
+    if problem:
+        raise CorruptCheckpointError(
+            f"tensor '{record.name}' {problem} (size {shape}, stride {stride}, offset {offset}), so torch cannot "
+            "build it. The file is corrupt or was crafted; re-download or re-save it.",
+            code="bad-record",
+            path=record.storage.file if record.storage else None,
+        )
+
+
+def _build(record: TensorRecord, storage: torch.UntypedStorage | None) -> torch.Tensor:
+    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors."""
+    import torch
+
+    dtype = dtypes.to_torch(record.dtype)
+    _check_view(record)
+    try:
+        if storage is None:
+            return torch.empty_strided(record.shape, record.stride, dtype=dtype, device="meta")
+        tensor = torch.empty(0, dtype=dtype, device=storage.device)
+        tensor.set_(storage, record.storage_offset, record.shape, record.stride)
+        return tensor
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise CorruptCheckpointError(
+            f"torch refused to build tensor '{record.name}' ({record.dtype}, size {record.shape}, stride "
+            f"{record.stride}, offset {record.storage_offset}): {exc}. The file is corrupt or was crafted; "
+            "re-download or re-save it.",
+            code="bad-record",
+            path=record.storage.file if record.storage else None,
+        ) from None
 
 
 def materialize(records: Iterable[TensorRecord], *, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
@@ -134,7 +215,7 @@ def materialize(records: Iterable[TensorRecord], *, map_location: Any = "cpu") -
         for record in order:
             ref = record.storage
             assert ref is not None
-            storage = _to_storage(read_storage_bytes(ref, files), ref.byteorder, _swap_unit(record.dtype))
+            storage = _to_storage(read_storage_bytes(ref, files), ref, _swap_unit(record.dtype))
             device = _target_device(ref.location, map_location)
             if str(device) != "cpu":
                 storage = torch.empty(0, dtype=torch.uint8).set_(storage).to(device).untyped_storage()
@@ -144,12 +225,6 @@ def materialize(records: Iterable[TensorRecord], *, map_location: Any = "cpu") -
 
     out: dict[str, torch.Tensor] = {}
     for record in records:
-        dtype = dtypes.to_torch(record.dtype)
-        if record.storage is None:
-            out[record.name] = torch.empty_strided(record.shape, record.stride, dtype=dtype, device="meta")
-            continue
-        storage = storages[(record.storage.file, record.storage.key)]
-        tensor = torch.empty(0, dtype=dtype, device=storage.device)
-        tensor.set_(storage, record.storage_offset, record.shape, record.stride)
-        out[record.name] = tensor
+        ref = record.storage
+        out[record.name] = _build(record, None if ref is None else storages[(ref.file, ref.key)])
     return out

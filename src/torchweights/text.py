@@ -16,6 +16,7 @@ __all__ = [
     "quote",
     "quote_list",
     "shorten_list",
+    "table",
 ]
 
 
@@ -70,3 +71,21 @@ def format_shape(shape: Sequence[object]) -> str:
 def problem_list(problems: Sequence[tuple[str, str]]) -> str:
     """Problems ``(code, text)`` as one line each, ready to append to a message."""
     return "\n".join(f"  - [{code}] {text}" for code, text in problems)
+
+
+def table(rows: Sequence[Sequence[str]], right: Iterable[int] = (), indent: str = "  ", sep: str = "  ") -> list[str]:
+    """Rows of cells as aligned lines (trailing spaces removed); columns listed in ``right`` are right-aligned.
+
+    Rows shorter than the longest are padded with empty cells.
+    """
+    if not rows:
+        return []
+    ncols = max(len(row) for row in rows)
+    padded = [list(row) + [""] * (ncols - len(row)) for row in rows]
+    widths = [max(len(row[i]) for row in padded) for i in range(ncols)]
+    right_set = set(right)
+    lines = []
+    for row in padded:
+        cells = [cell.rjust(w) if i in right_set else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append((indent + sep.join(cells)).rstrip())
+    return lines

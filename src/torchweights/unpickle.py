@@ -9,8 +9,16 @@ explicitly allowed by name. Everything else becomes inert data:
   still yields its parameters without its class being imported;
 * globals known to run code, touch files, processes or the network, or import modules are refused with
   :class:`~torchweights.errors.UnsafeCheckpointError` once the whole stream has been read, naming every one;
+* ``builtins.getattr`` (how pickle spells bound methods and enum members by name) is answered without looking
+  anything up: ``getattr(<stub Net>, 'hook')`` is the inert global ``pkg.Net.hook``, classified like any other, so
+  ``getattr(<global torch.os>, 'system')`` is refused as ``torch.os.system``;
 * tensors and storages become :class:`PickledTensor` / :class:`PickledStorage` descriptions; their bytes are
   located by the format reader through ``persistent_load``.
+
+Every failure is a :class:`~torchweights.errors.CorruptCheckpointError` (``bad-pickle``, ``truncated``) or a
+:class:`~torchweights.errors.ResourceLimitError` (``limit-*``): the machine never recurses, never hashes a key
+nested deeper than :data:`_MAX_KEY_DEPTH`, never builds chains of deques or object arrays that CPython would free
+recursively, never prints a value it cannot bound, and never lets ``bytes(n)`` or ``list(range(n))`` allocate.
 
 The same table classifies globals for ``scan`` (:func:`classify_global`), so loading and scanning never disagree.
 """
@@ -29,13 +37,16 @@ import importlib
 import math
 import pathlib
 import struct
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import dtypes
-from .errors import CorruptCheckpointError, ResourceLimitError, UnsafeCheckpointError
+from .errors import CorruptCheckpointError, ResourceLimitError, TorchWeightsError, UnsafeCheckpointError
 from .records import StorageRef
+from .text import plural, quote
 
 __all__ = [
     "Global",
@@ -163,7 +174,6 @@ class UnpickleResult:
         end: offset just past the ``STOP`` opcode.
         globals: every global referenced, as ``module.qualname``.
         opcodes: number of opcodes executed (a bound for later traversals).
-        unsupported: tensor kinds recognised but not read (quantized, sparse, ...), by global name.
     """
 
     value: Any
@@ -209,6 +219,29 @@ def _bad(message: str, code: str = "bad-pickle") -> CorruptCheckpointError:
     return CorruptCheckpointError(message, code=code)
 
 
+_SHORT_REPR = (type(None), bool, int, float, complex, str, bytes, bytearray)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A bounded description of a value for error messages.
+
+    Never the full ``repr`` of a container: a hostile pickle can build structures whose repr is exponentially large
+    (shared sub-lists), infinitely deep, or an integer too long to print.
+    """
+    if isinstance(value, _SHORT_REPR):
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+            return f"<int of {value.bit_length()} bits>"
+        if isinstance(value, (str, bytes, bytearray)) and len(value) > limit:
+            value = value[:limit]
+            return repr(value) + "..."
+        return repr(value)
+    if isinstance(value, (Global, Stub, TorchValue, StorageType, _Ctor, _Pending)):
+        return repr(value)[:limit]
+    if isinstance(value, (tuple, list, dict, set, frozenset)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return f"<{type(value).__module__}.{type(value).__qualname__} object>"
+
+
 def _int(value: Any, what: str) -> int:
     if type(value) is not int and type(value) is not bool:
         raise _bad(f"{what} must be an integer, found {type(value).__name__}")
@@ -225,7 +258,7 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
 
 def _storage_of(value: Any) -> PickledStorage:
     if not isinstance(value, PickledStorage):
-        raise _bad(f"a tensor was rebuilt from {value!r}, which is not a storage saved in this file")
+        raise _bad(f"a tensor was rebuilt from {_short(value)}, which is not a storage saved in this file")
     return value
 
 
@@ -257,7 +290,7 @@ def _rebuild_tensor_v3(
     storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_: Any
 ) -> PickledTensor:
     if not (isinstance(dtype, TorchValue) and dtype.kind == "dtype"):
-        raise _bad(f"_rebuild_tensor_v3 needs a torch dtype, found {dtype!r}")
+        raise _bad(f"_rebuild_tensor_v3 needs a torch dtype, found {_short(dtype)}")
     st = _storage_of(storage)
     if st.offset:
         raise _bad("_rebuild_tensor_v3 cannot use a legacy storage view")
@@ -266,7 +299,7 @@ def _rebuild_tensor_v3(
 
 def _as_parameter(data: Any, requires_grad: Any = True, *_: Any) -> PickledTensor:
     if not isinstance(data, PickledTensor):
-        raise _bad(f"a Parameter was rebuilt from {data!r}, which is not a tensor")
+        raise _bad(f"a Parameter was rebuilt from {_short(data)}, which is not a tensor")
     data.is_parameter = True
     data.requires_grad = bool(requires_grad)
     return data
@@ -274,7 +307,7 @@ def _as_parameter(data: Any, requires_grad: Any = True, *_: Any) -> PickledTenso
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
     if not isinstance(func, _Ctor) or not isinstance(args, tuple):
-        raise _bad(f"_rebuild_from_type_v2 with {func!r}: only known tensor reconstructors are called")
+        raise _bad(f"_rebuild_from_type_v2 with {_short(func)}: only known tensor reconstructors are called")
     result = func.call(*args)
     if isinstance(result, PickledTensor):
         type_name = new_type.name if isinstance(new_type, _Ctor) else getattr(new_type, "qualname", None)
@@ -287,7 +320,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None
 
 def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False, *_: Any) -> PickledTensor:
     if not (isinstance(dtype, TorchValue) and dtype.kind == "dtype"):
-        raise _bad(f"a meta tensor needs a torch dtype, found {dtype!r}")
+        raise _bad(f"a meta tensor needs a torch dtype, found {_short(dtype)}")
     return PickledTensor(
         None, dtype.value, 0, _int_tuple(size, "size"), _int_tuple(stride, "stride"), bool(requires_grad)
     )
@@ -306,12 +339,37 @@ def _unsupported_tensor(name: str) -> Callable[..., Stub]:
     return make
 
 
+# Values the machine itself produced from plain data; builtin types and stdlib value classes may be called on them.
+_VALUE_TYPES: tuple[type, ...] = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    datetime.tzinfo,
+    decimal.Decimal,
+    fractions.Fraction,
+)
+# Containers whose iteration runs no code from the file (a ``range`` could make ``list`` allocate without bound).
+_CONCRETE = (str, bytes, bytearray, tuple, list, set, frozenset, dict)
+
+
 def _primitive(value: Any, depth: int = 0) -> bool:
-    if value is None or isinstance(value, (str, bytes, bytearray, int, float, complex)):
+    if isinstance(value, _VALUE_TYPES):
         return True
     if isinstance(value, (tuple, list, frozenset, set)) and depth < 4:
         return all(_primitive(v, depth + 1) for v in value)
     return False
+
+
+def _args_text(name: str, args: tuple[Any, ...]) -> str:
+    return f"{name}({', '.join(_short(a, 40) for a in args[:4])}{', ...' if len(args) > 4 else ''})"
 
 
 def _pure(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -323,14 +381,58 @@ def _pure(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (TypeError, ValueError, OverflowError, ArithmeticError) as exc:
-            raise _bad(f"{name}{tuple(args)!r} is invalid: {exc}") from None
+            raise _bad(f"{_args_text(name, args)} is invalid: {_short(str(exc), 200)}") from None
 
     return call
 
 
+def _collection(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``set``, ``frozenset``, ``tuple``, ``list``, ``dict``: build from a container the machine made.
+
+    Elements may be anything (stubs, dates, tensors...): building the container only hashes and compares them.
+    """
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1 or (args and not isinstance(args[0], _CONCRETE)):
+            return Stub(name, tuple(args), dict(kwargs))
+        if args and fn in (set, frozenset, dict) and not isinstance(args[0], (dict, set, frozenset)):
+            for item in args[0]:  # elements a set or dict will hash (a dict's come in pairs)
+                _check_key(item[0] if fn is dict and isinstance(item, (tuple, list)) and item else item)
+        try:
+            return fn(*args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise _bad(f"{_args_text(name, args)} is invalid: {_short(str(exc), 200)}") from None
+
+    return call
+
+
+def _byte_string(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``bytes`` / ``bytearray`` from bytes, a list of ints or ``(text, encoding)``; never ``bytes(n)``.
+
+    ``bytes(10**12)`` would make a few bytes of pickle allocate a terabyte; pickle never writes it.
+    """
+    pure = _pure(fn, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if args and not isinstance(args[0], (str, bytes, bytearray, list, tuple)):
+            return Stub(name, tuple(args), dict(kwargs))
+        return pure(*args, **kwargs)
+
+    return call
+
+
+def _timezone(*args: Any) -> Any:
+    if not args or not isinstance(args[0], datetime.timedelta) or not all(isinstance(a, str) for a in args[1:]):
+        return Stub("datetime.timezone", args)
+    try:
+        return datetime.timezone(*args)
+    except (TypeError, ValueError) as exc:
+        raise _bad(f"{_args_text('datetime.timezone', args)} is invalid: {exc}") from None
+
+
 def _codecs_encode(text: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise _bad(f"_codecs.encode({text!r:.40}, {encoding!r}) is not a plain bytes literal")
+        raise _bad(f"_codecs.encode({_short(text)}, {_short(encoding)}) is not a plain bytes literal")
     try:
         return codecs.encode(text, encoding)
     except UnicodeError as exc:
@@ -339,16 +441,21 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
 
 def _ordered_dict(*args: Any) -> collections.OrderedDict[Any, Any]:
     result: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-    if args and isinstance(args[0], (list, tuple)):
+    if args and isinstance(args[0], dict):
+        result.update(args[0])
+    elif args and isinstance(args[0], (list, tuple)):
         for pair in args[0]:
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                 raise _bad("OrderedDict items must be pairs")
+            _check_key(pair[0])
             result[pair[0]] = pair[1]
     return result
 
 
 def _defaultdict(factory: Any = None, *args: Any) -> collections.defaultdict[Any, Any]:
-    real = factory.fn if isinstance(factory, _Ctor) and hasattr(factory, "fn") else None
+    real = getattr(factory, "fn", None) if isinstance(factory, _Ctor) else None
+    if isinstance(factory, _Allowed):
+        real = factory.obj  # the user allowed this factory by name
     result: collections.defaultdict[Any, Any] = collections.defaultdict(real)
     if args and isinstance(args[0], dict):
         result.update(args[0])
@@ -372,6 +479,12 @@ def _namespace(*args: Any, **kwargs: Any) -> argparse.Namespace:
     return argparse.Namespace(**{str(k): v for k, v in kwargs.items()})
 
 
+def _simple_namespace(*args: Any, **kwargs: Any) -> types.SimpleNamespace:
+    if args and isinstance(args[0], dict) and all(isinstance(k, str) for k in args[0]):
+        kwargs = {**args[0], **kwargs}  # Python 3.13 accepts a mapping positionally
+    return types.SimpleNamespace(**{str(k): v for k, v in kwargs.items()})
+
+
 def _pure_path(cls: type[pathlib.PurePath]) -> Callable[..., Any]:
     def make(*parts: Any) -> pathlib.PurePath:
         if not all(isinstance(p, str) for p in parts):
@@ -389,46 +502,152 @@ def _numpy() -> Any:
     return numpy
 
 
+_NP_ALIGNED_STRUCT = 0x80  # numpy's NPY_ALIGNED_STRUCT dtype flag
+
+
+def _np_fail(what: str, exc: BaseException) -> CorruptCheckpointError:
+    return _bad(f"{what} is invalid: {_short(str(exc), 200)}")
+
+
+def _np_datetime_unit(metadata: Any) -> str | None:
+    """``[5s]`` from a datetime dtype's pickled metadata ``({}, (b's', 5, 1, 1))`` (older numpy: the tuple alone)."""
+    if isinstance(metadata, tuple) and len(metadata) == 2 and isinstance(metadata[0], dict):
+        metadata = metadata[1]
+    if not (isinstance(metadata, tuple) and len(metadata) >= 2):
+        return None
+    unit, num = metadata[0], metadata[1]
+    if isinstance(unit, (bytes, bytearray)):
+        unit = bytes(unit).decode("ascii", "replace")
+    if not isinstance(unit, str) or not unit.isalpha() or len(unit) > 8 or type(num) is not int or num < 1:
+        raise _bad(f"numpy datetime unit {_short(metadata)} is invalid")
+    return None if unit == "generic" else f"[{num}{unit}]"
+
+
+def _np_struct(np: Any, names: Any, fields: Any, elsize: Any, flags: Any) -> Any:
+    """A structured dtype from its pickled field table ``{name: (dtype, offset[, title])}``."""
+    if not (isinstance(names, tuple) and isinstance(fields, dict) and type(elsize) is int):
+        raise _bad("numpy structured dtype state is malformed")
+    spec: dict[str, list[Any]] = {"names": [], "formats": [], "offsets": [], "titles": []}
+    for name in names:
+        field_info = fields.get(name) if isinstance(name, str) else None
+        if not (
+            isinstance(field_info, tuple)
+            and len(field_info) in (2, 3)
+            and isinstance(field_info[0], np.dtype)
+            and type(field_info[1]) is int
+        ):
+            raise _bad(f"numpy structured dtype field {_short(name)} is malformed")
+        title = field_info[2] if len(field_info) == 3 else None
+        if title is not None and not isinstance(title, str):
+            raise _bad(f"numpy structured dtype field {_short(name)} has a title that is not a string")
+        spec["names"].append(name)
+        spec["formats"].append(field_info[0])
+        spec["offsets"].append(field_info[1])
+        spec["titles"].append(title)
+    aligned = type(flags) is int and bool(flags & _NP_ALIGNED_STRUCT)
+    return np.dtype({**spec, "itemsize": elsize}, align=aligned)
+
+
 def _np_dtype(spec: Any, align: Any = False, copy: Any = False, *_: Any) -> Any:
+    if isinstance(spec, Global) and spec.name == "record" and spec.module.startswith("numpy"):
+        spec = "V"  # np.rec arrays: a structured dtype of numpy.record scalars, read as a plain structured dtype
     if not isinstance(spec, str) or not (0 < len(spec) <= 16) or not spec.isalnum():
-        raise _bad(f"numpy dtype spec {spec!r} is not a plain type code")
+        raise _bad(f"numpy dtype spec {_short(spec)} is not a plain type code")
 
     def finish(state: Any) -> Any:
+        # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata]).
+        # It is interpreted here and rebuilt through numpy's public constructor, never handed to __setstate__.
         np = _numpy()
-        order = state[1] if isinstance(state, tuple) and len(state) > 1 and state[1] in "<>|=" else "="
+        if not isinstance(state, tuple) or len(state) < 2 or not isinstance(state[1], str):
+            raise _bad(f"numpy dtype {spec!r} has a malformed state")
+        order = state[1] if state[1] in ("<", ">", "|", "=") else "="
         if np is None:
             return Stub("numpy.dtype", (order + spec,))
+        padded = (*state, None, None, None, None, None, None, None, None)
+        subarray, names, fields, elsize, flags = padded[2], padded[3], padded[4], padded[5], padded[7]
+        metadata = padded[8] if state[0] == 4 else None
         try:
-            base = np.dtype(spec)
-        except TypeError as exc:
-            raise _bad(f"numpy dtype {spec!r}: {exc}") from None
-        return base.newbyteorder(order) if order in "<>" else base
+            if spec[0] in "Mm" and metadata is not None:
+                base = np.dtype(spec + (_np_datetime_unit(metadata) or ""))
+            elif spec == "V" and type(elsize) is int and elsize > 0:
+                base = np.dtype(f"V{elsize}")
+            else:
+                base = np.dtype(spec)
+            if subarray is not None:
+                if not (isinstance(subarray, tuple) and len(subarray) == 2 and isinstance(subarray[0], np.dtype)):
+                    raise _bad(f"numpy dtype {spec!r} has a malformed sub-array")
+                shape = subarray[1] if isinstance(subarray[1], tuple) else (subarray[1],)
+                base = np.dtype((subarray[0], _int_tuple(shape, "numpy sub-array shape")))
+            elif names is not None:
+                base = _np_struct(np, names, fields, elsize, flags)
+            native = "<" if sys.byteorder == "little" else ">"
+            if order in "<>" and base.byteorder != "|" and order != native:
+                base = base.newbyteorder(order)
+            if isinstance(metadata, dict) and spec[0] not in "Mm" and metadata:
+                base = np.dtype(base, metadata=dict(metadata))
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise _np_fail(f"numpy dtype {spec!r}", exc) from None
+        return base
 
     return _Pending(finish, f"numpy.dtype({spec!r})")
 
 
+def _np_bytes(raw: Any) -> bytes | None:
+    """Array data as bytes; Python 2 pickles carry it as a str (read with latin-1, as numpy does)."""
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw)
+    if isinstance(raw, str):
+        try:
+            return raw.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+    return None
+
+
+def _np_array(np: Any, raw: Any, dt: Any, shape: tuple[int, ...], fortran: bool) -> Any:
+    """A new writable array from pickled data, laid out in C or Fortran order as it was saved."""
+    if any(n < 0 for n in shape):
+        raise _bad(f"numpy array shape {shape} has a negative size")
+    count = math.prod(shape)
+    order = "F" if fortran else "C"
+    if dt.hasobject and dt.kind != "O":
+        return Stub("numpy.ndarray", (shape, dt, raw))  # a structured array holding objects: kept inert
+    if dt.hasobject:
+        # Object arrays are pickled as a list of their elements in C order, whatever their layout.
+        if not isinstance(raw, list) or len(raw) != count:
+            raise _bad("numpy object array data does not match its shape")
+        arr = np.empty(count, dtype=object)
+        arr[:] = raw
+        return np.array(arr.reshape(shape), order=order)
+    data = _np_bytes(raw)
+    if data is None or len(data) != count * dt.itemsize:
+        raise _bad(
+            f"numpy array data holds {len(data) if data is not None else '?'} bytes, "
+            f"shape {shape} x {dt.itemsize} needs {count * dt.itemsize}"
+        )
+    if count == 0 or dt.itemsize == 0:
+        return np.zeros(shape, dtype=dt, order=order)
+    return np.frombuffer(data, dtype=dt).reshape(shape, order=order).copy(order="K")
+
+
 def _np_reconstruct(cls: Any, shape: Any = (0,), typecode: Any = b"b", *_: Any) -> Any:
+    cls_name = _callable_name(cls)
+
     def finish(state: Any) -> Any:
         if not (isinstance(state, tuple) and len(state) == 5):
-            raise _bad("numpy array state must be (version, shape, dtype, fortran, data)")
+            # An ndarray subclass with a state of its own: keep it inert, with everything it carried.
+            stub = Stub(cls_name, (shape, typecode))
+            stub.state = state
+            return stub
         _, shp, dt, fortran, raw = state
         shp = _int_tuple(shp, "numpy shape")
         np = _numpy()
         if np is None or not isinstance(dt, np.dtype):
             return Stub("numpy.ndarray", (shp, dt, raw))
-        count = math.prod(shp)
-        if dt.hasobject:
-            if not isinstance(raw, list) or len(raw) != count:
-                raise _bad("numpy object array data does not match its shape")
-            arr = np.empty(count, dtype=object)
-            arr[:] = raw
-            return arr.reshape(shp, order="F" if fortran else "C")
-        if not isinstance(raw, (bytes, bytearray)) or len(raw) != count * dt.itemsize:
-            raise _bad(
-                f"numpy array data holds {len(raw) if isinstance(raw, bytes) else '?'} bytes, "
-                f"shape {shp} x {dt.itemsize} needs {count * dt.itemsize}"
-            )
-        return np.frombuffer(bytes(raw), dtype=dt).reshape(shp, order="F" if fortran else "C").copy()
+        try:
+            return _np_array(np, raw, dt, shp, bool(fortran))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _np_fail("numpy array", exc) from None
 
     return _Pending(finish, "numpy.ndarray")
 
@@ -439,9 +658,13 @@ def _np_scalar(dtype: Any, data: Any = None, *_: Any) -> Any:
         return Stub("numpy.scalar", (dtype, data))
     if dtype.hasobject:
         return data
-    if not isinstance(data, (bytes, bytearray)) or len(data) != dtype.itemsize:
+    raw = _np_bytes(data)
+    if raw is None or len(raw) != dtype.itemsize:
         raise _bad("numpy scalar data does not match its dtype size")
-    return np.frombuffer(bytes(data), dtype=dtype)[0]
+    try:
+        return np.frombuffer(raw, dtype=dtype)[0].copy()
+    except (TypeError, ValueError) as exc:
+        raise _np_fail("numpy scalar", exc) from None
 
 
 def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C", *_: Any) -> Any:
@@ -449,15 +672,49 @@ def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C", *_: Any) 
     shp = _int_tuple(shape, "numpy shape")
     if np is None or not isinstance(dtype, np.dtype) or dtype.hasobject:
         return Stub("numpy.ndarray", (buf, dtype, shp))
-    if not isinstance(buf, (bytes, bytearray)) or len(buf) != math.prod(shp) * dtype.itemsize:
-        raise _bad("numpy buffer size does not match its shape")
-    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shp, order="F" if order == "F" else "C").copy()
+    try:
+        return _np_array(np, buf, dtype, shp, order == "F")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _np_fail("numpy array", exc) from None
+
+
+def _getattr(obj: Any, name: Any, *default: Any) -> Any:
+    """``builtins.getattr`` as pickle uses it (bound methods, enum members by name), answered without looking.
+
+    The result is an inert reference named after what was asked for: ``getattr(<stub LazyLinear>, '_infer_parameters')``
+    is the global ``torch.nn.modules.linear.LazyLinear._infer_parameters``. The machine classifies that name like any
+    other global, so ``getattr(<global torch.os>, 'system')`` is refused as ``torch.os.system``.
+    """
+    if not isinstance(name, str) or not name:
+        raise _bad(f"getattr with attribute name {_short(name)}")
+    if isinstance(obj, Global):
+        return Global(obj.module, f"{obj.name}.{name}")
+    if isinstance(obj, (_Ctor, Stub)):
+        owner = _callable_name(obj)
+        module, _, qual = owner.rpartition(".")
+        return Global(module or owner, f"{qual}.{name}" if module else name)
+    if name.startswith("__") and name.endswith("__"):
+        # a dunder of a real value (``().__class__``): the first step of every sandbox escape
+        return Global(type(obj).__module__, f"{type(obj).__qualname__}.{name}")
+    return Stub("builtins.getattr", (obj, name, *default))
 
 
 def _copyreg_reconstructor(cls: Any, base: Any = None, state: Any = None) -> Any:
+    """Protocol 0/1 objects: ``cls`` made from ``base(state)``; ``state`` is the builtin value of a subclass."""
     if isinstance(cls, _Ctor):
-        return cls.new()
-    return Stub(_callable_name(cls))
+        return cls.new() if state is None else cls.new(state)
+    if isinstance(cls, _Allowed):
+        return cls.reconstruct(base, state)
+    stub = Stub(_callable_name(cls))
+    if isinstance(state, dict):
+        stub.dictitems.update(state)  # a dict subclass: its items
+    elif isinstance(state, list):
+        stub.items.extend(state)  # a list subclass: its elements
+    elif isinstance(state, tuple):
+        stub.args = state  # a tuple subclass (a namedtuple): its fields, as NEWOBJ would pass them
+    elif state is not None:
+        stub.args = (state,)  # an int or str subclass: its value
+    return stub
 
 
 def _copyreg_newobj(cls: Any, *args: Any) -> Any:
@@ -503,7 +760,7 @@ def _torch_constants() -> dict[str, Any]:
 
 def _torch_device(*args: Any) -> TorchValue:
     if not args or not isinstance(args[0], str) or len(args) > 2:
-        raise _bad(f"torch.device{args!r} is not a device")
+        raise _bad(f"torch.device({', '.join(_short(a) for a in args[:3])}) is not a device")
     text = args[0] if len(args) == 1 or args[1] is None else f"{args[0]}:{_int(args[1], 'device index')}"
     return TorchValue("device", text)
 
@@ -514,7 +771,7 @@ def _torch_size(*args: Any) -> tuple[int, ...]:
 
 def _get_layout(name: Any) -> TorchValue:
     if not isinstance(name, str) or not name.startswith("torch."):
-        raise _bad(f"unknown layout {name!r}")
+        raise _bad(f"unknown layout {_short(name)}")
     return TorchValue("layout", name.removeprefix("torch."))
 
 
@@ -556,26 +813,30 @@ def _build_table() -> dict[str, Any]:
     table.update(_storage_types())
     table.update(_torch_constants())
 
-    for name, fn in (
-        ("set", set),
-        ("frozenset", frozenset),
-        ("bytearray", bytearray),
-        ("bytes", bytes),
-        ("complex", complex),
-        ("slice", slice),
-        ("range", range),
-        ("int", int),
-        ("float", float),
-        ("str", str),
-        ("bool", bool),
-        ("tuple", tuple),
-        ("list", list),
-        ("dict", dict),
-    ):
-        ctor = _Ctor(f"builtins.{name}", _pure(fn, f"builtins.{name}"))
+    builtin_types: tuple[tuple[str, Any, Callable[[Callable[..., Any], str], Callable[..., Any]]], ...] = (
+        ("set", set, _collection),
+        ("frozenset", frozenset, _collection),
+        ("tuple", tuple, _collection),
+        ("list", list, _collection),
+        ("dict", dict, _collection),
+        ("bytearray", bytearray, _byte_string),
+        ("bytes", bytes, _byte_string),
+        ("complex", complex, _pure),
+        ("slice", slice, _pure),
+        ("range", range, _pure),
+        ("int", int, _pure),
+        ("float", float, _pure),
+        ("str", str, _pure),
+        ("bool", bool, _pure),
+    )
+    for name, fn, wrap in builtin_types:
+        ctor = _Ctor(f"builtins.{name}", wrap(fn, f"builtins.{name}"))
         ctor.fn = fn  # type: ignore[attr-defined]
         table[f"builtins.{name}"] = ctor
+    table["builtins.Ellipsis"] = Ellipsis
+    table["builtins.NotImplemented"] = NotImplemented
     add("builtins.object", lambda *a: Stub("builtins.object", a))
+    add("builtins.getattr", _getattr)
     add("_codecs.encode", _codecs_encode)
     add("copyreg._reconstructor", _copyreg_reconstructor)
     add("copyreg.__newobj__", _copyreg_newobj)
@@ -585,6 +846,9 @@ def _build_table() -> dict[str, Any]:
     add("collections.Counter", _counter)
     add("collections.deque", _deque)
     add("argparse.Namespace", _namespace)
+    add("types.SimpleNamespace", _simple_namespace)
+    # Concrete paths come back as pure paths: same text and parts, no file system methods. Python 3.13 pickles them
+    # from ``pathlib._local``.
     for cls_name, cls in (
         ("PosixPath", pathlib.PurePosixPath),
         ("PurePosixPath", pathlib.PurePosixPath),
@@ -593,7 +857,8 @@ def _build_table() -> dict[str, Any]:
         ("Path", pathlib.PurePosixPath),
         ("PurePath", pathlib.PurePosixPath),
     ):
-        add(f"pathlib.{cls_name}", _pure_path(cls))
+        for module in ("pathlib", "pathlib._local"):
+            add(f"{module}.{cls_name}", _pure_path(cls))
     value_classes: tuple[tuple[str, Callable[..., Any]], ...] = (
         ("datetime.datetime", datetime.datetime),
         ("datetime.date", datetime.date),
@@ -604,12 +869,7 @@ def _build_table() -> dict[str, Any]:
     )
     for name, value_cls in value_classes:
         add(name, _pure(value_cls, name))
-    add(
-        "datetime.timezone",
-        lambda *a: datetime.timezone(*a)
-        if a and isinstance(a[0], datetime.timedelta)
-        else Stub("datetime.timezone", a),
-    )
+    add("datetime.timezone", _timezone)
     for np_core in ("numpy.core", "numpy._core"):
         add(f"{np_core}.multiarray._reconstruct", _np_reconstruct)
         add(f"{np_core}.multiarray.scalar", _np_scalar)
@@ -629,14 +889,38 @@ _DANGEROUS_MODULES = frozenset(
     _posixsubprocess _winapi msvcrt winreg gc inspect dill joblib cloudpickle shelve dbm sqlite3 zipimport pkgutil
     site imp types threading _thread io _io operator functools copy glob fileinput linecache tarfile zipfile
     builtins_danger paramiko fabric yaml jinja2 mako pexpect sh xmlrpc socketserver select selectors mmap
-    resource fcntl termios ensurepip venv distutils zipapp compileall py_compile""".split()
+    resource fcntl termios ensurepip venv distutils zipapp compileall py_compile _operator _functools _imp
+    _frozen_importlib _frozen_importlib_external _ctypes _socket _ssl ssl _multiprocessing _posixshmem _signal
+    _winreg _sqlite3 tkinter _tkinter atexit faulthandler _osx_support smtpd nntplib poplib imaplib
+    asynchat asyncore cgi cgitb _xxsubinterpreters _interpreters concurrent""".split()
 )
 _DANGEROUS_BUILTINS = frozenset(
     """eval exec execfile compile open __import__ getattr setattr delattr globals locals vars input breakpoint
     help exit quit apply memoryview type super classmethod staticmethod property reload file""".split()
 )
+# Modules that are dangerous wherever they appear in a dotted name, since packages re-export them (``torch.os``).
+_DANGEROUS_COMPONENTS = frozenset(
+    """os sys subprocess builtins __builtin__ importlib pickle _pickle cPickle shutil socket posix nt ctypes marshal
+    runpy pty multiprocessing codeop pdb webbrowser _posixsubprocess""".split()
+)
 _DANGEROUS_PREFIXES = (
     "torch.load",
+    "torch.save",
+    "torch.from_file",
+    "torch.compile",
+    "torch.export",
+    "torch.library",
+    "torch._ops",
+    "torch.utils._python_dispatch",
+    "logging.config",
+    "numpy.lib._npyio_impl",
+    "numpy.lib._datasource",
+    "numpy.DataSource",
+    "numpy.fromregex",
+    "numpy.core.multiarray.fromfile",
+    "numpy._core.multiarray.fromfile",
+    "numpy.core.records.fromfile",
+    "numpy._core.records.fromfile",
     "torch.serialization",
     "torch.hub",
     "torch.jit",
@@ -692,6 +976,8 @@ def classify_global(name: str) -> str:
     parts = name.split(".")
     if any(p.startswith("__") and p.endswith("__") and p not in ("__main__",) for p in parts[1:]):
         return "dangerous"
+    if any(p in _DANGEROUS_COMPONENTS for p in parts[1:]):
+        return "dangerous"  # a module re-exported by another (``torch.os.system``)
     if module in ("builtins", "__builtin__"):
         return "dangerous" if attr.split(".")[0] in _DANGEROUS_BUILTINS or "." in attr else "unknown"
     if module in _DANGEROUS_MODULES or module == "copyreg" or module == "_codecs":
@@ -718,48 +1004,98 @@ def _callable_name(obj: Any) -> str:
     return type(obj).__name__
 
 
+_CALL_ERRORS = (
+    TypeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    ArithmeticError,
+    UnicodeError,
+)
+
+
 def _instantiate(cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, new: bool) -> Any:
     """REDUCE / NEWOBJ: call a table entry, make a stub of anything else; never call the file's code."""
     if isinstance(cls, _Ctor):
         fn = cls.new if new else cls.call
         try:
             return fn(*args, **kwargs)
-        except TypeError as exc:
-            raise _bad(f"{cls.name} called with unexpected arguments: {exc}") from None
+        except TorchWeightsError:
+            raise
+        except _CALL_ERRORS as exc:
+            raise _bad(f"{cls.name} called with unexpected arguments: {_short(str(exc), 200)}") from None
     if isinstance(cls, _Allowed):
-        return cls.obj.__new__(cls.obj, *args, **kwargs) if new else cls.obj(*args, **kwargs)
+        return cls.make(args, kwargs, new=new)
     if isinstance(cls, (Global, Stub)):
         return Stub(_callable_name(cls), args, kwargs)
-    raise _bad(f"the pickle calls {type(cls).__name__} {cls!r:.60}, which is not callable")
+    raise _bad(f"the pickle calls {_short(cls)}, which is not callable")
 
 
 class _Allowed:
-    """A global the user allowed by name: the real object, imported and called as pickle would."""
+    """A global the user allowed by name: the real object, imported and called as pickle would.
 
-    __slots__ = ("name", "obj")
+    Every object it makes is remembered in ``created`` (shared by one machine), so that BUILD restores the state of
+    exactly those objects for real and of nothing else.
+    """
 
-    def __init__(self, name: str, obj: Any) -> None:
+    __slots__ = ("created", "name", "obj")
+
+    def __init__(self, name: str, obj: Any, created: dict[int, Any]) -> None:
         self.name = name
         self.obj = obj
+        self.created = created
+
+    def _fail(self, exc: Exception) -> CorruptCheckpointError:
+        return _bad(
+            f"allowed global '{self.name}' failed on this file's data: {type(exc).__name__}: {_short(str(exc), 200)}"
+        )
+
+    def make(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, new: bool) -> Any:
+        try:
+            obj = self.obj.__new__(self.obj, *args, **kwargs) if new else self.obj(*args, **kwargs)
+        except TorchWeightsError:
+            raise
+        except Exception as exc:  # the user's own code, called because they allowed it
+            raise self._fail(exc) from None
+        self.created[id(obj)] = obj
+        return obj
+
+    def reconstruct(self, base: Any, state: Any) -> Any:
+        """``copyreg._reconstructor(cls, base, state)`` for an allowed class (protocols 0 and 1)."""
+        base_type = getattr(base, "fn", None) if isinstance(base, _Ctor) else None
+        try:
+            if base_type is None:
+                obj = object.__new__(self.obj)
+            else:
+                obj = base_type.__new__(self.obj, state)
+                if base_type.__init__ is not object.__init__:
+                    base_type.__init__(obj, state)
+        except Exception as exc:
+            raise self._fail(exc) from None
+        self.created[id(obj)] = obj
+        return obj
 
 
-def _import_allowed(module: str, name: str) -> _Allowed:
+def _import_allowed(module: str, name: str, created: dict[int, Any]) -> _Allowed:
     try:
         obj: Any = importlib.import_module(module)
         for part in name.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # ImportError, AttributeError, or whatever the allowed module raises on import
         from .errors import UnsupportedCheckpointError
 
         raise UnsupportedCheckpointError(
-            f"'{module}.{name}' was allowed but cannot be imported here: {exc}. "
-            "Install the package that defines it, or leave it out of allow_globals to load it as an inert stub.",
+            f"'{module}.{name}' was allowed but cannot be imported here: {type(exc).__name__}: "
+            f"{_short(str(exc), 200)}. Install the package that defines it, or leave it out of allow_globals to load "
+            "it as an inert stub.",
             code="allowed-global-missing",
         ) from None
-    return _Allowed(f"{module}.{name}", obj)
+    return _Allowed(f"{module}.{name}", obj, created)
 
 
-def _build(obj: Any, state: Any, allowed: bool) -> Any:
+def _build(obj: Any, state: Any, created: dict[int, Any]) -> Any:
     """BUILD: set the state of an object; returns the object that stands in its place afterwards."""
     if isinstance(obj, Stub):
         if isinstance(obj.state, dict) and isinstance(state, dict):
@@ -769,29 +1105,46 @@ def _build(obj: Any, state: Any, allowed: bool) -> Any:
         return obj
     if isinstance(obj, _Pending):
         return obj.finish(state)
-    if isinstance(obj, argparse.Namespace):
+    if created.get(id(obj)) is obj:
+        # An object made by a global the user allowed: restore it as pickle would.
+        try:
+            _real_build(obj, state)
+        except TorchWeightsError:
+            raise
+        except Exception as exc:  # the user's own __setstate__
+            raise _bad(
+                f"restoring the state of an allowed {type(obj).__qualname__} failed: {_short(str(exc), 200)}"
+            ) from None
+        return obj
+    if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)):
         attrs = state[0] if isinstance(state, tuple) and state and isinstance(state[0], dict) else state
         if isinstance(attrs, dict):
             for key, value in attrs.items():
-                setattr(obj, str(key), value)
+                if not isinstance(key, str):
+                    raise _bad(f"{type(obj).__name__} attribute named by {_short(key)}, not a string")
+                vars(obj)[key] = value  # into the instance dict: no descriptor (__class__, __dict__) is invoked
         return obj
-    if isinstance(obj, (dict, list, PickledTensor)) and not state:
+    if isinstance(obj, (dict, list, set, collections.deque, PickledTensor)) and not state:
         return obj  # dict subclasses pickle an empty instance state; tensors carry theirs as arguments
     if isinstance(obj, collections.OrderedDict) and isinstance(state, dict):
         # state_dict() sets ``_metadata`` (per-module versions) on its OrderedDict: keep it as an attribute.
+        # Never one that shadows a method (``items``): code reading the dict must keep getting a dict.
         for key, value in state.items():
-            if isinstance(key, str) and key.isidentifier() and not key.startswith("__"):
+            if (
+                isinstance(key, str)
+                and key.isidentifier()
+                and not key.startswith("__")
+                and not hasattr(collections.OrderedDict, key)
+            ):
                 setattr(obj, key, value)
         return obj
-    if allowed and not isinstance(obj, (Global, TorchValue, StorageType, _Ctor, PickledStorage, PickledTensor)):
-        _real_build(obj, state)  # an object made by a global the user allowed: restore it as pickle would
-        return obj
-    raise _bad(f"BUILD on {type(obj).__name__} {obj!r:.60}: this object has no state to set")
+    raise _bad(f"BUILD on {_short(obj)}: this object has no state to set")
 
 
 def _real_build(inst: Any, state: Any) -> None:
+    """pickle's own BUILD (``_Unpickler.load_build``), for objects made by allowed globals only."""
     setstate = getattr(inst, "__setstate__", None)
-    if setstate is not None and not isinstance(state, dict):
+    if setstate is not None:
         setstate(state)
         return
     slotstate = None
@@ -838,6 +1191,8 @@ class _Reader:
             idx = bytes(data[start:stop]).find(b"\n")
             idx = -1 if idx < 0 else start + idx
         if idx < 0:
+            if stop == self.end:
+                raise _bad(f"pickle data is truncated: the text argument at byte {start} has no end", code="truncated")
             raise _bad(f"pickle text argument at byte {start} has no end of line within {limit} bytes")
         self.pos = idx + 1
         return bytes(data[start:idx])
@@ -874,6 +1229,106 @@ def _text_int(raw: bytes) -> int:
         raise _bad(f"bad integer literal {raw[:40]!r} in pickle") from None
 
 
+_MAX_KEY_DEPTH = 100
+_MAX_KEY_NODES = 100_000
+
+
+def _check_key(value: Any) -> None:
+    """Refuse a dict key or set element whose hash would recurse too deep or take too long.
+
+    Python hashes a tuple by hashing every element, recursively and without a depth guard: a key nested a million
+    tuples deep crashes the interpreter, and a key of shared tuples nested 60 deep takes 2**60 steps.
+    """
+    if type(value) is not tuple:
+        return
+    pending = [(value, 1)]
+    seen = 0
+    while pending:
+        tup, depth = pending.pop()
+        seen += len(tup)
+        if depth > _MAX_KEY_DEPTH or seen > _MAX_KEY_NODES:
+            raise ResourceLimitError(
+                f"a dict key or set element in the pickle is a tuple nested more than {_MAX_KEY_DEPTH} levels deep or "
+                f"holding more than {_MAX_KEY_NODES} items; no real checkpoint has one. The file is malformed or "
+                "hostile.",
+                code="limit-depth",
+            )
+        for item in tup:
+            if type(item) is tuple:
+                pending.append((item, depth + 1))
+
+
+_MAX_NESTING = 16
+
+
+class _Nesting:
+    """Bounds chains of deques, defaultdicts and numpy object arrays nested directly in one another.
+
+    CPython frees those recursively in C, without the "trashcan" guard that lists, dicts, tuples and instances of
+    Python classes have: a chain a few thousand deep crashes the interpreter when it is freed, whoever frees it.
+    Guarded containers in between only help so much (the guard lets 50 of them nest before it defers), so direct
+    chains are kept short: 50 x 16 unguarded frames stay far from the C stack's end. Every such container the
+    machine makes is registered with its depth (and kept alive until the stream is read, so ids stay unique); one
+    that grows deeper after being nested in another is refused, so no recorded depth can go stale.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[int, list[Any]] = {}  # id -> [object, depth, nested in another]
+
+    @staticmethod
+    def _items(obj: Any) -> Any:
+        if isinstance(obj, collections.deque):
+            return obj
+        if isinstance(obj, collections.defaultdict):
+            return list(obj.values())
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(obj, np.ndarray) and obj.dtype.hasobject:
+            return obj.ravel()
+        return None
+
+    def _entry(self, obj: Any) -> list[Any] | None:
+        entry = self.entries.get(id(obj))
+        return entry if entry is not None and entry[0] is obj else None
+
+    def _depth(self, items: Any, parent: Any) -> int:
+        depth = 1
+        for item in items:
+            entry = self._entry(item) if item is not parent else None
+            if entry is not None:
+                entry[2] = True
+                depth = max(depth, entry[1] + 1)
+        if depth > _MAX_NESTING:
+            raise ResourceLimitError(
+                f"the pickle nests deques or numpy object arrays directly in one another more than {_MAX_NESTING} "
+                "levels deep; no real checkpoint does. The file is malformed or hostile.",
+                code="limit-depth",
+            )
+        return depth
+
+    def note(self, obj: Any) -> Any:
+        """Register ``obj`` if it is a new deque or object array; returns it."""
+        items = self._items(obj)
+        if items is not None and self._entry(obj) is None:
+            self.entries[id(obj)] = [obj, self._depth(items, obj), False]
+        return obj
+
+    def grow(self, target: Any, items: list[Any]) -> None:
+        """``items`` are about to be added to the deque or defaultdict ``target``."""
+        entry = self._entry(target)
+        if entry is None:
+            self.note(target)
+            entry = self._entry(target)
+            assert entry is not None
+        depth = self._depth(items, target)
+        if depth > entry[1]:
+            if entry[2]:
+                raise _bad(
+                    f"a {type(target).__name__} grew deeper after it was nested in another container; pickle never "
+                    "writes that"
+                )
+            entry[1] = depth
+
+
 class _Machine:
     def __init__(
         self,
@@ -885,6 +1340,8 @@ class _Machine:
         self.globals: set[str] = set()
         self.dangerous: list[str] = []
         self.proto = 0
+        self.created: dict[int, Any] = {}  # objects made by allowed globals, by id
+        self.nesting = _Nesting()
 
     # -- globals ---------------------------------------------------------------------------------------------
     def find_global(self, module: str, name: str) -> Any:
@@ -898,15 +1355,23 @@ class _Machine:
         qual = f"{module}.{name}"
         self.globals.add(qual)
         if qual in self.allow_globals:
-            allowed = _import_allowed(module, name)
+            allowed = _import_allowed(module, name, self.created)
             return allowed if callable(allowed.obj) else allowed.obj
         entry = SAFE_GLOBALS.get(qual)
         if entry is not None:
             return entry
-        if classify_global(qual) == "dangerous":
-            if qual not in self.dangerous:
+        return self.note(Global(module, name))
+
+    def note(self, value: Any) -> Any:
+        """Record a global reference the stream made (by name, or through ``getattr``); flag it if dangerous."""
+        if type(value) is Global:
+            qual = value.qualname
+            self.globals.add(qual)
+            if classify_global(qual) == "dangerous" and qual not in self.dangerous:
                 self.dangerous.append(qual)
-        return Global(module, name)
+        else:
+            self.nesting.note(value)
+        return value
 
     def extension(self, code: int) -> Any:
         key = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
@@ -954,16 +1419,22 @@ class _Machine:
             dest = target.dictitems if isinstance(target, Stub) else target
             if not isinstance(dest, dict):
                 raise _bad(f"SETITEM on {type(target).__name__}, which is not a dict")
+            if isinstance(dest, collections.defaultdict):
+                self.nesting.grow(dest, items[1::2])
             try:
                 for i in range(0, len(items), 2):
+                    _check_key(items[i])
                     dest[items[i]] = items[i + 1]
             except TypeError as exc:
-                raise _bad(f"bad dict key in pickle: {exc}") from None
+                raise _bad(f"bad dict key in pickle: {_short(str(exc), 200)}") from None
 
         def extend(target: Any, items: list[Any]) -> None:
             if isinstance(target, Stub):
                 target.items.extend(items)
-            elif isinstance(target, (list, collections.deque)):
+            elif isinstance(target, list):
+                target.extend(items)
+            elif isinstance(target, collections.deque):
+                self.nesting.grow(target, items)
                 target.extend(items)
             else:
                 raise _bad(f"APPEND on {type(target).__name__}, which is not a list")
@@ -1037,7 +1508,10 @@ class _Machine:
                 raw = r.line()
                 if len(raw) < 2 or raw[0] != raw[-1] or raw[:1] not in (b"'", b'"'):
                     raise _bad("STRING opcode argument is not quoted")
-                decoded: Any = codecs.escape_decode(raw[1:-1])[0]
+                try:
+                    decoded: Any = codecs.escape_decode(raw[1:-1])[0]
+                except ValueError as exc:
+                    raise _bad(f"STRING opcode argument has a bad escape: {exc}") from None
                 stack.append(_decode_py2_str(decoded))
             elif op == 0x54:  # BINSTRING
                 n = r.unpack(_I4)
@@ -1047,7 +1521,10 @@ class _Machine:
             elif op == 0x55:  # SHORT_BINSTRING
                 stack.append(_decode_py2_str(r.take(r.u1())))
             elif op == 0x56:  # UNICODE
-                stack.append(r.line().decode("raw-unicode-escape"))
+                try:
+                    stack.append(r.line().decode("raw-unicode-escape"))
+                except UnicodeDecodeError as exc:
+                    raise _bad(f"UNICODE opcode argument has a bad escape: {exc.reason}") from None
             elif op in (0x58, 0x8C, 0x8D):  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
                 n = r.unpack(_U4) if op == 0x58 else r.u1() if op == 0x8C else r.unpack(_U8)
                 try:
@@ -1103,15 +1580,22 @@ class _Machine:
             elif op == 0x90:  # ADDITEMS
                 items = pop_mark()
                 target = top()
+                if isinstance(target, Stub):  # a set subclass
+                    target.items.extend(items)
+                    continue
                 if not isinstance(target, set):
                     raise _bad("ADDITEMS on something that is not a set")
                 try:
+                    for item in items:
+                        _check_key(item)
                     target.update(items)
                 except TypeError as exc:
                     raise _bad(f"bad set item in pickle: {exc}") from None
             elif op == 0x91:  # FROZENSET
                 try:
                     items = pop_mark()
+                    for item in items:
+                        _check_key(item)
                     stack.append(frozenset(items))
                 except TypeError as exc:
                     raise _bad(f"bad set item in pickle: {exc}") from None
@@ -1131,36 +1615,39 @@ class _Machine:
                 fn = pop()
                 if not isinstance(args, tuple):
                     raise _bad("REDUCE arguments are not a tuple")
-                stack.append(_instantiate(fn, args, {}, new=False))
+                stack.append(self.note(_instantiate(fn, args, {}, new=False)))
             elif op == 0x81:  # NEWOBJ
                 args = pop()
                 cls = pop()
                 if not isinstance(args, tuple):
                     raise _bad("NEWOBJ arguments are not a tuple")
-                stack.append(_instantiate(cls, args, {}, new=True))
+                stack.append(self.note(_instantiate(cls, args, {}, new=True)))
             elif op == 0x92:  # NEWOBJ_EX
                 kwargs = pop()
                 args = pop()
                 cls = pop()
                 if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                     raise _bad("NEWOBJ_EX arguments are not a tuple and a dict")
-                stack.append(_instantiate(cls, args, {str(k): v for k, v in kwargs.items()}, new=True))
+                if not all(isinstance(k, str) for k in kwargs):
+                    raise _bad("NEWOBJ_EX keyword arguments are not named by strings")
+                stack.append(self.note(_instantiate(cls, args, kwargs, new=True)))
             elif op == 0x69:  # INST
                 module = r.line().decode("utf-8", "replace")
                 name = r.line().decode("utf-8", "replace")
                 cls = self.find_global(module, name)
                 items = pop_mark()
-                stack.append(_instantiate(cls, tuple(items), {}, new=False))
+                stack.append(self.note(_instantiate(cls, tuple(items), {}, new=False)))
             elif op == 0x6F:  # OBJ
                 items = pop_mark()
                 if not items:
                     raise _bad("OBJ without a class")
-                stack.append(_instantiate(items[0], tuple(items[1:]), {}, new=False))
+                stack.append(self.note(_instantiate(items[0], tuple(items[1:]), {}, new=False)))
             elif op == 0x62:  # BUILD
                 state = pop()
                 obj = pop()
-                new = _build(obj, state, bool(self.allow_globals))
+                new = _build(obj, state, self.created)
                 if new is not obj:
+                    self.nesting.note(new)
                     replace(obj, new)
                 stack.append(new)
             elif op == 0x50:  # PERSID
@@ -1223,30 +1710,41 @@ def unpickle(
     else:
         stop_limit = stop
     machine = _Machine(persistent_load, allow_globals)
+    context = f" {where}" if where else ""
+    failure: TorchWeightsError | None = None
     try:
         result = machine.run(data, start, stop_limit)
     except CorruptCheckpointError as exc:
         if stop_limit < stop and exc.code == "truncated":
-            raise ResourceLimitError(
-                f"pickle stream {where} is longer than the {max_bytes}-byte limit. If you trust the file, raise "
+            failure = ResourceLimitError(
+                f"pickle stream{context} is longer than the {max_bytes}-byte limit. If you trust the file, raise "
                 "the limit: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
                 code="limit-pickle-size",
-            ) from None
-        exc.message = f"{exc.message} (in {where})" if where else exc.message
-        raise
+            )
+        else:
+            exc.message = f"{exc.message} (in {where})" if where else exc.message
+            failure = exc
+    except TorchWeightsError as exc:  # from persistent_load or an allowed global's import
+        failure = exc
     except RecursionError:
-        raise ResourceLimitError(f"pickle stream {where} nests too deeply", code="limit-depth") from None
+        failure = ResourceLimitError(f"pickle stream{context} nests too deeply", code="limit-depth")
     except MemoryError:
-        raise ResourceLimitError(
-            f"pickle stream {where} asks for more memory than available", code="limit-memory"
-        ) from None
+        failure = ResourceLimitError(f"pickle stream{context} asks for more memory than available", code="limit-memory")
+    except (*_CALL_ERRORS, struct.error) as exc:
+        # Every opcode validates its operands; this is the backstop that keeps a malformed stream a
+        # CorruptCheckpointError whatever slipped through.
+        failure = _bad(f"malformed pickle stream{context}: {type(exc).__name__}: {_short(str(exc), 200)}")
     if machine.dangerous:
-        names = ", ".join(f"'{n}'" for n in machine.dangerous)
+        # Refusing for safety takes precedence over any other problem: it is the one the user must know about.
+        names = ", ".join(quote(n) for n in machine.dangerous)
+        also = f" (The stream is also malformed: {failure.message})" if failure is not None else ""
         raise UnsafeCheckpointError(
-            f"{where or 'the pickle'} references {len(machine.dangerous)} global(s) that can run code or touch the "
-            f"system: {names}. Nothing was executed. A weights file has no reason to call these; do not load it "
-            "with torch.load either. If you wrote this file yourself and trust it, allow exactly these: "
-            "tw.load(path, allow_globals=[...])  (CLI: --allow-global NAME)",
+            f"{where or 'the pickle'} references {plural(len(machine.dangerous), 'global')} that can run code or "
+            f"touch the system: {names}. Nothing was executed. A weights file has no reason to call these; do not "
+            "load it with torch.load either. If you wrote this file yourself and trust it, allow exactly these: "
+            f"tw.load(path, allow_globals=[...])  (CLI: --allow-global NAME){also}",
             code="unsafe-global",
-        )
+        ) from None
+    if failure is not None:
+        raise failure from None
     return result

@@ -21,7 +21,7 @@ from ..errors import TorchWeightsError
 __all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_UNREADABLE", "build_parser", "main"]
 
 #: Subcommand modules under ``torchweights.cli``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("inspect",)
+COMMANDS: tuple[str, ...] = ("inspect", "check")
 
 EXIT_OK = 0
 EXIT_UNREADABLE = 2

@@ -15,13 +15,15 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .. import api
+from ..containers import short_repr
 from ..fold import fold_names, human_bytes, human_count, prefix_tree
 from ..records import Checkpoint
 from ..text import printable
+from ..text import table as _table
 
 __all__ = ["register", "render_text", "run", "summarize"]
 
@@ -119,7 +121,7 @@ def _dtype_totals(ckpt: Checkpoint) -> dict[str, dict[str, int]]:
 
 def _repr(value: Any) -> str:
     try:
-        return repr(value)
+        return short_repr(value, 400)
     except Exception:  # a stub or foreign object with a broken __repr__ must not stop the report
         return f"<{type(value).__name__} object>"
 
@@ -173,19 +175,6 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------- text
-
-
-def _table(rows: Sequence[Sequence[str]], right: Iterable[int] = (), indent: str = "  ") -> list[str]:
-    """Rows of cells as aligned lines; columns listed in ``right`` are right-aligned."""
-    if not rows:
-        return []
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right_set = set(right)
-    lines = []
-    for row in rows:
-        cells = [cell.rjust(w) if i in right_set else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append((indent + "  ".join(cells)).rstrip())
-    return lines
 
 
 def _more(count: int) -> str:

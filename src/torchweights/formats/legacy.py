@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
+from ..containers import short_repr
 from ..errors import CheckpointReadError, CorruptCheckpointError
 from ..records import Checkpoint, StorageRef
 from ..unpickle import Global, PickledStorage, PickledTensor, StorageType, Stub
@@ -49,10 +50,14 @@ class _Storages:
             cls = pid[1]
             return cls if isinstance(cls, (Global, Stub)) else Stub(repr(cls))
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise CorruptCheckpointError(f"'{self.path}': unexpected persistent id {pid!r:.80}", code="bad-record")
+            raise CorruptCheckpointError(
+                f"'{self.path}': unexpected persistent id {short_repr(pid, 80)}", code="bad-record"
+            )
         _, storage_type, key, location, numel, view = pid
         if not isinstance(storage_type, StorageType) or not isinstance(key, str) or type(numel) is not int:
-            raise CorruptCheckpointError(f"'{self.path}': malformed storage record {pid!r:.80}", code="bad-record")
+            raise CorruptCheckpointError(
+                f"'{self.path}': malformed storage record {short_repr(pid, 80)}", code="bad-record"
+            )
         dtype = storage_type.dtype or "uint8"
         declared = self.declared.setdefault(
             key, _Declared(dtype, numel, location if isinstance(location, str) else "cpu")
@@ -64,16 +69,20 @@ class _Storages:
         offset = 0
         if view is not None:
             if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int and view[1] >= 0):
-                raise CorruptCheckpointError(f"'{self.path}': malformed storage view {view!r:.80}", code="bad-record")
+                raise CorruptCheckpointError(
+                    f"'{self.path}': malformed storage view {short_repr(view, 80)}", code="bad-record"
+                )
             offset = view[1]
         placeholder = StorageRef(key=key, file=self.path, offset=-1, nbytes=0, location=declared.location)
         return PickledStorage(placeholder, dtype, offset)
 
 
-def _expect(value: Any, expected: Any, path: str, what: str) -> None:
-    if value != expected:
+def _expect(value: Any, expected: int, path: str, what: str) -> None:
+    # Compare as exact ints: a crafted header may hold any unpickled value (a numpy array's ``!=`` is not a bool).
+    if type(value) is not int or value != expected:
         raise CorruptCheckpointError(
-            f"'{path}' starts like a legacy torch file but its {what} is {value!r:.60} (expected {expected!r}). The "
+            f"'{path}' starts like a legacy torch file but its {what} is "
+            f"{short_repr(value, 80)} (expected {expected!r}). The "
             "file is corrupt or not a torch checkpoint.",
             code="bad-header",
         )
@@ -89,7 +98,7 @@ def _locate(
         declared = storages.declared.get(key) if isinstance(key, str) else None
         if declared is None:
             raise CorruptCheckpointError(
-                f"'{path}': the storage list names {key!r:.40}, which no tensor uses, so its size is unknown",
+                f"'{path}': the storage list names {short_repr(key, 80)}, which no tensor uses, so its size is unknown",
                 code="bad-record",
             )
         if pos + 8 > size:

@@ -126,7 +126,7 @@ def _read_index(index_path: str, options: ReadOptions) -> tuple[dict[str, str], 
     """The validated ``weight_map`` and ``metadata`` of the index file."""
     limit = options.limits.max_index_bytes
     size = file_size(index_path)
-    raw = read_prefix(index_path, limit + 1) if size <= limit else b""
+    raw = read_prefix(index_path, size + 1) if size <= limit else b""
     if size > limit or len(raw) > limit:
         raise ResourceLimitError(
             f"the index {quote(index_path)} is {format_bytes(max(size, len(raw)))}, more than the "
@@ -253,7 +253,10 @@ def _allowed_roots(folder: str) -> tuple[str, ...]:
 
 def _escape_reason(roots: Sequence[str], path: str) -> str | None:
     """Why ``path`` resolves (symbolic links followed) outside every real folder of ``roots``, or None."""
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except (ValueError, UnicodeError):
+        return "is not a valid file name on this system"
     if any(real != root and os.path.commonpath([root, real]) == root for root in roots):
         return None
     via = " through a symbolic link" if real != os.path.abspath(path) else ""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import struct
 import zipfile
-from typing import TYPE_CHECKING, Any
+import zlib
+from typing import IO, TYPE_CHECKING, Any
 
 from .. import dtypes
+from ..containers import short_repr
 from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitError
 from ..records import Checkpoint, StorageRef
 from ..unpickle import PickledStorage, StorageType
@@ -20,10 +22,38 @@ from ._pickled import assemble, run_pickle
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["read"]
+__all__ = ["ZIP_ERRORS", "read", "read_member"]
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
+_RECORD_MAX_BYTES = 4096
+# Deflate cannot expand data more than 1032:1; a member claiming more is damaged (or a decompression bomb).
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _zip_errors() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [
+        zipfile.BadZipFile,  # bad signatures, CRC mismatch, local and central names differ
+        zlib.error,  # damaged deflate stream
+        EOFError,  # compressed stream ends early
+        OSError,  # bzip2 errors, seeks outside the file
+        ValueError,  # UnicodeDecodeError of names, seek offsets that do not fit, bad zip64 fields
+        NotImplementedError,  # unknown compression method, "zip file version", patched data
+        RuntimeError,  # encrypted member
+        struct.error,
+        OverflowError,
+    ]
+    try:
+        import lzma
+
+        errors.append(lzma.LZMAError)
+    except ImportError:  # pragma: no cover - Python built without lzma
+        pass
+    return tuple(errors)
+
+
+#: Every exception :mod:`zipfile` and its decompressors raise on damaged archives.
+ZIP_ERRORS: tuple[type[Exception], ...] = _zip_errors()
 
 
 def _find_root(names: list[str], path: str) -> str:
@@ -36,23 +66,99 @@ def _find_root(names: list[str], path: str) -> str:
             f"'{path}' is a zip archive without a 'data.pkl' member, so it is not a torch.save file "
             f"(members: {', '.join(names[:5])}{'...' if len(names) > 5 else ''}).",
             code="zip-no-data-pkl",
+            path=path,
         )
     first = min(candidates, key=lambda n: (n.count("/"), names.index(n)))
     return first[: -len("data.pkl")]
 
 
-def _data_offset(fh: Any, info: zipfile.ZipInfo, path: str) -> int:
+def _data_offset(fh: IO[bytes], info: zipfile.ZipInfo, path: str, file_size: int) -> int:
+    """Absolute offset of a member's first data byte, from its local header; checked to lie inside the file."""
+    if not 0 <= info.header_offset <= file_size - _LOCAL_HEADER.size:
+        raise CorruptCheckpointError(
+            f"'{path}': the zip directory places member '{info.filename}' at byte {info.header_offset}, outside the "
+            f"{file_size}-byte file. The file is truncated or damaged; re-download or re-save it.",
+            code="truncated",
+            path=path,
+        )
     fh.seek(info.header_offset)
     raw = fh.read(_LOCAL_HEADER.size)
     if len(raw) != _LOCAL_HEADER.size:
-        raise CorruptCheckpointError(f"'{path}': zip member '{info.filename}' is cut off", code="truncated")
+        raise CorruptCheckpointError(
+            f"'{path}': zip member '{info.filename}' is cut off. Re-download or re-save the file.",
+            code="truncated",
+            path=path,
+        )
     fields = _LOCAL_HEADER.unpack(raw)
     if fields[0] != b"PK\x03\x04":
         raise CorruptCheckpointError(
-            f"'{path}': zip member '{info.filename}' has no local header where the central directory points",
+            f"'{path}': zip member '{info.filename}' has no local header where the central directory points "
+            f"(byte {info.header_offset}). The file is damaged; re-download or re-save it.",
             code="zip-bad-member",
+            path=path,
         )
     return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+
+
+def _bad_member(path: str, info: zipfile.ZipInfo, why: str, code: str = "bad-member") -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"'{path}': zip member '{info.filename}' cannot be read: {why}. The file is corrupt or truncated; "
+        "re-download or re-save it.",
+        code=code,
+        path=path,
+    )
+
+
+def read_member(
+    zf: zipfile.ZipFile, fh: IO[bytes], info: zipfile.ZipInfo, file_size: int, path: str, nbytes: int | None = None
+) -> bytes:
+    """The bytes of one member (the first ``nbytes``, or all), checked against the file before anything is read.
+
+    The member's place and sizes are checked against the real file before anything is read, so a damaged zip
+    directory can neither make a read run past the end of the file nor ask for memory the file cannot fill (a
+    stored member is read straight from the file; a deflated one may not claim more than deflate can produce).
+    Damaged members raise :class:`CorruptCheckpointError`, never a :mod:`zipfile`, :mod:`zlib` or :mod:`struct`
+    exception.
+    """
+    offset = _data_offset(fh, info, path, file_size)
+    if offset + info.compress_size > file_size:
+        raise _bad_member(
+            path,
+            info,
+            f"its {info.compress_size} bytes would start at byte {offset} but the file has {file_size}",
+            "truncated",
+        )
+    if info.flag_bits & 0x1:
+        raise _bad_member(path, info, "it is encrypted, which torch.save never does", "zip-encrypted")
+    want = info.file_size if nbytes is None else min(nbytes, info.file_size)
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise _bad_member(
+                path,
+                info,
+                f"it is stored uncompressed, yet the zip directory gives it {info.compress_size} bytes in the file "
+                f"and {info.file_size} bytes of content",
+            )
+        fh.seek(offset)
+        data = fh.read(want)
+    else:
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > info.compress_size * _DEFLATE_MAX_RATIO:
+            raise _bad_member(
+                path,
+                info,
+                f"it claims {info.file_size} bytes inflated from {info.compress_size} compressed ones, more than "
+                "deflate can produce",
+            )
+        try:
+            with zf.open(info) as member:
+                data = member.read(want)
+        except ZIP_ERRORS as exc:
+            raise _bad_member(path, info, f"{type(exc).__name__}: {exc}") from None
+    if len(data) != want:
+        raise _bad_member(path, info, f"it holds {len(data)} bytes, {want} expected", "truncated")
+    if want == info.file_size and zlib.crc32(data) != info.CRC:
+        raise _bad_member(path, info, "its bytes do not match their CRC-32 checksum", "bad-crc")
+    return data
 
 
 class _Storages:
@@ -66,22 +172,33 @@ class _Storages:
         self.byteorder = byteorder
         self.file_size = file_size
         self.seen: dict[str, PickledStorage] = {}
+        self.ranges: list[tuple[int, int, str]] = []  # (first byte, end, member) of every storage in the file
 
     def __call__(self, pid: Any) -> PickledStorage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise CorruptCheckpointError(
-                f"'{self.path}': unexpected persistent id {pid!r:.80} (expected ('storage', type, key, location, "
+                f"'{self.path}': unexpected persistent id "
+                f"{short_repr(pid, 80)} (expected ('storage', type, key, location, "
                 "numel))",
                 code="bad-record",
+                path=self.path,
             )
         _, storage_type, key, location, numel = pid
         if not isinstance(storage_type, StorageType):
             raise CorruptCheckpointError(
-                f"'{self.path}': storage {key!r} has type {storage_type!r}, which is not a torch storage class",
+                f"'{self.path}': storage "
+                f"{short_repr(key, 80)} has type {short_repr(storage_type, 80)}, which is not a torch storage class",
                 code="bad-record",
+                path=self.path,
             )
         if not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise CorruptCheckpointError(f"'{self.path}': malformed storage record {pid!r:.80}", code="bad-record")
+            raise CorruptCheckpointError(
+                f"'{self.path}': malformed storage record "
+                f"{short_repr(pid, 80)} (expected a string key and a non-negative "
+                "integer element count). The file is corrupt; re-download or re-save it.",
+                code="bad-record",
+                path=self.path,
+            )
         dtype = storage_type.dtype or "uint8"
         nbytes = numel * dtypes.itemsize(dtype)
         previous = self.seen.get(key)
@@ -90,6 +207,7 @@ class _Storages:
                 raise CorruptCheckpointError(
                     f"'{self.path}': storage '{key}' is declared twice with different types or sizes",
                     code="bad-record",
+                    path=self.path,
                 )
             return previous
         member = f"{self.root}data/{key}"
@@ -100,20 +218,31 @@ class _Storages:
                 f"'{self.path}': the pickle refers to storage '{key}' but member '{member}' is missing. The archive "
                 "is incomplete or was modified; re-download or re-save it.",
                 code="missing-storage",
+                path=self.path,
             ) from None
         if info.file_size < nbytes:
             raise CorruptCheckpointError(
                 f"'{self.path}': storage '{key}' should hold {nbytes} bytes ({numel} x {dtype}) but member "
                 f"'{member}' has {info.file_size}. The file is corrupt; re-download or re-save it.",
                 code="storage-size",
+                path=self.path,
             )
-        offset = _data_offset(self.fh, info, self.path)
+        offset = _data_offset(self.fh, info, self.path, self.file_size)
         end = offset + (info.compress_size if info.compress_type else nbytes)
+        if info.compress_type == zipfile.ZIP_DEFLATED and nbytes > info.compress_size * _DEFLATE_MAX_RATIO:
+            raise CorruptCheckpointError(
+                f"'{self.path}': storage '{key}' should inflate to {nbytes} bytes from {info.compress_size} compressed "
+                f"bytes of member '{member}', more than deflate can produce. The file is corrupt or crafted; "
+                "re-download or re-save it.",
+                code="storage-size",
+                path=self.path,
+            )
         if end > self.file_size:
             raise CorruptCheckpointError(
                 f"'{self.path}': storage '{key}' ends at byte {end} but the file has {self.file_size} bytes. The "
                 "file is truncated; re-download it.",
                 code="truncated",
+                path=self.path,
             )
         ref = StorageRef(
             key=key,
@@ -129,15 +258,36 @@ class _Storages:
         )
         storage = PickledStorage(ref, dtype)
         self.seen[key] = storage
+        if end > offset:
+            self.ranges.append((offset, end, member))
         return storage
 
+    def check_overlaps(self) -> None:
+        """Refuse members whose bytes overlap: each would be read (and inflated) again, a zip-bomb pattern."""
+        previous: tuple[int, int, str] | None = None
+        for current in sorted(self.ranges):
+            if previous is not None and current[0] < previous[1]:
+                raise CorruptCheckpointError(
+                    f"'{self.path}': zip members '{previous[2]}' and '{current[2]}' share bytes "
+                    f"[{current[0]}, {min(previous[1], current[1])}) of the file. torch.save never writes overlapping "
+                    "members; the archive was crafted or damaged. Re-download or re-save it.",
+                    code="zip-overlap",
+                    path=self.path,
+                )
+            if previous is None or current[1] > previous[1]:
+                previous = current
 
-def _read_records(zf: zipfile.ZipFile, root: str, names: set[str]) -> dict[str, str]:
+
+def _read_records(zf: zipfile.ZipFile, fh: IO[bytes], root: str, file_size: int, path: str) -> dict[str, str]:
+    """The small format records next to data.pkl (``byteorder``, ``version``...), as text."""
     out: dict[str, str] = {}
     for record in _RECORDS:
-        member = root + record
-        if member in names and zf.getinfo(member).file_size <= 4096:
-            out[record] = zf.read(member).decode("utf-8", "replace").strip()
+        try:
+            info = zf.getinfo(root + record)
+        except KeyError:
+            continue
+        if info.file_size <= _RECORD_MAX_BYTES:
+            out[record] = read_member(zf, fh, info, file_size, path).decode("utf-8", "replace").strip()
     return out
 
 
@@ -152,37 +302,37 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         file_size = fh.tell()
         try:
             zf = zipfile.ZipFile(fh)
-        except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        except ZIP_ERRORS as exc:
             raise CorruptCheckpointError(
-                f"'{path}' is not a readable zip archive ({exc}). A torch.save file that fails here is usually "
-                "truncated; re-download or re-save it.",
-                code="truncated",
+                f"'{path}' is not a readable zip archive ({type(exc).__name__}: {exc}). A torch.save file that fails "
+                "here is usually truncated or damaged; re-download or re-save it.",
+                code="truncated" if isinstance(exc, (zipfile.BadZipFile, EOFError)) else "bad-zip",
                 path=path,
             ) from None
         with zf:
             names = zf.namelist()
             root = _find_root(names, path)
-            records = _read_records(zf, root, set(names))
+            records = _read_records(zf, fh, root, file_size, path)
             byteorder = records.get("byteorder", "little")
             if byteorder not in ("little", "big"):
-                raise CorruptCheckpointError(f"'{path}': byteorder record says {byteorder!r}", code="bad-record")
+                raise CorruptCheckpointError(
+                    f"'{path}': the byteorder record says {byteorder[:40]!r}, not 'little' or 'big'. The file is "
+                    "corrupt; re-download or re-save it.",
+                    code="bad-record",
+                    path=path,
+                )
             pkl = zf.getinfo(root + "data.pkl")
             if pkl.file_size > options.limits.max_pickle_bytes:
                 raise ResourceLimitError(
                     f"'{path}': data.pkl is {pkl.file_size} bytes, over the {options.limits.max_pickle_bytes}-byte "
                     "limit. If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
                     code="limit-pickle-size",
+                    path=path,
                 )
-            try:
-                data = zf.read(pkl)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-                raise CorruptCheckpointError(
-                    f"'{path}': member '{pkl.filename}' cannot be read ({exc}); the file is corrupt or truncated. "
-                    "Re-download or re-save it.",
-                    code="bad-member",
-                ) from None
+            data = read_member(zf, fh, pkl, file_size, path)
             where = f"'{path}' member '{pkl.filename}'"
             storages = _Storages(zf, fh, path, root, byteorder, file_size)
             result = run_pickle(data, options, where, persistent_load=storages)
+            storages.check_overlaps()
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
     return assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)

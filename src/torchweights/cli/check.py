@@ -1,0 +1,254 @@
+"""``torchweights check CKPT --model MODULE:FACTORY``: would this checkpoint load into this model?
+
+Builds the model from a factory (on the meta device when it allows, so no memory is allocated for its weights),
+plans the load with :func:`torchweights.api.load_into` in dry-run mode, and prints the report: every key
+accounted for, problems first, with the exact option that fixes them. ``--json`` prints the report as JSON.
+
+Exit codes: 0 the checkpoint loads under the options given; 1 it does not (the report says why); 2 the checkpoint
+cannot be read, an option cannot be followed, or the model factory cannot be imported or called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import EXIT_OK, EXIT_UNREADABLE
+
+__all__ = ["EXIT_DOES_NOT_FIT", "ModelFactoryError", "build_model", "register", "run"]
+
+#: The checkpoint was read but does not fit the model under the options given.
+EXIT_DOES_NOT_FIT = 1
+
+_STRICT: dict[str, bool | str] = {"true": True, "false": False, "model": "model"}
+
+
+class ModelFactoryError(Exception):
+    """``--model`` could not be turned into a model: the message says what, why and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------- argparse
+
+
+def _rename(text: str) -> tuple[str, str]:
+    pattern, sep, replacement = text.rpartition("=")
+    if not sep or not pattern:
+        raise argparse.ArgumentTypeError(f"expected REGEX=REPLACEMENT, got {text!r}")
+    return pattern, replacement
+
+
+def _factory_spec(text: str) -> str:
+    module, sep, attr = text.rpartition(":")
+    if not sep or not module or not attr:
+        raise argparse.ArgumentTypeError(
+            f"expected MODULE:FACTORY or path/to/file.py:FACTORY, got {text!r} (e.g. my_project.models:build_vit)"
+        )
+    return text
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``check`` subcommand to the top-level parser."""
+    parser = subparsers.add_parser(
+        "check",
+        help="dry-run a load: would CKPT load into the model a factory builds, and what would happen to every key",
+        description=(
+            "Plan loading CKPT into the model that FACTORY builds, without changing anything, and report what "
+            "would happen to every key. Exit 0: it loads; 1: it does not; 2: unreadable file, bad option or factory."
+        ),
+    )
+    parser.add_argument("path", metavar="CKPT", help="checkpoint file, sharded index (*.index.json) or folder")
+    parser.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        required=True,
+        type=_factory_spec,
+        help="a callable returning the nn.Module, called without arguments: 'pkg.models:build' or 'models.py:Net'",
+    )
+    parser.add_argument(
+        "--strict",
+        choices=sorted(_STRICT),
+        default="true",
+        help="true: every key on both sides must match (default); model: extra checkpoint keys allowed; "
+        "false: load what fits",
+    )
+    parser.add_argument("--container", metavar="NAME", default="auto", help="dict inside the file to load from")
+    parser.add_argument(
+        "--prefix",
+        metavar="P",
+        default="auto",
+        help="'auto' (default) infers it; 'module.' strips it; '+model.' adds it; 'a.->b.' replaces it; "
+        "'' changes nothing",
+    )
+    parser.add_argument(
+        "--skip",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="glob of keys to keep as initialised / not load ('head.*'); repeat for several",
+    )
+    parser.add_argument(
+        "--rename",
+        metavar="RE=REPL",
+        action="append",
+        type=_rename,
+        default=[],
+        help="regex rename of checkpoint keys, applied in order (split at the last '='); repeat for several",
+    )
+    parser.add_argument("--on-mismatch", choices=["error", "skip"], default="error", help="default: error")
+    parser.add_argument(
+        "--dtype", choices=["model", "checkpoint"], default="model", help="whose dtypes the loaded keys keep"
+    )
+    parser.add_argument(
+        "--allow-global",
+        metavar="NAME",
+        action="append",
+        default=[],
+        dest="allow_globals",
+        help="trust pickle global NAME (module.qualname); repeat for several",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.set_defaults(handler=run)
+
+
+# --------------------------------------------------------------------------------------------------- the model
+
+
+def _is_path(module: str) -> bool:
+    return module.endswith(".py") or "/" in module or os.sep in module
+
+
+def _import(module: str, spec_text: str) -> Any:
+    """The module named ``module`` (dotted name or ``.py`` path)."""
+    if _is_path(module):
+        path = os.path.abspath(module)
+        if not os.path.isfile(path):
+            raise ModelFactoryError(
+                f"--model {spec_text!r}: {module!r} is not a file. Pass an existing .py file, or a module name "
+                "importable from here (my_project.models:build)."
+            )
+        name = "_torchweights_check_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:  # pragma: no cover - only for unloadable suffixes
+            raise ModelFactoryError(f"--model {spec_text!r}: Python cannot load {module!r} as a module.")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded
+        folder = os.path.dirname(path)
+        sys.path.insert(0, folder)  # the file may import its neighbours
+        try:
+            spec.loader.exec_module(loaded)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise ModelFactoryError(
+                f"--model {spec_text!r}: running {module!r} failed with {type(e).__name__}: {e}. "
+                "Fix the file, or point --model at a module that imports cleanly."
+            ) from e
+        finally:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+        return loaded
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: modules next to the caller are importable
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise ModelFactoryError(
+            f"--model {spec_text!r}: cannot import {module!r} ({e}). Run from the folder that holds it, add that "
+            "folder to PYTHONPATH, or pass the file itself: --model path/to/models.py:FACTORY."
+        ) from e
+    except Exception as e:
+        raise ModelFactoryError(
+            f"--model {spec_text!r}: importing {module!r} failed with {type(e).__name__}: {e}. "
+            "Fix the module, or point --model at one that imports cleanly."
+        ) from e
+
+
+def _factory(spec_text: str) -> Callable[[], Any]:
+    module_name, _, attr = spec_text.rpartition(":")
+    obj = _import(module_name, spec_text)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            public = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+            hint = f" Callables there: {', '.join(public[:12])}{', ...' if len(public) > 12 else ''}." if public else ""
+            raise ModelFactoryError(
+                f"--model {spec_text!r}: {module_name!r} has no attribute {part!r}.{hint}"
+            ) from None
+    if not callable(obj):
+        raise ModelFactoryError(
+            f"--model {spec_text!r}: {attr!r} is a {type(obj).__name__}, not a callable. "
+            "Name a function or class that builds the model when called without arguments."
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def build_model(spec_text: str) -> Any:
+    """Import and call the factory of ``MODULE:FACTORY``; on the meta device when the factory allows it.
+
+    Raises:
+        ModelFactoryError: the module cannot be imported, the factory is missing, fails, or returns no nn.Module.
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise ModelFactoryError(
+            "check needs torch to build the model: install it (pip install torch), or use `torchweights inspect` "
+            "to look at the checkpoint alone."
+        ) from e
+    factory = _factory(spec_text)
+    try:
+        with torch.device("meta"):
+            model = factory()
+    except Exception:  # factories that load files or check values on their tensors: build for real
+        try:
+            model = factory()
+        except Exception as e:
+            raise ModelFactoryError(
+                f"--model {spec_text!r}: calling it failed with {type(e).__name__}: {e}. The factory is called "
+                "without arguments: wrap the call you need in a small function (def build(): return Net(classes=10))."
+            ) from e
+    if not isinstance(model, torch.nn.Module):
+        raise ModelFactoryError(
+            f"--model {spec_text!r} returned a {type(model).__name__}, not a torch.nn.Module. "
+            "Name a function or class that returns the model."
+        )
+    return model
+
+
+# --------------------------------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model, plan the load and print the report; return the exit code."""
+    from .. import api
+
+    try:
+        model = build_model(args.model)
+    except ModelFactoryError as e:
+        sys.stdout.flush()
+        print(f"cannot build the model: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    report = api.load_into(
+        model,
+        args.path,
+        strict=_STRICT[args.strict],
+        container=args.container,
+        prefix=args.prefix,
+        rename=args.rename,
+        skip=args.skip,
+        on_mismatch=args.on_mismatch,
+        dtype=args.dtype,
+        allow_globals=args.allow_globals,
+        dry_run=True,
+    )
+    text = report.to_json(indent=2) + "\n" if args.json else str(report)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return EXIT_OK if report.ok else EXIT_DOES_NOT_FIT
