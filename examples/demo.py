@@ -54,7 +54,7 @@ def main() -> int:
         banner(f"1. What is inside '{path.name}'?   torchweights inspect FILE   (reads pickles and headers only)")
         cli(["inspect", str(path), "--depth", "2"])
 
-        banner("2. model.load_state_dict(torch.load(path)) fails three ways; tw.load_into explains what to do")
+        banner("2. torch.load + load_state_dict fail on this file; tw.load_into says exactly what to do")
         model = target()
         try:
             with warnings.catch_warnings():
