@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import CheckpointNotFoundError, CheckpointReadError
 from ..text import quote
 
-__all__ = ["JsonDecodeProblem", "JsonObject", "decode_json", "file_size", "read_prefix"]
+__all__ = ["JsonDecodeProblem", "JsonObject", "decode_json", "file_size", "mapped", "read_prefix"]
 
 
 def file_size(path: str) -> int:
@@ -102,3 +105,19 @@ def _json_object(pairs: list[tuple[str, Any]]) -> JsonObject:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+@contextmanager
+def mapped(path: str) -> Iterator[memoryview]:
+    """The whole file as a read-only memoryview over a mapping (pickles are parsed in place, never copied)."""
+    try:
+        with open(path, "rb") as fh:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise CheckpointReadError(f"cannot read {quote(path)}: {exc}", path=path) from None
+    with buf:
+        view = memoryview(buf)
+        try:
+            yield view
+        finally:
+            view.release()

@@ -8,7 +8,6 @@ little-endian elements. Storage offsets are found by walking those headers, neve
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..containers import short_repr
-from ..errors import CheckpointReadError, CorruptCheckpointError
+from ..errors import CorruptCheckpointError
 from ..records import Checkpoint, StorageRef
 from ..unpickle import Global, PickledStorage, PickledTensor, StorageType, Stub
+from ._files import mapped
 from ._pickled import assemble, run_pickle
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,7 +89,7 @@ def _expect(value: Any, expected: int, path: str, what: str) -> None:
 
 
 def _locate(
-    buf: mmap.mmap, pos: int, keys: list[Any], storages: _Storages, path: str
+    buf: memoryview, pos: int, keys: list[Any], storages: _Storages, path: str
 ) -> tuple[dict[str, StorageRef], int]:
     """Walk the storage section: per key an int64 element count, then the elements."""
     size = len(buf)
@@ -122,28 +122,19 @@ def _locate(
 
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a legacy torch stream's pickles and locate every storage; no tensor bytes are read."""
-    try:
-        with open(path, "rb") as fh:
-            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise CheckpointReadError(f"cannot read '{path}': {exc}", path=path) from None
-    with buf:
-        view = memoryview(buf)
-        try:
-            where = f"'{path}'"
-            magic = run_pickle(view, options, f"{where} (magic number)")
-            _expect(magic.value, MAGIC_NUMBER, path, "magic number")
-            proto = run_pickle(view, options, f"{where} (protocol)", start=magic.end)
-            _expect(proto.value, PROTOCOL_VERSION, path, "protocol version")
-            info = run_pickle(view, options, f"{where} (sys_info)", start=proto.end)
-            storages = _Storages(path)
-            main = run_pickle(view, options, where, start=info.end, persistent_load=storages)
-            keys = run_pickle(view, options, f"{where} (storage keys)", start=main.end)
-            if not isinstance(keys.value, list):
-                raise CorruptCheckpointError(f"'{path}': the storage key list is missing", code="bad-header")
-            refs, end = _locate(buf, keys.end, keys.value, storages, path)
-        finally:
-            view.release()
+    with mapped(path) as view:
+        where = f"'{path}'"
+        magic = run_pickle(view, options, f"{where} (magic number)")
+        _expect(magic.value, MAGIC_NUMBER, path, "magic number")
+        proto = run_pickle(view, options, f"{where} (protocol)", start=magic.end)
+        _expect(proto.value, PROTOCOL_VERSION, path, "protocol version")
+        info = run_pickle(view, options, f"{where} (sys_info)", start=proto.end)
+        storages = _Storages(path)
+        main = run_pickle(view, options, where, start=info.end, persistent_load=storages)
+        keys = run_pickle(view, options, f"{where} (storage keys)", start=main.end)
+        if not isinstance(keys.value, list):
+            raise CorruptCheckpointError(f"'{path}': the storage key list is missing", code="bad-header")
+        refs, end = _locate(view, keys.end, keys.value, storages, path)
     missing = set(storages.declared) - set(refs)
     if missing:
         raise CorruptCheckpointError(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import mmap
 from typing import TYPE_CHECKING
 
-from ..errors import CheckpointReadError, NotACheckpointError
+from ..errors import NotACheckpointError
 from ..records import Checkpoint
+from ._files import mapped
 from ._pickled import assemble, run_pickle
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,17 +17,8 @@ __all__ = ["read"]
 
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a plain pickle; raise ``no-tensors`` when it holds no tensor (it is then data, not weights)."""
-    try:
-        with open(path, "rb") as fh:
-            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise CheckpointReadError(f"cannot read '{path}': {exc}", path=path) from None
-    with buf:
-        view = memoryview(buf)
-        try:
-            result = run_pickle(view, options, f"'{path}'")
-        finally:
-            view.release()
+    with mapped(path) as view:
+        result = run_pickle(view, options, f"'{path}'")
     ckpt = assemble(path, "pickle", result, options, where=f"'{path}'", files=(path,), metadata={})
     if not ckpt.records:
         kinds = ", ".join(sorted({type(v).__name__ for v in ckpt.extras.values()})[:5]) or "nothing"
