@@ -4,7 +4,8 @@ Each subcommand module defines ``register(subparsers)``, which adds its parser a
 ``(argparse.Namespace) -> int`` returning the exit code. Adding a command (``scan``, ``check``, ``diff``,
 ``convert``) means adding its module and its name to :data:`COMMANDS`.
 
-Exit codes: 0 success; 2 the checkpoint could not be read (a :class:`~torchweights.errors.TorchWeightsError`,
+Exit codes: 0 success; 1 the command ran but found a problem (``check``: the checkpoint does not fit the model);
+2 the checkpoint could not be read (a :class:`~torchweights.errors.TorchWeightsError`,
 printed to stderr as ``ClassName [code]: message``) or the command line was invalid (argparse's own usage error).
 """
 
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="torchweights",
-        description="Read PyTorch checkpoints safely: inspect what a file holds without executing it.",
+        description="Read PyTorch checkpoints safely: inspect what a file holds and check whether it fits a model, "
+        "without executing anything from it.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
