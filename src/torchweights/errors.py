@@ -6,11 +6,14 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
 
     TorchWeightsError                      base; never raised itself
     ├── CheckpointNotFoundError            FileNotFoundError   [not-found]
-    ├── CheckpointReadError                OSError             [read-failed]
+    ├── CheckpointReadError                OSError             [read-failed, not-a-file]
     ├── NotACheckpointError                ValueError          [lfs-pointer, html-page, json-document, empty-file,
-    │                                                           gzip, tar, numpy-npy, numpy-npz, gguf, onnx,
-    │                                                           no-tensors, unknown-format, ...]
-    ├── CorruptCheckpointError             ValueError          [truncated, bad-pickle, bad-header, bad-record, ...]
+    │                                                           gzip, tar, numpy-npy, numpy-npz, gguf, onnx, hdf5,
+    │                                                           text-file, directory, zip-not-checkpoint,
+    │                                                           no-tensors, unknown-format]
+    ├── CorruptCheckpointError             ValueError          [truncated, bad-zip, bad-pickle, bad-header,
+    │                                                           bad-record, bad-member, bad-crc, zip-overlap,
+    │                                                           missing-storage, storage-size, safetensors-*, ...]
     │   ├── ShardIndexError                                    [shard-*]
     │   └── ResourceLimitError                                 [limit-*]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
