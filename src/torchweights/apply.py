@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .plan import Action, Plan
+from .plan import Action, Plan, mapping_tensors
 from .records import Checkpoint
 from .spec import ModelSpec
 
@@ -33,19 +33,8 @@ def _sources(plan: Plan, checkpoint: Checkpoint | Mapping[str, Any]) -> dict[str
         from .storage import materialize
 
         return materialize([checkpoint.records[name] for name in wanted])
-    flat: dict[str, torch.Tensor] = {}
-    _flatten_mapping(checkpoint, (), flat)
-    return {name: flat[name] for name in wanted}
-
-
-def _flatten_mapping(mapping: Mapping[Any, Any], path: tuple[str, ...], out: dict[str, Any]) -> None:
-    """A plain (possibly nested) state dict by the dotted names the planner gives its tensors."""
-    for name, value in mapping.items():
-        here = (*path, str(name))
-        if isinstance(value, Mapping):
-            _flatten_mapping(value, here, out)
-        else:
-            out[".".join(here)] = value
+    flat = mapping_tensors(checkpoint)
+    return {name: flat[name][1] for name in wanted}
 
 
 def _outermost_custom(name: str, custom: tuple[str, ...]) -> str | None:

@@ -26,7 +26,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,22 +204,30 @@ def _source_keys(checkpoint: Checkpoint | Mapping[str, Any] | Iterable[SourceKey
     if isinstance(checkpoint, Checkpoint):
         return [SourceKey(r.name, r.path or (r.name,), r.shape, r.dtype) for r in checkpoint.records.values()]
     if isinstance(checkpoint, Mapping):
-        out: list[SourceKey] = []
-        _walk_mapping(checkpoint, (), out)
-        return out
+        return [
+            SourceKey(name, path, tuple(int(n) for n in value.shape), str(value.dtype).removeprefix("torch."))
+            for name, (path, value) in mapping_tensors(checkpoint).items()
+        ]
     return [k if k.path else SourceKey(k.record, (k.record,), k.shape, k.dtype) for k in checkpoint]
 
 
-def _walk_mapping(mapping: Mapping[Any, Any], path: tuple[str, ...], out: list[SourceKey]) -> None:
-    """Tensors (anything with ``shape`` and ``dtype``) of a plain, possibly nested, dict; other values are not
-    tensors and are left out."""
-    for name, value in mapping.items():
-        here = (*path, str(name))
-        if isinstance(value, Mapping):
-            _walk_mapping(value, here, out)
-        elif hasattr(value, "shape") and hasattr(value, "dtype"):
-            dtype = str(value.dtype).removeprefix("torch.")
-            out.append(SourceKey(".".join(here), here, tuple(int(n) for n in value.shape), dtype))
+def mapping_tensors(mapping: Mapping[Any, Any]) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """The tensors (anything with ``shape`` and ``dtype``) of a plain, possibly nested, dict, by the dotted names
+    the plan gives them: ``{name: (path, tensor)}``. Other values are not tensors and are left out."""
+    out: dict[str, tuple[tuple[str, ...], Any]] = {}
+    stack: list[tuple[Iterator[tuple[Any, Any]], tuple[str, ...]]] = [(iter(mapping.items()), ())]
+    while stack:  # depth first, in insertion order, without recursion
+        items, path = stack[-1]
+        for name, value in items:
+            here = (*path, str(name))
+            if isinstance(value, Mapping):
+                stack.append((iter(value.items()), here))
+                break
+            if hasattr(value, "shape") and hasattr(value, "dtype"):
+                out[".".join(here)] = (here, value)
+        else:
+            stack.pop()
+    return out
 
 
 @dataclass
