@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import EXIT_OK, EXIT_UNREADABLE
+from ._options import add_allow_global
 
 __all__ = ["EXIT_DOES_NOT_FIT", "ModelFactoryError", "build_model", "register", "run"]
 
@@ -105,14 +106,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--dtype", choices=["model", "checkpoint"], default="model", help="whose dtypes the loaded keys keep"
     )
-    parser.add_argument(
-        "--allow-global",
-        metavar="NAME",
-        action="append",
-        default=[],
-        dest="allow_globals",
-        help="trust pickle global NAME (module.qualname); repeat for several",
-    )
+    add_allow_global(parser)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
 

@@ -24,6 +24,7 @@ from ..fold import fold_names, human_bytes, human_count, prefix_tree
 from ..records import Checkpoint
 from ..text import printable
 from ..text import table as _table
+from ._options import add_allow_global
 
 __all__ = ["register", "render_text", "run", "summarize"]
 
@@ -57,14 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("path", metavar="PATH", help="checkpoint file, sharded index (*.index.json) or folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    parser.add_argument(
-        "--allow-global",
-        metavar="NAME",
-        action="append",
-        default=[],
-        dest="allow_globals",
-        help="trust pickle global NAME (module.qualname); repeat for several",
-    )
+    add_allow_global(parser)
     parser.add_argument(
         "--depth",
         metavar="N",
