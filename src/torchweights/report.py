@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ class LoadReport:
         loaded = self.loaded
         return {
             "tensors": len(loaded),
-            "parameters": sum(_numel(a.dst_shape) for a in loaded),
+            "parameters": sum(math.prod(a.dst_shape or ()) for a in loaded),
             "bytes": self.bytes_read,
             **self.plan.counts(),
         }
@@ -114,10 +115,3 @@ class LoadReport:
         from .report_text import render
 
         return render(self)
-
-
-def _numel(shape: tuple[int, ...] | None) -> int:
-    n = 1
-    for d in shape or ():
-        n *= d
-    return n
