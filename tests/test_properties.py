@@ -736,7 +736,7 @@ def test_zip_record_member_with_bad_crc(samples: dict[str, Sample], tmp_path: Pa
     ("field", "fmt", "value", "code"),
     [
         (8, "<H", 0x0001, "zip-encrypted"),  # general purpose flags: encrypted
-        (10, "<H", 99, "bad-member"),  # compression method torch never writes and zipfile cannot read
+        (10, "<H", 99, "zip-compression"),  # compression method torch never writes and zipfile cannot read
         (6, "<H", 0x0063, "bad-zip"),  # "version needed to extract" 9.9: zipfile's NotImplementedError
     ],
 )
@@ -775,7 +775,7 @@ def test_zip_deflate_size_claim_beyond_deflate_ratio(tmp_path: Path) -> None:
     data = _craft_zip({"w": _View(_Storage("0", 4), 0, (4,), (1,))}, {"0": _FOUR_FLOATS}, compression=8)
     name = _pkl_name(data)
     data = _set_central_field(data, name, 24, "<I", 1 << 30)  # claims data.pkl inflates to 1 GiB
-    _corrupt(_write(tmp_path, "bomb.pt", data), "bad-member")
+    _corrupt(_write(tmp_path, "bomb.pt", data), "limit-inflate")
 
 
 def test_zip_big_endian_storage_not_a_whole_number_of_elements(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ class Limits:
         max_index_bytes: largest sharded-checkpoint index file.
         max_depth: deepest container nesting walked when naming tensors.
         max_tensor_dims: most dimensions a tensor may declare.
+        max_inflated_bytes: total bytes that compressed zip members may inflate to (a zip-bomb budget).
     """
 
     max_pickle_bytes: int = 1 << 30
@@ -24,6 +25,7 @@ class Limits:
     max_index_bytes: int = 64 << 20
     max_depth: int = 200
     max_tensor_dims: int = 64
+    max_inflated_bytes: int = 16 << 30
 
 
 DEFAULT_LIMITS = Limits()

@@ -18,6 +18,7 @@ from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitE
 from ..records import Checkpoint, StorageRef
 from ..unpickle import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
+from ._zip import DEFLATE_MAX_RATIO, check, read_directory
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -27,8 +28,6 @@ __all__ = ["ZIP_ERRORS", "read", "read_member"]
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 _RECORD_MAX_BYTES = 4096
-# Deflate cannot expand data more than 1032:1; a member claiming more is damaged (or a decompression bomb).
-_DEFLATE_MAX_RATIO = 1032
 
 
 def _zip_errors() -> tuple[type[Exception], ...]:
@@ -142,7 +141,7 @@ def read_member(
         fh.seek(offset)
         data = fh.read(want)
     else:
-        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > info.compress_size * _DEFLATE_MAX_RATIO:
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > info.compress_size * DEFLATE_MAX_RATIO:
             raise _bad_member(
                 path,
                 info,
@@ -172,7 +171,6 @@ class _Storages:
         self.byteorder = byteorder
         self.file_size = file_size
         self.seen: dict[str, PickledStorage] = {}
-        self.ranges: list[tuple[int, int, str]] = []  # (first byte, end, member) of every storage in the file
 
     def __call__(self, pid: Any) -> PickledStorage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -229,7 +227,7 @@ class _Storages:
             )
         offset = _data_offset(self.fh, info, self.path, self.file_size)
         end = offset + (info.compress_size if info.compress_type else nbytes)
-        if info.compress_type == zipfile.ZIP_DEFLATED and nbytes > info.compress_size * _DEFLATE_MAX_RATIO:
+        if info.compress_type == zipfile.ZIP_DEFLATED and nbytes > info.compress_size * DEFLATE_MAX_RATIO:
             raise CorruptCheckpointError(
                 f"'{self.path}': storage '{key}' should inflate to {nbytes} bytes from {info.compress_size} compressed "
                 f"bytes of member '{member}', more than deflate can produce. The file is corrupt or crafted; "
@@ -258,24 +256,7 @@ class _Storages:
         )
         storage = PickledStorage(ref, dtype)
         self.seen[key] = storage
-        if end > offset:
-            self.ranges.append((offset, end, member))
         return storage
-
-    def check_overlaps(self) -> None:
-        """Refuse members whose bytes overlap: each would be read (and inflated) again, a zip-bomb pattern."""
-        previous: tuple[int, int, str] | None = None
-        for current in sorted(self.ranges):
-            if previous is not None and current[0] < previous[1]:
-                raise CorruptCheckpointError(
-                    f"'{self.path}': zip members '{previous[2]}' and '{current[2]}' share bytes "
-                    f"[{current[0]}, {min(previous[1], current[1])}) of the file. torch.save never writes overlapping "
-                    "members; the archive was crafted or damaged. Re-download or re-save it.",
-                    code="zip-overlap",
-                    path=self.path,
-                )
-            if previous is None or current[1] > previous[1]:
-                previous = current
 
 
 def _read_records(zf: zipfile.ZipFile, fh: IO[bytes], root: str, file_size: int, path: str) -> dict[str, str]:
@@ -300,6 +281,8 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     with fh:
         fh.seek(0, 2)
         file_size = fh.tell()
+        # Our own reading of the directory decides first: duplicates, mismatched headers, overlaps, polyglots...
+        check(read_directory(fh, path, file_size, max_inflated=options.limits.max_inflated_bytes))
         try:
             zf = zipfile.ZipFile(fh)
         except ZIP_ERRORS as exc:
@@ -333,6 +316,5 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
             where = f"'{path}' member '{pkl.filename}'"
             storages = _Storages(zf, fh, path, root, byteorder, file_size)
             result = run_pickle(data, options, where, persistent_load=storages)
-            storages.check_overlaps()
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
     return assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)
