@@ -19,8 +19,9 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
     ├── UnsupportedCheckpointError         ValueError          [unsupported-*]
     ├── RuleError                          ValueError          [bad-rule, bad-container, rename-collision, ...]
-    └── LoadError                          ValueError          [shape-mismatch, missing-keys, unexpected-keys]
-                                                               carries the full LoadReport as .report
+    ├── LoadError                          ValueError          [shape-mismatch, missing-keys, unexpected-keys]
+    │                                                          carries the full LoadReport as .report
+    └── WriteError                         OSError             [output-exists, write-failed, verify-failed]
 
 Messages say what happened, why, and what to do, in that order.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "TorchWeightsError",
     "UnsafeCheckpointError",
     "UnsupportedCheckpointError",
+    "WriteError",
 ]
 
 
@@ -100,9 +102,20 @@ class ResourceLimitError(CorruptCheckpointError):
 
 
 class UnsafeCheckpointError(TorchWeightsError, ValueError):
-    """The file references code that torchweights will not call (pickle globals not allowed)."""
+    """The file references code that torchweights will not call (pickle globals not allowed).
+
+    Attributes:
+        names: every dangerous global the file references, as ``module.qualname``.
+    """
 
     default_code = "unsafe-global"
+
+    def __init__(
+        self, message: str, *, names: tuple[str, ...] = (), code: str | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, path=path)
+        #: the dangerous globals (and attribute-laundering BUILDs) the file references, as ``module.qualname``
+        self.names = names
 
 
 class UnsupportedCheckpointError(TorchWeightsError, ValueError):
@@ -131,3 +144,13 @@ class LoadError(TorchWeightsError, ValueError):
     ) -> None:
         super().__init__(message, code=code, path=path)
         self.report = report
+
+
+# --- convert: writing outputs -----------------------------------------------------------------------------------
+
+
+class WriteError(TorchWeightsError, OSError):
+    """An output could not be written safely (it exists, the disk refused, or re-reading it found a difference);
+    nothing partial was left behind."""
+
+    default_code = "write-failed"
