@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit demo clean
+.PHONY: venv test lint typecheck unit demo clean fuzz
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,20 @@ test: lint typecheck unit
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# Longer fuzzing (about half an hour on 2 cores): the Hypothesis fuzz suites with 2000 examples per test, then
+# atheris over the readers and the scanner if it installs (fuzz/requirements.txt; skipped with a note otherwise).
+fuzz: $(STAMP)
+	TW_FUZZ_EXAMPLES=2000 $(BIN)/pytest tests/test_properties.py tests/test_fuzz_formats.py -q
+	$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install -q -r fuzz/requirements.txt || true
+	if $(BIN)/python -c "import atheris" 2>/dev/null; then $(BIN)/python fuzz/atheris_scan.py -runs=20000; \
+	else echo "atheris is not installed: skipped the coverage-guided run (see fuzz/atheris_scan.py)"; fi
+
+# Load speed against torch.load, safetensors and the hardware (minutes; not a test). TW_BENCH_SIZES=1 for 1 GB only,
+# TW_BENCH_DIR for where the generated checkpoints go. See bench/run.py.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -129,12 +129,21 @@ def test_big_endian_zip_files_are_byteswapped(tmp_path: Path) -> None:
 
 
 def test_unsupported_formats_say_so(tmp_path: Path) -> None:
-    path = tmp_path / "scripted.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+    (tmp_path / ".metadata").write_bytes(b"\x80\x04.")
+    (tmp_path / "__0_0.distcp").write_bytes(b"x")
     with pytest.raises(tw.UnsupportedCheckpointError) as info:
-        tw.open(path)
-    assert info.value.code == "unsupported-torchscript"
-    assert "torch.jit.load" in info.value.message
+        tw.open(tmp_path)
+    assert info.value.code == "unsupported-dcp"
+    assert "dcp_to_torch_save" in info.value.message
+
+
+def test_torchscript_archives_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "scripted.pt"
+    module = torch.nn.Linear(2, 2)
+    torch.jit.save(torch.jit.script(module), path)
+    loaded = tw.load(path)
+    assert list(loaded) == ["weight", "bias"]
+    assert torch.equal(loaded["weight"], module.weight.detach())
 
 
 def test_not_a_checkpoint_through_the_top_level(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ The model's module is written to a temporary file, imported, used to save, then 
 
 from __future__ import annotations
 
-import shutil
-import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,29 +18,17 @@ import pytest
 import torch
 
 import torchweights.api as tw
+from security._helpers import MarkerModule
 from torchweights.formats import ReadOptions, torch_zip
 from torchweights.records import StorageRef
 from torchweights.unpickle import PickledStorage, Stub, unpickle
 
 MODULE = "twfull_model_defs"
 
-MODULE_SOURCE = '''
-import os
-
+# The module's code (``_trip`` comes from the shared marker prelude, see tests/security/_helpers.py).
+MODULE_BODY = '''
 import torch
 from torch import nn
-
-ARMED = {armed!r}
-MARKER = {marker!r}
-
-
-def _trip(what):
-    if os.path.exists(ARMED):
-        with open(MARKER, "a") as f:
-            f.write(what + "\\n")
-
-
-_trip("import")
 
 
 def rebuild_config(values):
@@ -90,10 +76,10 @@ class Net(nn.Module):
         self.embed = nn.Embedding(10, width)
         self.blocks = nn.ModuleList([Block(width), Block(width)])
         self.heads = nn.ModuleDict(
-            {{
+            {
                 "cls": nn.Linear(width, 3, bias=False),
                 "reg": nn.Sequential(nn.Linear(width, 2), nn.ReLU(), nn.Linear(2, 1)),
-            }}
+            }
         )
         self.bn = nn.BatchNorm1d(width)
         self.conv = nn.Conv1d(width, width, 3, bias=False)
@@ -125,6 +111,7 @@ class Saved:
     marker: Path
     state: dict[str, torch.Tensor]
     files: dict[str, Path]
+    module: MarkerModule
 
 
 def _train_a_little(model: Any) -> None:
@@ -138,12 +125,8 @@ def _train_a_little(model: Any) -> None:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
     folder = tmp_path_factory.mktemp("full_model")
-    armed, marker = folder / "ARMED", folder / "MARKER"
-    source = folder / f"{MODULE}.py"
-    source.write_text(MODULE_SOURCE.format(armed=str(armed), marker=str(marker)))
-    sys.path.insert(0, str(folder))
-    try:
-        mod = __import__(MODULE)
+    module = MarkerModule(folder, MODULE, MODULE_BODY)
+    with module as mod:
         torch.manual_seed(0)
         model = mod.Net()
         _train_a_little(model)
@@ -158,20 +141,12 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Saved]:
             torch.save(model, files[name], **kwargs)
             files[f"{name}-nested"] = folder / f"{name}-nested.pt"
             torch.save({"model": model, "epoch": 3}, files[f"{name}-nested"], **kwargs)
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(MODULE, None)
-    source.unlink()
-    shutil.rmtree(folder / "__pycache__", ignore_errors=True)
-    armed.touch()
-    yield Saved(folder, marker, state, files)
-    assert not marker.exists(), marker.read_text()
+    yield Saved(folder, module.marker, state, files, module)
+    assert not module.marker.exists(), module.marker.read_text()
 
 
 def _assert_untouched(saved: Saved) -> None:
-    assert not saved.marker.exists(), saved.marker.read_text()
-    assert MODULE not in sys.modules
-    assert not (saved.folder / f"{MODULE}.py").exists()
+    saved.module.assert_untouched()
 
 
 def _assert_bit_identical(got: torch.Tensor, expected: torch.Tensor) -> None:

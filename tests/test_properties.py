@@ -1,13 +1,14 @@
 """Property tests: damaged copies of valid checkpoints fail cleanly, quickly and within bounded memory.
 
-Every format gets one small valid file (built once per session). Hypothesis then truncates it, flips bytes,
-overwrites or deletes slices, aiming at the parts that matter (the zip's ``data.pkl``, the legacy stream's pickles
-and storage headers, the safetensors length field and JSON header, a sharded set's index and shards). For each
-damaged file ``tw.open`` and then ``tw.load`` must either succeed (flipped tensor bytes load fine) or raise a
-:class:`~torchweights.errors.TorchWeightsError` subclass: never ``KeyError``, ``struct.error``, ``zipfile``,
-``zlib`` or torch errors, ``MemoryError`` or ``RecursionError``. Each example must take under 2 s (of CPU, and
-of wall time through the Hypothesis deadline; a hard alarm interrupts hangs) and allocate at most 65 MiB plus 20
-times the input size (traced with :mod:`tracemalloc`; the process's peak RSS is bounded as well).
+Every format gets one small valid file (built once per session by ``tests/_samples.py``, which also holds the
+mutation strategies, the zip helpers and the bounds shared with ``test_fuzz_formats.py``). Hypothesis then truncates
+it, flips bytes, overwrites or deletes slices, aiming at the parts that matter (the zip's ``data.pkl``, the legacy
+stream's pickles and storage headers, the safetensors length field and JSON header, a sharded set's index and
+shards). For each damaged file ``tw.open`` and then ``tw.load`` must either succeed (flipped tensor bytes load fine)
+or raise a :class:`~torchweights.errors.TorchWeightsError` subclass: never ``KeyError``, ``struct.error``,
+``zipfile``, ``zlib`` or torch errors, ``MemoryError`` or ``RecursionError``. Each example must take under 2 s (of
+CPU, and of wall time through the Hypothesis deadline; a hard alarm interrupts hangs) and allocate at most 65 MiB
+plus 20 times the input size (traced with :mod:`tracemalloc`; the process's peak RSS is bounded as well).
 
 The default run is short and deterministic (``derandomize=True``). Environment variables for longer runs:
 ``TW_FUZZ_EXAMPLES`` (examples per test, default 60), ``TW_FUZZ_DEADLINE_MS`` (wall-clock deadline, default 2000;
@@ -21,20 +22,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime
 import io
 import json
-import os
 import pickle
-import pickletools
-import resource
-import signal
 import struct
-import time
 import tracemalloc
 import zipfile
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,190 +35,40 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 import torchweights as tw
+from _samples import (
+    FUZZ,
+    MIB,
+    SHARDED_LIMITS,
+    Sample,
+    base_samples,
+    damaged,
+    damaged_pickle,
+    exercise,
+    patch_member,
+    pkl_name,
+    rezip,
+    set_central_field,
+    zip_members,
+)
 from torchweights.errors import CorruptCheckpointError, NotACheckpointError, TorchWeightsError
 from torchweights.formats import ReadOptions
 from torchweights.formats import safetensors as safetensors_reader
-from torchweights.limits import DEFAULT_LIMITS, Limits
+from torchweights.limits import DEFAULT_LIMITS
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
-
-EXAMPLES = int(os.environ.get("TW_FUZZ_EXAMPLES", "60"))
-# Hypothesis' deadline is wall-clock time, which a loaded machine can stall: long runs may raise it (or switch it
-# off with 0); the CPU-time bound in exercise() stays.
-_DEADLINE_MS = int(os.environ.get("TW_FUZZ_DEADLINE_MS", "2000"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=_DEADLINE_MS or None, derandomize=True, database=None)
-_CPU_SECONDS = 2.0  # per example, open and load together
-
-_MIB = 1 << 20
-# Memory bound per example: _FLOOR + 20 x the input size (TW_FUZZ_FLOOR overrides the fixed part).
-_FLOOR = int(os.environ.get("TW_FUZZ_FLOOR", 16 * _MIB))
-_HANG_SECONDS = 20  # hard stop for a hang; the 2 s per-example bound is Hypothesis' deadline
-# The sharded reader reads index files with a buffer of limits.max_index_bytes (64 MiB by default) whatever the
-# file's size (see test_sharded_index_read_is_bounded_by_file_size); the fuzz tests use a 1 MiB index limit so the
-# memory bound still checks everything else.
-_SHARDED_LIMITS = Limits(max_index_bytes=_MIB)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running one damaged file
-# --------------------------------------------------------------------------------------------------------------
-
-
-class _Hang(BaseException):
-    """Raised by the alarm: tw.open/tw.load did not return."""
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise _Hang(f"tw.open/tw.load did not return within {_HANG_SECONDS} s")
-
-
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
-def exercise(path: Path, input_bytes: int, *, limits: Limits = DEFAULT_LIMITS) -> TorchWeightsError | None:
-    """``tw.load(tw.open(path))``; returns the TorchWeightsError raised, None on success; anything else escapes.
-
-    Asserts at most ``_CPU_SECONDS`` of CPU time (and interrupts a hang after ``_HANG_SECONDS`` of wall time).
-    Asserts that at most ``_FLOOR`` + 20 x ``input_bytes`` were allocated (tracemalloc peak; torch's own
-    allocator is not traced, so the growth of the process's peak RSS is bounded too, at twice that), and that the
-    error carries a code and a message.
-    """
-    budget = _FLOOR + 20 * input_bytes
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, _HANG_SECONDS)
-    rss_before = _maxrss_bytes()
-    cpu_before = time.process_time()
-    tracemalloc.start()
-    error: TorchWeightsError | None = None
-    try:
-        try:
-            tw.load(tw.open(path, limits=limits))
-        except TorchWeightsError as exc:
-            error = exc
-        peak = tracemalloc.get_traced_memory()[1]
-        cpu = time.process_time() - cpu_before
-    finally:
-        tracemalloc.stop()
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert cpu <= _CPU_SECONDS, f"took {cpu:.2f} s of CPU for {input_bytes:,} bytes of input ({error!r:.300})"
-    assert peak <= budget, f"allocated {peak:,} bytes (traced) for {input_bytes:,} bytes of input ({error!r:.300})"
-    rss_growth = _maxrss_bytes() - rss_before  # counts tracemalloc's own bookkeeping too, hence twice the budget
-    assert rss_growth <= 2 * budget, f"peak RSS grew by {rss_growth:,} bytes for {input_bytes:,} bytes of input"
-    if error is not None:
-        assert isinstance(error.code, str) and error.code, repr(error)
-        assert str(error).startswith(f"[{error.code}] ") and error.message
-    return error
-
 
 # --------------------------------------------------------------------------------------------------------------
 # The valid files
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, repr=False)
-class Sample:
-    """One valid checkpoint: its files (relative name -> bytes) and what to open (a file name, or "." for all)."""
-
-    name: str
-    files: dict[str, bytes]
-    entry: str
-
-    def __repr__(self) -> str:  # Hypothesis prints the fixtures of a failing example: keep the bytes out
-        return f"<sample {self.name}: {', '.join(self.files)}>"
-
-    @property
-    def size(self) -> int:
-        return sum(len(b) for b in self.files.values())
-
-    @property
-    def main(self) -> bytes:
-        return self.files[self.entry]
-
-    def write(self, folder: Path, replace: dict[str, bytes] | None = None) -> Path:
-        """Write every file (with ``replace`` applied) into ``folder``; returns the path to open."""
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in {**self.files, **(replace or {})}.items():
-            (folder / name).write_bytes(data)
-        return folder / self.entry
-
-
-def _state() -> dict[str, Any]:
-    torch.manual_seed(0)
-    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
-    return {
-        "w": base,
-        "view": base[1:, ::2],  # shares w's storage, offset and strides
-        "half": torch.ones(3, dtype=torch.float16),
-        "bf16": torch.zeros(2, dtype=torch.bfloat16),
-        "ids": torch.arange(5),
-        "mask": torch.tensor([True, False, True]),
-        "nested": {"c": torch.randn(2, 2, dtype=torch.float64), "epoch": 7, "tags": ["a", "b"]},
-        "step": 3,
-    }
-
-
-def _build_samples(folder: Path) -> dict[str, Sample]:
-    samples: dict[str, Sample] = {}
-
-    def single(name: str, filename: str, save: Callable[[Path], object]) -> None:
-        path = folder / filename
-        save(path)
-        samples[name] = Sample(name, {filename: path.read_bytes()}, filename)
-
-    state = _state()
-    single("zip", "zip.pt", lambda p: torch.save(state, p))
-    single("zip-protocol4", "zip_p4.pt", lambda p: torch.save(state, p, pickle_protocol=4))
-    single("legacy", "legacy.pt", lambda p: torch.save(state, p, _use_new_zipfile_serialization=False))
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.BatchNorm1d(3))
-    single("model", "model.pt", lambda p: torch.save(model, p))
-    flat = {"a.weight": torch.randn(3, 4), "a.bias": torch.zeros(3, dtype=torch.bfloat16), "b": torch.arange(4)}
-    single("safetensors", "model.safetensors", lambda p: safetensors_torch.save_file(flat, str(p), {"format": "pt"}))
-    plain = {
-        "meta": torch.empty(3, 4, device="meta"),  # pickles as data: the only tensors a plain pickle can carry
-        "arr": np.arange(6, dtype=np.float32).reshape(2, 3),
-        "cfg": collections.OrderedDict(lr=0.1, when=datetime.date(2024, 1, 2), big=2**70),
-        "tags": {"x", "y"},
-    }
-    single("pickle", "plain.pkl", lambda p: p.write_bytes(pickle.dumps(plain, protocol=2)))
-
-    shards = {"a.weight": flat["a.weight"]}, {"a.bias": flat["a.bias"], "b": flat["b"]}
-    for name, stem, ext, index in (
-        ("sharded-safetensors", "model", "safetensors", "model.safetensors.index.json"),
-        ("sharded-bin", "pytorch_model", "bin", "pytorch_model.bin.index.json"),
-    ):
-        sub = folder / name
-        sub.mkdir()
-        files: dict[str, bytes] = {}
-        weight_map: dict[str, str] = {}
-        for i, part in enumerate(shards, 1):
-            shard = f"{stem}-{i:05d}-of-00002.{ext}"
-            if ext == "safetensors":
-                safetensors_torch.save_file(part, str(sub / shard))
-            else:
-                torch.save(part, sub / shard)
-            files[shard] = (sub / shard).read_bytes()
-            weight_map.update(dict.fromkeys(part, shard))
-        files[index] = json.dumps({"metadata": {"total_size": 76}, "weight_map": weight_map}, indent=2).encode()
-        samples[name] = Sample(name, files, ".")
-    return samples
-
-
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sample]:
-    built = _build_samples(tmp_path_factory.mktemp("valid"))
-    check = tmp_path_factory.mktemp("valid-check")
-    for sample in built.values():  # warm up: first calls import modules and initialise torch, allocating megabytes
-        tw.load(tw.open(sample.write(check / sample.name), limits=_SHARDED_LIMITS))
-    for sample in built.values():  # the undamaged files must load, or the fuzzing proves little
-        limits = _SHARDED_LIMITS if sample.entry == "." else DEFAULT_LIMITS
-        assert exercise(sample.write(check / sample.name), sample.size, limits=limits) is None, sample.name
-    return built
+    return base_samples(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -237,113 +80,14 @@ def _run(sample: Sample, workdir: Path, replace: dict[str, bytes]) -> TorchWeigh
     """Write ``sample`` with ``replace`` applied and exercise it."""
     path = sample.write(workdir / sample.name, replace)
     size = sum(len(b) for b in {**sample.files, **replace}.values())
-    error = exercise(path, size, limits=_SHARDED_LIMITS if sample.entry == "." else DEFAULT_LIMITS)
+    error = exercise(path, size, limits=SHARDED_LIMITS if sample.entry == "." else DEFAULT_LIMITS)
     event(f"{type(error).__name__}: {error.code}" if error else "loaded")  # see --hypothesis-show-statistics
     return error
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Strategies
+# Crafted zips
 # --------------------------------------------------------------------------------------------------------------
-
-
-@st.composite
-def damaged(draw: st.DrawFn, data: bytes, lo: int = 0, hi: int | None = None) -> bytes:
-    """``data`` truncated, with 1-8 bytes flipped, a slice overwritten or a slice deleted, inside ``[lo, hi)``."""
-    hi = len(data) if hi is None else hi
-    kind = draw(st.sampled_from(["truncate", "flip", "overwrite", "delete"]))
-    if kind == "truncate":
-        return data[: draw(st.integers(lo, hi))]
-    out = bytearray(data)
-    if kind == "flip":
-        for pos, mask in draw(
-            st.lists(st.tuples(st.integers(lo, hi - 1), st.integers(1, 255)), min_size=1, max_size=8)
-        ):
-            out[pos] ^= mask
-    elif kind == "overwrite":
-        start = draw(st.integers(lo, hi - 1))
-        junk = draw(st.binary(min_size=1, max_size=min(64, hi - start)))
-        out[start : start + len(junk)] = junk
-    else:
-        start = draw(st.integers(lo, hi - 1))
-        del out[start : start + draw(st.integers(1, 64))]
-    return bytes(out)
-
-
-_OPCODES = sorted({op.code.encode("latin-1")[0] for op in pickletools.opcodes})
-
-
-@st.composite
-def damaged_pickle(draw: st.DrawFn, data: bytes) -> bytes:
-    """A damaged pickle stream: byte-level damage, or a random opcode (with argument bytes) spliced in."""
-    if draw(st.booleans()):
-        return draw(damaged(data))
-    at = draw(st.integers(0, len(data) - 1))
-    op = draw(st.sampled_from(_OPCODES))
-    return data[:at] + bytes([op]) + draw(st.binary(max_size=9)) + data[at:]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Zip helpers
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Member:
-    local: int  # offset of the local header
-    data: int  # offset of the first data byte
-    size: int  # bytes in the file
-    central: int  # offset of the central directory entry
-
-
-def _zip_members(data: bytes) -> dict[str, _Member]:
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        infos = zf.infolist()
-        pos = zf.start_dir  # type: ignore[attr-defined]
-    out: dict[str, _Member] = {}
-    for info in infos:
-        assert data[pos : pos + 4] == b"PK\x01\x02"
-        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)
-        local_name, local_extra = struct.unpack_from("<HH", data, info.header_offset + 26)
-        start = info.header_offset + 30 + local_name + local_extra
-        out[info.filename] = _Member(info.header_offset, start, info.compress_size, pos)
-        pos += 46 + name_len + extra_len + comment_len
-    return out
-
-
-def _pkl_name(data: bytes) -> str:
-    return next(n for n in _zip_members(data) if n.endswith("/data.pkl"))
-
-
-def _patch_member(data: bytes, name: str, content: bytes) -> bytes:
-    """Replace a stored member's bytes in place (same length) and fix its CRC-32 in both headers."""
-    member = _zip_members(data)[name]
-    assert len(content) == member.size
-    out = bytearray(data)
-    out[member.data : member.data + member.size] = content
-    crc = struct.pack("<I", zlib.crc32(content))
-    out[member.local + 14 : member.local + 18] = crc
-    out[member.central + 16 : member.central + 20] = crc
-    return bytes(out)
-
-
-def _rezip(data: bytes, replace: dict[str, bytes | None], compression: int = zipfile.ZIP_STORED) -> bytes:
-    """The archive rewritten member by member (order kept), with members replaced or (None) dropped."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", compression) as dst:
-        for info in src.infolist():
-            content = replace.get(info.filename, src.read(info))
-            if content is not None:
-                dst.writestr(info.filename, content)
-    return out.getvalue()
-
-
-def _set_central_field(data: bytes, name: str, offset: int, fmt: str, value: int) -> bytes:
-    """Overwrite one field of a member's central directory entry (offset relative to the entry)."""
-    member = _zip_members(data)[name]
-    out = bytearray(data)
-    struct.pack_into(fmt, out, member.central + offset, value)
-    return bytes(out)
 
 
 # Crafted torch zips: a pickler that writes storages as persistent ids the way torch.save does.
@@ -443,7 +187,7 @@ def test_damaged_shard_or_index_fails_cleanly(
 def test_zip_flips_inside_data_pkl(samples: dict[str, Sample], workdir: Path, fmt: str, data: st.DataObject) -> None:
     """Raw damage inside data.pkl's bytes (random flips mostly hit tensor bytes): the CRC must catch it."""
     sample = samples[fmt]
-    member = _zip_members(sample.main)[_pkl_name(sample.main)]
+    member = zip_members(sample.main)[pkl_name(sample.main)]
     mutated = data.draw(damaged(sample.main, member.data, member.data + member.size), label="file")
     _run(sample, workdir, {sample.entry: mutated})
 
@@ -456,11 +200,11 @@ def test_zip_damaged_pickle_with_valid_crc(
 ) -> None:
     """Damage data.pkl and fix the checksums, so the damaged pickle reaches the unpickler."""
     sample = samples[fmt]
-    name = _pkl_name(sample.main)
+    name = pkl_name(sample.main)
     with zipfile.ZipFile(io.BytesIO(sample.main)) as zf:
         pkl = zf.read(name)
     new = data.draw(damaged_pickle(pkl), label="data.pkl")
-    mutated = _patch_member(sample.main, name, new) if len(new) == len(pkl) else _rezip(sample.main, {name: new})
+    mutated = patch_member(sample.main, name, new) if len(new) == len(pkl) else rezip(sample.main, {name: new})
     _run(sample, workdir, {sample.entry: mutated})
 
 
@@ -470,7 +214,7 @@ def test_zip_damaged_pickle_with_valid_crc(
 def test_zip_damaged_directory(samples: dict[str, Sample], workdir: Path, fmt: str, data: st.DataObject) -> None:
     """Damage aimed at the central directory and the local headers."""
     sample = samples[fmt]
-    members = _zip_members(sample.main)
+    members = zip_members(sample.main)
     regions = [(min(m.central for m in members.values()), len(sample.main))]
     regions += [(m.local, m.data) for m in members.values()]
     lo, hi = data.draw(st.sampled_from(regions), label="region")
@@ -679,13 +423,13 @@ def test_zip_zero_stride_view_beyond_int64_fails_on_open(tmp_path: Path) -> None
 
 def test_zip_missing_storage_member(samples: dict[str, Sample], tmp_path: Path) -> None:
     raw = samples["zip"].main
-    storage = next(n for n in _zip_members(raw) if "/data/" in n)
-    _corrupt(_write(tmp_path, "zip.pt", _rezip(raw, {storage: None})), "missing-storage")
+    storage = next(n for n in zip_members(raw) if "/data/" in n)
+    _corrupt(_write(tmp_path, "zip.pt", rezip(raw, {storage: None})), "missing-storage")
 
 
 def test_zip_without_data_pkl(samples: dict[str, Sample], tmp_path: Path) -> None:
     raw = samples["zip"].main
-    error = exercise(_write(tmp_path, "zip.pt", _rezip(raw, {_pkl_name(raw): None})), len(raw))
+    error = exercise(_write(tmp_path, "zip.pt", rezip(raw, {pkl_name(raw): None})), len(raw))
     assert isinstance(error, TorchWeightsError)
 
 
@@ -700,32 +444,32 @@ def test_zip_members_sharing_bytes(tmp_path: Path) -> None:
     """Two storages whose directory entries point at the same bytes: each would be read again (a zip bomb)."""
     obj = {"a": _View(_Storage("0", 4), 0, (4,), (1,)), "b": _View(_Storage("1", 4), 0, (4,), (1,))}
     data = _craft_zip(obj, {"0": _FOUR_FLOATS, "1": _FOUR_FLOATS})
-    members = _zip_members(data)
-    data = _set_central_field(data, "archive/data/1", 42, "<I", members["archive/data/0"].local)
+    members = zip_members(data)
+    data = set_central_field(data, "archive/data/1", 42, "<I", members["archive/data/0"].local)
     _corrupt(_write(tmp_path, "overlap.pt", data), "zip-overlap")
 
 
 def test_zip_directory_sizes_past_end_of_file(samples: dict[str, Sample], tmp_path: Path) -> None:
     """data.pkl's sizes in the central directory claim 1 GiB: nothing that large may be allocated."""
     raw = samples["zip"].main
-    name = _pkl_name(raw)
-    data = _set_central_field(raw, name, 20, "<I", 1 << 30)  # compressed size
-    data = _set_central_field(data, name, 24, "<I", 1 << 30)  # uncompressed size
+    name = pkl_name(raw)
+    data = set_central_field(raw, name, 20, "<I", 1 << 30)  # compressed size
+    data = set_central_field(data, name, 24, "<I", 1 << 30)  # uncompressed size
     _corrupt(_write(tmp_path, "sizes.pt", data), "truncated")
 
 
 def test_zip_member_offset_past_end_of_file(samples: dict[str, Sample], tmp_path: Path) -> None:
     raw = samples["zip"].main
-    for name in _zip_members(raw):
-        data = _set_central_field(raw, name, 42, "<I", 0xFFFFFFF0)  # local header offset
+    for name in zip_members(raw):
+        data = set_central_field(raw, name, 42, "<I", 0xFFFFFFF0)  # local header offset
         assert isinstance(exercise(_write(tmp_path, "offset.pt", data), len(data)), CorruptCheckpointError), name
 
 
 def test_zip_record_member_with_bad_crc(samples: dict[str, Sample], tmp_path: Path) -> None:
     raw = samples["zip"].main
-    for name in _zip_members(raw):
+    for name in zip_members(raw):
         if name.endswith(("/byteorder", "/version", "/.format_version", "/data.pkl")):
-            member = _zip_members(raw)[name]
+            member = zip_members(raw)[name]
             data = bytearray(raw)
             data[member.data] ^= 0x20
             error = _corrupt(_write(tmp_path, "crc.pt", bytes(data)), "bad-crc")
@@ -744,7 +488,7 @@ def test_zip_pickle_member_features_zipfile_refuses(
     samples: dict[str, Sample], tmp_path: Path, field: int, fmt: str, value: int, code: str | None
 ) -> None:
     raw = samples["zip"].main
-    data = _set_central_field(raw, _pkl_name(raw), field, fmt, value)
+    data = set_central_field(raw, pkl_name(raw), field, fmt, value)
     _corrupt(_write(tmp_path, "feature.pt", data), code)
 
 
@@ -759,13 +503,13 @@ def test_zip_pickle_member_features_zipfile_refuses(
 )
 def test_zip_compressed_pickle_member_damaged(tmp_path: Path, field: int, fmt: str, value: int) -> None:
     data = _craft_zip({"w": _View(_Storage("0", 4), 0, (4,), (1,))}, {"0": _FOUR_FLOATS}, compression=8)
-    data = _set_central_field(data, _pkl_name(data), field, fmt, value)
+    data = set_central_field(data, pkl_name(data), field, fmt, value)
     _corrupt(_write(tmp_path, "deflated.pt", data))
 
 
 def test_zip_deflated_pickle_stream_damaged(tmp_path: Path) -> None:
     data = _craft_zip({"w": _View(_Storage("0", 4), 0, (4,), (1,))}, {"0": _FOUR_FLOATS}, compression=8)
-    member = _zip_members(data)[_pkl_name(data)]
+    member = zip_members(data)[pkl_name(data)]
     damaged_data = bytearray(data)
     damaged_data[member.data : member.data + 4] = b"\xff\xff\xff\xff"  # not a deflate block: zlib.error
     _corrupt(_write(tmp_path, "deflated.pt", bytes(damaged_data)), "bad-member")
@@ -773,8 +517,8 @@ def test_zip_deflated_pickle_stream_damaged(tmp_path: Path) -> None:
 
 def test_zip_deflate_size_claim_beyond_deflate_ratio(tmp_path: Path) -> None:
     data = _craft_zip({"w": _View(_Storage("0", 4), 0, (4,), (1,))}, {"0": _FOUR_FLOATS}, compression=8)
-    name = _pkl_name(data)
-    data = _set_central_field(data, name, 24, "<I", 1 << 30)  # claims data.pkl inflates to 1 GiB
+    name = pkl_name(data)
+    data = set_central_field(data, name, 24, "<I", 1 << 30)  # claims data.pkl inflates to 1 GiB
     _corrupt(_write(tmp_path, "bomb.pt", data), "limit-inflate")
 
 
@@ -868,20 +612,20 @@ def test_sharded_index_naming_an_unencodable_shard(samples: dict[str, Sample], t
     index = json.loads(sample.files["model.safetensors.index.json"])
     index["weight_map"]["a.weight"] = "\ud800.safetensors"
     path = sample.write(tmp_path / "set", {"model.safetensors.index.json": json.dumps(index).encode()})
-    error = exercise(path, sample.size, limits=_SHARDED_LIMITS)
+    error = exercise(path, sample.size, limits=SHARDED_LIMITS)
     assert isinstance(error, CorruptCheckpointError)
 
 
 def test_sharded_index_read_is_bounded_by_file_size(samples: dict[str, Sample], tmp_path: Path) -> None:
     sample = samples["sharded-safetensors"]
     peak = _open_peak(sample.write(tmp_path / "set"))  # the folder: detect does not read the index
-    assert peak < 8 * _MIB, f"opening {sample.size} bytes of sharded checkpoint allocated {peak:,} bytes"
+    assert peak < 8 * MIB, f"opening {sample.size} bytes of sharded checkpoint allocated {peak:,} bytes"
 
 
 def test_detect_json_read_is_bounded_by_file_size(tmp_path: Path) -> None:
     path = _write(tmp_path, "config.json", json.dumps({"model_type": "bert", "hidden_size": 768}).encode())
     peak = _open_peak(path)
-    assert peak < 8 * _MIB, f"opening a {path.stat().st_size}-byte JSON file allocated {peak:,} bytes"
+    assert peak < 8 * MIB, f"opening a {path.stat().st_size}-byte JSON file allocated {peak:,} bytes"
 
 
 def _open_peak(path: Path) -> int:
@@ -911,5 +655,5 @@ def test_every_format_is_covered(samples: dict[str, Sample], tmp_path: Path) -> 
     """One valid file per format, each read by the reader meant to be fuzzed, with its tensors."""
     assert set(SINGLE) | set(SHARDED) == set(samples) == set(_FORMATS)
     for name, sample in samples.items():
-        ckpt = tw.open(sample.write(tmp_path / name), limits=_SHARDED_LIMITS)
+        ckpt = tw.open(sample.write(tmp_path / name), limits=SHARDED_LIMITS)
         assert ckpt.format == _FORMATS[name] and ckpt.records, name

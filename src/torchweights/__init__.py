@@ -10,6 +10,8 @@ Importing this package does not import torch; only :func:`load` does.
 from __future__ import annotations
 
 from .api import load, load_into, open
+from .convert import ConvertReport, convert
+from .diff import DiffReport, diff
 from .errors import (
     CheckpointNotFoundError,
     CheckpointReadError,
@@ -22,10 +24,13 @@ from .errors import (
     TorchWeightsError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
+    WriteError,
 )
 from .limits import Limits
 from .records import Checkpoint, StorageRef, TensorRecord
 from .report import LoadReport
+from .scan import Finding, ScanReport, scan
+from .verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -33,21 +38,31 @@ __all__ = [
     "Checkpoint",
     "CheckpointNotFoundError",
     "CheckpointReadError",
+    "ConvertReport",
     "CorruptCheckpointError",
+    "DiffReport",
+    "Finding",
     "LoadError",
     "LoadReport",
     "Limits",
     "NotACheckpointError",
     "ResourceLimitError",
     "RuleError",
+    "ScanReport",
     "ShardIndexError",
     "StorageRef",
     "TensorRecord",
     "TorchWeightsError",
     "UnsafeCheckpointError",
     "UnsupportedCheckpointError",
+    "VerifyReport",
+    "WriteError",
     "__version__",
+    "convert",
+    "diff",
     "load",
     "load_into",
     "open",
+    "scan",
+    "verify",
 ]

@@ -50,6 +50,8 @@ def load(
     map_location: str | torch.device | Mapping[str, Any] | None = "cpu",
     allow_globals: Iterable[str] = (),
     limits: Limits = DEFAULT_LIMITS,
+    check_crc: bool = True,
+    mmap: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Read every tensor of a checkpoint into memory, executing nothing from the file.
 
@@ -59,6 +61,10 @@ def load(
             device each tensor was saved from.
         allow_globals: pickle globals you trust (see :func:`open`).
         limits: resource bounds for hostile files.
+        check_crc: compare each zip member's bytes with the CRC-32 the archive records, as they are read
+            (``CorruptCheckpointError`` code ``bad-crc`` on mismatch). ``False`` skips it for trusted files.
+        mmap: CPU tensors as zero-copy views of a private (copy-on-write) mapping of the file where the bytes can
+            be used as they are; the file must not change while they live. See README, "Speed".
 
     Returns:
         ``{dotted name: tensor}`` in file order; tensors that shared a storage in the file share it here.
@@ -66,7 +72,7 @@ def load(
     from .storage import materialize
 
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
-    return materialize(builtins.list(ckpt.records.values()), map_location=map_location)
+    return materialize(builtins.list(ckpt.records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
 
 
 def load_into(
@@ -83,6 +89,8 @@ def load_into(
     allow_globals: Iterable[str] = (),
     dry_run: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    check_crc: bool = True,
+    mmap: bool = False,
 ) -> LoadReport:
     """Load a checkpoint into ``model``: reconcile every key first, then copy, and report what happened.
 
@@ -105,6 +113,11 @@ def load_into(
         allow_globals: pickle globals you trust (see :func:`open`).
         dry_run: plan and report only; the model is not touched.
         limits: resource bounds for hostile files.
+        check_crc: compare each zip member's bytes with its recorded CRC-32 as they are read. On a mismatch
+            (``CorruptCheckpointError`` code ``bad-crc``) tensors that would be assigned (meta model, ``mmap``,
+            dtype changes) are not, and the error says which tensors were already written in place.
+        mmap: assign parameters as zero-copy views of a private (copy-on-write) mapping of the file where no
+            cast is needed (for inference; the file must not change while the model lives). See README, "Speed".
 
     Returns:
         A :class:`~torchweights.report.LoadReport` accounting for every key.
@@ -146,7 +159,9 @@ def load_into(
         if not plan.ok:
             report.seconds = time.perf_counter() - started
             report.raise_if_problems()
-        report.bytes_read, report.fallback_modules = apply_plan(plan, model, checkpoint, spec)
+        report.bytes_read, report.fallback_modules = apply_plan(
+            plan, model, checkpoint, spec, check_crc=check_crc, mmap=mmap
+        )
         report.applied = True
     report.seconds = time.perf_counter() - started
     return report

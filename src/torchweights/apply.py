@@ -1,19 +1,31 @@
 """The only code that mutates a model: executes a :class:`~torchweights.plan.Plan`.
 
-Copy path: each loaded tensor is copied (and cast) into the existing parameter under ``no_grad``. Meta path:
-parameters on the meta device are replaced by tensors built from the checkpoint (no second allocation), and tied
-parameters are re-tied. Modules that load their state their own way (``_load_from_state_dict`` overrides,
-load_state_dict hooks) receive their keys through torch's own ``load_state_dict``.
+Copy path: each loaded tensor's bytes are read from the file straight into the existing parameter's memory
+(:func:`torchweights.storage.fill`: in file order, over a few threads; casts, big-endian files and compressed
+members through a bounded scratch buffer), with no intermediate state dict. Meta path: each parameter on the meta
+device is allocated once (``torch.empty``) and filled the same way, then assigned; tied parameters are re-tied.
+``mmap=True``: parameters become views of a private mapping of the file where the bytes can be used as they are
+(same dtype, uncompressed, little-endian, aligned), and are read like the meta path elsewhere. Modules that load
+their state their own way (``_load_from_state_dict`` overrides, load_state_dict hooks) receive their keys through
+torch's own ``load_state_dict``.
+
+CRC-32 (``check_crc=True``): storages are checked as they are read. Tensors that are assigned (meta path,
+``mmap``, dtype changes) are only assigned once every check passed, so a damaged file leaves them untouched;
+tensors written in place hold the file's bytes by the time a mismatch is known, and the ``bad-crc`` error says
+so, naming what was written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+from .errors import CorruptCheckpointError
 from .plan import Action, Plan, mapping_tensors
-from .records import Checkpoint
+from .records import Checkpoint, TensorRecord
 from .spec import ModelSpec
+from .text import plural, quote, shorten_list
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -24,17 +36,6 @@ __all__ = ["apply_plan"]
 def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
     module_name, _, attr = name.rpartition(".")
     return (model.get_submodule(module_name) if module_name else model), attr
-
-
-def _sources(plan: Plan, checkpoint: Checkpoint | Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The checkpoint tensors the plan loads, each storage read once."""
-    wanted = [a.source for a in plan.actions if a.kind == "load" and a.source is not None]
-    if isinstance(checkpoint, Checkpoint):
-        from .storage import materialize
-
-        return materialize([checkpoint.records[name] for name in wanted])
-    flat = mapping_tensors(checkpoint)
-    return {name: flat[name][1] for name in wanted}
 
 
 def _outermost_custom(name: str, custom: tuple[str, ...]) -> str | None:
@@ -52,37 +53,226 @@ def _prepare(action: Action, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _current(module: torch.nn.Module, attr: str) -> torch.Tensor | None:
+    return module._parameters.get(attr) if attr in module._parameters else module._buffers.get(attr)
+
+
 def apply_plan(
     plan: Plan,
     model: torch.nn.Module,
     checkpoint: Checkpoint | Mapping[str, Any],
     spec: ModelSpec,
+    *,
+    check_crc: bool = True,
+    mmap: bool = False,
 ) -> tuple[int, tuple[str, ...]]:
     """Execute ``plan`` on ``model``.
+
+    Args:
+        plan: what to load where (from :func:`~torchweights.plan.reconcile`).
+        model: the module to fill.
+        checkpoint: the opened checkpoint (or plain state dict) the plan was made from.
+        spec: the model's spec the plan was made against.
+        check_crc: check zip members' CRC-32 while reading (``bad-crc`` on mismatch).
+        mmap: assign parameters as views of a private mapping of the file where possible.
 
     Returns:
         ``(bytes read from the checkpoint, modules loaded through torch's own path)``.
     """
+    loads = [a for a in plan.actions if a.kind == "load" and a.target is not None and a.source is not None]
+    own: list[Action] = []
+    fallback_actions: dict[str, list[Action]] = {}
+    for action in loads:
+        assert action.target is not None
+        custom = _outermost_custom(action.target, spec.custom_modules) if action.fallback else None
+        if custom is None:
+            own.append(action)
+        else:
+            fallback_actions.setdefault(custom, []).append(action)
+    if isinstance(checkpoint, Checkpoint):
+        return _apply_checkpoint(model, checkpoint, spec, own, fallback_actions, check_crc, mmap)
+    return _apply_mapping(model, checkpoint, spec, own, fallback_actions)
+
+
+def _fallback_states(
+    fallback_actions: dict[str, list[Action]], tensors: Mapping[str, torch.Tensor]
+) -> dict[str, dict[str, torch.Tensor]]:
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for custom, actions in fallback_actions.items():
+        for action in actions:
+            assert action.target is not None and action.source is not None
+            local = action.target[len(custom) + 1 :] if custom else action.target
+            states.setdefault(custom, {})[local] = _prepare(action, tensors[action.source])
+    return states
+
+
+def _load_fallback(model: torch.nn.Module, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    for module_name, state in states.items():
+        module = model.get_submodule(module_name) if module_name else model
+        module.load_state_dict(state, strict=False)
+
+
+def _apply_checkpoint(
+    model: torch.nn.Module,
+    checkpoint: Checkpoint,
+    spec: ModelSpec,
+    own: list[Action],
+    fallback_actions: dict[str, list[Action]],
+    check_crc: bool,
+    mmap: bool,
+) -> tuple[int, tuple[str, ...]]:
+    import torch
+
+    from . import dtypes, storage
+
+    records = checkpoint.records
+    empty = [
+        a for a in own if a.source is not None and records[a.source].storage is None and records[a.source].numel > 0
+    ]
+    if empty:
+        names = shorten_list(quote(a.source or "") for a in empty)
+        raise CorruptCheckpointError(
+            f"{quote(checkpoint.path)}: {plural(len(empty), 'tensor')} {names} {'was' if len(empty) == 1 else 'were'} "
+            "saved from the meta device and hold no values, so they cannot be loaded. Nothing was loaded. Skip "
+            f"them (skip=[{', '.join(repr(a.target) for a in empty[:3])}]) or save the checkpoint from real tensors.",
+            code="no-data",
+            path=checkpoint.path,
+        )
+    wanted = {a.source for a in own if a.source is not None}
+    for actions in fallback_actions.values():
+        wanted.update(a.source for a in actions if a.source is not None)
+    bytes_read = sum(records[name].nbytes for name in wanted)
+
+    # Modules with their own loading code get real tensors through torch's path (read before anything is written).
+    fallback_sources = sorted({a.source for acts in fallback_actions.values() for a in acts if a.source is not None})
+    states = _fallback_states(
+        fallback_actions,
+        storage.materialize([records[n] for n in fallback_sources], check_crc=check_crc) if fallback_sources else {},
+    )
+
+    mapped: dict[str, torch.Tensor] = {}
+    if mmap:
+        mapped = storage.mapped_tensors(_mappable(own, records, model), check_crc=check_crc)
+
+    requests: list[tuple[TensorRecord, torch.Tensor]] = []
+    replaced: dict[str, torch.Tensor] = {}
+    in_place: list[str] = []
+    for action in own:
+        assert action.target is not None and action.source is not None
+        record = records[action.source]
+        module, attr = _owner(model, action.target)
+        current = _current(module, attr)
+        dst_dtype = dtypes.to_torch(action.dst_dtype or action.src_dtype or "float32")
+        shape = tuple(action.dst_shape if action.dst_shape is not None else record.shape)
+        view = mapped.get(action.source)
+        if view is not None:
+            replaced[action.target] = _prepare(action, view)
+            continue
+        if current is not None and not current.is_meta and current.dtype == dst_dtype and tuple(current.shape) == shape:
+            requests.append((record, current))
+            in_place.append(action.target)
+            continue
+        device = "cpu" if current is None or current.is_meta else current.device
+        new = torch.empty(shape, dtype=dst_dtype, device=device)
+        requests.append((record, new))
+        replaced[action.target] = new
+
+    result = storage.fill(requests, check_crc=check_crc)
+    if result.bad_crc:
+        raise storage.crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
+
+    for action in own:
+        assert action.target is not None
+        tensor = replaced.get(action.target)
+        if tensor is not None:
+            module, attr = _owner(model, action.target)
+            _assign(module, attr, tensor)
+    _retie(model, spec, replaced)
+    _load_fallback(model, states)
+    return bytes_read, tuple(states)
+
+
+def _mappable(own: list[Action], records: Mapping[str, TensorRecord], model: torch.nn.Module) -> list[TensorRecord]:
+    """Records that may become mapped views: no cast, not bound for a GPU, not overlapping another target's bytes."""
+    candidates: list[TensorRecord] = []
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for action in own:
+        assert action.source is not None and action.target is not None
+        record = records[action.source]
+        ref = record.storage
+        if ref is None:
+            continue
+        lo, hi = record.byte_range or (0, 0)
+        spans.setdefault((ref.file, ref.key), []).append((lo, hi))
+        if (action.dst_dtype or record.dtype) != record.dtype:
+            continue
+        module, attr = _owner(model, action.target)
+        current = _current(module, attr)
+        if current is not None and not current.is_meta and current.device.type != "cpu":
+            continue
+        candidates.append(record)
+    shared = set()
+    for key, ranges in spans.items():
+        ranges.sort()
+        if any(b[0] < a[1] for a, b in pairwise(ranges)):
+            shared.add(key)
+    return [r for r in candidates if r.storage is not None and (r.storage.file, r.storage.key) not in shared]
+
+
+def _consequence(in_place: list[str], bad: list[Any]) -> str:
+    if not in_place:
+        return "The model was left untouched."
+    damaged = {n for b in bad for n in b.tensors}
+    return (
+        f"The model was written in place before the check could finish: {plural(len(in_place), 'tensor')} now "
+        f"hold{'s' if len(in_place) == 1 else ''} this file's bytes, the damaged ones included "
+        f"({shorten_list((quote(n) for n in sorted(damaged)), 4)}), and nothing else was changed. Do not use the "
+        "model as it is: reload it from a good file."
+    )
+
+
+def _retie(model: torch.nn.Module, spec: ModelSpec, replaced: Mapping[str, torch.Tensor]) -> None:
+    """Re-tie weights whose twin was replaced."""
+    for entry in spec.entries.values():
+        if entry.tied_to is not None and entry.tied_to in replaced and entry.name not in replaced:
+            twin_module, twin_attr = _owner(model, entry.tied_to)
+            module, attr = _owner(model, entry.name)
+            shared: torch.Tensor | None = twin_module._parameters.get(twin_attr)
+            if shared is None:
+                shared = twin_module._buffers.get(twin_attr)
+            if shared is not None:
+                if attr in module._parameters:
+                    module._parameters[attr] = shared  # type: ignore[assignment]
+                else:
+                    module._buffers[attr] = shared
+
+
+def _apply_mapping(
+    model: torch.nn.Module,
+    checkpoint: Mapping[str, Any],
+    spec: ModelSpec,
+    own: list[Action],
+    fallback_actions: dict[str, list[Action]],
+) -> tuple[int, tuple[str, ...]]:
+    """A plain ``{name: tensor}`` source: the tensors are in memory already; copy (or assign) them."""
     import torch
 
     from . import dtypes
 
-    tensors = _sources(plan, checkpoint)
+    flat = mapping_tensors(checkpoint)
+    wanted = {a.source for a in own if a.source is not None}
+    for actions in fallback_actions.values():
+        wanted.update(a.source for a in actions if a.source is not None)
+    tensors = {name: flat[name][1] for name in wanted}
     bytes_read = sum(t.numel() * t.element_size() for t in tensors.values())
-    fallback: dict[str, dict[str, torch.Tensor]] = {}
+    states = _fallback_states(fallback_actions, tensors)
     replaced: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for action in plan.actions:
-            if action.kind != "load" or action.target is None or action.source is None:
-                continue
+        for action in own:
+            assert action.target is not None and action.source is not None
             source = _prepare(action, tensors[action.source])
-            custom = _outermost_custom(action.target, spec.custom_modules) if action.fallback else None
-            if custom is not None:
-                local = action.target[len(custom) + 1 :] if custom else action.target
-                fallback.setdefault(custom, {})[local] = source
-                continue
             module, attr = _owner(model, action.target)
-            current = module._parameters.get(attr) if attr in module._parameters else module._buffers.get(attr)
+            current = _current(module, attr)
             dst_dtype = dtypes.to_torch(action.dst_dtype or action.src_dtype or "float32")
             if current is None or current.is_meta or current.dtype != dst_dtype:
                 new = source.to(dtype=dst_dtype, device="cpu" if current is None or current.is_meta else current.device)
@@ -94,22 +284,9 @@ def apply_plan(
                 replaced[action.target] = new
             else:
                 current.copy_(source)
-        for entry in spec.entries.values():  # re-tie weights whose twin was replaced
-            if entry.tied_to is not None and entry.tied_to in replaced and entry.name not in replaced:
-                twin_module, twin_attr = _owner(model, entry.tied_to)
-                module, attr = _owner(model, entry.name)
-                shared: torch.Tensor | None = twin_module._parameters.get(twin_attr)
-                if shared is None:
-                    shared = twin_module._buffers.get(twin_attr)
-                if shared is not None:
-                    if attr in module._parameters:
-                        module._parameters[attr] = shared  # type: ignore[assignment]
-                    else:
-                        module._buffers[attr] = shared
-    for module_name, state in fallback.items():
-        module = model.get_submodule(module_name) if module_name else model
-        module.load_state_dict(state, strict=False)
-    return bytes_read, tuple(fallback)
+        _retie(model, spec, replaced)
+    _load_fallback(model, states)
+    return bytes_read, tuple(states)
 
 
 def _assign(module: torch.nn.Module, attr: str, tensor: torch.Tensor) -> None:

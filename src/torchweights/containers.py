@@ -17,14 +17,14 @@ import collections
 import math
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import dtypes
 from .errors import CorruptCheckpointError, ResourceLimitError
 from .limits import Limits
 from .records import StorageRef, TensorRecord
-from .unpickle import PickledTensor, Stub, _short
+from .unpickle import PickledQTensor, PickledTensor, Stub, _short
 
 __all__ = ["Flattened", "check_view", "flatten", "is_module_stub", "record_maker", "short_repr"]
 
@@ -420,7 +420,7 @@ def record_maker(
             check_view(name, view, ref.nbytes, where)
         else:
             check_view(name, tensor, None, where)
-        return TensorRecord(
+        record = TensorRecord(
             name=name,
             path=path,
             dtype=tensor.dtype,
@@ -431,5 +431,48 @@ def record_maker(
             requires_grad=tensor.requires_grad,
             is_parameter=tensor.is_parameter,
         )
+        if isinstance(tensor, PickledQTensor):
+            record = _quantized(record, tensor, make, where)
+        return record
 
     return make
+
+
+def _quantized(
+    record: TensorRecord,
+    tensor: PickledQTensor,
+    make: Callable[[str, tuple[str, ...], PickledTensor], TensorRecord],
+    where: str,
+) -> TensorRecord:
+    """A quantized tensor's record with its quantization. Per-channel scales and zero points saved as tensors become
+    records of their own (named ``<name>.q_per_channel_scales`` / ``..._zero_points``, not listed in the checkpoint);
+    either way they must hold one value per channel along the quantization axis."""
+    quant = dict(tensor.quantization)
+    problem = None
+    if "axis" in quant:
+        axis, shape = quant["axis"], record.shape
+        if not 0 <= axis < len(shape):
+            problem = f"has {len(shape)} dimensions but its per-channel quantization axis is {axis}"
+        for key in ("scales", "zero_points") if problem is None else ():
+            label = key.replace("_", " ")
+            value = quant[key]
+            if isinstance(value, PickledTensor):
+                value = quant[key] = make(f"{record.name}.q_per_channel_{key}", (*record.path, key), value)
+                allowed = ("float",) if key == "scales" else ("int", "float")
+                if dtypes.get(value.dtype).kind not in allowed:
+                    problem = f"has per-channel {label} of dtype {value.dtype}"
+                elif value.shape != (shape[axis],):
+                    problem = (
+                        f"has {shape[axis]} channels along axis {axis} but per-channel {label} of size {value.shape}"
+                    )
+            elif len(value) != shape[axis]:
+                problem = f"has {shape[axis]} channels along axis {axis} but {len(value)} per-channel {label}"
+            if problem:
+                break
+    if problem:
+        raise CorruptCheckpointError(
+            f"quantized tensor '{record.name}' in {where} {problem}. The file is corrupt or was crafted; re-download "
+            "or re-save it.",
+            code="bad-record",
+        )
+    return replace(record, quantization=quant)

@@ -36,7 +36,7 @@ from .errors import (
 )
 from .fold import human_bytes
 
-__all__ = ["FORMATS", "detect"]
+__all__ = ["FORMATS", "detect", "looks_safetensors"]
 
 #: Every format id :func:`detect` can return.
 FORMATS = (
@@ -57,6 +57,7 @@ _MAX_ZIP_ENTRIES = 1_000_000
 _MAX_JSON_PARSE = 64 * 1024 * 1024
 _SAFETENSORS_MAX_HEADER = 100 * 1000 * 1000
 _LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_LEGACY_MAGIC_TEXT = b"L119547037146038801333356L\n."
 _LFS_PREFIX = b"version https://git-lfs.github.com/spec/"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _LEGACY_TAR_MEMBERS = frozenset({"storages", "tensors", "pickle", "sys_info"})
@@ -246,12 +247,28 @@ def _sniff_lfs_pointer(s: _Sample) -> str | None:
 
 def _sniff_pickle(s: _Sample) -> str | None:
     """A pickle stream (PROTO 2..5): the torch legacy format when the magic number comes first."""
+    if s.head.startswith(_LEGACY_MAGIC_TEXT):
+        return "torch-legacy"  # saved with pickle_protocol 0 or 1: the magic number is a text LONG
     if len(s.head) < 2 or s.head[0] != 0x80 or not 2 <= s.head[1] <= 5:
+        return None
+    if looks_safetensors(s.head):  # a safetensors header length of 640 (0x280) starts with the bytes of PROTO 2
         return None
     body = s.head[2:]
     if body[:1] == b"\x95":  # protocol 4+ FRAME opcode and its 8-byte length
         body = body[9:]
     return "torch-legacy" if body.startswith(_LEGACY_MAGIC) else "pickle"
+
+
+def _sniff_text_pickle(s: _Sample) -> str | None:
+    """A protocol 0 or 1 pickle (no PROTO opcode; ``pickle.dumps(obj, protocol=0)`` is text): its first 4 KiB
+    parse as pickle opcodes up to STOP, or up to the end of the sample for a longer file. Text never does."""
+    from .unpickle import FIRST_OPCODES, scan_stream
+
+    if not s.head or s.head[0] not in FIRST_OPCODES:
+        return None
+    seen = scan_stream(s.head, max_bytes=len(s.head))
+    cut = seen.error is not None and seen.error.code == "truncated" and s.size > len(s.head)
+    return "pickle" if seen.end is not None or (cut and seen.references) else None
 
 
 def _sniff_safetensors(s: _Sample) -> str | None:
@@ -285,7 +302,7 @@ def _sniff_gzip(s: _Sample) -> str | None:
             "a gzip-compressed tar archive (.tar.gz)",
             f"extract it (`tar xzf {s.path}`) and pass the checkpoint inside",
         )
-    elif inner.startswith((b"PK\x03\x04", b"\x80")) or _looks_safetensors(inner):
+    elif inner.startswith((b"PK\x03\x04", b"\x80")) or looks_safetensors(inner):
         what, fix = (
             "a gzip-compressed checkpoint",
             f"decompress it (`gunzip -c {s.path} > checkpoint.pt`) and pass the result",
@@ -300,7 +317,7 @@ def _sniff_gzip(s: _Sample) -> str | None:
     )
 
 
-def _looks_safetensors(data: bytes) -> bool:
+def looks_safetensors(data: bytes) -> bool:
     """Whether ``data`` starts like a safetensors file."""
     return len(data) > 8 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < _SAFETENSORS_MAX_HEADER
 
@@ -720,6 +737,7 @@ _SNIFFERS: tuple[Callable[[_Sample], str | None], ...] = (
     _sniff_hdf5,
     _sniff_onnx,
     _sniff_html,
+    _sniff_text_pickle,
     _sniff_json,
     _sniff_text,
 )

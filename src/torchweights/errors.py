@@ -12,10 +12,14 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │                                                           text-file, directory, zip-not-checkpoint,
     │                                                           no-tensors, unknown-format]
     ├── CorruptCheckpointError             ValueError          [truncated, bad-zip, bad-pickle, bad-header,
-    │                                                           bad-record, bad-member, bad-crc, zip-overlap,
-    │                                                           missing-storage, storage-size, safetensors-*, ...]
+    │                                                           bad-record, bad-member, bad-crc, missing-storage,
+    │                                                           storage-size, safetensors-*, tar-*, zip-overlap,
+    │                                                           zip-duplicate-member, zip-name-mismatch,
+    │                                                           zip-encrypted, zip-flags, zip-compression,
+    │                                                           zip-leading-data, zip-trailing-data,
+    │                                                           zip-hidden-data, zip-unsafe-name, ...]
     │   ├── ShardIndexError                                    [shard-*]
-    │   └── ResourceLimitError                                 [limit-*]
+    │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs)]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
     ├── UnsupportedCheckpointError         ValueError          [unsupported-*]
     ├── RuleError                          ValueError          [bad-rule, bad-container, rename-collision, ...]

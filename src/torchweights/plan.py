@@ -796,6 +796,12 @@ def _load_action(
             return Action("skip", dst_dtype=target.dtype, reason="shape mismatch (on_mismatch='skip')", **common)
         else:
             return Action("mismatch", dst_dtype=target.dtype, reason="shapes differ", **common)
+    if source.dtype.startswith(("qint", "quint")) != target.dtype.startswith(("qint", "quint")):
+        # A quantized tensor and a plain one: no cast turns one into the other (its integers are not its values).
+        why = "one is quantized and the other is not; no cast converts them"
+        if rules.on_mismatch == "skip":
+            return Action("skip", dst_dtype=target.dtype, reason=f"{why} (on_mismatch='skip')", **common)
+        return Action("mismatch", dst_dtype=target.dtype, reason=why, **common)
     dst_dtype = target.dtype if rules.dtype == "model" else source.dtype
     if (
         dst_dtype != target.dtype

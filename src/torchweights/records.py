@@ -54,6 +54,9 @@ class TensorRecord:
         storage: where the bytes are; None for tensors saved without data (meta device).
         requires_grad: the flag saved with the tensor.
         is_parameter: saved as ``nn.Parameter``.
+        quantization: for a quantized tensor (dtype ``qint8``, ``quint8``, ``qint32``...): ``qscheme`` and either
+            ``scale`` and ``zero_point`` (per tensor) or ``scales``, ``zero_points`` (a :class:`TensorRecord` each,
+            or a tuple of numbers) and ``axis`` (per channel); None for every other tensor.
     """
 
     name: str
@@ -65,6 +68,7 @@ class TensorRecord:
     storage: StorageRef | None
     requires_grad: bool = False
     is_parameter: bool = False
+    quantization: dict[str, Any] | None = None
 
     @property
     def numel(self) -> int:

@@ -1,82 +1,793 @@
-"""The only code that reads tensor bytes: turns records into torch tensors, one read per storage.
+"""The only code that reads tensor bytes: straight into the memory of the tensors that will hold them.
 
-Records that share a storage key share one torch storage, so views and tied weights come back sharing memory
-exactly as they were saved. Big-endian storages are byte-swapped; compressed zip members are inflated.
+Two entry points share one engine:
+
+- :func:`fill` writes checkpoint records into existing tensors (``load_into``'s copy and meta paths): each
+  tensor's bytes are read with ``preadv`` directly into its memory, in file order, over a small thread pool, with
+  no intermediate state dict and no second copy. What cannot land as it is (a dtype cast, a big-endian file,
+  a compressed zip member, a GPU destination, bytes read only for the CRC check) goes through bounded scratch
+  buffers (:class:`IOSettings.scratch_bytes <torchweights._io.IOSettings>`, 64 MiB by default, shared by the
+  threads; pinned when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are
+  not contiguous are rebuilt from a copy of their storage, never from a copy of the checkpoint.
+- :func:`materialize` builds new tensors (``tw.load``), one storage per file storage, so views and tied weights
+  share memory exactly as they were saved; with ``mmap=True`` they are views of a private mapping of the file.
+
+Integrity: a zip member records the CRC-32 of its bytes (``StorageRef.crc32``). Whenever a whole storage is read
+the CRC is computed on the bytes as they are read (per piece, in the reading thread, then combined) and compared;
+a mismatch is a :class:`~torchweights.errors.CorruptCheckpointError` with code ``bad-crc`` naming the member
+and its tensors. ``check_crc=False`` skips it for trusted files.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import mmap as _mmap
 import os
+import threading
 import zipfile
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from . import dtypes
-from .errors import CheckpointReadError, CorruptCheckpointError
+from ._io import (
+    IOSettings,
+    crc32,
+    crc32_combine,
+    current_settings,
+    hint,
+    inflate,
+    io_settings,
+    open_fd,
+    read_ahead,
+    read_exact,
+)
+from .errors import CheckpointReadError, CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from .records import StorageRef, TensorRecord
+from .text import plural, quote, shorten_list
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["materialize", "read_storage_bytes"]
+__all__ = [
+    "CrcMismatch",
+    "FillResult",
+    "IOSettings",
+    "crc_error",
+    "fill",
+    "io_settings",
+    "mapped_tensors",
+    "materialize",
+    "read_storage_bytes",
+]
+
+_DEFLATED = 8
 
 
-class _Files:
-    """Open file handles, one per path, closed together."""
+# --------------------------------------------------------------------------------------------------------------
+# Results and errors
+# --------------------------------------------------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.handles: dict[str, io.BufferedReader] = {}
 
-    def get(self, path: str) -> io.BufferedReader:
-        handle = self.handles.get(path)
-        if handle is None:
-            try:
-                handle = open(path, "rb")  # noqa: SIM115 - closed in close()
-            except OSError as exc:
-                raise CheckpointReadError(f"cannot read '{path}': {exc.strerror or exc}", path=path) from None
-            self.handles[path] = handle
-        return handle
+@dataclass(frozen=True)
+class CrcMismatch:
+    """One storage whose bytes do not match the CRC-32 its zip member records."""
+
+    ref: StorageRef
+    expected: int
+    actual: int
+    tensors: tuple[str, ...]
+
+    def describe(self) -> str:
+        """``member 'archive/data/3' (tensor 'fc.weight')``."""
+        what = f"member {quote(self.ref.member)}" if self.ref.member else f"storage {quote(self.ref.key)}"
+        names = shorten_list((quote(n) for n in self.tensors), 4)
+        return (
+            f"{what} ({plural(len(self.tensors), 'tensor')} {names}): CRC-32 {self.actual:08x}, "
+            f"recorded {self.expected:08x}"
+        )
+
+
+@dataclass
+class FillResult:
+    """What one :func:`fill` did.
+
+    Attributes:
+        bytes_read: bytes read from the checkpoint files (including bytes read only for the CRC check).
+        crc_checked: storages whose CRC-32 was checked.
+        bad_crc: storages whose CRC-32 did not match (their tensors were written anyway).
+    """
+
+    bytes_read: int = 0
+    crc_checked: int = 0
+    bad_crc: list[CrcMismatch] = field(default_factory=list)
+
+
+def crc_error(bad: Sequence[CrcMismatch], consequence: str) -> CorruptCheckpointError:
+    """The ``bad-crc`` error for every mismatching storage at once, ending with what happened to the destination."""
+    path = bad[0].ref.file
+    lines = "\n".join(f"  {b.describe()}" for b in bad)
+    return CorruptCheckpointError(
+        f"{quote(path)}: {plural(len(bad), 'storage')} {'does' if len(bad) == 1 else 'do'} not match the CRC-32 "
+        f"checksum recorded in the zip archive:\n{lines}\nThe bytes changed after the file was written (bit rot, an "
+        f"interrupted download or copy). {consequence} Re-download or re-save the file. If you trust it as it is "
+        "and want the bytes anyway: check_crc=False.",
+        code="bad-crc",
+        path=path,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Destinations
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _allocate(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> torch.Tensor:
+    """Every buffer the engine allocates for itself (scratch or a temporary storage copy) comes from here."""
+    import torch
+
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+
+
+def _memory(raw: torch.Tensor) -> memoryview:
+    """A writable memoryview over a contiguous CPU uint8 tensor (kept alive by the caller)."""
+    n = raw.numel()
+    if n == 0:
+        return memoryview(bytearray(0))
+    return memoryview((ctypes.c_ubyte * n).from_address(raw.data_ptr())).cast("B")
+
+
+def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor's bytes, for any dtype (no autograd)."""
+    import torch
+
+    t = tensor.detach()
+    nbytes = t.numel() * t.element_size()
+    out = torch.empty(0, dtype=torch.uint8, device=t.device)
+    out.set_(t.untyped_storage(), t.storage_offset() * t.element_size(), (nbytes,), (1,))
+    return out
+
+
+@dataclass
+class _Target:
+    """Where the bytes ``[start, end)`` of one storage go.
+
+    ``raw`` (with ``mem``) is set when the bytes can land as they are in CPU memory (same dtype, contiguous):
+    they are read straight into it, then byte-swapped in place if ``swap`` > 1. Otherwise ``flat`` (contiguous,
+    any device and dtype) receives converted pieces; ``record`` + ``dst`` are set for views that are not
+    contiguous on either side, rebuilt from a copy of the whole storage.
+    """
+
+    start: int
+    end: int
+    src_dtype: torch.dtype
+    itemsize: int
+    swap: int
+    name: str
+    raw: torch.Tensor | None = None
+    mem: memoryview | None = None
+    flat: torch.Tensor | None = None
+    record: TensorRecord | None = None
+    dst: torch.Tensor | None = None
+
+    @property
+    def contiguous(self) -> bool:
+        return self.raw is not None or self.flat is not None
+
+
+@dataclass
+class _Group:
+    """One file storage and every target it feeds."""
+
+    ref: StorageRef
+    targets: list[_Target] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scratch buffers
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Buffer:
+    def __init__(self, raw: torch.Tensor) -> None:
+        self.raw = raw
+        self.mem = _memory(raw)
+        self.fence: Any = None  # a CUDA event the next user must wait for
+
+    def wait(self) -> None:
+        if self.fence is not None:
+            self.fence.synchronize()
+            self.fence = None
+
+
+class _Scratch:
+    """At most ``count`` buffers of ``size`` bytes, allocated on first use and recycled."""
+
+    def __init__(self, size: int, count: int, pinned: bool) -> None:
+        self.size = size
+        self.count = count
+        self.pinned = pinned
+        self.free: list[_Buffer] = []
+        self.made = 0
+        self.cond = threading.Condition()
+
+    def take(self) -> _Buffer:
+        with self.cond:
+            while not self.free and self.made >= self.count:
+                self.cond.wait()
+            if self.free:
+                buf = self.free.pop()
+            else:
+                self.made += 1
+                buf = None
+        if buf is None:
+            buf = _Buffer(_allocate(self.size, pinned=self.pinned, kind="scratch"))
+        buf.wait()
+        return buf
+
+    def give(self, buf: _Buffer) -> None:
+        with self.cond:
+            self.free.append(buf)
+            self.cond.notify()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Moving bytes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _swap_in_place(raw: torch.Tensor, unit: int) -> None:
+    rows = raw.view(-1, unit)
+    rows.copy_(rows.flip(1))
+
+
+def _deliver(target: _Target, a: int, b: int, src: torch.Tensor, buf: _Buffer | None) -> None:
+    """Give ``target`` its part of the storage bytes ``[a, b)``, held in the uint8 tensor ``src``."""
+    lo, hi = max(a, target.start), min(b, target.end)
+    if lo >= hi:
+        return
+    piece = src[lo - a : hi - a]
+    if target.raw is not None:
+        dst = target.raw[lo - target.start : hi - target.start]
+        dst.copy_(piece)
+        if target.swap > 1:
+            _swap_in_place(dst, target.swap)
+        return
+    assert target.flat is not None
+    if target.swap > 1:
+        piece = piece.view(-1, target.swap).flip(1).reshape(-1)
+        buf = None  # no longer the pinned buffer
+    size = target.itemsize
+    values = piece.view(target.src_dtype)
+    dst = target.flat[(lo - target.start) // size : (hi - target.start) // size]
+    if dst.device.type == "cuda" and buf is not None and buf.raw.is_pinned():
+        import torch
+
+        dst.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        buf.fence = event
+    else:
+        dst.copy_(values)
+
+
+def _what(ref: StorageRef) -> str:
+    return f"storage {quote(ref.key)}" + (f" (member {quote(ref.member)})" if ref.member else "")
+
+
+class _Engine:
+    """Runs the reads of a list of groups over a thread pool; collects CRC results per storage."""
+
+    def __init__(self, groups: list[_Group], check_crc: bool, settings: IOSettings) -> None:
+        self.groups = groups
+        self.check_crc = check_crc
+        self.settings = settings
+        self.fds: dict[str, int] = {}
+        self.result = FillResult()
+        self.lock = threading.Lock()
+        pinned = False
+        cuda = any(t.flat is not None and t.flat.device.type == "cuda" for g in groups for t in g.targets)
+        if cuda:
+            import torch
+
+            pinned = torch.cuda.is_available()
+        self.cuda = cuda
+        self.scratch = _Scratch(settings.chunk_bytes(), settings.worker_count(), pinned)
+
+    def fd(self, path: str) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = open_fd(path)
+            if self.settings.fadvise:
+                hint(fd, 0, 0, sequential=True)
+        return fd
 
     def close(self) -> None:
-        for handle in self.handles.values():
-            handle.close()
-        self.handles.clear()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    # -- planning ----------------------------------------------------------------------------------------------
+
+    def wants_crc(self, ref: StorageRef) -> bool:
+        return self.check_crc and ref.crc32 is not None
+
+    def jobs(self, group: _Group) -> list[Callable[[], tuple[int, int] | None]]:
+        """The reads for one storage, in file order; each returns ``(crc, length)`` of its bytes when checked."""
+        ref = group.ref
+        targets = [t for t in group.targets if t.end > t.start or not t.contiguous]
+        crc = self.wants_crc(ref)
+        if not targets and not crc:
+            return []
+        aligned = all(
+            t.contiguous and t.start % t.itemsize == 0 and t.end % t.itemsize == 0 and t.start % t.swap == 0
+            for t in targets
+        )
+        if ref.compression or not aligned:
+            return [lambda: self.whole(group, targets)]
+        lo, hi = (0, ref.nbytes) if crc else (min(t.start for t in targets), max(t.end for t in targets))
+        cuts = sorted({lo, hi, *(p for t in targets for p in (t.start, t.end) if lo < p < hi)})
+        out: list[Callable[[], tuple[int, int] | None]] = []
+        chunk = self.scratch.size
+        for a, b in pairwise(cuts):
+            covering = [t for t in targets if t.start <= a and b <= t.end]
+            if not covering and not crc:
+                continue
+            direct = next((t for t in covering if t.mem is not None), None) if self.settings.direct else None
+            others = [t for t in covering if t is not direct]
+            step = self.settings.piece_size() if direct is not None else chunk
+            for p in range(a, b, step):
+                q = min(b, p + step)
+                out.append(self.piece_job(ref, p, q, direct, others, crc))
+        return out
+
+    def piece_job(
+        self, ref: StorageRef, a: int, b: int, direct: _Target | None, others: list[_Target], crc: bool
+    ) -> Callable[[], tuple[int, int] | None]:
+        return lambda: self.piece(ref, a, b, direct, others, crc)
+
+    # -- running -----------------------------------------------------------------------------------------------
+
+    def piece(
+        self, ref: StorageRef, a: int, b: int, direct: _Target | None, others: list[_Target], crc: bool
+    ) -> tuple[int, int] | None:
+        """Read storage bytes ``[a, b)`` straight into ``direct`` (or a scratch buffer) and hand them on."""
+        import torch
+
+        fd = self.fd(ref.file)
+        n = b - a
+        # cold files: hint what the other threads will ask for next (the file is read in order)
+        ahead = self.settings.worker_count() * self.settings.piece_size()
+        with torch.no_grad():
+            if direct is not None:
+                assert direct.mem is not None and direct.raw is not None
+                off = a - direct.start
+                mem = direct.mem[off : off + n]
+                self.read(fd, mem, ref.offset + a, ref, ahead)
+                src = direct.raw[off : off + n]
+                value = crc32(mem, 0, src.data_ptr()) if crc else None
+                for t in others:
+                    _deliver(t, a, b, src, None)
+                if direct.swap > 1:
+                    _swap_in_place(src, direct.swap)
+            else:
+                buf = self.scratch.take()
+                try:
+                    mem = buf.mem[:n]
+                    self.read(fd, mem, ref.offset + a, ref, ahead)
+                    value = crc32(mem, 0, buf.raw.data_ptr()) if crc else None
+                    for t in others:
+                        _deliver(t, a, b, buf.raw[:n], buf)
+                finally:
+                    self.scratch.give(buf)
+        with self.lock:
+            self.result.bytes_read += n
+        return None if value is None else (value, n)
+
+    def read(self, fd: int, mem: memoryview, offset: int, ref: StorageRef, ahead: int) -> None:
+        if self.settings.fadvise:
+            read_ahead(fd, mem, offset, ref.file, _what(ref), ahead)
+        else:
+            read_exact(fd, mem, offset, ref.file, _what(ref))
+
+    def whole(self, group: _Group, targets: list[_Target]) -> tuple[int, int] | None:
+        """Storages read as a whole: compressed members, and storages feeding views that are not contiguous."""
+        import torch
+
+        ref = group.ref
+        crc = self.wants_crc(ref)
+        strided = any(not t.contiguous for t in targets)
+        with torch.no_grad():
+            if ref.compression and not strided and ref.compression == _DEFLATED:
+                return self.inflate_streaming(ref, targets, crc)
+            temp: _Buffer | None = None
+            if ref.nbytes <= self.scratch.size:
+                temp = self.scratch.take()
+                raw = temp.raw[: ref.nbytes]
+            else:
+                raw = _allocate(ref.nbytes, kind="temp")
+            try:
+                mem = _memory(raw)
+                value = self.read_whole(ref, mem, raw.data_ptr())
+                if crc and ref.compression == 0:
+                    value = crc32(mem, 0, raw.data_ptr())
+                unit = max((t.swap for t in targets), default=1)
+                if unit > 1 and ref.nbytes % unit == 0:
+                    _swap_in_place(raw, unit)
+                storage = raw.untyped_storage()
+                base = int(raw.storage_offset())
+                for t in targets:
+                    if t.record is not None and t.dst is not None:
+                        view = _build(t.record, storage, base)
+                        if tuple(view.shape) != tuple(t.dst.shape):
+                            view = view.reshape(t.dst.shape)
+                        t.dst.detach().copy_(view)
+                    else:
+                        piece = raw[t.start : t.end]
+                        if t.raw is not None:
+                            t.raw.copy_(piece)
+                        else:
+                            assert t.flat is not None
+                            t.flat.copy_(piece.view(t.src_dtype))
+            finally:
+                if temp is not None:
+                    self.scratch.give(temp)
+        with self.lock:
+            self.result.bytes_read += ref.compressed_size if ref.compression else ref.nbytes
+        return None if not crc or value is None else (value, ref.nbytes)
+
+    def read_whole(self, ref: StorageRef, mem: memoryview, address: int) -> int | None:
+        """Fill ``mem`` with the whole decoded storage; returns the CRC-32 when inflating (computed on the way)."""
+        if ref.compression == 0:
+            read_exact(self.fd(ref.file), mem, ref.offset, ref.file, _what(ref))
+            return None
+        if ref.compression == _DEFLATED:
+            value = 0
+            with _open(ref.file) as fh:
+                try:
+                    for n in inflate(fh, ref.offset, ref.compressed_size, ref.nbytes, mem):
+                        value = crc32(mem[:n], value, address)
+                except (zlib.error, EOFError) as exc:
+                    raise _bad_member(ref, exc) from None
+            return value
+        data = _read_member(ref)  # bzip2 / lzma: rare enough to inflate through zipfile (checks the CRC itself)
+        mem[:] = data
+        return ref.crc32 if ref.crc32 is not None else None
+
+    def inflate_streaming(self, ref: StorageRef, targets: list[_Target], crc: bool) -> tuple[int, int] | None:
+        """Inflate a deflated member through one scratch buffer, handing each piece to the targets it covers."""
+        hi = ref.nbytes if crc else max((t.end for t in targets), default=0)
+        buf = self.scratch.take()
+        value = 0
+        pos = 0
+        try:
+            with _open(ref.file) as fh:
+                try:
+                    for n in inflate(fh, ref.offset, ref.compressed_size, hi, buf.mem):
+                        if crc:
+                            value = crc32(buf.mem[:n], value, buf.raw.data_ptr())
+                        for t in targets:
+                            _deliver(t, pos, pos + n, buf.raw[:n], buf)
+                        buf.wait()
+                        pos += n
+                except (zlib.error, EOFError) as exc:
+                    raise _bad_member(ref, exc) from None
+        finally:
+            self.scratch.give(buf)
+        with self.lock:
+            self.result.bytes_read += ref.compressed_size
+        return (value, ref.nbytes) if crc else None
+
+    def run(self) -> FillResult:
+        import torch
+
+        settings = self.settings
+        plans = [(g, self.jobs(g)) for g in self.groups]
+        total = sum(len(jobs) for _, jobs in plans)
+        saved_threads = torch.get_num_threads()
+        torch_work = any(t.mem is None or t.swap > 1 or len(g.targets) > 1 for g in self.groups for t in g.targets)
+        if torch_work and settings.intra_op_threads and saved_threads != settings.intra_op_threads:
+            torch.set_num_threads(settings.intra_op_threads)
+        try:
+            if total <= 1 or settings.worker_count() == 1:
+                outcomes = [[job() for job in jobs] for _, jobs in plans]
+            else:
+                outcomes = self.run_pool(plans, settings.worker_count())
+            if self.cuda and torch.cuda.is_available():
+                torch.cuda.synchronize()
+        finally:
+            if torch.get_num_threads() != saved_threads:
+                torch.set_num_threads(saved_threads)
+            self.close()
+        for (group, _), parts in zip(plans, outcomes):
+            self.check(group, parts)
+        return self.result
+
+    def run_pool(
+        self, plans: list[tuple[_Group, list[Callable[[], tuple[int, int] | None]]]], workers: int
+    ) -> list[list[tuple[int, int] | None]]:
+        futures: list[list[Future[tuple[int, int] | None]]] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchweights-read") as pool:
+            try:
+                for _, jobs in plans:
+                    futures.append([pool.submit(job) for job in jobs])
+                return [[f.result() for f in group] for group in futures]
+            except BaseException:
+                for group in futures:
+                    for f in group:
+                        f.cancel()
+                raise
+
+    def check(self, group: _Group, parts: list[tuple[int, int] | None]) -> None:
+        ref = group.ref
+        if not self.wants_crc(ref) or ref.crc32 is None:
+            return
+        pieces = [p for p in parts if p is not None]
+        if sum(n for _, n in pieces) != ref.nbytes:
+            return  # not the whole storage (nothing needed it): nothing to compare
+        value = 0
+        for crc, n in pieces:
+            value = crc32_combine(value, crc, n)
+        self.result.crc_checked += 1
+        if value != ref.crc32:
+            self.result.bad_crc.append(CrcMismatch(ref, ref.crc32, value, tuple(group.names)))
 
 
-def read_storage_bytes(ref: StorageRef, files: _Files | None = None) -> bytearray:
-    """Read one storage's bytes (inflating a compressed zip member) into a new writable buffer."""
-    own = files is None
-    files = files or _Files()
+def _open(path: str) -> io.BufferedReader:
     try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise CheckpointReadError(f"cannot read {quote(path)}: {exc.strerror or exc}", path=path) from None
+
+
+def _bad_member(ref: StorageRef, exc: BaseException) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{quote(ref.file)}: compressed member {quote(ref.member or ref.key)} cannot be inflated "
+        f"({type(exc).__name__}: {exc}). "
+        "The file changed since it was opened or is damaged; re-download or re-save it.",
+        code="bad-member",
+        path=ref.file,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fill: records into existing tensors
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _swap_unit(dtype: str) -> int:
+    info = dtypes.get(dtype)
+    return info.itemsize // 2 if info.kind == "complex" else info.itemsize
+
+
+def _target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> _Target:
+    ref = record.storage
+    assert ref is not None
+    src_dtype = dtypes.to_torch(record.dtype)
+    size = record.itemsize
+    swap = _swap_unit(record.dtype) if ref.byteorder == "big" else 1
+    start = record.storage_offset * size
+    if record.is_contiguous and dst.is_contiguous():
+        end = start + record.nbytes
+        if end > ref.nbytes:
+            raise _outside(record, ref)
+        target = _Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+        if dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed:
+            target.raw = _raw_bytes(dst)
+            target.mem = _memory(target.raw)
+        else:
+            target.flat = dst.detach().view(-1)
+        return target
+    if record.numel:
+        last = record.storage_offset + sum((n - 1) * s for n, s in zip(record.shape, record.stride))
+        if (last + 1) * size > ref.nbytes:
+            raise _outside(record, ref)
+    return _Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+
+
+def _outside(record: TensorRecord, ref: StorageRef) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"tensor {quote(record.name)} (size {record.shape}, stride {record.stride}, offset {record.storage_offset}) "
+        f"reaches past the {ref.nbytes} bytes of its {_what(ref)}. The file is corrupt or was crafted; re-download "
+        "or re-save it.",
+        code="bad-record",
+        path=ref.file,
+    )
+
+
+def fill(
+    requests: Iterable[tuple[TensorRecord, torch.Tensor]],
+    *,
+    check_crc: bool = True,
+    settings: IOSettings | None = None,
+) -> FillResult:
+    """Read each record's bytes into its destination tensor (same number of elements; any dtype and device).
+
+    Contiguous CPU destinations of the record's dtype receive the bytes straight from the file; everything else
+    goes through bounded scratch buffers (see the module docstring). CRC mismatches do not stop the reads: they
+    are all returned in :attr:`FillResult.bad_crc`, for the caller to decide (see :func:`crc_error`).
+
+    Args:
+        requests: ``(record, destination)`` pairs; records without storage or elements are skipped.
+        check_crc: compare every fully read storage with the CRC-32 its zip member records.
+        settings: I/O settings; default: those of the innermost :func:`io_settings` block.
+
+    Raises:
+        CorruptCheckpointError: a record does not fit its storage, or the file is truncated or damaged.
+        CheckpointReadError: the operating system failed a read.
+    """
+    settings = settings or current_settings()
+    groups: dict[tuple[str, str], _Group] = {}
+    for record, dst in requests:
+        ref = record.storage
+        if ref is None or record.numel == 0:
+            continue
+        _check_view(record)
+        if dst.numel() != record.numel:
+            raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {record.numel}")
+        group = groups.get((ref.file, ref.key))
+        if group is None:
+            group = groups[(ref.file, ref.key)] = _Group(ref)
+        group.targets.append(_target_for(record, dst, bool(ref.compression)))
+        group.names.append(record.name)
+    ordered = sorted(groups.values(), key=lambda g: (g.ref.file, g.ref.offset))
+    return _Engine(ordered, check_crc, settings).run()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mapping
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Mapper:
+    """Private (copy-on-write) mappings of whole files; a storage becomes a zero-copy view when it can."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, _mmap.mmap] = {}
+        self.sizes: dict[str, int] = {}
+        self.storages: dict[tuple[str, str], torch.UntypedStorage] = {}
+
+    def mapping(self, path: str) -> tuple[_mmap.mmap | None, int]:
+        if path not in self.sizes:
+            fd = open_fd(path)
+            try:
+                size = os.fstat(fd).st_size
+                self.sizes[path] = size
+                if size:
+                    self.maps[path] = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
+            except (OSError, ValueError) as exc:
+                raise CheckpointReadError(f"cannot map {quote(path)}: {exc}", path=path) from None
+            finally:
+                os.close(fd)
+        return self.maps.get(path), self.sizes[path]
+
+    def storage(self, ref: StorageRef, itemsize: int, unit: int) -> torch.UntypedStorage | None:
+        """The storage as a view of the mapping, or None when it must be read (compressed, big-endian, unaligned)."""
+        import torch
+
+        key = (ref.file, ref.key)
+        found = self.storages.get(key)
+        if found is not None:
+            return found
+        if ref.compression or (ref.byteorder == "big" and unit > 1) or ref.offset % max(1, min(itemsize, 16)):
+            return None
+        if ref.nbytes == 0:
+            found = torch.UntypedStorage(0)
+        else:
+            buf, size = self.mapping(ref.file)
+            if buf is None or ref.offset + ref.nbytes > size:
+                raise CorruptCheckpointError(
+                    f"{quote(ref.file)} has {size} bytes but {_what(ref)} ends at byte {ref.offset + ref.nbytes}: "
+                    "the file was truncated since it was opened. Mapping it would crash the process (SIGBUS) on "
+                    "first access; open it again, or re-download it.",
+                    code="truncated",
+                    path=ref.file,
+                )
+            found = torch.frombuffer(buf, dtype=torch.uint8, count=ref.nbytes, offset=ref.offset).untyped_storage()
+        self.storages[key] = found
+        return found
+
+    def check(self, refs: Iterable[StorageRef], names: Mapping[tuple[str, str], list[str]]) -> list[CrcMismatch]:
+        """CRC-32 of mapped storages (this touches every page once), in parallel."""
+        todo = [r for r in refs if r.crc32 is not None and (r.file, r.key) in self.storages]
+        if not todo:
+            return []
+
+        def crc(ref: StorageRef) -> int:
+            buf = self.maps.get(ref.file)
+            storage = self.storages[(ref.file, ref.key)]
+            if buf is None or not ref.nbytes:
+                return 0
+            view = memoryview(buf)[ref.offset : ref.offset + ref.nbytes]
+            try:
+                return crc32(view, 0, storage.data_ptr())
+            finally:
+                view.release()
+
+        workers = current_settings().worker_count()
+        if len(todo) > 1 and workers > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchweights-crc") as pool:
+                values = list(pool.map(crc, todo))
+        else:
+            values = [crc(r) for r in todo]
+        return [
+            CrcMismatch(ref, ref.crc32, value, tuple(names.get((ref.file, ref.key), ())))
+            for ref, value in zip(todo, values)
+            if ref.crc32 is not None and value != ref.crc32
+        ]
+
+
+def mapped_tensors(records: Iterable[TensorRecord], *, check_crc: bool = True) -> dict[str, torch.Tensor]:
+    """Zero-copy CPU tensors over a private mapping of their files, for the records that can be mapped.
+
+    A record can be mapped when its storage is stored uncompressed, little-endian (or one byte per element) and
+    aligned to its element size; the others are absent from the result (read them with :func:`fill`). Writes to
+    the tensors are private to the process (copy-on-write) and never reach the file; the file must not change
+    while they live (its size is checked first, so a file truncated since it was opened is an error, not a
+    SIGBUS).
+
+    Raises:
+        CorruptCheckpointError: ``bad-crc`` (with ``check_crc``) when a mapped storage does not match its CRC-32;
+            ``truncated`` when the file is shorter than its records.
+    """
+    mapper = _Mapper()
+    out: dict[str, torch.Tensor] = {}
+    refs: dict[tuple[str, str], StorageRef] = {}
+    names: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        ref = record.storage
+        if ref is None:
+            continue
+        _check_view(record)
+        storage = mapper.storage(ref, record.itemsize, _swap_unit(record.dtype))
+        if storage is None:
+            continue
+        out[record.name] = _build(record, storage)
+        refs[(ref.file, ref.key)] = ref
+        names.setdefault((ref.file, ref.key), []).append(record.name)
+    if check_crc:
+        bad = mapper.check(refs.values(), names)
+        if bad:
+            raise crc_error(bad, "Nothing was loaded.")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# materialize: new tensors (tw.load)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool = False) -> bytearray:
+    """Read one storage's bytes (inflating a compressed zip member) into a new writable buffer.
+
+    Callers may pass a narrowed ``ref`` (a byte range of a storage), so the CRC-32 is only compared when asked:
+    ``check_crc=True`` is right only for a ``ref`` that describes its whole zip member. ``files`` is accepted for
+    compatibility and unused.
+    """
+    import torch
+
+    out = bytearray(ref.nbytes)
+    if ref.nbytes:
+        view = torch.frombuffer(out, dtype=torch.uint8)
+        target = _Target(0, ref.nbytes, torch.uint8, 1, 1, ref.key, raw=view, mem=memoryview(out))
         if ref.compression:
-            return _read_member(ref)
-        buf = bytearray(ref.nbytes)
-        handle = files.get(ref.file)
-        handle.seek(ref.offset)
-        got = handle.readinto(buf) if ref.nbytes else 0
-        if got != ref.nbytes:
-            raise CorruptCheckpointError(
-                f"'{ref.file}' ended after {got} of the {ref.nbytes} bytes of storage '{ref.key}' (from byte "
-                f"{ref.offset}). The file is truncated or changed since it was opened; re-download it.",
-                code="truncated",
-                path=ref.file,
-            )
-        return buf
-    finally:
-        if own:
-            files.close()
+            target.mem = None
+        result = _Engine([_Group(ref, [target], [ref.key])], check_crc, current_settings()).run()
+        if result.bad_crc:
+            raise crc_error(result.bad_crc, "Nothing was loaded.")
+    return out
 
 
-def _read_member(ref: StorageRef) -> bytearray:
-    """Inflate the first ``ref.nbytes`` bytes of a compressed zip member (bounded by the member's own sizes)."""
+def _read_member(ref: StorageRef) -> bytes:
+    """Inflate the first ``ref.nbytes`` bytes of a zip member with :mod:`zipfile` (bzip2, lzma)."""
     from .formats.torch_zip import ZIP_ERRORS, read_member
 
-    try:
-        handle = open(ref.file, "rb")  # noqa: SIM115 - closed by the with below
-    except OSError as exc:
-        raise CheckpointReadError(f"cannot read '{ref.file}': {exc.strerror or exc}", path=ref.file) from None
-    with handle:
+    with _open(ref.file) as handle:
         try:
             with zipfile.ZipFile(handle) as zf:
                 info = zf.getinfo(ref.member or "")
@@ -89,12 +800,7 @@ def _read_member(ref: StorageRef) -> bytearray:
                 path=ref.file,
             ) from None
         except ZIP_ERRORS as exc:
-            raise CorruptCheckpointError(
-                f"'{ref.file}': compressed member '{ref.member}' cannot be read ({type(exc).__name__}: {exc}). The "
-                "file changed since it was opened or is damaged; re-download or re-save it.",
-                code="bad-member",
-                path=ref.file,
-            ) from None
+            raise _bad_member(ref, exc) from None
     if len(data) != ref.nbytes:
         raise CorruptCheckpointError(
             f"'{ref.file}': member '{ref.member}' holds {len(data)} bytes, {ref.nbytes} expected. The file changed "
@@ -102,7 +808,7 @@ def _read_member(ref: StorageRef) -> bytearray:
             code="truncated",
             path=ref.file,
         )
-    return bytearray(data)
+    return data
 
 
 def _target_device(location: str, map_location: Any) -> Any:
@@ -113,29 +819,6 @@ def _target_device(location: str, map_location: Any) -> Any:
     if callable(map_location):
         return map_location(location)
     return map_location
-
-
-def _to_storage(buf: bytearray, ref: StorageRef, unit: int) -> torch.UntypedStorage:
-    import torch
-
-    if not buf:
-        return torch.UntypedStorage(0)
-    raw = torch.frombuffer(buf, dtype=torch.uint8)
-    if ref.byteorder == "big" and unit > 1:
-        if len(buf) % unit:
-            raise CorruptCheckpointError(
-                f"'{ref.file}': big-endian storage '{ref.key}' holds {len(buf)} bytes, not a whole number of "
-                f"{unit}-byte elements, so its byte order cannot be swapped. The file is corrupt; re-save it.",
-                code="bad-record",
-                path=ref.file,
-            )
-        raw = raw.view(-1, unit).flip(1).reshape(-1).clone()
-    return raw.untyped_storage()
-
-
-def _swap_unit(dtype: str) -> int:
-    info = dtypes.get(dtype)
-    return info.itemsize // 2 if info.kind == "complex" else info.itemsize
 
 
 _INT64_MAX = (1 << 63) - 1
@@ -169,17 +852,23 @@ def _check_view(record: TensorRecord) -> None:
         )
 
 
-def _build(record: TensorRecord, storage: torch.UntypedStorage | None) -> torch.Tensor:
-    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors."""
+def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
+    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors.
+
+    ``base``: byte offset of the file storage's first byte inside ``storage`` (a multiple of the element size).
+    """
     import torch
 
+    if record.quantization is not None:  # quantized tensors: see _build_quantized at the end of this module
+        return _build_quantized(record, storage, base)
     dtype = dtypes.to_torch(record.dtype)
     _check_view(record)
     try:
         if storage is None:
             return torch.empty_strided(record.shape, record.stride, dtype=dtype, device="meta")
         tensor = torch.empty(0, dtype=dtype, device=storage.device)
-        tensor.set_(storage, record.storage_offset, record.shape, record.stride)
+        offset = record.storage_offset + base // max(1, record.itemsize)
+        tensor.set_(storage, offset, record.shape, record.stride)
         return tensor
     except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
         raise CorruptCheckpointError(
@@ -191,13 +880,21 @@ def _build(record: TensorRecord, storage: torch.UntypedStorage | None) -> torch.
         ) from None
 
 
-def materialize(records: Iterable[TensorRecord], *, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+def materialize(
+    records: Iterable[TensorRecord],
+    *,
+    map_location: Any = "cpu",
+    check_crc: bool = True,
+    mmap: bool = False,
+) -> dict[str, torch.Tensor]:
     """Read the bytes of every record into tensors, one read per storage, keeping shared storages shared.
 
     Args:
         records: the records to load.
         map_location: target device (``"cpu"``, ``"cuda:0"``, ``torch.device``), a mapping from saved location to
             target, a callable taking the saved location, or None to keep the saved location.
+        check_crc: compare every storage with the CRC-32 its zip member records (``bad-crc`` on mismatch).
+        mmap: CPU tensors as views of a private mapping of the file where possible (see :func:`mapped_tensors`).
 
     Returns:
         ``{record.name: tensor}`` in the order of ``records``.
@@ -205,26 +902,158 @@ def materialize(records: Iterable[TensorRecord], *, map_location: Any = "cpu") -
     import torch
 
     records = list(records)
-    storages: dict[tuple[str, str], torch.UntypedStorage] = {}
-    files = _Files()
-    try:
-        order = sorted(
-            {(r.storage.file, r.storage.key): r for r in records if r.storage is not None}.values(),
-            key=lambda r: (r.storage.file, r.storage.offset) if r.storage else ("", 0),
-        )
-        for record in order:
-            ref = record.storage
-            assert ref is not None
-            storage = _to_storage(read_storage_bytes(ref, files), ref, _swap_unit(record.dtype))
-            device = _target_device(ref.location, map_location)
-            if str(device) != "cpu":
-                storage = torch.empty(0, dtype=torch.uint8).set_(storage).to(device).untyped_storage()
-            storages[(ref.file, ref.key)] = storage
-    finally:
-        files.close()
-
+    first: dict[tuple[str, str], TensorRecord] = {}
+    names: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        if r.storage is not None:
+            key = (r.storage.file, r.storage.key)
+            first.setdefault(key, r)
+            names.setdefault(key, []).append(r.name)
+    storages: dict[tuple[str, str], tuple[torch.UntypedStorage, int]] = {}
+    groups: list[_Group] = []
+    mapper = _Mapper() if mmap else None
+    for key, record in sorted(first.items(), key=lambda kv: (kv[0][0], kv[1].storage.offset if kv[1].storage else 0)):
+        ref = record.storage
+        assert ref is not None
+        unit = _swap_unit(record.dtype)
+        device = _target_device(ref.location, map_location)
+        if mapper is not None:
+            if torch.device(device).type != "cpu":
+                raise RuleError(
+                    f"mmap=True maps the file into CPU memory, so it cannot place tensors on {quote(str(device))}. "
+                    "Pass map_location='cpu' with mmap=True, or leave mmap off to read onto the device.",
+                    code="bad-rule",
+                )
+            mapped = mapper.storage(ref, record.itemsize, unit)
+            if mapped is not None:
+                storages[key] = (mapped, 0)
+                continue
+        buf = torch.empty(ref.nbytes, dtype=torch.uint8, device=device)
+        storages[key] = (buf.untyped_storage(), 0)
+        if not ref.nbytes:
+            continue
+        swap = unit if ref.byteorder == "big" else 1
+        if ref.byteorder == "big" and unit > 1 and ref.nbytes % unit:
+            raise CorruptCheckpointError(
+                f"'{ref.file}': big-endian storage '{ref.key}' holds {ref.nbytes} bytes, not a whole number of "
+                f"{unit}-byte elements, so its byte order cannot be swapped. The file is corrupt; re-save it.",
+                code="bad-record",
+                path=ref.file,
+            )
+        target = _Target(0, ref.nbytes, torch.uint8, 1, swap, record.name)
+        if buf.device.type == "cpu" and not ref.compression:
+            target.raw = buf
+            target.mem = _memory(buf)
+        else:
+            target.flat = buf
+        groups.append(_Group(ref, [target], names[key]))
+    result = _Engine(groups, check_crc, current_settings()).run()
+    bad = list(result.bad_crc)
+    if mapper is not None and check_crc:
+        bad += mapper.check((r.storage for r in first.values() if r.storage is not None), names)
+    if bad:
+        raise crc_error(bad, "Nothing was loaded.")
     out: dict[str, torch.Tensor] = {}
     for record in records:
         ref = record.storage
-        out[record.name] = _build(record, None if ref is None else storages[(ref.file, ref.key)])
+        if ref is None:
+            out[record.name] = _build(record, None)
+        else:
+            storage, base = storages[(ref.file, ref.key)]
+            out[record.name] = _build(record, storage, base)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Byte ranges without torch (for convert, diff and verify: torchweights/_bytes.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
+    """Bytes ``[start, end)`` of one storage as stored (no byte swap, no CRC check), without importing torch.
+
+    A stored member or plain file is read with one positioned read of exactly that range; a compressed member is
+    inflated up to ``end``.
+
+    Raises:
+        ValueError: the range is not inside the storage.
+        CorruptCheckpointError, CheckpointReadError: the bytes cannot be read.
+    """
+    if not 0 <= start <= end <= ref.nbytes:
+        raise ValueError(f"byte range [{start}, {end}) is outside storage {ref.key!r} of {ref.nbytes} bytes")
+    if ref.compression:
+        from dataclasses import replace
+
+        return bytearray(_read_member(replace(ref, nbytes=end))[start:end])
+    out = bytearray(end - start)
+    if out:
+        fd = open_fd(ref.file)
+        try:
+            read_exact(fd, memoryview(out), ref.offset + start, ref.file, f"storage {quote(ref.key)}")
+        finally:
+            os.close(fd)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Quantized tensors (records with ``quantization``)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _build_quantized(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
+    """A quantized tensor as torch rebuilds one: an empty quantized tensor with the record's scale and zero point(s),
+    set to its view of the loaded storage (so strides, offsets and shared storages stay exact)."""
+    import torch
+
+    quant = record.quantization or {}
+    _check_view(record)
+    why, fix = None, "tw.open(path) still lists its record, with its scale and zero point(s)."
+    if record.dtype not in ("qint8", "quint8", "qint32"):
+        why = f"is a {record.dtype} quantized tensor, which tw.load cannot build yet"
+    elif storage is None:
+        why = "is a quantized tensor saved without data (meta), which torch cannot represent"
+    elif storage.device.type != "cpu":
+        why = f"is quantized, and torch builds quantized tensors on the CPU only, not on {storage.device}"
+        fix = "Load it with map_location='cpu'."
+    if why:
+        raise UnsupportedCheckpointError(
+            f"tensor '{record.name}' {why}. {fix}",
+            code="unsupported-quantized",
+            path=record.storage.file if record.storage else None,
+        )
+    assert storage is not None
+    dtype = dtypes.to_torch(record.dtype)
+    try:
+        if "axis" in quant:
+            tensor = torch._empty_per_channel_affine_quantized(
+                [0],
+                scales=_qparams(quant["scales"], torch.float64),
+                zero_points=_qparams(quant["zero_points"], torch.int64),
+                axis=quant["axis"],
+                dtype=dtype,
+            )
+        else:
+            tensor = torch._empty_affine_quantized(
+                [0], scale=quant["scale"], zero_point=quant["zero_point"], dtype=dtype
+            )
+        tensor.set_(storage, record.storage_offset + base // record.itemsize, record.shape, record.stride)
+        return tensor
+    except (RuntimeError, TypeError, ValueError, OverflowError, KeyError) as exc:
+        raise CorruptCheckpointError(
+            f"torch refused to build quantized tensor '{record.name}' ({record.dtype}, size {record.shape}, "
+            f"quantization {quant.get('qscheme')}): {exc}. The file is corrupt or was crafted; re-download or "
+            "re-save it.",
+            code="bad-record",
+            path=record.storage.file if record.storage else None,
+        ) from None
+
+
+def _qparams(value: Any, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel scales or zero points: read from their own record, or made from the numbers an old file held."""
+    import torch
+
+    if isinstance(value, TensorRecord):
+        return materialize([value])[value.name]
+    if any(isinstance(v, float) for v in value):
+        dtype = torch.float64
+    return torch.tensor(value, dtype=dtype)

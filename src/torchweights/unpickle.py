@@ -36,6 +36,7 @@ import fractions
 import importlib
 import math
 import pathlib
+import re
 import struct
 import sys
 import types
@@ -49,15 +50,19 @@ from .records import StorageRef
 from .text import plural, quote
 
 __all__ = [
+    "FIRST_OPCODES",
     "Global",
     "PickledStorage",
     "PickledTensor",
+    "Reference",
     "SAFE_GLOBALS",
     "StorageType",
     "Stub",
     "TorchValue",
+    "StreamScan",
     "UnpickleResult",
     "classify_global",
+    "scan_stream",
     "unpickle",
 ]
 
@@ -165,6 +170,26 @@ class PickledTensor:
     subclass: str | None = None
 
 
+@dataclass(frozen=True)
+class Reference:
+    """One place where a pickle stream names a global, or sets attributes the way an exploit would.
+
+    Attributes:
+        name: what is referenced, as ``module.qualname`` (a ``getattr`` chain spelled out: ``torch.os.system``).
+        offset: byte offset of the opcode, from the start of the buffer the stream was read from.
+        how: the opcode that made the reference: ``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``EXT``, ``getattr``
+            (a dotted name built by calling ``builtins.getattr``), or ``BUILD`` (attributes set on a global, or
+            behaviour-changing attributes such as ``__reduce__`` set on an object).
+        verdict: ``"safe"``, ``"dangerous"`` or ``"unknown"``, from :func:`classify_global`, or ``"allowed"``
+            for a global the caller allowed by name.
+    """
+
+    name: str
+    offset: int
+    how: str
+    verdict: str
+
+
 @dataclass
 class UnpickleResult:
     """What one pickle stream held.
@@ -174,12 +199,14 @@ class UnpickleResult:
         end: offset just past the ``STOP`` opcode.
         globals: every global referenced, as ``module.qualname``.
         opcodes: number of opcodes executed (a bound for later traversals).
+        references: where each global was referenced (at most :data:`MAX_REFERENCES` of them).
     """
 
     value: Any
     end: int
     globals: set[str] = field(default_factory=set)
     opcodes: int = 0
+    references: list[Reference] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -382,6 +409,26 @@ def _pure(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (TypeError, ValueError, OverflowError, ArithmeticError) as exc:
             raise _bad(f"{_args_text(name, args)} is invalid: {_short(str(exc), 200)}") from None
+
+    return call
+
+
+_MAX_NUMBER_TEXT = 10_000
+_MAX_NUMBER_BITS = 8192
+
+
+def _bounded_number(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``Decimal`` / ``Fraction``: pickle writes them from their text; arithmetic on integers of any size (a
+    ``Fraction`` reduces by their gcd) would make a few megabytes of pickle take minutes."""
+    pure = _pure(fn, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for value in (*args, *kwargs.values()):
+            too_long = isinstance(value, str) and len(value) > _MAX_NUMBER_TEXT
+            too_big = type(value) is int and value.bit_length() > _MAX_NUMBER_BITS
+            if too_long or too_big:
+                raise _bad(f"{name} of a number {_short(value)} larger than pickle ever writes for one")
+        return pure(*args, **kwargs)
 
     return call
 
@@ -725,6 +772,24 @@ def _copyreg_newobj_ex(cls: Any, args: Any = (), kwargs: Any = None) -> Any:
     return _instantiate(cls, tuple(args or ()), dict(kwargs or {}), new=True)
 
 
+#: Classes that only hold data (dataclasses, enums) that checkpoints name: inert references, never imported or
+#: called (REDUCE/NEWOBJ of one makes a stub), and "safe" for scan. torch.distributed.checkpoint's ``.metadata``
+#: consists of these.
+_DATA_CLASSES: dict[str, tuple[str, ...]] = {
+    "torch.distributed.checkpoint.metadata": (
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "BytesStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    ),
+    "torch.distributed.checkpoint.filesystem": ("_StorageInfo", "_StoragePrefix"),
+}
+
+
 def _storage_types() -> dict[str, Any]:
     table: dict[str, Any] = {}
     for d in dtypes.DTYPES.values():
@@ -733,6 +798,15 @@ def _storage_types() -> dict[str, Any]:
                 table[f"{module}.{d.storage_class}"] = StorageType(d.storage_class, d.name)
     for name in ("torch.UntypedStorage", "torch.storage.UntypedStorage", "torch.cuda.UntypedStorage"):
         table[name] = StorageType("UntypedStorage", None)
+    for module, names in _DATA_CLASSES.items():
+        for name in names:
+            table[f"{module}.{name}"] = Global(module, name)
+    for d in dtypes.DTYPES.values():
+        if d.storage_class and d.storage_class.endswith("Storage") and d.kind != "quantized":
+            # the legacy tensor classes (torch.FloatTensor) old files name as types: inert references, never called
+            tensor_class = d.storage_class[: -len("Storage")] + "Tensor"
+            for module in ("torch", "torch.cuda"):
+                table.setdefault(f"{module}.{tensor_class}", Global(module, tensor_class))
     return table
 
 
@@ -773,6 +847,101 @@ def _get_layout(name: Any) -> TorchValue:
     if not isinstance(name, str) or not name.startswith("torch."):
         raise _bad(f"unknown layout {_short(name)}")
     return TorchValue("layout", name.removeprefix("torch."))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TorchScript: the pure-data helpers its pickles call (torch.jit._pickle) and quantized tensors
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PickledQTensor(PickledTensor):
+    """A quantized tensor (``torch._utils._rebuild_qtensor``): its integer view and quantization parameters.
+
+    ``quantization`` holds ``qscheme`` (``"per_tensor_affine"``, ``"per_channel_affine"`` or
+    ``"per_channel_affine_float_qparams"``) and either ``scale`` and ``zero_point`` (numbers) or ``scales`` and
+    ``zero_points`` (a :class:`PickledTensor` each, or a tuple of numbers in old files) and ``axis``.
+    """
+
+    quantization: dict[str, Any] = field(default_factory=dict)
+
+
+_QSCHEMES = (
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_channel_affine_float_qparams",
+    "per_tensor_symmetric",
+    "per_channel_symmetric",
+)
+_SAVED_QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams")
+_SUB_BYTE = ("quint4x2", "quint2x4")  # two or four elements per byte: views cannot be checked element-wise
+
+
+def _ts_list(kinds: tuple[type, ...], what: str) -> Callable[..., list[Any]]:
+    """``torch.jit._pickle.build_<what>list(data)``: the list itself, its elements checked to be ``kinds``."""
+
+    def build(data: Any = None, *_: Any) -> list[Any]:
+        if not isinstance(data, (list, tuple)):
+            raise _bad(f"torch.jit._pickle.build_{what}list got {_short(data)}, not a list")
+        if kinds and not all(type(v) in kinds for v in data):
+            raise _bad(f"torch.jit._pickle.build_{what}list got a list holding something else than {what}s")
+        return list(data)
+
+    return build
+
+
+def _ts_restore_type_tag(value: Any = None, type_str: Any = None, *_: Any) -> Any:
+    """``torch.jit._pickle.restore_type_tag(value, "List[int]")``: the tag only matters to TorchScript's types."""
+    if not isinstance(type_str, str):
+        raise _bad(f"torch.jit._pickle.restore_type_tag with type {_short(type_str)}, not a type name")
+    return value
+
+
+def _qparam_values(value: Any, what: str) -> Any:
+    """Per-channel scales or zero points: a tensor saved in the file, or (old files) a sequence of numbers."""
+    if isinstance(value, PickledTensor) and not isinstance(value, PickledQTensor):
+        return value
+    if isinstance(value, (list, tuple)) and all(type(v) in (int, float) for v in value):
+        return tuple(value)
+    raise _bad(f"a quantized tensor has per-channel {what} {_short(value)}, not a tensor or a list of numbers")
+
+
+def _rebuild_qtensor(
+    storage: Any, offset: Any, size: Any, stride: Any, qparams: Any, requires_grad: Any = False, *_: Any
+) -> Any:
+    """A quantized tensor as data: its integer storage view plus scale and zero point(s); nothing is called."""
+    st = _storage_of(storage)
+    if dtypes.get(st.dtype).kind != "quantized":
+        raise _bad(f"a quantized tensor was rebuilt from a {st.dtype} storage, not a quantized one")
+    if not isinstance(qparams, tuple) or not qparams:
+        raise _bad(f"a quantized tensor has quantizer parameters {_short(qparams)}, not a tuple")
+    head = qparams[0]
+    saved = isinstance(head, TorchValue) and head.kind == "qscheme" and head.value in _SAVED_QSCHEMES
+    scheme = head.value if saved else None
+    quant: dict[str, Any]
+    if scheme is None or st.dtype in _SUB_BYTE:
+        # A scheme torch never saved, or elements packed several to a byte: kept inert, so that it is reported
+        # (as a quantized tensor torchweights does not read), not guessed at.
+        return Stub("torch._utils._rebuild_qtensor", (storage, offset, size, stride, qparams, requires_grad))
+    if scheme == "per_tensor_affine":
+        if len(qparams) != 3 or type(qparams[1]) not in (int, float) or type(qparams[2]) is not int:
+            raise _bad(f"a per-tensor quantized tensor needs (qscheme, scale, zero_point), found {_short(qparams)}")
+        quant = {"qscheme": scheme, "scale": float(qparams[1]), "zero_point": qparams[2]}
+    else:
+        if len(qparams) != 4:
+            raise _bad(
+                f"a per-channel quantized tensor needs (qscheme, scales, zero_points, axis), found {_short(qparams)}"
+            )
+        quant = {
+            "qscheme": scheme,
+            "scales": _qparam_values(qparams[1], "scales"),
+            "zero_points": _qparam_values(qparams[2], "zero points"),
+            "axis": _int(qparams[3], "quantization axis"),
+        }
+    base = _tensor(st, offset, size, stride, requires_grad=requires_grad)
+    return PickledQTensor(
+        base.storage, base.dtype, base.storage_offset, base.shape, base.stride, base.requires_grad, quantization=quant
+    )
 
 
 def _build_table() -> dict[str, Any]:
@@ -864,11 +1033,11 @@ def _build_table() -> dict[str, Any]:
         ("datetime.date", datetime.date),
         ("datetime.time", datetime.time),
         ("datetime.timedelta", datetime.timedelta),
-        ("decimal.Decimal", decimal.Decimal),
-        ("fractions.Fraction", fractions.Fraction),
     )
     for name, value_cls in value_classes:
         add(name, _pure(value_cls, name))
+    for name, value_cls in (("decimal.Decimal", decimal.Decimal), ("fractions.Fraction", fractions.Fraction)):
+        add(name, _bounded_number(value_cls, name))
     add("datetime.timezone", _timezone)
     for np_core in ("numpy.core", "numpy._core"):
         add(f"{np_core}.multiarray._reconstruct", _np_reconstruct)
@@ -876,6 +1045,14 @@ def _build_table() -> dict[str, Any]:
         add(f"{np_core}.numeric._frombuffer", _np_frombuffer)
     add("numpy.dtype", _np_dtype)
     add("numpy.ndarray", lambda *a: Stub("numpy.ndarray", a))
+    # TorchScript: torch.jit._pickle's list builders and type tags (pure data; nothing else under torch.jit is
+    # safe), quantized tensors (replacing the inert _rebuild_qtensor above) and the qschemes they name.
+    for kind, types_ in (("int", (int,)), ("double", (float,)), ("bool", (bool,)), ("tensor", ())):
+        add(f"torch.jit._pickle.build_{kind}list", _ts_list(types_, kind))
+    add("torch.jit._pickle.restore_type_tag", _ts_restore_type_tag)
+    add("torch._utils._rebuild_qtensor", _rebuild_qtensor)
+    for scheme in _QSCHEMES:
+        table[f"torch.{scheme}"] = TorchValue("qscheme", scheme)
     return table
 
 
@@ -962,6 +1139,10 @@ _DANGEROUS_PREFIXES = (
 )
 
 
+#: torch.package's mangle prefix (``<torch_package_0>.models.Net``)
+_TORCH_PACKAGE_MANGLE = re.compile(r"^(<torch_package_\d+>\.)+")
+
+
 def classify_global(name: str) -> str:
     """Classify a pickle global (``module.qualname``) as ``"safe"``, ``"dangerous"`` or ``"unknown"``.
 
@@ -970,6 +1151,10 @@ def classify_global(name: str) -> str:
     function (for example a model class from the project that saved the file): never imported, kept as an inert
     stub.
     """
+    if name.startswith("<torch_package_"):
+        # torch.package mangles its modules' names and demangles them before importing: judge what it imports
+        demangled = _TORCH_PACKAGE_MANGLE.sub("", name)
+        return "unknown" if demangled == name else classify_global(demangled)
     if name in SAFE_GLOBALS:
         return "safe"
     module, _, attr = name.partition(".")
@@ -1159,6 +1344,21 @@ def _real_build(inst: Any, state: Any) -> None:
 
 _MARK = object()
 
+#: Opcodes a pickle stream can start with: Python's unpickler needs no PROTO opcode (protocols 0 and 1 have none),
+#: so ``\x8c\x05posix\x8c\x06system\x93...`` runs under ``pickle.load`` as well as ``cos\nsystem\n...``.
+FIRST_OPCODES = frozenset(b"(cNIJKLFSVUXTG]})iplgRhjqBCMPr\x80\x82\x83\x84\x88\x89\x8a\x8b\x8c\x8d\x8e\x8f\x95\x96")
+
+#: Most references one stream records (each distinct global once, every dangerous one).
+MAX_REFERENCES = 10_000
+#: Attributes whose assignment by BUILD changes what an object does rather than what it holds: under
+#: ``pickle.load`` they turn a harmless-looking object into a call of something else later.
+_LAUNDERING_ATTRIBUTES = frozenset(
+    """__class__ __dict__ __setstate__ __reduce__ __reduce_ex__ __getattr__ __getattribute__ __setattr__
+    __delattr__ __del__ __init__ __new__ __call__ __get__ __set__ __getitem__ __builtins__ __globals__ __code__
+    __import__ __init_subclass__ __class_getitem__ __enter__ __exit__ __iter__ __next__ __eq__ __hash__
+    __repr__ __str__ __format__ __len__ __bool__ __index__ __fspath__""".split()
+)
+
 
 class _Reader:
     """Bounds-checked cursor over a bytes-like buffer."""
@@ -1339,6 +1539,9 @@ class _Machine:
         self.allow_globals = allow_globals
         self.globals: set[str] = set()
         self.dangerous: list[str] = []
+        self.references: list[Reference] = []
+        self.at = 0  # offset of the opcode being executed, for references
+        self.how = "GLOBAL"
         self.proto = 0
         self.created: dict[int, Any] = {}  # objects made by allowed globals, by id
         self.nesting = _Nesting()
@@ -1353,7 +1556,7 @@ class _Machine:
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
         qual = f"{module}.{name}"
-        self.globals.add(qual)
+        self.refer(qual, verdict="allowed" if qual in self.allow_globals else None)
         if qual in self.allow_globals:
             allowed = _import_allowed(module, name, self.created)
             return allowed if callable(allowed.obj) else allowed.obj
@@ -1362,20 +1565,52 @@ class _Machine:
             return entry
         return self.note(Global(module, name))
 
+    def refer(self, qual: str, how: str | None = None, verdict: str | None = None, *, refuse: bool = True) -> None:
+        """Record that the opcode at ``self.at`` references ``qual``; flag it if dangerous (and ``refuse``: a
+        reference the stream fails on anyway is an alarm for scan, and a malformed pickle for loading)."""
+        verdict = verdict or classify_global(qual)
+        how = how or self.how
+        if qual not in self.globals or verdict == "dangerous":
+            if len(self.references) < MAX_REFERENCES:
+                self.references.append(Reference(qual, self.at, how, verdict))
+        self.globals.add(qual)
+        if verdict == "dangerous" and refuse and qual not in self.dangerous:
+            self.dangerous.append(qual)
+
     def note(self, value: Any) -> Any:
         """Record a global reference the stream made (by name, or through ``getattr``); flag it if dangerous."""
         if type(value) is Global:
             qual = value.qualname
-            self.globals.add(qual)
-            if classify_global(qual) == "dangerous" and qual not in self.dangerous:
-                self.dangerous.append(qual)
+            if qual not in self.globals:
+                self.refer(qual, "getattr" if self.how in ("REDUCE", "NEWOBJ", "NEWOBJ_EX", "OBJ") else None)
         else:
             self.nesting.note(value)
         return value
 
+    def laundering(self, obj: Any, state: Any) -> bool:
+        """BUILD that would change code rather than data under ``pickle.load``: flag it; True when ``obj`` is a
+        global (a module, class or function), whose attributes BUILD would overwrite."""
+        if isinstance(obj, (Global, _Ctor, _Allowed, type, types.ModuleType)):
+            self.refer(f"{_callable_name(obj)} (attributes set by BUILD)", "BUILD", "dangerous")
+            return True
+        # ``(state, slotstate)``: pickle sets slot state with ``setattr`` (descriptors run; ``__class__`` swaps the
+        # class), while a dict state only fills the instance ``__dict__``.
+        slots = state[1] if isinstance(state, tuple) and len(state) == 2 else None
+        if isinstance(slots, dict):
+            for key in slots:
+                if isinstance(key, str) and key in _LAUNDERING_ATTRIBUTES:
+                    owner = _callable_name(obj)
+                    if not isinstance(obj, (Global, Stub, _Ctor)):
+                        owner = f"{type(obj).__module__}.{type(obj).__qualname__}"
+                    self.refer(f"{owner}.{key} (set by BUILD)", "BUILD", "dangerous")
+        return False
+
     def extension(self, code: int) -> Any:
         key = copyreg._inverted_registry.get(code)  # type: ignore[attr-defined]
         if key is None:
+            # ``pickle.load`` resolves it through the loading process's copyreg registry, which we cannot know: any
+            # process where a library registered the code would call whatever it names. torch never writes these.
+            self.refer(f"copyreg extension code {code}", "EXT", "dangerous", refuse=False)
             raise _bad(f"pickle uses extension code {code}, which is not registered")
         return self.find_global(*key)
 
@@ -1600,29 +1835,35 @@ class _Machine:
                 except TypeError as exc:
                     raise _bad(f"bad set item in pickle: {exc}") from None
             elif op == 0x63:  # GLOBAL
+                self.at, self.how = r.pos - 1, "GLOBAL"
                 module = r.line().decode("utf-8", "replace")
                 name = r.line().decode("utf-8", "replace")
                 stack.append(self.find_global(module, name))
             elif op == 0x93:  # STACK_GLOBAL
+                self.at, self.how = r.pos - 1, "STACK_GLOBAL"
                 name = pop()
                 module = pop()
                 stack.append(self.find_global(module, name))
             elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
+                self.at, self.how = r.pos - 1, "EXT"
                 code = r.u1() if op == 0x82 else r.unpack(_U2) if op == 0x83 else r.unpack(_I4)
                 stack.append(self.extension(code))
             elif op == 0x52:  # REDUCE
+                self.at, self.how = r.pos - 1, "REDUCE"
                 args = pop()
                 fn = pop()
                 if not isinstance(args, tuple):
                     raise _bad("REDUCE arguments are not a tuple")
                 stack.append(self.note(_instantiate(fn, args, {}, new=False)))
             elif op == 0x81:  # NEWOBJ
+                self.at, self.how = r.pos - 1, "NEWOBJ"
                 args = pop()
                 cls = pop()
                 if not isinstance(args, tuple):
                     raise _bad("NEWOBJ arguments are not a tuple")
                 stack.append(self.note(_instantiate(cls, args, {}, new=True)))
             elif op == 0x92:  # NEWOBJ_EX
+                self.at, self.how = r.pos - 1, "NEWOBJ_EX"
                 kwargs = pop()
                 args = pop()
                 cls = pop()
@@ -1632,19 +1873,25 @@ class _Machine:
                     raise _bad("NEWOBJ_EX keyword arguments are not named by strings")
                 stack.append(self.note(_instantiate(cls, args, kwargs, new=True)))
             elif op == 0x69:  # INST
+                self.at, self.how = r.pos - 1, "INST"
                 module = r.line().decode("utf-8", "replace")
                 name = r.line().decode("utf-8", "replace")
                 cls = self.find_global(module, name)
                 items = pop_mark()
                 stack.append(self.note(_instantiate(cls, tuple(items), {}, new=False)))
             elif op == 0x6F:  # OBJ
+                self.at, self.how = r.pos - 1, "OBJ"
                 items = pop_mark()
                 if not items:
                     raise _bad("OBJ without a class")
                 stack.append(self.note(_instantiate(items[0], tuple(items[1:]), {}, new=False)))
             elif op == 0x62:  # BUILD
+                self.at, self.how = r.pos - 1, "BUILD"
                 state = pop()
                 obj = pop()
+                if self.laundering(obj, state):
+                    stack.append(obj)  # nothing is set: the stream is refused once it has been read
+                    continue
                 new = _build(obj, state, self.created)
                 if new is not obj:
                     self.nesting.note(new)
@@ -1671,6 +1918,52 @@ class _Machine:
         if self.persistent_load is None:
             raise _bad("the pickle refers to external data (persistent id) but this format has none")
         return self.persistent_load(pid)
+
+
+def _execute(
+    data: bytes | memoryview,
+    start: int,
+    end: int | None,
+    persistent_load: Callable[[Any], Any] | None,
+    allow_globals: frozenset[str],
+    max_bytes: int,
+    where: str,
+) -> tuple[_Machine, UnpickleResult | None, TorchWeightsError | None]:
+    """Run one stream; every failure comes back as a torchweights error, never raised."""
+    result: UnpickleResult | None = None
+    stop = len(data) if end is None else min(end, len(data))
+    if stop - start > max_bytes:
+        # A pickle may legitimately be followed by other data (legacy format); only refuse if it runs past.
+        stop_limit = start + max_bytes
+    else:
+        stop_limit = stop
+    machine = _Machine(persistent_load, allow_globals)
+    context = f" {where}" if where else ""
+    failure: TorchWeightsError | None = None
+    try:
+        result = machine.run(data, start, stop_limit)
+        result.references = machine.references
+    except CorruptCheckpointError as exc:
+        if stop_limit < stop and exc.code == "truncated":
+            failure = ResourceLimitError(
+                f"pickle stream{context} is longer than the {max_bytes}-byte limit. If you trust the file, raise "
+                "the limit: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
+                code="limit-pickle-size",
+            )
+        else:
+            exc.message = f"{exc.message} (in {where})" if where else exc.message
+            failure = exc
+    except TorchWeightsError as exc:  # from persistent_load or an allowed global's import
+        failure = exc
+    except RecursionError:
+        failure = ResourceLimitError(f"pickle stream{context} nests too deeply", code="limit-depth")
+    except MemoryError:
+        failure = ResourceLimitError(f"pickle stream{context} asks for more memory than available", code="limit-memory")
+    except (*_CALL_ERRORS, struct.error) as exc:
+        # Every opcode validates its operands; this is the backstop that keeps a malformed stream a
+        # CorruptCheckpointError whatever slipped through.
+        failure = _bad(f"malformed pickle stream{context}: {type(exc).__name__}: {_short(str(exc), 200)}")
+    return machine, result, failure
 
 
 def unpickle(
@@ -1703,37 +1996,7 @@ def unpickle(
         CorruptCheckpointError: the stream is not a valid pickle.
         ResourceLimitError: the stream is longer than ``max_bytes``.
     """
-    stop = len(data) if end is None else min(end, len(data))
-    if stop - start > max_bytes:
-        # A pickle may legitimately be followed by other data (legacy format); only refuse if it runs past.
-        stop_limit = start + max_bytes
-    else:
-        stop_limit = stop
-    machine = _Machine(persistent_load, allow_globals)
-    context = f" {where}" if where else ""
-    failure: TorchWeightsError | None = None
-    try:
-        result = machine.run(data, start, stop_limit)
-    except CorruptCheckpointError as exc:
-        if stop_limit < stop and exc.code == "truncated":
-            failure = ResourceLimitError(
-                f"pickle stream{context} is longer than the {max_bytes}-byte limit. If you trust the file, raise "
-                "the limit: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
-                code="limit-pickle-size",
-            )
-        else:
-            exc.message = f"{exc.message} (in {where})" if where else exc.message
-            failure = exc
-    except TorchWeightsError as exc:  # from persistent_load or an allowed global's import
-        failure = exc
-    except RecursionError:
-        failure = ResourceLimitError(f"pickle stream{context} nests too deeply", code="limit-depth")
-    except MemoryError:
-        failure = ResourceLimitError(f"pickle stream{context} asks for more memory than available", code="limit-memory")
-    except (*_CALL_ERRORS, struct.error) as exc:
-        # Every opcode validates its operands; this is the backstop that keeps a malformed stream a
-        # CorruptCheckpointError whatever slipped through.
-        failure = _bad(f"malformed pickle stream{context}: {type(exc).__name__}: {_short(str(exc), 200)}")
+    machine, result, failure = _execute(data, start, end, persistent_load, allow_globals, max_bytes, where)
     if machine.dangerous:
         # Refusing for safety takes precedence over any other problem: it is the one the user must know about.
         names = ", ".join(quote(n) for n in machine.dangerous)
@@ -1744,7 +2007,56 @@ def unpickle(
             "load it with torch.load either. If you wrote this file yourself and trust it, allow exactly these: "
             f"tw.load(path, allow_globals=[...])  (CLI: --allow-global NAME){also}",
             code="unsafe-global",
+            names=tuple(machine.dangerous),
         ) from None
     if failure is not None:
         raise failure from None
+    assert result is not None
     return result
+
+
+@dataclass
+class StreamScan:
+    """What :func:`scan_stream` saw in one pickle stream.
+
+    Attributes:
+        references: every global named and every attribute-laundering BUILD, with opcode offsets.
+        dangerous: the dangerous names among them, as ``unpickle`` would refuse them.
+        value: the root object (inert), or None when the stream could not be read to its end.
+        end: offset just past ``STOP``, or None.
+        opcodes: opcodes executed.
+        protocol: the pickle protocol the stream declared (0 when it has no PROTO opcode).
+        error: why the stream could not be read to its end, or None.
+    """
+
+    references: list[Reference]
+    dangerous: list[str]
+    value: Any = None
+    end: int | None = None
+    opcodes: int = 0
+    protocol: int = 0
+    error: TorchWeightsError | None = None
+
+
+def scan_stream(
+    data: bytes | memoryview,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    persistent_load: Callable[[Any], Any] | None = None,
+    max_bytes: int = 1 << 30,
+    where: str = "",
+) -> StreamScan:
+    """Read one pickle stream with the same machine and table as :func:`unpickle`, for ``scan``: nothing is
+    imported (no global is allowed), dangerous references are reported instead of refused, and a malformed
+    stream returns what was seen before the error together with the error."""
+    machine, result, failure = _execute(data, start, end, persistent_load, frozenset(), max_bytes, where)
+    return StreamScan(
+        references=machine.references,
+        dangerous=list(machine.dangerous),
+        value=None if result is None else result.value,
+        end=None if result is None else result.end,
+        opcodes=0 if result is None else result.opcodes,
+        protocol=machine.proto,
+        error=failure,
+    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..errors import UnsupportedCheckpointError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint
+from ..unpickle import StreamScan
 
 __all__ = ["READERS", "ReadOptions", "open_path"]
 
@@ -23,24 +24,31 @@ class ReadOptions:
     Attributes:
         allow_globals: pickle globals (``module.qualname``) the user explicitly allowed to be imported and called.
         limits: resource bounds.
+        observer: set by ``scan`` only: every pickle stream a reader runs is read with
+            :func:`~torchweights.unpickle.scan_stream` (nothing allowed, nothing imported, dangerous references
+            reported instead of refused) and handed to ``observer(where, start, stream)``.
     """
 
     allow_globals: frozenset[str] = frozenset()
     limits: Limits = DEFAULT_LIMITS
+    observer: Callable[[str, int, StreamScan], None] | None = None
 
 
 Reader = Callable[[str, ReadOptions], Checkpoint]
 
 
 def _readers() -> dict[str, Reader]:
-    from . import legacy, pickle_file, safetensors, sharded, torch_zip
+    from . import legacy, legacy_tar, pickle_file, safetensors, sharded, torch_package, torch_zip, torchscript
 
     return {
         "torch-zip": torch_zip.read,
         "torch-legacy": legacy.read,
+        "legacy-tar": legacy_tar.read,
         "pickle": pickle_file.read,
         "safetensors": safetensors.read,
         "sharded": sharded.read,
+        "torchscript": torchscript.read,
+        "torch-package": torch_package.read,
     }
 
 
@@ -64,13 +72,8 @@ def open_path(path: str, options: ReadOptions) -> Checkpoint:
 
 
 _FORMAT_NAMES = {
-    "torchscript": "TorchScript archive (torch.jit.save)",
-    "torch-package": "torch.package archive",
-    "legacy-tar": "torch tar file from before torch 0.4",
     "dcp": "torch.distributed.checkpoint folder",
 }
 _FORMAT_FIXES = {
-    "torchscript": "If you trust it: torch.jit.load(path).state_dict(), then torch.save that dict.",
     "dcp": "Convert it with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt').",
-    "legacy-tar": "If you trust it, load it with an old torch and re-save it with torch.save.",
 }

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..containers import flatten, record_maker
 from ..records import Checkpoint, StorageRef
-from ..unpickle import PickledTensor, UnpickleResult, unpickle
+from ..unpickle import PickledTensor, UnpickleResult, scan_stream, unpickle
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -24,7 +24,21 @@ def run_pickle(
     end: int | None = None,
     persistent_load: Callable[[Any], Any] | None = None,
 ) -> UnpickleResult:
-    """Unpickle one stream with the user's allowed globals and limits."""
+    """Unpickle one stream with the user's allowed globals and limits (for ``scan``: report it to the observer)."""
+    if options.observer is not None:
+        seen = scan_stream(
+            data,
+            start=start,
+            end=end,
+            persistent_load=persistent_load,
+            max_bytes=options.limits.max_pickle_bytes,
+            where=where,
+        )
+        options.observer(where, start, seen)
+        if seen.error is not None:
+            raise seen.error
+        assert seen.end is not None
+        return UnpickleResult(seen.value, seen.end, {r.name for r in seen.references}, seen.opcodes, seen.references)
     return unpickle(
         data,
         start=start,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 from ..errors import CorruptCheckpointError, ResourceLimitError
@@ -108,6 +108,7 @@ class ZipDirectory:
         problems: everything wrong, in the order found.
         directory_offset: where the central directory starts.
         comment: the archive comment.
+        start: where the archive starts (its offsets count from there); not 0 only with leading data.
     """
 
     path: str
@@ -116,6 +117,7 @@ class ZipDirectory:
     problems: list[ZipProblem] = field(default_factory=list)
     directory_offset: int = 0
     comment: bytes = b""
+    start: int = 0
 
     def names(self) -> list[str]:
         """Member names in directory order."""
@@ -176,6 +178,11 @@ def _end_record(d: ZipDirectory, fh: IO[bytes]) -> tuple[int, int, int, int] | N
         # torch writes the zip64 records even for small archives
         record_at = _LOCATOR.unpack(locator)[2]
         record = _read(fh, record_at, _EOCD64.size) if 0 <= record_at <= locator_at - _EOCD64.size else b""
+        if not record.startswith(b"PK\x06\x06") and locator_at >= _EOCD64.size:
+            # offsets counted from a later start (an archive appended to other data): the record sits just before
+            # its locator; read_directory reports the shift
+            record_at = locator_at - _EOCD64.size
+            record = _read(fh, record_at, _EOCD64.size)
         if len(record) < _EOCD64.size or not record.startswith(b"PK\x06\x06"):
             d.problem("bad-zip", "a zip64 archive whose zip64 end-of-directory record is missing")
             return None
@@ -371,7 +378,7 @@ def _check_member(d: ZipDirectory, m: ZipMember, max_inflated: int, inflated: li
 def _layout(d: ZipDirectory) -> None:
     """Members must tile the file from byte 0 to the central directory: no overlap, no leading or hidden bytes."""
     placed = sorted((m for m in d.members if m.data_offset >= 0), key=lambda m: m.header_offset)
-    position = 0
+    position = d.start
     previous: ZipMember | None = None
     for m in placed:
         if previous is not None and m.header_offset < previous.data_end:
@@ -399,7 +406,7 @@ def _layout(d: ZipDirectory) -> None:
         if previous is None or m.data_end > previous.data_end:
             previous = m
             position = m.data_end
-    if previous is None and d.directory_offset > 0:
+    if previous is None and d.directory_offset > d.start:
         d.problem("zip-leading-data", f"{d.directory_offset} bytes precede a central directory that lists no member")
     elif previous is not None:
         gap = d.directory_offset - position
@@ -420,11 +427,24 @@ def read_directory(fh: IO[bytes], path: str, file_size: int, *, max_inflated: in
     found = _end_record(d, fh)
     if found is None:
         return d
-    count, size, offset, _ = found
+    count, size, offset, records_end = found
+    shift = 0
+    if count and _read(fh, offset, 4) != b"PK\x01\x02" and _read(fh, records_end - size, 4) == b"PK\x01\x02":
+        # The offsets count from a later start: an archive appended to other data (how zipfile reads it too).
+        shift = records_end - size - offset
+        offset += shift
+        d.problem(
+            "zip-leading-data",
+            f"the archive starts at byte {shift}, after {shift} bytes of other data (a pickle, a script): the shape "
+            "of a polyglot file that pickle readers and zip readers see differently",
+        )
     d.directory_offset = offset
+    d.start = shift
     seen: dict[str, ZipMember] = {}
     inflated = [0]
     for entry in _entries(d, fh, count, size, offset):
+        if shift:
+            entry = replace(entry, header_offset=entry.header_offset + shift)
         member = _local(d, fh, entry)
         d.members.append(member)
         if member.name in seen:

@@ -17,7 +17,7 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .. import dtypes
@@ -32,7 +32,7 @@ from ._files import JsonDecodeProblem, JsonObject, decode_json, file_size, read_
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["read"]
+__all__ = ["ALIASES_KEY", "read", "with_aliases"]
 
 _LENGTH_BYTES = 8
 _ENTRY_KEYS = ("dtype", "shape", "data_offsets")
@@ -110,12 +110,13 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         _raise(path, problems)
     data_start = _LENGTH_BYTES + header_len
     records = {e.name: _record(path, data_start, e) for e in entries}
+    records, aliases = with_aliases(records, metadata)
     return Checkpoint(
         path=path,
         format="safetensors",
         files=(path,),
         records=records,
-        metadata={"safetensors": metadata, "header_bytes": header_len},
+        metadata={"safetensors": metadata, "header_bytes": header_len, **({"aliases": aliases} if aliases else {})},
     )
 
 
@@ -408,3 +409,52 @@ def _record(path: str, data_start: int, entry: _Entry) -> TensorRecord:
             nbytes=entry.end - entry.begin,
         ),
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tied tensors written once (tw.convert)
+# --------------------------------------------------------------------------------------------------------------
+
+#: ``__metadata__`` key under which ``tw.convert`` lists the tensors it wrote once: ``{"alias": "kept"}`` as JSON.
+ALIASES_KEY = "torchweights.aliases"
+
+
+def with_aliases(
+    records: dict[str, TensorRecord], metadata: dict[str, str]
+) -> tuple[dict[str, TensorRecord], dict[str, str]]:
+    """Restore tied tensors that ``tw.convert`` wrote once.
+
+    Like ``safetensors.torch.save_model``, ``tw.convert`` keeps one name of a shared tensor and records
+    ``__metadata__[dropped] = kept``; it also lists those pairs under :data:`ALIASES_KEY`, and only there are they
+    trusted: ``convert`` drops only names that are exactly the same view, whereas ``save_model`` also drops views
+    that differ from the kept one (a transposed or partial view), which cannot be rebuilt from a name. Each listed
+    alias (not itself a tensor of the file, naming one that is) becomes a record sharing the kept tensor's bytes,
+    right after it. Files without the list (``save_model``'s) keep their tensors as written; ``load_into`` still
+    ties a model's shared parameters from the one name present.
+
+    Returns:
+        The records with aliases inserted, and ``{alias: kept}``.
+    """
+    raw = metadata.get(ALIASES_KEY)
+    try:
+        declared = json.loads(raw) if raw else {}
+    except ValueError:
+        declared = {}
+    if not isinstance(declared, dict):
+        declared = {}
+    aliases = {
+        k: v
+        for k, v in declared.items()
+        if isinstance(k, str) and isinstance(v, str) and k not in records and v in records
+    }
+    if not aliases:
+        return records, {}
+    after: dict[str, list[str]] = {}
+    for alias, kept in aliases.items():
+        after.setdefault(kept, []).append(alias)
+    out: dict[str, TensorRecord] = {}
+    for name, record in records.items():
+        out[name] = record
+        for alias in after.get(name, ()):
+            out[alias] = replace(record, name=alias, path=(alias,))
+    return out, aliases

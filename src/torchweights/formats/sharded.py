@@ -288,7 +288,9 @@ def _merge(
         for name in ckpt.records:
             holders.setdefault(name, []).append(shard.name)
     _check_agreement(index_path, weight_map, holders)
-    unindexed = [name for name in holders if name not in weight_map]
+    # Tied tensors restored from a shard's metadata (save_model / tw.convert aliases) are not indexed, by design.
+    aliased = {alias for _, ckpt in opened for alias in ckpt.metadata.get("aliases", ())}
+    unindexed = [name for name in holders if name not in weight_map and name not in aliased]
     records: dict[str, TensorRecord] = {}
     extras: dict[str, Any] = {}
     warnings: list[str] = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import dtypes
@@ -23,7 +25,7 @@ from ._zip import DEFLATE_MAX_RATIO, check, read_directory
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["ZIP_ERRORS", "read", "read_member"]
+__all__ = ["ZIP_ERRORS", "check_byteorder", "open_archive", "read", "read_member", "read_text_members"]
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
@@ -161,9 +163,17 @@ def read_member(
 
 
 class _Storages:
-    """persistent_load for torch zip files: ``('storage', type, key, location, numel)`` -> PickledStorage."""
+    """persistent_load for torch zip files: ``('storage', type, key, location, numel)`` -> PickledStorage.
 
-    def __init__(self, zf: zipfile.ZipFile, fh: Any, path: str, root: str, byteorder: str, file_size: int) -> None:
+    The bytes of storage ``key`` are member ``<root><folder>/<key>`` (``data`` for ``torch.save``; TorchScript keeps
+    its constants under ``constants``); storages outside ``data`` are keyed ``<folder>/<key>``, so they never meet
+    the ``data`` storage of the same key.
+    """
+
+    def __init__(
+        self, zf: zipfile.ZipFile, fh: Any, path: str, root: str, byteorder: str, file_size: int, folder: str = "data"
+    ) -> None:
+        self.folder = folder
         self.zf = zf
         self.fh = fh
         self.path = path
@@ -208,7 +218,7 @@ class _Storages:
                     path=self.path,
                 )
             return previous
-        member = f"{self.root}data/{key}"
+        member = f"{self.root}{self.folder}/{key}"
         try:
             info = self.zf.getinfo(member)
         except KeyError:
@@ -243,7 +253,7 @@ class _Storages:
                 path=self.path,
             )
         ref = StorageRef(
-            key=key,
+            key=key if self.folder == "data" else f"{self.folder}/{key}",
             file=self.path,
             offset=offset,
             nbytes=nbytes,
@@ -259,21 +269,18 @@ class _Storages:
         return storage
 
 
-def _read_records(zf: zipfile.ZipFile, fh: IO[bytes], root: str, file_size: int, path: str) -> dict[str, str]:
-    """The small format records next to data.pkl (``byteorder``, ``version``...), as text."""
-    out: dict[str, str] = {}
-    for record in _RECORDS:
-        try:
-            info = zf.getinfo(root + record)
-        except KeyError:
-            continue
-        if info.file_size <= _RECORD_MAX_BYTES:
-            out[record] = read_member(zf, fh, info, file_size, path).decode("utf-8", "replace").strip()
-    return out
+@contextmanager
+def open_archive(path: str, options: ReadOptions, what: str) -> Iterator[tuple[zipfile.ZipFile, IO[bytes], int]]:
+    """``(zip, file handle, file size)`` of a zip checkpoint, its directory checked before anything is read.
 
+    Our own reading of the directory decides first (duplicates, mismatched headers, overlaps, polyglots...: see
+    :mod:`._zip`); :mod:`zipfile` is only used on archives that passed.
 
-def read(path: str, options: ReadOptions) -> Checkpoint:
-    """Read a torch zip checkpoint's pickle and locate every storage; no tensor bytes are read."""
+    Args:
+        path: the file.
+        options: the reader's options (the inflate budget).
+        what: what the archive should be, for the error when it is not a readable zip (``"torch.save file"``).
+    """
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below, shared with zipfile
     except OSError as exc:
@@ -281,40 +288,66 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     with fh:
         fh.seek(0, 2)
         file_size = fh.tell()
-        # Our own reading of the directory decides first: duplicates, mismatched headers, overlaps, polyglots...
         check(read_directory(fh, path, file_size, max_inflated=options.limits.max_inflated_bytes))
         try:
             zf = zipfile.ZipFile(fh)
         except ZIP_ERRORS as exc:
             raise CorruptCheckpointError(
-                f"'{path}' is not a readable zip archive ({type(exc).__name__}: {exc}). A torch.save file that fails "
-                "here is usually truncated or damaged; re-download or re-save it.",
+                f"'{path}' is not a readable zip archive ({type(exc).__name__}: {exc}). A {what} that fails here is "
+                "usually truncated or damaged; re-download or re-save it.",
                 code="truncated" if isinstance(exc, (zipfile.BadZipFile, EOFError)) else "bad-zip",
                 path=path,
             ) from None
         with zf:
-            names = zf.namelist()
-            root = _find_root(names, path)
-            records = _read_records(zf, fh, root, file_size, path)
-            byteorder = records.get("byteorder", "little")
-            if byteorder not in ("little", "big"):
-                raise CorruptCheckpointError(
-                    f"'{path}': the byteorder record says {byteorder[:40]!r}, not 'little' or 'big'. The file is "
-                    "corrupt; re-download or re-save it.",
-                    code="bad-record",
-                    path=path,
-                )
-            pkl = zf.getinfo(root + "data.pkl")
-            if pkl.file_size > options.limits.max_pickle_bytes:
-                raise ResourceLimitError(
-                    f"'{path}': data.pkl is {pkl.file_size} bytes, over the {options.limits.max_pickle_bytes}-byte "
-                    "limit. If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
-                    code="limit-pickle-size",
-                    path=path,
-                )
-            data = read_member(zf, fh, pkl, file_size, path)
-            where = f"'{path}' member '{pkl.filename}'"
-            storages = _Storages(zf, fh, path, root, byteorder, file_size)
-            result = run_pickle(data, options, where, persistent_load=storages)
+            yield zf, fh, file_size
+
+
+def read_text_members(
+    zf: zipfile.ZipFile, fh: IO[bytes], root: str, names: tuple[str, ...], file_size: int, path: str
+) -> dict[str, str]:
+    """The small text records of an archive (``version``, ``byteorder``...) that exist, keyed by name."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            info = zf.getinfo(root + name)
+        except KeyError:
+            continue
+        if info.file_size <= _RECORD_MAX_BYTES:
+            out[name] = read_member(zf, fh, info, file_size, path).decode("utf-8", "replace").strip()
+    return out
+
+
+def check_byteorder(records: dict[str, str], path: str) -> str:
+    """The archive's ``byteorder`` record (``"little"`` when absent), refused when it is anything else."""
+    byteorder = records.get("byteorder", "little")
+    if byteorder not in ("little", "big"):
+        raise CorruptCheckpointError(
+            f"'{path}': the byteorder record says {byteorder[:40]!r}, not 'little' or 'big'. The file is corrupt; "
+            "re-download or re-save it.",
+            code="bad-record",
+            path=path,
+        )
+    return byteorder
+
+
+def read(path: str, options: ReadOptions) -> Checkpoint:
+    """Read a torch zip checkpoint's pickle and locate every storage; no tensor bytes are read."""
+    with open_archive(path, options, "torch.save file") as (zf, fh, file_size):
+        names = zf.namelist()
+        root = _find_root(names, path)
+        records = read_text_members(zf, fh, root, _RECORDS, file_size, path)
+        byteorder = check_byteorder(records, path)
+        pkl = zf.getinfo(root + "data.pkl")
+        if pkl.file_size > options.limits.max_pickle_bytes:
+            raise ResourceLimitError(
+                f"'{path}': data.pkl is {pkl.file_size} bytes, over the {options.limits.max_pickle_bytes}-byte "
+                "limit. If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
+                code="limit-pickle-size",
+                path=path,
+            )
+        data = read_member(zf, fh, pkl, file_size, path)
+        where = f"'{path}' member '{pkl.filename}'"
+        storages = _Storages(zf, fh, path, root, byteorder, file_size)
+        result = run_pickle(data, options, where, persistent_load=storages)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
     return assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)

@@ -1,0 +1,173 @@
+"""A tensor's logical contents as little-endian bytes in C order, read in bounded chunks, without torch.
+
+``convert``, ``diff`` and ``verify`` need the bytes a tensor *means* (its elements in row-major order), not the bytes
+of its storage. All reading goes through :func:`torchweights.storage.read_byte_range` (only the byte range
+the tensor spans, in chunks of at most :data:`CHUNK_BYTES`), so peak memory is one chunk for contiguous tensors and
+one view span for strided views, never the checkpoint.
+
+Strided views are gathered in pure Python with strided :class:`memoryview` slices over the innermost dimension
+(after dropping size-1 dimensions and merging dimensions that are contiguous with each other), so a transposed
+matrix costs one slice per row; torch is used only for casts. Big-endian storages are byte-swapped with
+:mod:`array`.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+from . import dtypes
+from .records import StorageRef, TensorRecord
+
+__all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "read_range", "span", "to_little_endian"]
+
+#: Largest piece read at once for a contiguous tensor (a multiple of every element size).
+CHUNK_BYTES = 16 << 20
+
+_FORMATS: dict[int, Literal["B", "H", "I", "Q"]] = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_ARRAY_CODES = {2: "H", 4: "I", 8: "Q"}
+
+
+def _swap_unit(dtype: str) -> int:
+    """Bytes per byte-swapped unit: the element size, or half of it for complex numbers (two floats)."""
+    info = dtypes.get(dtype)
+    return info.itemsize // 2 if info.kind == "complex" else info.itemsize
+
+
+def to_little_endian(data: bytearray, ref: StorageRef, dtype: str) -> bytearray:
+    """``data`` (whole elements of ``dtype`` from storage ``ref``) in little-endian order, swapped in place."""
+    unit = _swap_unit(dtype)
+    if ref.byteorder != "big" or unit == 1 or not data:
+        return data
+    code = _ARRAY_CODES.get(unit)
+    if code is None or array.array(code).itemsize != unit:  # pragma: no cover - exotic platforms
+        view = memoryview(data)
+        for i in range(0, len(data), unit):
+            view[i : i + unit] = bytes(reversed(view[i : i + unit]))
+        return data
+    values = array.array(code)
+    values.frombytes(data)
+    values.byteswap()  # reverses the bytes of every unit, whatever the machine's own order
+    data[:] = values.tobytes()
+    return data
+
+
+def span(record: TensorRecord) -> tuple[int, int]:
+    """``(first, end)`` byte offsets, relative to the storage, of the bytes ``record``'s elements occupy."""
+    size = record.itemsize
+    first = record.storage_offset * size
+    if record.numel == 0:
+        return first, first
+    last = record.storage_offset + sum((n - 1) * s for n, s in zip(record.shape, record.stride))
+    return first, (last + 1) * size
+
+
+def read_range(ref: StorageRef, first: int, end: int) -> bytearray:
+    """Bytes ``[first, end)`` of storage ``ref`` as stored (through :func:`torchweights.storage.read_byte_range`)."""
+    from .storage import read_byte_range
+
+    return read_byte_range(ref, first, end)
+
+
+def _layout(record: TensorRecord) -> tuple[list[int], list[int], int]:
+    """Shape and strides (in elements of ``_FORMATS``-sized units) with size-1 dimensions dropped and mergeable
+    dimensions merged, and the unit size."""
+    size = record.itemsize
+    shape, stride = list(record.shape), list(record.stride)
+    unit = size
+    if size not in _FORMATS:  # complex128 and other 16-byte elements: gather them as pairs of 8-byte units
+        parts = size // 8
+        shape, stride, unit = [*shape, parts], [s * parts for s in stride] + [1], 8
+    dims = [(n, s) for n, s in zip(shape, stride) if n != 1]
+    merged: list[tuple[int, int]] = []
+    for n, s in dims:
+        if merged and merged[-1][1] == s * n:
+            merged[-1] = (merged[-1][0] * n, s)
+        else:
+            merged.append((n, s))
+    if not merged:
+        merged = [(1, 1)]
+    return [n for n, _ in merged], [s for _, s in merged], unit
+
+
+#: Outer iterations of the pure-Python gather above which torch (when installed) gathers instead.
+_TORCH_GATHER_ABOVE = 1 << 16
+
+
+def _gather(buf: bytearray, record: TensorRecord) -> bytearray:
+    """The elements of a strided view, in C order, from ``buf`` (little-endian storage bytes starting at the
+    view's first element)."""
+    shape, stride, unit = _layout(record)
+    outer_count = math.prod(shape[:-1])
+    if outer_count > _TORCH_GATHER_ABOVE:
+        gathered = _torch_gather(buf, record)
+        if gathered is not None:
+            return gathered
+    fmt = _FORMATS[unit]
+    src = memoryview(buf).cast(fmt)
+    out = bytearray(record.numel * record.itemsize)
+    dst = memoryview(out).cast(fmt)
+    inner_n, inner_s = shape[-1], stride[-1]
+    pos = 0
+    for index in itertools.product(*(range(n) for n in shape[:-1])):
+        start = sum(i * s for i, s in zip(index, stride))
+        if inner_s:
+            dst[pos : pos + inner_n] = src[start : start + (inner_n - 1) * inner_s + 1 : inner_s]
+        else:  # a broadcast (expanded) dimension: one element repeated
+            dst[pos : pos + inner_n] = memoryview(src[start : start + 1].tobytes() * inner_n).cast(fmt)
+        pos += inner_n
+    return out
+
+
+def _torch_gather(buf: bytearray, record: TensorRecord) -> bytearray | None:
+    """The same gather done by torch, for views with very many rows; None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - exercised only without torch
+        return None
+    raw = torch.frombuffer(buf, dtype=torch.uint8)
+    view = torch.as_strided(raw.view(dtypes.to_torch(record.dtype)), record.shape, record.stride, 0)
+    out = bytearray(record.numel * record.itemsize)
+    torch.frombuffer(out, dtype=torch.uint8).view(view.dtype).view(view.shape).copy_(view)
+    return out
+
+
+def logical_chunks(record: TensorRecord, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytearray]:
+    """The elements of ``record`` in C order as little-endian bytes, in pieces of whole elements.
+
+    Contiguous tensors come in pieces of at most ``chunk_bytes``; a strided view comes as one gathered piece (its
+    span is read once). Nothing is yielded for an empty tensor.
+
+    Raises:
+        ValueError: the record has no storage (a meta tensor saved without data).
+        TorchWeightsError: the bytes cannot be read (see :func:`torchweights.storage.read_storage_bytes`).
+    """
+    ref = record.storage
+    if ref is None:
+        raise ValueError(f"tensor {record.name!r} was saved without data (meta device)")
+    if record.numel == 0:
+        return
+    first, end = span(record)
+    if not record.is_contiguous:
+        yield _gather(to_little_endian(read_range(ref, first, end), ref, record.dtype), record)
+        return
+    size = record.itemsize
+    step = max(size, chunk_bytes - chunk_bytes % size)
+    if ref.compression:  # one inflation, then pieces of it
+        whole = read_range(ref, first, end)
+        for at in range(0, len(whole), step):
+            yield to_little_endian(whole[at : at + step], ref, record.dtype)
+        return
+    for at in range(first, end, step):
+        yield to_little_endian(read_range(ref, at, min(end, at + step)), ref, record.dtype)
+
+
+def logical_bytes(record: TensorRecord) -> bytearray:
+    """All of :func:`logical_chunks` in one buffer (for small tensors and tests)."""
+    out = bytearray()
+    for piece in logical_chunks(record):
+        out += piece
+    return out

@@ -1,0 +1,82 @@
+"""``torchweights convert SRC DST``: the weights of any readable checkpoint as safetensors (or a plain torch file).
+
+Streams tensor by tensor, writes every output to a temporary file first and renames it into place only when all of
+them are written and verified bit for bit against the source. Never overwrites without ``--force``; leaves nothing
+partial behind on any error or Ctrl-C.
+
+Exit codes: 0 written and verified; 2 the source cannot be read, an option cannot be followed, or an output
+cannot be written (nothing was kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import EXIT_OK
+from ._options import add_allow_global
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``convert`` subcommand to the top-level parser."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="write a checkpoint's weights as safetensors (sharded with an index) or a plain torch file, verified",
+        description=(
+            "Write the weights of SRC (any format torchweights reads) to DST: safetensors by default (one file, or "
+            "shards model-00001-of-0000N.safetensors with model.safetensors.index.json), or --to torch. Streaming, "
+            "atomic, verified bit for bit; nothing from SRC is executed."
+        ),
+    )
+    parser.add_argument("src", metavar="SRC", help="checkpoint file, sharded index (*.index.json) or folder")
+    parser.add_argument(
+        "dst", metavar="DST", help="output file (.safetensors, .pt/.bin for --to torch) or folder (created if needed)"
+    )
+    parser.add_argument("--to", choices=["safetensors", "torch"], default="safetensors", help="default: safetensors")
+    parser.add_argument(
+        "--max-shard-size", metavar="SIZE", default="5GB", help="largest safetensors shard: 5GB (default), 500MiB..."
+    )
+    parser.add_argument(
+        "--dtype", metavar="DTYPE", default=None, help="cast floating-point tensors (bfloat16, float16...); needs torch"
+    )
+    parser.add_argument(
+        "--select",
+        metavar="PATTERN",
+        action="append",
+        default=None,
+        help="glob of keys to write ('encoder.*'); repeat for several (default: all)",
+    )
+    parser.add_argument(
+        "--container", metavar="NAME", default="auto", help="dict in the file to take ('state_dict', 'ema'; '' = all)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip re-reading the outputs")
+    parser.add_argument("--no-extras", dest="extras", action="store_false", help="do not write <stem>.extras.json")
+    add_allow_global(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert and print the report; return the exit code."""
+    from ..convert import convert
+
+    report = convert(
+        args.src,
+        args.dst,
+        to=args.to,
+        max_shard_size=args.max_shard_size,
+        dtype=args.dtype,
+        select=args.select,
+        container=args.container,
+        force=args.force,
+        verify=args.verify,
+        extras=args.extras,
+        allow_globals=args.allow_globals,
+    )
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
+    sys.stdout.flush()
+    return EXIT_OK

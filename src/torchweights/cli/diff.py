@@ -1,0 +1,66 @@
+"""``torchweights diff A B``: how two checkpoints differ, after the container and prefix handling of ``load_into``.
+
+Prints a one-line summary (``identical``; ``same layout, values differ in N tensors (largest: ...)``; ``different
+layouts: ...``), then every tensor that is not identical: only in A or B, shape or dtype changes, and for values
+the largest absolute and relative difference and the fraction of changed elements. ``--json`` prints it all.
+
+Exit codes: 0 identical (or equal within ``--rtol``/``--atol``); 1 they differ; 2 a checkpoint cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import EXIT_OK
+from ._options import add_allow_global
+
+__all__ = ["EXIT_DIFFERENT", "register", "run"]
+
+#: Both checkpoints were read, and they differ.
+EXIT_DIFFERENT = 1
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"tolerance must be 0 or more, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``diff`` subcommand to the top-level parser."""
+    parser = subparsers.add_parser(
+        "diff",
+        help="compare two checkpoints: names, shapes, dtypes and values (exit 0 identical, 1 differs)",
+        description=(
+            "Compare checkpoint A with B (any formats) tensor by tensor, after the same container and prefix "
+            "handling as load_into. Exit 0: identical (or within tolerance); 1: they differ; 2: unreadable."
+        ),
+    )
+    parser.add_argument("a", metavar="A", help="checkpoint to compare")
+    parser.add_argument("b", metavar="B", help="reference checkpoint")
+    parser.add_argument("--rtol", type=_tolerance, default=0.0, help="relative tolerance (default 0)")
+    parser.add_argument("--atol", type=_tolerance, default=0.0, help="absolute tolerance (default 0)")
+    parser.add_argument(
+        "--container", metavar="NAME", default="auto", help="dict inside both files to compare (default: auto)"
+    )
+    add_allow_global(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compare and print the report; return the exit code."""
+    from ..diff import diff
+
+    report = diff(
+        args.a, args.b, rtol=args.rtol, atol=args.atol, container=args.container, allow_globals=args.allow_globals
+    )
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
+    sys.stdout.flush()
+    return EXIT_OK if report.equal else EXIT_DIFFERENT

@@ -1,0 +1,165 @@
+"""torch.package archives (``torch.package.PackageExporter``), read as data: every pickled resource, no code.
+
+A package is a zip with one root folder holding the resources saved with ``save_pickle(package, resource, obj)``
+at ``<package path>/<resource>`` (``models/net.pkl``), the Python source of interned modules (``mymodels.py``),
+other resources (``save_text``, ``save_binary``) and ``.data/``: ``extern_modules``, ``version``, and one
+``.data/<key>.storage`` member per tensor storage, shared by every pickle of the package.
+
+Naming: each pickle resource is read like a ``torch.save`` pickle (a state dict, a pickled ``nn.Module`` as an
+inert stub...), and its tensors are named ``<resource path>/<dotted name>``: ``weights/sd.pkl/fc.weight``,
+``models/net.pkl/fc.weight``. A record's ``path`` starts with the resource path, so ``load_into`` treats each
+resource as a container and picks the one that fits the model. Non-tensor leaves go to ``extras`` under the same
+names. A pickle is any member that ends in ``.pkl`` or starts like a pickle (protocol 2 to 5) outside ``.data/``.
+
+Globals of the package's own (interned) modules are mangled by torch.package (``<torch_package_0>.models.Net``);
+they are listed without the mangle prefix, stay inert stubs like any unknown class, and are checked for safety as
+the name they stand for (torch.package demangles before importing). ``metadata["code_files"]`` lists the source
+files (name and size; never run), ``metadata["resources"]`` the other resources, ``metadata["extern_modules"]``
+the modules the package expects the loader to provide.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import replace
+from typing import IO, TYPE_CHECKING, Any
+
+from ..containers import flatten, record_maker, short_repr
+from ..errors import CorruptCheckpointError, ResourceLimitError
+from ..records import Checkpoint, TensorRecord
+from ..text import quote
+from ..unpickle import PickledStorage, Stub
+from ._pickled import run_pickle
+from .torch_zip import _Storages, check_byteorder, open_archive, read_member, read_text_members
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import ReadOptions
+
+__all__ = ["demangle", "read"]
+
+_RECORDS = (".data/version", "byteorder", ".data/serialization_id", ".data/python_version")
+_EXTERN_MAX_BYTES = 1 << 20
+_MANGLE = re.compile(r"<torch_package_\d+>\.")
+
+
+def demangle(name: str) -> str:
+    """``<torch_package_0>.models.Net`` -> ``models.Net``: the name torch.package would import."""
+    return _MANGLE.sub("", name)
+
+
+def _find_root(names: list[str], path: str) -> str:
+    for name in names:
+        if name.endswith(".data/extern_modules") and name.count("/") <= 2:
+            return name[: -len(".data/extern_modules")]
+    raise CorruptCheckpointError(
+        f"{quote(path)} has no '.data/extern_modules' member, so it is not a torch.package archive. Re-export it "
+        "with torch.package.PackageExporter.",
+        code="bad-record",
+        path=path,
+    )
+
+
+class _PackageStorages:
+    """persistent_load for package pickles: ``('storage', type, key, location, numel)`` with the bytes at
+    ``<root>.data/<key>.storage`` (the torch zip reader's resolver, one for the whole package, so storages shared
+    between resources stay shared); ``('reduce_package', ...)`` objects are kept as inert stubs, never rebuilt."""
+
+    def __init__(self, storages: _Storages, path: str) -> None:
+        self.storages = storages
+        self.path = path
+
+    def __call__(self, pid: Any) -> PickledStorage | Stub:
+        if isinstance(pid, tuple) and pid:
+            kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
+            if kind == "storage" and len(pid) == 5:
+                key = pid[2].decode("ascii", "replace") if isinstance(pid[2], bytes) else pid[2]
+                if (type(key) is int and key >= 0) or (isinstance(key, str) and key.isdigit()):
+                    return self.storages(("storage", pid[1], f"{key}.storage", pid[3], pid[4]))
+            elif kind == "reduce_package" and len(pid) in (3, 4):
+                func = pid[-2]
+                name = getattr(func, "qualname", None) or getattr(func, "cls", None)
+                return Stub(name if isinstance(name, str) else "torch.package.reduce_package", pid)
+        raise CorruptCheckpointError(
+            f"{quote(self.path)}: unexpected persistent id {short_repr(pid, 80)} (expected ('storage', type, key, "
+            "location, numel) with an integer key). The package is corrupt or was modified; re-export it.",
+            code="bad-record",
+            path=self.path,
+        )
+
+
+def _is_pickle(zf: zipfile.ZipFile, fh: IO[bytes], info: zipfile.ZipInfo, file_size: int, path: str) -> bool:
+    if info.filename.endswith(".pkl"):
+        return True
+    if info.file_size < 3 or info.filename.endswith(".py"):
+        return False
+    head = read_member(zf, fh, info, file_size, path, 2)
+    return head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _extern_modules(zf: zipfile.ZipFile, fh: IO[bytes], root: str, file_size: int, path: str) -> list[str]:
+    info = zf.getinfo(root + ".data/extern_modules")
+    text = read_member(zf, fh, info, file_size, path, _EXTERN_MAX_BYTES).decode("utf-8", "replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read(path: str, options: ReadOptions) -> Checkpoint:
+    """Read every pickle resource of a torch.package archive and locate every storage; nothing is imported or run."""
+    records: dict[str, TensorRecord] = {}
+    extras: dict[str, Any] = {}
+    warnings: list[str] = []
+    globals_seen: set[str] = set()
+    code_files: dict[str, int] = {}
+    resources: dict[str, int] = {}
+    with open_archive(path, options, "torch.package archive") as (zf, fh, file_size):
+        names = zf.namelist()
+        root = _find_root(names, path)
+        text_records = read_text_members(zf, fh, root, _RECORDS, file_size, path)
+        byteorder = check_byteorder(text_records, path)
+        extern = _extern_modules(zf, fh, root, file_size, path)
+        loader = _PackageStorages(_Storages(zf, fh, path, root + ".", byteorder, file_size), path)
+        for info in zf.infolist():
+            name = info.filename
+            if not name.startswith(root) or name.endswith("/"):
+                continue
+            resource = name[len(root) :]
+            if resource.startswith(".data/") or resource in ("byteorder", ".data"):
+                continue
+            if resource.endswith(".py"):
+                code_files[resource] = info.file_size
+                continue
+            if not _is_pickle(zf, fh, info, file_size, path):
+                resources[resource] = info.file_size
+                continue
+            if info.file_size > options.limits.max_pickle_bytes:
+                raise ResourceLimitError(
+                    f"{quote(path)}: pickle resource {quote(resource)} is {info.file_size} bytes, over the "
+                    f"{options.limits.max_pickle_bytes}-byte limit. If you trust the file: "
+                    "tw.open(path, limits=Limits(max_pickle_bytes=...)).",
+                    code="limit-pickle-size",
+                    path=path,
+                )
+            where = f"{quote(path)} resource {quote(resource)}"
+            result = run_pickle(read_member(zf, fh, info, file_size, path), options, where, persistent_load=loader)
+            globals_seen |= result.globals
+            flat = flatten(result.value, record_maker(where), limits=options.limits, budget=4 * result.opcodes + 10_000)
+            for record in flat.records.values():
+                full = f"{resource}/{record.name}"
+                records[full] = replace(record, name=full, path=(resource, *record.path))
+            for key, value in flat.extras.items():
+                extras[f"{resource}/{key}" if key else resource] = value
+            warnings.extend(f"{resource}: {w}" for w in flat.warnings)
+    metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **text_records, "extern_modules": extern}
+    metadata["code_files"] = code_files
+    if resources:
+        metadata["resources"] = resources
+    return Checkpoint(
+        path=path,
+        format="torch-package",
+        files=(path,),
+        records=records,
+        extras=extras,
+        globals=tuple(sorted({demangle(g) for g in globals_seen})),
+        metadata=metadata,
+        warnings=warnings,
+    )

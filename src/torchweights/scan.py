@@ -1,0 +1,833 @@
+"""``tw.scan``: say whether a file is safe to load, before anyone loads it. Static only: nothing is imported or
+called, in any format.
+
+Every pickle the file holds is read by the same machine and the same table that loading uses
+(:func:`~torchweights.unpickle.scan_stream`), so ``tw.load`` never runs what scan calls safe and never refuses, for
+safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weight damaged after saving, which
+``tw.load`` catches by its CRC-32, is not scan's to see.) What is walked:
+
+* zip archives (torch.save, TorchScript, torch.package, .npz, or any zip): every member whose content is a pickle,
+  whatever its name, duplicates included, plus the structural problems of :mod:`~torchweights.formats._zip`
+  (duplicate names, local/central disagreements, overlaps, encryption, polyglot leading or trailing data);
+* pickle files (legacy torch streams: every pickle in sequence; plain pickles, protocol 0 to 5) and what follows
+  them (a zip hidden after a pickle is a polyglot, and its members are walked too);
+* legacy tar files and every other format a reader understands, through the reader itself (its pickles are handed
+  to scan instead of being refused);
+* ``.npy`` object arrays (their data is a pickle), torch.distributed.checkpoint ``.metadata``, the shards of a
+  sharded set;
+* pickles and zips nested in bytes values or uint8 tensors (reported as latent: loading does not run them, code
+  that unpickles them later would).
+
+Then the file is opened the way ``tw.load`` opens it; if that refuses, the verdict says so. The verdict is
+``dangerous`` (exit 1), ``unreadable`` (exit 2: something could not be fully read, or loading refuses the file),
+or ``clean`` (exit 0, possibly with warnings such as unknown classes, which become inert stubs when loading).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from . import dtypes
+from .detect import looks_safetensors
+from .errors import TorchWeightsError
+from .formats import ReadOptions, open_path
+from .formats._files import mapped
+from .formats._zip import ZipDirectory, ZipMember, inflate, read_directory
+from .formats.legacy import MAGIC_NUMBER
+from .limits import DEFAULT_LIMITS, Limits
+from .records import Checkpoint, StorageRef
+from .text import plural, printable
+from .unpickle import FIRST_OPCODES, Global, PickledStorage, Reference, StorageType, StreamScan, Stub, scan_stream
+
+__all__ = ["Finding", "PickleStream", "ScanReport", "scan"]
+
+#: Severity of each finding, from worst; ``dangerous`` and ``suspicious`` make the verdict ``dangerous``.
+SEVERITIES = ("dangerous", "suspicious", "error", "warning", "info")
+_ALARMS = frozenset({"dangerous", "suspicious"})
+_MAX_LATENT_DEPTH = 3
+_MAX_FINDINGS = 1000
+#: Bytes read first from a member that only might be a pickle (by its first byte), to tell tensor bytes from one.
+_PROBE_BYTES = 1 << 16
+#: Structural zip problems that mean part of the archive could not be read at all.
+_ZIP_UNREADABLE = frozenset({"truncated", "bad-zip", "limit-zip-entries", "zip-encrypted", "zip-compression"})
+_PICKLE_NAMES = (".pkl", ".pickle", ".pk", ".pt", ".pth", ".bin", ".ckpt", ".dat", ".metadata")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing scan found.
+
+    Attributes:
+        severity: ``dangerous`` (would run code), ``suspicious`` (a structure that makes readers disagree, a
+            polyglot), ``error`` (could not be read), ``warning`` (worth knowing: an unknown class), ``info``.
+        code: stable identifier (``dangerous-global``, ``unknown-global``, ``latent-dangerous-global``,
+            ``zip-duplicate-member``, ``polyglot``, ``code-file``, ``pickle-unreadable``, ``load-refused``...).
+        message: what, why, and what to do.
+        file: the file it is about.
+        member: the zip or tar member, or a description of where in the file (``bytes value at 'meta.blob'``).
+        offset: byte offset of the opcode in the pickle's buffer (the member, or the file).
+        name: the global referenced, as ``module.qualname``.
+    """
+
+    severity: str
+    code: str
+    message: str
+    file: str
+    member: str | None = None
+    offset: int | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "file": self.file,
+            "member": self.member,
+            "offset": self.offset,
+            "name": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class PickleStream:
+    """One pickle stream that was read.
+
+    Attributes:
+        file: the file holding it.
+        where: the member or the reader's description of it.
+        start: offset of its first byte in that buffer.
+        end: offset just past STOP, or None when it could not be read to the end.
+        protocol: pickle protocol declared.
+        opcodes: opcodes executed.
+        latent: found inside a value (bytes, uint8 tensor), not read by loading.
+    """
+
+    file: str
+    where: str
+    start: int
+    end: int | None
+    protocol: int
+    opcodes: int
+    latent: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "file": self.file,
+            "where": self.where,
+            "start": self.start,
+            "end": self.end,
+            "protocol": self.protocol,
+            "opcodes": self.opcodes,
+            "latent": self.latent,
+        }
+
+
+@dataclass
+class ScanReport:
+    """Everything :func:`scan` found in one path.
+
+    Attributes:
+        path: what was scanned.
+        format: the format loading would read it as, or None when loading refuses it.
+        findings: every finding, worst first.
+        streams: every pickle stream read.
+        globals: every global referenced, with its verdict (``safe``, ``dangerous``, ``unknown``).
+        code_files: source files the archive carries (TorchScript ``code/``, torch.package modules); never run.
+        complete: every pickle and member was read to its end.
+        load_error: why ``tw.load`` would refuse the file, or None.
+        seconds: time taken.
+    """
+
+    path: str
+    format: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    streams: list[PickleStream] = field(default_factory=list)
+    globals: dict[str, str] = field(default_factory=dict)
+    code_files: list[str] = field(default_factory=list)
+    complete: bool = True
+    load_error: TorchWeightsError | None = None
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """``dangerous``, ``unreadable`` or ``clean``."""
+        if any(f.severity in _ALARMS for f in self.findings):
+            return "dangerous"
+        if not self.complete or self.load_error is not None:
+            return "unreadable"
+        return "clean"
+
+    @property
+    def exit_code(self) -> int:
+        """0 clean, 1 dangerous, 2 unreadable (the CLI's exit code)."""
+        return {"clean": 0, "dangerous": 1, "unreadable": 2}[self.verdict]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        """Findings that do not change the verdict."""
+        return [f for f in self.findings if f.severity in ("warning", "info")]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "verdict": self.verdict,
+            "complete": self.complete,
+            "load_error": None
+            if self.load_error is None
+            else {
+                "code": self.load_error.code,
+                "type": type(self.load_error).__name__,
+                "message": self.load_error.message,
+            },
+            "findings": [f.to_dict() for f in self.findings],
+            "globals": dict(sorted(self.globals.items())),
+            "code_files": self.code_files,
+            "streams": [s.to_dict() for s in self.streams],
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def scan(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> ScanReport:
+    """Statically analyse every pickle in ``path`` and say whether loading it is safe.
+
+    Args:
+        path: a checkpoint file, sharded index or folder, or any file to check.
+        limits: resource bounds (the same as loading's).
+
+    Returns:
+        A :class:`ScanReport`; it never raises for a bad file: unreadable parts make the verdict ``unreadable``.
+    """
+    started = time.perf_counter()
+    scanner = _Scanner(os.fspath(path), limits)
+    scanner.run()
+    report = scanner.report
+    report.findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.file, f.member or "", f.offset or 0))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- the walk
+
+
+def _lenient_persistent(pid: Any) -> Any:
+    """Persistent ids while scanning: storages become placeholders (so tensor reconstructors see a storage),
+    anything else an inert stub. Nothing is read."""
+    if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], StorageType):
+        dtype = pid[1].dtype or "uint8"
+        numel = pid[4] if type(pid[4]) is int and pid[4] >= 0 else 0
+        offset = 0
+        if len(pid) == 6 and isinstance(pid[5], tuple) and len(pid[5]) == 3 and type(pid[5][1]) is int:
+            offset = max(pid[5][1], 0)  # a legacy storage view
+        ref = StorageRef(key=printable(str(pid[2]))[:64], file="", offset=-1, nbytes=numel * dtypes.itemsize(dtype))
+        return PickledStorage(ref, dtype, offset)
+    if isinstance(pid, tuple) and len(pid) >= 2 and pid[0] == "module" and isinstance(pid[1], (Global, Stub)):
+        return pid[1]
+    return Stub("persistent_id", (pid,))
+
+
+def _is_pickle_head(head: bytes) -> bool:
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _nameable(ref: Reference) -> bool:
+    """A dangerous reference pickle could resolve: its module and attributes are identifiers. Text that merely
+    starts like a protocol 0 pickle (``import sys\nsys.path...``) names things like ``mport sys.sys.path``."""
+    if ref.verdict != "dangerous":
+        return False
+    return ref.how in ("BUILD", "EXT") or all(part.isidentifier() for part in ref.name.split("."))
+
+
+def _quote(text: str) -> str:
+    shown = printable(text)
+    return f"'{shown[:160]}...'" if len(shown) > 160 else f"'{shown}'"
+
+
+class _Scanner:
+    def __init__(self, path: str, limits: Limits) -> None:
+        self.path = path
+        self.limits = limits
+        self.report = ScanReport(path)
+        self.seen_findings: set[tuple[Any, ...]] = set()
+        self.reader_streams: list[tuple[str, int, StreamScan]] = []
+        self.storage_members: dict[tuple[str, str], str] = {}  # (file, zip member) -> a tensor whose bytes it holds
+
+    # -- findings -----------------------------------------------------------------------------------------
+    def add(self, finding: Finding) -> None:
+        key = (finding.code, finding.file, finding.member, finding.offset, finding.name)
+        if key in self.seen_findings or len(self.report.findings) >= _MAX_FINDINGS:
+            return
+        self.seen_findings.add(key)
+        self.report.findings.append(finding)
+        if finding.severity == "error":
+            self.report.complete = False
+
+    def stream(
+        self,
+        data: bytes | memoryview,
+        file: str,
+        where: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        latent: int = 0,
+        required: bool = True,
+    ) -> StreamScan | None:
+        """Scan one stream; ``required=False`` for bytes that may not be a pickle at all (then a stream that
+        fails to parse is forgotten, unless it named something dangerous)."""
+        seen = scan_stream(
+            data,
+            start=start,
+            end=end,
+            persistent_load=_lenient_persistent,
+            max_bytes=self.limits.max_pickle_bytes,
+            where=where,
+        )
+        if seen.error is not None and not required and not any(_nameable(r) for r in seen.references):
+            return None
+        self.record(file, where, start, seen, latent)
+        return seen
+
+    def record(self, file: str, where: str, start: int, seen: StreamScan, latent: int) -> None:
+        report = self.report
+        report.streams.append(PickleStream(file, where, start, seen.end, seen.protocol, seen.opcodes, latent > 0))
+        prefix = "latent-" if latent else ""
+        for ref in seen.references:
+            previous = report.globals.get(ref.name)
+            if previous != "dangerous":
+                report.globals[ref.name] = ref.verdict
+            if ref.verdict == "dangerous":
+                self.add(
+                    Finding(
+                        "dangerous",
+                        f"{prefix}dangerous-global",
+                        _dangerous_text(ref.name, ref.how, where, latent),
+                        file,
+                        where,
+                        ref.offset,
+                        ref.name,
+                    )
+                )
+            elif ref.verdict == "unknown":
+                self.add(
+                    Finding(
+                        "warning",
+                        f"{prefix}unknown-global",
+                        _unknown_text(ref.name, ref.how, where, latent),
+                        file,
+                        where,
+                        ref.offset,
+                        ref.name,
+                    )
+                )
+        if seen.error is not None:
+            self.add(
+                Finding(
+                    "error",
+                    "pickle-unreadable",
+                    f"the pickle in {where} could not be read to its end: "
+                    f"{seen.error.message}. Scan cannot vouch for what it did not read.",
+                    file,
+                    where,
+                    start,
+                    None,
+                )
+            )
+        elif seen.value is not None and latent < _MAX_LATENT_DEPTH:
+            for blob_where, blob in _blobs(seen.value, seen.opcodes):
+                self.latent(blob, file, f"{where}, {blob_where}", latent + 1)
+
+    def latent(self, blob: bytes, file: str, where: str, depth: int) -> None:
+        """A pickle or zip inside a value: scanned, reported as latent."""
+        is_pickle = not blob.startswith(b"PK\x03\x04")
+        scanned = False
+        if is_pickle and not _is_pickle_head(blob[:2]):
+            # bytes that merely start like a protocol 0/1 pickle: reported only if they read as one
+            before = len(self.report.streams)
+            self.sequence(blob, len(blob), file, where, required=False, latent=depth)
+            if len(self.report.streams) == before:
+                return
+            scanned = True
+        what = "pickle" if is_pickle else "zip archive"
+        self.add(
+            Finding(
+                "info",
+                "latent-pickle" if is_pickle else "latent-zip",
+                f"{where} holds an embedded {what} of {len(blob)} bytes; loading never unpickles it, but "
+                "code that does would run what it names (scanned)",
+                file,
+                where,
+            )
+        )
+        if is_pickle:
+            if not scanned:
+                self.sequence(blob, len(blob), file, where, required=True, latent=depth)
+        else:
+            self.zip(io.BytesIO(blob), len(blob), file, where, latent=depth)
+
+    # -- the families -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        path = self.path
+        try:
+            info = os.stat(path)
+        except OSError:
+            info = None
+        # Open it as tw.load does first (its pickles are handed to the scanner, never refused): which members hold
+        # tensor storages is then known. Then walk it structurally, then the reader's own pickles and what it found.
+        checkpoint = self.open()
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            self.guarded(self.directory, path)
+        elif info is not None and stat.S_ISREG(info.st_mode):
+            self.guarded(self.file, path)
+        if checkpoint is not None:
+            self.guarded(self.shards, checkpoint)
+        self.reader_findings()
+        if checkpoint is not None:
+            self.guarded(self.tensors, checkpoint)
+
+    def guarded(self, step: Any, *args: Any) -> None:
+        """Run one step of the walk; whatever goes wrong makes the verdict unreadable, never clean (fail closed)."""
+        try:
+            step(*args)
+        except TorchWeightsError as exc:
+            self.add(Finding("error", exc.code, f"scan could not read part of the file: {exc.message}", self.path))
+        except (OSError, ValueError, MemoryError, RecursionError) as exc:
+            self.add(
+                Finding(
+                    "error",
+                    "scan-failed",
+                    f"scan stopped on {type(exc).__name__}: {printable(str(exc))[:200]}; treat the file as untrusted",
+                    self.path,
+                )
+            )
+
+    def file(self, path: str) -> None:
+        """Walk one file by its first bytes."""
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(512)
+                size = os.fstat(fh.fileno()).st_size
+                if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+                    self.zip(fh, size, path, None)
+                    return
+                if head[257:262] == b"ustar":
+                    return  # legacy tar: walked by its reader (see load)
+                if head.startswith(b"\x93NUMPY"):
+                    fh.seek(0)
+                    self.npy(fh.read(min(size, self.limits.max_pickle_bytes + 65536)), path, None)
+                    return
+        except OSError as exc:
+            self.add(Finding("error", "read-failed", f"cannot read {_quote(path)}: {exc.strerror or exc}", path))
+            return
+        if looks_safetensors(head):
+            self.hidden_zip(path, size)  # no pickle (the reader checks the header), but maybe a zip appended
+            return
+        if head[:1] and (_is_pickle_head(head) or head[0] in FIRST_OPCODES):
+            self.pickle_file(path, size, required=_is_pickle_head(head))
+        else:
+            self.hidden_zip(path, size)  # other data (a script) placed before an archive
+
+    def pickle_file(self, path: str, size: int, *, required: bool) -> None:
+        """A sequence of pickles (a legacy torch stream has five), then whatever follows."""
+        with mapped(path) as view:
+            position, legacy = self.sequence(view, size, path, None, required=required, latent=0)
+        if position is None:
+            self.hidden_zip(path, size)  # not a pickle after all (or not one to its end): an archive may follow
+            return
+        if not legacy and position < size:
+            self.trailing(path, size - position, position)
+        self.hidden_zip(path, size)
+
+    def sequence(
+        self, view: bytes | memoryview, size: int, file: str, where: str | None, *, required: bool, latent: int
+    ) -> tuple[int | None, bool]:
+        """Pickles back to back from byte 0: one, or the five of a legacy stream (which starts with its magic
+        number). Returns where the last one ended (None when one could not be read) and whether it was legacy."""
+        position, count = 0, 0
+        while position < size and count < 8:
+            if count and not _is_pickle_head(bytes(view[position : position + 2])):
+                break
+            label = f"pickle {count + 1} at byte {position}" if count else "the pickle"
+            seen = self.stream(
+                view,
+                file,
+                label if where is None else f"{where}, {label}",
+                start=position,
+                required=required or count > 0,
+                latent=latent,
+            )
+            if seen is None or seen.end is None:
+                return None, False
+            position, count = seen.end, count + 1
+            if count == 1 and not (type(seen.value) is int and seen.value == MAGIC_NUMBER):
+                break  # only a legacy stream continues with more pickles
+        return position, count >= 5
+
+    def trailing(self, path: str, nbytes: int, at: int) -> None:
+        self.add(
+            Finding(
+                "warning",
+                "trailing-data",
+                f"{nbytes} bytes follow the last pickle (from byte {at}); "
+                "pickle readers ignore them, other tools may not",
+                path,
+                None,
+                at,
+            )
+        )
+
+    def hidden_zip(self, path: str, size: int) -> None:
+        """A zip directory at the end of a file that does not start like a zip: a polyglot."""
+        with open(path, "rb") as fh:
+            fh.seek(max(0, size - 65557 - 20))
+            if b"PK\x05\x06" not in fh.read():
+                return
+            directory = read_directory(fh, path, size, max_inflated=self.limits.max_inflated_bytes)
+            if not any(m.data_offset >= 0 for m in directory.members):
+                return
+            self.add(
+                Finding(
+                    "suspicious",
+                    "polyglot",
+                    f"{_quote(path)} is also a zip archive of "
+                    f"{plural(len(directory.members), 'member')}: pickle readers and zip readers "
+                    "(torch.load decides by the first bytes, other tools by the end) see different "
+                    "contents. Do not load it; re-save it from a trusted source.",
+                    path,
+                )
+            )
+            self.members(fh, directory, path, None, 0)
+
+    def zip(self, fh: IO[bytes], size: int, file: str, where: str | None, *, latent: int = 0) -> None:
+        directory = read_directory(fh, file, size, max_inflated=self.limits.max_inflated_bytes)
+        for problem in directory.problems:
+            severity = (
+                "suspicious" if problem.code not in _ZIP_UNREADABLE or problem.code == "zip-encrypted" else "error"
+            )
+            if problem.code == "zip-encrypted":
+                self.report.complete = False  # an encrypted member cannot be read at all
+            self.add(
+                Finding(severity, problem.code, f"{problem.message}{_within(where)}", file, problem.member or where)
+            )
+        self.members(fh, directory, file, where, latent)
+
+    def members(self, fh: IO[bytes], d: ZipDirectory, file: str, where: str | None, latent: int) -> None:
+        for member in d.members:
+            if member.data_offset < 0 or member.flags & 0x1 or member.compress_type not in (0, 8):
+                continue  # reported as a problem already
+            label = f"member {_quote(member.name)}" + (f" of {where}" if where else "")
+            if _is_code_file(member.name):
+                self.report.code_files.append(member.name)
+            try:
+                head = inflate(fh, member, 16)
+                kind = _member_kind(member, head)
+                if kind is None:
+                    continue
+                required = kind != "pickle" or _is_pickle_head(head) or member.name.endswith((".pkl", ".pickle"))
+                if not required and member.size > _PROBE_BYTES and not self.might_be_pickle(fh, member):
+                    continue  # tensor bytes that merely start like a pickle
+                if member.size > self.limits.max_pickle_bytes and required:
+                    self.add(
+                        Finding(
+                            "error",
+                            "limit-pickle-size",
+                            f"{label} ({member.size} bytes) is larger than "
+                            f"the {self.limits.max_pickle_bytes}-byte pickle limit and was not scanned",
+                            file,
+                            member.name,
+                        )
+                    )
+                    continue
+                data = inflate(fh, member, min(member.size, self.limits.max_pickle_bytes))
+                if len(data) == member.size and zlib.crc32(data) != member.crc32:
+                    self.add(
+                        Finding(
+                            "error",
+                            "bad-crc",
+                            f"{label} does not match its CRC-32: it was changed "
+                            "after the archive was written, or is damaged",
+                            file,
+                            member.name,
+                        )
+                    )
+            except TorchWeightsError as exc:
+                self.add(Finding("error", exc.code, f"{label} cannot be read: {exc.message}", file, member.name))
+                continue
+            member_label = member.name if where is None else f"{where}: {member.name}"
+            tensor = self.storage_members.get((file, member.name)) if where is None else None
+            if tensor is not None:
+                # a tensor's bytes that are a pickle or a zip: latent, since loading never unpickles storages
+                member_label = f"{member.name} (bytes of tensor {_quote(tensor)})"
+                latent = max(latent, 1)
+            if kind == "pickle":
+                self.stream(data, file, member_label, latent=latent, required=required)
+            elif kind == "zip" and latent < _MAX_LATENT_DEPTH:
+                self.zip(io.BytesIO(data), len(data), file, member_label, latent=latent + 1)
+            elif kind == "npy":
+                self.npy(data, file, member_label)
+
+    def might_be_pickle(self, fh: IO[bytes], member: ZipMember) -> bool:
+        """Whether a member that only starts like a pickle reads as one for its first bytes: a pickle the probe cuts
+        short, or one naming something dangerous. Tensor bytes fail at once, and are never read whole."""
+        seen = scan_stream(inflate(fh, member, _PROBE_BYTES), persistent_load=_lenient_persistent)
+        return seen.error is None or seen.error.code == "truncated" or any(_nameable(r) for r in seen.references)
+
+    def npy(self, data: bytes, file: str, where: str | None) -> None:
+        """A .npy array: an object array's data is a pickle."""
+        label = where or "the array"
+        if len(data) < 10:
+            return
+        major = data[6]
+        header_len = int.from_bytes(data[8:10], "little") if major == 1 else int.from_bytes(data[8:12], "little")
+        start = (10 if major == 1 else 12) + header_len
+        header = data[10 if major == 1 else 12 : start].decode("latin-1", "replace")
+        if re.search(r"'descr'\s*:\s*'\|?O'", header) or "'O'" in header:
+            self.stream(data, file, f"{label} (object array data)", start=start)
+
+    def directory(self, path: str) -> None:
+        """A torch.distributed.checkpoint folder: ``.metadata``, then every item it locates in the ``.distcp``
+        files (each one a ``torch.save`` blob that ``dcp.load`` unpickles). A sharded set's shards are walked once
+        its index has been read (see :meth:`shards`)."""
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError:
+            return
+        if ".metadata" not in entries:
+            return
+        metadata = os.path.join(path, ".metadata")
+        size = os.path.getsize(metadata)
+        self.pickle_file(metadata, size, required=True)
+        if size > self.limits.max_pickle_bytes:
+            return
+        with open(metadata, "rb") as fh:
+            root = scan_stream(fh.read(), persistent_load=_lenient_persistent).value
+        covered: set[str] = set()
+        for fqn, relative, offset, length in _dcp_items(root):
+            item = os.path.join(path, relative)
+            where = f"item {_quote(fqn)} (bytes {offset} to {offset + length})"
+            if "/" in relative or "\\" in relative or relative in ("", ".", "..") or not os.path.isfile(item):
+                self.add(
+                    Finding(
+                        "error",
+                        "dcp-item",
+                        f"{where} is placed in {_quote(relative)}, which is not a file " "of this folder",
+                        metadata,
+                    )
+                )
+                continue
+            covered.add(relative)
+            if (
+                offset < 0
+                or length < 0
+                or offset + length > os.path.getsize(item)
+                or length > self.limits.max_pickle_bytes
+            ):
+                self.add(
+                    Finding(
+                        "error", "dcp-item", f"{where} lies outside {_quote(relative)} or is too large to " "scan", item
+                    )
+                )
+                continue
+            with open(item, "rb") as fh:
+                fh.seek(offset)
+                blob = fh.read(length)
+            if blob.startswith(b"PK\x03\x04"):
+                self.zip(io.BytesIO(blob), len(blob), item, where)
+            elif blob[:1] and blob[0] in FIRST_OPCODES:
+                self.sequence(blob, len(blob), item, where, required=True, latent=0)
+        for name in entries:
+            if name.endswith(".distcp") and name not in covered:
+                self.add(Finding("info", "dcp-data", f"{_quote(name)} holds no item .metadata names", metadata))
+
+    def open(self) -> Checkpoint | None:
+        """The checkpoint as ``tw.load`` opens it, or None (with the reason in ``load_error``)."""
+        options = ReadOptions(limits=self.limits, observer=self.observe)
+        try:
+            checkpoint = open_path(self.path, options)
+        except TorchWeightsError as exc:
+            self.report.load_error = exc
+            message = f"tw.load would refuse this file: {type(exc).__name__} [{exc.code}]: {exc.message}"
+            self.add(Finding("error", "load-refused", message, self.path))
+            return None
+        except (OSError, ValueError, MemoryError, RecursionError) as exc:
+            self.add(Finding("error", "scan-failed", f"opening it failed: {type(exc).__name__}", self.path))
+            return None
+        self.report.format = checkpoint.format
+        for record in checkpoint.records.values():
+            ref = record.storage
+            if ref is not None and ref.member is not None:
+                self.storage_members.setdefault((ref.file, ref.member), record.name)
+        return checkpoint
+
+    def observe(self, where: str, start: int, seen: StreamScan) -> None:
+        self.reader_streams.append((where, start, seen))
+
+    def reader_findings(self) -> None:
+        """The pickles the reader ran: for formats the structural walk does not know (legacy tar), they are the
+        scan; for the others, a safety net that adds anything the walk missed."""
+        walked = bool(self.report.streams) and self.report.format != "legacy-tar"
+        for where, start, seen in self.reader_streams:
+            missed = [name for name in seen.dangerous if self.report.globals.get(name) != "dangerous"]
+            if walked and not missed:
+                # already walked structurally; only its globals' verdicts are merged
+                for ref in seen.references:
+                    self.report.globals.setdefault(ref.name, ref.verdict)
+                continue
+            self.record(self.path, where, start, seen, 0)
+
+    def shards(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.format.startswith("sharded") or len(checkpoint.files) > 1:
+            for shard in checkpoint.files[1:]:
+                if shard != self.path:
+                    self.guarded(self.file, shard)
+
+    def tensors(self, checkpoint: Checkpoint) -> None:
+        """uint8 and int8 tensors whose bytes are a pickle or a zip (latent)."""
+        for record in checkpoint.records.values():
+            ref = record.storage
+            if ref is None or record.dtype not in ("uint8", "int8") or ref.nbytes < 4 or ref.member is not None:
+                continue  # zip members were walked already, each storage named by a tensor it holds
+            try:
+                with open(ref.file, "rb") as fh:
+                    fh.seek(ref.offset)
+                    head = fh.read(4)
+                    if not (_is_pickle_head(head) or head == b"PK\x03\x04"):
+                        continue
+                    if ref.nbytes > self.limits.max_pickle_bytes:
+                        continue
+                    fh.seek(ref.offset)
+                    blob = fh.read(ref.nbytes)
+            except OSError:
+                continue
+            self.latent(blob, ref.file, f"uint8 tensor {_quote(record.name)}", 1)
+
+
+def _within(where: str | None) -> str:
+    return f" (in {where})" if where else ""
+
+
+def _member_kind(member: ZipMember, head: bytes) -> str | None:
+    if _is_pickle_head(head):
+        return "pickle"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head[:1] and (head[0] in FIRST_OPCODES or member.name.endswith(_PICKLE_NAMES)):
+        return "pickle"
+    return None
+
+
+def _is_code_file(name: str) -> bool:
+    parts = name.split("/")
+    return name.endswith(".py") or (len(parts) > 2 and parts[1] == "code")
+
+
+def _blobs(value: Any, opcodes: int) -> Iterator[tuple[str, bytes]]:
+    """Bytes values inside an unpickled tree that are themselves a pickle or a zip, with a short path to each."""
+    budget = 4 * opcodes + 10_000
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack and budget > 0:
+        obj, path = stack.pop()
+        budget -= 1
+        if isinstance(obj, (bytes, bytearray)):
+            head = bytes(obj[:4])
+            if _is_pickle_head(head) or head == b"PK\x03\x04" or (head[:1] and head[0] in FIRST_OPCODES):
+                yield f"bytes value at {_quote(path or '<root>')}", bytes(obj)
+            continue
+        if id(obj) in seen or isinstance(obj, (str, int, float, bool, type(None))):
+            continue
+        seen.add(id(obj))
+        children: list[tuple[str, Any]] = []
+        if isinstance(obj, dict):
+            children = [(_label(k), v) for k, v in obj.items()]
+        elif isinstance(obj, (list, tuple, set, frozenset, deque)):
+            children = [(str(i), v) for i, v in enumerate(obj)]
+        elif type(obj).__name__ == "ndarray" and getattr(getattr(obj, "dtype", None), "hasobject", False):
+            children = [(str(i), v) for i, v in zip(range(budget), obj.flat)]  # an object array's elements
+        elif isinstance(obj, Stub):
+            children = [
+                ("args", obj.args),
+                ("kwargs", obj.kwargs),
+                ("state", obj.state),
+                ("items", obj.items),
+                ("dictitems", obj.dictitems),
+            ]
+        elif hasattr(obj, "__dict__") and type(obj).__module__ in ("argparse", "types"):
+            children = list(vars(obj).items())
+        for name, child in reversed(children):
+            stack.append((child, f"{path}.{name}" if path else name))
+
+
+def _dcp_items(root: Any) -> Iterator[tuple[str, str, int, int]]:
+    """``(item name, file, offset, length)`` of every item a torch.distributed.checkpoint ``.metadata`` locates
+    (its ``storage_data``: ``MetadataIndex`` -> ``_StorageInfo``), read from the inert stubs."""
+    storage = root.attributes.get("storage_data") if isinstance(root, Stub) else None
+    if not isinstance(storage, dict):
+        return
+    for index, info in list(storage.items())[:1_000_000]:
+        fqn = index.attributes.get("fqn") if isinstance(index, Stub) else None
+        where = info.attributes if isinstance(info, Stub) else {}
+        relative, offset, length = where.get("relative_path"), where.get("offset"), where.get("length")
+        if isinstance(relative, str) and type(offset) is int and type(length) is int:
+            yield (fqn if isinstance(fqn, str) else "?"), relative, offset, length
+
+
+def _label(key: Any) -> str:
+    if isinstance(key, str):
+        return printable(key[:40])
+    if type(key) is int and key.bit_length() <= 64:
+        return str(key)
+    return "?"
+
+
+def _dangerous_text(name: str, how: str, where: str, latent: int) -> str:
+    via = {"getattr": " (built with builtins.getattr)", "BUILD": "", "EXT": " (through an extension code)"}.get(how, "")
+    if name.startswith("copyreg extension code"):
+        what = (
+            f"{where} uses {name}: pickle.load resolves it through the loading process's copyreg registry, so any "
+            "process where a library registered the code calls whatever that names (torch never writes these)"
+        )
+    elif how == "BUILD":
+        what = f"{where} sets attributes that change behaviour under pickle.load: {name}"
+    else:
+        what = f"{where} references {name}{via}, which can run code or touch the system"
+    if latent:
+        return (
+            f"{what}. It sits in an embedded pickle that loading does not run; code that unpickles it would. "
+            "Do not unpickle that value."
+        )
+    return (
+        f"{what}. torchweights refuses to load it (nothing is executed); torch.load(weights_only=False) or "
+        "pickle.load would run it. Do not load this file unless you wrote it yourself."
+    )
+
+
+def _unknown_text(name: str, how: str, where: str, latent: int) -> str:
+    text = (
+        f"{where} references {name}, a class or function torchweights does not know; loading keeps it as an "
+        "inert stub and never imports it"
+    )
+    if latent:
+        text += " (in an embedded pickle)"
+    return text + ". Allow it only if you trust the package that defines it (allow_globals=[...])."
+
+
+def to_json(reports: list[ScanReport]) -> str:
+    """The reports as one JSON document."""
+    return json.dumps({"reports": [r.to_dict() for r in reports]}, indent=None, allow_nan=False)

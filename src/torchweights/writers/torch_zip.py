@@ -1,0 +1,170 @@
+"""A streaming writer of plain state-dict ``torch.save`` files, without torch.
+
+The archive holds what ``torch.save`` writes for a dict of tensors, and nothing ``torch.load(weights_only=True)``
+would refuse: ``<root>/data.pkl`` (a protocol-2 pickle of ``{name: tensor}`` emitted opcode by opcode here),
+``.format_version``, ``.storage_alignment``, ``byteorder`` (``little``), one stored (uncompressed) member
+``data/<key>`` per storage with its data aligned to 64 bytes, and ``version``. Tensors are rebuilt with
+``torch._utils._rebuild_tensor_v2`` over typed storages (``torch.FloatStorage``...) where the dtype has a storage
+class, and with ``_rebuild_tensor_v3`` over ``torch.storage.UntypedStorage`` otherwise (uint16/32/64, fp8...),
+as torch itself does. Several tensors may view one storage, with any offset and strides.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from .. import dtypes
+from ..errors import WriteError
+from ..text import quote
+
+__all__ = ["Storage", "Tensor", "pickle_state_dict", "write_file"]
+
+_DATA_ALIGNMENT = 64
+_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """One storage to write: its key (member ``data/<key>``), dtype, size and a callable yielding its bytes."""
+
+    key: str
+    dtype: str
+    nbytes: int
+    chunks: Callable[[], Iterable[bytes | bytearray | memoryview]]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One entry of the state dict: a view of ``storage`` (offset and strides in elements)."""
+
+    name: str
+    storage: str
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+
+class _Pickler:
+    """Emits the few protocol-2 opcodes a state dict needs; globals are memoised."""
+
+    def __init__(self) -> None:
+        self.out = bytearray(b"\x80\x02")  # PROTO 2
+        self.memo: dict[str, int] = {}
+
+    def text(self, value: str) -> None:
+        raw = value.encode("utf-8", "surrogatepass")
+        self.out += b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+    def integer(self, value: int) -> None:
+        if -(1 << 31) <= value < (1 << 31):
+            self.out += b"J" + struct.pack("<i", value)  # BININT
+            return
+        raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+        self.out += b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+    def ints(self, values: Sequence[int]) -> None:
+        self.out += b"("  # MARK
+        for v in values:
+            self.integer(v)
+        self.out += b"t"  # TUPLE
+
+    def global_(self, module: str, name: str) -> None:
+        key = f"{module}\n{name}\n"
+        index = self.memo.get(key)
+        if index is not None:
+            self.out += b"j" + struct.pack("<I", index)  # LONG_BINGET
+            return
+        self.out += b"c" + key.encode("ascii")  # GLOBAL
+        index = self.memo[key] = len(self.memo)
+        self.out += b"r" + struct.pack("<I", index)  # LONG_BINPUT
+
+    def ordered_dict(self) -> None:
+        self.global_("collections", "OrderedDict")
+        self.out += b")R"  # EMPTY_TUPLE, REDUCE
+
+
+def pickle_state_dict(tensors: Sequence[Tensor], storages: Sequence[Storage]) -> bytes:
+    """The ``data.pkl`` of a ``{name: tensor}`` dict."""
+    sizes = {s.key: s for s in storages}
+    p = _Pickler()
+    p.out += b"}"  # EMPTY_DICT
+    for start in range(0, len(tensors), 1000):
+        p.out += b"("  # MARK
+        for t in tensors[start : start + 1000]:
+            p.text(t.name)
+            storage = sizes[t.storage]
+            info = dtypes.get(t.dtype)
+            v2 = info.storage_class is not None
+            p.global_("torch._utils", "_rebuild_tensor_v2" if v2 else "_rebuild_tensor_v3")
+            p.out += b"(("  # MARK (args), MARK (persistent id)
+            p.text("storage")
+            if v2:
+                p.global_("torch", info.storage_class or "")
+            else:
+                p.global_("torch.storage", "UntypedStorage")
+            p.text(t.storage)
+            p.text("cpu")
+            p.integer(storage.nbytes // info.itemsize if v2 else storage.nbytes)
+            p.out += b"tQ"  # TUPLE, BINPERSID
+            p.integer(t.offset)
+            p.ints(t.shape)
+            p.ints(t.stride)
+            p.out += b"\x89"  # NEWFALSE: requires_grad
+            p.ordered_dict()  # backward hooks
+            if not v2:
+                p.global_("torch", info.name)
+            p.out += b"tR"  # TUPLE, REDUCE
+        p.out += b"u"  # SETITEMS
+    p.out += b"."  # STOP
+    return bytes(p.out)
+
+
+def _aligned_info(zf: zipfile.ZipFile, name: str, size: int) -> zipfile.ZipInfo:
+    """A stored member whose data will start at a multiple of 64 bytes (padding in its local extra field)."""
+    info = zipfile.ZipInfo(name, _DATE)
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = size
+    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule for the local header
+    start = zf.fp.tell() if zf.fp is not None else 0
+    fixed = 30 + len(name.encode("utf-8")) + (20 if zip64 else 0) + 4  # header, name, zip64 field, our field
+    pad = -(start + fixed) % _DATA_ALIGNMENT
+    info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
+    return info
+
+
+def write_file(fh: IO[bytes], tensors: Sequence[Tensor], storages: Sequence[Storage], root: str = "archive") -> None:
+    """Write a ``torch.save``-compatible zip of ``tensors`` over ``storages`` to ``fh`` (seekable).
+
+    Raises:
+        WriteError: a storage's source yields more or fewer bytes than declared.
+    """
+    small = {
+        ".format_version": b"1",
+        ".storage_alignment": str(_DATA_ALIGNMENT).encode(),
+        "byteorder": b"little",
+    }
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.writestr(zipfile.ZipInfo(f"{root}/data.pkl", _DATE), pickle_state_dict(tensors, storages))
+        for name, value in small.items():
+            zf.writestr(zipfile.ZipInfo(f"{root}/{name}", _DATE), value)
+        for storage in storages:
+            info = _aligned_info(zf, f"{root}/data/{storage.key}", storage.nbytes)
+            written = 0
+            with zf.open(info, "w") as member:
+                for piece in storage.chunks():
+                    written += len(piece)
+                    if written > storage.nbytes:
+                        break
+                    member.write(piece)
+            if written != storage.nbytes:
+                raise WriteError(
+                    f"storage {quote(storage.key)} produced {written:,} bytes where {storage.nbytes:,} were "
+                    "declared; nothing was kept. The source changed while it was read; run again.",
+                    code="write-failed",
+                )
+        zf.writestr(zipfile.ZipInfo(f"{root}/version", _DATE), b"3\n")

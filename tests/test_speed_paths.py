@@ -1,0 +1,524 @@
+"""The fast read paths of issue 5: bytes read straight into parameters (copy path), the meta path, ``mmap=True``,
+bounded scratch buffers, CRC-32 checks on tensor data, and the pieces they are built from.
+
+Every test compares against a hand-written correct load (``model.load_state_dict(torch.load(...))`` or the saved
+tensors themselves), bit for bit. Nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import torchweights as tw
+from torchweights import _io, storage
+from torchweights.storage import io_settings
+
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+
+class Net(torch.nn.Module):
+    """Mixed sizes and kinds: linears, a norm, a conv, a BatchNorm (int64 buffer), an embedding."""
+
+    def __init__(self, dim: int = 24) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(40, dim)
+        self.fc1 = torch.nn.Linear(dim, 3 * dim)
+        self.fc2 = torch.nn.Linear(3 * dim, dim)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.conv = torch.nn.Conv1d(dim, 8, 3)
+        self.bn = torch.nn.BatchNorm1d(8)
+
+
+class Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(30, 8)
+        self.head = torch.nn.Linear(8, 30, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def _random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    out = {}
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            out[name] = torch.randn(t.shape, dtype=t.dtype)
+        else:
+            out[name] = torch.randint(0, 1000, t.shape, dtype=t.dtype)
+    return out
+
+
+def _expect(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What ``load_state_dict`` makes of ``sd`` in a copy of ``model`` (not on the meta device)."""
+    ref = copy.deepcopy(model)
+    ref.load_state_dict(sd)
+    return ref.state_dict()
+
+
+def _same(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    got = model.state_dict()
+    assert list(got) == list(expected)
+    for name, t in expected.items():
+        assert got[name].dtype == t.dtype, name
+        assert got[name].device.type == "cpu", name
+        assert torch.equal(got[name], t), name
+
+
+def _write(fmt: str, sd: dict[str, torch.Tensor], tmp: Path) -> Path:
+    if fmt == "torch-zip":
+        torch.save(sd, tmp / "m.pt")
+        return tmp / "m.pt"
+    if fmt == "legacy":
+        torch.save(sd, tmp / "m.pt", _use_new_zipfile_serialization=False)
+        return tmp / "m.pt"
+    if fmt == "safetensors":
+        safetensors_torch.save_file(sd, str(tmp / "m.safetensors"))
+        return tmp / "m.safetensors"
+    folder = tmp / "shards"
+    folder.mkdir()
+    names = list(sd)
+    parts = [names[0::3], names[1::3], names[2::3]]
+    weight_map = {}
+    for i, part in enumerate(parts):
+        file = f"model-{i + 1:05d}-of-00003.safetensors"
+        safetensors_torch.save_file({n: sd[n].contiguous() for n in part}, str(folder / file))
+        weight_map.update(dict.fromkeys(part, file))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return folder
+
+
+FORMATS = ["torch-zip", "legacy", "safetensors", "sharded"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_copy_path_is_bit_exact_and_writes_in_place(fmt: str, tmp_path: Path) -> None:
+    model = Net()
+    sd = _random_state(model)
+    path = _write(fmt, sd, tmp_path)
+    before = {name: t.data_ptr() for name, t in model.state_dict().items()}
+    report = tw.load_into(model, path)
+    assert report.ok and report.applied
+    _same(model, _expect(model, sd))
+    # the parameters were filled where they are: same memory, no new tensors
+    assert {name: t.data_ptr() for name, t in model.state_dict().items()} == before
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("piece", [64, 1000, 16 << 20])
+def test_pieces_and_threads_do_not_change_the_bytes(threads: int, piece: int, tmp_path: Path) -> None:
+    """Big tensors are split into pieces read by several threads; any split gives the same result."""
+    model = Net(dim=40)
+    sd = _random_state(model, seed=threads)
+    path = _write("torch-zip", sd, tmp_path)
+    with io_settings(threads=threads, piece_bytes=piece):
+        tw.load_into(model, path)
+    _same(model, _expect(model, sd))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_meta_model_is_allocated_once_and_filled(fmt: str, tmp_path: Path) -> None:
+    sd = _random_state(Net())
+    path = _write(fmt, sd, tmp_path)
+    with torch.device("meta"):
+        model = Net()
+    tw.load_into(model, path)
+    _same(model, _expect(Net(), sd))
+    assert all(isinstance(p, torch.nn.Parameter) and not p.is_meta for p in model.parameters())
+
+
+def test_casts_go_through_the_scratch_buffer(tmp_path: Path) -> None:
+    model = Net()
+    sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in _random_state(model).items()}
+    path = _write("torch-zip", sd, tmp_path)
+    report = tw.load_into(model, path)
+    assert any(a.cast for a in report.plan.actions)
+    _same(model, _expect(model, sd))
+    # dtype="checkpoint" keeps the file's dtype: new bf16 tensors, filled by the same read
+    kept = Net()
+    tw.load_into(kept, path, dtype="checkpoint")
+    assert kept.fc1.weight.dtype == torch.bfloat16 and torch.equal(kept.fc1.weight, sd["fc1.weight"])
+    assert isinstance(kept.fc1.weight, torch.nn.Parameter)
+
+
+def test_views_shared_storages_and_transposed_tensors(tmp_path: Path) -> None:
+    """Several parameters sliced out of one storage, and one saved as a transposed (non-contiguous) view."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 5))
+    flat = torch.randn(6 * 4 + 6 + 5)
+    big = torch.randn(6, 5)
+    sd = {
+        "0.weight": flat[:24].view(6, 4),
+        "0.bias": flat[24:30],
+        "1.weight": big.t(),  # (5, 6) view with strides (1, 5)
+        "1.bias": flat[30:35],
+    }
+    path = tmp_path / "views.pt"
+    torch.save(sd, path)
+    ckpt = tw.open(path)
+    assert not ckpt.records["1.weight"].is_contiguous
+    assert ckpt.records["0.weight"].storage == ckpt.records["0.bias"].storage
+    expected = {k: v.clone() for k, v in sd.items()}
+    tw.load_into(model, path)
+    _same(model, expected)
+    with torch.device("meta"):
+        meta = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 5))
+    tw.load_into(meta, path)
+    _same(meta, expected)
+    assert meta[1].weight.is_contiguous()  # the model gets its own memory in its own layout
+
+
+def test_one_storage_feeding_two_untied_parameters(tmp_path: Path) -> None:
+    """A checkpoint with tied weights loaded into a model that does not tie them: both get the bytes."""
+    src = Tied()
+    with torch.no_grad():
+        src.embed.weight.copy_(torch.randn(30, 8))
+    torch.save(src.state_dict(), tmp_path / "tied.pt")
+    ckpt = tw.open(tmp_path / "tied.pt")
+    assert ckpt.records["embed.weight"].storage == ckpt.records["head.weight"].storage
+
+    class Untied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(30, 8)
+            self.head = torch.nn.Linear(8, 30, bias=False)
+
+    dst = Untied()
+    tw.load_into(dst, tmp_path / "tied.pt")
+    assert torch.equal(dst.embed.weight, src.embed.weight) and torch.equal(dst.head.weight, src.embed.weight)
+    assert dst.embed.weight.data_ptr() != dst.head.weight.data_ptr()
+
+
+def test_tied_model_parameters_are_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = Tied()
+    torch.save(src.state_dict(), tmp_path / "tied.pt")
+    seen: list[list[str]] = []
+    real_fill = storage.fill
+
+    def spy(requests: Any, **kwargs: Any) -> Any:
+        requests = list(requests)
+        seen.append([r.name for r, _ in requests])
+        return real_fill(requests, **kwargs)
+
+    monkeypatch.setattr(storage, "fill", spy)
+    for meta in (False, True):
+        if meta:
+            with torch.device("meta"):
+                dst = Tied()
+        else:
+            dst = Tied()
+        report = tw.load_into(dst, tmp_path / "tied.pt")
+        assert report.ok
+        assert len(seen[-1]) == 1  # one read for the pair
+        assert dst.head.weight is dst.embed.weight and torch.equal(dst.embed.weight, src.embed.weight)
+
+
+def _big_endian_copy(src: Path, dst: Path, compression: int = zipfile.ZIP_STORED) -> None:
+    ckpt = tw.open(src)
+    units = {
+        r.storage.member: (r.itemsize // 2 if r.dtype.startswith("complex") else r.itemsize)
+        for r in ckpt.records.values()
+        if r.storage
+    }
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("byteorder"):
+                data = b"big"
+            elif info.filename in units:
+                unit = units[info.filename]
+                data = b"".join(data[i : i + unit][::-1] for i in range(0, len(data), unit))
+            zout.writestr(info.filename, data, compress_type=compression)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_big_endian_and_compressed_members(compression: int, tmp_path: Path) -> None:
+    model = Net()
+    sd = _random_state(model)
+    sd["fc1.weight"] = sd["fc1.weight"].double()  # a cast too
+    torch.save(sd, tmp_path / "le.pt")
+    _big_endian_copy(tmp_path / "le.pt", tmp_path / "be.pt", compression)
+    ckpt = tw.open(tmp_path / "be.pt")
+    assert ckpt.metadata["byteorder"] == "big"
+    assert all(r.storage and r.storage.compression == compression for r in ckpt.records.values())
+    expected = _expect(model, sd)
+    with io_settings(scratch_bytes=64 << 10, threads=2):  # pieces smaller than fc1.weight
+        tw.load_into(model, tmp_path / "be.pt")
+        _same(model, expected)
+        with torch.device("meta"):
+            meta = Net()
+        tw.load_into(meta, tmp_path / "be.pt")
+        _same(meta, expected)
+        loaded = tw.load(tmp_path / "be.pt")
+    for name, t in sd.items():
+        assert torch.equal(loaded[name], t), name
+
+
+def test_compressed_members_are_inflated_in_bounded_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sd = {"w": torch.randn(300_000), "b": torch.randn(7)}
+    torch.save(sd, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as zin, zipfile.ZipFile(tmp_path / "z.pt", "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    sizes = _record_allocations(monkeypatch)
+    with io_settings(scratch_bytes=128 << 10, threads=2):
+        loaded = tw.load(tmp_path / "z.pt")
+        result = storage.fill([(tw.open(tmp_path / "z.pt").records["w"], out := torch.empty(300_000))], check_crc=True)
+    assert torch.equal(loaded["w"], sd["w"]) and torch.equal(loaded["b"], sd["b"]) and torch.equal(out, sd["w"])
+    assert result.crc_checked == 1 and not result.bad_crc
+    assert sizes and max(n for n, _ in sizes) <= 64 << 10  # 1.2 MB inflated through 64 KiB pieces
+
+
+def _record_allocations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    sizes: list[tuple[int, str]] = []
+    real = storage._allocate
+
+    def spy(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> torch.Tensor:
+        sizes.append((nbytes, kind))
+        return real(nbytes, pinned=pinned, kind=kind)
+
+    monkeypatch.setattr(storage, "_allocate", spy)
+    return sizes
+
+
+def test_sharded_casts_use_only_the_scratch_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peak extra memory is bounded by the scratch setting, not by the checkpoint or the number of shards."""
+    model = Net(dim=160)
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in _random_state(model).items()}
+    path = _write("sharded", sd, tmp_path)
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    scratch = 64 << 10
+    assert total > 4 * scratch
+    sizes = _record_allocations(monkeypatch)
+    with io_settings(scratch_bytes=scratch, threads=2):
+        tw.load_into(model, path)
+    _same(model, _expect(model, sd))
+    assert sizes, "casts must go through scratch buffers"
+    assert all(kind == "scratch" for _, kind in sizes)
+    assert sum(n for n, _ in sizes) <= max(scratch, 2 * (64 << 10))  # two threads, one buffer each, at most
+
+
+def test_same_dtype_loads_allocate_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for fmt in ("torch-zip", "sharded"):
+        model = Net()
+        sd = _random_state(model)
+        folder = tmp_path / fmt
+        folder.mkdir()
+        path = _write(fmt, sd, folder)
+        sizes = _record_allocations(monkeypatch)
+        tw.load_into(model, path)
+        _same(model, _expect(model, sd))
+        assert sizes == [], f"{fmt}: bytes should land in the parameters directly"
+
+
+def test_staging_path_used_for_gpu_destinations_works_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``direct=False`` sends every tensor through the staging buffers, as a CUDA destination does."""
+    model = Net(dim=48)
+    sd = _random_state(model)
+    path = _write("torch-zip", sd, tmp_path)
+    sizes = _record_allocations(monkeypatch)
+    with io_settings(direct=False, scratch_bytes=128 << 10, threads=2):
+        tw.load_into(model, path)
+        loaded = tw.load(path)
+    _same(model, _expect(model, sd))
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items())
+    assert sizes and all(n <= 64 << 10 for n, _ in sizes) and len(sizes) <= 4  # recycled, not one per tensor
+
+
+def test_torch_intra_op_threads_are_restored(tmp_path: Path) -> None:
+    model = Net()
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in _random_state(model).items()}
+    path = _write("torch-zip", sd, tmp_path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        tw.load_into(model, path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mmap=True
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    ranges = []
+    target = os.path.realpath(path)
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].strip() == target:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                ranges.append((lo, hi))
+    return ranges
+
+
+def _in_mapping(t: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
+    ptr = t.data_ptr()
+    return any(lo <= ptr and ptr + t.numel() * t.element_size() <= hi for lo, hi in ranges)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps")
+@pytest.mark.parametrize("fmt", ["torch-zip", "safetensors"])
+def test_mmap_parameters_are_views_of_the_file(fmt: str, tmp_path: Path) -> None:
+    sd = _random_state(Net())
+    sd["fc2.weight"] = sd["fc2.weight"].double()  # needs a cast: read into the model's own memory instead
+    path = _write(fmt, sd, tmp_path)
+    original = path.read_bytes()
+    with torch.device("meta"):
+        model = Net()
+    tw.load_into(model, path, mmap=True)
+    _same(model, _expect(Net(), sd))
+    ranges = _mapped_ranges(path)
+    assert ranges, "the file is not mapped"
+    assert _in_mapping(model.fc1.weight, ranges) and _in_mapping(model.embed.weight, ranges)
+    assert not _in_mapping(model.fc2.weight, ranges)
+    assert isinstance(model.fc1.weight, torch.nn.Parameter) and model.fc1.weight.requires_grad
+    with torch.no_grad():
+        model.fc1.weight.add_(1.0)  # copy-on-write: the process sees it, the file does not
+    assert path.read_bytes() == original
+    state = tw.load(path, mmap=True)
+    assert _in_mapping(state["fc1.weight"], _mapped_ranges(path))
+    assert all(torch.equal(state[k], v) for k, v in sd.items())
+
+
+def test_mmap_refuses_a_device(tmp_path: Path) -> None:
+    path = _write("safetensors", {"w": torch.ones(3)}, tmp_path)
+    with pytest.raises(tw.RuleError, match="mmap=True"):
+        tw.load(path, mmap=True, map_location="cuda:0")
+
+
+def test_truncated_files_are_errors_not_crashes(tmp_path: Path) -> None:
+    sd = _random_state(Net())
+    path = _write("safetensors", sd, tmp_path)
+    ckpt = tw.open(path)
+    os.truncate(path, os.path.getsize(path) - 100)
+    for kwargs in ({}, {"mmap": True}):
+        with pytest.raises(tw.CorruptCheckpointError) as info:
+            tw.load(ckpt, **kwargs)
+        assert info.value.code == "truncated"
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load_into(Net(), ckpt)
+    assert info.value.code == "truncated"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CRC-32
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _flip(path: Path, record: Any, at: int = 5) -> None:
+    raw = bytearray(path.read_bytes())
+    start, _ = record.byte_range
+    raw[start + at] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def test_bit_flipped_weight_is_refused_by_default(tmp_path: Path) -> None:
+    model = Net()
+    sd = _random_state(model)
+    path = _write("torch-zip", sd, tmp_path)
+    rec = tw.open(path).records["fc2.weight"]
+    _flip(path, rec)
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load(path)
+    assert info.value.code == "bad-crc"
+    assert "'fc2.weight'" in str(info.value) and rec.storage.member in str(info.value)
+    assert "check_crc=False" in str(info.value)
+    loaded = tw.load(path, check_crc=False)
+    assert not torch.equal(loaded["fc2.weight"], sd["fc2.weight"])
+    assert torch.equal(loaded["fc1.weight"], sd["fc1.weight"])
+
+
+def test_bad_crc_in_load_into_says_what_was_written(tmp_path: Path) -> None:
+    model = Net()
+    sd = _random_state(model)
+    path = _write("torch-zip", sd, tmp_path)
+    _flip(path, tw.open(path).records["norm.weight"], at=0)
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load_into(model, path)
+    assert info.value.code == "bad-crc" and "written in place" in str(info.value)
+    assert "'norm.weight'" in str(info.value)
+
+    # assigned tensors (meta model, mmap) are only assigned after every check passed: the model is untouched
+    for kwargs in ({}, {"mmap": True}):
+        with torch.device("meta"):
+            meta = Net()
+        with pytest.raises(tw.CorruptCheckpointError) as info:
+            tw.load_into(meta, path, **kwargs)
+        message = str(info.value)
+        assert info.value.code == "bad-crc" and ("left untouched" in message or "Nothing was loaded" in message)
+        assert all(p.is_meta for p in meta.parameters())
+
+    fresh = Net()
+    tw.load_into(fresh, path, check_crc=False)
+    assert not torch.equal(fresh.norm.weight, sd["norm.weight"]) and torch.equal(fresh.fc1.weight, sd["fc1.weight"])
+
+
+def test_crc_covers_bytes_no_parameter_needs(tmp_path: Path) -> None:
+    """A storage's CRC covers the whole member: bytes outside the loaded views are read (through scratch) too."""
+    flat = torch.randn(40)
+    torch.save({"0.weight": flat[:12].view(3, 4), "0.bias": flat[12:15], "spare": flat[15:]}, tmp_path / "s.pt")
+    rec = tw.open(tmp_path / "s.pt").records["spare"]
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    tw.load_into(model, tmp_path / "s.pt", strict="model")
+    _flip(tmp_path / "s.pt", rec, at=8)  # only in the part no parameter takes
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load_into(model, tmp_path / "s.pt", strict="model")
+    assert info.value.code == "bad-crc"
+    tw.load_into(model, tmp_path / "s.pt", strict="model", check_crc=False)
+    assert torch.equal(model[0].weight, flat[:12].view(3, 4))
+
+
+def test_crc_pieces_combine_like_zlib() -> None:
+    rng = random.Random(5)
+    for _ in range(100):
+        a = rng.randbytes(rng.randint(0, 5000))
+        b = rng.randbytes(rng.randint(0, 5000))
+        assert _io.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    data = torch.randint(0, 256, (100_000,), dtype=torch.uint8)
+    mem = storage._memory(data)
+    assert _io.crc32(mem, 0, data.data_ptr()) == zlib.crc32(mem) == _io.crc32(mem)
+    assert _io.crc32_backend() in ("libdeflate", "zlib")
+
+
+def test_inflate_is_bounded_and_exact() -> None:
+    import io
+
+    raw = os.urandom(50_000) + bytes(150_000)
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    data = comp.compress(raw) + comp.flush()
+    fh = io.BytesIO(b"junk" + data)
+    out = memoryview(bytearray(4096))
+    got = bytearray()
+    for n in _io.inflate(fh, 4, len(data), len(raw), out):
+        assert n <= 4096
+        got += out[:n]
+    assert bytes(got) == raw
+    with pytest.raises(EOFError):
+        list(_io.inflate(io.BytesIO(data), 0, len(data), len(raw) + 1, out))
+
+
+def test_stored_member_crc_is_checked_per_storage(tmp_path: Path) -> None:
+    sd = _random_state(Net())
+    path = _write("torch-zip", sd, tmp_path)
+    ckpt = tw.open(path)
+    records = [r for r in ckpt.records.values() if r.storage]
+    targets = [(r, torch.empty(r.shape, dtype=getattr(torch, r.dtype))) for r in records]
+    with io_settings(piece_bytes=256, threads=3):  # many pieces per storage, combined
+        result = storage.fill(targets, check_crc=True)
+    assert result.crc_checked == len({r.storage.key for r in records}) and not result.bad_crc
+    assert all(torch.equal(t, sd[r.name]) for r, t in targets)
+    assert result.bytes_read == sum(r.storage.nbytes for r in {r.storage.key: r for r in records}.values())
