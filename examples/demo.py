@@ -116,6 +116,10 @@ def main() -> int:
         except tw.UnsafeCheckpointError as exc:
             print(textwrap.fill(str(exc), 100))
         print(f"marker file created: {marker.exists()}")
+
+        banner("8. torchweights scan: is it safe to load? (static; the clean file, then the exploit)")
+        cli(["scan", str(path), str(evil)])
+        print(f"marker file created: {marker.exists()}")
     return 0
 
 
