@@ -3,9 +3,13 @@
 Generates transformer-like checkpoints (32 blocks: ~290 tensors from 3 KiB norms to ~100 MiB embeddings) of 1 GB
 and 4 GB, fp32 and bf16, as a torch zip file, a safetensors file and a 3-shard safetensors set, then times each
 case in a fresh process, with a warm page cache and (for the main cases) a cold one (every file evicted with
-``posix_fadvise(POSIX_FADV_DONTNEED)`` first). Reported per case: seconds, GB/s, the ratio to the measured read
-bound (``preadv`` into an already-written buffer, best of 1, 2 and 4 threads; cold: 4 threads) and the peak
-resident memory above the model's own memory, divided by the checkpoint size.
+``posix_fadvise(POSIX_FADV_DONTNEED)`` first). Reported per case: seconds, GB/s, the ratio to the read bound
+(``preadv`` of the same files into an already-written buffer, best of 1, 2 and 4 threads; cold: 4 threads, after
+eviction), measured in the same process just before the case so that both see the same machine, and the peak
+resident memory above the model's own memory (VmHWM, reset through ``/proc/self/clear_refs`` once the model
+exists), divided by the checkpoint size. Each worker first runs its method once on a small model of the same kind,
+so that one-time costs (imports, first-call set-up) are not timed, for torchweights and the anchors alike. The
+``inspect`` row is the wall time of the ``torchweights inspect`` command, interpreter start included.
 
 Environment:
     TW_BENCH_DIR      where to write the checkpoints (default: a new temporary folder, removed afterwards)
@@ -575,7 +579,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                     out.append(
                         f"  {tag} {r:.1f}x torch.load + load_state_dict (>= 4: {'met' if r >= 4 else 'NOT met'})"
                     )
-                st = get(size, dtype, "safetensors", "st-load-file")
+                st = get(size, dtype, "sharded-3" if fmt == "sharded-3" else "safetensors", "st-load-file")
                 if st:
                     r = st["seconds"] / copy["seconds"]
                     out.append(

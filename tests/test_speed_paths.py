@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import random
+import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -116,14 +117,26 @@ def test_copy_path_is_bit_exact_and_writes_in_place(fmt: str, tmp_path: Path) ->
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("piece", [64, 1000, 16 << 20])
-def test_pieces_and_threads_do_not_change_the_bytes(threads: int, piece: int, tmp_path: Path) -> None:
+def test_pieces_and_threads_do_not_change_the_bytes(
+    threads: int, piece: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Big tensors are split into pieces read by several threads; any split gives the same result."""
     model = Net(dim=40)
     sd = _random_state(model, seed=threads)
     path = _write("torch-zip", sd, tmp_path)
+    readers: set[str] = set()
+    real = storage._Engine.piece
+
+    def spy(self: Any, *args: Any) -> Any:
+        readers.add(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(storage._Engine, "piece", spy)
     with io_settings(threads=threads, piece_bytes=piece):
         tw.load_into(model, path)
     _same(model, _expect(model, sd))
+    if threads > 1 and piece < 1000 + 1:  # many pieces: read by the pool, never by the caller's thread
+        assert readers and all(name.startswith("torchweights-read") for name in readers)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -522,3 +535,25 @@ def test_stored_member_crc_is_checked_per_storage(tmp_path: Path) -> None:
     assert result.crc_checked == len({r.storage.key for r in records}) and not result.bad_crc
     assert all(torch.equal(t, sd[r.name]) for r, t in targets)
     assert result.bytes_read == sum(r.storage.nbytes for r in {r.storage.key: r for r in records}.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="needs posix_fadvise")
+@pytest.mark.parametrize("nowait", [True, False])
+def test_files_out_of_the_page_cache_load_the_same(
+    nowait: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cold path (non-blocking attempt, then read-ahead hints and a blocking read) gives the same bytes."""
+    monkeypatch.setattr(_io, "_nowait_works", nowait and _io._nowait_works)
+    model = Net(dim=64)
+    sd = _random_state(model)
+    path = _write("torch-zip", sd, tmp_path)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    with io_settings(piece_bytes=4096, threads=2):
+        tw.load_into(model, path)
+    _same(model, _expect(model, sd))

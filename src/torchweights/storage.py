@@ -67,6 +67,9 @@ __all__ = [
 
 _DEFLATED = 8
 
+#: One unit of work: a callable returning ``(crc, length)`` of the bytes it read (or None), and its size in bytes.
+_Job = tuple[Callable[[], "tuple[int, int] | None"], int]
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Results and errors
@@ -135,10 +138,14 @@ def _allocate(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> to
 
 def _memory(raw: torch.Tensor) -> memoryview:
     """A writable memoryview over a contiguous CPU uint8 tensor (kept alive by the caller)."""
-    n = raw.numel()
-    if n == 0:
+    return _memory_at(raw.data_ptr(), raw.numel())
+
+
+def _memory_at(address: int, nbytes: int) -> memoryview:
+    """A writable memoryview over ``nbytes`` of CPU memory at ``address`` (kept alive by the caller)."""
+    if nbytes == 0:
         return memoryview(bytearray(0))
-    return memoryview((ctypes.c_ubyte * n).from_address(raw.data_ptr())).cast("B")
+    return memoryview((ctypes.c_ubyte * nbytes).from_address(address)).cast("B")
 
 
 def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -173,19 +180,33 @@ class _Target:
     flat: torch.Tensor | None = None
     record: TensorRecord | None = None
     dst: torch.Tensor | None = None
+    ptr: int = 0  # address of the destination's first byte, when ``mem`` is set
 
     @property
     def contiguous(self) -> bool:
-        return self.raw is not None or self.flat is not None
+        return self.mem is not None or self.raw is not None or self.flat is not None
+
+    def byte_dst(self) -> torch.Tensor | None:
+        """The destination's bytes as a flat uint8 tensor, when they can land as they are (made on first use:
+        plain reads need only ``mem``)."""
+        if self.raw is None and self.mem is not None and self.dst is not None:
+            self.raw = _raw_bytes(self.dst)
+        return self.raw
 
 
 @dataclass
 class _Group:
-    """One file storage and every target it feeds."""
+    """One file storage and every target it feeds (``pending``: requests whose targets are made just in time)."""
 
     ref: StorageRef
     targets: list[_Target] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    pending: list[tuple[TensorRecord, torch.Tensor]] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        for record, dst in self.pending:
+            self.targets.append(_target_for(record, dst, bool(self.ref.compression)))
+        self.pending.clear()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -252,8 +273,9 @@ def _deliver(target: _Target, a: int, b: int, src: torch.Tensor, buf: _Buffer | 
     if lo >= hi:
         return
     piece = src[lo - a : hi - a]
-    if target.raw is not None:
-        dst = target.raw[lo - target.start : hi - target.start]
+    raw = target.byte_dst()
+    if raw is not None:
+        dst = raw[lo - target.start : hi - target.start]
         dst.copy_(piece)
         if target.swap > 1:
             _swap_in_place(dst, target.swap)
@@ -283,7 +305,15 @@ def _what(ref: StorageRef) -> str:
 class _Engine:
     """Runs the reads of a list of groups over a thread pool; collects CRC results per storage."""
 
-    def __init__(self, groups: list[_Group], check_crc: bool, settings: IOSettings) -> None:
+    def __init__(
+        self,
+        groups: list[_Group],
+        check_crc: bool,
+        settings: IOSettings,
+        *,
+        cuda: bool = False,
+        torch_work: bool = True,
+    ) -> None:
         self.groups = groups
         self.check_crc = check_crc
         self.settings = settings
@@ -291,12 +321,12 @@ class _Engine:
         self.result = FillResult()
         self.lock = threading.Lock()
         pinned = False
-        cuda = any(t.flat is not None and t.flat.device.type == "cuda" for g in groups for t in g.targets)
         if cuda:
             import torch
 
             pinned = torch.cuda.is_available()
         self.cuda = cuda
+        self.torch_work = torch_work  # some target needs torch ops (casts, swaps, copies), not only reads
         self.scratch = _Scratch(settings.chunk_bytes(), settings.worker_count(), pinned)
 
     def fd(self, path: str) -> int:
@@ -317,11 +347,21 @@ class _Engine:
     def wants_crc(self, ref: StorageRef) -> bool:
         return self.check_crc and ref.crc32 is not None
 
-    def jobs(self, group: _Group) -> list[Callable[[], tuple[int, int] | None]]:
+    def jobs(self, group: _Group) -> list[_Job]:
         """The reads for one storage, in file order; each returns ``(crc, length)`` of its bytes when checked."""
         ref = group.ref
-        targets = [t for t in group.targets if t.end > t.start or not t.contiguous]
         crc = self.wants_crc(ref)
+        if not ref.compression:
+            self.fd(ref.file)  # opened here, by the planning thread: the readers only look it up
+        if len(group.targets) == 1 and self.settings.direct:  # the common case: one tensor, read in place
+            t = group.targets[0]
+            if t.mem is not None and t.start % t.swap == 0 and (not crc or (t.start, t.end) == (0, ref.nbytes)):
+                step = self.settings.piece_size()
+                return [
+                    (self.piece_job(ref, p, min(t.end, p + step), t, [], crc), step)
+                    for p in range(t.start, t.end, step)
+                ]
+        targets = [t for t in group.targets if t.end > t.start or not t.contiguous]
         if not targets and not crc:
             return []
         aligned = all(
@@ -329,10 +369,10 @@ class _Engine:
             for t in targets
         )
         if ref.compression or not aligned:
-            return [lambda: self.whole(group, targets)]
+            return [(lambda: self.whole(group, targets), ref.nbytes)]
         lo, hi = (0, ref.nbytes) if crc else (min(t.start for t in targets), max(t.end for t in targets))
         cuts = sorted({lo, hi, *(p for t in targets for p in (t.start, t.end) if lo < p < hi)})
-        out: list[Callable[[], tuple[int, int] | None]] = []
+        out: list[_Job] = []
         chunk = self.scratch.size
         for a, b in pairwise(cuts):
             covering = [t for t in targets if t.start <= a and b <= t.end]
@@ -343,7 +383,7 @@ class _Engine:
             step = self.settings.piece_size() if direct is not None else chunk
             for p in range(a, b, step):
                 q = min(b, p + step)
-                out.append(self.piece_job(ref, p, q, direct, others, crc))
+                out.append((self.piece_job(ref, p, q, direct, others, crc), q - p))
         return out
 
     def piece_job(
@@ -363,13 +403,23 @@ class _Engine:
         n = b - a
         # cold files: hint what the other threads will ask for next (the file is read in order)
         ahead = self.settings.worker_count() * self.settings.piece_size()
+        if direct is not None and not others and direct.swap == 1:  # the common case: one read, nothing else
+            assert direct.mem is not None
+            off = a - direct.start
+            mem = direct.mem[off : off + n]
+            self.read(fd, mem, ref.offset + a, ref, ahead)
+            value = crc32(mem, 0, direct.ptr + off) if crc else None
+            with self.lock:
+                self.result.bytes_read += n
+            return None if value is None else (value, n)
         with torch.no_grad():
             if direct is not None:
-                assert direct.mem is not None and direct.raw is not None
+                raw = direct.byte_dst()
+                assert direct.mem is not None and raw is not None
                 off = a - direct.start
                 mem = direct.mem[off : off + n]
                 self.read(fd, mem, ref.offset + a, ref, ahead)
-                src = direct.raw[off : off + n]
+                src = raw[off : off + n]
                 value = crc32(mem, 0, src.data_ptr()) if crc else None
                 for t in others:
                     _deliver(t, a, b, src, None)
@@ -429,8 +479,9 @@ class _Engine:
                         t.dst.detach().copy_(view)
                     else:
                         piece = raw[t.start : t.end]
-                        if t.raw is not None:
-                            t.raw.copy_(piece)
+                        raw_dst = t.byte_dst()
+                        if raw_dst is not None:
+                            raw_dst.copy_(piece)
                         else:
                             assert t.flat is not None
                             t.flat.copy_(piece.view(t.src_dtype))
@@ -487,40 +538,61 @@ class _Engine:
         import torch
 
         settings = self.settings
-        plans = [(g, self.jobs(g)) for g in self.groups]
-        total = sum(len(jobs) for _, jobs in plans)
         saved_threads = torch.get_num_threads()
-        torch_work = any(t.mem is None or t.swap > 1 or len(g.targets) > 1 for g in self.groups for t in g.targets)
-        if torch_work and settings.intra_op_threads and saved_threads != settings.intra_op_threads:
+        if self.torch_work and settings.intra_op_threads and saved_threads != settings.intra_op_threads:
             torch.set_num_threads(settings.intra_op_threads)
         try:
-            if total <= 1 or settings.worker_count() == 1:
-                outcomes = [[job() for job in jobs] for _, jobs in plans]
+            small = sum(g.ref.nbytes for g in self.groups) <= settings.piece_size()  # not worth threads
+            if small or settings.worker_count() == 1:
+                outcomes = []
+                for group in self.groups:
+                    group.prepare()
+                    outcomes.append([job() for job, _ in self.jobs(group)])
             else:
-                outcomes = self.run_pool(plans, settings.worker_count())
+                outcomes = self.run_pool(settings.worker_count())
             if self.cuda and torch.cuda.is_available():
                 torch.cuda.synchronize()
         finally:
             if torch.get_num_threads() != saved_threads:
                 torch.set_num_threads(saved_threads)
             self.close()
-        for (group, _), parts in zip(plans, outcomes):
+        for group, parts in zip(self.groups, outcomes):
             self.check(group, parts)
         return self.result
 
-    def run_pool(
-        self, plans: list[tuple[_Group, list[Callable[[], tuple[int, int] | None]]]], workers: int
-    ) -> list[list[tuple[int, int] | None]]:
-        futures: list[list[Future[tuple[int, int] | None]]] = []
+    def run_pool(self, workers: int) -> list[list[tuple[int, int] | None]]:
+        """Plan each storage just before its reads are queued, so the first reads start at once; small reads are
+        queued in batches of about one piece, so a thread's wake-up is paid per piece, not per tensor."""
+        outcomes: list[list[tuple[int, int] | None]] = []
+        futures: list[Future[list[tuple[int, int, tuple[int, int] | None]]]] = []
+        batch: list[tuple[int, int, Callable[[], tuple[int, int] | None]]] = []
+        size = 0
+        target = self.settings.piece_size()
+
+        def run_batch(items: list[tuple[int, int, Callable[[], tuple[int, int] | None]]]) -> list[Any]:
+            return [(g, j, job()) for g, j, job in items]
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchweights-read") as pool:
             try:
-                for _, jobs in plans:
-                    futures.append([pool.submit(job) for job in jobs])
-                return [[f.result() for f in group] for group in futures]
+                for g, group in enumerate(self.groups):
+                    group.prepare()
+                    jobs = self.jobs(group)
+                    outcomes.append([None] * len(jobs))
+                    for j, (job, n) in enumerate(jobs):
+                        batch.append((g, j, job))
+                        size += n
+                        if size >= target:
+                            futures.append(pool.submit(run_batch, batch))
+                            batch, size = [], 0
+                if batch:
+                    futures.append(pool.submit(run_batch, batch))
+                for future in futures:
+                    for g, j, value in future.result():
+                        outcomes[g][j] = value
+                return outcomes
             except BaseException:
-                for group in futures:
-                    for f in group:
-                        f.cancel()
+                for future in futures:
+                    future.cancel()
                 raise
 
     def check(self, group: _Group, parts: list[tuple[int, int] | None]) -> None:
@@ -574,30 +646,30 @@ def _target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> _T
     start = record.storage_offset * size
     if record.is_contiguous and dst.is_contiguous():
         end = start + record.nbytes
-        if end > ref.nbytes:
-            raise _outside(record, ref)
         target = _Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
         if dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed:
-            target.raw = _raw_bytes(dst)
-            target.mem = _memory(target.raw)
+            target.ptr = dst.data_ptr()
+            target.mem = _memory_at(target.ptr, record.nbytes)
         else:
             target.flat = dst.detach().view(-1)
         return target
-    if record.numel:
-        last = record.storage_offset + sum((n - 1) * s for n, s in zip(record.shape, record.stride))
-        if (last + 1) * size > ref.nbytes:
-            raise _outside(record, ref)
     return _Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
 
 
-def _outside(record: TensorRecord, ref: StorageRef) -> CorruptCheckpointError:
-    return CorruptCheckpointError(
-        f"tensor {quote(record.name)} (size {record.shape}, stride {record.stride}, offset {record.storage_offset}) "
-        f"reaches past the {ref.nbytes} bytes of its {_what(ref)}. The file is corrupt or was crafted; re-download "
-        "or re-save it.",
-        code="bad-record",
-        path=ref.file,
-    )
+def _check_fits(record: TensorRecord, ref: StorageRef) -> None:
+    """Refuse a record whose elements reach past its storage (readers check this; a crafted record must not
+    make a read run into the next storage)."""
+    if not record.numel:
+        return
+    last = record.storage_offset + sum((n - 1) * s for n, s in zip(record.shape, record.stride))
+    if (last + 1) * record.itemsize > ref.nbytes:
+        raise CorruptCheckpointError(
+            f"tensor {quote(record.name)} (size {record.shape}, stride {record.stride}, offset "
+            f"{record.storage_offset}) reaches past the {ref.nbytes} bytes of its {_what(ref)}. The file is corrupt or "
+            "was crafted; re-download or re-save it.",
+            code="bad-record",
+            path=ref.file,
+        )
 
 
 def fill(
@@ -623,20 +695,36 @@ def fill(
     """
     settings = settings or current_settings()
     groups: dict[tuple[str, str], _Group] = {}
+    cuda = False
+    torch_work = False
     for record, dst in requests:
         ref = record.storage
         if ref is None or record.numel == 0:
             continue
         _check_view(record)
+        _check_fits(record, ref)
         if dst.numel() != record.numel:
             raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {record.numel}")
         group = groups.get((ref.file, ref.key))
         if group is None:
             group = groups[(ref.file, ref.key)] = _Group(ref)
-        group.targets.append(_target_for(record, dst, bool(ref.compression)))
+        elif not torch_work:
+            torch_work = True  # a storage feeding several tensors: copies between them
+        group.pending.append((record, dst))
         group.names.append(record.name)
+        device = dst.device.type
+        cuda = cuda or device == "cuda"
+        if not torch_work:
+            torch_work = (
+                device != "cpu"
+                or ref.compression != 0
+                or (ref.byteorder == "big" and record.itemsize > 1)
+                or dst.dtype != dtypes.to_torch(record.dtype)
+                or not record.is_contiguous
+                or not dst.is_contiguous()
+            )
     ordered = sorted(groups.values(), key=lambda g: (g.ref.file, g.ref.offset))
-    return _Engine(ordered, check_crc, settings).run()
+    return _Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -774,7 +862,7 @@ def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool
     out = bytearray(ref.nbytes)
     if ref.nbytes:
         view = torch.frombuffer(out, dtype=torch.uint8)
-        target = _Target(0, ref.nbytes, torch.uint8, 1, 1, ref.key, raw=view, mem=memoryview(out))
+        target = _Target(0, ref.nbytes, torch.uint8, 1, 1, ref.key, raw=view, mem=memoryview(out), ptr=view.data_ptr())
         if ref.compression:
             target.mem = None
         result = _Engine([_Group(ref, [target], [ref.key])], check_crc, current_settings()).run()
@@ -944,10 +1032,14 @@ def materialize(
         if buf.device.type == "cpu" and not ref.compression:
             target.raw = buf
             target.mem = _memory(buf)
+            target.ptr = buf.data_ptr()
         else:
             target.flat = buf
         groups.append(_Group(ref, [target], names[key]))
-    result = _Engine(groups, check_crc, current_settings()).run()
+    settings = current_settings()
+    cuda = any(t.flat is not None and t.flat.device.type == "cuda" for g in groups for t in g.targets)
+    torch_work = not settings.direct or any(t.mem is None or t.swap > 1 for g in groups for t in g.targets)
+    result = _Engine(groups, check_crc, settings, cuda=cuda, torch_work=torch_work).run()
     bad = list(result.bad_crc)
     if mapper is not None and check_crc:
         bad += mapper.check((r.storage for r in first.values() if r.storage is not None), names)
