@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import IO
 
+from .. import _io
 from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..text import plural, printable
 
@@ -508,7 +509,8 @@ def check(d: ZipDirectory, *, ignore: frozenset[str] = frozenset()) -> None:
 
 
 def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:
-    """The first ``limit`` bytes of a member's content (inflated when compressed), never more than it declares.
+    """The first ``limit`` bytes of a member's content (inflated when compressed, through :func:`_io.inflate`),
+    never more than it declares.
 
     Raises:
         CorruptCheckpointError: the member cannot be read or inflated (code ``bad-member`` or ``truncated``).
@@ -523,18 +525,12 @@ def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:
             "torch never writes; only stored and deflated members are read",
             code="zip-compression",
         )
-    decompressor = zlib.decompressobj(-15)
-    out = bytearray()
-    remaining = m.compressed_size
+    out = bytearray(want)
     try:
-        while len(out) < want and remaining > 0:
-            chunk = fh.read(min(1 << 20, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            out += decompressor.decompress(chunk, want - len(out))
-            while decompressor.unconsumed_tail and len(out) < want:
-                out += decompressor.decompress(decompressor.unconsumed_tail, want - len(out))
+        for _ in _io.inflate(fh, m.data_offset, m.compressed_size, want, memoryview(out)):
+            pass  # one piece: the buffer holds all ``want`` bytes
     except zlib.error as exc:
         raise CorruptCheckpointError(f"member '{m.name}' does not inflate: {exc}", code="bad-member") from None
-    return bytes(out[:want])
+    except EOFError as exc:
+        raise CorruptCheckpointError(f"member '{m.name}' is cut short: {exc}", code="truncated") from None
+    return bytes(out)
