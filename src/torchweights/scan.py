@@ -46,6 +46,7 @@ from .formats._zip import ZipDirectory, ZipMember, inflate, read_directory
 from .formats.legacy import MAGIC_NUMBER
 from .limits import DEFAULT_LIMITS, Limits
 from .records import Checkpoint, StorageRef
+from .storage import read_byte_range
 from .text import plural, printable
 from .unpickle import FIRST_OPCODES, Global, PickledStorage, Reference, StorageType, StreamScan, Stub, scan_stream
 
@@ -702,17 +703,12 @@ class _Scanner:
             if ref is None or record.dtype not in ("uint8", "int8") or ref.nbytes < 4 or ref.member is not None:
                 continue  # zip members were walked already, each storage named by a tensor it holds
             try:
-                with open(ref.file, "rb") as fh:
-                    fh.seek(ref.offset)
-                    head = fh.read(4)
-                    if not (_is_pickle_head(head) or head == b"PK\x03\x04"):
-                        continue
-                    if ref.nbytes > self.limits.max_pickle_bytes:
-                        continue
-                    fh.seek(ref.offset)
-                    blob = fh.read(ref.nbytes)
-            except OSError:
-                continue
+                head = bytes(read_byte_range(ref, 0, 4))
+                if not (_is_pickle_head(head) or head == b"PK\x03\x04") or ref.nbytes > self.limits.max_pickle_bytes:
+                    continue
+                blob = bytes(read_byte_range(ref, 0, ref.nbytes))
+            except TorchWeightsError:
+                continue  # the storage cannot be read: loading it would fail the same way
             self.latent(blob, ref.file, f"uint8 tensor {_quote(record.name)}", 1)
 
 
