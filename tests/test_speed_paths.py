@@ -504,7 +504,33 @@ def test_crc_pieces_combine_like_zlib() -> None:
     data = torch.randint(0, 256, (100_000,), dtype=torch.uint8)
     mem = storage._memory(data)
     assert _io.crc32(mem, 0, data.data_ptr()) == zlib.crc32(mem) == _io.crc32(mem)
-    assert _io.crc32_backend() in ("libdeflate", "zlib")
+    assert _io.crc32_backend() in _io.CRC32_BACKENDS
+
+
+@pytest.mark.parametrize("name", _io.CRC32_BACKENDS)
+def test_every_crc_backend_agrees_with_zlib(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = _io._load_backend(name)
+    if loaded is None:
+        pytest.skip(f"{name} is not installed here")
+    monkeypatch.setattr(_io, "_crc", (name, *loaded))
+    assert _io.crc32_backend() == name
+    data = torch.randint(0, 256, (3 << 20,), dtype=torch.uint8)
+    mem = storage._memory(data)
+    whole = zlib.crc32(mem)
+    assert _io.crc32(mem, 0, data.data_ptr()) == whole
+    assert _io.crc32(mem) == whole  # no address: still right, whichever backend
+    head = _io.crc32(mem[:1000], 0, data.data_ptr())
+    assert _io.crc32(mem[1000:], head, data.data_ptr() + 1000) == whole  # continued from a value
+    assert _io.crc32(mem[:0], 7, data.data_ptr()) == 7
+
+
+def test_crc_backend_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_io, "_crc", None)
+    monkeypatch.setenv("TORCHWEIGHTS_CRC32", "zlib")
+    assert _io.crc32_backend() == "zlib"
+    monkeypatch.setattr(_io, "_crc", None)
+    monkeypatch.setenv("TORCHWEIGHTS_CRC32", "no-such-backend")  # unknown: the fastest installed one
+    assert _io.crc32_backend() == next(n for n in _io.CRC32_BACKENDS if _io._load_backend(n) is not None)
 
 
 def test_inflate_is_bounded_and_exact() -> None:

@@ -1685,20 +1685,120 @@ class _Machine:
             op = r.data[r.pos]
             r.pos += 1
             count += 1
-            if op == 0x80:  # PROTO
+            if op in (0x70, 0x71, 0x72):  # PUT, BINPUT, LONG_BINPUT
+                key = _text_int(r.line()) if op == 0x70 else r.u1() if op == 0x71 else r.unpack(_U4)
+                push_memo(key, top())
+            elif op in (0x67, 0x68, 0x6A):  # GET, BINGET, LONG_BINGET
+                key = _text_int(r.line()) if op == 0x67 else r.u1() if op == 0x68 else r.unpack(_U4)
+                if key not in memo:
+                    raise _bad(f"pickle reads memo slot {key}, which was never written")
+                stack.append(memo[key])
+            elif op == 0x4D:  # BININT2
+                stack.append(r.unpack(_U2))
+            elif op in (0x58, 0x8C, 0x8D):  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
+                n = r.unpack(_U4) if op == 0x58 else r.u1() if op == 0x8C else r.unpack(_U8)
+                try:
+                    stack.append(r.take(n).decode("utf-8", "surrogatepass"))
+                except UnicodeDecodeError:
+                    raise _bad(f"pickle string at byte {r.pos - n} is not valid UTF-8") from None
+            elif op == 0x28:  # MARK
+                metastack.append(stack)
+                stack = []
+            elif op == 0x74:  # TUPLE
+                items = pop_mark()
+                stack.append(tuple(items))
+            elif op == 0x4B:  # BININT1
+                stack.append(r.u1())
+            elif op == 0x52:  # REDUCE
+                self.at, self.how = r.pos - 1, "REDUCE"
+                args = pop()
+                fn = pop()
+                if not isinstance(args, tuple):
+                    raise _bad("REDUCE arguments are not a tuple")
+                stack.append(self.note(_instantiate(fn, args, {}, new=False)))
+            elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
+                n = op - 0x84
+                if len(stack) < n:
+                    raise _bad("pickle stack underflow building a tuple")
+                items = stack[-n:]
+                del stack[-n:]
+                stack.append(tuple(items))
+            elif op == 0x51:  # BINPERSID
+                stack.append(self.persistent(pop()))
+            elif op == 0x89:
+                stack.append(False)
+            elif op == 0x29:  # EMPTY_TUPLE
+                stack.append(())
+            elif op == 0x4A:  # BININT
+                stack.append(r.unpack(_I4))
+            elif op == 0x94:  # MEMOIZE
+                push_memo(len(memo), top())
+            elif op == 0x7D:  # EMPTY_DICT
+                stack.append({})
+            elif op == 0x75:  # SETITEMS
+                items = pop_mark()
+                setitems(top(), items)
+            elif op == 0x73:  # SETITEM
+                value = pop()
+                key = pop()
+                setitems(top(), [key, value])
+            elif op == 0x5D:  # EMPTY_LIST
+                stack.append([])
+            elif op == 0x65:  # APPENDS
+                items = pop_mark()
+                extend(top(), items)
+            elif op == 0x61:  # APPEND
+                item = pop()
+                extend(top(), [item])
+            elif op == 0x4E:  # NONE
+                stack.append(None)
+            elif op == 0x88:
+                stack.append(True)
+            elif op == 0x62:  # BUILD
+                self.at, self.how = r.pos - 1, "BUILD"
+                state = pop()
+                obj = pop()
+                if self.laundering(obj, state):
+                    stack.append(obj)  # nothing is set: the stream is refused once it has been read
+                    continue
+                new = _build(obj, state, self.created)
+                if new is not obj:
+                    self.nesting.note(new)
+                    replace(obj, new)
+                stack.append(new)
+            elif op == 0x63:  # GLOBAL
+                self.at, self.how = r.pos - 1, "GLOBAL"
+                module = r.line().decode("utf-8", "replace")
+                name = r.line().decode("utf-8", "replace")
+                stack.append(self.find_global(module, name))
+            elif op == 0x93:  # STACK_GLOBAL
+                self.at, self.how = r.pos - 1, "STACK_GLOBAL"
+                name = pop()
+                module = pop()
+                stack.append(self.find_global(module, name))
+            elif op == 0x81:  # NEWOBJ
+                self.at, self.how = r.pos - 1, "NEWOBJ"
+                args = pop()
+                cls = pop()
+                if not isinstance(args, tuple):
+                    raise _bad("NEWOBJ arguments are not a tuple")
+                stack.append(self.note(_instantiate(cls, args, {}, new=True)))
+            elif op == 0x95:  # FRAME
+                r.take(8)
+            elif op in (0x42, 0x43, 0x8E):  # BINBYTES, SHORT_BINBYTES, BINBYTES8
+                n = r.unpack(_U4) if op == 0x42 else r.u1() if op == 0x43 else r.unpack(_U8)
+                stack.append(r.take(n))
+            elif op == 0x47:  # BINFLOAT
+                stack.append(r.unpack(_F8))
+            elif op == 0x80:  # PROTO
                 self.proto = r.u1()
                 if self.proto > 5:
                     raise _bad(f"unsupported pickle protocol {self.proto}")
-            elif op == 0x95:  # FRAME
-                r.take(8)
             elif op == 0x2E:  # STOP '.'
                 if not stack:
                     raise _bad("pickle STOP with an empty stack")
                 value = stack.pop()
                 return UnpickleResult(value, r.pos, self.globals, count)
-            elif op == 0x28:  # MARK
-                metastack.append(stack)
-                stack = []
             elif op == 0x30:  # POP
                 if stack:
                     stack.pop()
@@ -1708,21 +1808,9 @@ class _Machine:
                 pop_mark()
             elif op == 0x32:  # DUP
                 stack.append(top())
-            elif op == 0x4E:  # NONE
-                stack.append(None)
-            elif op == 0x88:
-                stack.append(True)
-            elif op == 0x89:
-                stack.append(False)
             elif op == 0x49:  # INT
                 raw = r.line()
                 stack.append(True if raw == b"01" else False if raw == b"00" else _text_int(raw))
-            elif op == 0x4A:  # BININT
-                stack.append(r.unpack(_I4))
-            elif op == 0x4B:  # BININT1
-                stack.append(r.u1())
-            elif op == 0x4D:  # BININT2
-                stack.append(r.unpack(_U2))
             elif op == 0x4C:  # LONG
                 stack.append(_text_int(r.line()))
             elif op == 0x8A:  # LONG1
@@ -1737,8 +1825,6 @@ class _Machine:
                     stack.append(float(r.line()))
                 except ValueError:
                     raise _bad("bad float literal in pickle") from None
-            elif op == 0x47:  # BINFLOAT
-                stack.append(r.unpack(_F8))
             elif op == 0x53:  # STRING
                 raw = r.line()
                 if len(raw) < 2 or raw[0] != raw[-1] or raw[:1] not in (b"'", b'"'):
@@ -1760,56 +1846,18 @@ class _Machine:
                     stack.append(r.line().decode("raw-unicode-escape"))
                 except UnicodeDecodeError as exc:
                     raise _bad(f"UNICODE opcode argument has a bad escape: {exc.reason}") from None
-            elif op in (0x58, 0x8C, 0x8D):  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
-                n = r.unpack(_U4) if op == 0x58 else r.u1() if op == 0x8C else r.unpack(_U8)
-                try:
-                    stack.append(r.take(n).decode("utf-8", "surrogatepass"))
-                except UnicodeDecodeError:
-                    raise _bad(f"pickle string at byte {r.pos - n} is not valid UTF-8") from None
-            elif op in (0x42, 0x43, 0x8E):  # BINBYTES, SHORT_BINBYTES, BINBYTES8
-                n = r.unpack(_U4) if op == 0x42 else r.u1() if op == 0x43 else r.unpack(_U8)
-                stack.append(r.take(n))
             elif op == 0x96:  # BYTEARRAY8
                 stack.append(bytearray(r.take(r.unpack(_U8))))
             elif op in (0x97, 0x98):  # NEXT_BUFFER, READONLY_BUFFER
                 raise _bad("pickle uses out-of-band buffers (protocol 5), which a checkpoint file cannot carry")
-            elif op == 0x5D:  # EMPTY_LIST
-                stack.append([])
-            elif op == 0x61:  # APPEND
-                item = pop()
-                extend(top(), [item])
-            elif op == 0x65:  # APPENDS
-                items = pop_mark()
-                extend(top(), items)
             elif op == 0x6C:  # LIST
                 items = pop_mark()
                 stack.append(items)
-            elif op == 0x29:  # EMPTY_TUPLE
-                stack.append(())
-            elif op == 0x74:  # TUPLE
-                items = pop_mark()
-                stack.append(tuple(items))
-            elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
-                n = op - 0x84
-                if len(stack) < n:
-                    raise _bad("pickle stack underflow building a tuple")
-                items = stack[-n:]
-                del stack[-n:]
-                stack.append(tuple(items))
-            elif op == 0x7D:  # EMPTY_DICT
-                stack.append({})
             elif op == 0x64:  # DICT
                 items = pop_mark()
                 d: dict[Any, Any] = {}
                 setitems(d, items)
                 stack.append(d)
-            elif op == 0x73:  # SETITEM
-                value = pop()
-                key = pop()
-                setitems(top(), [key, value])
-            elif op == 0x75:  # SETITEMS
-                items = pop_mark()
-                setitems(top(), items)
             elif op == 0x8F:  # EMPTY_SET
                 stack.append(set())
             elif op == 0x90:  # ADDITEMS
@@ -1834,34 +1882,10 @@ class _Machine:
                     stack.append(frozenset(items))
                 except TypeError as exc:
                     raise _bad(f"bad set item in pickle: {exc}") from None
-            elif op == 0x63:  # GLOBAL
-                self.at, self.how = r.pos - 1, "GLOBAL"
-                module = r.line().decode("utf-8", "replace")
-                name = r.line().decode("utf-8", "replace")
-                stack.append(self.find_global(module, name))
-            elif op == 0x93:  # STACK_GLOBAL
-                self.at, self.how = r.pos - 1, "STACK_GLOBAL"
-                name = pop()
-                module = pop()
-                stack.append(self.find_global(module, name))
             elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
                 self.at, self.how = r.pos - 1, "EXT"
                 code = r.u1() if op == 0x82 else r.unpack(_U2) if op == 0x83 else r.unpack(_I4)
                 stack.append(self.extension(code))
-            elif op == 0x52:  # REDUCE
-                self.at, self.how = r.pos - 1, "REDUCE"
-                args = pop()
-                fn = pop()
-                if not isinstance(args, tuple):
-                    raise _bad("REDUCE arguments are not a tuple")
-                stack.append(self.note(_instantiate(fn, args, {}, new=False)))
-            elif op == 0x81:  # NEWOBJ
-                self.at, self.how = r.pos - 1, "NEWOBJ"
-                args = pop()
-                cls = pop()
-                if not isinstance(args, tuple):
-                    raise _bad("NEWOBJ arguments are not a tuple")
-                stack.append(self.note(_instantiate(cls, args, {}, new=True)))
             elif op == 0x92:  # NEWOBJ_EX
                 self.at, self.how = r.pos - 1, "NEWOBJ_EX"
                 kwargs = pop()
@@ -1885,32 +1909,8 @@ class _Machine:
                 if not items:
                     raise _bad("OBJ without a class")
                 stack.append(self.note(_instantiate(items[0], tuple(items[1:]), {}, new=False)))
-            elif op == 0x62:  # BUILD
-                self.at, self.how = r.pos - 1, "BUILD"
-                state = pop()
-                obj = pop()
-                if self.laundering(obj, state):
-                    stack.append(obj)  # nothing is set: the stream is refused once it has been read
-                    continue
-                new = _build(obj, state, self.created)
-                if new is not obj:
-                    self.nesting.note(new)
-                    replace(obj, new)
-                stack.append(new)
             elif op == 0x50:  # PERSID
                 stack.append(self.persistent(r.line().decode("ascii", "replace")))
-            elif op == 0x51:  # BINPERSID
-                stack.append(self.persistent(pop()))
-            elif op in (0x67, 0x68, 0x6A):  # GET, BINGET, LONG_BINGET
-                key = _text_int(r.line()) if op == 0x67 else r.u1() if op == 0x68 else r.unpack(_U4)
-                if key not in memo:
-                    raise _bad(f"pickle reads memo slot {key}, which was never written")
-                stack.append(memo[key])
-            elif op in (0x70, 0x71, 0x72):  # PUT, BINPUT, LONG_BINPUT
-                key = _text_int(r.line()) if op == 0x70 else r.u1() if op == 0x71 else r.unpack(_U4)
-                push_memo(key, top())
-            elif op == 0x94:  # MEMOIZE
-                push_memo(len(memo), top())
             else:
                 raise _bad(f"unknown pickle opcode 0x{op:02x} at byte {r.pos - 1}: this is not a valid pickle")
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._io import crc32
 from .errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, TorchWeightsError
 from .limits import DEFAULT_LIMITS, Limits
 from .text import format_bytes, plural, quote, shorten_list
@@ -281,11 +282,11 @@ def _member_crc_problem(fh: Any, member: Any) -> str | None:
                 piece = inflater.decompress(piece)
                 if produced + len(piece) > member.size:
                     return f"inflates to more than the {member.size:,} bytes it declares"
-            crc = zlib.crc32(piece, crc)
+            crc = crc32(memoryview(piece), crc)
             produced += len(piece)
         if inflater is not None:
             tail = inflater.flush()
-            crc = zlib.crc32(tail, crc)
+            crc = crc32(memoryview(tail), crc)
             produced += len(tail)
     except zlib.error as exc:
         return f"does not inflate ({exc})"
