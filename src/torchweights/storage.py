@@ -25,7 +25,6 @@ import io
 import mmap as _mmap
 import os
 import threading
-import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -506,7 +505,7 @@ class _Engine:
                 except (zlib.error, EOFError) as exc:
                     raise _bad_member(ref, exc) from None
             return value
-        data = _read_member(ref)  # bzip2 / lzma: rare enough to inflate through zipfile (checks the CRC itself)
+        data = _read_member(ref)  # bzip2 / lzma: rare enough to inflate whole (the CRC is checked there)
         mem[:] = data
         return ref.crc32 if ref.crc32 is not None else None
 
@@ -871,31 +870,31 @@ def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool
     return out
 
 
-def _read_member(ref: StorageRef) -> bytes:
-    """Inflate the first ``ref.nbytes`` bytes of a zip member with :mod:`zipfile` (bzip2, lzma)."""
-    from .formats.torch_zip import ZIP_ERRORS, read_member
+def _read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
+    """The first ``nbytes`` (default: all ``ref.nbytes``) inflated bytes of a compressed storage's zip member, read
+    whole (bzip2 and lzma members, byte ranges of compressed ones); CRC-32 checked when the whole member is read."""
+    from .formats._zip import ZipMember, inflate
 
+    want = ref.nbytes if nbytes is None else nbytes
+    member = ZipMember(
+        name=ref.member or ref.key,
+        index=-1,
+        header_offset=-1,
+        data_offset=ref.offset,
+        compress_type=ref.compression,
+        compressed_size=ref.compressed_size,
+        size=want,
+        crc32=ref.crc32 or 0,
+        flags=0,
+    )
     with _open(ref.file) as handle:
         try:
-            with zipfile.ZipFile(handle) as zf:
-                info = zf.getinfo(ref.member or "")
-                data = read_member(zf, handle, info, os.fstat(handle.fileno()).st_size, ref.file, ref.nbytes)
-        except KeyError:
-            raise CorruptCheckpointError(
-                f"'{ref.file}': member '{ref.member}' is no longer in the archive. The file changed since it was "
-                "opened; open it again.",
-                code="missing-storage",
-                path=ref.file,
-            ) from None
-        except ZIP_ERRORS as exc:
+            data = inflate(handle, member, want)
+        except CorruptCheckpointError as exc:
             raise _bad_member(ref, exc) from None
-    if len(data) != ref.nbytes:
-        raise CorruptCheckpointError(
-            f"'{ref.file}': member '{ref.member}' holds {len(data)} bytes, {ref.nbytes} expected. The file changed "
-            "since it was opened or is damaged; re-download or re-save it.",
-            code="truncated",
-            path=ref.file,
-        )
+    actual = zlib.crc32(data) if want == ref.nbytes and ref.crc32 is not None else None
+    if actual is not None and actual != ref.crc32:
+        raise crc_error([CrcMismatch(ref, ref.crc32 or 0, actual, (ref.key,))], "Nothing was loaded.")
     return data
 
 
@@ -1074,9 +1073,7 @@ def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
     if not 0 <= start <= end <= ref.nbytes:
         raise ValueError(f"byte range [{start}, {end}) is outside storage {ref.key!r} of {ref.nbytes} bytes")
     if ref.compression:
-        from dataclasses import replace
-
-        return bytearray(_read_member(replace(ref, nbytes=end))[start:end])
+        return bytearray(_read_member(ref, end)[start:end])
     out = bytearray(end - start)
     if out:
         fd = open_fd(ref.file)

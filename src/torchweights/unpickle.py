@@ -1405,7 +1405,11 @@ class _Reader:
         return int(value)
 
     def unpack(self, fmt: struct.Struct) -> Any:
-        return fmt.unpack(self.take(fmt.size))[0]
+        pos = self.pos
+        if pos + fmt.size > self.end:
+            self.take(fmt.size)  # raises the truncation error
+        self.pos = pos + fmt.size
+        return fmt.unpack_from(self.data, pos)[0]
 
 
 _U2 = struct.Struct("<H")

@@ -55,6 +55,7 @@ _METHODS = {0: "stored", 8: "deflate", 12: "bzip2", 14: "lzma"}
 # A data descriptor follows the data when flag 0x8 is set: CRC and two sizes, 4- or 8-byte, with or without its
 # optional signature.
 _DESCRIPTOR_SIZES = frozenset({12, 16, 20, 24})
+_MAX_VERSION = 63  # "version needed to extract" of the newest zip specification (6.3), as zipfile checks it
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class ZipDirectory:
     directory_offset: int = 0
     comment: bytes = b""
     start: int = 0
+    _index: dict[str, ZipMember] | None = field(default=None, repr=False, compare=False)
 
     def names(self) -> list[str]:
         """Member names in directory order."""
@@ -126,7 +128,13 @@ class ZipDirectory:
 
     def find(self, name: str) -> ZipMember | None:
         """The first member called ``name``, or None."""
-        return next((m for m in self.members if m.name == name), None)
+        index = self._index
+        if index is None or len(index) != len(self.members):
+            index = {}
+            for m in self.members:
+                index.setdefault(m.name, m)
+            self._index = index
+        return index.get(name)
 
     def problem(self, code: str, message: str, member: str | None = None) -> None:
         """Record a problem."""
@@ -260,7 +268,7 @@ def _entries(d: ZipDirectory, fh: IO[bytes], count: int, size: int, offset: int)
             )
             return
         fields = _CENTRAL.unpack_from(raw, at)
-        flags, method, crc, csize, usize = fields[3], fields[4], fields[7], fields[8], fields[9]
+        needs, flags, method, crc, csize, usize = fields[2], fields[3], fields[4], fields[7], fields[8], fields[9]
         name_len, extra_len, comment_len, local = fields[10], fields[11], fields[12], fields[16]
         name_raw = raw[at + _CENTRAL.size : at + _CENTRAL.size + name_len]
         extra = raw[at + _CENTRAL.size + name_len : at + _CENTRAL.size + name_len + extra_len]
@@ -274,6 +282,14 @@ def _entries(d: ZipDirectory, fh: IO[bytes], count: int, size: int, offset: int)
         except UnicodeDecodeError:
             name = name_raw.decode("utf-8", "replace")
             d.problem("zip-unsafe-name", f"member name {_quote_name(name)} is flagged UTF-8 but is not", name)
+        needs &= 0xFF  # the high byte names the writer's system
+        if needs > _MAX_VERSION:
+            d.problem(
+                "bad-zip",
+                f"member {_quote_name(name)} needs zip version {needs // 10}.{needs % 10} to be "
+                f"extracted, newer than any zip specification ({_MAX_VERSION // 10}.{_MAX_VERSION % 10})",
+                name,
+            )
         yield ZipMember(name, index, local, -1, method, csize, usize, crc, flags)
     if at != len(raw):
         d.problem("zip-hidden-data", f"{len(raw) - at} bytes of the central directory belong to no entry")
@@ -509,28 +525,79 @@ def check(d: ZipDirectory, *, ignore: frozenset[str] = frozenset()) -> None:
 
 
 def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:
-    """The first ``limit`` bytes of a member's content (inflated when compressed, through :func:`_io.inflate`),
-    never more than it declares.
+    """The first ``limit`` bytes of a member's content (inflated when compressed), never more than it declares.
+
+    Stored and deflated members (all torch writes) are read here, deflate through :func:`_io.inflate`; bzip2 and
+    lzma members, which only other tools write, through :mod:`zipfile`. The CRC is the caller's to check.
 
     Raises:
-        CorruptCheckpointError: the member cannot be read or inflated (code ``bad-member`` or ``truncated``).
+        CorruptCheckpointError: the member cannot be read or inflated (code ``bad-member``, ``truncated`` or
+            ``zip-compression``).
     """
     want = min(limit, m.size)
-    fh.seek(m.data_offset)
+    if m.data_offset < 0:
+        raise CorruptCheckpointError(f"member {_quote_name(m.name)} has no readable local header", code="truncated")
     if m.compress_type == 0:
-        return fh.read(want)
-    if m.compress_type != 8:
+        fh.seek(m.data_offset)
+        data = fh.read(want)
+    elif m.compress_type == 8:
+        out = bytearray(want)
+        try:
+            for _ in _io.inflate(fh, m.data_offset, m.compressed_size, want, memoryview(out)):
+                pass  # one piece: the buffer holds all ``want`` bytes
+        except zlib.error as exc:
+            raise CorruptCheckpointError(f"member '{m.name}' does not inflate: {exc}", code="bad-member") from None
+        except EOFError as exc:
+            raise CorruptCheckpointError(f"member '{m.name}' is cut short: {exc}", code="truncated") from None
+        data = bytes(out)
+    elif m.compress_type in (12, 14):
+        data = _inflate_with_zipfile(fh, m, want)
+    else:
         raise CorruptCheckpointError(
             f"member {_quote_name(m.name)} uses {_METHODS.get(m.compress_type, m.compress_type)} compression, which "
-            "torch never writes; only stored and deflated members are read",
+            "no zip reader here supports; only stored, deflated, bzip2 and lzma members are read",
             code="zip-compression",
         )
-    out = bytearray(want)
+    if len(data) != want:
+        raise CorruptCheckpointError(
+            f"member {_quote_name(m.name)} holds {len(data)} bytes, {want} expected", code="truncated"
+        )
+    return data
+
+
+def _zip_errors() -> tuple[type[Exception], ...]:
+    """Every exception :mod:`zipfile` and its decompressors raise on a damaged member."""
+    import zipfile
+
+    errors: list[type[Exception]] = [
+        zipfile.BadZipFile,  # bad signatures, CRC mismatch, local and central names differ
+        zlib.error,
+        EOFError,  # compressed stream ends early
+        OSError,  # bzip2 errors, seeks outside the file
+        ValueError,  # bad zip64 fields
+        NotImplementedError,  # unknown compression method
+        RuntimeError,  # a decompressor module missing from this Python
+        KeyError,
+        struct.error,
+        OverflowError,
+    ]
     try:
-        for _ in _io.inflate(fh, m.data_offset, m.compressed_size, want, memoryview(out)):
-            pass  # one piece: the buffer holds all ``want`` bytes
-    except zlib.error as exc:
-        raise CorruptCheckpointError(f"member '{m.name}' does not inflate: {exc}", code="bad-member") from None
-    except EOFError as exc:
-        raise CorruptCheckpointError(f"member '{m.name}' is cut short: {exc}", code="truncated") from None
-    return bytes(out)
+        import lzma
+
+        errors.append(lzma.LZMAError)
+    except ImportError:  # pragma: no cover - Python built without lzma
+        pass
+    return tuple(errors)
+
+
+def _inflate_with_zipfile(fh: IO[bytes], m: ZipMember, want: int) -> bytes:
+    """bzip2 and lzma members (never written by torch) through :mod:`zipfile`, on an archive already checked."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(fh) as zf, zf.open(m.name) as member:
+            return member.read(want)
+    except _zip_errors() as exc:
+        raise CorruptCheckpointError(
+            f"member {_quote_name(m.name)} does not inflate: {type(exc).__name__}: {exc}", code="bad-member"
+        ) from None

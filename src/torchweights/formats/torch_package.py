@@ -21,9 +21,8 @@ the modules the package expects the loader to provide.
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import replace
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from ..containers import flatten, record_maker, short_repr
 from ..errors import CorruptCheckpointError, ResourceLimitError
@@ -31,7 +30,8 @@ from ..records import Checkpoint, TensorRecord
 from ..text import quote
 from ..unpickle import PickledStorage, Stub
 from ._pickled import run_pickle
-from .torch_zip import _Storages, check_byteorder, open_archive, read_member, read_text_members
+from ._zip import ZipMember
+from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_text_members
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -88,18 +88,19 @@ class _PackageStorages:
         )
 
 
-def _is_pickle(zf: zipfile.ZipFile, fh: IO[bytes], info: zipfile.ZipInfo, file_size: int, path: str) -> bool:
-    if info.filename.endswith(".pkl"):
+def _is_pickle(archive: Archive, info: ZipMember) -> bool:
+    if info.name.endswith(".pkl"):
         return True
-    if info.file_size < 3 or info.filename.endswith(".py"):
+    if info.size < 3 or info.name.endswith(".py"):
         return False
-    head = read_member(zf, fh, info, file_size, path, 2)
+    head = archive.read(info, 2)
     return head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def _extern_modules(zf: zipfile.ZipFile, fh: IO[bytes], root: str, file_size: int, path: str) -> list[str]:
-    info = zf.getinfo(root + ".data/extern_modules")
-    text = read_member(zf, fh, info, file_size, path, _EXTERN_MAX_BYTES).decode("utf-8", "replace")
+def _extern_modules(archive: Archive, root: str) -> list[str]:
+    info = archive.get(root + ".data/extern_modules")
+    assert info is not None  # _find_root found it
+    text = archive.read(info, _EXTERN_MAX_BYTES).decode("utf-8", "replace")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -111,36 +112,35 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     globals_seen: set[str] = set()
     code_files: dict[str, int] = {}
     resources: dict[str, int] = {}
-    with open_archive(path, options, "torch.package archive") as (zf, fh, file_size):
-        names = zf.namelist()
-        root = _find_root(names, path)
-        text_records = read_text_members(zf, fh, root, _RECORDS, file_size, path)
+    with open_archive(path, options) as archive:
+        root = _find_root(archive.names(), path)
+        text_records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(text_records, path)
-        extern = _extern_modules(zf, fh, root, file_size, path)
-        loader = _PackageStorages(_Storages(zf, fh, path, root + ".", byteorder, file_size), path)
-        for info in zf.infolist():
-            name = info.filename
+        extern = _extern_modules(archive, root)
+        loader = _PackageStorages(_Storages(archive, root + ".", byteorder), path)
+        for info in archive.members():
+            name = info.name
             if not name.startswith(root) or name.endswith("/"):
                 continue
             resource = name[len(root) :]
             if resource.startswith(".data/") or resource in ("byteorder", ".data"):
                 continue
             if resource.endswith(".py"):
-                code_files[resource] = info.file_size
+                code_files[resource] = info.size
                 continue
-            if not _is_pickle(zf, fh, info, file_size, path):
-                resources[resource] = info.file_size
+            if not _is_pickle(archive, info):
+                resources[resource] = info.size
                 continue
-            if info.file_size > options.limits.max_pickle_bytes:
+            if info.size > options.limits.max_pickle_bytes:
                 raise ResourceLimitError(
-                    f"{quote(path)}: pickle resource {quote(resource)} is {info.file_size} bytes, over the "
+                    f"{quote(path)}: pickle resource {quote(resource)} is {info.size} bytes, over the "
                     f"{options.limits.max_pickle_bytes}-byte limit. If you trust the file: "
                     "tw.open(path, limits=Limits(max_pickle_bytes=...)).",
                     code="limit-pickle-size",
                     path=path,
                 )
             where = f"{quote(path)} resource {quote(resource)}"
-            result = run_pickle(read_member(zf, fh, info, file_size, path), options, where, persistent_load=loader)
+            result = run_pickle(archive.read(info), options, where, persistent_load=loader)
             globals_seen |= result.globals
             flat = flatten(result.value, record_maker(where), limits=options.limits, budget=4 * result.opcodes + 10_000)
             for record in flat.records.values():

@@ -7,11 +7,10 @@ Storages are located by their zip member's data offset, so nothing but the pickl
 
 from __future__ import annotations
 
-import struct
-import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import dtypes
@@ -20,41 +19,15 @@ from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitE
 from ..records import Checkpoint, StorageRef
 from ..unpickle import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
-from ._zip import DEFLATE_MAX_RATIO, check, read_directory
+from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, inflate, read_directory
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["ZIP_ERRORS", "check_byteorder", "open_archive", "read", "read_member", "read_text_members"]
+__all__ = ["Archive", "check_byteorder", "open_archive", "read", "read_member", "read_text_members"]
 
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 _RECORD_MAX_BYTES = 4096
-
-
-def _zip_errors() -> tuple[type[Exception], ...]:
-    errors: list[type[Exception]] = [
-        zipfile.BadZipFile,  # bad signatures, CRC mismatch, local and central names differ
-        zlib.error,  # damaged deflate stream
-        EOFError,  # compressed stream ends early
-        OSError,  # bzip2 errors, seeks outside the file
-        ValueError,  # UnicodeDecodeError of names, seek offsets that do not fit, bad zip64 fields
-        NotImplementedError,  # unknown compression method, "zip file version", patched data
-        RuntimeError,  # encrypted member
-        struct.error,
-        OverflowError,
-    ]
-    try:
-        import lzma
-
-        errors.append(lzma.LZMAError)
-    except ImportError:  # pragma: no cover - Python built without lzma
-        pass
-    return tuple(errors)
-
-
-#: Every exception :mod:`zipfile` and its decompressors raise on damaged archives.
-ZIP_ERRORS: tuple[type[Exception], ...] = _zip_errors()
 
 
 def _find_root(names: list[str], path: str) -> str:
@@ -73,93 +46,67 @@ def _find_root(names: list[str], path: str) -> str:
     return first[: -len("data.pkl")]
 
 
-def _data_offset(fh: IO[bytes], info: zipfile.ZipInfo, path: str, file_size: int) -> int:
-    """Absolute offset of a member's first data byte, from its local header; checked to lie inside the file."""
-    if not 0 <= info.header_offset <= file_size - _LOCAL_HEADER.size:
-        raise CorruptCheckpointError(
-            f"'{path}': the zip directory places member '{info.filename}' at byte {info.header_offset}, outside the "
-            f"{file_size}-byte file. The file is truncated or damaged; re-download or re-save it.",
-            code="truncated",
-            path=path,
-        )
-    fh.seek(info.header_offset)
-    raw = fh.read(_LOCAL_HEADER.size)
-    if len(raw) != _LOCAL_HEADER.size:
-        raise CorruptCheckpointError(
-            f"'{path}': zip member '{info.filename}' is cut off. Re-download or re-save the file.",
-            code="truncated",
-            path=path,
-        )
-    fields = _LOCAL_HEADER.unpack(raw)
-    if fields[0] != b"PK\x03\x04":
-        raise CorruptCheckpointError(
-            f"'{path}': zip member '{info.filename}' has no local header where the central directory points "
-            f"(byte {info.header_offset}). The file is damaged; re-download or re-save it.",
-            code="zip-bad-member",
-            path=path,
-        )
-    return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
-
-
-def _bad_member(path: str, info: zipfile.ZipInfo, why: str, code: str = "bad-member") -> CorruptCheckpointError:
+def _bad_member(path: str, m: ZipMember, why: str, code: str = "bad-member") -> CorruptCheckpointError:
     return CorruptCheckpointError(
-        f"'{path}': zip member '{info.filename}' cannot be read: {why}. The file is corrupt or truncated; "
+        f"'{path}': zip member '{m.name}' cannot be read: {why}. The file is corrupt or truncated; "
         "re-download or re-save it.",
         code=code,
         path=path,
     )
 
 
-def read_member(
-    zf: zipfile.ZipFile, fh: IO[bytes], info: zipfile.ZipInfo, file_size: int, path: str, nbytes: int | None = None
-) -> bytes:
-    """The bytes of one member (the first ``nbytes``, or all), checked against the file before anything is read.
+def read_member(fh: IO[bytes], m: ZipMember, path: str, nbytes: int | None = None) -> bytes:
+    """The bytes of one member of a checked archive (the first ``nbytes``, or all; CRC-32 checked when all).
 
-    The member's place and sizes are checked against the real file before anything is read, so a damaged zip
-    directory can neither make a read run past the end of the file nor ask for memory the file cannot fill (a
-    stored member is read straight from the file; a deflated one may not claim more than deflate can produce).
-    Damaged members raise :class:`CorruptCheckpointError`, never a :mod:`zipfile`, :mod:`zlib` or :mod:`struct`
-    exception.
+    The archive's directory was checked against the file first (:func:`open_archive`): every member lies inside
+    the file, its sizes agree with its local header, and a compressed one claims no more than deflate can produce,
+    so no read runs past the end of the file or asks for memory the file cannot fill. Damaged members raise
+    :class:`CorruptCheckpointError`, never a :mod:`zlib` or :mod:`struct` exception.
     """
-    offset = _data_offset(fh, info, path, file_size)
-    if offset + info.compress_size > file_size:
-        raise _bad_member(
-            path,
-            info,
-            f"its {info.compress_size} bytes would start at byte {offset} but the file has {file_size}",
-            "truncated",
-        )
-    if info.flag_bits & 0x1:
-        raise _bad_member(path, info, "it is encrypted, which torch.save never does", "zip-encrypted")
-    want = info.file_size if nbytes is None else min(nbytes, info.file_size)
-    if info.compress_type == zipfile.ZIP_STORED:
-        if info.compress_size != info.file_size:
-            raise _bad_member(
-                path,
-                info,
-                f"it is stored uncompressed, yet the zip directory gives it {info.compress_size} bytes in the file "
-                f"and {info.file_size} bytes of content",
-            )
-        fh.seek(offset)
-        data = fh.read(want)
-    else:
-        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > info.compress_size * DEFLATE_MAX_RATIO:
-            raise _bad_member(
-                path,
-                info,
-                f"it claims {info.file_size} bytes inflated from {info.compress_size} compressed ones, more than "
-                "deflate can produce",
-            )
-        try:
-            with zf.open(info) as member:
-                data = member.read(want)
-        except ZIP_ERRORS as exc:
-            raise _bad_member(path, info, f"{type(exc).__name__}: {exc}") from None
-    if len(data) != want:
-        raise _bad_member(path, info, f"it holds {len(data)} bytes, {want} expected", "truncated")
-    if want == info.file_size and zlib.crc32(data) != info.CRC:
-        raise _bad_member(path, info, "its bytes do not match their CRC-32 checksum", "bad-crc")
+    want = m.size if nbytes is None else min(nbytes, m.size)
+    try:
+        data = inflate(fh, m, want)
+    except CorruptCheckpointError as exc:
+        raise _bad_member(path, m, exc.message, exc.code) from None
+    if want == m.size and zlib.crc32(data) != m.crc32:
+        raise _bad_member(path, m, "its bytes do not match their CRC-32 checksum", "bad-crc")
     return data
+
+
+@dataclass
+class Archive:
+    """An open zip checkpoint whose directory passed every check of :mod:`._zip`: members by name, and their bytes.
+
+    Attributes:
+        path: the file.
+        fh: its open handle (valid inside :func:`open_archive` only).
+        directory: the checked directory (no duplicate names, every member inside the file).
+    """
+
+    path: str
+    fh: IO[bytes]
+    directory: ZipDirectory
+
+    @property
+    def file_size(self) -> int:
+        """The file's size in bytes."""
+        return self.directory.file_size
+
+    def names(self) -> list[str]:
+        """Member names in directory order."""
+        return self.directory.names()
+
+    def members(self) -> list[ZipMember]:
+        """Members in directory order."""
+        return self.directory.members
+
+    def get(self, name: str) -> ZipMember | None:
+        """The member called ``name``, or None."""
+        return self.directory.find(name)
+
+    def read(self, m: ZipMember, nbytes: int | None = None) -> bytes:
+        """The bytes of ``m`` (the first ``nbytes``, or all, CRC-32 checked): see :func:`read_member`."""
+        return read_member(self.fh, m, self.path, nbytes)
 
 
 class _Storages:
@@ -170,16 +117,12 @@ class _Storages:
     the ``data`` storage of the same key.
     """
 
-    def __init__(
-        self, zf: zipfile.ZipFile, fh: Any, path: str, root: str, byteorder: str, file_size: int, folder: str = "data"
-    ) -> None:
+    def __init__(self, archive: Archive, root: str, byteorder: str, folder: str = "data") -> None:
         self.folder = folder
-        self.zf = zf
-        self.fh = fh
-        self.path = path
+        self.archive = archive
+        self.path = archive.path
         self.root = root
         self.byteorder = byteorder
-        self.file_size = file_size
         self.seen: dict[str, PickledStorage] = {}
 
     def __call__(self, pid: Any) -> PickledStorage:
@@ -219,49 +162,40 @@ class _Storages:
                 )
             return previous
         member = f"{self.root}{self.folder}/{key}"
-        try:
-            info = self.zf.getinfo(member)
-        except KeyError:
+        info = self.archive.get(member)
+        if info is None:
             raise CorruptCheckpointError(
                 f"'{self.path}': the pickle refers to storage '{key}' but member '{member}' is missing. The archive "
                 "is incomplete or was modified; re-download or re-save it.",
                 code="missing-storage",
                 path=self.path,
-            ) from None
-        if info.file_size < nbytes:
+            )
+        if info.size < nbytes:
             raise CorruptCheckpointError(
                 f"'{self.path}': storage '{key}' should hold {nbytes} bytes ({numel} x {dtype}) but member "
-                f"'{member}' has {info.file_size}. The file is corrupt; re-download or re-save it.",
+                f"'{member}' has {info.size}. The file is corrupt; re-download or re-save it.",
                 code="storage-size",
                 path=self.path,
             )
-        offset = _data_offset(self.fh, info, self.path, self.file_size)
-        end = offset + (info.compress_size if info.compress_type else nbytes)
-        if info.compress_type == zipfile.ZIP_DEFLATED and nbytes > info.compress_size * DEFLATE_MAX_RATIO:
+        if info.compress_type and nbytes > info.compressed_size * DEFLATE_MAX_RATIO:
             raise CorruptCheckpointError(
-                f"'{self.path}': storage '{key}' should inflate to {nbytes} bytes from {info.compress_size} compressed "
-                f"bytes of member '{member}', more than deflate can produce. The file is corrupt or crafted; "
-                "re-download or re-save it.",
+                f"'{self.path}': storage '{key}' should inflate to {nbytes} bytes from {info.compressed_size} "
+                f"compressed bytes of member '{member}', more than deflate can produce. The file is corrupt or "
+                "crafted; re-download or re-save it.",
                 code="storage-size",
                 path=self.path,
             )
-        if end > self.file_size:
-            raise CorruptCheckpointError(
-                f"'{self.path}': storage '{key}' ends at byte {end} but the file has {self.file_size} bytes. The "
-                "file is truncated; re-download it.",
-                code="truncated",
-                path=self.path,
-            )
+        # The checked directory guarantees that the member's bytes lie inside the file.
         ref = StorageRef(
             key=key if self.folder == "data" else f"{self.folder}/{key}",
             file=self.path,
-            offset=offset,
+            offset=info.data_offset,
             nbytes=nbytes,
             byteorder=self.byteorder,
             member=member,
             compression=info.compress_type,
-            compressed_size=info.compress_size,
-            crc32=info.CRC if info.file_size == nbytes else None,
+            compressed_size=info.compressed_size,
+            crc32=info.crc32 if info.size == nbytes else None,
             location=location if isinstance(location, str) else "cpu",
         )
         storage = PickledStorage(ref, dtype)
@@ -270,50 +204,34 @@ class _Storages:
 
 
 @contextmanager
-def open_archive(path: str, options: ReadOptions, what: str) -> Iterator[tuple[zipfile.ZipFile, IO[bytes], int]]:
-    """``(zip, file handle, file size)`` of a zip checkpoint, its directory checked before anything is read.
+def open_archive(path: str, options: ReadOptions) -> Iterator[Archive]:
+    """The :class:`Archive` of a zip checkpoint, its directory checked before anything is read.
 
-    Our own reading of the directory decides first (duplicates, mismatched headers, overlaps, polyglots...: see
-    :mod:`._zip`); :mod:`zipfile` is only used on archives that passed.
+    Our own reading of the directory decides (duplicates, mismatched headers, overlaps, polyglots...: see
+    :mod:`._zip`); an archive with any problem is refused, every problem named.
 
     Args:
         path: the file.
         options: the reader's options (the inflate budget).
-        what: what the archive should be, for the error when it is not a readable zip (``"torch.save file"``).
     """
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, shared with zipfile
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise CheckpointReadError(f"cannot read '{path}': {exc.strerror or exc}", path=path) from None
     with fh:
         fh.seek(0, 2)
-        file_size = fh.tell()
-        check(read_directory(fh, path, file_size, max_inflated=options.limits.max_inflated_bytes))
-        try:
-            zf = zipfile.ZipFile(fh)
-        except ZIP_ERRORS as exc:
-            raise CorruptCheckpointError(
-                f"'{path}' is not a readable zip archive ({type(exc).__name__}: {exc}). A {what} that fails here is "
-                "usually truncated or damaged; re-download or re-save it.",
-                code="truncated" if isinstance(exc, (zipfile.BadZipFile, EOFError)) else "bad-zip",
-                path=path,
-            ) from None
-        with zf:
-            yield zf, fh, file_size
+        directory = read_directory(fh, path, fh.tell(), max_inflated=options.limits.max_inflated_bytes)
+        check(directory)
+        yield Archive(path, fh, directory)
 
 
-def read_text_members(
-    zf: zipfile.ZipFile, fh: IO[bytes], root: str, names: tuple[str, ...], file_size: int, path: str
-) -> dict[str, str]:
+def read_text_members(archive: Archive, root: str, names: tuple[str, ...]) -> dict[str, str]:
     """The small text records of an archive (``version``, ``byteorder``...) that exist, keyed by name."""
     out: dict[str, str] = {}
     for name in names:
-        try:
-            info = zf.getinfo(root + name)
-        except KeyError:
-            continue
-        if info.file_size <= _RECORD_MAX_BYTES:
-            out[name] = read_member(zf, fh, info, file_size, path).decode("utf-8", "replace").strip()
+        info = archive.get(root + name)
+        if info is not None and info.size <= _RECORD_MAX_BYTES:
+            out[name] = archive.read(info).decode("utf-8", "replace").strip()
     return out
 
 
@@ -332,22 +250,22 @@ def check_byteorder(records: dict[str, str], path: str) -> str:
 
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a torch zip checkpoint's pickle and locate every storage; no tensor bytes are read."""
-    with open_archive(path, options, "torch.save file") as (zf, fh, file_size):
-        names = zf.namelist()
-        root = _find_root(names, path)
-        records = read_text_members(zf, fh, root, _RECORDS, file_size, path)
+    with open_archive(path, options) as archive:
+        root = _find_root(archive.names(), path)
+        records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(records, path)
-        pkl = zf.getinfo(root + "data.pkl")
-        if pkl.file_size > options.limits.max_pickle_bytes:
+        pkl = archive.get(root + "data.pkl")
+        assert pkl is not None  # _find_root found it
+        if pkl.size > options.limits.max_pickle_bytes:
             raise ResourceLimitError(
-                f"'{path}': data.pkl is {pkl.file_size} bytes, over the {options.limits.max_pickle_bytes}-byte "
+                f"'{path}': data.pkl is {pkl.size} bytes, over the {options.limits.max_pickle_bytes}-byte "
                 "limit. If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
                 code="limit-pickle-size",
                 path=path,
             )
-        data = read_member(zf, fh, pkl, file_size, path)
-        where = f"'{path}' member '{pkl.filename}'"
-        storages = _Storages(zf, fh, path, root, byteorder, file_size)
+        data = archive.read(pkl)
+        where = f"'{path}' member '{pkl.name}'"
+        storages = _Storages(archive, root, byteorder)
         result = run_pickle(data, options, where, persistent_load=storages)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
     return assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)

@@ -31,9 +31,8 @@ are neither parameters nor buffers (not in ``state_dict()``) are dropped too, an
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from ..containers import Flattened, flatten, is_module_stub, record_maker, short_repr
 from ..errors import CorruptCheckpointError, ResourceLimitError
@@ -42,7 +41,8 @@ from ..records import Checkpoint
 from ..text import plural, quote, quote_list
 from ..unpickle import PickledTensor, Stub, UnpickleResult
 from ._pickled import run_pickle
-from .torch_zip import _Storages, check_byteorder, open_archive, read_member, read_text_members
+from ._zip import ZipMember
+from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_text_members
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -74,23 +74,22 @@ def _find_root(names: list[str], path: str) -> str:
     )
 
 
-def _read_pickle(
-    zf: zipfile.ZipFile, fh: IO[bytes], info: zipfile.ZipInfo, file_size: int, path: str, options: ReadOptions
-) -> bytes:
-    if info.file_size > options.limits.max_pickle_bytes:
+def _read_pickle(archive: Archive, info: ZipMember, options: ReadOptions) -> bytes:
+    path = archive.path
+    if info.size > options.limits.max_pickle_bytes:
         raise ResourceLimitError(
-            f"{quote(path)}: {quote(info.filename)} is {info.file_size} bytes, over the "
+            f"{quote(path)}: {quote(info.name)} is {info.size} bytes, over the "
             f"{options.limits.max_pickle_bytes}-byte limit. If you trust the file: "
             "tw.open(path, limits=Limits(max_pickle_bytes=...)).",
             code="limit-pickle-size",
             path=path,
         )
-    return read_member(zf, fh, info, file_size, path)
+    return archive.read(info)
 
 
-def _listing(zf: zipfile.ZipFile, prefix: str) -> dict[str, int]:
+def _listing(archive: Archive, prefix: str) -> dict[str, int]:
     """``{name below prefix: size}`` of the members under ``prefix``."""
-    return {i.filename[len(prefix) :]: i.file_size for i in zf.infolist() if i.filename.startswith(prefix)}
+    return {m.name[len(prefix) :]: m.size for m in archive.members() if m.name.startswith(prefix)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -144,23 +143,21 @@ def parse_declarations(source: str, module: str) -> dict[str, _ClassDecl]:
     return out
 
 
-def _declarations(
-    zf: zipfile.ZipFile, fh: IO[bytes], root: str, file_size: int, path: str, limits: Limits, warnings: list[str]
-) -> dict[str, _ClassDecl]:
+def _declarations(archive: Archive, root: str, limits: Limits, warnings: list[str]) -> dict[str, _ClassDecl]:
     """Every class declared under ``<root>code/``, from its ``.py`` files (at most ``max_pickle_bytes`` in all)."""
     decls: dict[str, _ClassDecl] = {}
     budget = limits.max_pickle_bytes
     skipped: list[str] = []
     prefix = f"{root}code/"
-    for info in zf.infolist():
-        name = info.filename
+    for info in archive.members():
+        name = info.name
         if not (name.startswith(prefix) and name.endswith(".py")):
             continue
-        if info.file_size > min(_CODE_MAX_BYTES, budget):
+        if info.size > min(_CODE_MAX_BYTES, budget):
             skipped.append(name[len(prefix) :])
             continue
-        budget -= info.file_size
-        source = read_member(zf, fh, info, file_size, path).decode("utf-8", "replace")
+        budget -= info.size
+        source = archive.read(info).decode("utf-8", "replace")
         decls.update(parse_declarations(source, name[len(prefix) : -3].replace("/", ".")))
     if skipped:
         warnings.append(
@@ -364,27 +361,27 @@ def _flatten(root: Any, where: str, result: UnpickleResult, options: ReadOptions
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a TorchScript archive's module and constants pickles and locate every storage; nothing is run."""
     warnings: list[str] = []
-    with open_archive(path, options, "TorchScript archive") as (zf, fh, file_size):
-        names = zf.namelist()
+    with open_archive(path, options) as archive:
+        names = archive.names()
         root = _find_root(names, path)
-        records = read_text_members(zf, fh, root, _RECORDS, file_size, path)
+        records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(records, path)
-        decls = _declarations(zf, fh, root, file_size, path, options.limits, warnings)
+        decls = _declarations(archive, root, options.limits, warnings)
 
-        pkl = zf.getinfo(root + "data.pkl")
-        where = f"{quote(path)} member {quote(pkl.filename)}"
-        storages = _Storages(zf, fh, path, root, byteorder, file_size)
-        result = run_pickle(
-            _read_pickle(zf, fh, pkl, file_size, path, options), options, where, persistent_load=storages
-        )
+        pkl = archive.get(root + "data.pkl")
+        assert pkl is not None  # _find_root found it
+        where = f"{quote(path)} member {quote(pkl.name)}"
+        storages = _Storages(archive, root, byteorder)
+        result = run_pickle(_read_pickle(archive, pkl, options), options, where, persistent_load=storages)
         constants: UnpickleResult | None = None
         const_where = f"{quote(path)} member {quote(root + 'constants.pkl')}"
-        if root + "constants.pkl" in names:
-            data = _read_pickle(zf, fh, zf.getinfo(root + "constants.pkl"), file_size, path, options)
-            loader = _Storages(zf, fh, path, root, byteorder, file_size, folder="constants")
+        const_member = archive.get(root + "constants.pkl")
+        if const_member is not None:
+            data = _read_pickle(archive, const_member, options)
+            loader = _Storages(archive, root, byteorder, folder="constants")
             constants = run_pickle(data, options, const_where, persistent_load=loader)
-        code_files = _listing(zf, f"{root}code/")
-        extra_files = _listing(zf, f"{root}extra/")
+        code_files = _listing(archive, f"{root}code/")
+        extra_files = _listing(archive, f"{root}extra/")
 
     converter = _Converter(decls, options.limits)
     module = result.value
