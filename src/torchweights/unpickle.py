@@ -1683,17 +1683,22 @@ class _Machine:
             if isinstance(value, _Pending):
                 pending_memo.setdefault(id(value), []).append(key)
 
+        data, end = r.data, r.end
         while True:
-            if r.pos >= r.end:
+            pos = r.pos
+            if pos >= end:
                 raise _bad("pickle data ended without a STOP opcode: the file is truncated", code="truncated")
-            op = r.data[r.pos]
-            r.pos += 1
+            op = data[pos]
+            r.pos = pos + 1
             count += 1
-            if op in (0x70, 0x71, 0x72):  # PUT, BINPUT, LONG_BINPUT
-                key = _text_int(r.line()) if op == 0x70 else r.u1() if op == 0x71 else r.unpack(_U4)
-                push_memo(key, top())
-            elif op in (0x67, 0x68, 0x6A):  # GET, BINGET, LONG_BINGET
-                key = _text_int(r.line()) if op == 0x67 else r.u1() if op == 0x68 else r.unpack(_U4)
+            # The most frequent opcodes of torch.save pickles come first (an if chain is tested in order).
+            if op == 0x72 or op == 0x71:  # LONG_BINPUT, BINPUT
+                key = r.unpack(_U4) if op == 0x72 else r.u1()
+                if not stack:
+                    raise _bad(f"pickle stack underflow at byte {pos}")
+                push_memo(key, stack[-1])
+            elif op == 0x68 or op == 0x6A:  # BINGET, LONG_BINGET
+                key = r.u1() if op == 0x68 else r.unpack(_U4)
                 if key not in memo:
                     raise _bad(f"pickle reads memo slot {key}, which was never written")
                 stack.append(memo[key])
@@ -1735,6 +1740,13 @@ class _Machine:
                 stack.append(())
             elif op == 0x4A:  # BININT
                 stack.append(r.unpack(_I4))
+            elif op == 0x70:  # PUT
+                push_memo(_text_int(r.line()), top())
+            elif op == 0x67:  # GET
+                key = _text_int(r.line())
+                if key not in memo:
+                    raise _bad(f"pickle reads memo slot {key}, which was never written")
+                stack.append(memo[key])
             elif op == 0x94:  # MEMOIZE
                 push_memo(len(memo), top())
             elif op == 0x7D:  # EMPTY_DICT
