@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import math
@@ -23,7 +24,7 @@ from torchweights.errors import RuleError, WriteError
 from torchweights.writers import safetensors as st_writer
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
-convert_module = sys.modules["torchweights.convert"]
+convert_module = importlib.import_module("torchweights.convert")
 
 SAFETENSORS_DTYPES = [
     d

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import torchweights as tw
 from torchweights.errors import RuleError
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
-diff_module = sys.modules["torchweights.diff"]
+diff_module = importlib.import_module("torchweights.diff")
 
 
 def _model_sd(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -17,8 +17,6 @@ Error codes: ``not-found``, ``read-failed``, ``not-a-file``, ``directory``, ``em
 from __future__ import annotations
 
 import codecs
-import difflib
-import html
 import json
 import os
 import re
@@ -165,6 +163,8 @@ def _not_found(path: str) -> CheckpointNotFoundError:
             code="not-found",
             path=path,
         )
+    import difflib  # only on this error path: not worth its import time on every open
+
     close = difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(_q(os.path.join(parent, c)) for c in close)}?" if close else ""
     return CheckpointNotFoundError(
@@ -651,6 +651,8 @@ def _sniff_html(s: _Sample) -> str | None:
     is_xml_html = lower.startswith("<?xml") and "<html" in text.lower()
     if not (lower.startswith(("<!doctype html", "<html", "<head")) or is_xml_html):
         return None
+    import html  # only on this error path: not worth its import time on every open
+
     title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
     titled = f' titled "{_excerpt(html.unescape(title.group(1)), 100)}"' if title else ""
     raise NotACheckpointError(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .plan import Action, Plan
+if TYPE_CHECKING:  # annotations only: importing the planner here would slow every ``tw.open`` (api imports this)
+    from .plan import Action, Plan
 
 __all__ = ["LoadReport"]
 

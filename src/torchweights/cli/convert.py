@@ -11,7 +11,6 @@ cannot be written (nothing was kept).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from . import EXIT_OK
@@ -62,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Convert and print the report; return the exit code."""
+    import json
+
     from ..convert import convert
 
     report = convert(

@@ -10,7 +10,6 @@ Exit codes: 0 identical (or equal within ``--rtol``/``--atol``); 1 they differ; 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from . import EXIT_OK
@@ -56,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Compare and print the report; return the exit code."""
+    import json
+
     from ..diff import diff
 
     report = diff(

@@ -11,20 +11,19 @@ Inspect never reads tensor bytes, never prints tensor values and never imports t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import api
-from ..containers import short_repr
-from ..fold import fold_names, human_bytes, human_count, prefix_tree
-from ..records import Checkpoint
-from ..text import printable
-from ..text import table as _table
 from ._options import add_allow_global
+
+if TYPE_CHECKING:
+    from ..records import Checkpoint
+
+# The reader, the unpickler and the report helpers are imported by the functions that use them, not here: every
+# subcommand module is imported to build the parser, and ``torchweights --help`` should not pay for them.
 
 __all__ = ["register", "render_text", "run", "summarize"]
 
@@ -71,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Open ``args.path`` and print its report; return the exit code."""
+    import json
+
+    from .. import api
+
     ckpt = api.open(args.path, allow_globals=args.allow_globals)
     if args.json:
         sys.stdout.write(json.dumps(summarize(ckpt), allow_nan=False) + "\n")
@@ -114,6 +117,8 @@ def _dtype_totals(ckpt: Checkpoint) -> dict[str, dict[str, int]]:
 
 
 def _repr(value: Any) -> str:
+    from ..containers import short_repr
+
     try:
         return short_repr(value, 400)
     except Exception:  # a stub or foreign object with a broken __repr__ must not stop the report
@@ -177,6 +182,8 @@ def _more(count: int) -> str:
 
 def _short(value: Any, limit: int = TEXT_VALUE_LIMIT) -> str:
     """One line for a value: strings bare, other values as repr, cut to ``limit`` with the full length noted."""
+    from ..text import printable
+
     text = value if isinstance(value, str) else _repr(value)
     text = printable(text)
     if len(text) > limit:
@@ -207,6 +214,8 @@ def _type_name(value: Any) -> str:
 
 def _extras_rows(extras: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """``(key or folded pattern, type, value summary)`` per extras pattern."""
+    from ..fold import fold_names
+
     rows: list[tuple[str, str, str]] = []
     for pattern, members in fold_names(str(k) for k in extras):
         values = [extras[m] for m in members]
@@ -222,6 +231,10 @@ def _extras_rows(extras: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
     """The terminal report of ``inspect`` (ends with a newline)."""
+    from ..fold import human_bytes, human_count, prefix_tree
+    from ..text import printable
+    from ..text import table as _table
+
     lines: list[str] = []
     sizes = _file_sizes(ckpt.files)
     known = [s for _, s in sizes if s is not None]

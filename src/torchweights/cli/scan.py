@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from ..scan import Finding, ScanReport, scan, to_json
-from ..text import plural, printable
-from ..text import table as _table
+if TYPE_CHECKING:
+    from ..scan import Finding, ScanReport
+
+# ``..scan`` and ``..text`` are imported by the functions that use them: every subcommand module is imported to
+# build the parser, and ``torchweights --help`` should not pay for the scanner.
 
 __all__ = ["register", "render_text", "run"]
 
@@ -38,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Scan every path and print the reports; return the exit code."""
+    from ..scan import scan, to_json
+
     reports = [scan(path) for path in args.paths]
     if args.json:
         sys.stdout.write(to_json(reports) + "\n")
@@ -55,6 +60,8 @@ def exit_code(reports: list[ScanReport]) -> int:
 
 
 def _where(finding: Finding) -> str:
+    from ..text import printable
+
     where = printable(finding.member or "")
     if finding.offset is not None:
         where = f"{where} @{finding.offset}" if where else f"@{finding.offset}"
@@ -63,6 +70,9 @@ def _where(finding: Finding) -> str:
 
 def render_text(report: ScanReport, *, limit: int | None = TEXT_FINDING_LIMIT) -> str:
     """The human report for one file."""
+    from ..text import plural, printable
+    from ..text import table as _table
+
     verdict = report.verdict.upper()
     lines = [f"{printable(report.path)}: {verdict}" + (f"  ({report.format})" if report.format else "")]
     findings = report.findings if limit is None else report.findings[:limit]

@@ -11,7 +11,6 @@ torchweights does not read, an unreadable manifest).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from . import EXIT_OK
@@ -45,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Verify and print the report; return the exit code."""
+    import json
+
     from ..verify import verify
 
     report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals)

@@ -1,0 +1,253 @@
+"""Start-up cost: ``import torchweights``, ``torchweights --help`` and ``inspect`` import only what they need.
+
+Each check runs in a fresh interpreter (the test process itself has long imported everything) and looks at
+``sys.modules``; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import torchweights as tw
+
+#: Where each lazily resolved public name is defined.
+LAZY_NAMES = {
+    "load": "api",
+    "load_into": "api",
+    "open": "api",
+    "convert": "convert",
+    "ConvertReport": "convert",
+    "diff": "diff",
+    "DiffReport": "diff",
+    "Limits": "limits",
+    "Checkpoint": "records",
+    "StorageRef": "records",
+    "TensorRecord": "records",
+    "LoadReport": "report",
+    "scan": "scan",
+    "Finding": "scan",
+    "ScanReport": "scan",
+    "verify": "verify",
+    "VerifyReport": "verify",
+}
+
+#: Functions exported under the name of the submodule that defines them.
+SHADOWED = ("scan", "diff", "convert", "verify")
+
+#: Modules that neither ``import torchweights`` nor ``inspect`` nor ``--help`` may import.
+HEAVY = (
+    "torch",
+    "torchweights.scan",
+    "torchweights.convert",
+    "torchweights.diff",
+    "torchweights.verify",
+    "torchweights.plan",
+    "torchweights.apply",
+    "torchweights.storage",
+    "torchweights.rules",
+    "torchweights.spec",
+    "torchweights.writers",
+)
+
+_REPORT_MODULES = "import json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+
+
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter and return its stdout (the run must succeed)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _modules_after(code: str) -> set[str]:
+    """``sys.modules`` after running ``code`` in a fresh interpreter (the last line of stdout)."""
+    return set(json.loads(_python(code + "\n" + _REPORT_MODULES).splitlines()[-1]))
+
+
+def _heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+# ------------------------------------------------------------------------------------------------ import torchweights
+
+
+def test_import_is_light() -> None:
+    modules = _modules_after("import torchweights")
+    assert _heavy(modules) == []
+    ours = {m for m in modules if m.startswith("torchweights")}
+    assert ours == {"torchweights", "torchweights.errors"}, ours
+
+
+def test_lazy_names_resolve_to_their_definitions() -> None:
+    code = textwrap.dedent(
+        f"""
+        import importlib, torchweights as tw
+        for name, module in {LAZY_NAMES!r}.items():
+            value = getattr(tw, name)
+            assert value is getattr(importlib.import_module("torchweights." + module), name), name
+            assert vars(tw)[name] is value, name  # cached: the next access does not go through __getattr__
+        print("ok")
+        """
+    )
+    assert _python(code).strip() == "ok"
+
+
+def test_lazy_names_in_this_process() -> None:
+    import importlib
+
+    for name, module in LAZY_NAMES.items():
+        assert getattr(tw, name) is getattr(importlib.import_module(f"torchweights.{module}"), name)
+    assert set(LAZY_NAMES) <= set(tw.__all__)
+
+
+def test_from_import_resolves_lazily() -> None:
+    code = "from torchweights import ScanReport, load, scan\nassert callable(scan) and callable(load)\nprint('ok')"
+    assert _python(code).strip() == "ok"
+
+
+def test_unknown_names_are_errors() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        _ = tw.no_such_name  # type: ignore[attr-defined]
+    with pytest.raises(ImportError):
+        from torchweights import no_such_name  # type: ignore[attr-defined]  # noqa: F401
+
+
+def test_dir_lists_every_export() -> None:
+    assert set(tw.__all__) <= set(dir(tw))
+    fresh = json.loads(_python("import json, torchweights as tw\nprint(json.dumps(dir(tw)))"))
+    assert set(tw.__all__) <= set(fresh)
+    assert fresh == sorted(fresh)
+
+
+# ------------------------------------------------------------------------------------ scan, diff, convert, verify
+
+_SUBMODULE_IMPORTS = {
+    "from-import": "from torchweights.{name} import {name} as _",
+    "import": "import torchweights.{name}",
+    "import-as": "import torchweights.{name} as _",
+    "importlib": "import importlib; importlib.import_module('torchweights.{name}')",
+    "__import__": "__import__('torchweights.{name}')",
+}
+
+_CHECK_FUNCTION = textwrap.dedent(
+    """
+    import sys, types
+    import torchweights as tw
+    for n in {names!r}:
+        f = tw.__dict__.get(n) or getattr(tw, n)
+        assert not isinstance(f, types.ModuleType), (n, f)
+        assert callable(f) and f.__module__ == "torchweights." + n and f.__name__ == n, (n, f)
+        assert getattr(tw, n) is f and getattr(sys.modules["torchweights." + n], n) is f, n
+        if "torchweights." + n in sys.modules:
+            assert isinstance(sys.modules["torchweights." + n], types.ModuleType), n
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("how", sorted(_SUBMODULE_IMPORTS))
+@pytest.mark.parametrize("order", ["package-first", "submodule-first", "accessed-first"])
+def test_shadowed_names_stay_functions(how: str, order: str) -> None:
+    """``tw.scan`` is the function whatever was imported before: importing the submodule must not replace it."""
+    imports = "\n".join(_SUBMODULE_IMPORTS[how].format(name=n) for n in SHADOWED)
+    if order == "package-first":
+        code = "import torchweights\n" + imports
+    elif order == "submodule-first":
+        code = imports + "\nimport torchweights"
+    else:  # the function was resolved (and cached) before the submodule import
+        code = "import torchweights as tw\n" + "\n".join(f"tw.{n}" for n in SHADOWED) + "\n" + imports
+    assert _python(code + "\n" + _CHECK_FUNCTION.format(names=SHADOWED)).strip() == "ok"
+
+
+def test_scan_report_import_then_scan_call(tmp_path: Path) -> None:
+    """The case that breaks a naive lazy package: ``from torchweights.scan import ...`` then ``tw.scan(path)``."""
+    path = _write_safetensors(tmp_path / "m.safetensors")
+    code = textwrap.dedent(
+        f"""
+        import torchweights as tw
+        from torchweights.scan import ScanReport
+        report = tw.scan({str(path)!r})
+        assert isinstance(report, ScanReport) and report.verdict == "clean", report
+        assert tw.diff.__module__ == "torchweights.diff" and tw.verify.__module__ == "torchweights.verify"
+        print("ok")
+        """
+    )
+    assert _python(code).strip() == "ok"
+
+
+def test_assigning_a_shadowed_name_keeps_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the import system's binding of the submodule is redirected; anything else assigned stays as given."""
+
+    def fake(*args: object, **kwargs: object) -> None:
+        return None
+
+    real = tw.scan
+    monkeypatch.setattr(tw, "scan", fake)
+    assert tw.scan is fake
+    monkeypatch.undo()
+    assert tw.scan is real
+
+
+# ------------------------------------------------------------------------------------------------ the command line
+
+
+def _write_safetensors(path: Path) -> Path:
+    """A small safetensors file, written by hand so that this needs neither torch nor safetensors."""
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "__metadata__": {"format": "pt"}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(24))
+    return path
+
+
+def _cli_modules(argv: list[str]) -> set[str]:
+    """``sys.modules`` after ``torchweights.cli.main(argv)`` ran in a fresh interpreter (it must exit 0)."""
+    code = textwrap.dedent(
+        f"""
+        import contextlib, io, sys
+        from torchweights.cli import main
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                rc = main({argv!r})
+        except SystemExit as e:
+            rc = e.code
+        assert rc == 0, (rc, out.getvalue())
+        assert out.getvalue(), "nothing printed"
+        """
+    )
+    return _modules_after(code)
+
+
+def test_help_imports_almost_nothing() -> None:
+    modules = _cli_modules(["--help"])
+    assert _heavy(modules) == []
+    ours = {m for m in modules if m.startswith("torchweights")}
+    assert ours <= {"torchweights", "torchweights.errors"} | {m for m in ours if m.startswith("torchweights.cli")}
+    for absent in ("torchweights.api", "torchweights.formats", "torchweights.unpickle", "torchweights.records"):
+        assert absent not in modules, absent
+
+
+def test_inspect_torch_file_does_not_import_torch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "small.pt"
+    torch.save({"layer.weight": torch.zeros(2, 3), "layer.bias": torch.zeros(2), "epoch": 3}, path)
+    for argv in (["inspect", str(path)], ["inspect", "--json", str(path)]):
+        modules = _cli_modules(argv)
+        assert "torchweights.api" in modules  # it really ran
+        assert _heavy(modules) == [], argv
+
+
+def test_inspect_safetensors_does_not_import_torch(tmp_path: Path) -> None:
+    path = _write_safetensors(tmp_path / "small.safetensors")
+    modules = _cli_modules(["inspect", str(path)])
+    assert "torchweights.api" in modules
+    assert _heavy(modules) == []
