@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UnsupportedCheckpointError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint
-from ..unpickle import StreamScan
 
-__all__ = ["READERS", "ReadOptions", "open_path"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..unpickle import StreamScan
+
+__all__ = ["READERS", "ReadOptions", "open_path", "reader_for"]
 
 
 @dataclass(frozen=True)
@@ -37,19 +40,34 @@ class ReadOptions:
 Reader = Callable[[str, ReadOptions], Checkpoint]
 
 
-def _readers() -> dict[str, Reader]:
-    from . import legacy, legacy_tar, pickle_file, safetensors, sharded, torch_package, torch_zip, torchscript
+#: ``format -> module`` of its reader (relative to this package); each module is imported when first needed, so
+#: opening a safetensors file never imports the pickle machinery.
+_READER_MODULES = {
+    "torch-zip": "torch_zip",
+    "torch-legacy": "legacy",
+    "legacy-tar": "legacy_tar",
+    "pickle": "pickle_file",
+    "safetensors": "safetensors",
+    "sharded": "sharded",
+    "torchscript": "torchscript",
+    "torch-package": "torch_package",
+}
 
-    return {
-        "torch-zip": torch_zip.read,
-        "torch-legacy": legacy.read,
-        "legacy-tar": legacy_tar.read,
-        "pickle": pickle_file.read,
-        "safetensors": safetensors.read,
-        "sharded": sharded.read,
-        "torchscript": torchscript.read,
-        "torch-package": torch_package.read,
-    }
+
+def reader_for(fmt: str) -> Reader | None:
+    """The ``read`` function of format ``fmt`` (imported on first use), or None when there is none."""
+    import importlib
+
+    module = _READER_MODULES.get(fmt)
+    if module is None:
+        return None
+    read: Reader = importlib.import_module(f"{__name__}.{module}").read
+    return read
+
+
+def _readers() -> dict[str, Reader]:
+    """Every reader, by format (imports them all)."""
+    return {fmt: reader for fmt in _READER_MODULES if (reader := reader_for(fmt)) is not None}
 
 
 READERS: Callable[[], dict[str, Reader]] = _readers
@@ -60,7 +78,7 @@ def open_path(path: str, options: ReadOptions) -> Checkpoint:
     from ..detect import detect
 
     fmt = detect(path)
-    reader = _readers().get(fmt)
+    reader = reader_for(fmt)
     if reader is None:
         raise UnsupportedCheckpointError(
             f"'{path}' is a {_FORMAT_NAMES.get(fmt, fmt)}, which torchweights cannot read yet. "
