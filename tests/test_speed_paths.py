@@ -125,13 +125,13 @@ def test_pieces_and_threads_do_not_change_the_bytes(
     sd = _random_state(model, seed=threads)
     path = _write("torch-zip", sd, tmp_path)
     readers: set[str] = set()
-    real = storage._Engine.piece
+    real = storage._Engine.read
 
     def spy(self: Any, *args: Any) -> Any:
         readers.add(threading.current_thread().name)
         return real(self, *args)
 
-    monkeypatch.setattr(storage._Engine, "piece", spy)
+    monkeypatch.setattr(storage._Engine, "read", spy)
     with io_settings(threads=threads, piece_bytes=piece):
         tw.load_into(model, path)
     _same(model, _expect(model, sd))
@@ -583,3 +583,82 @@ def test_files_out_of_the_page_cache_load_the_same(
     with io_settings(piece_bytes=4096, threads=2):
         tw.load_into(model, path)
     _same(model, _expect(model, sd))
+
+
+class _Many(torch.nn.Module):
+    """Many small tensors: the shape where one system call per tensor would dominate."""
+
+    def __init__(self, count: int = 60) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(6, 5) for _ in range(count))
+
+
+def _count_preadv(monkeypatch: pytest.MonkeyPatch, cap: int | None = None) -> list[int]:
+    """Count ``preadv`` calls (each call's number of buffers); with ``cap``, each call returns at most ``cap``
+    bytes, as a kernel may (a signal, a network filesystem)."""
+    calls: list[int] = []
+    real = os.preadv
+
+    def preadv(fd: int, buffers: Any, offset: int, *flags: int) -> int:
+        buffers = list(buffers)
+        calls.append(len(buffers))
+        if cap is not None:
+            kept, room = [], cap
+            for b in buffers:
+                if room <= 0:
+                    break
+                kept.append(memoryview(b)[:room])
+                room -= len(kept[-1])
+            buffers = kept
+        return real(fd, buffers, offset, *flags)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    return calls
+
+
+@pytest.mark.parametrize("fmt", ["torch-zip", "safetensors"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_consecutive_small_tensors_are_read_by_one_vectored_call(
+    fmt: str, threads: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _Many()
+    sd = _random_state(model, seed=3)
+    path = _write(fmt, sd, tmp_path)
+    target = _Many()
+    calls = _count_preadv(monkeypatch)
+    piece = 4096  # 120 tensors of 24 or 120 bytes: several pieces, so two threads share them
+    with io_settings(threads=threads, piece_bytes=piece):
+        report = tw.load_into(target, path)
+    assert report.ok
+    _same(target, _expect(target, sd))
+    # zip members are apart by their local headers, safetensors tensors are back to back: either way one vectored
+    # read per piece of about 4 KiB, not one read per tensor
+    nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+    assert sum(calls) >= 120
+    assert len(calls) <= nbytes // piece + 3, calls
+
+
+@pytest.mark.parametrize("fmt", ["torch-zip", "safetensors"])
+def test_vectored_reads_survive_short_counts(fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _Many(20)
+    sd = _random_state(model, seed=4)
+    path = _write(fmt, sd, tmp_path)
+    target = _Many(20)
+    calls = _count_preadv(monkeypatch, cap=37)  # every call stops after 37 bytes, mid-buffer
+    report = tw.load_into(target, path)
+    assert report.ok
+    _same(target, _expect(target, sd))
+    assert len(calls) > 40
+
+
+def test_vectored_read_of_a_file_cut_short_is_truncated(tmp_path: Path) -> None:
+    model = _Many(20)
+    path = _write("safetensors", _random_state(model, seed=5), tmp_path)
+    target = _Many(20)
+    checkpoint = tw.open(path)  # the records say what the whole file held
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 30)
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load_into(target, checkpoint)
+    assert info.value.code == "truncated"
+    assert "ended after" in info.value.message

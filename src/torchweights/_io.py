@@ -25,6 +25,7 @@ from .errors import CheckpointReadError, CorruptCheckpointError
 from .text import quote
 
 __all__ = [
+    "MAX_VECTORS",
     "IOSettings",
     "crc32",
     "crc32_backend",
@@ -132,17 +133,34 @@ def hint(fd: int, offset: int, length: int, *, sequential: bool = False) -> None
         pass
 
 
-def read_exact(fd: int, buf: memoryview, offset: int, path: str, what: str) -> None:
-    """Fill ``buf`` with the file's bytes from ``offset`` (several reads if the kernel returns short counts).
+#: Most buffers one ``preadv`` call takes (Linux's ``IOV_MAX`` is 1024).
+MAX_VECTORS = 1000
+
+
+def _rest(bufs: list[memoryview], done: int) -> list[memoryview]:
+    """``bufs`` without their first ``done`` bytes."""
+    if not done:
+        return bufs
+    for i, buf in enumerate(bufs):
+        if done < len(buf):
+            return [buf[done:], *bufs[i + 1 :]]
+        done -= len(buf)
+    return []
+
+
+def read_exact(fd: int, buf: memoryview | list[memoryview], offset: int, path: str, what: str) -> None:
+    """Fill ``buf`` (one buffer, or several filled in order from consecutive file bytes: one ``preadv`` call for
+    all) with the file's bytes from ``offset``, with as many reads as the kernel's short counts need.
 
     Raises:
         CorruptCheckpointError: ``truncated``: the file ends first (it shrank since it was opened).
         CheckpointReadError: the operating system failed the read.
     """
-    done, total = 0, len(buf)
+    bufs = [buf] if isinstance(buf, memoryview) else buf
+    done, total = 0, sum(len(b) for b in bufs)
     while done < total:
         try:
-            got = os.preadv(fd, [buf[done:]], offset + done)
+            got = os.preadv(fd, _rest(bufs, done), offset + done)
         except OSError as exc:
             raise CheckpointReadError(
                 f"reading {what} of {quote(path)} at byte {offset + done} failed: {exc.strerror or exc}. Check the "
@@ -163,7 +181,9 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _nowait_works = bool(_NOWAIT)
 
 
-def read_ahead(fd: int, buf: memoryview, offset: int, path: str, what: str, lookahead: int = 0) -> None:
+def read_ahead(
+    fd: int, buf: memoryview | list[memoryview], offset: int, path: str, what: str, lookahead: int = 0
+) -> None:
     """:func:`read_exact`, with read-ahead hints only when the bytes are not in the page cache already.
 
     The first attempt is a non-blocking ``preadv2(RWF_NOWAIT)``, which copies whatever the page cache holds and
@@ -172,18 +192,20 @@ def read_ahead(fd: int, buf: memoryview, offset: int, path: str, what: str, look
     file are hinted, so the disk works ahead of the other reader threads, and the rest is read normally.
     """
     global _nowait_works
+    bufs = [buf] if isinstance(buf, memoryview) else buf
+    total = sum(len(b) for b in bufs)
     done = 0
     if _nowait_works:
         try:
-            done = max(0, os.preadv(fd, [buf], offset, _NOWAIT))
+            done = max(0, os.preadv(fd, bufs, offset, _NOWAIT))
         except BlockingIOError:
             done = 0
         except OSError:  # pragma: no cover - filesystems without RWF_NOWAIT (EOPNOTSUPP, EINVAL)
             _nowait_works = False
-        if done >= len(buf):
+        if done >= total:
             return
-    hint(fd, offset + done, len(buf) - done + lookahead)
-    read_exact(fd, buf[done:], offset + done, path, what)
+    hint(fd, offset + done, total - done + lookahead)
+    read_exact(fd, _rest(bufs, done), offset + done, path, what)
 
 
 def inflate(fh: IO[bytes], offset: int, compressed_size: int, nbytes: int, out: memoryview) -> Iterator[int]:

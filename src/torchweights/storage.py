@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import dtypes
 from ._io import (
+    MAX_VECTORS,
     IOSettings,
     crc32,
     crc32_combine,
@@ -66,8 +67,33 @@ __all__ = [
 
 _DEFLATED = 8
 
-#: One unit of work: a callable returning ``(crc, length)`` of the bytes it read (or None), and its size in bytes.
-_Job = tuple[Callable[[], "tuple[int, int] | None"], int]
+#: Largest hole between two plain reads that one vectored read still spans (zip local headers and alignment
+#: padding between members, read into a junk buffer).
+_MAX_GAP = 4096
+
+
+@dataclass
+class _Read:
+    """The common unit of work: file bytes ``[offset, offset + len(mem))`` straight into destination memory.
+
+    Consecutive plain reads of one file are merged into one vectored ``preadv`` call (see :meth:`_Engine.execute`),
+    so a checkpoint of small tensors costs a system call per piece, not per tensor.
+    """
+
+    ref: StorageRef
+    offset: int  # absolute file offset
+    mem: memoryview
+    ptr: int  # address of ``mem``'s first byte (for the CRC)
+    crc: bool
+
+    def __call__(self) -> None:  # pragma: no cover - never called: the engine runs reads itself
+        raise TypeError("a _Read is run by _Engine.execute")
+
+
+#: One unit of work and its size in bytes: a plain :class:`_Read`, or a callable returning ``(crc, length)`` of the
+#: bytes it read (or None).
+_Job = tuple["_Read | Callable[[], tuple[int, int] | None]", int]
+_Outcome = tuple[int, int] | None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -354,11 +380,13 @@ class _Engine:
             self.fd(ref.file)  # opened here, by the planning thread: the readers only look it up
         if len(group.targets) == 1 and self.settings.direct:  # the common case: one tensor, read in place
             t = group.targets[0]
-            if t.mem is not None and t.start % t.swap == 0 and (not crc or (t.start, t.end) == (0, ref.nbytes)):
+            if t.mem is not None and t.swap == 1 and (not crc or (t.start, t.end) == (0, ref.nbytes)):
                 step = self.settings.piece_size()
+                mem = t.mem
                 return [
-                    (self.piece_job(ref, p, min(t.end, p + step), t, [], crc), step)
+                    (_Read(ref, ref.offset + p, mem[p - t.start : q - t.start], t.ptr + p - t.start, crc), q - p)
                     for p in range(t.start, t.end, step)
+                    for q in (min(t.end, p + step),)
                 ]
         targets = [t for t in group.targets if t.end > t.start or not t.contiguous]
         if not targets and not crc:
@@ -382,7 +410,13 @@ class _Engine:
             step = self.settings.piece_size() if direct is not None else chunk
             for p in range(a, b, step):
                 q = min(b, p + step)
-                out.append((self.piece_job(ref, p, q, direct, others, crc), q - p))
+                if direct is not None and direct.mem is not None and not others and direct.swap == 1:
+                    off = p - direct.start
+                    out.append(
+                        (_Read(ref, ref.offset + p, direct.mem[off : off + q - p], direct.ptr + off, crc), q - p)
+                    )
+                else:
+                    out.append((self.piece_job(ref, p, q, direct, others, crc), q - p))
         return out
 
     def piece_job(
@@ -392,6 +426,52 @@ class _Engine:
 
     # -- running -----------------------------------------------------------------------------------------------
 
+    def execute(self, items: list[tuple[int, int, Any]]) -> list[tuple[int, int, _Outcome]]:
+        """Run ``(group, job index, job)`` items in order; runs of plain reads that follow each other in one file
+        (holes up to :data:`_MAX_GAP` bytes) become one vectored read."""
+        out: list[tuple[int, int, _Outcome]] = []
+        i = 0
+        while i < len(items):
+            job = items[i][2]
+            if not isinstance(job, _Read):
+                out.append((items[i][0], items[i][1], job()))
+                i += 1
+                continue
+            k = i + 1
+            end = job.offset + len(job.mem)
+            while k < len(items) and k - i < MAX_VECTORS // 2:
+                nxt = items[k][2]
+                if not (isinstance(nxt, _Read) and nxt.ref.file == job.ref.file and 0 <= nxt.offset - end <= _MAX_GAP):
+                    break
+                end = nxt.offset + len(nxt.mem)
+                k += 1
+            out.extend(self.read_run(items[i:k]))
+            i = k
+        return out
+
+    def read_run(self, items: list[tuple[int, int, Any]]) -> list[tuple[int, int, _Outcome]]:
+        """One vectored read for plain reads of one file in file order; holes between them land in junk memory."""
+        reads: list[_Read] = [job for _, _, job in items]
+        first = reads[0]
+        bufs: list[memoryview] = []
+        end = first.offset
+        for r in reads:
+            gap = r.offset - end
+            if gap:
+                bufs.append(memoryview(bytearray(gap)))
+            bufs.append(r.mem)
+            end = r.offset + len(r.mem)
+        what = _what(first.ref) if len(reads) == 1 else f"{_what(first.ref)} and the {len(reads) - 1} storages after it"
+        self.read(self.fd(first.ref.file), bufs, first.offset, first.ref, self.lookahead(), what)
+        n = sum(len(r.mem) for r in reads)
+        with self.lock:
+            self.result.bytes_read += n
+        return [(g, j, (crc32(r.mem, 0, r.ptr), len(r.mem)) if r.crc else None) for (g, j, _), r in zip(items, reads)]
+
+    def lookahead(self) -> int:
+        """How far past its own bytes a cold read hints: what the other threads will ask for next."""
+        return self.settings.worker_count() * self.settings.piece_size()
+
     def piece(
         self, ref: StorageRef, a: int, b: int, direct: _Target | None, others: list[_Target], crc: bool
     ) -> tuple[int, int] | None:
@@ -400,17 +480,7 @@ class _Engine:
 
         fd = self.fd(ref.file)
         n = b - a
-        # cold files: hint what the other threads will ask for next (the file is read in order)
-        ahead = self.settings.worker_count() * self.settings.piece_size()
-        if direct is not None and not others and direct.swap == 1:  # the common case: one read, nothing else
-            assert direct.mem is not None
-            off = a - direct.start
-            mem = direct.mem[off : off + n]
-            self.read(fd, mem, ref.offset + a, ref, ahead)
-            value = crc32(mem, 0, direct.ptr + off) if crc else None
-            with self.lock:
-                self.result.bytes_read += n
-            return None if value is None else (value, n)
+        ahead = self.lookahead()
         with torch.no_grad():
             if direct is not None:
                 raw = direct.byte_dst()
@@ -438,11 +508,19 @@ class _Engine:
             self.result.bytes_read += n
         return None if value is None else (value, n)
 
-    def read(self, fd: int, mem: memoryview, offset: int, ref: StorageRef, ahead: int) -> None:
+    def read(
+        self,
+        fd: int,
+        mem: memoryview | list[memoryview],
+        offset: int,
+        ref: StorageRef,
+        ahead: int,
+        what: str | None = None,
+    ) -> None:
         if self.settings.fadvise:
-            read_ahead(fd, mem, offset, ref.file, _what(ref), ahead)
+            read_ahead(fd, mem, offset, ref.file, what or _what(ref), ahead)
         else:
-            read_exact(fd, mem, offset, ref.file, _what(ref))
+            read_exact(fd, mem, offset, ref.file, what or _what(ref))
 
     def whole(self, group: _Group, targets: list[_Target]) -> tuple[int, int] | None:
         """Storages read as a whole: compressed members, and storages feeding views that are not contiguous."""
@@ -542,11 +620,16 @@ class _Engine:
             torch.set_num_threads(settings.intra_op_threads)
         try:
             small = sum(g.ref.nbytes for g in self.groups) <= settings.piece_size()  # not worth threads
+            outcomes: list[list[_Outcome]] = []
             if small or settings.worker_count() == 1:
-                outcomes = []
-                for group in self.groups:
+                items: list[tuple[int, int, Any]] = []
+                for g, group in enumerate(self.groups):
                     group.prepare()
-                    outcomes.append([job() for job, _ in self.jobs(group)])
+                    jobs = self.jobs(group)
+                    outcomes.append([None] * len(jobs))
+                    items += [(g, j, job) for j, (job, _) in enumerate(jobs)]
+                for g, j, value in self.execute(items):
+                    outcomes[g][j] = value
             else:
                 outcomes = self.run_pool(settings.worker_count())
             if self.cuda and torch.cuda.is_available():
@@ -559,17 +642,16 @@ class _Engine:
             self.check(group, parts)
         return self.result
 
-    def run_pool(self, workers: int) -> list[list[tuple[int, int] | None]]:
+    def run_pool(self, workers: int) -> list[list[_Outcome]]:
         """Plan each storage just before its reads are queued, so the first reads start at once; small reads are
-        queued in batches of about one piece, so a thread's wake-up is paid per piece, not per tensor."""
-        outcomes: list[list[tuple[int, int] | None]] = []
-        futures: list[Future[list[tuple[int, int, tuple[int, int] | None]]]] = []
-        batch: list[tuple[int, int, Callable[[], tuple[int, int] | None]]] = []
+        queued in batches of about one piece, so a thread's wake-up (and, for plain reads, a system call) is paid
+        per piece, not per tensor."""
+        outcomes: list[list[_Outcome]] = []
+        futures: list[Future[list[tuple[int, int, _Outcome]]]] = []
+        batch: list[tuple[int, int, Any]] = []
         size = 0
         target = self.settings.piece_size()
-
-        def run_batch(items: list[tuple[int, int, Callable[[], tuple[int, int] | None]]]) -> list[Any]:
-            return [(g, j, job()) for g, j, job in items]
+        run_batch = self.execute
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchweights-read") as pool:
             try:
