@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import torchweights as tw
-from torchweights import _io, storage
+from torchweights import _engine, _io, storage
 from torchweights.storage import io_settings
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -125,13 +125,13 @@ def test_pieces_and_threads_do_not_change_the_bytes(
     sd = _random_state(model, seed=threads)
     path = _write("torch-zip", sd, tmp_path)
     readers: set[str] = set()
-    real = storage._Engine.read
+    real = _engine._Engine.read
 
     def spy(self: Any, *args: Any) -> Any:
         readers.add(threading.current_thread().name)
         return real(self, *args)
 
-    monkeypatch.setattr(storage._Engine, "read", spy)
+    monkeypatch.setattr(_engine._Engine, "read", spy)
     with io_settings(threads=threads, piece_bytes=piece):
         tw.load_into(model, path)
     _same(model, _expect(model, sd))
@@ -294,13 +294,13 @@ def test_compressed_members_are_inflated_in_bounded_pieces(tmp_path: Path, monke
 
 def _record_allocations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     sizes: list[tuple[int, str]] = []
-    real = storage._allocate
+    real = _engine._allocate
 
     def spy(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> torch.Tensor:
         sizes.append((nbytes, kind))
         return real(nbytes, pinned=pinned, kind=kind)
 
-    monkeypatch.setattr(storage, "_allocate", spy)
+    monkeypatch.setattr(_engine, "_allocate", spy)
     return sizes
 
 
@@ -502,7 +502,7 @@ def test_crc_pieces_combine_like_zlib() -> None:
         b = rng.randbytes(rng.randint(0, 5000))
         assert _io.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     data = torch.randint(0, 256, (100_000,), dtype=torch.uint8)
-    mem = storage._memory(data)
+    mem = _engine._memory(data)
     assert _io.crc32(mem, 0, data.data_ptr()) == zlib.crc32(mem) == _io.crc32(mem)
     assert _io.crc32_backend() in _io.CRC32_BACKENDS
 
@@ -515,7 +515,7 @@ def test_every_crc_backend_agrees_with_zlib(name: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(_io, "_crc", (name, *loaded))
     assert _io.crc32_backend() == name
     data = torch.randint(0, 256, (3 << 20,), dtype=torch.uint8)
-    mem = storage._memory(data)
+    mem = _engine._memory(data)
     whole = zlib.crc32(mem)
     assert _io.crc32(mem, 0, data.data_ptr()) == whole
     assert _io.crc32(mem) == whole  # no address: still right, whichever backend

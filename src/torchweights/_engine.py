@@ -1,0 +1,688 @@
+"""The read engine: the only code that reads tensor bytes, straight into the memory of the tensors that will hold
+them.
+
+Split out of :mod:`torchweights.storage`, whose :func:`~torchweights.storage.fill`,
+:func:`~torchweights.storage.materialize` and :func:`~torchweights.storage.read_storage_bytes` describe each
+storage to read as a :class:`_Group` of :class:`_Target` destinations and hand the groups to one :class:`_Engine`.
+
+- The engine plans each storage's reads in file order (:meth:`_Engine.jobs`) and runs them over a small thread
+  pool; bytes that can land as they are go with ``preadv`` directly into their destination, and consecutive plain
+  reads of one file become one vectored read per piece (:class:`_Read`).
+- What cannot land as it is (a dtype cast, a big-endian file, a compressed zip member, a GPU destination, bytes
+  read only for the CRC check) goes through bounded scratch buffers (:class:`_Scratch`:
+  :class:`IOSettings.scratch_bytes <torchweights._io.IOSettings>`, 64 MiB by default, shared by the threads; pinned
+  when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are not contiguous are
+  rebuilt from a copy of their storage (:meth:`_Engine.whole`), never from a copy of the checkpoint.
+- Integrity: whenever a whole storage is read, its CRC-32 is computed on the bytes as they are read (per piece, in
+  the reading thread, then combined) and compared with the one its zip member records (:meth:`_Engine.check`);
+  mismatches are collected in :class:`~torchweights._results.FillResult`, for the caller to raise.
+
+Every buffer the engine allocates for itself comes from :func:`_allocate`. torch is imported inside the functions,
+never at import time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+from . import dtypes
+from ._io import (
+    MAX_VECTORS,
+    IOSettings,
+    crc32,
+    crc32_combine,
+    hint,
+    inflate,
+    open_fd,
+    read_ahead,
+    read_exact,
+)
+from ._results import CrcMismatch, FillResult, _what, crc_error
+from ._tensors import _build, _swap_unit
+from .errors import CheckpointReadError, CorruptCheckpointError
+from .records import StorageRef, TensorRecord
+from .text import quote
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+_DEFLATED = 8
+
+#: Largest hole between two plain reads that one vectored read still spans (zip local headers and alignment
+#: padding between members, read into a junk buffer).
+_MAX_GAP = 4096
+
+
+@dataclass
+class _Read:
+    """The common unit of work: file bytes ``[offset, offset + len(mem))`` straight into destination memory.
+
+    Consecutive plain reads of one file are merged into one vectored ``preadv`` call (see :meth:`_Engine.execute`),
+    so a checkpoint of small tensors costs a system call per piece, not per tensor.
+    """
+
+    ref: StorageRef
+    offset: int  # absolute file offset
+    mem: memoryview
+    ptr: int  # address of ``mem``'s first byte (for the CRC)
+    crc: bool
+
+    def __call__(self) -> None:  # pragma: no cover - never called: the engine runs reads itself
+        raise TypeError("a _Read is run by _Engine.execute")
+
+
+#: One unit of work and its size in bytes: a plain :class:`_Read`, or a callable returning ``(crc, length)`` of the
+#: bytes it read (or None).
+_Job = tuple["_Read | Callable[[], tuple[int, int] | None]", int]
+_Outcome = tuple[int, int] | None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Destinations
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _allocate(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> torch.Tensor:
+    """Every buffer the engine allocates for itself (scratch or a temporary storage copy) comes from here."""
+    import torch
+
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+
+
+def _memory(raw: torch.Tensor) -> memoryview:
+    """A writable memoryview over a contiguous CPU uint8 tensor (kept alive by the caller)."""
+    return _memory_at(raw.data_ptr(), raw.numel())
+
+
+def _memory_at(address: int, nbytes: int) -> memoryview:
+    """A writable memoryview over ``nbytes`` of CPU memory at ``address`` (kept alive by the caller)."""
+    if nbytes == 0:
+        return memoryview(bytearray(0))
+    return memoryview((ctypes.c_ubyte * nbytes).from_address(address)).cast("B")
+
+
+def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor's bytes, for any dtype (no autograd)."""
+    import torch
+
+    t = tensor.detach()
+    nbytes = t.numel() * t.element_size()
+    out = torch.empty(0, dtype=torch.uint8, device=t.device)
+    out.set_(t.untyped_storage(), t.storage_offset() * t.element_size(), (nbytes,), (1,))
+    return out
+
+
+@dataclass
+class _Target:
+    """Where the bytes ``[start, end)`` of one storage go.
+
+    ``raw`` (with ``mem``) is set when the bytes can land as they are in CPU memory (same dtype, contiguous):
+    they are read straight into it, then byte-swapped in place if ``swap`` > 1. Otherwise ``flat`` (contiguous,
+    any device and dtype) receives converted pieces; ``record`` + ``dst`` are set for views that are not
+    contiguous on either side, rebuilt from a copy of the whole storage.
+    """
+
+    start: int
+    end: int
+    src_dtype: torch.dtype
+    itemsize: int
+    swap: int
+    name: str
+    raw: torch.Tensor | None = None
+    mem: memoryview | None = None
+    flat: torch.Tensor | None = None
+    record: TensorRecord | None = None
+    dst: torch.Tensor | None = None
+    ptr: int = 0  # address of the destination's first byte, when ``mem`` is set
+
+    @property
+    def contiguous(self) -> bool:
+        return self.mem is not None or self.raw is not None or self.flat is not None
+
+    def byte_dst(self) -> torch.Tensor | None:
+        """The destination's bytes as a flat uint8 tensor, when they can land as they are (made on first use:
+        plain reads need only ``mem``)."""
+        if self.raw is None and self.mem is not None and self.dst is not None:
+            self.raw = _raw_bytes(self.dst)
+        return self.raw
+
+
+@dataclass
+class _Group:
+    """One file storage and every target it feeds (``pending``: requests whose targets are made just in time)."""
+
+    ref: StorageRef
+    targets: list[_Target] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    pending: list[tuple[TensorRecord, torch.Tensor]] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        for record, dst in self.pending:
+            self.targets.append(_target_for(record, dst, bool(self.ref.compression)))
+        self.pending.clear()
+
+
+def _target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> _Target:
+    ref = record.storage
+    assert ref is not None
+    src_dtype = dtypes.to_torch(record.dtype)
+    size = record.itemsize
+    swap = _swap_unit(record.dtype) if ref.byteorder == "big" else 1
+    start = record.storage_offset * size
+    if record.is_contiguous and dst.is_contiguous():
+        end = start + record.nbytes
+        target = _Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+        if dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed:
+            target.ptr = dst.data_ptr()
+            target.mem = _memory_at(target.ptr, record.nbytes)
+        else:
+            target.flat = dst.detach().view(-1)
+        return target
+    return _Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scratch buffers
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Buffer:
+    def __init__(self, raw: torch.Tensor) -> None:
+        self.raw = raw
+        self.mem = _memory(raw)
+        self.fence: Any = None  # a CUDA event the next user must wait for
+
+    def wait(self) -> None:
+        if self.fence is not None:
+            self.fence.synchronize()
+            self.fence = None
+
+
+class _Scratch:
+    """At most ``count`` buffers of ``size`` bytes, allocated on first use and recycled."""
+
+    def __init__(self, size: int, count: int, pinned: bool) -> None:
+        self.size = size
+        self.count = count
+        self.pinned = pinned
+        self.free: list[_Buffer] = []
+        self.made = 0
+        self.cond = threading.Condition()
+
+    def take(self) -> _Buffer:
+        with self.cond:
+            while not self.free and self.made >= self.count:
+                self.cond.wait()
+            if self.free:
+                buf = self.free.pop()
+            else:
+                self.made += 1
+                buf = None
+        if buf is None:
+            buf = _Buffer(_allocate(self.size, pinned=self.pinned, kind="scratch"))
+        buf.wait()
+        return buf
+
+    def give(self, buf: _Buffer) -> None:
+        with self.cond:
+            self.free.append(buf)
+            self.cond.notify()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Moving bytes
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _swap_in_place(raw: torch.Tensor, unit: int) -> None:
+    rows = raw.view(-1, unit)
+    rows.copy_(rows.flip(1))
+
+
+def _deliver(target: _Target, a: int, b: int, src: torch.Tensor, buf: _Buffer | None) -> None:
+    """Give ``target`` its part of the storage bytes ``[a, b)``, held in the uint8 tensor ``src``."""
+    lo, hi = max(a, target.start), min(b, target.end)
+    if lo >= hi:
+        return
+    piece = src[lo - a : hi - a]
+    raw = target.byte_dst()
+    if raw is not None:
+        dst = raw[lo - target.start : hi - target.start]
+        dst.copy_(piece)
+        if target.swap > 1:
+            _swap_in_place(dst, target.swap)
+        return
+    assert target.flat is not None
+    if target.swap > 1:
+        piece = piece.view(-1, target.swap).flip(1).reshape(-1)
+        buf = None  # no longer the pinned buffer
+    size = target.itemsize
+    values = piece.view(target.src_dtype)
+    dst = target.flat[(lo - target.start) // size : (hi - target.start) // size]
+    if dst.device.type == "cuda" and buf is not None and buf.raw.is_pinned():
+        import torch
+
+        dst.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        buf.fence = event
+    else:
+        dst.copy_(values)
+
+
+class _Engine:
+    """Runs the reads of a list of groups over a thread pool; collects CRC results per storage."""
+
+    def __init__(
+        self,
+        groups: list[_Group],
+        check_crc: bool,
+        settings: IOSettings,
+        *,
+        cuda: bool = False,
+        torch_work: bool = True,
+    ) -> None:
+        self.groups = groups
+        self.check_crc = check_crc
+        self.settings = settings
+        self.fds: dict[str, int] = {}
+        self.result = FillResult()
+        self.lock = threading.Lock()
+        pinned = False
+        if cuda:
+            import torch
+
+            pinned = torch.cuda.is_available()
+        self.cuda = cuda
+        self.torch_work = torch_work  # some target needs torch ops (casts, swaps, copies), not only reads
+        self.scratch = _Scratch(settings.chunk_bytes(), settings.worker_count(), pinned)
+
+    def fd(self, path: str) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = open_fd(path)
+            if self.settings.fadvise:
+                hint(fd, 0, 0, sequential=True)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    # -- planning ----------------------------------------------------------------------------------------------
+
+    def wants_crc(self, ref: StorageRef) -> bool:
+        return self.check_crc and ref.crc32 is not None
+
+    def jobs(self, group: _Group) -> list[_Job]:
+        """The reads for one storage, in file order; each returns ``(crc, length)`` of its bytes when checked."""
+        ref = group.ref
+        crc = self.wants_crc(ref)
+        if not ref.compression:
+            self.fd(ref.file)  # opened here, by the planning thread: the readers only look it up
+        if len(group.targets) == 1 and self.settings.direct:  # the common case: one tensor, read in place
+            t = group.targets[0]
+            if t.mem is not None and t.swap == 1 and (not crc or (t.start, t.end) == (0, ref.nbytes)):
+                step = self.settings.piece_size()
+                mem = t.mem
+                return [
+                    (_Read(ref, ref.offset + p, mem[p - t.start : q - t.start], t.ptr + p - t.start, crc), q - p)
+                    for p in range(t.start, t.end, step)
+                    for q in (min(t.end, p + step),)
+                ]
+        targets = [t for t in group.targets if t.end > t.start or not t.contiguous]
+        if not targets and not crc:
+            return []
+        aligned = all(
+            t.contiguous and t.start % t.itemsize == 0 and t.end % t.itemsize == 0 and t.start % t.swap == 0
+            for t in targets
+        )
+        if ref.compression or not aligned:
+            return [(lambda: self.whole(group, targets), ref.nbytes)]
+        lo, hi = (0, ref.nbytes) if crc else (min(t.start for t in targets), max(t.end for t in targets))
+        cuts = sorted({lo, hi, *(p for t in targets for p in (t.start, t.end) if lo < p < hi)})
+        out: list[_Job] = []
+        chunk = self.scratch.size
+        for a, b in pairwise(cuts):
+            covering = [t for t in targets if t.start <= a and b <= t.end]
+            if not covering and not crc:
+                continue
+            direct = next((t for t in covering if t.mem is not None), None) if self.settings.direct else None
+            others = [t for t in covering if t is not direct]
+            step = self.settings.piece_size() if direct is not None else chunk
+            for p in range(a, b, step):
+                q = min(b, p + step)
+                if direct is not None and direct.mem is not None and not others and direct.swap == 1:
+                    off = p - direct.start
+                    out.append(
+                        (_Read(ref, ref.offset + p, direct.mem[off : off + q - p], direct.ptr + off, crc), q - p)
+                    )
+                else:
+                    out.append((self.piece_job(ref, p, q, direct, others, crc), q - p))
+        return out
+
+    def piece_job(
+        self, ref: StorageRef, a: int, b: int, direct: _Target | None, others: list[_Target], crc: bool
+    ) -> Callable[[], tuple[int, int] | None]:
+        return lambda: self.piece(ref, a, b, direct, others, crc)
+
+    # -- running -----------------------------------------------------------------------------------------------
+
+    def execute(self, items: list[tuple[int, int, Any]]) -> list[tuple[int, int, _Outcome]]:
+        """Run ``(group, job index, job)`` items in order; runs of plain reads that follow each other in one file
+        (holes up to :data:`_MAX_GAP` bytes) become one vectored read."""
+        out: list[tuple[int, int, _Outcome]] = []
+        i = 0
+        while i < len(items):
+            job = items[i][2]
+            if not isinstance(job, _Read):
+                out.append((items[i][0], items[i][1], job()))
+                i += 1
+                continue
+            k = i + 1
+            end = job.offset + len(job.mem)
+            while k < len(items) and k - i < MAX_VECTORS // 2:
+                nxt = items[k][2]
+                if not (isinstance(nxt, _Read) and nxt.ref.file == job.ref.file and 0 <= nxt.offset - end <= _MAX_GAP):
+                    break
+                end = nxt.offset + len(nxt.mem)
+                k += 1
+            out.extend(self.read_run(items[i:k]))
+            i = k
+        return out
+
+    def read_run(self, items: list[tuple[int, int, Any]]) -> list[tuple[int, int, _Outcome]]:
+        """One vectored read for plain reads of one file in file order; holes between them land in junk memory."""
+        reads: list[_Read] = [job for _, _, job in items]
+        first = reads[0]
+        bufs: list[memoryview] = []
+        end = first.offset
+        for r in reads:
+            gap = r.offset - end
+            if gap:
+                bufs.append(memoryview(bytearray(gap)))
+            bufs.append(r.mem)
+            end = r.offset + len(r.mem)
+        what = _what(first.ref) if len(reads) == 1 else f"{_what(first.ref)} and the {len(reads) - 1} storages after it"
+        self.read(self.fd(first.ref.file), bufs, first.offset, first.ref, self.lookahead(), what)
+        n = sum(len(r.mem) for r in reads)
+        with self.lock:
+            self.result.bytes_read += n
+        return [(g, j, (crc32(r.mem, 0, r.ptr), len(r.mem)) if r.crc else None) for (g, j, _), r in zip(items, reads)]
+
+    def lookahead(self) -> int:
+        """How far past its own bytes a cold read hints: what the other threads will ask for next."""
+        return self.settings.worker_count() * self.settings.piece_size()
+
+    def piece(
+        self, ref: StorageRef, a: int, b: int, direct: _Target | None, others: list[_Target], crc: bool
+    ) -> tuple[int, int] | None:
+        """Read storage bytes ``[a, b)`` straight into ``direct`` (or a scratch buffer) and hand them on."""
+        import torch
+
+        fd = self.fd(ref.file)
+        n = b - a
+        ahead = self.lookahead()
+        with torch.no_grad():
+            if direct is not None:
+                raw = direct.byte_dst()
+                assert direct.mem is not None and raw is not None
+                off = a - direct.start
+                mem = direct.mem[off : off + n]
+                self.read(fd, mem, ref.offset + a, ref, ahead)
+                src = raw[off : off + n]
+                value = crc32(mem, 0, src.data_ptr()) if crc else None
+                for t in others:
+                    _deliver(t, a, b, src, None)
+                if direct.swap > 1:
+                    _swap_in_place(src, direct.swap)
+            else:
+                buf = self.scratch.take()
+                try:
+                    mem = buf.mem[:n]
+                    self.read(fd, mem, ref.offset + a, ref, ahead)
+                    value = crc32(mem, 0, buf.raw.data_ptr()) if crc else None
+                    for t in others:
+                        _deliver(t, a, b, buf.raw[:n], buf)
+                finally:
+                    self.scratch.give(buf)
+        with self.lock:
+            self.result.bytes_read += n
+        return None if value is None else (value, n)
+
+    def read(
+        self,
+        fd: int,
+        mem: memoryview | list[memoryview],
+        offset: int,
+        ref: StorageRef,
+        ahead: int,
+        what: str | None = None,
+    ) -> None:
+        if self.settings.fadvise:
+            read_ahead(fd, mem, offset, ref.file, what or _what(ref), ahead)
+        else:
+            read_exact(fd, mem, offset, ref.file, what or _what(ref))
+
+    def whole(self, group: _Group, targets: list[_Target]) -> tuple[int, int] | None:
+        """Storages read as a whole: compressed members, and storages feeding views that are not contiguous."""
+        import torch
+
+        ref = group.ref
+        crc = self.wants_crc(ref)
+        strided = any(not t.contiguous for t in targets)
+        with torch.no_grad():
+            if ref.compression and not strided and ref.compression == _DEFLATED:
+                return self.inflate_streaming(ref, targets, crc)
+            temp: _Buffer | None = None
+            if ref.nbytes <= self.scratch.size:
+                temp = self.scratch.take()
+                raw = temp.raw[: ref.nbytes]
+            else:
+                raw = _allocate(ref.nbytes, kind="temp")
+            try:
+                mem = _memory(raw)
+                value = self.read_whole(ref, mem, raw.data_ptr())
+                if crc and ref.compression == 0:
+                    value = crc32(mem, 0, raw.data_ptr())
+                unit = max((t.swap for t in targets), default=1)
+                if unit > 1 and ref.nbytes % unit == 0:
+                    _swap_in_place(raw, unit)
+                storage = raw.untyped_storage()
+                base = int(raw.storage_offset())
+                for t in targets:
+                    if t.record is not None and t.dst is not None:
+                        view = _build(t.record, storage, base)
+                        if tuple(view.shape) != tuple(t.dst.shape):
+                            view = view.reshape(t.dst.shape)
+                        t.dst.detach().copy_(view)
+                    else:
+                        piece = raw[t.start : t.end]
+                        raw_dst = t.byte_dst()
+                        if raw_dst is not None:
+                            raw_dst.copy_(piece)
+                        else:
+                            assert t.flat is not None
+                            t.flat.copy_(piece.view(t.src_dtype))
+            finally:
+                if temp is not None:
+                    self.scratch.give(temp)
+        with self.lock:
+            self.result.bytes_read += ref.compressed_size if ref.compression else ref.nbytes
+        return None if not crc or value is None else (value, ref.nbytes)
+
+    def read_whole(self, ref: StorageRef, mem: memoryview, address: int) -> int | None:
+        """Fill ``mem`` with the whole decoded storage; returns the CRC-32 when inflating (computed on the way)."""
+        if ref.compression == 0:
+            read_exact(self.fd(ref.file), mem, ref.offset, ref.file, _what(ref))
+            return None
+        if ref.compression == _DEFLATED:
+            value = 0
+            with _open(ref.file) as fh:
+                try:
+                    for n in inflate(fh, ref.offset, ref.compressed_size, ref.nbytes, mem):
+                        value = crc32(mem[:n], value, address)
+                except (zlib.error, EOFError) as exc:
+                    raise _bad_member(ref, exc) from None
+            return value
+        data = _read_member(ref)  # bzip2 / lzma: rare enough to inflate whole (the CRC is checked there)
+        mem[:] = data
+        return ref.crc32 if ref.crc32 is not None else None
+
+    def inflate_streaming(self, ref: StorageRef, targets: list[_Target], crc: bool) -> tuple[int, int] | None:
+        """Inflate a deflated member through one scratch buffer, handing each piece to the targets it covers."""
+        hi = ref.nbytes if crc else max((t.end for t in targets), default=0)
+        buf = self.scratch.take()
+        value = 0
+        pos = 0
+        try:
+            with _open(ref.file) as fh:
+                try:
+                    for n in inflate(fh, ref.offset, ref.compressed_size, hi, buf.mem):
+                        if crc:
+                            value = crc32(buf.mem[:n], value, buf.raw.data_ptr())
+                        for t in targets:
+                            _deliver(t, pos, pos + n, buf.raw[:n], buf)
+                        buf.wait()
+                        pos += n
+                except (zlib.error, EOFError) as exc:
+                    raise _bad_member(ref, exc) from None
+        finally:
+            self.scratch.give(buf)
+        with self.lock:
+            self.result.bytes_read += ref.compressed_size
+        return (value, ref.nbytes) if crc else None
+
+    def run(self) -> FillResult:
+        import torch
+
+        settings = self.settings
+        saved_threads = torch.get_num_threads()
+        if self.torch_work and settings.intra_op_threads and saved_threads != settings.intra_op_threads:
+            torch.set_num_threads(settings.intra_op_threads)
+        try:
+            small = sum(g.ref.nbytes for g in self.groups) <= settings.piece_size()  # not worth threads
+            outcomes: list[list[_Outcome]] = []
+            if small or settings.worker_count() == 1:
+                items: list[tuple[int, int, Any]] = []
+                for g, group in enumerate(self.groups):
+                    group.prepare()
+                    jobs = self.jobs(group)
+                    outcomes.append([None] * len(jobs))
+                    items += [(g, j, job) for j, (job, _) in enumerate(jobs)]
+                for g, j, value in self.execute(items):
+                    outcomes[g][j] = value
+            else:
+                outcomes = self.run_pool(settings.worker_count())
+            if self.cuda and torch.cuda.is_available():
+                torch.cuda.synchronize()
+        finally:
+            if torch.get_num_threads() != saved_threads:
+                torch.set_num_threads(saved_threads)
+            self.close()
+        for group, parts in zip(self.groups, outcomes):
+            self.check(group, parts)
+        return self.result
+
+    def run_pool(self, workers: int) -> list[list[_Outcome]]:
+        """Plan each storage just before its reads are queued, so the first reads start at once; small reads are
+        queued in batches of about one piece, so a thread's wake-up (and, for plain reads, a system call) is paid
+        per piece, not per tensor."""
+        outcomes: list[list[_Outcome]] = []
+        futures: list[Future[list[tuple[int, int, _Outcome]]]] = []
+        batch: list[tuple[int, int, Any]] = []
+        size = 0
+        target = self.settings.piece_size()
+        run_batch = self.execute
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchweights-read") as pool:
+            try:
+                for g, group in enumerate(self.groups):
+                    group.prepare()
+                    jobs = self.jobs(group)
+                    outcomes.append([None] * len(jobs))
+                    for j, (job, n) in enumerate(jobs):
+                        batch.append((g, j, job))
+                        size += n
+                        if size >= target:
+                            futures.append(pool.submit(run_batch, batch))
+                            batch, size = [], 0
+                if batch:
+                    futures.append(pool.submit(run_batch, batch))
+                for future in futures:
+                    for g, j, value in future.result():
+                        outcomes[g][j] = value
+                return outcomes
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def check(self, group: _Group, parts: list[tuple[int, int] | None]) -> None:
+        ref = group.ref
+        if not self.wants_crc(ref) or ref.crc32 is None:
+            return
+        pieces = [p for p in parts if p is not None]
+        if sum(n for _, n in pieces) != ref.nbytes:
+            return  # not the whole storage (nothing needed it): nothing to compare
+        value = 0
+        for crc, n in pieces:
+            value = crc32_combine(value, crc, n)
+        self.result.crc_checked += 1
+        if value != ref.crc32:
+            self.result.bad_crc.append(CrcMismatch(ref, ref.crc32, value, tuple(group.names)))
+
+
+def _open(path: str) -> io.BufferedReader:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise CheckpointReadError(f"cannot read {quote(path)}: {exc.strerror or exc}", path=path) from None
+
+
+def _bad_member(ref: StorageRef, exc: BaseException) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{quote(ref.file)}: compressed member {quote(ref.member or ref.key)} cannot be inflated "
+        f"({type(exc).__name__}: {exc}). "
+        "The file changed since it was opened or is damaged; re-download or re-save it.",
+        code="bad-member",
+        path=ref.file,
+    )
+
+
+def _read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
+    """The first ``nbytes`` (default: all ``ref.nbytes``) inflated bytes of a compressed storage's zip member, read
+    whole (bzip2 and lzma members, byte ranges of compressed ones); CRC-32 checked when the whole member is read."""
+    from .formats._zip import ZipMember, inflate
+
+    want = ref.nbytes if nbytes is None else nbytes
+    member = ZipMember(
+        name=ref.member or ref.key,
+        index=-1,
+        header_offset=-1,
+        data_offset=ref.offset,
+        compress_type=ref.compression,
+        compressed_size=ref.compressed_size,
+        size=want,
+        crc32=ref.crc32 or 0,
+        flags=0,
+    )
+    with _open(ref.file) as handle:
+        try:
+            data = inflate(handle, member, want)
+        except CorruptCheckpointError as exc:
+            raise _bad_member(ref, exc) from None
+    actual = zlib.crc32(data) if want == ref.nbytes and ref.crc32 is not None else None
+    if actual is not None and actual != ref.crc32:
+        raise crc_error([CrcMismatch(ref, ref.crc32 or 0, actual, (ref.key,))], "Nothing was loaded.")
+    return data

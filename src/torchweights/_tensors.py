@@ -1,0 +1,162 @@
+"""Tensors from records: torch views over loaded (or mapped) storages, quantized tensors, and the checks that turn
+torch's refusals into corrupt-file errors.
+
+Split out of :mod:`torchweights.storage`. Used by the read engine (:mod:`torchweights._engine`, for views that are
+not contiguous), the mappings (:mod:`torchweights._mapping`) and :func:`torchweights.storage.materialize`. torch is
+imported inside the functions, never at import time.
+
+Per-channel scales and zero points saved as tensors are records of their own: :func:`_qparams` loads them with
+:func:`torchweights.storage.materialize`, imported when called (a module-level import would be a cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import dtypes
+from .errors import CorruptCheckpointError, UnsupportedCheckpointError
+from .records import TensorRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def _swap_unit(dtype: str) -> int:
+    info = dtypes.get(dtype)
+    return info.itemsize // 2 if info.kind == "complex" else info.itemsize
+
+
+def _target_device(location: str, map_location: Any) -> Any:
+    if map_location is None:
+        return location
+    if isinstance(map_location, Mapping):
+        return map_location.get(location, location)
+    if callable(map_location):
+        return map_location(location)
+    return map_location
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _check_view(record: TensorRecord) -> None:
+    """Refuse views torch cannot represent (negative or 64-bit-overflowing sizes, strides, offset or numel).
+
+    Readers already check that views fit their storage; this guards the torch calls below so a record that slipped
+    through (a meta tensor, a zero stride over a huge size) fails as a corrupt file, not as a torch exception.
+    """
+    shape, stride, offset = record.shape, record.stride, record.storage_offset
+    problem = None
+    if len(shape) != len(stride):
+        problem = f"has {len(shape)} sizes but {len(stride)} strides"
+    elif any(type(v) is not int or not 0 <= v <= _INT64_MAX for v in (*shape, *stride, offset)):
+        problem = "has a size, stride or offset that is negative or does not fit in 64 bits"
+    else:
+        numel = 1
+        for n in shape:
+            numel *= n
+        extent = offset + sum((n - 1) * s for n, s in zip(shape, stride) if n)
+        if numel * record.itemsize > _INT64_MAX or (extent + 1) * record.itemsize > _INT64_MAX:
+            problem = "spans more elements than a 64-bit size can count"
+    if problem:
+        raise CorruptCheckpointError(
+            f"tensor '{record.name}' {problem} (size {shape}, stride {stride}, offset {offset}), so torch cannot "
+            "build it. The file is corrupt or was crafted; re-download or re-save it.",
+            code="bad-record",
+            path=record.storage.file if record.storage else None,
+        )
+
+
+def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
+    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors.
+
+    ``base``: byte offset of the file storage's first byte inside ``storage`` (a multiple of the element size).
+    """
+    import torch
+
+    if record.quantization is not None:  # quantized tensors: see _build_quantized at the end of this module
+        return _build_quantized(record, storage, base)
+    dtype = dtypes.to_torch(record.dtype)
+    _check_view(record)
+    try:
+        if storage is None:
+            return torch.empty_strided(record.shape, record.stride, dtype=dtype, device="meta")
+        tensor = torch.empty(0, dtype=dtype, device=storage.device)
+        offset = record.storage_offset + base // max(1, record.itemsize)
+        tensor.set_(storage, offset, record.shape, record.stride)
+        return tensor
+    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+        raise CorruptCheckpointError(
+            f"torch refused to build tensor '{record.name}' ({record.dtype}, size {record.shape}, stride "
+            f"{record.stride}, offset {record.storage_offset}): {exc}. The file is corrupt or was crafted; "
+            "re-download or re-save it.",
+            code="bad-record",
+            path=record.storage.file if record.storage else None,
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Quantized tensors (records with ``quantization``)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _build_quantized(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
+    """A quantized tensor as torch rebuilds one: an empty quantized tensor with the record's scale and zero point(s),
+    set to its view of the loaded storage (so strides, offsets and shared storages stay exact)."""
+    import torch
+
+    quant = record.quantization or {}
+    _check_view(record)
+    why, fix = None, "tw.open(path) still lists its record, with its scale and zero point(s)."
+    if record.dtype not in ("qint8", "quint8", "qint32"):
+        why = f"is a {record.dtype} quantized tensor, which tw.load cannot build yet"
+    elif storage is None:
+        why = "is a quantized tensor saved without data (meta), which torch cannot represent"
+    elif storage.device.type != "cpu":
+        why = f"is quantized, and torch builds quantized tensors on the CPU only, not on {storage.device}"
+        fix = "Load it with map_location='cpu'."
+    if why:
+        raise UnsupportedCheckpointError(
+            f"tensor '{record.name}' {why}. {fix}",
+            code="unsupported-quantized",
+            path=record.storage.file if record.storage else None,
+        )
+    assert storage is not None
+    dtype = dtypes.to_torch(record.dtype)
+    try:
+        if "axis" in quant:
+            tensor = torch._empty_per_channel_affine_quantized(
+                [0],
+                scales=_qparams(quant["scales"], torch.float64),
+                zero_points=_qparams(quant["zero_points"], torch.int64),
+                axis=quant["axis"],
+                dtype=dtype,
+            )
+        else:
+            tensor = torch._empty_affine_quantized(
+                [0], scale=quant["scale"], zero_point=quant["zero_point"], dtype=dtype
+            )
+        tensor.set_(storage, record.storage_offset + base // record.itemsize, record.shape, record.stride)
+        return tensor
+    except (RuntimeError, TypeError, ValueError, OverflowError, KeyError) as exc:
+        raise CorruptCheckpointError(
+            f"torch refused to build quantized tensor '{record.name}' ({record.dtype}, size {record.shape}, "
+            f"quantization {quant.get('qscheme')}): {exc}. The file is corrupt or was crafted; re-download or "
+            "re-save it.",
+            code="bad-record",
+            path=record.storage.file if record.storage else None,
+        ) from None
+
+
+def _qparams(value: Any, dtype: torch.dtype) -> torch.Tensor:
+    """Per-channel scales or zero points: read from their own record, or made from the numbers an old file held."""
+    import torch
+
+    from .storage import materialize  # a lazy import: storage -> _engine -> this module
+
+    if isinstance(value, TensorRecord):
+        return materialize([value])[value.name]
+    if any(isinstance(v, float) for v in value):
+        dtype = torch.float64
+    return torch.tensor(value, dtype=dtype)
