@@ -46,7 +46,7 @@ from ._io import (
     read_ahead,
     read_exact,
 )
-from ._results import CrcMismatch, FillResult, _what, crc_error
+from ._results import CrcMismatch, FillResult, _what, not_whole_elements
 from ._tensors import _build, _swap_unit
 from .errors import CheckpointReadError, CorruptCheckpointError
 from .records import StorageRef, TensorRecord
@@ -496,7 +496,9 @@ class _Engine:
                 if crc and ref.compression == 0:
                     value = crc32(mem, 0, raw.data_ptr())
                 unit = max((t.swap for t in targets), default=1)
-                if unit > 1 and ref.nbytes % unit == 0:
+                if unit > 1:
+                    if ref.nbytes % unit:
+                        raise not_whole_elements(ref, unit)
                     _swap_in_place(raw, unit)
                 storage = raw.untyped_storage()
                 base = int(raw.storage_offset())
@@ -535,9 +537,8 @@ class _Engine:
                 except (zlib.error, EOFError) as exc:
                     raise _bad_member(ref, exc) from None
             return value
-        data = _read_member(ref)  # bzip2 / lzma: rare enough to inflate whole (the CRC is checked there)
-        mem[:] = data
-        return ref.crc32 if ref.crc32 is not None else None
+        mem[:] = _read_member(ref)  # bzip2 / lzma: rare enough to inflate whole
+        return crc32(mem, 0, address)
 
     def inflate_streaming(self, ref: StorageRef, targets: list[_Target], crc: bool) -> tuple[int, int] | None:
         """Inflate a deflated member through one scratch buffer, handing each piece to the targets it covers."""
@@ -662,7 +663,7 @@ def _bad_member(ref: StorageRef, exc: BaseException) -> CorruptCheckpointError:
 
 def _read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
     """The first ``nbytes`` (default: all ``ref.nbytes``) inflated bytes of a compressed storage's zip member, read
-    whole (bzip2 and lzma members, byte ranges of compressed ones); CRC-32 checked when the whole member is read."""
+    whole (bzip2 and lzma members, byte ranges of compressed ones). The CRC is the caller's to check."""
     from .formats._zip import ZipMember, inflate
 
     want = ref.nbytes if nbytes is None else nbytes
@@ -679,10 +680,6 @@ def _read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
     )
     with _open(ref.file) as handle:
         try:
-            data = inflate(handle, member, want)
+            return inflate(handle, member, want)
         except CorruptCheckpointError as exc:
             raise _bad_member(ref, exc) from None
-    actual = zlib.crc32(data) if want == ref.nbytes and ref.crc32 is not None else None
-    if actual is not None and actual != ref.crc32:
-        raise crc_error([CrcMismatch(ref, ref.crc32 or 0, actual, (ref.key,))], "Nothing was loaded.")
-    return data

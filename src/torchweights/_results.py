@@ -15,7 +15,7 @@ from .errors import CorruptCheckpointError
 from .records import StorageRef
 from .text import plural, quote, shorten_list
 
-__all__ = ["CrcMismatch", "FillResult", "crc_error"]
+__all__ = ["CrcMismatch", "FillResult", "crc_error", "not_whole_elements"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,13 @@ def crc_error(bad: Sequence[CrcMismatch], consequence: str) -> CorruptCheckpoint
 
 def _what(ref: StorageRef) -> str:
     return f"storage {quote(ref.key)}" + (f" (member {quote(ref.member)})" if ref.member else "")
+
+
+def not_whole_elements(ref: StorageRef, unit: int) -> CorruptCheckpointError:
+    """The error for a big-endian storage that is not a whole number of ``unit``-byte elements (no swap possible)."""
+    return CorruptCheckpointError(
+        f"{quote(ref.file)}: big-endian storage {quote(ref.key)} holds {ref.nbytes} bytes, not a whole number of "
+        f"{unit}-byte elements, so its byte order cannot be swapped. The file is corrupt; re-save it.",
+        code="bad-record",
+        path=ref.file,
+    )

@@ -40,7 +40,7 @@ from . import dtypes
 from ._engine import _Engine, _Group, _memory, _read_member, _Target
 from ._io import IOSettings, current_settings, io_settings, open_fd, read_exact
 from ._mapping import _Mapper, mapped_tensors
-from ._results import CrcMismatch, FillResult, _what, crc_error
+from ._results import CrcMismatch, FillResult, _what, crc_error, not_whole_elements
 from ._tensors import _build, _check_view, _swap_unit, _target_device
 from .errors import CorruptCheckpointError, RuleError
 from .records import StorageRef, TensorRecord
@@ -218,12 +218,7 @@ def materialize(
             continue
         swap = unit if ref.byteorder == "big" else 1
         if ref.byteorder == "big" and unit > 1 and ref.nbytes % unit:
-            raise CorruptCheckpointError(
-                f"'{ref.file}': big-endian storage '{ref.key}' holds {ref.nbytes} bytes, not a whole number of "
-                f"{unit}-byte elements, so its byte order cannot be swapped. The file is corrupt; re-save it.",
-                code="bad-record",
-                path=ref.file,
-            )
+            raise not_whole_elements(ref, unit)
         target = _Target(0, ref.nbytes, torch.uint8, 1, swap, record.name)
         if buf.device.type == "cpu" and not ref.compression:
             target.raw = buf

@@ -24,7 +24,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import IO
+from typing import IO, Any
 
 from .. import _io
 from ..errors import CorruptCheckpointError, ResourceLimitError
@@ -528,7 +528,8 @@ def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:
     """The first ``limit`` bytes of a member's content (inflated when compressed), never more than it declares.
 
     Stored and deflated members (all torch writes) are read here, deflate through :func:`_io.inflate`; bzip2 and
-    lzma members, which only other tools write, through :mod:`zipfile`. The CRC is the caller's to check.
+    lzma members, which only other tools write, through :mod:`bz2` and :mod:`lzma`. The CRC is the caller's to
+    check.
 
     Raises:
         CorruptCheckpointError: the member cannot be read or inflated (code ``bad-member``, ``truncated`` or
@@ -551,7 +552,7 @@ def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:
             raise CorruptCheckpointError(f"member '{m.name}' is cut short: {exc}", code="truncated") from None
         data = bytes(out)
     elif m.compress_type in (12, 14):
-        data = _inflate_with_zipfile(fh, m, want)
+        data = _inflate_other(fh, m, want)
     else:
         raise CorruptCheckpointError(
             f"member {_quote_name(m.name)} uses {_METHODS.get(m.compress_type, m.compress_type)} compression, which "
@@ -565,39 +566,50 @@ def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:
     return data
 
 
-def _zip_errors() -> tuple[type[Exception], ...]:
-    """Every exception :mod:`zipfile` and its decompressors raise on a damaged member."""
-    import zipfile
+def _decompressor(fh: IO[bytes], m: ZipMember) -> tuple[Any, int]:
+    """A decompressor for a bzip2 or lzma member, and where its stream starts (lzma members open with a header)."""
+    import bz2
+    import lzma
 
-    errors: list[type[Exception]] = [
-        zipfile.BadZipFile,  # bad signatures, CRC mismatch, local and central names differ
-        zlib.error,
-        EOFError,  # compressed stream ends early
-        OSError,  # bzip2 errors, seeks outside the file
-        ValueError,  # bad zip64 fields
-        NotImplementedError,  # unknown compression method
-        RuntimeError,  # a decompressor module missing from this Python
-        KeyError,
-        struct.error,
-        OverflowError,
-    ]
-    try:
-        import lzma
-
-        errors.append(lzma.LZMAError)
-    except ImportError:  # pragma: no cover - Python built without lzma
-        pass
-    return tuple(errors)
+    if m.compress_type == 12:
+        return bz2.BZ2Decompressor(), m.data_offset
+    # zip's lzma: version (2 bytes), properties size (2 bytes), LZMA1 properties (5 bytes), then the raw stream
+    fh.seek(m.data_offset)
+    head = fh.read(4)
+    size = int.from_bytes(head[2:4], "little") if len(head) == 4 else 0
+    props = fh.read(size) if size == 5 else b""
+    if len(props) != 5 or props[0] >= 9 * 5 * 5:
+        raise CorruptCheckpointError(f"member {_quote_name(m.name)} has no valid lzma header", code="bad-member")
+    lc, rest = props[0] % 9, props[0] // 9
+    dict_size = int.from_bytes(props[1:5], "little")
+    filters = [{"id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5, "dict_size": dict_size}]
+    return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters), m.data_offset + 9
 
 
-def _inflate_with_zipfile(fh: IO[bytes], m: ZipMember, want: int) -> bytes:
-    """bzip2 and lzma members (never written by torch) through :mod:`zipfile`, on an archive already checked."""
-    import zipfile
+def _inflate_other(fh: IO[bytes], m: ZipMember, want: int) -> bytes:
+    """The first ``want`` bytes of a bzip2 or lzma member (never written by torch), inflated in bounded steps."""
+    import lzma
 
     try:
-        with zipfile.ZipFile(fh) as zf, zf.open(m.name) as member:
-            return member.read(want)
-    except _zip_errors() as exc:
+        decompressor, start = _decompressor(fh, m)
+        out = bytearray()
+        fh.seek(start)
+        remaining = m.data_end - start
+        while len(out) < want:
+            if decompressor.needs_input:
+                if remaining <= 0:
+                    break
+                piece = fh.read(min(1 << 20, remaining))
+                if not piece:
+                    break
+                remaining -= len(piece)
+            else:
+                piece = b""
+            out += decompressor.decompress(piece, max_length=want - len(out))
+            if decompressor.eof:
+                break
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
         raise CorruptCheckpointError(
             f"member {_quote_name(m.name)} does not inflate: {type(exc).__name__}: {exc}", code="bad-member"
         ) from None
+    return bytes(out)
