@@ -72,7 +72,7 @@ class IOSettings:
         """The number of reader threads to use."""
         if self.threads > 0:
             return self.threads
-        return min(4, max(2, os.cpu_count() or 1))
+        return min(4, max(2, _CPUS))
 
     def piece_size(self) -> int:
         """:attr:`piece_bytes` rounded down to a multiple of 64 (so pieces never split an element)."""
@@ -83,6 +83,9 @@ class IOSettings:
         per = self.scratch_bytes // max(1, self.worker_count())
         return max(64 << 10, per - per % 64)
 
+
+#: Cores online, read once (``os.cpu_count`` reads a file under /sys on every call).
+_CPUS = os.cpu_count() or 1
 
 _SETTINGS: ContextVar[IOSettings] = ContextVar("torchweights_io_settings", default=IOSettings())  # noqa: B039 - frozen
 

@@ -702,7 +702,7 @@ def _scalar_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 
 def _in_custom_module(name: str, custom: Sequence[str]) -> bool:
-    return any(m == "" or name == m or name.startswith(m + ".") for m in custom)
+    return bool(custom) and any(m == "" or name == m or name.startswith(m + ".") for m in custom)
 
 
 def _is_batch_counter(name: str) -> bool:

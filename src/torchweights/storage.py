@@ -58,6 +58,7 @@ __all__ = [
     "io_settings",
     "mapped_tensors",
     "materialize",
+    "read_byte_range",
     "read_storage_bytes",
 ]
 
