@@ -68,6 +68,16 @@ def _check_view(record: TensorRecord) -> None:
         )
 
 
+def _refused(record: TensorRecord, what: str, layout: str, exc: Exception) -> CorruptCheckpointError:
+    """torch would not build ``record`` from its storage: the file's layout is impossible."""
+    return CorruptCheckpointError(
+        f"torch refused to build {what} '{record.name}' ({record.dtype}, {layout}): {exc}. The file is corrupt or "
+        "was crafted; re-download or re-save it.",
+        code="bad-record",
+        path=record.storage.file if record.storage else None,
+    )
+
+
 def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
     """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors.
 
@@ -87,12 +97,8 @@ def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int
         tensor.set_(storage, offset, record.shape, record.stride)
         return tensor
     except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
-        raise CorruptCheckpointError(
-            f"torch refused to build tensor '{record.name}' ({record.dtype}, size {record.shape}, stride "
-            f"{record.stride}, offset {record.storage_offset}): {exc}. The file is corrupt or was crafted; "
-            "re-download or re-save it.",
-            code="bad-record",
-            path=record.storage.file if record.storage else None,
+        raise _refused(
+            record, "tensor", f"size {record.shape}, stride {record.stride}, offset {record.storage_offset}", exc
         ) from None
 
 
@@ -140,12 +146,8 @@ def _build_quantized(record: TensorRecord, storage: torch.UntypedStorage | None,
         tensor.set_(storage, record.storage_offset + base // record.itemsize, record.shape, record.stride)
         return tensor
     except (RuntimeError, TypeError, ValueError, OverflowError, KeyError) as exc:
-        raise CorruptCheckpointError(
-            f"torch refused to build quantized tensor '{record.name}' ({record.dtype}, size {record.shape}, "
-            f"quantization {quant.get('qscheme')}): {exc}. The file is corrupt or was crafted; re-download or "
-            "re-save it.",
-            code="bad-record",
-            path=record.storage.file if record.storage else None,
+        raise _refused(
+            record, "quantized tensor", f"size {record.shape}, quantization {quant.get('qscheme')}", exc
         ) from None
 
 
