@@ -631,3 +631,18 @@ def test_weights_container_is_chosen_from_names_alone(name: str, expected: tuple
     torch.save(cases[name], tmp_path / "c.pt")
     path, _ = choose_container(tw.open(tmp_path / "c.pt"))
     assert path == expected
+
+
+@pytest.mark.parametrize("pieces", [[b"abc", b"de"], [b"abc", b"defg", b"h"], [b"ab"]])
+def test_a_source_that_changes_size_is_a_write_error(pieces: list[bytes]) -> None:
+    from torchweights.writers import write_exactly
+
+    out: list[bytes] = []
+    if sum(map(len, pieces)) == 5:
+        write_exactly(out.append, pieces, 5, "tensor 'w'")
+        assert b"".join(out) == b"abcde"
+        return
+    with pytest.raises(WriteError) as error:
+        write_exactly(out.append, pieces, 5, "tensor 'w'")
+    assert error.value.code == "write-failed" and "tensor 'w'" in error.value.message
+    assert sum(map(len, out)) <= 5  # never more than declared reaches the output

@@ -18,6 +18,7 @@ from typing import IO
 from .. import dtypes
 from ..errors import WriteError
 from ..text import quote
+from . import write_exactly
 
 __all__ = ["Entry", "header_bytes", "layout", "write_file"]
 
@@ -96,16 +97,5 @@ def write_file(fh: IO[bytes], entries: Sequence[Entry], metadata: Mapping[str, s
     ordered = layout(entries)
     fh.write(header_bytes(ordered, metadata))
     for entry in ordered:
-        written = 0
-        for piece in entry.chunks():
-            written += len(piece)
-            if written > entry.nbytes:
-                break
-            fh.write(piece)
-        if written != entry.nbytes:
-            raise WriteError(
-                f"tensor {quote(entry.name)} produced {written:,} bytes where its dtype and shape need "
-                f"{entry.nbytes:,}; nothing was kept. The source changed while it was read; run again.",
-                code="write-failed",
-            )
+        write_exactly(fh.write, entry.chunks(), entry.nbytes, f"tensor {quote(entry.name)}")
     return ordered

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import IO
 
 from .. import dtypes
-from ..errors import WriteError
 from ..text import quote
+from . import write_exactly
 
 __all__ = ["Storage", "Tensor", "pickle_state_dict", "write_file"]
 
@@ -154,17 +154,6 @@ def write_file(fh: IO[bytes], tensors: Sequence[Tensor], storages: Sequence[Stor
             zf.writestr(zipfile.ZipInfo(f"{root}/{name}", _DATE), value)
         for storage in storages:
             info = _aligned_info(zf, f"{root}/data/{storage.key}", storage.nbytes)
-            written = 0
             with zf.open(info, "w") as member:
-                for piece in storage.chunks():
-                    written += len(piece)
-                    if written > storage.nbytes:
-                        break
-                    member.write(piece)
-            if written != storage.nbytes:
-                raise WriteError(
-                    f"storage {quote(storage.key)} produced {written:,} bytes where {storage.nbytes:,} were "
-                    "declared; nothing was kept. The source changed while it was read; run again.",
-                    code="write-failed",
-                )
+                write_exactly(member.write, storage.chunks(), storage.nbytes, f"storage {quote(storage.key)}")
         zf.writestr(zipfile.ZipInfo(f"{root}/version", _DATE), b"3\n")
