@@ -76,8 +76,12 @@ class _Read:
     ptr: int  # address of ``mem``'s first byte (for the CRC)
     crc: bool
 
-    def __call__(self) -> None:  # pragma: no cover - never called: the engine runs reads itself
-        raise TypeError("a _Read is run by _Engine.execute")
+
+def _plain_read(ref: StorageRef, target: _Target, a: int, b: int, crc: bool) -> _Read:
+    """The read of storage bytes ``[a, b)`` straight into ``target``'s memory (which must be set)."""
+    assert target.mem is not None
+    off = a - target.start
+    return _Read(ref, ref.offset + a, target.mem[off : off + b - a], target.ptr + off, crc)
 
 
 #: One unit of work and its size in bytes: a plain :class:`_Read`, or a callable returning ``(crc, length)`` of the
@@ -334,12 +338,8 @@ class _Engine:
             t = group.targets[0]
             if t.mem is not None and t.swap == 1 and (not crc or (t.start, t.end) == (0, ref.nbytes)):
                 step = self.settings.piece_size()
-                mem = t.mem
-                return [
-                    (_Read(ref, ref.offset + p, mem[p - t.start : q - t.start], t.ptr + p - t.start, crc), q - p)
-                    for p in range(t.start, t.end, step)
-                    for q in (min(t.end, p + step),)
-                ]
+                ends = [(p, min(t.end, p + step)) for p in range(t.start, t.end, step)]
+                return [(_plain_read(ref, t, p, q, crc), q - p) for p, q in ends]
         targets = [t for t in group.targets if t.end > t.start or not t.contiguous]
         if not targets and not crc:
             return []
@@ -363,10 +363,7 @@ class _Engine:
             for p in range(a, b, step):
                 q = min(b, p + step)
                 if direct is not None and direct.mem is not None and not others and direct.swap == 1:
-                    off = p - direct.start
-                    out.append(
-                        (_Read(ref, ref.offset + p, direct.mem[off : off + q - p], direct.ptr + off, crc), q - p)
-                    )
+                    out.append((_plain_read(ref, direct, p, q, crc), q - p))
                 else:
                     out.append((self.piece_job(ref, p, q, direct, others, crc), q - p))
         return out

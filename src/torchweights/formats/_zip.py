@@ -120,7 +120,7 @@ class ZipDirectory:
     directory_offset: int = 0
     comment: bytes = b""
     start: int = 0
-    _index: dict[str, ZipMember] | None = field(default=None, repr=False, compare=False)
+    _index: tuple[int, dict[str, ZipMember]] | None = field(default=None, repr=False, compare=False)
 
     def names(self) -> list[str]:
         """Member names in directory order."""
@@ -128,13 +128,12 @@ class ZipDirectory:
 
     def find(self, name: str) -> ZipMember | None:
         """The first member called ``name``, or None."""
-        index = self._index
-        if index is None or len(index) != len(self.members):
-            index = {}
+        if self._index is None or self._index[0] != len(self.members):  # built once the members are all read
+            index: dict[str, ZipMember] = {}
             for m in self.members:
                 index.setdefault(m.name, m)
-            self._index = index
-        return index.get(name)
+            self._index = (len(self.members), index)
+        return self._index[1].get(name)
 
     def problem(self, code: str, message: str, member: str | None = None) -> None:
         """Record a problem."""
