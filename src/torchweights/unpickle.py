@@ -1692,13 +1692,11 @@ class _Machine:
             r.pos = pos + 1
             count += 1
             # The most frequent opcodes of torch.save pickles come first (an if chain is tested in order).
-            if op == 0x72 or op == 0x71:  # LONG_BINPUT, BINPUT
-                key = r.unpack(_U4) if op == 0x72 else r.u1()
-                if not stack:
-                    raise _bad(f"pickle stack underflow at byte {pos}")
-                push_memo(key, stack[-1])
-            elif op == 0x68 or op == 0x6A:  # BINGET, LONG_BINGET
-                key = r.u1() if op == 0x68 else r.unpack(_U4)
+            if op == 0x72 or op == 0x71 or op == 0x70:  # LONG_BINPUT, BINPUT, PUT
+                key = r.unpack(_U4) if op == 0x72 else r.u1() if op == 0x71 else _text_int(r.line())
+                push_memo(key, top())
+            elif op == 0x68 or op == 0x6A or op == 0x67:  # BINGET, LONG_BINGET, GET
+                key = r.u1() if op == 0x68 else r.unpack(_U4) if op == 0x6A else _text_int(r.line())
                 if key not in memo:
                     raise _bad(f"pickle reads memo slot {key}, which was never written")
                 stack.append(memo[key])
@@ -1740,13 +1738,6 @@ class _Machine:
                 stack.append(())
             elif op == 0x4A:  # BININT
                 stack.append(r.unpack(_I4))
-            elif op == 0x70:  # PUT
-                push_memo(_text_int(r.line()), top())
-            elif op == 0x67:  # GET
-                key = _text_int(r.line())
-                if key not in memo:
-                    raise _bad(f"pickle reads memo slot {key}, which was never written")
-                stack.append(memo[key])
             elif op == 0x94:  # MEMOIZE
                 push_memo(len(memo), top())
             elif op == 0x7D:  # EMPTY_DICT
