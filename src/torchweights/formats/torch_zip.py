@@ -24,7 +24,7 @@ from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, inflate, re
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["Archive", "check_byteorder", "open_archive", "read", "read_member", "read_text_members"]
+__all__ = ["Archive", "check_byteorder", "open_archive", "read", "read_text_members"]
 
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 _RECORD_MAX_BYTES = 4096
@@ -55,24 +55,6 @@ def _bad_member(path: str, m: ZipMember, why: str, code: str = "bad-member") -> 
     )
 
 
-def read_member(fh: IO[bytes], m: ZipMember, path: str, nbytes: int | None = None) -> bytes:
-    """The bytes of one member of a checked archive (the first ``nbytes``, or all; CRC-32 checked when all).
-
-    The archive's directory was checked against the file first (:func:`open_archive`): every member lies inside
-    the file, its sizes agree with its local header, and a compressed one claims no more than deflate can produce,
-    so no read runs past the end of the file or asks for memory the file cannot fill. Damaged members raise
-    :class:`CorruptCheckpointError`, never a :mod:`zlib` or :mod:`struct` exception.
-    """
-    want = m.size if nbytes is None else min(nbytes, m.size)
-    try:
-        data = inflate(fh, m, want)
-    except CorruptCheckpointError as exc:
-        raise _bad_member(path, m, exc.message, exc.code) from None
-    if want == m.size and zlib.crc32(data) != m.crc32:
-        raise _bad_member(path, m, "its bytes do not match their CRC-32 checksum", "bad-crc")
-    return data
-
-
 @dataclass
 class Archive:
     """An open zip checkpoint whose directory passed every check of :mod:`._zip`: members by name, and their bytes.
@@ -87,11 +69,6 @@ class Archive:
     fh: IO[bytes]
     directory: ZipDirectory
 
-    @property
-    def file_size(self) -> int:
-        """The file's size in bytes."""
-        return self.directory.file_size
-
     def names(self) -> list[str]:
         """Member names in directory order."""
         return self.directory.names()
@@ -105,8 +82,21 @@ class Archive:
         return self.directory.find(name)
 
     def read(self, m: ZipMember, nbytes: int | None = None) -> bytes:
-        """The bytes of ``m`` (the first ``nbytes``, or all, CRC-32 checked): see :func:`read_member`."""
-        return read_member(self.fh, m, self.path, nbytes)
+        """The bytes of member ``m`` (the first ``nbytes``, or all; CRC-32 checked when all).
+
+        The directory was checked against the file first (:func:`open_archive`): every member lies inside the file,
+        its sizes agree with its local header, and a compressed one claims no more than deflate can produce, so no
+        read runs past the end of the file or asks for memory the file cannot fill. Damaged members raise
+        :class:`CorruptCheckpointError`, never a :mod:`zlib` or :mod:`struct` exception.
+        """
+        want = m.size if nbytes is None else min(nbytes, m.size)
+        try:
+            data = inflate(self.fh, m, want)
+        except CorruptCheckpointError as exc:
+            raise _bad_member(self.path, m, exc.message, exc.code) from None
+        if want == m.size and zlib.crc32(data) != m.crc32:
+            raise _bad_member(self.path, m, "its bytes do not match their CRC-32 checksum", "bad-crc")
+        return data
 
 
 class _Storages:
