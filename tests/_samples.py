@@ -1,5 +1,6 @@
 """Shared by the fuzz suites (``test_properties.py``, ``test_fuzz_formats.py``): valid sample checkpoints, byte
-and pickle mutations, zip surgery, and the per-example bounds on CPU time and memory.
+and pickle mutations, zip surgery, and the per-example bounds on CPU time and memory; and :func:`random_bits`,
+random tensors of any dtype for the contract and convert suites.
 
 Environment variables for longer runs: ``TW_FUZZ_EXAMPLES`` (examples per test), ``TW_FUZZ_DEADLINE_MS``
 (Hypothesis' wall-clock deadline per example, default 2000; 0 turns it off on a busy machine) and
@@ -12,6 +13,7 @@ import collections
 import datetime
 import io
 import json
+import math
 import os
 import pickle
 import pickletools
@@ -423,3 +425,13 @@ def set_central_field(data: bytes, name: str, offset: int, fmt: str, value: int)
     out = bytearray(data)
     struct.pack_into(fmt, out, member.central + offset, value)
     return bytes(out)
+
+
+def random_bits(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A tensor of random bit patterns of any dtype (bools as 0/1), the same for the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=gen)
+    return raw.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)

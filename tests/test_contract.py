@@ -7,7 +7,6 @@ torch formats also strides, storage offsets and storage sharing.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 import torchweights as tw
+from _samples import random_bits
 from torchweights import api, dtypes
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -45,16 +45,6 @@ if hasattr(torch, "float8_e8m0fnu"):
     ALL_DTYPES.append(torch.float8_e8m0fnu)
 
 
-def _random(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Random bit patterns of any dtype (bools as 0/1)."""
-    gen = torch.Generator().manual_seed(seed)
-    if dtype == torch.bool:
-        return torch.randint(0, 2, shape, generator=gen).bool()
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=gen)
-    return raw.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
-
-
 def _bits(t: torch.Tensor) -> bytes:
     t = t.detach().contiguous()
     if t.numel() == 0:
@@ -63,7 +53,7 @@ def _bits(t: torch.Tensor) -> bytes:
 
 
 def case_every_dtype() -> dict[str, object]:
-    return {f"t_{str(d).removeprefix('torch.')}": _random((3, 5), d, i) for i, d in enumerate(ALL_DTYPES)}
+    return {f"t_{str(d).removeprefix('torch.')}": random_bits((3, 5), d, i) for i, d in enumerate(ALL_DTYPES)}
 
 
 def case_odd_shapes() -> dict[str, object]:
@@ -73,12 +63,12 @@ def case_odd_shapes() -> dict[str, object]:
         "empty": torch.empty(0, 4),
         "empty3": torch.empty(2, 0, 3, dtype=torch.float16),
         "one": torch.ones(1),
-        "big_rank": _random((1, 2, 1, 3, 1, 2), torch.float32, 1),
+        "big_rank": random_bits((1, 2, 1, 3, 1, 2), torch.float32, 1),
     }
 
 
 def case_views() -> dict[str, object]:
-    base = _random((6, 8), torch.float32, 2)
+    base = random_bits((6, 8), torch.float32, 2)
     return {
         "base": base,
         "column": base[:, 3],
@@ -93,17 +83,17 @@ def case_parameters_and_nesting() -> dict[str, object]:
     lin = torch.nn.Linear(4, 3)
     return {
         "state_dict": {
-            "encoder.weight": torch.nn.Parameter(_random((3, 4), torch.float32, 3)),
+            "encoder.weight": torch.nn.Parameter(random_bits((3, 4), torch.float32, 3)),
             "encoder.bias": lin.bias,
         },
-        "layers": [{"w": _random((2, 2), torch.bfloat16, 4)}, {"w": _random((2, 2), torch.bfloat16, 5)}],
+        "layers": [{"w": random_bits((2, 2), torch.bfloat16, 4)}, {"w": random_bits((2, 2), torch.bfloat16, 5)}],
         "epoch": 9,
         "hyper_parameters": {"lr": 0.1, "name": "run"},
     }
 
 
 def case_shared() -> dict[str, object]:
-    emb = _random((10, 4), torch.float16, 6)
+    emb = random_bits((10, 4), torch.float16, 6)
     return {"embed.weight": emb, "head.weight": emb, "half": emb[5:]}
 
 

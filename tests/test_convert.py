@@ -7,7 +7,6 @@ import hashlib
 import importlib
 import importlib.util
 import json
-import math
 import os
 import struct
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 import torchweights as tw
+from _samples import random_bits
 from torchweights import dtypes
 from torchweights.errors import RuleError, WriteError
 from torchweights.writers import safetensors as st_writer
@@ -51,16 +51,6 @@ SAFETENSORS_DTYPES = [
 ]
 
 
-def _random(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Random bit patterns of any dtype (bools as 0/1)."""
-    gen = torch.Generator().manual_seed(seed)
-    if dtype == torch.bool:
-        return torch.randint(0, 2, shape, generator=gen).bool()
-    nbytes = math.prod(shape) * dtype.itemsize
-    raw = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=gen)
-    return raw.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
-
-
 def _bits(t: torch.Tensor) -> bytes:
     t = torch.empty(t.shape, dtype=t.dtype).copy_(t.detach())  # contiguous() keeps odd strides of size-1 dims
     return b"" if t.numel() == 0 else bytes(t.reshape(-1).view(torch.uint8).tolist())
@@ -81,10 +71,10 @@ def _flat(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def _state() -> dict[str, torch.Tensor]:
     """Every dtype safetensors holds, views of one storage, tied weights, 0-dim and empty tensors."""
-    base = _random((6, 8), torch.float32, 1)
-    emb = _random((10, 4), torch.float16, 2)
+    base = random_bits((6, 8), torch.float32, 1)
+    emb = random_bits((10, 4), torch.float16, 2)
     sd: dict[str, torch.Tensor] = {
-        f"dtype.{str(d)[6:]}": _random((3, 5), d, 10 + i) for i, d in enumerate(SAFETENSORS_DTYPES)
+        f"dtype.{str(d)[6:]}": random_bits((3, 5), d, 10 + i) for i, d in enumerate(SAFETENSORS_DTYPES)
     }
     sd.update(
         {
@@ -99,7 +89,7 @@ def _state() -> dict[str, torch.Tensor]:
             "tied.half": emb[5:],
             "odd.scalar": torch.tensor(3.5),
             "odd.empty": torch.empty(0, 4),
-            "odd.param": torch.nn.Parameter(_random((2, 3), torch.bfloat16, 3)),
+            "odd.param": torch.nn.Parameter(random_bits((2, 3), torch.bfloat16, 3)),
         }
     )
     return sd
@@ -266,7 +256,11 @@ def test_tied_weights_are_written_once_with_save_model_metadata(tmp_path: Path) 
 
 
 def test_metadata_records_source_sha256_and_layout_matches_the_official_writer(tmp_path: Path) -> None:
-    sd = {"b": _random((3,), torch.float16, 1), "a": _random((2,), torch.float64, 2), "c": _random((1,), torch.int8, 3)}
+    sd = {
+        "b": random_bits((3,), torch.float16, 1),
+        "a": random_bits((2,), torch.float64, 2),
+        "c": random_bits((1,), torch.int8, 3),
+    }
     torch.save(sd, tmp_path / "m.pt")
     tw.convert(tmp_path / "m.pt", tmp_path / "m.safetensors")
     raw = (tmp_path / "m.safetensors").read_bytes()
@@ -325,7 +319,7 @@ def test_to_torch_is_a_plain_state_dict_that_keeps_views_and_sharing(kind: str, 
 
 def test_dtype_casts_floats_only_and_is_verified(tmp_path: Path) -> None:
     sd = {
-        "w": _random((4, 4), torch.float32, 1).t(),
+        "w": random_bits((4, 4), torch.float32, 1).t(),
         "i": torch.arange(4),
         "h": torch.randn(3).half(),
         "b": torch.ones(2).bool(),
@@ -486,8 +480,8 @@ def test_verification_catches_an_output_that_does_not_read_back(
 
 
 def test_byte_level_conversion_needs_no_torch(tmp_path: Path) -> None:
-    base = _random((5, 7), torch.float32, 4)
-    sd = {"w": base, "t": base.t(), "col": base[:, 2], "h": _random((3,), torch.bfloat16, 5), "tied": base}
+    base = random_bits((5, 7), torch.float32, 4)
+    sd = {"w": base, "t": base.t(), "col": base[:, 2], "h": random_bits((3,), torch.bfloat16, 5), "tied": base}
     torch.save(sd, tmp_path / "src.pt")
     code = (
         "import sys\n"
