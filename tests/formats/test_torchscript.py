@@ -10,7 +10,9 @@ in torch, so a failure of ``torch.jit.load`` on the variant is the variant's, no
 from __future__ import annotations
 
 import copyreg
+import itertools
 import pickle
+import pickletools
 import sys
 import types
 import zipfile
@@ -423,6 +425,7 @@ def test_dangerous_global_is_refused_and_not_run(tmp_path: Path) -> None:
     payload = b"\x80\x02cposix\nsystem\nq\x00X" + len(f"touch {marker}").to_bytes(4, "little")
     payload += f"touch {marker}".encode() + b"\x85R."
     with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/version", "3\n")
         zf.writestr("evil/data.pkl", payload)
         zf.writestr("evil/constants.pkl", b"\x80\x02).")
         zf.writestr("evil/code/__torch__.py", "class M(Module):\n  __parameters__ = []\n")
@@ -611,3 +614,138 @@ def test_module_nesting_is_bounded(tmp_path: Path) -> None:
         tw.open(path)
     assert info.value.code == "limit-depth"
     assert len(tw.open(path, limits=tw.Limits(max_depth=300)).records) == 1
+
+
+# ------------------------------------------------------------------------------ layouts of earlier torch releases
+
+
+def _rewrite_member(src: Path, dst: Path, change: Any) -> Path:
+    """Copy a zip, passing each member through ``change(name, data)`` (None drops the member)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = change(info.filename, zin.read(info))
+            if data is not None:
+                zout.writestr(info, data)
+    return dst
+
+
+def _with_view_metadata(data: bytes, value: bytes = b"N") -> bytes:
+    """A TorchScript pickle as torch 1.3 to 1.5 wrote it: every storage id ends with ``view_metadata`` (``NONE``).
+
+    Their ``Pickler::pushStorageOfTensor`` pushed ``MARK 'storage' <type> <key> <location> <numel> NONE TUPLE
+    BINPERSID``; today's pushes the same without ``NONE``. Protocol 2 has no byte offsets, so inserting the opcode
+    before each ``TUPLE`` that closes a persistent id is exactly the old bytes.
+    """
+    pairs = itertools.pairwise(pickletools.genops(data))
+    cuts = [pos for (op, _, pos), (nxt, _, _) in pairs if op.name == "TUPLE" and nxt.name == "BINPERSID"]
+    assert cuts
+    out, last = [], 0
+    for pos in cuts:
+        out += [data[last:pos], value]
+        last = pos
+    return b"".join([*out, data[last:]])
+
+
+def test_storage_ids_of_torch_1_3_to_1_5_carry_view_metadata(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = _save(torch.jit.trace(_UsesConstant(), torch.randn(2, 3)), tmp_path / "new.pt")
+    old = _rewrite_member(
+        src,
+        tmp_path / "old.pt",
+        lambda name, data: _with_view_metadata(data) if name.endswith(("/data.pkl", "/constants.pkl")) else data,
+    )
+    with zipfile.ZipFile(old) as zf:
+        names = [op.name for op, _, _ in pickletools.genops(zf.read("new/data.pkl"))]
+    ends = [names[i : i + 3] for i in range(len(names) - 2) if names[i + 2] == "BINPERSID"]
+    assert ends == [["NONE", "TUPLE", "BINPERSID"]] * 2  # fc.weight, fc.bias: (..., 'cpu', numel, None)
+    reference = torch.jit.load(str(old))  # every torch.jit.load reads the first five elements
+    loaded = tw.load(old)
+    _assert_same(_without_constants(loaded), dict(reference.state_dict()))
+    assert torch.equal(loaded["constants.c0"], _GLOBAL)
+    assert not tw.open(old).warnings
+
+
+def test_view_metadata_torch_never_wrote_is_refused(tmp_path: Path) -> None:
+    src = _save(torch.jit.script(nn.Linear(2, 2)), tmp_path / "new.pt")
+    bad = _rewrite_member(
+        src,
+        tmp_path / "bad.pt",
+        lambda name, data: _with_view_metadata(data, b"K\x07") if name.endswith("/data.pkl") else data,
+    )
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(bad)
+    assert info.value.code == "bad-record" and "view metadata 7" in info.value.message
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "constants.pkl", "version"])
+def test_archive_missing_a_required_member(tmp_path: Path, member: str) -> None:
+    src = _save(torch.jit.trace(_UsesConstant(), torch.randn(2, 3)), tmp_path / "m.pt")
+    dst = _rewrite_member(src, tmp_path / "broken.pt", lambda name, data: None if name == f"m/{member}" else data)
+    with pytest.raises(RuntimeError):
+        torch.jit.load(str(dst))  # torch refuses it as well
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == "missing-member"
+    assert f"'m/{member}'" in info.value.message
+    assert tw.scan(dst).verdict != "clean"
+
+
+# ------------------------------------------------------------------------------------ quantized RNN cells (1.5+)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+        self.gru = nn.GRU(3, 2)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x)
+        z, _ = self.gru(x)
+        return self.fc(y) + z.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.qint8, torch.float16])
+def test_dynamic_quantized_lstm_and_gru_cells(tmp_path: Path, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = torch.ao.quantization.quantize_dynamic(_Recurrent(), {nn.LSTM, nn.GRU, nn.Linear}, dtype=dtype)
+    path = _save(torch.jit.script(model), tmp_path / "rnn.pt")
+    ckpt = tw.open(path)
+    loaded = tw.load(ckpt)
+    cells = {"lstm": 4, "gru": 1}  # layers x directions
+    expected = []
+    for rnn, count in cells.items():
+        for i in range(count):
+            cell = getattr(model, rnn)._all_weight_values[i].param
+            kind, tensors, _, _, packed = cell.__getstate__()[0]  # (state, class name)
+            assert kind == ("quantized_dynamic" if dtype == torch.qint8 else "quantized_fp16")
+            prefix = f"{rnn}._all_weight_values.{i}.param"
+            values = {}
+            if tensors:
+                values[f"{prefix}.bias_ih"], values[f"{prefix}.bias_hh"] = tensors
+            for side, params in zip(("ih", "hh"), packed):
+                weight, bias = params.__getstate__()[0]
+                values[f"{prefix}.packed_{side}.weight"], values[f"{prefix}.packed_{side}.bias"] = weight, bias
+            for name, tensor in values.items():
+                expected.append(name)
+                got = loaded[name]
+                assert got.dtype == tensor.dtype and got.shape == tensor.shape, name
+                if tensor.is_quantized:
+                    assert torch.equal(got.int_repr(), tensor.int_repr()), name
+                    assert got.q_scale() == tensor.q_scale() and got.q_zero_point() == tensor.q_zero_point()
+                else:
+                    assert torch.equal(got, tensor), name
+    assert [n for n in ckpt.records if not n.startswith("fc.")] == [e for e in expected if e.startswith("lstm")] + [
+        e for e in expected if e.startswith("gru")
+    ]
+    assert not ckpt.warnings
+
+
+def test_unknown_cell_type_is_named_by_position(tmp_path: Path) -> None:
+    cell = _obj("__torch__.torch.classes.rnn.CellParamsBase", ("future", [torch.ones(2)], [], [], []))
+    code = {"__torch__.py": "class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n"}
+    path = _crafted(tmp_path / "cell.pt", _obj("__torch__.M", {"training": False, "cell": cell}), code)
+    ckpt = tw.open(path)
+    assert list(ckpt.records) == ["cell.tensors.0"]
+    assert any("'future'" in w and "named by position" in w for w in ckpt.warnings)
