@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.jit._pickle
@@ -749,3 +750,81 @@ def test_unknown_cell_type_is_named_by_position(tmp_path: Path) -> None:
     ckpt = tw.open(path)
     assert list(ckpt.records) == ["cell.tensors.0"]
     assert any("'future'" in w and "named by position" in w for w in ckpt.warnings)
+
+
+# ----------------------------------------------------------------- model.json archives of torch 1.0-1.2 (fixtures)
+
+_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _model_json_script() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_torchscript_model_json", _FIXTURES / "make_torchscript_model_json.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("example", ["1_0", "1_2"])
+def test_committed_model_json_fixtures_are_what_the_script_writes(tmp_path: Path, example: str) -> None:
+    getattr(_model_json_script(), f"example_{example}")(tmp_path / "again.pt")
+    assert (tmp_path / "again.pt").read_bytes() == (_FIXTURES / f"torchscript_{example}.pt").read_bytes()
+
+
+def test_model_json_of_torch_1_0(tmp_path: Path) -> None:
+    expected = _model_json_script().example_1_0(tmp_path / "unused.pt")
+    path = _FIXTURES / "torchscript_1_0.pt"
+    ckpt = tw.open(path)
+    assert ckpt.format == "torchscript" and ckpt.metadata["proto_version"] == 1
+    assert list(ckpt.records) == ["scale", "steps", "tail", "flags", "fc.weight", "fc.bias"]
+    assert [n for n, r in ckpt.records.items() if r.is_parameter] == ["scale", "fc.weight", "fc.bias"]
+    assert ckpt.records["steps"].stride == (1, 3) and ckpt.records["tail"].storage_offset == 3
+    assert ckpt.metadata["code_files"] == {"archive.py": 74, "archive.fc.py": 19}
+    loaded = tw.load(ckpt)
+    for name, values in expected.items():
+        got = loaded[name]
+        assert str(got.dtype) == f"torch.{values.dtype}" and tuple(got.shape) == values.shape, name
+        assert np.array_equal(got.numpy(), values), name
+    assert loaded["steps"].untyped_storage().data_ptr() == loaded["tail"].untyped_storage().data_ptr()
+    assert not ckpt.warnings
+
+
+def test_model_json_of_torch_1_2_with_attributes(tmp_path: Path) -> None:
+    expected = _model_json_script().example_1_2(tmp_path / "unused.pt")
+    ckpt = tw.open(_FIXTURES / "torchscript_1_2.pt")
+    assert list(ckpt.records) == ["embedding", "fc.weight", "fc.bias"]
+    assert ckpt.globals == ("torch.jit._pickle.build_tensor_from_id",)
+    assert ckpt.records["fc.weight"].quantization == {"qscheme": "per_tensor_affine", "scale": 0.05, "zero_point": 3}
+    assert any("'cache'" in w and "neither parameters nor buffers" in w for w in ckpt.warnings)
+    loaded = tw.load(ckpt)
+    assert np.array_equal(loaded["embedding"].numpy(), expected["embedding"])
+    assert np.array_equal(loaded["fc.weight"].int_repr().numpy(), expected["fc.weight"])
+    assert loaded["fc.weight"].q_scale() == 0.05 and loaded["fc.weight"].q_zero_point() == 3
+    assert np.array_equal(loaded["fc.bias"].numpy(), expected["fc.bias"])
+    assert tw.scan(_FIXTURES / "torchscript_1_2.pt").verdict == "clean"
+
+
+@pytest.mark.parametrize(
+    ("drop", "code"),
+    [("archive/attributes.pkl", "missing-member"), ("archive/tensors/0", "missing-storage")],
+)
+def test_model_json_archive_missing_members(tmp_path: Path, drop: str, code: str) -> None:
+    dst = _rewrite_member(_FIXTURES / "torchscript_1_2.pt", tmp_path / "b.pt", lambda n, d: None if n == drop else d)
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == code and drop.split("/", 1)[1] in info.value.message
+
+
+def test_model_json_that_is_not_a_model_def(tmp_path: Path) -> None:
+    dst = _rewrite_member(
+        _FIXTURES / "torchscript_1_0.pt",
+        tmp_path / "b.pt",
+        lambda n, d: d.replace(b'"dataType":"FLOAT"', b'"dataType":"STRING"') if n.endswith("model.json") else d,
+    )
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == "bad-record" and "data type 'STRING'" in info.value.message

@@ -48,7 +48,7 @@ from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_t
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["ScriptModule", "ScriptStorages", "parse_declarations", "read", "read_script_module"]
+__all__ = ["ScriptModule", "ScriptStorages", "missing_member", "parse_declarations", "read", "read_script_module"]
 
 _RECORDS = ("version", "byteorder", ".data/version", ".data/serialization_id", "producer_info")
 #: Largest ``code/`` source file parsed for declarations (TorchScript writes a few KiB per class).
@@ -74,7 +74,7 @@ def _find_root(names: list[str], path: str) -> tuple[str, str]:
         if root + "model.json" in present:
             return root, "model.json"
     if script:
-        raise _missing(path, script[0] + "data.pkl", "holds the module")
+        raise missing_member(path, script[0] + "data.pkl", "holds the module")
     raise CorruptCheckpointError(
         f"{quote(path)} has no '<root>/data.pkl' next to 'constants.pkl' or 'code/', so it is not a TorchScript "
         "archive. Re-save it with torch.jit.save.",
@@ -503,7 +503,8 @@ def read_script_module(
     )
 
 
-def _missing(path: str, member: str, why: str) -> CorruptCheckpointError:
+def missing_member(path: str, member: str, why: str) -> CorruptCheckpointError:
+    """The error for a TorchScript archive without ``member``, which ``why`` (a clause: "holds the module")."""
     return CorruptCheckpointError(
         f"{quote(path)} is a TorchScript archive without its {quote(member)} member, which {why}; torch.jit.load "
         "refuses it too. The archive is incomplete or was modified: re-download it or re-save it with "
@@ -516,14 +517,14 @@ def _missing(path: str, member: str, why: str) -> CorruptCheckpointError:
 def _require(archive: Archive, root: str, name: str, why: str) -> ZipMember:
     info = archive.get(root + name)
     if info is None:
-        raise _missing(archive.path, root + name, why)
+        raise missing_member(archive.path, root + name, why)
     return info
 
 
 def _check_version(archive: Archive, root: str) -> None:
     """Every release wrote a ``version`` record (later ones ``.data/version``); torch refuses archives without."""
     if archive.get(root + "version") is None and archive.get(root + ".data/version") is None:
-        raise _missing(archive.path, root + "version", "every torch release wrote (the format version)")
+        raise missing_member(archive.path, root + "version", "every torch release wrote (the format version)")
 
 
 def read(path: str, options: ReadOptions) -> Checkpoint:
