@@ -828,3 +828,27 @@ def test_model_json_that_is_not_a_model_def(tmp_path: Path) -> None:
     with pytest.raises(tw.CorruptCheckpointError) as info:
         tw.open(dst)
     assert info.value.code == "bad-record" and "data type 'STRING'" in info.value.message
+
+
+class _Bag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 4, mode="sum")
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.bag(x, offsets)
+
+
+def test_quantized_embedding_packed_params(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Bag().eval()
+    model.bag.qconfig = torch.ao.quantization.float_qparams_weight_only_qconfig  # type: ignore[assignment]
+    quantized = torch.ao.quantization.convert(torch.ao.quantization.prepare(model))
+    path = _save(torch.jit.script(quantized), tmp_path / "bag.pt")
+    ckpt = tw.open(path)
+    assert list(ckpt.records) == ["bag._packed_params._packed_weight.weight"]
+    got = tw.load(ckpt)["bag._packed_params._packed_weight.weight"]
+    expected = quantized.bag.weight()
+    assert got.qscheme() == expected.qscheme() == torch.per_channel_affine_float_qparams
+    assert torch.equal(got.int_repr(), expected.int_repr())
+    assert torch.equal(got.q_per_channel_scales(), expected.q_per_channel_scales())
