@@ -852,3 +852,19 @@ def test_quantized_embedding_packed_params(tmp_path: Path) -> None:
     assert got.qscheme() == expected.qscheme() == torch.per_channel_affine_float_qparams
     assert torch.equal(got.int_repr(), expected.int_repr())
     assert torch.equal(got.q_per_channel_scales(), expected.q_per_channel_scales())
+
+
+def test_static_quantized_cell_names_its_six_tensors(tmp_path: Path) -> None:
+    """``QuantizedCellParams::__getstate__`` (torch.jit.quantized RNNs): w_ih, w_hh, b_ih, b_hh, col_offsets."""
+    w_ih, w_hh = torch.randint(-128, 127, (8, 3), dtype=torch.int8), torch.randint(-128, 127, (8, 2), dtype=torch.int8)
+    b_ih, b_hh = torch.randn(8), torch.randn(8)
+    off_ih, off_hh = torch.arange(8, dtype=torch.int32), torch.arange(8, 16, dtype=torch.int32)
+    state = ("quantized", [w_ih, w_hh, b_ih, b_hh, off_ih, off_hh], [0.1, 0.2], [0, 1], [])
+    cell = _obj("__torch__.torch.classes.rnn.CellParamsBase", state)
+    code = {"__torch__.py": "class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n"}
+    path = _crafted(tmp_path / "cell.pt", _obj("__torch__.M", {"training": False, "cell": cell}), code)
+    loaded = tw.load(path)
+    names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "col_offsets_ih", "col_offsets_hh"]
+    assert list(loaded) == [f"cell.{n}" for n in names]
+    for name, tensor in zip(names, (w_ih, w_hh, b_ih, b_hh, off_ih, off_hh), strict=True):
+        assert loaded[f"cell.{name}"].dtype == tensor.dtype and torch.equal(loaded[f"cell.{name}"], tensor)
