@@ -429,6 +429,8 @@ class _ZipSummary:
     first: list[str] = field(default_factory=list)
     data_pkl_roots: set[str] = field(default_factory=set)
     script_roots: set[str] = field(default_factory=set)
+    model_json_roots: set[str] = field(default_factory=set)  # TorchScript of torch 1.0-1.2
+    constants_roots: set[str] = field(default_factory=set)
     nested_data_pkl: str | None = None
     torch_package: bool = False
     all_npy: bool = True
@@ -448,6 +450,8 @@ class _ZipSummary:
                 self.nested_data_pkl = self.nested_data_pkl or name
         if (len(parts) > 2 and parts[1] == "code") or (len(parts) == 2 and parts[1] == "constants.pkl"):
             self.script_roots.add(parts[0])
+        if len(parts) == 2 and parts[1] in ("model.json", "constants.pkl"):
+            (self.model_json_roots if parts[1] == "model.json" else self.constants_roots).add(parts[0])
 
 
 def _sniff_zip(s: _Sample) -> str | None:
@@ -539,10 +543,12 @@ def _classify_zip(s: _Sample, z: _ZipSummary) -> str:
     """Turn a central-directory summary into a format id, or explain what the zip is."""
     if z.torch_package:
         return "torch-package"
-    if z.data_pkl_roots & z.script_roots:
+    if (z.data_pkl_roots | z.model_json_roots) & z.script_roots:
         return "torchscript"
     if z.data_pkl_roots:
         return "torch-zip"
+    if z.constants_roots:
+        return "torchscript"  # without its data.pkl: the reader names the missing member
     if z.count and z.all_npy:
         raise NotACheckpointError(
             f"{_q(s.path)} is a NumPy .npz archive of {z.count} arrays, not a PyTorch checkpoint. Fix: load it "

@@ -399,6 +399,23 @@ class _Scanner:
         self.reader_findings()
         if checkpoint is not None:
             self.guarded(self.tensors, checkpoint)
+            self.embedded_torchscript(checkpoint)
+
+    def embedded_torchscript(self, checkpoint: Checkpoint) -> None:
+        """torch.package resources that embed TorchScript modules (the reader's ``torchscript_modules``): a warning
+        naming each, since ``PackageImporter`` compiles and runs their code; ``tw.load`` only reads their weights."""
+        for resource, ids in checkpoint.metadata.get("torchscript_modules", {}).items():
+            self.add(
+                Finding(
+                    "warning",
+                    "torchscript-code",
+                    f"resource {_quote(resource)} embeds TorchScript code (module {', '.join(ids)} under "
+                    "'.data/ts_code/'): torch.package's load_pickle compiles and runs it; tw.load reads only its "
+                    "weights. Load it with torch.package only if you trust the package.",
+                    self.path,
+                    resource,
+                )
+            )
 
     def guarded(self, step: Any, *args: Any) -> None:
         """Run one step of the walk; whatever goes wrong makes the verdict unreadable, never clean (fail closed)."""

@@ -897,6 +897,13 @@ def _ts_restore_type_tag(value: Any = None, type_str: Any = None, *_: Any) -> An
     return value
 
 
+def _ts_tensor_id(index: Any = None, *_: Any) -> Stub:
+    """``torch.jit._pickle.build_tensor_from_id(i)``: entry ``i`` of model.json's tensor table, as an inert stub."""
+    if type(index) is not int or index < 0:
+        raise _bad(f"torch.jit._pickle.build_tensor_from_id got {_short(index)}, not a tensor table index")
+    return Stub("torch.jit._pickle.build_tensor_from_id", (index,))
+
+
 def _qparam_values(value: Any, what: str) -> Any:
     """Per-channel scales or zero points: a tensor saved in the file, or (old files) a sequence of numbers."""
     if isinstance(value, PickledTensor) and not isinstance(value, PickledQTensor):
@@ -1050,6 +1057,11 @@ def _build_table() -> dict[str, Any]:
     for kind, types_ in (("int", (int,)), ("double", (float,)), ("bool", (bool,)), ("tensor", ())):
         add(f"torch.jit._pickle.build_{kind}list", _ts_list(types_, kind))
     add("torch.jit._pickle.restore_type_tag", _ts_restore_type_tag)
+    # torch 1.1-1.2 attributes.pkl: a tensor of model.json's tensor table, by index (resolved by the TorchScript
+    # reader); torch.package: the loader named in the persistent id of an embedded TorchScript module, an inert
+    # reference the package reader resolves by reading the module's pickles (calling it only makes a stub).
+    add("torch.jit._pickle.build_tensor_from_id", _ts_tensor_id)
+    table["torch.jit._script.unpackage_script_module"] = Global("torch.jit._script", "unpackage_script_module")
     add("torch._utils._rebuild_qtensor", _rebuild_qtensor)
     for scheme in _QSCHEMES:
         table[f"torch.{scheme}"] = TorchValue("qscheme", scheme)

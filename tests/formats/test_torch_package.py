@@ -181,3 +181,122 @@ def test_bad_persistent_id(tmp_path: Path, models: Any) -> None:
         tw.open(dst)
     assert info.value.code == "bad-record"
     assert "bogusx" in info.value.message
+
+
+# ------------------------------------------------------------------------------ TorchScript modules in a package
+
+
+_CAPTURED = torch.arange(6.0).reshape(2, 3)
+
+
+class _Traced(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 3)
+        self.norm = torch.nn.BatchNorm1d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x)) + _CAPTURED[1]  # a captured tensor: a TorchScript constant
+
+
+def _script_package(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    import torch.package.package_exporter as package_exporter
+
+    monkeypatch.setattr(package_exporter, "_gate_torchscript_serialization", False)
+    torch.manual_seed(0)
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)))
+    traced = torch.jit.trace(_Traced().eval(), torch.randn(4, 3))
+    with PackageExporter(str(path)) as exporter:
+        exporter.extern(["torch", "torch.**"])
+        exporter.save_pickle("models", "scripted.pkl", scripted)
+        exporter.save_pickle("models", "both.pkl", {"net": traced, "first": scripted[0].weight, "epoch": 7})
+    return scripted, traced
+
+
+def test_embedded_torchscript_modules_are_read_as_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ts.pt"
+    scripted, traced = _script_package(path, monkeypatch)
+    ckpt = tw.open(path)
+    expected = [f"models/scripted.pkl/{k}" for k in scripted.state_dict()]
+    expected += [f"models/both.pkl/net.{k}" for k in traced.state_dict()] + ["models/both.pkl/first"]
+    expected += [".data/ts_code/1/constants.pkl/c0"]
+    assert list(ckpt.records) == expected
+    assert ckpt.records["models/scripted.pkl/0.weight"].is_parameter
+    assert not ckpt.records["models/both.pkl/net.norm.running_mean"].is_parameter
+    assert ckpt.extras == {"models/both.pkl/epoch": 7}
+    assert ckpt.metadata["torchscript_modules"] == {"models/scripted.pkl": ["0"], "models/both.pkl": ["1"]}
+    code = ckpt.metadata["code_files"]
+    assert ".data/ts_code/code/__torch__/torch/nn/modules/linear.py" in code
+    with zipfile.ZipFile(path) as zf:
+        assert all(zf.getinfo(f"ts/{name}").file_size == size for name, size in code.items())
+    assert not ckpt.warnings
+
+    loaded = tw.load(ckpt)
+    importer = PackageImporter(str(path))
+    for resource, prefix, module in (("scripted.pkl", "", importer.load_pickle("models", "scripted.pkl")),):
+        for name, tensor in module.state_dict().items():
+            got = loaded[f"models/{resource}/{prefix}{name}"]
+            assert got.dtype == tensor.dtype and got.stride() == tensor.stride() and torch.equal(got, tensor)
+    both = importer.load_pickle("models", "both.pkl")
+    for name, tensor in both["net"].state_dict().items():
+        assert torch.equal(loaded[f"models/both.pkl/net.{name}"], tensor), name
+    assert torch.equal(loaded[".data/ts_code/1/constants.pkl/c0"], _CAPTURED)
+    # one storage for the tensor the package pickled and the same tensor inside the scripted module
+    assert loaded["models/both.pkl/first"].data_ptr() == loaded["models/scripted.pkl/0.weight"].data_ptr()
+
+
+def test_embedded_torchscript_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ts.pt"
+    _script_package(path, monkeypatch)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("TorchScript was imported")
+
+    monkeypatch.setattr(torch._C, "_import_ir_module_from_package", refuse)
+    monkeypatch.setattr(torch.jit._script, "unpackage_script_module", refuse)
+    assert len(tw.load(path)) == 13
+    report = tw.scan(path)
+    assert report.verdict == "clean"
+    flagged = [f for f in report.findings if f.code == "torchscript-code"]
+    assert sorted((f.severity, f.member) for f in flagged) == [
+        ("warning", "models/both.pkl"),
+        ("warning", "models/scripted.pkl"),
+    ]
+    assert all(f"'{f.member}'" in f.message and "TorchScript code" in f.message for f in flagged)
+
+
+def test_embedded_torchscript_missing_its_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "ts.pt"
+    _script_package(src, monkeypatch)
+    dst = _rewrite(
+        src, tmp_path / "broken.pt", lambda name, data: None if name.endswith("ts_code/1/data.pkl") else data
+    )
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == "missing-member"
+    assert "'ts/.data/ts_code/1/data.pkl'" in info.value.message and "'models/both.pkl'" in info.value.message
+
+
+def test_embedded_torchscript_id_must_be_a_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "ts.pt"
+    _script_package(src, monkeypatch)
+    dst = _rewrite(
+        src,
+        tmp_path / "bad.pt",
+        lambda name, data: data.replace(b"X\x01\x00\x00\x000", b"X\x02\x00\x00\x00..") if "scripted" in name else data,
+    )
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == "bad-record" and "('..',)" in info.value.message
+
+
+def test_calling_unpackage_script_module_makes_a_stub(tmp_path: Path) -> None:
+    """The global is an inert reference: a pickle that calls it gets a stub, and nothing is imported or run."""
+    payload = b"\x80\x02ctorch.jit._script\nunpackage_script_module\nX\x01\x00\x00\x000\x85R."
+    path = tmp_path / "call.pkl"
+    path.write_bytes(payload)
+    from torchweights.unpickle import Stub, unpickle
+
+    value = unpickle(payload).value
+    assert isinstance(value, Stub) and value.cls == "torch.jit._script.unpackage_script_module"
+    assert value.args == ("0",)

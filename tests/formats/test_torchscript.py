@@ -10,7 +10,9 @@ in torch, so a failure of ``torch.jit.load`` on the variant is the variant's, no
 from __future__ import annotations
 
 import copyreg
+import itertools
 import pickle
+import pickletools
 import sys
 import types
 import zipfile
@@ -19,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.jit._pickle
@@ -423,6 +426,7 @@ def test_dangerous_global_is_refused_and_not_run(tmp_path: Path) -> None:
     payload = b"\x80\x02cposix\nsystem\nq\x00X" + len(f"touch {marker}").to_bytes(4, "little")
     payload += f"touch {marker}".encode() + b"\x85R."
     with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/version", "3\n")
         zf.writestr("evil/data.pkl", payload)
         zf.writestr("evil/constants.pkl", b"\x80\x02).")
         zf.writestr("evil/code/__torch__.py", "class M(Module):\n  __parameters__ = []\n")
@@ -611,3 +615,256 @@ def test_module_nesting_is_bounded(tmp_path: Path) -> None:
         tw.open(path)
     assert info.value.code == "limit-depth"
     assert len(tw.open(path, limits=tw.Limits(max_depth=300)).records) == 1
+
+
+# ------------------------------------------------------------------------------ layouts of earlier torch releases
+
+
+def _rewrite_member(src: Path, dst: Path, change: Any) -> Path:
+    """Copy a zip, passing each member through ``change(name, data)`` (None drops the member)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = change(info.filename, zin.read(info))
+            if data is not None:
+                zout.writestr(info, data)
+    return dst
+
+
+def _with_view_metadata(data: bytes, value: bytes = b"N") -> bytes:
+    """A TorchScript pickle as torch 1.3 to 1.5 wrote it: every storage id ends with ``view_metadata`` (``NONE``).
+
+    Their ``Pickler::pushStorageOfTensor`` pushed ``MARK 'storage' <type> <key> <location> <numel> NONE TUPLE
+    BINPERSID``; today's pushes the same without ``NONE``. Protocol 2 has no byte offsets, so inserting the opcode
+    before each ``TUPLE`` that closes a persistent id is exactly the old bytes.
+    """
+    pairs = itertools.pairwise(pickletools.genops(data))
+    cuts = [pos for (op, _, pos), (nxt, _, _) in pairs if op.name == "TUPLE" and nxt.name == "BINPERSID"]
+    assert cuts
+    out, last = [], 0
+    for pos in cuts:
+        out += [data[last:pos], value]
+        last = pos
+    return b"".join([*out, data[last:]])
+
+
+def test_storage_ids_of_torch_1_3_to_1_5_carry_view_metadata(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = _save(torch.jit.trace(_UsesConstant(), torch.randn(2, 3)), tmp_path / "new.pt")
+    old = _rewrite_member(
+        src,
+        tmp_path / "old.pt",
+        lambda name, data: _with_view_metadata(data) if name.endswith(("/data.pkl", "/constants.pkl")) else data,
+    )
+    with zipfile.ZipFile(old) as zf:
+        names = [op.name for op, _, _ in pickletools.genops(zf.read("new/data.pkl"))]
+    ends = [names[i : i + 3] for i in range(len(names) - 2) if names[i + 2] == "BINPERSID"]
+    assert ends == [["NONE", "TUPLE", "BINPERSID"]] * 2  # fc.weight, fc.bias: (..., 'cpu', numel, None)
+    reference = torch.jit.load(str(old))  # every torch.jit.load reads the first five elements
+    loaded = tw.load(old)
+    _assert_same(_without_constants(loaded), dict(reference.state_dict()))
+    assert torch.equal(loaded["constants.c0"], _GLOBAL)
+    assert not tw.open(old).warnings
+
+
+def test_view_metadata_torch_never_wrote_is_refused(tmp_path: Path) -> None:
+    src = _save(torch.jit.script(nn.Linear(2, 2)), tmp_path / "new.pt")
+    bad = _rewrite_member(
+        src,
+        tmp_path / "bad.pt",
+        lambda name, data: _with_view_metadata(data, b"K\x07") if name.endswith("/data.pkl") else data,
+    )
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(bad)
+    assert info.value.code == "bad-record" and "view metadata 7" in info.value.message
+
+
+@pytest.mark.parametrize("member", ["data.pkl", "constants.pkl", "version"])
+def test_archive_missing_a_required_member(tmp_path: Path, member: str) -> None:
+    src = _save(torch.jit.trace(_UsesConstant(), torch.randn(2, 3)), tmp_path / "m.pt")
+    dst = _rewrite_member(src, tmp_path / "broken.pt", lambda name, data: None if name == f"m/{member}" else data)
+    with pytest.raises(RuntimeError):
+        torch.jit.load(str(dst))  # torch refuses it as well
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == "missing-member"
+    assert f"'m/{member}'" in info.value.message
+    assert tw.scan(dst).verdict != "clean"
+
+
+# ------------------------------------------------------------------------------------ quantized RNN cells (1.5+)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+        self.gru = nn.GRU(3, 2)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x)
+        z, _ = self.gru(x)
+        return self.fc(y) + z.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.qint8, torch.float16])
+def test_dynamic_quantized_lstm_and_gru_cells(tmp_path: Path, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = torch.ao.quantization.quantize_dynamic(_Recurrent(), {nn.LSTM, nn.GRU, nn.Linear}, dtype=dtype)
+    path = _save(torch.jit.script(model), tmp_path / "rnn.pt")
+    ckpt = tw.open(path)
+    loaded = tw.load(ckpt)
+    cells = {"lstm": 4, "gru": 1}  # layers x directions
+    expected = []
+    for rnn, count in cells.items():
+        for i in range(count):
+            cell = getattr(model, rnn)._all_weight_values[i].param
+            kind, tensors, _, _, packed = cell.__getstate__()[0]  # (state, class name)
+            assert kind == ("quantized_dynamic" if dtype == torch.qint8 else "quantized_fp16")
+            prefix = f"{rnn}._all_weight_values.{i}.param"
+            values = {}
+            if tensors:
+                values[f"{prefix}.bias_ih"], values[f"{prefix}.bias_hh"] = tensors
+            for side, params in zip(("ih", "hh"), packed):
+                weight, bias = params.__getstate__()[0]
+                values[f"{prefix}.packed_{side}.weight"], values[f"{prefix}.packed_{side}.bias"] = weight, bias
+            for name, tensor in values.items():
+                expected.append(name)
+                got = loaded[name]
+                assert got.dtype == tensor.dtype and got.shape == tensor.shape, name
+                if tensor.is_quantized:
+                    assert torch.equal(got.int_repr(), tensor.int_repr()), name
+                    assert got.q_scale() == tensor.q_scale() and got.q_zero_point() == tensor.q_zero_point()
+                else:
+                    assert torch.equal(got, tensor), name
+    assert [n for n in ckpt.records if not n.startswith("fc.")] == [e for e in expected if e.startswith("lstm")] + [
+        e for e in expected if e.startswith("gru")
+    ]
+    assert not ckpt.warnings
+
+
+def test_unknown_cell_type_is_named_by_position(tmp_path: Path) -> None:
+    cell = _obj("__torch__.torch.classes.rnn.CellParamsBase", ("future", [torch.ones(2)], [], [], []))
+    code = {"__torch__.py": "class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n"}
+    path = _crafted(tmp_path / "cell.pt", _obj("__torch__.M", {"training": False, "cell": cell}), code)
+    ckpt = tw.open(path)
+    assert list(ckpt.records) == ["cell.tensors.0"]
+    assert any("'future'" in w and "named by position" in w for w in ckpt.warnings)
+
+
+# ----------------------------------------------------------------- model.json archives of torch 1.0-1.2 (fixtures)
+
+_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _model_json_script() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_torchscript_model_json", _FIXTURES / "make_torchscript_model_json.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("example", ["1_0", "1_2"])
+def test_committed_model_json_fixtures_are_what_the_script_writes(tmp_path: Path, example: str) -> None:
+    getattr(_model_json_script(), f"example_{example}")(tmp_path / "again.pt")
+    assert (tmp_path / "again.pt").read_bytes() == (_FIXTURES / f"torchscript_{example}.pt").read_bytes()
+
+
+def test_model_json_of_torch_1_0(tmp_path: Path) -> None:
+    expected = _model_json_script().example_1_0(tmp_path / "unused.pt")
+    path = _FIXTURES / "torchscript_1_0.pt"
+    ckpt = tw.open(path)
+    assert ckpt.format == "torchscript" and ckpt.metadata["proto_version"] == 1
+    assert list(ckpt.records) == ["scale", "steps", "tail", "flags", "fc.weight", "fc.bias"]
+    assert [n for n, r in ckpt.records.items() if r.is_parameter] == ["scale", "fc.weight", "fc.bias"]
+    assert ckpt.records["steps"].stride == (1, 3) and ckpt.records["tail"].storage_offset == 3
+    assert ckpt.metadata["code_files"] == {"archive.py": 74, "archive.fc.py": 19}
+    loaded = tw.load(ckpt)
+    for name, values in expected.items():
+        got = loaded[name]
+        assert str(got.dtype) == f"torch.{values.dtype}" and tuple(got.shape) == values.shape, name
+        assert np.array_equal(got.numpy(), values), name
+    assert loaded["steps"].untyped_storage().data_ptr() == loaded["tail"].untyped_storage().data_ptr()
+    assert not ckpt.warnings
+
+
+def test_model_json_of_torch_1_2_with_attributes(tmp_path: Path) -> None:
+    expected = _model_json_script().example_1_2(tmp_path / "unused.pt")
+    ckpt = tw.open(_FIXTURES / "torchscript_1_2.pt")
+    assert list(ckpt.records) == ["embedding", "fc.weight", "fc.bias"]
+    assert ckpt.globals == ("torch.jit._pickle.build_tensor_from_id",)
+    assert ckpt.records["fc.weight"].quantization == {"qscheme": "per_tensor_affine", "scale": 0.05, "zero_point": 3}
+    assert any("'cache'" in w and "neither parameters nor buffers" in w for w in ckpt.warnings)
+    loaded = tw.load(ckpt)
+    assert np.array_equal(loaded["embedding"].numpy(), expected["embedding"])
+    assert np.array_equal(loaded["fc.weight"].int_repr().numpy(), expected["fc.weight"])
+    assert loaded["fc.weight"].q_scale() == 0.05 and loaded["fc.weight"].q_zero_point() == 3
+    assert np.array_equal(loaded["fc.bias"].numpy(), expected["fc.bias"])
+    assert tw.scan(_FIXTURES / "torchscript_1_2.pt").verdict == "clean"
+
+
+@pytest.mark.parametrize(
+    ("drop", "code"),
+    [("archive/attributes.pkl", "missing-member"), ("archive/tensors/0", "missing-storage")],
+)
+def test_model_json_archive_missing_members(tmp_path: Path, drop: str, code: str) -> None:
+    dst = _rewrite_member(_FIXTURES / "torchscript_1_2.pt", tmp_path / "b.pt", lambda n, d: None if n == drop else d)
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == code and drop.split("/", 1)[1] in info.value.message
+
+
+def test_model_json_that_is_not_a_model_def(tmp_path: Path) -> None:
+    dst = _rewrite_member(
+        _FIXTURES / "torchscript_1_0.pt",
+        tmp_path / "b.pt",
+        lambda n, d: d.replace(b'"dataType":"FLOAT"', b'"dataType":"STRING"') if n.endswith("model.json") else d,
+    )
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == "bad-record" and "data type 'STRING'" in info.value.message
+
+
+class _Bag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 4, mode="sum")
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.bag(x, offsets)
+
+
+def test_quantized_embedding_packed_params(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Bag().eval()
+    model.bag.qconfig = torch.ao.quantization.float_qparams_weight_only_qconfig  # type: ignore[assignment]
+    quantized = torch.ao.quantization.convert(torch.ao.quantization.prepare(model))
+    path = _save(torch.jit.script(quantized), tmp_path / "bag.pt")
+    ckpt = tw.open(path)
+    assert list(ckpt.records) == ["bag._packed_params._packed_weight.weight"]
+    got = tw.load(ckpt)["bag._packed_params._packed_weight.weight"]
+    expected = quantized.bag.weight()
+    assert got.qscheme() == expected.qscheme() == torch.per_channel_affine_float_qparams
+    assert torch.equal(got.int_repr(), expected.int_repr())
+    assert torch.equal(got.q_per_channel_scales(), expected.q_per_channel_scales())
+
+
+def test_static_quantized_cell_names_its_six_tensors(tmp_path: Path) -> None:
+    """``QuantizedCellParams::__getstate__`` (torch.jit.quantized RNNs): w_ih, w_hh, b_ih, b_hh, col_offsets."""
+    w_ih, w_hh = torch.randint(-128, 127, (8, 3), dtype=torch.int8), torch.randint(-128, 127, (8, 2), dtype=torch.int8)
+    b_ih, b_hh = torch.randn(8), torch.randn(8)
+    off_ih, off_hh = torch.arange(8, dtype=torch.int32), torch.arange(8, 16, dtype=torch.int32)
+    state = ("quantized", [w_ih, w_hh, b_ih, b_hh, off_ih, off_hh], [0.1, 0.2], [0, 1], [])
+    cell = _obj("__torch__.torch.classes.rnn.CellParamsBase", state)
+    code = {"__torch__.py": "class M(Module):\n  __parameters__ = []\n  __buffers__ = []\n"}
+    path = _crafted(tmp_path / "cell.pt", _obj("__torch__.M", {"training": False, "cell": cell}), code)
+    loaded = tw.load(path)
+    names = ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "col_offsets_ih", "col_offsets_hh"]
+    assert list(loaded) == [f"cell.{n}" for n in names]
+    for name, tensor in zip(names, (w_ih, w_hh, b_ih, b_hh, off_ih, off_hh), strict=True):
+        assert loaded[f"cell.{name}"].dtype == tensor.dtype and torch.equal(loaded[f"cell.{name}"], tensor)

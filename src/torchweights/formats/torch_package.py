@@ -32,6 +32,7 @@ from ..unpickle import PickledStorage, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
 from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_text_members
+from .torchscript import ScriptModule, read_script_module
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -60,13 +61,81 @@ def _find_root(names: list[str], path: str) -> str:
     )
 
 
+_UNPACKAGE_SCRIPT = "torch.jit._script.unpackage_script_module"
+
+
+class _EmbeddedScripts:
+    """TorchScript modules saved into the package (``save_pickle`` of a scripted module): each read once, as data.
+
+    ``ScriptModule.__reduce_package__`` writes the module's pickles to ``.data/ts_code/<id>/data.pkl`` and
+    ``constants.pkl``, its classes to ``.data/ts_code/code/``, and its storages to the package's own
+    ``.data/<key>.storage`` (keys ``"<key>.storage"``, shared with the package pickles); the resource pickle holds
+    the persistent id ``('reduce_package', <object id>, unpackage_script_module, ('<id>',))``, which
+    ``PackageImporter`` answers by compiling and running the module's code. Here it is answered with the module's
+    inert stub, named like its ``state_dict()`` inside the resource.
+    """
+
+    def __init__(self, archive: Archive, root: str, storages: _Storages, options: ReadOptions) -> None:
+        self.archive = archive
+        self.root = root
+        self.storages = storages
+        self.options = options
+        self.modules: dict[str, ScriptModule] = {}
+        self.used_by: dict[str, list[str]] = {}  # resource -> ids of the modules it embeds
+        self.resource = ""
+        self.budget = 0  # walk budget the modules read for the current resource add
+
+    def __call__(self, args: Any) -> Any:
+        path = self.archive.path
+        ident = args[0] if isinstance(args, tuple) and len(args) == 1 else None
+        if not (isinstance(ident, str) and ident.isdigit() and len(ident) < 20):
+            raise CorruptCheckpointError(
+                f"{quote(path)} resource {quote(self.resource)}: TorchScript module id {short_repr(args, 80)} is not "
+                "the decimal id torch.package writes. The package is corrupt or was modified; re-export it.",
+                code="bad-record",
+                path=path,
+            )
+        ids = self.used_by.setdefault(self.resource, [])
+        if ident not in ids:
+            ids.append(ident)
+        module = self.modules.get(ident)
+        if module is None:
+            folder = f"{self.root}.data/ts_code/{ident}/"
+            module = read_script_module(
+                self.archive,
+                self._member(folder + "data.pkl", "holds the module"),
+                self._member(folder + "constants.pkl", "torch.package writes with every TorchScript module"),
+                f"{self.root}.data/ts_code/code/",
+                self.storages,
+                self.storages,
+                self.options,
+            )
+            self.modules[ident] = module
+            self.budget += module.budget
+        return module.tree
+
+    def _member(self, name: str, why: str) -> ZipMember:
+        info = self.archive.get(name)
+        if info is None:
+            raise CorruptCheckpointError(
+                f"{quote(self.archive.path)}: resource {quote(self.resource)} embeds a TorchScript module whose "
+                f"{quote(name)} member, which {why}, is missing; torch.package refuses it too. The package is "
+                "incomplete or was modified; re-export it.",
+                code="missing-member",
+                path=self.archive.path,
+            )
+        return info
+
+
 class _PackageStorages:
     """persistent_load for package pickles: ``('storage', type, key, location, numel)`` with the bytes at
     ``<root>.data/<key>.storage`` (the torch zip reader's resolver, one for the whole package, so storages shared
-    between resources stay shared); ``('reduce_package', ...)`` objects are kept as inert stubs, never rebuilt."""
+    between resources stay shared); ``('reduce_package', ...)`` of a TorchScript module is read as data
+    (:class:`_EmbeddedScripts`); other ``reduce_package`` objects are kept as inert stubs, never rebuilt."""
 
-    def __init__(self, storages: _Storages, path: str) -> None:
+    def __init__(self, storages: _Storages, scripts: _EmbeddedScripts, path: str) -> None:
         self.storages = storages
+        self.scripts = scripts
         self.path = path
 
     def __call__(self, pid: Any) -> PickledStorage | Stub:
@@ -79,6 +148,8 @@ class _PackageStorages:
             elif kind == "reduce_package" and len(pid) in (3, 4):
                 func = pid[-2]
                 name = getattr(func, "qualname", None) or getattr(func, "cls", None)
+                if name == _UNPACKAGE_SCRIPT:
+                    return self.scripts(pid[-1])  # type: ignore[no-any-return]
                 return Stub(name if isinstance(name, str) else "torch.package.reduce_package", pid)
         raise CorruptCheckpointError(
             f"{quote(self.path)}: unexpected persistent id {short_repr(pid, 80)} (expected ('storage', type, key, "
@@ -104,6 +175,25 @@ def _extern_modules(archive: Archive, root: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _embedded_constants(
+    scripts: _EmbeddedScripts, records: dict[str, TensorRecord], warnings: list[str], globals_seen: set[str]
+) -> None:
+    """The constants of every embedded TorchScript module, as records named ``.data/ts_code/<id>/constants.pkl/c0``
+    (the member they come from, as resources are named), its warnings and globals."""
+    for ident, module in scripts.modules.items():
+        resource = f".data/ts_code/{ident}/constants.pkl"
+        globals_seen |= module.globals
+        warnings.extend(f".data/ts_code/{ident}: {w}" for w in module.warnings)
+        if not module.constants:
+            continue
+        where = f"{quote(scripts.archive.path)} member {quote(scripts.root + resource)}"
+        flat = flatten(module.constants, record_maker(where), limits=scripts.options.limits, budget=module.budget)
+        for record in flat.records.values():
+            full = f"{resource}/{record.name}"
+            records[full] = replace(record, name=full, path=(resource, *record.path))
+        warnings.extend(f"{resource}: {w}" for w in flat.warnings)
+
+
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read every pickle resource of a torch.package archive and locate every storage; nothing is imported or run."""
     records: dict[str, TensorRecord] = {}
@@ -117,12 +207,17 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         text_records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(text_records, path)
         extern = _extern_modules(archive, root)
-        loader = _PackageStorages(_Storages(archive, root + ".", byteorder), path)
+        storages = _Storages(archive, root + ".", byteorder)
+        scripts = _EmbeddedScripts(archive, root, storages, options)
+        loader = _PackageStorages(storages, scripts, path)
         for info in archive.members():
             name = info.name
             if not name.startswith(root) or name.endswith("/"):
                 continue
             resource = name[len(root) :]
+            if resource.startswith(".data/ts_code/code/"):
+                code_files[resource] = info.size  # TorchScript classes of embedded modules: listed, never run
+                continue
             if resource.startswith(".data/") or resource in ("byteorder", ".data"):
                 continue
             if resource.endswith(".py"):
@@ -140,17 +235,22 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
                     path=path,
                 )
             where = f"{quote(path)} resource {quote(resource)}"
+            scripts.resource, scripts.budget = resource, 0
             result = run_pickle(archive.read(info), options, where, persistent_load=loader)
             globals_seen |= result.globals
-            flat = flatten(result.value, record_maker(where), limits=options.limits, budget=4 * result.opcodes + 10_000)
+            budget = 4 * result.opcodes + 10_000 + scripts.budget
+            flat = flatten(result.value, record_maker(where), limits=options.limits, budget=budget)
             for record in flat.records.values():
                 full = f"{resource}/{record.name}"
                 records[full] = replace(record, name=full, path=(resource, *record.path))
             for key, value in flat.extras.items():
                 extras[f"{resource}/{key}" if key else resource] = value
             warnings.extend(f"{resource}: {w}" for w in flat.warnings)
+        _embedded_constants(scripts, records, warnings, globals_seen)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **text_records, "extern_modules": extern}
     metadata["code_files"] = code_files
+    if scripts.used_by:
+        metadata["torchscript_modules"] = scripts.used_by
     if resources:
         metadata["resources"] = resources
     return Checkpoint(

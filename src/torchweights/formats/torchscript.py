@@ -31,6 +31,7 @@ are neither parameters nor buffers (not in ``state_dict()``) are dropped too, an
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..limits import Limits
 from ..records import Checkpoint
 from ..text import plural, quote, quote_list
-from ..unpickle import PickledTensor, Stub, UnpickleResult
+from ..unpickle import PickledTensor, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
 from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_text_members
@@ -47,7 +48,7 @@ from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_t
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["parse_declarations", "read"]
+__all__ = ["ScriptModule", "ScriptStorages", "missing_member", "parse_declarations", "read", "read_script_module"]
 
 _RECORDS = ("version", "byteorder", ".data/version", ".data/serialization_id", "producer_info")
 #: Largest ``code/`` source file parsed for declarations (TorchScript writes a few KiB per class).
@@ -59,13 +60,21 @@ _CODE_MAX_BYTES = 16 << 20
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _find_root(names: list[str], path: str) -> str:
-    """The archive's root folder (``"model/"``): the one holding ``data.pkl`` next to ``constants.pkl`` or ``code/``."""
-    roots = [n[: -len("data.pkl")] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+def _find_root(names: list[str], path: str) -> tuple[str, str]:
+    """The archive's root folder (``"model/"``) and its layout: ``"data.pkl"`` (torch 1.3 on) or ``"model.json"``
+    (torch 1.0 to 1.2). A folder with ``constants.pkl`` or ``code/`` but no ``data.pkl`` is a TorchScript archive
+    that lost its module pickle: refused by name."""
     present = set(names)
-    for root in roots:
-        if root + "constants.pkl" in present or any(n.startswith(root + "code/") for n in names):
-            return root
+    folders = list(dict.fromkeys(n.split("/", 1)[0] + "/" for n in names if "/" in n))
+    script = [r for r in folders if r + "constants.pkl" in present or any(n.startswith(r + "code/") for n in names)]
+    for root in script:
+        if root + "data.pkl" in present:
+            return root, "data.pkl"
+    for root in script + folders:
+        if root + "model.json" in present:
+            return root, "model.json"
+    if script:
+        raise missing_member(path, script[0] + "data.pkl", "holds the module")
     raise CorruptCheckpointError(
         f"{quote(path)} has no '<root>/data.pkl' next to 'constants.pkl' or 'code/', so it is not a TorchScript "
         "archive. Re-save it with torch.jit.save.",
@@ -143,12 +152,12 @@ def parse_declarations(source: str, module: str) -> dict[str, _ClassDecl]:
     return out
 
 
-def _declarations(archive: Archive, root: str, limits: Limits, warnings: list[str]) -> dict[str, _ClassDecl]:
-    """Every class declared under ``<root>code/``, from its ``.py`` files (at most ``max_pickle_bytes`` in all)."""
+def _declarations(archive: Archive, prefix: str, limits: Limits, warnings: list[str]) -> dict[str, _ClassDecl]:
+    """Every class declared under ``prefix`` (``<root>code/``), from its ``.py`` files (at most ``max_pickle_bytes``
+    in all)."""
     decls: dict[str, _ClassDecl] = {}
     budget = limits.max_pickle_bytes
     skipped: list[str] = []
-    prefix = f"{root}code/"
     for info in archive.members():
         name = info.name
         if not (name.startswith(prefix) and name.endswith(".py")):
@@ -221,10 +230,39 @@ def _packed_weights(cls: str, state: Any) -> tuple[dict[str, Any], str | None] |
     leaf = cls.rsplit(".", 1)[-1]
     if leaf.startswith("Conv") and leaf.endswith("PackedParamsBase"):
         return _conv_packed(state)
+    if leaf == "EmbeddingPackedParamsBase":  # (version, [weight], doubles, [bit_rate])
+        tensors = state[1] if len(state) == 4 and isinstance(state[1], (list, tuple)) else ()
+        if len(tensors) == 1 and isinstance(tensors[0], PickledTensor):
+            return {"weight": tensors[0]}, None
+        return None
     tensors = [v for v in state if isinstance(v, PickledTensor)]
     if 1 <= len(tensors) <= 2:
         return {"weight": tensors[0], "bias": tensors[1] if len(tensors) == 2 else None}, None
     return None
+
+
+#: ``CellParamsBase`` (quantized RNN cells, torch 1.5 on): ``(type, tensors, doubles, longs, packed)``, the tensors
+#: and packed linear params named by their role in each type (``aten/src/ATen/native/RNN.cpp``, ``__getstate__``).
+_CELL_ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "quantized": (("weight_ih", "weight_hh", "bias_ih", "bias_hh", "col_offsets_ih", "col_offsets_hh"), ()),
+    "quantized_dynamic": (("bias_ih", "bias_hh"), ("packed_ih", "packed_hh")),
+    "quantized_fp16": ((), ("packed_ih", "packed_hh")),
+}
+
+
+def _cell_params(cls: str, state: Any) -> tuple[dict[str, Any], dict[str, Any], str | None] | None:
+    """Tensors and packed params of a quantized RNN cell (``__torch__.torch.classes.rnn.CellParamsBase``) by role,
+    and a note when its type is unknown (then named ``tensors.<i>`` / ``packed.<i>``); None for anything else."""
+    if not cls.endswith(".classes.rnn.CellParamsBase") or not isinstance(state, (tuple, list)) or len(state) != 5:
+        return None
+    kind, tensors, packed = state[0], state[1], state[4]
+    if not (isinstance(kind, str) and isinstance(tensors, (list, tuple)) and isinstance(packed, (list, tuple))):
+        return None
+    roles = _CELL_ROLES.get(kind)
+    if roles is not None and len(tensors) == len(roles[0]) and len(packed) == len(roles[1]):
+        return dict(zip(roles[0], tensors)), dict(zip(roles[1], packed)), None
+    note = f"quantized RNN cell type {kind[:40]!r} with {len(tensors)} tensors and {len(packed)} packed params"
+    return {f"tensors.{i}": t for i, t in enumerate(tensors)}, {f"packed.{i}": p for i, p in enumerate(packed)}, note
 
 
 class _Converter:
@@ -264,6 +302,16 @@ class _Converter:
         self.memo[id(obj)] = out
         if isinstance(obj.state, dict):
             self._attributes(obj, name, depth, params, buffers, modules)
+        elif (cell := _cell_params(obj.cls, obj.state)) is not None:
+            tensors, packed, note = cell
+            for key, value in tensors.items():
+                if isinstance(value, PickledTensor):
+                    buffers[key] = value
+            for key, value in packed.items():
+                if _is_script_object(value):
+                    modules[key] = self.convert(value, f"{name}.{key}", depth + 1)
+            if note:
+                self.notes.append(f"'{name or '<root>'}' is a {note}, named by position")
         elif obj.state is not None:
             found = _packed_weights(obj.cls, obj.state)
             if found is None:
@@ -354,69 +402,182 @@ def _merge(into: Flattened, other: Flattened) -> None:
     into.warnings.extend(other.warnings)
 
 
-def _flatten(root: Any, where: str, result: UnpickleResult, options: ReadOptions) -> Flattened:
-    return flatten(root, record_maker(where), limits=options.limits, budget=4 * result.opcodes + 10_000)
+class ScriptStorages:
+    """persistent_load for TorchScript pickles: the zip resolver it wraps, also for the ids torch 1.3 to 1.5 wrote.
+
+    Their pickler ended each storage id with a sixth element, the ``view_metadata`` slot of the legacy stream
+    format, always None (``('storage', torch.FloatStorage, '0', 'cpu', 6, None)``); every ``torch.jit.load`` reads
+    the first five and ignores it. Anything but None there was never written by torch and is refused.
+    """
+
+    def __init__(self, inner: Callable[[Any], Any], path: str) -> None:
+        self.inner = inner
+        self.path = path
+
+    def __call__(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage":
+            if pid[5] is not None:
+                raise CorruptCheckpointError(
+                    f"{quote(self.path)}: storage id {short_repr(pid, 120)} carries view metadata "
+                    f"{short_repr(pid[5], 60)}; TorchScript only ever wrote None there, so the file was modified. "
+                    "Re-save it with torch.jit.save.",
+                    code="bad-record",
+                    path=self.path,
+                )
+            pid = pid[:5]
+        return self.inner(pid)
 
 
-def read(path: str, options: ReadOptions) -> Checkpoint:
-    """Read a TorchScript archive's module and constants pickles and locate every storage; nothing is run."""
+@dataclass
+class ScriptModule:
+    """One TorchScript module read from its ``data.pkl`` and ``constants.pkl``, nothing run.
+
+    Attributes:
+        tree: the module as an inert module stub (named like its ``state_dict()`` by
+            :func:`~torchweights.containers.flatten`), or what ``data.pkl`` holds when it is not a module.
+        constants: ``{"c0": value, ...}``, the tensors (and objects) the code names ``CONSTANTS.c0``...
+        module_class: the root object's class (``__torch__.Net``), or None.
+        globals: every global the two pickles reference.
+        budget: a bound for walking the tree (from the opcodes the pickles ran).
+        warnings: what the conversion left out or guessed.
+    """
+
+    tree: Any
+    constants: dict[str, Any]
+    module_class: str | None
+    globals: set[str]
+    budget: int
+    warnings: list[str]
+
+
+def read_script_module(
+    archive: Archive,
+    data: ZipMember,
+    constants: ZipMember,
+    code_prefix: str,
+    storages: Callable[[Any], Any],
+    constant_storages: Callable[[Any], Any],
+    options: ReadOptions,
+) -> ScriptModule:
+    """Read one TorchScript module: its pickles with the given storage resolvers, its classes from ``code_prefix``.
+
+    Shared by TorchScript archives (``<root>/data.pkl``, storages under ``data/`` and ``constants/``) and
+    torch.package (``.data/ts_code/<id>/data.pkl``, storages in the package's ``.data/``).
+    """
+    path = archive.path
     warnings: list[str] = []
-    with open_archive(path, options) as archive:
-        names = archive.names()
-        root = _find_root(names, path)
-        records = read_text_members(archive, root, _RECORDS)
-        byteorder = check_byteorder(records, path)
-        decls = _declarations(archive, root, options.limits, warnings)
-
-        pkl = archive.get(root + "data.pkl")
-        assert pkl is not None  # _find_root found it
-        where = f"{quote(path)} member {quote(pkl.name)}"
-        storages = _Storages(archive, root, byteorder)
-        result = run_pickle(_read_pickle(archive, pkl, options), options, where, persistent_load=storages)
-        constants: UnpickleResult | None = None
-        const_where = f"{quote(path)} member {quote(root + 'constants.pkl')}"
-        const_member = archive.get(root + "constants.pkl")
-        if const_member is not None:
-            data = _read_pickle(archive, const_member, options)
-            loader = _Storages(archive, root, byteorder, folder="constants")
-            constants = run_pickle(data, options, const_where, persistent_load=loader)
-        code_files = _listing(archive, f"{root}code/")
-        extra_files = _listing(archive, f"{root}extra/")
-
+    decls = _declarations(archive, code_prefix, options.limits, warnings)
+    where = f"{quote(path)} member {quote(data.name)}"
+    result = run_pickle(
+        _read_pickle(archive, data, options), options, where, persistent_load=ScriptStorages(storages, path)
+    )
+    const_where = f"{quote(path)} member {quote(constants.name)}"
+    const_result = run_pickle(
+        _read_pickle(archive, constants, options),
+        options,
+        const_where,
+        persistent_load=ScriptStorages(constant_storages, path),
+    )
     converter = _Converter(decls, options.limits)
     module = result.value
     try:
         tree = converter.convert(module, "") if _is_script_object(module) else module
-    except RecursionError:  # only with a max_depth raised far beyond the default
-        raise ResourceLimitError(
-            f"{where}: TorchScript modules nest too deeply to name their tensors", code="limit-depth", path=path
-        ) from None
-    flat = _flatten(tree, where, result, options)
-    globals_seen = set(result.globals)
-    if constants is not None:
-        values = constants.value if isinstance(constants.value, (tuple, list)) else (constants.value,)
+        values = const_result.value if isinstance(const_result.value, (tuple, list)) else (const_result.value,)
         named = {
             f"c{i}": converter.convert(v, f"constants.c{i}") if _is_script_object(v) else v
             for i, v in enumerate(values)
         }
-        if named:
-            _merge(flat, _flatten({"constants": named}, const_where, constants, options))
-        globals_seen |= constants.globals
+    except RecursionError:  # only with a max_depth raised far beyond the default
+        raise ResourceLimitError(
+            f"{where}: TorchScript modules nest too deeply to name their tensors", code="limit-depth", path=path
+        ) from None
     if not is_module_stub(tree):
-        warnings.append(f"data.pkl holds {short_repr(module, 80)}, not a TorchScript module")
+        warnings.append(f"{data.name} holds {short_repr(module, 80)}, not a TorchScript module")
+    return ScriptModule(
+        tree=tree,
+        constants=named,
+        module_class=module.cls if isinstance(module, Stub) else None,
+        globals=result.globals | const_result.globals,
+        budget=4 * (result.opcodes + const_result.opcodes) + 10_000,
+        warnings=[*warnings, *converter.warnings()],
+    )
+
+
+def missing_member(path: str, member: str, why: str) -> CorruptCheckpointError:
+    """The error for a TorchScript archive without ``member``, which ``why`` (a clause: "holds the module")."""
+    return CorruptCheckpointError(
+        f"{quote(path)} is a TorchScript archive without its {quote(member)} member, which {why}; torch.jit.load "
+        "refuses it too. The archive is incomplete or was modified: re-download it or re-save it with "
+        "torch.jit.save.",
+        code="missing-member",
+        path=path,
+    )
+
+
+def _require(archive: Archive, root: str, name: str, why: str) -> ZipMember:
+    info = archive.get(root + name)
+    if info is None:
+        raise missing_member(archive.path, root + name, why)
+    return info
+
+
+def _check_version(archive: Archive, root: str) -> None:
+    """Every release wrote a ``version`` record (later ones ``.data/version``); torch refuses archives without."""
+    if archive.get(root + "version") is None and archive.get(root + ".data/version") is None:
+        raise missing_member(archive.path, root + "version", "every torch release wrote (the format version)")
+
+
+def read(path: str, options: ReadOptions) -> Checkpoint:
+    """Read a TorchScript archive's module and constants pickles and locate every storage; nothing is run."""
+    with open_archive(path, options) as archive:
+        root, layout = _find_root(archive.names(), path)
+        records = read_text_members(archive, root, _RECORDS)
+        byteorder = check_byteorder(records, path)
+        _check_version(archive, root)
+        if layout == "model.json":
+            from .torchscript_legacy import read_model_json
+
+            return read_model_json(archive, root, records, options)
+        data = _require(archive, root, "data.pkl", "holds the module")
+        constants = _require(archive, root, "constants.pkl", "every release since torch 1.3 wrote and reads")
+        module = read_script_module(
+            archive,
+            data,
+            constants,
+            f"{root}code/",
+            _Storages(archive, root, byteorder),
+            _Storages(archive, root, byteorder, folder="constants"),
+            options,
+        )
+        code_files = _listing(archive, f"{root}code/")
+        extra_files = _listing(archive, f"{root}extra/")
+        bytecode = archive.get(root + "bytecode.pkl") is not None
+
+    where = f"{quote(path)} member {quote(data.name)}"
+    flat = flatten(module.tree, record_maker(where), limits=options.limits, budget=module.budget)
+    if module.constants:
+        const_where = f"{quote(path)} member {quote(constants.name)}"
+        _merge(
+            flat,
+            flatten(
+                {"constants": module.constants}, record_maker(const_where), limits=options.limits, budget=module.budget
+            ),
+        )
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
-    if isinstance(module, Stub):
-        metadata["module_class"] = module.cls
+    if module.module_class is not None:
+        metadata["module_class"] = module.module_class
     metadata["code_files"] = code_files
     if extra_files:
         metadata["extra_files"] = extra_files
+    if bytecode:
+        metadata["bytecode"] = True  # saved for the lite interpreter: bytecode.pkl is code, never read
     return Checkpoint(
         path=path,
         format="torchscript",
         files=(path,),
         records=flat.records,
         extras=flat.extras,
-        globals=tuple(sorted(globals_seen)),
+        globals=tuple(sorted(module.globals)),
         metadata=metadata,
-        warnings=[*warnings, *converter.warnings(), *flat.warnings],
+        warnings=[*module.warnings, *flat.warnings],
     )
