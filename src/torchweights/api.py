@@ -196,6 +196,7 @@ def load_into(
             plan = reconcile(checkpoint, spec, rules, source=name)
     report = LoadReport(plan, notes=builtins.list(checkpoint.warnings) if isinstance(checkpoint, Checkpoint) else [])
     if not dry_run:
+        assert not isinstance(model, ModelSpec)  # refused above
         if plan.problems:
             report.seconds = time.perf_counter() - started
             report.raise_if_problems()
@@ -203,7 +204,7 @@ def load_into(
             plan, model, checkpoint, spec, check_crc=check_crc, mmap=mmap
         )
         report.applied = True
-        report.meta_after = _on_meta(model)  # type: ignore[arg-type]
+        report.meta_after = _on_meta(model)
     report.seconds = time.perf_counter() - started
     if report.applied and not report.clean:
         logger.warning("%s", report.log_line())

@@ -170,7 +170,7 @@ def _initialise(plan: Plan, model: torch.nn.Module) -> None:
                 module._parameters[attr] = new  # type: ignore[assignment]
             else:
                 module._buffers[attr] = new
-        kept = []
+        kept: list[tuple[dict[str, Any], str, Any, torch.Tensor]] = []
         for sub in module.modules():
             for table in (sub._parameters, sub._buffers):
                 for attr, tensor in table.items():
@@ -179,7 +179,7 @@ def _initialise(plan: Plan, model: torch.nn.Module) -> None:
         with torch.no_grad():
             getattr(module, init.method)()
             for table, attr, tensor, value in kept:
-                table[attr] = tensor
+                table[attr] = tensor  # the same object as before the method ran
                 tensor.copy_(value)
 
 

@@ -1252,7 +1252,7 @@ def _paired_renames(plan: Plan, final: Mapping[str, str]) -> list[tuple[str, str
     unexpected = [
         (final[a.key], a.src_shape)
         for a in plan.by_kind("unexpected")
-        if a.key in final and a.src_shape is not None and "#" not in a.key
+        if a.key is not None and a.key in final and a.src_shape is not None and "#" not in a.key
     ]
     if not unexpected:
         return []
@@ -1266,10 +1266,13 @@ def _paired_renames(plan: Plan, final: Mapping[str, str]) -> list[tuple[str, str
                 candidates.setdefault((w_template, leaves), []).append((h_template, h_leaves))
                 backwards.setdefault((h_template, h_leaves), []).append((w_template, leaves))
     out: list[tuple[str, str]] = []
+    shifted = 0  # pairs whose names differ only by a leading prefix: prefix handling's job, not renames
     for w, found in candidates.items():
         if len(found) != 1 or len(backwards[found[0]]) != 1:
             continue
         h_template = found[0][0]
+        w_name, h_name = ".".join(w[0]), ".".join(h_template)
+        shifted += w_name.endswith("." + h_name) or h_name.endswith("." + w_name)
         pattern, replacement, group = "^", "", 0
         for part in h_template:
             pattern += r"(\d+)\." if part == "{}" else re.escape(part) + r"\."
@@ -1280,7 +1283,13 @@ def _paired_renames(plan: Plan, final: Mapping[str, str]) -> list[tuple[str, str
             else:
                 replacement += part + "."
         out.append((pattern, replacement))
+    if shifted == len(out) or len(out) > _MAX_SUGGESTED_RENAMES:
+        return []
     return out
+
+
+#: More module pairs than this are not a rename to suggest (the key spaces differ too much for a short fix).
+_MAX_SUGGESTED_RENAMES = 8
 
 
 def _with_suggestion(plan: Plan, keys: list[SourceKey], spec: ModelSpec, pairs: list[tuple[str, str]]) -> Plan:

@@ -201,7 +201,7 @@ def _fates(report: LoadReport) -> tuple[int, int, list[tuple[str, Counter[str]]]
         elif a.target in initialised:
             fate = "initialised by init_missing"
         elif a.kind == "default":
-            fate = "at the default torch keeps (absent from old checkpoints)"
+            fate = "kept at its default (absent from old checkpoints)"
             cause = ""
         else:
             fate = "left as initialised"
@@ -247,7 +247,7 @@ def headline(report: LoadReport) -> str:
         parts.append(f"{plural(len(outside), 'checkpoint tensor')} not loaded")
     text = "; ".join(parts)
     if not report.applied:
-        return f"DRY RUN: {text} ({strict}); the model was not changed"
+        return f"DRY RUN ({strict}): {text}; the model was not changed"
     if report.left_on_meta:
         return f"INCOMPLETE: {text}; the model cannot run until those on meta have values"
     lenient = plan.rules.strict is not True and any(

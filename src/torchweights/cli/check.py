@@ -1,8 +1,9 @@
 """``torchweights check CKPT --model MODULE:FACTORY``: would this checkpoint load into this model?
 
 Builds the model from a factory (on the meta device when it allows, so no memory is allocated for its weights;
-the plan then treats the model's tensors as having values, as they have in the real load), plans the load with :func:`torchweights.api.load_into` in dry-run mode, and prints the report: every key
-accounted for, problems first, with the exact option that fixes them. ``--json`` prints the report as JSON.
+the plan then treats the model's tensors as having values, as they have in the real load), plans the load with
+:func:`torchweights.api.load_into` in dry-run mode, and prints the report: every key accounted for, problems
+first, with the exact option that fixes them. ``--json`` prints the report as JSON.
 
 Exit codes: 0 the checkpoint loads under the options given; 1 it does not (the report says why); 2 the checkpoint
 cannot be read, an option cannot be followed, or the model factory cannot be imported or called.
