@@ -178,9 +178,9 @@ def _initialise(plan: Plan, model: torch.nn.Module) -> None:
                         kept.append((table, attr, tensor, tensor.detach().clone()))
         with torch.no_grad():
             getattr(module, init.method)()
-            for table, attr, tensor, value in kept:
-                table[attr] = tensor  # the same object as before the method ran
-                tensor.copy_(value)
+            for owner, name, original, value in kept:
+                owner[name] = original  # the same object as before the method ran
+                original.copy_(value)
 
 
 def _apply_checkpoint(
