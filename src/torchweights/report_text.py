@@ -1008,9 +1008,10 @@ def problem_summary(report: LoadReport) -> str:
     meta = set(plan.left_on_meta)
     on_meta = sum(1 for a in problems if a.kind != "skip" and a.target in meta)
     if on_meta:
+        one = on_meta == 1
         lines.append(
-            f"  {plural(on_meta, 'of these keys')} {'is' if on_meta == 1 else 'are'} on the meta device: "
-            "without a tensor from the file, it has no values at all."
+            f"  {on_meta} of these keys {'is' if one else 'are'} on the meta device: without a tensor from the "
+            f"file, {'it has' if one else 'they have'} no values at all."
         )
     lines += [f"  {use.describe()}: check its pattern." for use in plan.renames if use.matched == 0]
     lines += [f"  {sentence}" for sentence in tail]
