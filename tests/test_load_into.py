@@ -154,13 +154,17 @@ def test_meta_device_model_is_materialised_from_the_checkpoint(tmp_path: Path) -
     with torch.device("meta"):
         dst = TinyLM()
     report = tw.load_into(dst, path, strict="model")
-    assert report.ok
     params = dict(dst.named_parameters())
     assert not any(p.is_meta for p in params.values())
     assert dst.lm_head.weight is dst.embed.weight
     assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in params.values())
     for name, tensor in src.state_dict().items():
         assert torch.equal(dst.state_dict()[name], tensor), name
+    # The non-persistent buffer is in no checkpoint: it stays on meta, and the report says so (never "OK").
+    assert dst.rope_cache.is_meta
+    assert report.applied and not report.ok and report.left_on_meta == ("rope_cache",)
+    assert report.headline().startswith("INCOMPLETE: loaded ")
+    assert "persistent=False" in str(report)
 
 
 def test_full_pickled_model_as_source(tmp_path: Path) -> None:
@@ -237,3 +241,259 @@ def test_options_are_validated() -> None:
     with pytest.raises(tw.RuleError) as info:
         tw.load_into(SmallCNN(), {"a.w": torch.zeros(1)}, rename={"(": "x"})
     assert info.value.code == "bad-rename"
+
+
+# ------------------------------------------------------------------------------------------------ issue 11: honesty
+
+
+class Block(torch.nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(c)
+        self.conv2 = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(c)
+
+
+class ResNetish(torch.nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.layer1 = torch.nn.Sequential(Block(8), Block(8))
+        self.head = torch.nn.Linear(8, classes)
+
+
+def _meta_resnet() -> ResNetish:
+    with torch.device("meta"):
+        return ResNetish()
+
+
+def _meta_names(model: torch.nn.Module) -> list[str]:
+    return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+
+
+@pytest.fixture
+def resnet_file(tmp_path: Path) -> tuple[ResNetish, Path]:
+    src = _trained(ResNetish())
+    path = tmp_path / "resnet.pt"
+    torch.save(src.state_dict(), path)
+    return src, path
+
+
+def test_meta_model_with_skip_is_refused_under_strict(resnet_file: tuple[ResNetish, Path]) -> None:
+    _, path = resnet_file
+    dst = _meta_resnet()
+    before = dict(dst.named_parameters())
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(dst, path, skip=["head.*"])
+    assert info.value.code == "left-on-meta"
+    assert "would stay on the meta device" in info.value.message and "head.weight" in info.value.message
+    assert "init_missing=True" in info.value.message
+    assert dict(dst.named_parameters()) == before  # not touched: every parameter is the same meta tensor
+    assert len(_meta_names(dst)) == 33
+    # a dry run says the same without raising
+    report = tw.load_into(dst, path, skip=["head.*"], dry_run=True)
+    assert not report.ok and report.left_on_meta == ("head.weight", "head.bias")
+    assert report.headline().startswith("FAILED: 2 would stay on the meta device (strict=True)")
+
+
+def test_meta_model_left_partly_on_meta_is_never_ok(
+    resnet_file: tuple[ResNetish, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    src, path = resnet_file
+    dst = _meta_resnet()
+    with caplog.at_level("WARNING", logger="torchweights"):
+        report = tw.load_into(dst, path, skip=["head.*"], strict=False)
+    assert report.applied and not report.ok
+    assert _meta_names(dst) == ["head.weight", "head.bias"] == list(report.left_on_meta)
+    text = str(report)
+    assert "result     INCOMPLETE: loaded 31 of 33; 2 left on the meta device (skipped)" in text
+    data = report.to_dict()
+    assert data["ok"] is False and data["left_on_meta"] == ["head.weight", "head.bias"]
+    assert data["result"].startswith("INCOMPLETE")
+    (record,) = caplog.records
+    assert record.name == "torchweights" and record.levelname == "WARNING"
+    assert "INCOMPLETE" in record.getMessage() and "head.weight" in record.getMessage()
+    assert "\n" not in record.getMessage()
+    # keys missing from the file under strict=False: the same
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    dst = _meta_resnet()
+    report = tw.load_into(dst, state, strict=False)
+    assert not report.ok and report.left_on_meta == ("head.weight", "head.bias")
+
+
+def test_init_missing_initialises_with_the_modules_reset_parameters(resnet_file: tuple[ResNetish, Path]) -> None:
+    src, path = resnet_file
+    dst = _meta_resnet()
+    torch.manual_seed(123)
+    report = tw.load_into(dst, path, skip=["head.*"], init_missing=True)
+    torch.manual_seed(123)
+    expected = torch.nn.Linear(8, 10)  # __init__ calls reset_parameters once, from the same RNG state
+    assert report.ok and report.applied and not _meta_names(dst)
+    assert torch.equal(dst.head.weight, expected.weight) and torch.equal(dst.head.bias, expected.bias)
+    assert isinstance(dst.head.weight, torch.nn.Parameter) and dst.head.weight.requires_grad
+    assert report.headline() == "OK: loaded 31 of 33; 2 initialised by init_missing (skipped)"
+    assert "reset_parameters() of 'head'" in str(report)
+    for name, tensor in src.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(dst.state_dict()[name], tensor), name
+
+
+def test_init_missing_keeps_the_loaded_tensors_of_a_partly_missing_module(
+    resnet_file: tuple[ResNetish, Path],
+) -> None:
+    src, _ = resnet_file
+    # BatchNorm's running statistics missing; its weight and bias loaded: reset_parameters() resets all four,
+    # the loaded ones keep the file's values.
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("bn.running_")}
+    dst = _meta_resnet()
+    report = tw.load_into(dst, state, strict=False, init_missing=True)
+    assert report.ok and not _meta_names(dst)
+    assert torch.equal(dst.bn.weight, src.bn.weight) and torch.equal(dst.bn.bias, src.bn.bias)
+    assert torch.equal(dst.bn.running_mean, torch.zeros(8)) and torch.equal(dst.bn.running_var, torch.ones(8))
+    # a module half on meta, half with values: the tensor with values keeps them through reset_parameters()
+    dst = _trained(ResNetish(), seed=5)
+    dst.head.bias = torch.nn.Parameter(torch.empty(10, device="meta"))
+    state = {k: v for k, v in src.state_dict().items() if k != "head.bias"}
+    report = tw.load_into(dst, state, strict=False, init_missing=True)
+    assert report.ok and not _meta_names(dst)
+    assert torch.equal(dst.head.weight, src.head.weight)
+
+
+def test_meta_batchnorm_counter_absent_from_old_files_is_set_to_zero(resnet_file: tuple[ResNetish, Path]) -> None:
+    src, _ = resnet_file
+    state = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    dst = _meta_resnet()
+    report = tw.load_into(dst, state)
+    assert report.ok and not _meta_names(dst)
+    assert dst.bn.num_batches_tracked.item() == 0 and dst.bn.num_batches_tracked.dtype == torch.int64
+
+
+class NoReset(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(4))
+
+
+def test_a_module_without_reset_parameters_stays_on_meta_and_says_so() -> None:
+    with torch.device("meta"):
+        dst = torch.nn.Sequential(torch.nn.Linear(4, 4), NoReset())
+    state = {"0.weight": torch.randn(4, 4), "0.bias": torch.randn(4)}
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(dst, state, strict="model", init_missing=True)
+    assert "'1' has no reset_parameters()" in " ".join(info.value.message.split())
+    report = tw.load_into(dst, state, strict=False, init_missing=True)
+    assert not report.ok and report.left_on_meta == ("1.scale",) and _meta_names(dst) == ["1.scale"]
+
+
+def test_missing_keys_on_a_real_model_are_left_as_initialised_not_silently_ok(
+    resnet_file: tuple[ResNetish, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    src, _ = resnet_file
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    dst = ResNetish()
+    with caplog.at_level("WARNING", logger="torchweights"):
+        report = tw.load_into(dst, state, strict=False)
+    assert report.ok
+    assert report.headline() == "OK (strict=False): loaded 31 of 33; 2 left as initialised (missing)"
+    (record,) = caplog.records
+    assert "missing: head.weight, head.bias" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="torchweights"):
+        report = tw.load_into(ResNetish(), src.state_dict())
+    assert report.headline() == "OK: loaded 33 of 33" and report.clean and not caplog.records
+
+
+def test_lossy_casts_are_logged_widening_ones_are_not(
+    resnet_file: tuple[ResNetish, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    src, _ = resnet_file
+    half = {k: v.half() if v.is_floating_point() else v for k, v in src.state_dict().items()}
+    with caplog.at_level("WARNING", logger="torchweights"):
+        tw.load_into(ResNetish(), half)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="torchweights"):
+        tw.load_into(ResNetish().bfloat16(), src.state_dict())
+    (record,) = caplog.records
+    assert "cast with precision loss: 28 float32 -> bfloat16" in record.getMessage()
+
+
+def test_a_rename_in_the_model_names_and_the_suggested_rename(resnet_file: tuple[ResNetish, Path]) -> None:
+    src, _ = resnet_file
+    state = {"module." + k.replace("head.", "fc."): v for k, v in src.state_dict().items()}
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(ResNetish(), state)
+    message = info.value.message
+    assert 'tw.load_into(..., rename={"^fc\\\\.": "head."})' in message and "skip=" not in message
+    dst = ResNetish()
+    report = tw.load_into(dst, state, rename={r"^fc\.": "head."})  # written without 'module.'
+    assert report.ok and report.headline() == "OK: loaded 33 of 33"
+    _same(dst, src.state_dict())
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(ResNetish(), state, rename={r"^classifier\.": "head."})
+    assert "rename '^classifier\\.' -> 'head.' matched 0 keys" in info.value.message
+
+
+def test_ambiguous_pairs_get_no_rename() -> None:
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 4), "b": torch.nn.Linear(4, 4), "c": torch.nn.Linear(2, 2)})
+    state = {f"{n}.{leaf}": t for n in ("x", "y") for leaf, t in torch.nn.Linear(4, 4).state_dict().items()}
+    state |= {f"c.{k}": v for k, v in model["c"].state_dict().items()}
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(model, state, prefix=None)  # (prefix inference would pair 'x.' with 'a.' on its own)
+    assert "rename=" not in info.value.message
+    # one pair only: the rename is suggested, and it loads
+    del model["b"]
+    state = {k: v for k, v in state.items() if not k.startswith("y.")}
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(model, state, prefix=None)
+    assert 'rename={"^x\\\\.": "a."}' in info.value.message
+    assert tw.load_into(model, state, prefix=None, rename={"^x\\.": "a."}).ok
+
+
+class Hooked(torch.nn.Module):
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(rows, 4)
+        self.out = torch.nn.Linear(4, 2)
+
+
+@pytest.mark.parametrize("hook", ["pre", "private_pre", "post"])
+def test_hooked_modules_get_shape_checks_before_anything_changes(hook: str) -> None:
+    src = _trained(Hooked(131))
+    dst = Hooked(130)
+    calls: list[str] = []
+    if hook == "pre":
+        dst.emb.register_load_state_dict_pre_hook(lambda *a, **k: calls.append("pre"))
+    elif hook == "private_pre":
+        dst.emb._register_load_state_dict_pre_hook(lambda *a, **k: calls.append("pre"))
+    else:
+        dst.emb.register_load_state_dict_post_hook(lambda *a, **k: calls.append("post"))
+    before = copy.deepcopy(dst.state_dict())
+    report = tw.load_into(dst, src.state_dict(), dry_run=True)
+    assert not report.ok and [a.target for a in report.problems] == ["emb.weight"]
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(dst, src.state_dict())
+    assert info.value.code == "shape-mismatch" and "(131, 4)" in info.value.message
+    _same(dst, before)
+    assert not calls
+    # a fitting file goes through the hooks
+    good = _trained(Hooked(130), seed=3)
+    assert tw.load_into(dst, good.state_dict()).ok and calls
+    _same(dst, good.state_dict())
+
+
+def test_a_custom_loader_converts_only_what_it_accepts() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), Transposed())
+    before = copy.deepcopy(model.state_dict())
+    state = {"0.weight": torch.ones(2, 2), "0.bias": torch.zeros(2), "1.weight": torch.zeros(5, 4)}
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(model, state)
+    assert info.value.code == "shape-mismatch" and "1.weight" in info.value.message
+    _same(model, before)
+    # on a meta model the module's own loading code still runs, and its result is assigned
+    with torch.device("meta"):
+        meta = torch.nn.Sequential(torch.nn.Linear(2, 2), Transposed())
+    stored = torch.arange(15.0).reshape(5, 3)
+    report = tw.load_into(meta, {"0.weight": torch.ones(2, 2), "0.bias": torch.zeros(2), "1.weight": stored})
+    assert report.ok and not _meta_names(meta) and torch.equal(meta[1].weight, stored.t())

@@ -8,6 +8,7 @@ tensor, ``record`` = those keys joined by dots). Models are :meth:`ModelSpec.fro
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -366,15 +367,45 @@ def test_user_renames_apply_in_order_before_prefix_handling() -> None:
     assert plan.ok and plan.prefix.strip == "module."
     conv = next(a for a in plan.actions if a.target == "encoder.conv.weight")
     assert conv.key == "module.features.conv.weight" and conv.via == ("rename", "prefix")
-    assert any(line.startswith("renames ") and "changed 7 keys" in line for line in plan.applied)
+    assert plan.applied[:2] == (
+        "rename '^module\\.features\\.' -> 'module.tmp.' matched 7 keys",
+        "rename '\\.tmp\\.' -> '.encoder.' matched 7 keys",
+    )
+    assert [(u.matched, u.phase) for u in plan.renames] == [(7, "stored"), (7, "stored")]
 
 
 def test_renames_as_a_list_of_pairs_keep_their_order() -> None:
-    spec = model(("c", (1,), F32))
-    plan = reconcile(ckpt({"a": (1,)}), spec, Rules.make(rename=[("a", "b"), ("b", "c")]))
+    spec = model(("c", (1,), F32), ("x", (1,), F32))
+    plan = reconcile(ckpt({"a": (1,), "x": (1,)}), spec, Rules.make(rename=[("a", "b"), ("b", "c")]))
     assert plan.ok
-    plan = reconcile(ckpt({"a": (1,)}), spec, Rules.make(rename=[("b", "c"), ("a", "b")]))
+    plan = reconcile(ckpt({"a": (1,), "b": (1,)}), spec, Rules.make(rename=[("b", "x"), ("a", "b")]))
+    # 'b' -> 'x' first, then 'a' -> 'b': the second rename's output is not renamed again
+    assert not plan.ok and {a.key: a.target for a in plan.by_kind("load")} == {"b": "x"}
+
+
+def test_a_rename_written_in_the_model_names_applies_after_prefix_handling() -> None:
+    # The checkpoint's keys carry 'module.'; the rename is written without it, in the model's names.
+    spec = model(("backbone.w", (3,), F32), ("head.weight", (10, 3), F32), ("head.bias", (10,), F32))
+    stored = {"module.backbone.w": (3,), "module.fc.weight": (10, 3), "module.fc.bias": (10,)}
+    plan = reconcile(ckpt(stored), spec, Rules.make(rename={r"^fc\.": "head."}))
+    assert plan.ok, plan.problems
+    assert plan.prefix.strip == "module."
+    assert {a.key: a.target for a in plan.by_kind("load")}["module.fc.weight"] == "head.weight"
+    (use,) = plan.renames
+    assert (use.matched, use.phase) == (2, "model")
+    assert "rename '^fc\\.' -> 'head.' matched 2 keys (in the names after prefix handling)" in plan.applied
+    # the same rename written with the stored prefix applies to the stored keys
+    plan = reconcile(ckpt(stored), spec, Rules.make(rename={r"^module\.fc\.": "module.head."}))
+    assert plan.ok and [(u.matched, u.phase) for u in plan.renames] == [(2, "stored")]
+
+
+def test_a_rename_that_matches_nothing_says_so() -> None:
+    spec = model(("backbone.w", (3,), F32), ("head.weight", (10, 3), F32))
+    stored = {"backbone.w": (3,), "fc.weight": (10, 3)}
+    plan = reconcile(ckpt(stored), spec, Rules.make(rename={r"^classifier\.": "head."}))
     assert not plan.ok
+    assert [(u.matched, u.phase) for u in plan.renames] == [(0, "none")]
+    assert "rename '^classifier\\.' -> 'head.' matched 0 keys" in plan.applied
 
 
 def test_rename_collision_is_an_error() -> None:
@@ -640,11 +671,24 @@ def test_custom_modules_load_through_torch() -> None:
     assert {a.target: a.fallback for a in plan.actions} == {"a.w": False, "b.inner.w": True, "bb.w": False}
 
 
-def test_custom_modules_check_shapes_themselves() -> None:
+def test_custom_modules_get_the_same_shape_checks() -> None:
+    # A module with custom loading (hooks, or a _load_from_state_dict override) is checked like any other: a
+    # 131-vs-130 row mismatch is a mismatch in the plan, not a RuntimeError from torch halfway through the load.
+    spec = model(("emb.weight", (130, 8), F32), ("t.weight", (3, 5), F32), custom_modules=["emb", "t"])
+    plan = reconcile(ckpt({"emb.weight": (131, 8), "t.weight": (3, 5)}), spec)
+    assert not plan.ok
+    assert [(a.kind, a.target) for a in plan.problems] == [("mismatch", "emb.weight")]
+    assert "own loading code" in plan.problems[0].reason
+    assert reconcile(ckpt({"emb.weight": (130, 8), "t.weight": (3, 5)}), spec).ok
+
+
+def test_a_shape_the_module_was_seen_to_convert_loads_through_it() -> None:
     spec = model(("t.weight", (3, 5), F32), custom_modules=["t"])
+    spec = replace(spec, converts=frozenset({("t.weight", (5, 3))}))
     plan = reconcile(ckpt({"t.weight": (5, 3)}), spec)
     (action,) = plan.actions
-    assert plan.ok and action.kind == "load" and action.fallback and "own loading" in action.reason
+    assert plan.ok and action.kind == "load" and action.fallback and "converts" in action.reason
+    assert not reconcile(ckpt({"t.weight": (5, 4)}), spec).ok  # only the shape it was seen to accept
 
 
 def test_root_custom_module() -> None:

@@ -364,7 +364,7 @@ def test_ok_report_has_no_fix_section_and_summary_says_so() -> None:
     report = clean()
     text = render(report)
     assert "to fix" not in text
-    assert text.splitlines()[2] == "result     OK: loaded"
+    assert text.splitlines()[2] == "result     OK: loaded 32 of 32"
     assert problem_summary(report) == "'vit_tiny.safetensors' fits VisionTransformer: nothing to report."
 
 
@@ -381,9 +381,14 @@ def test_json_round_trips_with_the_documented_keys(name: str) -> None:
         "ok",
         "applied",
         "strict",
+        "result",
         "container",
         "prefix",
         "rules_applied",
+        "renames",
+        "left_on_meta",
+        "initialised",
+        "suggested_rename",
         "totals",
         "seconds",
         "fallback_modules",
@@ -392,6 +397,7 @@ def test_json_round_trips_with_the_documented_keys(name: str) -> None:
     }
     assert data == json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is report.ok and data["source"] == report.plan.source
+    assert data["result"] == report.headline() and data["result"] in str(report).replace("\n           ", " ")
     assert set(data["container"]) == {"name", "reason", "runner_up"}
     assert set(data["prefix"]) == {"strip", "add", "evidence"}
     assert {"tensors", "parameters", "bytes", "load", "mismatch", "missing", "unexpected"} <= set(data["totals"])
@@ -400,3 +406,33 @@ def test_json_round_trips_with_the_documented_keys(name: str) -> None:
         a["kind"] in {"load", "tied", "skip", "default", "mismatch", "missing", "unexpected", "ignored"}
         for a in data["actions"]
     )
+
+
+def test_layers_pair_up_by_index_into_one_rename() -> None:
+    model = vit(depth=3)
+    ckpt = keys([(n.replace(".mlp.fc1.", ".ffn.lin1."), s, d) for n, s, d in model])
+    report = report_for(ckpt, model, source="a.pt", prefix=None)
+    summary = problem_summary(report)
+    assert 'rename={"^blocks\\\\.(\\\\d+)\\\\.ffn\\\\.lin1\\\\.": "blocks.\\\\g<1>.mlp.fc1."}' in summary
+    assert report.plan.suggestion is not None and report.plan.suggestion.ok
+    assert summary.index("rename ") < summary.index("tw.load_into")  # the hint names it before the call
+
+
+def test_no_rename_when_two_modules_could_pair_with_the_same_one() -> None:
+    model = [("a.weight", (4, 4), "float32"), ("b.weight", (4, 4), "float32"), ("c.weight", (2,), "float32")]
+    ckpt = keys([("x.weight", (4, 4), "float32"), ("c.weight", (2,), "float32")])
+    report = report_for(ckpt, model, source="a.pt", prefix=None)
+    assert report.plan.suggestion is None and "rename=" not in problem_summary(report)
+
+
+def test_rename_comes_before_skips_and_the_rest_is_still_advised() -> None:
+    model = vit(classes=10)
+    ckpt = keys([(n.replace("head.", "fc."), (1000, *s[1:]) if n.startswith("head") else s, d) for n, s, d in vit()])
+    # head <-> fc differ in shape: no pair, the skip stays the advice
+    report = report_for(ckpt, model, source="a.pt", prefix=None)
+    assert report.plan.suggestion is None
+    ckpt = keys([(n.replace("head.", "fc."), s, d) for n, s, d in vit()] + [("extra.w", (3,), "float32")])
+    report = report_for(ckpt, model, source="a.pt", prefix=None)
+    summary = problem_summary(report)
+    call = summary.rsplit("tw.load_into(..., ", 1)[1]
+    assert call.startswith('rename={"^fc\\\\.": "head."}, strict="model"'), summary

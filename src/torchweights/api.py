@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from .report import LoadReport
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+    from .spec import ModelSpec
 
 __all__ = ["load", "load_into", "open"]
 
@@ -75,8 +78,12 @@ def load(
     return materialize(builtins.list(ckpt.records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
 
 
+#: Where :func:`load_into` reports loads that are not clean (one warning per load; ``print(report)`` has the rest).
+logger = logging.getLogger("torchweights")
+
+
 def load_into(
-    model: torch.nn.Module,
+    model: torch.nn.Module | ModelSpec,
     source: str | os.PathLike[str] | Checkpoint | Mapping[str, Any],
     *,
     strict: bool | str = True,
@@ -91,22 +98,29 @@ def load_into(
     limits: Limits = DEFAULT_LIMITS,
     check_crc: bool = True,
     mmap: bool = False,
+    init_missing: bool = False,
 ) -> LoadReport:
     """Load a checkpoint into ``model``: reconcile every key first, then copy, and report what happened.
 
     What users call instead of ``model.load_state_dict(torch.load(path))``.
 
     Args:
-        model: the ``nn.Module`` to fill (may live on the meta device: it is then materialised from the file).
+        model: the ``nn.Module`` to fill (may live on the meta device: it is then materialised from the file);
+            for ``dry_run=True``, a :class:`~torchweights.spec.ModelSpec` also works.
         source: a checkpoint path (any format :func:`open` reads), an opened :class:`Checkpoint`, or a plain
             ``{name: tensor}`` state dict.
         strict: ``True``: every model key loaded and no unexpected checkpoint tensors; ``"model"``: every model
-            key loaded, extra checkpoint keys allowed and reported; ``False``: load what fits, report the rest.
+            key loaded, extra checkpoint keys allowed and reported; ``False``: load what fits (shape mismatches
+            included: they are not loaded, where torch's ``strict=False`` raises), report the rest. Under ``True``
+            and ``"model"``, a model tensor on the meta device that nothing fills (a skipped or missing key) is a
+            problem too; under ``False`` it is loaded around and the report is not ``ok``.
         container: ``"auto"`` finds the dict of tensors that fits the model best (``state_dict``, ``model``,
             ``ema``, a pickled module, the root...); a dotted path (``"ema"``, ``"state_dict"``) forces one.
         prefix: ``"auto"`` infers the prefix to strip or add (``module.``, ``_orig_mod.``...); ``None`` changes
             nothing; ``"module."`` strips it; ``"+model."`` adds it; ``"a.->b."`` replaces one with the other.
-        rename: ``{regex: replacement}`` applied in order to the container's keys before prefix handling.
+        rename: ``{regex: replacement}`` applied in order to the container's keys as stored, before prefix
+            handling; a rename that matches none of them applies after prefix handling (a rename written in the
+            model's names). The report says how many keys each matched ("matched 0 keys" included).
         skip: glob patterns (``"head.*"``) of keys to leave as initialised (model side) or not to load.
         on_mismatch: ``"error"`` (default) or ``"skip"`` to leave every shape-mismatched key as initialised.
         dtype: ``"model"`` casts to the model's dtypes; ``"checkpoint"`` keeps the checkpoint's (assigns).
@@ -118,22 +132,30 @@ def load_into(
             dtype changes) are not, and the error says which tensors were already written in place.
         mmap: assign parameters as zero-copy views of a private (copy-on-write) mapping of the file where no
             cast is needed (for inference; the file must not change while the model lives). See README, "Speed".
+        init_missing: on a meta-device model, allocate the tensors that no checkpoint tensor fills (skipped,
+            missing or mismatched keys) and initialise them with their module's ``reset_parameters()`` (or
+            ``_reset_parameters()`` / ``reset_running_stats()``), as transformers initialises missing weights.
+            Modules without such a method stay on meta, and the report says so. No effect on tensors that have
+            values.
 
     Returns:
-        A :class:`~torchweights.report.LoadReport` accounting for every key.
+        A :class:`~torchweights.report.LoadReport` accounting for every key. A load that is not clean (keys
+        missing, skipped, left as initialised or on meta, cast with precision loss, unexpected tensors not loaded)
+        is also logged as one warning on the ``torchweights`` logger.
 
     Raises:
-        LoadError: the checkpoint does not fit under ``strict`` (and ``dry_run`` is False); the model is
-            untouched and ``error.report`` has the full account.
+        LoadError: the checkpoint does not fit under ``strict`` (and ``dry_run`` is False), including keys that
+            would be left on the meta device; the model is untouched and ``error.report`` has the full account.
         RuleError: an option cannot be followed (unknown container, bad regex, colliding renames).
         TorchWeightsError: the file cannot be read safely (see :func:`open`).
     """
     import time
 
     from .apply import apply_plan
+    from .errors import RuleError
     from .plan import reconcile
     from .rules import Rules
-    from .spec import ModelSpec
+    from .spec import ModelSpec, probe_custom_loading
 
     started = time.perf_counter()
     rules = Rules.make(
@@ -144,7 +166,14 @@ def load_into(
         skip=skip,
         on_mismatch=on_mismatch,
         dtype=dtype,
+        init_missing=init_missing,
     )
+    if isinstance(model, ModelSpec) and not dry_run:
+        raise RuleError(
+            "load_into got a ModelSpec, which describes a model but holds no tensors to fill: pass the nn.Module, "
+            "or dry_run=True to plan only.",
+            code="bad-model",
+        )
     checkpoint: Checkpoint | Mapping[str, Any]
     if isinstance(source, (str, os.PathLike)):
         checkpoint = open(source, allow_globals=allow_globals, limits=limits)
@@ -152,16 +181,42 @@ def load_into(
     else:
         checkpoint = source
         name = source.path if isinstance(source, Checkpoint) else "<state dict>"
-    spec = ModelSpec.from_module(model)
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.from_module(model)
     plan = reconcile(checkpoint, spec, rules, source=name)
+    if spec.custom_modules and not isinstance(model, ModelSpec):
+        # Shapes that differ under modules with their own loading code: ask that code (on meta copies).
+        bound = {
+            a.target: (a.src_shape, a.src_dtype)
+            for a in plan.actions
+            if a.target is not None and a.source is not None and a.src_shape is not None and a.src_dtype
+        }
+        probed = probe_custom_loading(model, spec, bound)
+        if probed.converts:
+            spec = probed
+            plan = reconcile(checkpoint, spec, rules, source=name)
     report = LoadReport(plan, notes=builtins.list(checkpoint.warnings) if isinstance(checkpoint, Checkpoint) else [])
     if not dry_run:
-        if not plan.ok:
+        assert not isinstance(model, ModelSpec)  # refused above
+        if plan.problems:
             report.seconds = time.perf_counter() - started
             report.raise_if_problems()
         report.bytes_read, report.fallback_modules = apply_plan(
             plan, model, checkpoint, spec, check_crc=check_crc, mmap=mmap
         )
         report.applied = True
+        report.meta_after = _on_meta(model)
     report.seconds = time.perf_counter() - started
+    if report.applied and not report.clean:
+        logger.warning("%s", report.log_line())
     return report
+
+
+def _on_meta(model: torch.nn.Module) -> tuple[str, ...]:
+    """Every parameter and buffer of ``model`` still on the meta device, by name (each tied tensor once)."""
+    found: list[str] = []
+    for module_name, module in model.named_modules():
+        for table in (module._parameters, module._buffers):
+            for attr, tensor in table.items():
+                if tensor is not None and tensor.is_meta:
+                    found.append(f"{module_name}.{attr}" if module_name else attr)
+    return tuple(found)

@@ -7,7 +7,13 @@ device is allocated once (``torch.empty``) and filled the same way, then assigne
 ``mmap=True``: parameters become views of a private mapping of the file where the bytes can be used as they are
 (same dtype, uncompressed, little-endian, aligned), and are read like the meta path elsewhere. Modules that load
 their state their own way (``_load_from_state_dict`` overrides, load_state_dict hooks) receive their keys through
-torch's own ``load_state_dict``.
+torch's own ``load_state_dict`` (with ``assign=True`` where their tensors are on the meta device).
+
+Meta-device models: keys that get no tensor stay on the meta device, except BatchNorm's ``num_batches_tracked``
+(set to 0, as torch's own loader sets it) and, with ``init_missing=True``, the tensors of modules that have an init
+method: those are allocated and initialised by the module's ``reset_parameters()`` (or ``_reset_parameters()``,
+``reset_running_stats()``) before the checkpoint's tensors are assigned, so a module's loaded tensors keep the
+file's values; tensors of the model that already had values are put back as they were after the method ran.
 
 CRC-32 (``check_crc=True``): storages are checked as they are read. Tensors that are assigned (meta path,
 ``mmap``, dtype changes) are only assigned once every check passed, so a damaged file leaves them untouched;
@@ -90,29 +96,95 @@ def apply_plan(
         else:
             fallback_actions.setdefault(custom, []).append(action)
     if isinstance(checkpoint, Checkpoint):
-        return _apply_checkpoint(model, checkpoint, spec, own, fallback_actions, check_crc, mmap)
-    return _apply_mapping(model, checkpoint, spec, own, fallback_actions)
+        return _apply_checkpoint(plan, model, checkpoint, spec, own, fallback_actions, check_crc, mmap)
+    return _apply_mapping(plan, model, checkpoint, spec, own, fallback_actions)
 
 
 def _fallback_states(
-    fallback_actions: dict[str, list[Action]], tensors: Mapping[str, torch.Tensor]
+    fallback_actions: dict[str, list[Action]], tensors: Mapping[str, torch.Tensor], spec: ModelSpec
 ) -> dict[str, dict[str, torch.Tensor]]:
+    from . import dtypes
+
     states: dict[str, dict[str, torch.Tensor]] = {}
     for custom, actions in fallback_actions.items():
         for action in actions:
             assert action.target is not None and action.source is not None
             local = action.target[len(custom) + 1 :] if custom else action.target
-            states.setdefault(custom, {})[local] = _prepare(action, tensors[action.source])
+            tensor = _prepare(action, tensors[action.source])
+            if spec.entries[action.target].meta and action.dst_dtype and action.dst_dtype != action.src_dtype:
+                tensor = tensor.to(dtypes.to_torch(action.dst_dtype))  # assigned, not copied: cast here
+            states.setdefault(custom, {})[local] = tensor
     return states
 
 
 def _load_fallback(model: torch.nn.Module, states: dict[str, dict[str, torch.Tensor]]) -> None:
     for module_name, state in states.items():
         module = model.get_submodule(module_name) if module_name else model
-        module.load_state_dict(state, strict=False)
+        # A meta tensor cannot be copied into: torch assigns the checkpoint's (after the module's own code ran).
+        meta = any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+        module.load_state_dict(state, strict=False, assign=meta)
+
+
+def _defaults(plan: Plan, model: torch.nn.Module, spec: ModelSpec) -> None:
+    """Keys kept at their default whose tensor is on the meta device (``num_batches_tracked``): set to 0, as torch's
+    BatchNorm loader does."""
+    import torch
+
+    from . import dtypes
+
+    for action in plan.by_kind("default"):
+        assert action.target is not None
+        if spec.entries[action.target].meta:
+            module, attr = _owner(model, action.target)
+            shape = action.dst_shape or ()
+            _assign(module, attr, torch.zeros(shape, dtype=dtypes.to_torch(action.dst_dtype or "int64")))
+
+
+def _initialise(plan: Plan, model: torch.nn.Module) -> None:
+    """``init_missing=True``: allocate the meta tensors of each module of :attr:`Plan.initialise` that has an init
+    method, then call it. Every other tensor of the module's subtree that has values is put back afterwards (same
+    object, same values), so the method changes nothing but the tensors it was called for."""
+    import torch
+
+    if not plan.rules.init_missing:
+        return
+    memo: dict[int, torch.Tensor] = {}  # id of a meta tensor -> its allocation (tied tensors stay tied)
+    for init in plan.initialise:
+        if init.method is None:
+            continue
+        module = model.get_submodule(init.module) if init.module else model
+        fresh: set[int] = set()
+        for name in init.tensors:
+            attr = name.rpartition(".")[2]
+            current = _current(module, attr)
+            if current is None or not current.is_meta:
+                continue
+            new = memo.get(id(current))
+            if new is None:
+                new = torch.empty_like(current, device="cpu")
+                if isinstance(current, torch.nn.Parameter):
+                    new = torch.nn.Parameter(new, requires_grad=current.requires_grad)
+                memo[id(current)] = new
+            fresh.add(id(new))
+            if attr in module._parameters:
+                module._parameters[attr] = new  # type: ignore[assignment]
+            else:
+                module._buffers[attr] = new
+        kept: list[tuple[dict[str, Any], str, Any, torch.Tensor]] = []
+        for sub in module.modules():
+            for table in (sub._parameters, sub._buffers):
+                for attr, tensor in table.items():
+                    if tensor is not None and not tensor.is_meta and id(tensor) not in fresh:
+                        kept.append((table, attr, tensor, tensor.detach().clone()))
+        with torch.no_grad():
+            getattr(module, init.method)()
+            for owner, name, original, value in kept:
+                owner[name] = original  # the same object as before the method ran
+                original.copy_(value)
 
 
 def _apply_checkpoint(
+    plan: Plan,
     model: torch.nn.Module,
     checkpoint: Checkpoint,
     spec: ModelSpec,
@@ -148,6 +220,7 @@ def _apply_checkpoint(
     states = _fallback_states(
         fallback_actions,
         storage.materialize([records[n] for n in fallback_sources], check_crc=check_crc) if fallback_sources else {},
+        spec,
     )
 
     mapped: dict[str, torch.Tensor] = {}
@@ -181,6 +254,8 @@ def _apply_checkpoint(
     if result.bad_crc:
         raise storage.crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
 
+    _initialise(plan, model)
+    _defaults(plan, model, spec)
     for action in own:
         assert action.target is not None
         tensor = replaced.get(action.target)
@@ -248,6 +323,7 @@ def _retie(model: torch.nn.Module, spec: ModelSpec, replaced: Mapping[str, torch
 
 
 def _apply_mapping(
+    plan: Plan,
     model: torch.nn.Module,
     checkpoint: Mapping[str, Any],
     spec: ModelSpec,
@@ -265,8 +341,10 @@ def _apply_mapping(
         wanted.update(a.source for a in actions if a.source is not None)
     tensors = {name: flat[name][1] for name in wanted}
     bytes_read = sum(t.numel() * t.element_size() for t in tensors.values())
-    states = _fallback_states(fallback_actions, tensors)
+    states = _fallback_states(fallback_actions, tensors, spec)
     replaced: dict[str, torch.Tensor] = {}
+    _initialise(plan, model)
+    _defaults(plan, model, spec)
     with torch.no_grad():
         for action in own:
             assert action.target is not None and action.source is not None

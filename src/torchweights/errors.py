@@ -23,8 +23,10 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs)]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
     ├── UnsupportedCheckpointError         ValueError          [unsupported-*]
-    ├── RuleError                          ValueError          [bad-rule, bad-container, rename-collision, ...]
-    ├── LoadError                          ValueError          [shape-mismatch, missing-keys, unexpected-keys]
+    ├── RuleError                          ValueError          [bad-rule, bad-container, rename-collision,
+    │                                                           bad-model (a ModelSpec outside a dry run), ...]
+    ├── LoadError                          ValueError          [shape-mismatch, missing-keys, unexpected-keys,
+    │                                                           left-on-meta: a meta-device tensor nothing fills]
     │                                                          carries the full LoadReport as .report
     └── WriteError                         OSError             [output-exists, write-failed, verify-failed]
 

@@ -45,7 +45,7 @@ from .rules import (
 from .spec import ModelEntry, ModelSpec
 from .text import format_shape, plural, quote, shorten_list
 
-__all__ = ["Action", "ContainerChoice", "Plan", "PrefixChoice", "SourceKey", "reconcile"]
+__all__ = ["Action", "ContainerChoice", "ModuleInit", "Plan", "PrefixChoice", "RenameUse", "SourceKey", "reconcile"]
 
 #: Action kinds, in the order reports list them. Problems first.
 KINDS = ("mismatch", "missing", "unexpected", "skip", "default", "tied", "load", "ignored")
@@ -160,8 +160,63 @@ class PrefixChoice:
 
 
 @dataclass(frozen=True)
+class RenameUse:
+    """What one of the user's renames did: how many keys it matched, and in which names.
+
+    Attributes:
+        pattern / replacement: the rename.
+        matched: container keys it matched.
+        phase: ``"stored"`` (it matched keys as stored in the checkpoint, and applied there, before prefix
+            handling), ``"model"`` (it matched none of them, and applied to the names after prefix handling: a
+            rename written in the model's names) or ``"none"`` (it matched no key in either).
+    """
+
+    pattern: str
+    replacement: str
+    matched: int
+    phase: str
+
+    def describe(self) -> str:
+        """One line for the report: ``rename 'fc\\.' -> 'head.' matched 2 keys (after prefix handling)``."""
+        text = f"rename {quote(self.pattern)} -> {quote(self.replacement)} matched {plural(self.matched, 'key')}"
+        if self.phase == "model":
+            text += " (in the names after prefix handling)"
+        return text
+
+
+@dataclass(frozen=True)
+class ModuleInit:
+    """A module whose tensors on the meta device no checkpoint tensor fills, and how ``init_missing=True``
+    initialises them.
+
+    Attributes:
+        module: the module's path (``""`` for the root).
+        method: the method called after its meta tensors are allocated (``reset_parameters``,
+            ``_reset_parameters``, ``reset_running_stats``), or None when it has none (they stay on meta).
+        tensors: the model keys it owns that would stay on the meta device.
+    """
+
+    module: str
+    method: str | None
+    tensors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Everything :func:`reconcile` decided, as frozen data."""
+    """Everything :func:`reconcile` decided, as frozen data.
+
+    Attributes (beyond the obvious):
+        left_on_meta: model tensors (keys, and buffers that ``state_dict()`` leaves out) that stay on the meta
+            device after the plan is applied: they have no values, and the model cannot run until something fills
+            them. Never part of an "OK" load.
+        initialise: the modules owning meta tensors that no checkpoint tensor fills, with the method that
+            ``init_missing=True`` calls to initialise them (or None: they stay on meta); what it would do when not
+            set.
+        renames: what each of the user's renames matched.
+        suggestion: when missing and unexpected keys pair up one to one (same leaves and shapes, same layer
+            indices), the plan of the same load with the ``rename`` that pairs them, checked to load them and
+            everything that loaded here; None otherwise.
+    """
 
     source: str
     model: str
@@ -170,6 +225,10 @@ class Plan:
     rules: Rules
     actions: tuple[Action, ...]
     applied: tuple[str, ...] = field(default=())
+    left_on_meta: tuple[str, ...] = ()
+    initialise: tuple[ModuleInit, ...] = ()
+    renames: tuple[RenameUse, ...] = ()
+    suggestion: Plan | None = None
 
     def by_kind(self, kind: str) -> list[Action]:
         """The actions of one kind, in plan order."""
@@ -177,17 +236,29 @@ class Plan:
 
     @property
     def problems(self) -> list[Action]:
-        """Actions that make the load fail under the plan's strictness."""
+        """Actions that make the load fail under the plan's strictness: under ``strict=True``, every mismatched,
+        missing or unexpected key; under ``"model"``, mismatched and missing ones; under both, any key that would
+        be left on the meta device (skipped ones included: a meta tensor has no initial value to keep). None under
+        ``strict=False``."""
         strict = self.rules.strict
-        bad = {"mismatch", "missing", "unexpected"} if strict is True else {"mismatch", "missing"}
         if strict is False:
             return []
-        return [a for a in self.actions if a.kind in bad]
+        bad = {"mismatch", "missing", "unexpected"} if strict is True else {"mismatch", "missing"}
+        meta = set(self.left_on_meta)
+        return [a for a in self.actions if a.kind in bad or (a.target is not None and a.target in meta)]
 
     @property
     def ok(self) -> bool:
-        """True when the plan can be applied under its strictness."""
-        return not self.problems
+        """True when the plan can be applied under its strictness and leaves nothing on the meta device."""
+        return not self.problems and not self.left_on_meta
+
+    @property
+    def initialised(self) -> list[str]:
+        """Model keys that ``init_missing=True`` initialises instead of leaving them on the meta device (empty when
+        it is not set)."""
+        if not self.rules.init_missing:
+            return []
+        return [name for init in self.initialise if init.method for name in init.tensors]
 
     def counts(self) -> dict[str, int]:
         """Number of actions per kind (every kind present, zeros included)."""
@@ -313,6 +384,8 @@ class _Fit:
     names: int
     exact: int
     clash: RuleError | None = None
+    final: dict[str, str] = field(default_factory=dict)  # container key -> name after renames and prefix handling
+    uses: tuple[RenameUse, ...] = ()
 
     @property
     def ema(self) -> bool:
@@ -405,32 +478,98 @@ def _forced_container(
 
 
 def _fit(cand: _Candidate, keys: Sequence[SourceKey], index: _ModelIndex, rules: Rules) -> _Fit:
+    """Score one container: the user's renames that match keys as stored, the prefix transform, then the renames
+    that matched no stored key, on the names after prefix handling (a rename written in the model's names)."""
     members = cand.members(keys)
-    renamed, clash = _apply_user_renames(members, rules)
-    shapes = (
-        {renamed[k]: v.shape for k, v in members.items()} if rules.rename else {k: v.shape for k, v in members.items()}
-    )
-    prefix, names, exact = _choose_prefix(shapes, index, rules)
-    return _Fit(cand.path, members, renamed, prefix, names, exact, clash)
-
-
-def _apply_user_renames(members: Mapping[str, SourceKey], rules: Rules) -> tuple[dict[str, str], RuleError | None]:
-    """The user's renames applied in order to every key, and the error to raise if two keys end up the same."""
     if not rules.rename:
-        return dict(zip(members, members)), None
-    out: dict[str, str] = {}
-    compiled = rules.compiled_rename
-    for key in members:
-        new = key
-        for pattern, replacement in compiled:
-            try:
-                new = pattern.sub(replacement, new)
-            except (re.error, IndexError) as exc:
-                raise RuleError(
-                    f"rename {quote(pattern.pattern)} -> {quote(replacement)} cannot be applied: {exc}",
-                    code="bad-rename",
-                ) from None
-        out[key] = new
+        prefix, names, exact = _choose_prefix({k: v.shape for k, v in members.items()}, index, rules)
+        final = {k: _transform(k, prefix.strip, prefix.add) for k in members}
+        return _Fit(cand.path, members, dict(zip(members, members)), prefix, names, exact, None, final)
+    renamed = dict(zip(members, members))
+    uses: list[RenameUse] = []
+    later: list[tuple[re.Pattern[str], str]] = []
+    for pattern, replacement in rules.compiled_rename:
+        matched = _rename_step(renamed, pattern, replacement)
+        if matched:
+            uses.append(RenameUse(pattern.pattern, replacement, matched, "stored"))
+        else:
+            later.append((pattern, replacement))
+    clash = _clash(renamed)
+    shapes = {renamed[k]: v.shape for k, v in members.items()}
+    prefix, names, exact = _choose_prefix(shapes, index, rules)
+    final = {k: _transform(v, prefix.strip, prefix.add) for k, v in renamed.items()}
+    if later:
+        prefix, final, names, exact, matched_later = _prefix_with_renames(shapes, renamed, index, rules, prefix, later)
+        for (pattern, replacement), matched in zip(later, matched_later, strict=True):
+            uses.append(RenameUse(pattern.pattern, replacement, matched, "model" if matched else "none"))
+        clash = clash or _clash(final)
+    order = {(p.pattern, r): i for i, (p, r) in enumerate(rules.compiled_rename)}
+    uses.sort(key=lambda u: order[(u.pattern, u.replacement)])
+    return _Fit(cand.path, members, renamed, prefix, names, exact, clash, final, tuple(uses))
+
+
+def _prefix_with_renames(
+    shapes: dict[str, tuple[int, ...]],
+    renamed: dict[str, str],
+    index: _ModelIndex,
+    rules: Rules,
+    chosen: PrefixChoice,
+    later: Sequence[tuple[re.Pattern[str], str]],
+) -> tuple[PrefixChoice, dict[str, str], int, int, list[int]]:
+    """The prefix transform when some renames apply after it (they matched no stored key): the transform chosen
+    without them, no transform, and (``prefix="auto"``) each candidate strip after which a rename matches some
+    key, each scored with the renames applied; the most exact matches, then names, without collisions.
+
+    Returns the transform, the final names (container key -> name), names and exact matches, and how many keys
+    each rename matched."""
+    model = index.shapes
+    total = len(shapes)
+    options: list[tuple[str, str]] = [(chosen.strip, chosen.add), ("", "")]
+    if rules.prefix == "auto":
+        counts, _ = _prefix_counts(shapes)
+        for strip in sorted(_candidate_set(shapes, counts)):
+            n = len(strip)
+            if any(p.search(k[n:]) for k in shapes if k.startswith(strip) for p, _ in later):
+                options += [(strip, ""), (strip, chosen.add)]
+    best: tuple[Any, ...] | None = None
+    for strip, add in dict.fromkeys(options):
+        final = {k: _transform(v, strip, add) for k, v in renamed.items()}
+        matched = [_rename_step(final, pattern, replacement) for pattern, replacement in later]
+        if len(set(final.values())) < len(final):
+            continue
+        names = sum(1 for v in final.values() if v in model)
+        exact = sum(1 for k, v in final.items() if model.get(v) == shapes[renamed[k]])
+        if best is None or (exact, names) > (best[3], best[2]):
+            changed = sum(1 for k, v in renamed.items() if _transform(v, strip, add) != v)
+            best = (PrefixChoice(strip, add, changed, total, 0), final, names, exact, matched)
+    if best is None:  # every option collides: keep the transform chosen without the renames
+        final = {k: _transform(v, chosen.strip, chosen.add) for k, v in renamed.items()}
+        matched = [_rename_step(final, pattern, replacement) for pattern, replacement in later]
+        best = (chosen, final, 0, 0, matched)
+    return best  # type: ignore[return-value]
+
+
+def _rename_step(names: dict[str, str], pattern: re.Pattern[str], replacement: str) -> int:
+    """Apply one rename to every value of ``names`` (in place); the number of names it matched."""
+    matched = 0
+    for key, name in names.items():
+        if pattern.search(name) is None:
+            continue
+        matched += 1
+        try:
+            names[key] = pattern.sub(replacement, name)
+        except (re.error, IndexError) as exc:
+            raise RuleError(
+                f"rename {quote(pattern.pattern)} -> {quote(replacement)} cannot be applied: {exc}",
+                code="bad-rename",
+            ) from None
+    return matched
+
+
+def _clash(out: dict[str, str]) -> RuleError | None:
+    """The error to raise if two keys end up the same after the user's renames (the first of each clashing group
+    keeps the new name; the others keep their own, and show up as unexpected if this container is ever used
+    without raising)."""
     seen: dict[str, str] = {}
     clashes = []
     for key, new in out.items():
@@ -439,18 +578,16 @@ def _apply_user_renames(members: Mapping[str, SourceKey], rules: Rules) -> tuple
         else:
             seen[new] = key
     if not clashes:
-        return out, None
+        return None
     error = RuleError(
         f"the renames map {len(clashes)} pairs of checkpoint keys to the same name: {shorten_list(clashes, 5)}. "
         "Make the patterns more specific (anchor them with ^ and $).",
         code="rename-collision",
     )
-    # Keep the first key of each clashing group under the new name; the others keep their own (they show up as
-    # unexpected if this container is ever used without raising).
     for key, new in out.items():
         if seen[new] != key:
             out[key] = key
-    return out, error
+    return error
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -731,13 +868,19 @@ class _Matcher:
         strip, add = self.fit.prefix.strip, self.fit.prefix.add
         entries = self.spec.entries
         for key, renamed in self.fit.renamed.items():
-            new = _transform(renamed, strip, add)
+            new = self.fit.final[key]
             self.final[key] = new
             if new in entries and new not in self.source_of:
-                via = (("rename",) if renamed != key else ()) + (("prefix",) if new != renamed else ())
-                self.bind(key, new, via)
+                self.bind(key, new, self.via(key, renamed, new, strip, add))
         if self.rules.legacy_renames and len(self.target_of) < len(self.final):
             self.legacy()
+
+    @staticmethod
+    def via(key: str, renamed: str, new: str, strip: str, add: str) -> tuple[str, ...]:
+        """``rename`` when a user rename changed the key (before or after prefix handling), ``prefix`` when the
+        prefix transform did."""
+        moved = _transform(renamed, strip, add)
+        return (("rename",) if renamed != key or new != moved else ()) + (("prefix",) if moved != renamed else ())
 
     def bind(self, key: str, target: str, via: tuple[str, ...]) -> None:
         self.source_of[target] = (key, via)
@@ -759,7 +902,7 @@ class _Matcher:
                     continue
                 shape = self.fit.keys[key].shape
                 if entry.shape == shape or _scalar_compatible(shape, entry.shape):
-                    via = (("rename",) if renamed != key else ()) + (("prefix",) if base != renamed else ())
+                    via = self.via(key, renamed, base, self.fit.prefix.strip, self.fit.prefix.add)
                     self.bind(key, new, (*via, f"legacy rename: {rule.label}"))
                     used[rule.label] += 1
                     break
@@ -789,13 +932,16 @@ def _load_action(
     if source.shape != dst_shape:
         if _scalar_compatible(source.shape, dst_shape):
             common["via"] = (*via, "reshape")
-        elif fallback:
-            # The module loads its state its own way (and may transform it): torch's loader checks the shape.
-            reason = "shapes differ; left to the module's own loading code"
+        elif fallback and (target.name, source.shape) in spec.converts:
+            # The module's own _load_from_state_dict was seen to turn this shape into the model's (on meta tensors).
+            reason = "shapes differ; the module's own loading code converts them"
         elif rules.on_mismatch == "skip":
             return Action("skip", dst_dtype=target.dtype, reason="shape mismatch (on_mismatch='skip')", **common)
         else:
-            return Action("mismatch", dst_dtype=target.dtype, reason="shapes differ", **common)
+            why = "shapes differ"
+            if fallback:
+                why += " (the module has its own loading code, which was not seen to accept this shape)"
+            return Action("mismatch", dst_dtype=target.dtype, reason=why, **common)
     if source.dtype.startswith(("qint", "quint")) != target.dtype.startswith(("qint", "quint")):
         # A quantized tensor and a plain one: no cast turns one into the other (its integers are not its values).
         why = "one is quantized and the other is not; no cast converts them"
@@ -825,6 +971,7 @@ def reconcile(
     rules: Rules | None = None,
     *,
     source: str | None = None,
+    suggest: bool = True,
 ) -> Plan:
     """Decide what happens to every key, from names, shapes and dtypes alone.
 
@@ -834,6 +981,7 @@ def reconcile(
         spec: the model side.
         rules: the user's options (defaults: strict, auto container, auto prefix).
         source: what to call the checkpoint in messages (defaults to its path).
+        suggest: look for renames that pair missing and unexpected keys (:attr:`Plan.suggestion`).
 
     Returns:
         A frozen :class:`Plan`. It never raises for mismatches; check :attr:`Plan.ok`.
@@ -843,6 +991,23 @@ def reconcile(
     """
     rules = rules or Rules.make()
     keys = _source_keys(checkpoint)
+    plan, final = _reconcile(keys, checkpoint, spec, rules, source)
+    if suggest:
+        pairs = _paired_renames(plan, final)
+        if pairs:
+            plan = _with_suggestion(plan, keys, spec, pairs)
+    return plan
+
+
+def _reconcile(
+    keys: list[SourceKey],
+    checkpoint: Checkpoint | Mapping[str, Any] | Iterable[SourceKey],
+    spec: ModelSpec,
+    rules: Rules,
+    source: str | None,
+) -> tuple[Plan, Mapping[str, str]]:
+    """:func:`reconcile` without suggestions; also returns each container key's name after renames and prefix
+    handling."""
     name = source or (checkpoint.path if isinstance(checkpoint, Checkpoint) else "<state dict>")
     if not keys:
         if rules.container not in ("auto", ""):
@@ -851,15 +1016,15 @@ def reconcile(
                 "tensors at all.",
                 code="bad-container",
             )
-        empty = _Fit((), {}, {}, PrefixChoice(), 0, 0)
-        return _assemble(name, spec, rules, empty, None, [], _Matcher(empty, spec, rules))
+        empty = _Fit((), {}, {}, PrefixChoice(), 0, 0, uses=tuple(RenameUse(p, r, 0, "none") for p, r in rules.rename))
+        return _assemble(name, spec, rules, empty, None, [], _Matcher(empty, spec, rules)), {}
     index = _ModelIndex(spec)
     fit, runner = _choose_container(keys, index, rules)
     matcher = _Matcher(fit, spec, rules)
     matcher.match()
     inside = {k.record for k in fit.keys.values()}
     outside = [k for k in keys if k.record not in inside]
-    return _assemble(name, spec, rules, fit, runner, outside, matcher)
+    return _assemble(name, spec, rules, fit, runner, outside, matcher), matcher.final
 
 
 def _tie_groups(spec: ModelSpec) -> dict[str, list[str]]:
@@ -967,6 +1132,7 @@ def _assemble(
         actions.append(
             Action("ignored", source=src.record, src_shape=src.shape, src_dtype=src.dtype, reason=ignored_reason)
         )
+    left, initialise = _meta_fate(actions, spec, rules)
     return Plan(
         source=source,
         model=spec.class_name,
@@ -975,7 +1141,38 @@ def _assemble(
         rules=rules,
         actions=tuple(actions),
         applied=tuple(_applied(fit, rules, matcher.applied)),
+        left_on_meta=left,
+        initialise=initialise,
+        renames=fit.uses,
     )
+
+
+#: Kinds whose model key gets no tensor from the checkpoint (``default`` keys are filled as torch fills them).
+_UNFILLED = ("skip", "missing", "mismatch")
+
+
+def _meta_fate(
+    actions: Sequence[Action], spec: ModelSpec, rules: Rules
+) -> tuple[tuple[str, ...], tuple[ModuleInit, ...]]:
+    """Which model tensors stay on the meta device after the load, and (``init_missing=True``) which modules
+    initialise theirs: every module owning such a key, with its init method or None."""
+    if not spec.on_meta:
+        return (), ()
+    entries = spec.entries
+    unfilled = [a.target for a in actions if a.kind in _UNFILLED and a.target is not None and entries[a.target].meta]
+    unsaved = [e.name for e in spec.unsaved_meta]
+    if not unfilled:
+        return tuple(unsaved), ()
+    by_module: dict[str, list[str]] = {}
+    for name in unfilled:
+        by_module.setdefault(entries[name].module, []).append(name)
+    initialise = tuple(
+        ModuleInit(module, spec.init_methods.get(module), tuple(names)) for module, names in by_module.items()
+    )
+    if not rules.init_missing:
+        return (*unfilled, *unsaved), initialise
+    left = [name for init in initialise if init.method is None for name in init.tensors]
+    return (*left, *unsaved), initialise
 
 
 def _unsourced(entry: ModelEntry, rules: Rules) -> Action:
@@ -984,9 +1181,12 @@ def _unsourced(entry: ModelEntry, rules: Rules) -> Action:
     if pattern is not None:
         return Action("skip", reason=f"skip={quote(pattern)}; kept as initialised", **common)
     if _is_batch_counter(entry.name):
-        return Action(
-            "default", reason="absent from checkpoints saved before torch 0.4.1; kept at its current value", **common
+        kept = (
+            "set to 0, as torch sets it (the model's is on the meta device)"
+            if entry.meta
+            else "kept at its current value"
         )
+        return Action("default", reason=f"absent from checkpoints saved before torch 0.4.1; {kept}", **common)
     return Action("missing", reason="no checkpoint key matches", **common)
 
 
@@ -1013,11 +1213,101 @@ def _describe_container(fit: _Fit, runner: tuple[tuple[str, ...], int, int] | No
 
 
 def _applied(fit: _Fit, rules: Rules, extra: list[str]) -> list[str]:
-    out = []
-    if rules.rename:
-        renamed = sum(1 for k, v in fit.renamed.items() if k != v)
-        out.append(f"renames {', '.join(f'{p!r} -> {r!r}' for p, r in rules.rename)} changed {renamed} keys")
+    out = [use.describe() for use in fit.uses]
     if fit.prefix.strip or fit.prefix.add:
         out.append(fit.prefix.evidence)
     out.extend(extra)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Suggested renames: missing and unexpected keys that pair up one to one
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _module_groups(names: Iterable[tuple[str, tuple[int, ...]]]) -> dict[tuple[Any, ...], dict[tuple[str, ...], str]]:
+    """Names grouped by module: ``(template, leaves and shapes) -> {layer indices: module}``, where the template
+    is the module path with its numeric parts as ``{}`` (``blocks.{}.mlp``). Root-level names are left out."""
+    modules: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, shape in names:
+        module, _, leaf = name.rpartition(".")
+        if module:
+            modules.setdefault(module, {})[leaf] = shape
+    out: dict[tuple[Any, ...], dict[tuple[str, ...], str]] = {}
+    for module, leaves in modules.items():
+        parts = module.split(".")
+        template = tuple("{}" if p.isdigit() else p for p in parts)
+        indices = tuple(p for p in parts if p.isdigit())
+        out.setdefault((template, frozenset(leaves.items())), {})[indices] = module
+    return out
+
+
+def _paired_renames(plan: Plan, final: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Renames (in the names after prefix handling) that turn unexpected checkpoint modules into missing model
+    modules, where they pair up one to one: the same leaves (``weight``, ``bias``) with the same shapes, and the
+    same layer indices. A group that could pair with more than one other is ambiguous: no rename for it."""
+    missing = [(a.target, a.dst_shape) for a in plan.by_kind("missing") if a.target and a.dst_shape is not None]
+    if not missing:
+        return []
+    unexpected = [
+        (final[a.key], a.src_shape)
+        for a in plan.by_kind("unexpected")
+        if a.key is not None and a.key in final and a.src_shape is not None and "#" not in a.key
+    ]
+    if not unexpected:
+        return []
+    want = _module_groups(missing)  # type: ignore[arg-type]
+    have = _module_groups(unexpected)  # type: ignore[arg-type]
+    candidates: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    backwards: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    for (w_template, leaves), w_index in want.items():
+        for (h_template, h_leaves), h_index in have.items():
+            if leaves == h_leaves and w_index.keys() == h_index.keys() and w_template != h_template:
+                candidates.setdefault((w_template, leaves), []).append((h_template, h_leaves))
+                backwards.setdefault((h_template, h_leaves), []).append((w_template, leaves))
+    out: list[tuple[str, str]] = []
+    shifted = 0  # pairs whose names differ only by a leading prefix: prefix handling's job, not renames
+    for w, found in candidates.items():
+        if len(found) != 1 or len(backwards[found[0]]) != 1:
+            continue
+        h_template = found[0][0]
+        w_name, h_name = ".".join(w[0]), ".".join(h_template)
+        shifted += w_name.endswith("." + h_name) or h_name.endswith("." + w_name)
+        pattern, replacement, group = "^", "", 0
+        for part in h_template:
+            pattern += r"(\d+)\." if part == "{}" else re.escape(part) + r"\."
+        for part in w[0]:
+            if part == "{}":
+                group += 1
+                replacement += f"\\g<{group}>."
+            else:
+                replacement += part + "."
+        out.append((pattern, replacement))
+    if shifted == len(out) or len(out) > _MAX_SUGGESTED_RENAMES:
+        return []
+    return out
+
+
+#: More module pairs than this are not a rename to suggest (the key spaces differ too much for a short fix).
+_MAX_SUGGESTED_RENAMES = 8
+
+
+def _with_suggestion(plan: Plan, keys: list[SourceKey], spec: ModelSpec, pairs: list[tuple[str, str]]) -> Plan:
+    """``plan`` with :attr:`Plan.suggestion` set, when the renames load every key they pair and keep every key that
+    loaded loading."""
+    from dataclasses import replace
+
+    rules = plan.rules
+    try:
+        trial = replace(rules, rename=(*rules.rename, *pairs), compiled_rename=())
+        again, _ = _reconcile(keys, keys, spec, trial, plan.source)
+    except RuleError:
+        return plan
+    before = {a.target for a in plan.actions if a.kind in ("load", "tied")}
+    after = {a.target for a in again.actions if a.kind in ("load", "tied")}
+    gained = after - before
+    if not before <= after or not gained:
+        return plan
+    if any(use.matched == 0 for use in again.renames[len(rules.rename) :]):
+        return plan
+    return replace(plan, suggestion=again)

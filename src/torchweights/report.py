@@ -24,6 +24,8 @@ class LoadReport:
         bytes_read: tensor bytes read from the checkpoint.
         fallback_modules: modules loaded through torch's own path (custom ``_load_from_state_dict`` or hooks).
         notes: anything else worth knowing (checkpoint warnings, ...).
+        meta_after: after the load, every parameter and buffer of the model still on the meta device, as found
+            on the model (None before a load: :attr:`left_on_meta` then says what the plan leaves there).
     """
 
     plan: Plan
@@ -32,16 +34,51 @@ class LoadReport:
     bytes_read: int = 0
     fallback_modules: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    meta_after: tuple[str, ...] | None = None
 
     @property
     def ok(self) -> bool:
-        """True when nothing is missing, mismatched or (under ``strict=True``) unexpected."""
-        return self.plan.ok
+        """True when the load fits under its strictness (nothing mismatched or missing, nothing unexpected under
+        ``strict=True``) and leaves no parameter or buffer on the meta device. Under ``strict=False`` a load
+        that leaves tensors on meta happens, and is not ``ok``."""
+        return not self.problems and not self.left_on_meta
 
     @property
     def problems(self) -> list[Action]:
         """The actions that make the load fail under its strictness."""
         return self.plan.problems
+
+    @property
+    def left_on_meta(self) -> tuple[str, ...]:
+        """Parameters and buffers without values after the load (planned ones for a dry run or a failed plan)."""
+        return self.plan.left_on_meta if self.meta_after is None else self.meta_after
+
+    @property
+    def lossy_casts(self) -> list[Action]:
+        """Loaded keys whose cast can lose information (``float32 -> bfloat16``, ``int64 -> int32``...)."""
+        return [a for a in self.loaded if a.cast and lossy_cast(a.src_dtype or "", a.dst_dtype or "")]
+
+    @property
+    def clean(self) -> bool:
+        """True when every model key was loaded (or kept at a default torch also keeps, such as an absent
+        ``num_batches_tracked``), nothing was left on meta, no cast lost precision, no tensor of the chosen
+        container was left out and every rename matched something. :func:`~torchweights.load_into` logs a
+        warning for every load that is not clean."""
+        plan = self.plan
+        unfilled = any(a.kind in ("skip", "missing", "mismatch") and a.target for a in plan.actions)
+        return not (
+            unfilled
+            or self.left_on_meta
+            or self.lossy_casts
+            or any(a.kind in ("unexpected", "skip") and a.target is None for a in plan.actions)
+            or any(use.matched == 0 for use in plan.renames)
+        )
+
+    def log_line(self) -> str:
+        """The one-line account :func:`~torchweights.load_into` logs when the load is not clean."""
+        from .report_text import log_line
+
+        return log_line(self)
 
     @property
     def loaded(self) -> list[Action]:
@@ -68,6 +105,7 @@ class LoadReport:
             "ok": self.ok,
             "applied": self.applied,
             "strict": plan.rules.strict,
+            "result": self.headline(),
             "container": {
                 "name": plan.container.name,
                 "reason": plan.container.reason,
@@ -75,6 +113,19 @@ class LoadReport:
             },
             "prefix": {"strip": plan.prefix.strip, "add": plan.prefix.add, "evidence": plan.prefix.evidence},
             "rules_applied": list(plan.applied),
+            "renames": [
+                {"pattern": u.pattern, "replacement": u.replacement, "matched": u.matched, "phase": u.phase}
+                for u in plan.renames
+            ],
+            "left_on_meta": list(self.left_on_meta),
+            "initialised": [
+                {"module": i.module, "method": i.method, "keys": list(i.tensors)}
+                for i in plan.initialise
+                if plan.rules.init_missing
+            ],
+            "suggested_rename": (
+                None if plan.suggestion is None else [list(pair) for pair in plan.suggestion.rules.rename]
+            ),
             "totals": self.totals,
             "seconds": round(self.seconds, 6),
             "fallback_modules": list(self.fallback_modules),
@@ -86,9 +137,16 @@ class LoadReport:
         """:meth:`to_dict` as JSON (``kwargs`` go to :func:`json.dumps`)."""
         return json.dumps(self.to_dict(), **kwargs)
 
+    def headline(self) -> str:
+        """What happened, in one line: ``OK: loaded 26 of 28; 2 left as initialised (skipped)``."""
+        from .report_text import headline
+
+        return headline(self)
+
     def raise_if_problems(self) -> None:
-        """Raise :class:`~torchweights.errors.LoadError` (carrying this report) when :attr:`ok` is False."""
-        if self.ok:
+        """Raise :class:`~torchweights.errors.LoadError` (carrying this report) when the plan has problems under
+        its strictness (:attr:`problems`)."""
+        if not self.problems:
             return
         from .errors import LoadError
 
@@ -97,10 +155,14 @@ class LoadReport:
     def error_code(self) -> str:
         """The most specific error code for this report's problems."""
         kinds = {a.kind for a in self.problems}
+        meta = set(self.left_on_meta)
+        if any(a.target in meta for a in self.problems if a.kind == "skip"):
+            kinds.add("meta")
         for kind, code in (
             ("mismatch", "shape-mismatch"),
             ("missing", "missing-keys"),
             ("unexpected", "unexpected-keys"),
+            ("meta", "left-on-meta"),
         ):
             if kind in kinds:
                 return code
@@ -116,3 +178,32 @@ class LoadReport:
         from .report_text import render
 
         return render(self)
+
+
+#: Bits of a value each integer dtype holds, and bits of mantissa (with the implicit one) of each float dtype.
+_INT_BITS = {"bool": 1, "uint8": 8, "int8": 7, "uint16": 16, "int16": 15, "uint32": 32, "int32": 31}
+_INT_BITS.update({"uint64": 64, "int64": 63})
+_MANTISSA = {"float64": 53, "float32": 24, "float16": 11, "bfloat16": 8}
+
+
+def lossy_cast(src: str, dst: str) -> bool:
+    """Whether casting ``src`` values to ``dst`` can change them (precision, range or sign). Unknown pairs count
+    as lossy; casts to a dtype that holds every value of the source (``float16 -> float32``, ``int8 -> int32``,
+    ``bool -> anything``) do not."""
+    if src == dst or src == "bool":
+        return False
+    if src in _INT_BITS and dst in _INT_BITS:
+        if dst == "bool":
+            return True
+        signed_src, signed_dst = not src.startswith("u"), not dst.startswith("u")
+        if signed_src and not signed_dst:
+            return True
+        return _INT_BITS[dst] < _INT_BITS[src]
+    if src in _INT_BITS and dst in _MANTISSA:
+        return _MANTISSA[dst] < _INT_BITS[src]
+    if src in _MANTISSA and dst in _MANTISSA:
+        wider = {"float16": ("float32", "float64"), "bfloat16": ("float32", "float64"), "float32": ("float64",)}
+        return dst not in wider.get(src, ())
+    if src.startswith("complex") and dst.startswith("complex"):
+        return src == "complex128" or (src == "complex64" and dst == "complex32")
+    return not (src.startswith("float8") and dst in _MANTISSA)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plan import Action, Plan
     from .report import LoadReport
 
-__all__ = ["problem_summary", "render"]
+__all__ = ["headline", "log_line", "problem_summary", "render"]
 
 #: Width the report aims to stay within.
 WIDTH = 100
@@ -120,11 +120,13 @@ def render(report: LoadReport) -> str:
     plan = report.plan
     lines = _table(_header(report), indent="", sep="  ")
     for section in (
+        _meta_section,
         _mismatch_section,
         _missing_section,
         _unexpected_section,
         _skip_section,
         _default_section,
+        _init_section,
         _tied_section,
         _cast_section,
         _rename_section,
@@ -134,7 +136,7 @@ def render(report: LoadReport) -> str:
         body = section(report)
         if body:
             lines += ["", *body]
-    if report.problems:
+    if report.problems or report.left_on_meta or plan.suggestion is not None:
         advice = _advise(plan)
         if advice.hints or advice.kwargs:
             lines += ["", "to fix"]
@@ -154,7 +156,7 @@ def _table(rows: Sequence[Sequence[str]], indent: str = "  ", sep: str = "  ", r
 def _header(report: LoadReport) -> list[list[str]]:
     plan = report.plan
     rows: list[list[str]] = [["source", printable(plan.source)], ["model", printable(plan.model)]]
-    rows.append(["result", _result(report)])
+    rows += _multiline("result", headline(report))
     options = _options(plan)
     if options:
         rows.append(["options", options])
@@ -179,18 +181,111 @@ def _multiline(label: str, text: str) -> list[list[str]]:
     return [[label if i == 0 else "", part] for i, part in enumerate(parts)]
 
 
-def _result(report: LoadReport) -> str:
+def _fates(report: LoadReport) -> tuple[int, int, list[tuple[str, Counter[str]]]]:
+    """``(model keys, keys loaded, [(what happened to the others, Counter of why)])``: loaded means loaded from the
+    file or tied to a loaded key; the others are left on the meta device, initialised by ``init_missing``, left as
+    initialised, or kept at their default. Why: skipped, missing, mismatched."""
+    plan = report.plan
+    meta = set(report.left_on_meta)
+    initialised = set(plan.initialised)
+    targets = [a for a in plan.actions if a.target is not None]
+    loaded = sum(1 for a in targets if a.kind in ("load", "tied"))
+    groups: dict[str, Counter[str]] = {}
+    why = {"skip": "skipped", "missing": "missing", "mismatch": "mismatched", "default": "default"}
+    for a in targets:
+        if a.kind in ("load", "tied"):
+            continue
+        cause = "mismatched" if a.kind == "skip" and "mismatch" in a.reason else why.get(a.kind, a.kind)
+        if a.target in meta:
+            fate = "left on the meta device"
+        elif a.target in initialised:
+            fate = "initialised by init_missing"
+        elif a.kind == "default":
+            fate = "kept at its default (absent from old checkpoints)"
+            cause = ""
+        else:
+            fate = "left as initialised"
+        groups.setdefault(fate, Counter())[cause] += 1
+    order = ["left on the meta device", "initialised by init_missing", "left as initialised"]
+    ranked = sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    return len(targets), loaded, ranked
+
+
+def _fate_text(fates: list[tuple[str, Counter[str]]]) -> list[str]:
+    out = []
+    for fate, causes in fates:
+        n = sum(causes.values())
+        named = [c for c in causes if c]
+        if len(named) == 1:
+            out.append(f"{n} {fate} ({named[0]})")
+        elif named:
+            out.append(f"{n} {fate} ({', '.join(f'{causes[c]} {c}' for c in named)})")
+        else:
+            out.append(f"{n} {fate}")
+    return out
+
+
+def headline(report: LoadReport) -> str:
+    """The result line: what happened, e.g. ``OK: loaded 26 of 28; 2 left as initialised (skipped)``."""
     plan = report.plan
     problems = report.problems
     strict = f"strict={_strict(plan.rules.strict)}"
+    total, loaded, fates = _fates(report)
+    outside = [a for a in plan.actions if a.target is None and a.kind in ("unexpected", "skip")]
     if problems:
         counts = Counter(a.kind for a in problems)
         words = {"mismatch": "mismatched", "missing": "missing", "unexpected": "unexpected"}
-        what = ", ".join(f"{counts[k]} {words[k]}" for k in words if counts[k])
-        return f"FAILED: {what} ({strict}); the model was not changed"
-    if report.applied:
-        return "OK: loaded"
-    return f"DRY RUN: would load ({strict}); the model was not changed"
+        parts = [f"{counts[k]} {words[k]}" for k in words if counts[k]]
+        meta = set(report.left_on_meta)
+        stays = sum(1 for a in problems if a.target in meta)
+        if stays:
+            parts.append(f"{stays} would stay on the meta device")
+        return f"FAILED: {', '.join(parts)} ({strict}); the model was not changed"
+    loads = f"loaded {loaded} of {total}" if report.applied else f"would load {loaded} of {total}"
+    parts = [loads, *_fate_text(fates)]
+    if outside:
+        parts.append(f"{plural(len(outside), 'checkpoint tensor')} not loaded")
+    text = "; ".join(parts)
+    if not report.applied:
+        return f"DRY RUN ({strict}): {text}; the model was not changed"
+    if report.left_on_meta:
+        return f"INCOMPLETE: {text}; the model cannot run until those on meta have values"
+    lenient = plan.rules.strict is not True and any(
+        a.kind in ("missing", "mismatch", "unexpected") for a in plan.actions
+    )
+    return f"OK ({strict}): {text}" if lenient else f"OK: {text}"
+
+
+def log_line(report: LoadReport) -> str:
+    """One line for the ``torchweights`` logger: the headline, the first names behind each kind of trouble, and
+    where the full account is."""
+    plan = report.plan
+    parts = [f"{quote(plan.source)} into {printable(plan.model)}: {headline(report)}"]
+    meta = list(report.left_on_meta)
+    if meta:
+        parts.append(f"on meta: {_few(meta)}")
+    for kind, label in (("missing", "missing"), ("skip", "skipped"), ("mismatch", "not loaded (shape)")):
+        names = [a.target for a in plan.by_kind(kind) if a.target and a.target not in meta]
+        if names:
+            parts.append(f"{label}: {_few(names)}")
+    unexpected = [a.key or a.source or "" for a in plan.by_kind("unexpected")]
+    if unexpected:
+        parts.append(f"unexpected, not loaded: {_few(unexpected)}")
+    lossy = Counter((a.src_dtype, a.dst_dtype) for a in report.lossy_casts)
+    if lossy:
+        casts = ", ".join(f"{n} {src} -> {dst}" for (src, dst), n in lossy.items())
+        parts.append(f"cast with precision loss: {casts}")
+    parts += [use.describe() for use in plan.renames if use.matched == 0]
+    if plan.suggestion is not None:
+        pairs = plan.suggestion.rules.rename[len(plan.rules.rename) :]
+        parts.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "} would load more")
+    return "; ".join(parts) + ". print(report) lists every key."
+
+
+def _few(names: Sequence[str], limit: int = 3) -> str:
+    folded = [pattern for pattern, _ in fold_names(names)]
+    shown = ", ".join(printable(n) for n in folded[:limit])
+    return shown + (f" and {len(folded) - limit} more" if len(folded) > limit else "")
 
 
 def _options(plan: Plan) -> str:
@@ -272,6 +367,46 @@ def _title(label: str, count: int, note: str = "") -> str:
     return f"{label} ({count})" + (f": {note}" if note else "")
 
 
+def _meta_section(report: LoadReport) -> list[str]:
+    names = report.left_on_meta
+    if not names:
+        return []
+    plan = report.plan
+    by_target = {a.target: a for a in plan.actions if a.target is not None}
+    method = {name: init.method for init in plan.initialise for name in init.tensors}
+    items = []
+    for name in names:
+        action = by_target.get(name)
+        if action is None:
+            why = "not saved by state_dict() (persistent=False)"
+        else:
+            why = {"skip": "skipped", "missing": "missing", "mismatch": "shape mismatch"}.get(action.kind, action.kind)
+        if name in method:
+            how = f"{method[name]}() can initialise it" if method[name] else "its module has no reset_parameters()"
+        elif action is None:
+            how = "no checkpoint holds it: compute it after loading, or build it off the meta device"
+        else:
+            how = ""
+        items.append((name, (why, how) if how else (why,)))
+    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
+    verb = "left" if report.applied else "would stay"
+    note = "no values: the model cannot run until they have some"
+    return _section(_title(f"{verb} on the meta device", len(names), note), rows, PROBLEM_ROWS)
+
+
+def _init_section(report: LoadReport) -> list[str]:
+    plan = report.plan
+    if not plan.rules.init_missing:
+        return []
+    inits = [i for i in plan.initialise if i.method]
+    if not inits:
+        return []
+    items = [(name, (f"{i.method}() of {quote(i.module or '<root>')}",)) for i in inits for name in i.tensors]
+    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
+    verb = "initialised" if report.applied else "to initialise"
+    return _section(_title(verb, len(items), "no tensor in the checkpoint (init_missing=True)"), rows, OTHER_ROWS)
+
+
 def _mismatch_section(report: LoadReport) -> list[str]:
     actions = report.plan.by_kind("mismatch")
     if not actions:
@@ -291,8 +426,9 @@ def _missing_section(report: LoadReport) -> list[str]:
     if not actions:
         return []
     note = "no tensor in the checkpoint"
-    if not any(a.kind == "missing" for a in report.problems):
-        note += "; kept as initialised (strict=False)"
+    meta = set(report.left_on_meta) | set(report.plan.initialised)
+    if not any(a.kind == "missing" for a in report.problems) and not any(a.target in meta for a in actions):
+        note += f"; kept as initialised (strict={_strict(report.plan.rules.strict)})"
     return _section(_title("missing", len(actions), note), _missing_rows(actions), PROBLEM_ROWS)
 
 
@@ -502,6 +638,68 @@ def _py(text: str) -> str:
 
 
 def _advise(plan: Plan) -> _Advice:
+    """The advice for a plan: the renames that pair missing and unexpected keys first (they load trained
+    weights), then what the plan with them applied still needs (skips, ``init_missing``, strictness)."""
+    suggestion = plan.suggestion
+    if suggestion is None:
+        advice = _advise_keys(plan)
+        _advise_meta(plan, advice)
+        return advice
+    inner = _advise(suggestion)
+    pairs = suggestion.rules.rename
+    new = pairs[len(plan.rules.rename) :]
+    gained = sum(1 for a in suggestion.actions if a.kind == "load") - sum(1 for a in plan.actions if a.kind == "load")
+    shown = _and([f"{quote(p)} -> {quote(r)}" for p, r in new])
+    advice = _Advice(lead="To load them under their model names")
+    advice.hints.append(
+        f"{plural(gained, 'missing key')} and as many unexpected tensors pair up one to one (same names below "
+        f"their module, same shapes): rename {shown} loads them."
+    )
+    advice.hints += inner.hints
+    advice.kwargs = ["rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "}"]
+    advice.kwargs += [k for k in inner.kwargs if not k.startswith("rename=")]
+    advice.flags = [f"--rename {shlex.quote(f'{p}={r}')}" for p, r in pairs]
+    advice.flags += [f for f in inner.flags if not f.startswith("--rename ")]
+    advice.does = list(inner.does)
+    return advice
+
+
+def _advise_meta(plan: Plan, advice: _Advice) -> None:
+    """Advice for tensors left on the meta device: ``init_missing=True`` where their modules can initialise them;
+    what to do where they cannot."""
+    meta = plan.left_on_meta
+    if not meta:
+        return
+    keys = {a.target for a in plan.actions if a.target is not None}
+    owner = {name: init for init in plan.initialise for name in init.tensors}
+    fixable = [n for n in meta if n in owner and owner[n].method]
+    stuck = sorted({owner[n].module or "<root>" for n in meta if n in owner and not owner[n].method})
+    unsaved = [n for n in meta if n not in keys]
+    if fixable and not plan.rules.init_missing:
+        advice.kwargs.append("init_missing=True")
+        advice.flags.append("--init-missing")
+        advice.does.append(
+            f"initialise the {plural(len(fixable), 'key')} on the meta device with their modules' reset_parameters()"
+        )
+    if stuck:
+        advice.hints.append(
+            f"{_and([quote(m) for m in stuck[:4]])}{' and others' if len(stuck) > 4 else ''} "
+            f"{'has' if len(stuck) == 1 else 'have'} no reset_parameters() (nor _reset_parameters(), "
+            "reset_running_stats()): init_missing=True cannot give their tensors values. Load them from a checkpoint "
+            "that has them, or build the model off the meta device."
+        )
+    if unsaved:
+        one = len(unsaved) == 1
+        advice.hints.append(
+            f"{plural(len(unsaved), 'buffer')} on the meta device ({_few(unsaved)}) {'is' if one else 'are'}"
+            " not saved by state_dict() (persistent=False), so no checkpoint fills "
+            f"{'it' if one else 'them'}: compute {'it' if one else 'them'} after "
+            "loading, or keep buffers off the meta device when building the model (as accelerate's "
+            "init_empty_weights() does)."
+        )
+
+
+def _advise_keys(plan: Plan) -> _Advice:
     advice = _Advice()
     problems = plan.problems
     kinds = {a.kind for a in problems}
@@ -734,7 +932,7 @@ def problem_summary(report: LoadReport) -> str:
     if not problems:
         return f"{quote(plan.source)} fits {printable(plan.model)}: nothing to report."
     source, model = quote(plan.source), printable(plan.model)
-    kinds = [k for k in ("mismatch", "missing", "unexpected") if any(a.kind == k for a in problems)]
+    kinds = [k for k in ("mismatch", "missing", "unexpected", "skip") if any(a.kind == k for a in problems)]
     by_kind = {k: [a for a in problems if a.kind == k] for k in kinds}
     advice = _advise(plan)
     paired = sum(1 for a in plan.actions if a.source is not None and a.target is not None)
@@ -743,7 +941,12 @@ def problem_summary(report: LoadReport) -> str:
 
     def rows(actions: list[Action], indent: str) -> list[str]:
         kind = actions[0].kind
-        made = {"mismatch": _mismatch_rows, "missing": _missing_rows, "unexpected": _unexpected_rows}[kind](actions)
+        made = {
+            "mismatch": _mismatch_rows,
+            "missing": _missing_rows,
+            "unexpected": _unexpected_rows,
+            "skip": _missing_rows,
+        }[kind](actions)
         out = _table(made[:MESSAGE_ROWS], indent=indent, sep="   ")
         if len(made) > MESSAGE_ROWS:
             out.append(_more(len(made) - MESSAGE_ROWS, indent))
@@ -766,17 +969,24 @@ def problem_summary(report: LoadReport) -> str:
             lines += rows(actions, "  ")
             if advice.kwargs:
                 tail.append(_with_lead(advice, "To load the others"))
-        else:
+        elif kind == "unexpected":
             lines.append(f"{plural(n, 'tensor')} in {source} {_match(n)} no key of {model}:")
             lines += rows(actions, "  ")
             lines.append(f"  Every key of {model} has a tensor.")
             if advice.kwargs:
                 tail.append(_with_lead(advice, "To load it"))
+        else:
+            lines.append(f"{n} of {plural(model_keys, 'key')} of {model} would stay on the meta device, skipped:")
+            lines += rows(actions, "  ")
+            lines.append("  A tensor on the meta device has no values: skipping it leaves nothing to keep.")
+            if advice.kwargs:
+                tail.append(_with_lead(advice, "To load the others"))
     else:
         parts = {
             "mismatch": lambda n: f"{plural(n, 'tensor')} with other shapes",
             "missing": lambda n: f"{plural(n, 'missing key')}",
             "unexpected": lambda n: f"{plural(n, 'unexpected tensor')}",
+            "skip": lambda n: f"{plural(n, 'skipped key')} on the meta device",
         }
         lines.append(f"{source} does not fit {model}: " + ", ".join(parts[k](len(by_kind[k])) for k in kinds) + ".")
         for kind in kinds:
@@ -786,11 +996,24 @@ def problem_summary(report: LoadReport) -> str:
                 lines.append(f"  {n} of {plural(paired, 'tensor')} {_does(n)} not fit:")
             elif kind == "missing":
                 lines.append(f"  {n} of {plural(model_keys, 'model key')} {_has(n)} no tensor:")
-            else:
+            elif kind == "unexpected":
                 lines.append(f"  {plural(n, 'tensor')} {_match(n)} no model key:")
+            else:
+                lines.append(
+                    f"  {n} skipped {'key stays' if n == 1 else 'keys stay'} on the meta device, without values:"
+                )
             lines += rows(actions, "    ")
         if advice.kwargs:  # the call on a line of its own: this sentence is long
             tail += [advice.sentence(call=False) + ":", f"  {advice.call()}"]
+    meta = set(plan.left_on_meta)
+    on_meta = sum(1 for a in problems if a.kind != "skip" and a.target in meta)
+    if on_meta:
+        one = on_meta == 1
+        lines.append(
+            f"  {on_meta} of these keys {'is' if one else 'are'} on the meta device: without a tensor from the "
+            f"file, {'it has' if one else 'they have'} no values at all."
+        )
+    lines += [f"  {use.describe()}: check its pattern." for use in plan.renames if use.matched == 0]
     lines += [f"  {sentence}" for sentence in tail]
     return "\n".join(lines)
 

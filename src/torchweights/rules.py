@@ -151,6 +151,7 @@ class Rules:
     on_mismatch: Literal["error", "skip"] = "error"
     dtype: Literal["model", "checkpoint"] = "model"
     legacy_renames: bool = True
+    init_missing: bool = False
     compiled_rename: tuple[tuple[re.Pattern[str], str], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +171,7 @@ class Rules:
         on_mismatch: str = "error",
         dtype: str = "model",
         legacy_renames: bool = True,
+        init_missing: bool = False,
     ) -> Rules:
         """Validate the user's options and compile them.
 
@@ -213,6 +215,7 @@ class Rules:
             on_mismatch=on_mismatch,  # type: ignore[arg-type]
             dtype=dtype,  # type: ignore[arg-type]
             legacy_renames=legacy_renames,
+            init_missing=bool(init_missing),
             compiled_rename=_compile_renames(pairs),
         )
 

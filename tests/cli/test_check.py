@@ -100,7 +100,7 @@ def test_a_fitting_checkpoint_exits_0(files: dict[str, str], capsys: pytest.Capt
     lines = out.splitlines()
     assert lines[0].split() == ["source", files["fits"]]
     assert lines[1].split() == ["model", "Net"]
-    assert lines[2].startswith("result     DRY RUN: would load (strict=True)")
+    assert lines[2].startswith("result     DRY RUN (strict=True): would load 8 of 8; the model was not changed")
     assert "prefix     stripped 'module.' on 8/8 keys; 0 collisions" in lines
     assert "container  'state_dict' matches 8 of its 8 keys (8 with equal shapes)" in out
     assert "to load (8)" in lines and "to fix" not in out

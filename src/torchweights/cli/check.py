@@ -1,8 +1,9 @@
 """``torchweights check CKPT --model MODULE:FACTORY``: would this checkpoint load into this model?
 
-Builds the model from a factory (on the meta device when it allows, so no memory is allocated for its weights),
-plans the load with :func:`torchweights.api.load_into` in dry-run mode, and prints the report: every key
-accounted for, problems first, with the exact option that fixes them. ``--json`` prints the report as JSON.
+Builds the model from a factory (on the meta device when it allows, so no memory is allocated for its weights;
+the plan then treats the model's tensors as having values, as they have in the real load), plans the load with
+:func:`torchweights.api.load_into` in dry-run mode, and prints the report: every key accounted for, problems
+first, with the exact option that fixes them. ``--json`` prints the report as JSON.
 
 Exit codes: 0 the checkpoint loads under the options given; 1 it does not (the report says why); 2 the checkpoint
 cannot be read, an option cannot be followed, or the model factory cannot be imported or called.
@@ -106,6 +107,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--dtype", choices=["model", "checkpoint"], default="model", help="whose dtypes the loaded keys keep"
     )
+    parser.add_argument(
+        "--init-missing",
+        action="store_true",
+        help="plan as load_into(init_missing=True): tensors on the meta device that no checkpoint tensor fills "
+        "are initialised by their modules' reset_parameters()",
+    )
     add_allow_global(parser)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
@@ -189,6 +196,11 @@ def build_model(spec_text: str) -> Any:
     Raises:
         ModelFactoryError: the module cannot be imported, the factory is missing, fails, or returns no nn.Module.
     """
+    return _build(spec_text)[0]
+
+
+def _build(spec_text: str) -> tuple[Any, bool]:
+    """:func:`build_model`, and whether it was built on the meta device by this command (not by the factory)."""
     try:
         import torch
     except ImportError as e:
@@ -197,10 +209,12 @@ def build_model(spec_text: str) -> Any:
             "to look at the checkpoint alone."
         ) from e
     factory = _factory(spec_text)
+    on_meta = True
     try:
         with torch.device("meta"):
             model = factory()
     except Exception:  # factories that load files or check values on their tensors: build for real
+        on_meta = False
         try:
             model = factory()
         except Exception as e:
@@ -213,7 +227,7 @@ def build_model(spec_text: str) -> Any:
             f"--model {spec_text!r} returned a {type(model).__name__}, not a torch.nn.Module. "
             "Name a function or class that returns the model."
         )
-    return model
+    return model, on_meta
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -222,15 +236,19 @@ def build_model(spec_text: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Build the model, plan the load and print the report; return the exit code."""
     from .. import api
+    from ..spec import ModelSpec
 
     try:
-        model = build_model(args.model)
+        model, on_meta = _build(args.model)
     except ModelFactoryError as e:
         sys.stdout.flush()
         print(f"cannot build the model: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
+    target = model
+    if on_meta:  # built on meta here only to save memory: in the real load its tensors have values
+        target = ModelSpec.from_module(model).materialised()
     report = api.load_into(
-        model,
+        target,
         args.path,
         strict=_STRICT[args.strict],
         container=args.container,
@@ -241,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         allow_globals=args.allow_globals,
         dry_run=True,
+        init_missing=args.init_missing,
     )
     text = report.to_json(indent=2) + "\n" if args.json else str(report)
     sys.stdout.write(text)
