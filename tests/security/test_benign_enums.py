@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 import torch
 
+from torchweights.scan import scan
 from torchweights.unpickle import Global, Stub, unpickle
 
-from torchweights.scan import scan
-
-from ._helpers import CALL_OPS, FORMATS, Benign, assert_clean_scan, load_benign, opcodes, save_benign
+from ._helpers import CALL_OPS, FORMATS, Benign, load_benign, opcodes, save_benign
 
 MODULE = "twbenign_enums"
 BODY = """

@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import torch
 
+from torchweights.scan import scan
 from torchweights.unpickle import Stub, unpickle
 
-from torchweights.scan import scan
-
-from ._helpers import FORMATS, Benign, alarms, assert_clean_scan, load_benign, save_benign
+from ._helpers import FORMATS, Benign, alarms, load_benign, save_benign
 
 MODULE = "twbenign_cfg"
 BODY = '''
