@@ -283,11 +283,12 @@ def _is_pickle(head: bytes, seen: StreamScan) -> bool:
 
 
 def _worth_reading(head: bytes, seen: StreamScan) -> bool:
-    """Whether the first :data:`_PROBE_BYTES` of bytes that might be a pickle justify reading them whole: a pickle
-    the probe cut short, one that already reached STOP, or one that already called something dangerous."""
-    if any(_nameable(c) for c in seen.calls):
+    """Whether the first :data:`_PROBE_BYTES` of bytes that might be a pickle justify reading them whole: a parse
+    the probe cut short (a long argument: the call may come later), a PROTO pickle that already reached STOP, or
+    one that already called something dangerous. Tensor bytes usually fail on a bad opcode at once."""
+    if any(_nameable(c) for c in seen.calls) or (seen.error is not None and seen.error.code == "truncated"):
         return True
-    return _is_pickle_head(head) and (seen.error is None or seen.error.code == "truncated")
+    return _is_pickle_head(head) and seen.error is None
 
 
 def _quote(text: str) -> str:
@@ -406,6 +407,8 @@ class _Scanner:
                 )
             except TorchWeightsError:
                 return  # bytes that start like a zip but are not one
+            if not directory.members or any(p.code in ("truncated", "bad-zip") for p in directory.problems):
+                return  # no directory a zip reader could use: data
             self.latent_info(file, where, "zip archive", len(blob))
             self.archive(io.BytesIO(blob), directory, file, where, depth)
             return
