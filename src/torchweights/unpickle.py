@@ -402,7 +402,7 @@ def _primitive(value: Any, depth: int = 0) -> bool:
 
 def _arguments(args: tuple[Any, ...]) -> str:
     """``"2 arguments: 'touch x', 1"``: what a call receives, bounded."""
-    shown = ", ".join(_short(a, 40) for a in args[:4]) + (", ..." if len(args) > 4 else "")
+    shown = ", ".join(_short(a, 160) for a in args[:4]) + (", ..." if len(args) > 4 else "")
     return f"{plural(len(args), 'argument')}: {shown}" if args else "no arguments"
 
 
