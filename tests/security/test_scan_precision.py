@@ -190,6 +190,46 @@ def test_non_byte_storages_are_never_read(tmp_path: Path, monkeypatch: pytest.Mo
     assert [s for s in report.streams if s.latent]  # b"\x80\x02N." is a real (harmless) pickle: read, latent
 
 
+def test_a_real_looking_training_checkpoint_is_clean_without_a_warning(tmp_path: Path) -> None:
+    """Lightning-like hparams (nested dicts, argparse.Namespace), NumPy values, optimizer and scheduler states, a
+    whole pickled torch.nn model, datetime and pathlib values: clean, and not one warning."""
+    import argparse
+    import datetime
+    import pathlib
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+    model(torch.randn(2, 3, 8, 8))
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    checkpoint = {
+        "epoch": 3,
+        "global_step": 120,
+        "state_dict": model.state_dict(),
+        "model": model,
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()],
+        "hyper_parameters": {"lr": 0.1, "layers": [3, 4], "args": argparse.Namespace(batch=8, name="run")},
+        "metrics": {"loss": np.float32(0.25), "history": np.arange(5.0)},
+        "rng": {"numpy": np.random.RandomState(0).get_state(), "torch": torch.get_rng_state()},
+        "saved_at": datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc),
+        "data_dir": pathlib.PurePosixPath("/data/train"),
+    }
+    for fmt in ("zip", "legacy"):
+        path = tmp_path / f"train-{fmt}.ckpt"
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=fmt == "zip")
+        report = scan(path)
+        assert_quiet_clean(report)
+        assert not report.findings, _describe(report)
+
+
 # ------------------------------------------------------------------------------------------ the closing line
 
 
