@@ -9,16 +9,22 @@ safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weigh
 * zip archives (torch.save, TorchScript, torch.package, .npz, or any zip): every member whose content is a pickle,
   whatever its name, duplicates included, plus the structural problems of :mod:`~torchweights.formats._zip`
   (duplicate names, local/central disagreements, overlaps, encryption, polyglot leading or trailing data);
-* pickle files (legacy torch streams: every pickle in sequence; plain pickles, protocol 0 to 5) and what follows
-  them (a zip hidden after a pickle is a polyglot, and its members are walked too);
+* pickle files (legacy torch streams: exactly their five pickles, then storage bytes that are data; plain
+  pickles, protocol 0 to 5) and what follows them (a zip hidden after a pickle is a polyglot, and its members are
+  walked too);
 * legacy tar files and every other format a reader understands, through the reader itself (its pickles are handed
   to scan instead of being refused);
 * ``.npy`` object arrays (their data is a pickle), torch.distributed.checkpoint ``.metadata``, the shards of a
   sharded set;
-* pickles and zips nested in bytes values or uint8 tensors (reported as latent: loading does not run them, code
-  that unpickles them later would).
+* pickles and zips nested in bytes values or uint8/int8 tensors (reported as latent: loading does not run them,
+  code that unpickles them later would), only when the bytes really are one (:func:`_is_pickle`). Storages of
+  every other dtype are data and are never read.
 
-Then the file is opened the way ``tw.load`` opens it; if that refuses, the verdict says so. The verdict is
+A global the pickle calls as a function with arguments that nobody vetted (neither in the reconstructor table nor
+one of torch's own classes) is a ``dangerous-call``: see ``_Machine.call`` in :mod:`~torchweights.unpickle`.
+
+The file is opened the way ``tw.load`` opens it first (the members that hold storages, and what ``tw.load`` does
+with the file, are then known: :attr:`ScanReport.loads`, :attr:`ScanReport.load_refuses`). The verdict is
 ``dangerous`` (exit 1), ``unreadable`` (exit 2: something could not be fully read, or loading refuses the file),
 or ``clean`` (exit 0, possibly with warnings such as unknown classes, which become inert stubs when loading).
 """
@@ -75,7 +81,8 @@ class Finding:
     Attributes:
         severity: ``dangerous`` (would run code), ``suspicious`` (a structure that makes readers disagree, a
             polyglot), ``error`` (could not be read), ``warning`` (worth knowing: an unknown class), ``info``.
-        code: stable identifier (``dangerous-global``, ``unknown-global``, ``latent-dangerous-global``,
+        code: stable identifier (``dangerous-global``, ``dangerous-call``, ``unknown-global``,
+            ``latent-dangerous-global``, ``latent-dangerous-call``,
             ``zip-duplicate-member``, ``polyglot``, ``code-file``, ``pickle-unreadable``, ``load-refused``...).
         message: what, why, and what to do.
         file: the file it is about.
