@@ -95,7 +95,8 @@ def test_legacy_stream_every_pickle_is_read(tmp_path: Path) -> None:
     torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
     report = scan(path)
     assert report.verdict == "clean" and report.format == "torch-legacy"
-    assert len([s for s in report.streams if not s.latent]) >= 5  # magic, protocol, sys_info, main, storage keys
+    # exactly the five pickles tw.load reads: magic, protocol, sys_info, main, storage keys (then storage bytes)
+    assert len([s for s in report.streams if not s.latent]) == 5
 
 
 def test_payload_in_a_legacy_sys_info_pickle(tmp_path: Path) -> None:
@@ -195,7 +196,8 @@ def test_cli_exit_codes_and_json(
     assert main(["scan", "--json", str(evil_pt)]) == 1
     doc = json.loads(capsys.readouterr().out)
     (entry,) = doc["reports"]
-    assert entry["verdict"] == "dangerous"
+    assert entry["verdict"] == "dangerous" and entry["loads"] is False
+    assert entry["load_refuses"] == [f"{os.system.__module__}.system"]
     assert entry["findings"][0]["member"] == "evil/data.pkl" and isinstance(entry["findings"][0]["offset"], int)
 
 

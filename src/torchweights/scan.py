@@ -9,16 +9,22 @@ safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weigh
 * zip archives (torch.save, TorchScript, torch.package, .npz, or any zip): every member whose content is a pickle,
   whatever its name, duplicates included, plus the structural problems of :mod:`~torchweights.formats._zip`
   (duplicate names, local/central disagreements, overlaps, encryption, polyglot leading or trailing data);
-* pickle files (legacy torch streams: every pickle in sequence; plain pickles, protocol 0 to 5) and what follows
-  them (a zip hidden after a pickle is a polyglot, and its members are walked too);
+* pickle files (legacy torch streams: exactly their five pickles, then storage bytes that are data; plain
+  pickles, protocol 0 to 5) and what follows them (a zip hidden after a pickle is a polyglot, and its members are
+  walked too);
 * legacy tar files and every other format a reader understands, through the reader itself (its pickles are handed
   to scan instead of being refused);
 * ``.npy`` object arrays (their data is a pickle), torch.distributed.checkpoint ``.metadata``, the shards of a
   sharded set;
-* pickles and zips nested in bytes values or uint8 tensors (reported as latent: loading does not run them, code
-  that unpickles them later would).
+* pickles and zips nested in bytes values or uint8/int8 tensors (reported as latent: loading does not run them,
+  code that unpickles them later would), only when the bytes really are one (:func:`_is_pickle`). Storages of
+  every other dtype are data and are never read.
 
-Then the file is opened the way ``tw.load`` opens it; if that refuses, the verdict says so. The verdict is
+A global the pickle calls as a function with arguments that nobody vetted (neither in the reconstructor table nor
+one of torch's own classes) is a ``dangerous-call``: see ``_Machine.call`` in :mod:`~torchweights.unpickle`.
+
+The file is opened the way ``tw.load`` opens it first (the members that hold storages, and what ``tw.load`` does
+with the file, are then known: :attr:`ScanReport.loads`, :attr:`ScanReport.load_refuses`). The verdict is
 ``dangerous`` (exit 1), ``unreadable`` (exit 2: something could not be fully read, or loading refuses the file),
 or ``clean`` (exit 0, possibly with warnings such as unknown classes, which become inert stubs when loading).
 """
@@ -33,7 +39,7 @@ import stat
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -59,8 +65,12 @@ _MAX_LATENT_DEPTH = 3
 _MAX_FINDINGS = 1000
 #: Bytes read first from a member that only might be a pickle (by its first byte), to tell tensor bytes from one.
 _PROBE_BYTES = 1 << 16
+#: The only tensor dtypes whose bytes can hold a serialised blob (a pickle or a zip stored as a tensor).
+_BYTE_DTYPES = frozenset({"uint8", "int8"})
 #: Structural zip problems that mean part of the archive could not be read at all.
 _ZIP_UNREADABLE = frozenset({"truncated", "bad-zip", "limit-zip-entries", "zip-encrypted", "zip-compression"})
+#: Pickles a legacy torch stream holds (``torch.serialization._legacy_save``); its storage bytes follow them.
+_LEGACY_PICKLES = 5
 _PICKLE_NAMES = (".pkl", ".pickle", ".pk", ".pt", ".pth", ".bin", ".ckpt", ".dat", ".metadata")
 
 
@@ -71,7 +81,8 @@ class Finding:
     Attributes:
         severity: ``dangerous`` (would run code), ``suspicious`` (a structure that makes readers disagree, a
             polyglot), ``error`` (could not be read), ``warning`` (worth knowing: an unknown class), ``info``.
-        code: stable identifier (``dangerous-global``, ``unknown-global``, ``latent-dangerous-global``,
+        code: stable identifier (``dangerous-global``, ``dangerous-call``, ``unknown-global``,
+            ``latent-dangerous-global``, ``latent-dangerous-call``,
             ``zip-duplicate-member``, ``polyglot``, ``code-file``, ``pickle-unreadable``, ``load-refused``...).
         message: what, why, and what to do.
         file: the file it is about.
@@ -145,10 +156,13 @@ class ScanReport:
         format: the format loading would read it as, or None when loading refuses it.
         findings: every finding, worst first.
         streams: every pickle stream read.
-        globals: every global referenced, with its verdict (``safe``, ``dangerous``, ``unknown``).
+        globals: every global referenced, with its verdict (``safe``, ``known``, ``dangerous``, ``unknown``,
+            or ``allowed`` for a name passed in ``allow_globals``).
         code_files: source files the archive carries (TorchScript ``code/``, torch.package modules); never run.
         complete: every pickle and member was read to its end.
-        load_error: why ``tw.load`` would refuse the file, or None.
+        load_error: why ``tw.load`` could not read the file (its structure), or None.
+        load_refuses: the globals ``tw.load`` refuses the file for (dangerous names in the pickles it reads);
+            empty when it reads the file, or when ``load_error`` already says why it cannot.
         seconds: time taken.
     """
 
@@ -160,7 +174,13 @@ class ScanReport:
     code_files: list[str] = field(default_factory=list)
     complete: bool = True
     load_error: TorchWeightsError | None = None
+    load_refuses: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def loads(self) -> bool:
+        """Whether ``tw.load`` reads the file (as data: it never runs anything, whatever the verdict)."""
+        return self.format is not None and self.load_error is None and not self.load_refuses
 
     @property
     def verdict(self) -> str:
@@ -188,6 +208,8 @@ class ScanReport:
             "format": self.format,
             "verdict": self.verdict,
             "complete": self.complete,
+            "loads": self.loads,
+            "load_refuses": self.load_refuses,
             "load_error": None
             if self.load_error is None
             else {
@@ -203,18 +225,23 @@ class ScanReport:
         }
 
 
-def scan(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> ScanReport:
+def scan(
+    path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, allow_globals: Iterable[str] = ()
+) -> ScanReport:
     """Statically analyse every pickle in ``path`` and say whether loading it is safe.
 
     Args:
         path: a checkpoint file, sharded index or folder, or any file to check.
         limits: resource bounds (the same as loading's).
+        allow_globals: ``module.qualname`` names you trust, as ``tw.load(allow_globals=...)`` takes them: their
+            calls and references are not reported (verdict ``allowed``). Nothing is imported either way. Names
+            that can run code or touch the system (``posix.system``) stay dangerous findings.
 
     Returns:
         A :class:`ScanReport`; it never raises for a bad file: unreadable parts make the verdict ``unreadable``.
     """
     started = time.perf_counter()
-    scanner = _Scanner(os.fspath(path), limits)
+    scanner = _Scanner(os.fspath(path), limits, frozenset(allow_globals))
     scanner.run()
     report = scanner.report
     report.findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.file, f.member or "", f.offset or 0))
@@ -250,7 +277,25 @@ def _nameable(ref: Reference) -> bool:
     starts like a protocol 0 pickle (``import sys\nsys.path...``) names things like ``mport sys.sys.path``."""
     if ref.verdict != "dangerous":
         return False
-    return ref.how in ("BUILD", "EXT") or all(part.isidentifier() for part in ref.name.split("."))
+    if ref.how in ("BUILD", "EXT"):
+        return True
+    return all(part.isidentifier() for part in ref.name.removesuffix("(...)").split("."))
+
+
+def _is_pickle(head: bytes, seen: StreamScan) -> bool:
+    """Whether bytes that merely might hold a pickle (a bytes value, a byte tensor, a member no reader needs)
+    really are one: a ``PROTO`` opcode first and a parse that reaches ``STOP``, or a parse that reaches a call of
+    something dangerous before it fails (what ``pickle.loads`` would run before raising)."""
+    return (_is_pickle_head(head) and seen.error is None) or any(_nameable(c) for c in seen.calls)
+
+
+def _worth_reading(head: bytes, seen: StreamScan) -> bool:
+    """Whether the first :data:`_PROBE_BYTES` of bytes that might be a pickle justify reading them whole: a parse
+    the probe cut short (a long argument: the call may come later), a PROTO pickle that already reached STOP, or
+    one that already called something dangerous. Tensor bytes usually fail on a bad opcode at once."""
+    if any(_nameable(c) for c in seen.calls) or (seen.error is not None and seen.error.code == "truncated"):
+        return True
+    return _is_pickle_head(head) and seen.error is None
 
 
 def _quote(text: str) -> str:
@@ -258,14 +303,29 @@ def _quote(text: str) -> str:
     return f"'{shown[:160]}...'" if len(shown) > 160 else f"'{shown}'"
 
 
+@dataclass
+class _StorageMember:
+    """A zip member that holds the bytes of a storage: the first tensor that uses it and every dtype it is read as."""
+
+    tensor: str
+    dtypes: set[str]
+
+    @property
+    def bytes_like(self) -> bool:
+        """Read as bytes (uint8 / int8) only: the one kind of tensor a serialised blob can live in."""
+        return self.dtypes <= _BYTE_DTYPES
+
+
 class _Scanner:
-    def __init__(self, path: str, limits: Limits) -> None:
+    def __init__(self, path: str, limits: Limits, allowed: frozenset[str] = frozenset()) -> None:
         self.path = path
         self.limits = limits
+        self.allowed = allowed
         self.report = ScanReport(path)
         self.seen_findings: set[tuple[Any, ...]] = set()
         self.reader_streams: list[tuple[str, int, StreamScan]] = []
-        self.storage_members: dict[tuple[str, str], str] = {}  # (file, zip member) -> a tensor whose bytes it holds
+        self.storage_members: dict[tuple[str, str], _StorageMember] = {}  # (file, zip member) -> its storage
+        self.refused: frozenset[str] = frozenset()  # the globals tw.load refuses the file for
 
     # -- findings -----------------------------------------------------------------------------------------
     def add(self, finding: Finding) -> None:
@@ -288,8 +348,9 @@ class _Scanner:
         latent: int = 0,
         required: bool = True,
     ) -> StreamScan | None:
-        """Scan one stream; ``required=False`` for bytes that may not be a pickle at all (then a stream that
-        fails to parse is forgotten, unless it named something dangerous)."""
+        """Scan one stream. ``required=False`` for bytes that may not be a pickle at all (a value, a byte tensor,
+        a member no reader needs): unless :func:`_is_pickle` says they really are one, they are data and the
+        stream is forgotten (None), and a real one that fails later is never "unreadable"."""
         seen = scan_stream(
             data,
             start=start,
@@ -298,44 +359,35 @@ class _Scanner:
             max_bytes=self.limits.max_pickle_bytes,
             where=where,
         )
-        if seen.error is not None and not required and not any(_nameable(r) for r in seen.references):
+        if not required and not _is_pickle(bytes(data[start : start + 2]), seen):
             return None
-        self.record(file, where, start, seen, latent)
+        self.record(file, where, start, seen, latent, required=required)
         return seen
 
-    def record(self, file: str, where: str, start: int, seen: StreamScan, latent: int) -> None:
+    def record(
+        self, file: str, where: str, start: int, seen: StreamScan, latent: int, *, required: bool = True
+    ) -> None:
         report = self.report
         report.streams.append(PickleStream(file, where, start, seen.end, seen.protocol, seen.opcodes, latent > 0))
         prefix = "latent-" if latent else ""
+        called = {r.name for r in seen.references if r.arguments is not None}
         for ref in seen.references:
+            verdict = ref.verdict
+            if ref.name in self.allowed and (verdict != "dangerous" or ref.arguments is not None):
+                verdict = "allowed"  # the user trusts it (a name that can run code by itself stays dangerous)
             previous = report.globals.get(ref.name)
             if previous != "dangerous":
-                report.globals[ref.name] = ref.verdict
-            if ref.verdict == "dangerous":
-                self.add(
-                    Finding(
-                        "dangerous",
-                        f"{prefix}dangerous-global",
-                        _dangerous_text(ref.name, ref.how, where, latent),
-                        file,
-                        where,
-                        ref.offset,
-                        ref.name,
-                    )
-                )
-            elif ref.verdict == "unknown":
-                self.add(
-                    Finding(
-                        "warning",
-                        f"{prefix}unknown-global",
-                        _unknown_text(ref.name, ref.how, where, latent),
-                        file,
-                        where,
-                        ref.offset,
-                        ref.name,
-                    )
-                )
-        if seen.error is not None:
+                report.globals[ref.name] = verdict
+            if verdict == "dangerous" and ref.arguments is not None:
+                text = _call_text(ref, where, latent)
+                self.add(Finding("dangerous", f"{prefix}dangerous-call", text, file, where, ref.offset, ref.name))
+            elif verdict == "dangerous":
+                text = _dangerous_text(ref.name, ref.how, where, latent, ref.name in self.refused)
+                self.add(Finding("dangerous", f"{prefix}dangerous-global", text, file, where, ref.offset, ref.name))
+            elif verdict == "unknown" and ref.name not in called:
+                text = _unknown_text(ref.name, ref.how, where, latent)
+                self.add(Finding("warning", f"{prefix}unknown-global", text, file, where, ref.offset, ref.name))
+        if seen.error is not None and required:
             self.add(
                 Finding(
                     "error",
@@ -353,32 +405,36 @@ class _Scanner:
                 self.latent(blob, file, f"{where}, {blob_where}", latent + 1)
 
     def latent(self, blob: bytes, file: str, where: str, depth: int) -> None:
-        """A pickle or zip inside a value: scanned, reported as latent."""
-        is_pickle = not blob.startswith(b"PK\x03\x04")
-        scanned = False
-        if is_pickle and not _is_pickle_head(blob[:2]):
-            # bytes that merely start like a protocol 0/1 pickle: reported only if they read as one
-            before = len(self.report.streams)
-            self.sequence(blob, len(blob), file, where, required=False, latent=depth)
-            if len(self.report.streams) == before:
-                return
-            scanned = True
-        what = "pickle" if is_pickle else "zip archive"
+        """Bytes inside a value or a byte tensor that may be a pickle or a zip: reported (as latent: loading never
+        unpickles them) only when they really are one; anything else is data."""
+        if blob.startswith(b"PK\x03\x04"):
+            try:
+                directory = read_directory(
+                    io.BytesIO(blob), file, len(blob), max_inflated=self.limits.max_inflated_bytes
+                )
+            except TorchWeightsError:
+                return  # bytes that start like a zip but are not one
+            if not directory.members or any(p.code in ("truncated", "bad-zip") for p in directory.problems):
+                return  # no directory a zip reader could use: data
+            self.latent_info(file, where, "zip archive", len(blob))
+            self.archive(io.BytesIO(blob), directory, file, where, depth)
+            return
+        before = len(self.report.streams)
+        self.sequence(blob, len(blob), file, where, required=False, latent=depth)
+        if len(self.report.streams) > before:
+            self.latent_info(file, where, "pickle", len(blob))
+
+    def latent_info(self, file: str, where: str, what: str, size: int) -> None:
         self.add(
             Finding(
                 "info",
-                "latent-pickle" if is_pickle else "latent-zip",
-                f"{where} holds an embedded {what} of {len(blob)} bytes; loading never unpickles it, but "
+                "latent-pickle" if what == "pickle" else "latent-zip",
+                f"{where} holds an embedded {what} of {size} bytes; loading never unpickles it, but "
                 "code that does would run what it names (scanned)",
                 file,
                 where,
             )
         )
-        if is_pickle:
-            if not scanned:
-                self.sequence(blob, len(blob), file, where, required=True, latent=depth)
-        else:
-            self.zip(io.BytesIO(blob), len(blob), file, where, latent=depth)
 
     # -- the families -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -473,19 +529,19 @@ class _Scanner:
     def sequence(
         self, view: bytes | memoryview, size: int, file: str, where: str | None, *, required: bool, latent: int
     ) -> tuple[int | None, bool]:
-        """Pickles back to back from byte 0: one, or the five of a legacy stream (which starts with its magic
-        number). Returns where the last one ended (None when one could not be read) and whether it was legacy."""
+        """Pickles back to back from byte 0, exactly as the readers take them: one, or the five of a legacy stream
+        (magic number, protocol version, sys_info, the object, the storage keys; the raw storage bytes that follow
+        are data, whatever they look like). Returns where the last one ended (None when one could not be read)
+        and whether it was a legacy stream."""
         position, count = 0, 0
-        while position < size and count < 8:
-            if count and not _is_pickle_head(bytes(view[position : position + 2])):
-                break
+        while position < size and count < _LEGACY_PICKLES:
             label = f"pickle {count + 1} at byte {position}" if count else "the pickle"
             seen = self.stream(
                 view,
                 file,
                 label if where is None else f"{where}, {label}",
                 start=position,
-                required=required or count > 0,
+                required=required or (count > 0 and not latent),
                 latent=latent,
             )
             if seen is None or seen.end is None:
@@ -493,7 +549,7 @@ class _Scanner:
             position, count = seen.end, count + 1
             if count == 1 and not (type(seen.value) is int and seen.value == MAGIC_NUMBER):
                 break  # only a legacy stream continues with more pickles
-        return position, count >= 5
+        return position, count == _LEGACY_PICKLES
 
     def trailing(self, path: str, nbytes: int, at: int) -> None:
         self.add(
@@ -532,6 +588,9 @@ class _Scanner:
 
     def zip(self, fh: IO[bytes], size: int, file: str, where: str | None, *, latent: int = 0) -> None:
         directory = read_directory(fh, file, size, max_inflated=self.limits.max_inflated_bytes)
+        self.archive(fh, directory, file, where, latent)
+
+    def archive(self, fh: IO[bytes], directory: ZipDirectory, file: str, where: str | None, latent: int) -> None:
         for problem in directory.problems:
             severity = (
                 "suspicious" if problem.code not in _ZIP_UNREADABLE or problem.code == "zip-encrypted" else "error"
@@ -544,34 +603,48 @@ class _Scanner:
         self.members(fh, directory, file, where, latent)
 
     def members(self, fh: IO[bytes], d: ZipDirectory, file: str, where: str | None, latent: int) -> None:
+        """Every member that holds a pickle, a zip or a ``.npy``: the pickles of the archive, whatever their names.
+
+        Storage members are data: one the reader's records read as any dtype but uint8/int8 is never opened; a
+        byte storage, or a member where the layout keeps storages that no record names, is probed as latent (a
+        finding only if it really is a pickle or a zip)."""
+        storage_names = _storage_layout(d) if where is None else None
         for member in d.members:
             if member.data_offset < 0 or member.flags & 0x1 or member.compress_type not in (0, 8):
                 continue  # reported as a problem already
             label = f"member {_quote(member.name)}" + (f" of {where}" if where else "")
             if _is_code_file(member.name):
                 self.report.code_files.append(member.name)
+            storage = self.storage_members.get((file, member.name)) if where is None else None
+            if storage is not None and not storage.bytes_like:
+                continue  # tensor bytes of another dtype: never a serialised blob, never read
+            data_like = storage is not None or (storage_names is not None and storage_names(member.name))
+            member_latent = max(latent, 1) if data_like else latent
             try:
                 head = inflate(fh, member, 16)
                 kind = _member_kind(member, head)
                 if kind is None:
                     continue
-                required = kind != "pickle" or _is_pickle_head(head) or member.name.endswith((".pkl", ".pickle"))
+                required = not data_like and (
+                    kind != "pickle" or _is_pickle_head(head) or member.name.endswith((".pkl", ".pickle"))
+                )
                 if not required and member.size > _PROBE_BYTES and not self.might_be_pickle(fh, member):
                     continue  # tensor bytes that merely start like a pickle
-                if member.size > self.limits.max_pickle_bytes and required:
-                    self.add(
-                        Finding(
-                            "error",
-                            "limit-pickle-size",
-                            f"{label} ({member.size} bytes) is larger than "
-                            f"the {self.limits.max_pickle_bytes}-byte pickle limit and was not scanned",
-                            file,
-                            member.name,
+                if member.size > self.limits.max_pickle_bytes:
+                    if required:
+                        self.add(
+                            Finding(
+                                "error",
+                                "limit-pickle-size",
+                                f"{label} ({member.size} bytes) is larger than "
+                                f"the {self.limits.max_pickle_bytes}-byte pickle limit and was not scanned",
+                                file,
+                                member.name,
+                            )
                         )
-                    )
                     continue
-                data = inflate(fh, member, min(member.size, self.limits.max_pickle_bytes))
-                if len(data) == member.size and zlib.crc32(data) != member.crc32:
+                data = inflate(fh, member, member.size)
+                if zlib.crc32(data) != member.crc32 and not data_like:
                     self.add(
                         Finding(
                             "error",
@@ -583,15 +656,15 @@ class _Scanner:
                         )
                     )
             except TorchWeightsError as exc:
-                self.add(Finding("error", exc.code, f"{label} cannot be read: {exc.message}", file, member.name))
+                if not data_like:
+                    self.add(Finding("error", exc.code, f"{label} cannot be read: {exc.message}", file, member.name))
                 continue
             member_label = member.name if where is None else f"{where}: {member.name}"
-            tensor = self.storage_members.get((file, member.name)) if where is None else None
-            if tensor is not None:
-                # a tensor's bytes that are a pickle or a zip: latent, since loading never unpickles storages
-                member_label = f"{member.name} (bytes of tensor {_quote(tensor)})"
-                latent = max(latent, 1)
-            if kind == "pickle":
+            if data_like:
+                # a storage's bytes: latent if a pickle or a zip, since loading never unpickles storages
+                what = f"tensor {_quote(storage.tensor)}" if storage is not None else "a storage no tensor uses"
+                self.latent(data, file, f"{member.name} (bytes of {what})", member_latent)
+            elif kind == "pickle":
                 self.stream(data, file, member_label, latent=latent, required=required)
             elif kind == "zip" and latent < _MAX_LATENT_DEPTH:
                 self.zip(io.BytesIO(data), len(data), file, member_label, latent=latent + 1)
@@ -599,10 +672,12 @@ class _Scanner:
                 self.npy(data, file, member_label)
 
     def might_be_pickle(self, fh: IO[bytes], member: ZipMember) -> bool:
-        """Whether a member that only starts like a pickle reads as one for its first bytes: a pickle the probe cuts
-        short, or one naming something dangerous. Tensor bytes fail at once, and are never read whole."""
-        seen = scan_stream(inflate(fh, member, _PROBE_BYTES), persistent_load=_lenient_persistent)
-        return seen.error is None or seen.error.code == "truncated" or any(_nameable(r) for r in seen.references)
+        """Whether a member that only starts like a pickle (or a zip) is worth reading whole: see
+        :func:`_worth_reading`. Tensor bytes fail at once, and are never read whole."""
+        probe = inflate(fh, member, _PROBE_BYTES)
+        if probe.startswith(b"PK\x03\x04"):
+            return True  # a zip's directory is at its end
+        return _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent))
 
     def npy(self, data: bytes, file: str, where: str | None) -> None:
         """A .npy array: an object array's data is a pickle."""
@@ -677,19 +752,30 @@ class _Scanner:
         try:
             checkpoint = open_path(self.path, options)
         except TorchWeightsError as exc:
+            self.refusals()
             self.report.load_error = exc
             message = f"tw.load would refuse this file: {type(exc).__name__} [{exc.code}]: {exc.message}"
             self.add(Finding("error", "load-refused", message, self.path))
             return None
         except (OSError, ValueError, MemoryError, RecursionError) as exc:
+            self.refusals()
             self.add(Finding("error", "scan-failed", f"opening it failed: {type(exc).__name__}", self.path))
             return None
         self.report.format = checkpoint.format
         for record in checkpoint.records.values():
             ref = record.storage
             if ref is not None and ref.member is not None:
-                self.storage_members.setdefault((ref.file, ref.member), record.name)
+                storage = self.storage_members.setdefault((ref.file, ref.member), _StorageMember(record.name, set()))
+                storage.dtypes.add(record.dtype)
+        self.refusals()
         return checkpoint
+
+    def refusals(self) -> None:
+        """tw.load refuses a file for the dangerous globals of the pickles it reads, as soon as it has read the
+        first such pickle (here they were read, not refused): note them."""
+        refused = [name for _, _, seen in self.reader_streams for name in seen.dangerous]
+        self.refused = frozenset(refused)
+        self.report.load_refuses = [n for n in dict.fromkeys(refused) if n not in self.allowed]
 
     def observe(self, where: str, start: int, seen: StreamScan) -> None:
         self.reader_streams.append((where, start, seen))
@@ -699,7 +785,11 @@ class _Scanner:
         scan; for the others, a safety net that adds anything the walk missed."""
         walked = bool(self.report.streams) and self.report.format != "legacy-tar"
         for where, start, seen in self.reader_streams:
-            missed = [name for name in seen.dangerous if self.report.globals.get(name) != "dangerous"]
+            missed = [
+                r.name
+                for r in seen.references
+                if r.verdict == "dangerous" and self.report.globals.get(r.name) not in ("dangerous", "allowed")
+            ]
             if walked and not missed:
                 # already walked structurally; only its globals' verdicts are merged
                 for ref in seen.references:
@@ -714,19 +804,25 @@ class _Scanner:
                     self.guarded(self.file, shard)
 
     def tensors(self, checkpoint: Checkpoint) -> None:
-        """uint8 and int8 tensors whose bytes are a pickle or a zip (latent)."""
+        """uint8 and int8 tensors outside zips (legacy streams and tars) whose bytes are a pickle or a zip (latent).
+        Tensors of every other dtype are never read."""
         for record in checkpoint.records.values():
             ref = record.storage
-            if ref is None or record.dtype not in ("uint8", "int8") or ref.nbytes < 4 or ref.member is not None:
+            if ref is None or record.dtype not in _BYTE_DTYPES or ref.nbytes < 2 or ref.member is not None:
                 continue  # zip members were walked already, each storage named by a tensor it holds
+            if ref.nbytes > self.limits.max_pickle_bytes:
+                continue
             try:
-                head = bytes(read_byte_range(ref, 0, 4))
-                if not (_is_pickle_head(head) or head == b"PK\x03\x04") or ref.nbytes > self.limits.max_pickle_bytes:
+                probe = bytes(read_byte_range(ref, 0, min(ref.nbytes, _PROBE_BYTES)))
+                if not probe[:1] or (probe[0] not in FIRST_OPCODES and not probe.startswith(b"PK\x03\x04")):
                     continue
-                blob = bytes(read_byte_range(ref, 0, ref.nbytes))
+                if ref.nbytes > _PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
+                    if not _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent)):
+                        continue
+                blob = probe if ref.nbytes <= _PROBE_BYTES else bytes(read_byte_range(ref, 0, ref.nbytes))
             except TorchWeightsError:
                 continue  # the storage cannot be read: loading it would fail the same way
-            self.latent(blob, ref.file, f"uint8 tensor {_quote(record.name)}", 1)
+            self.latent(blob, ref.file, f"{record.dtype} tensor {_quote(record.name)}", 1)
 
 
 def _within(where: str | None) -> str:
@@ -743,6 +839,27 @@ def _member_kind(member: ZipMember, head: bytes) -> str | None:
     if head[:1] and (head[0] in FIRST_OPCODES or member.name.endswith(_PICKLE_NAMES)):
         return "pickle"
     return None
+
+
+def _storage_layout(d: ZipDirectory) -> Callable[[str], bool]:
+    """Which member names this archive's layout gives to tensor bytes: ``<root>/data/<key>`` beside
+    ``<root>/data.pkl`` (torch.save, TorchScript), ``<root>/constants/<key>`` beside ``<root>/constants.pkl``
+    (TorchScript), ``<root>/.data/<id>.storage`` (torch.package). Used for storages no record names (or all of
+    them, when loading refuses the file): what they hold is data to every loader."""
+    folders: set[str] = set()
+    for member in d.members:
+        for pickle_name, folder in (("data.pkl", "data/"), ("constants.pkl", "constants/")):
+            if member.name == pickle_name or member.name.endswith("/" + pickle_name):
+                folders.add(member.name[: -len(pickle_name)] + folder)
+    prefixes = sorted(folders)
+
+    def is_storage(name: str) -> bool:
+        folder, _, base = name.rpartition("/")
+        if base.endswith(".storage") and (folder == ".data" or folder.endswith("/.data")):
+            return True
+        return any(name.startswith(p) and "/" not in name[len(p) :] for p in prefixes)
+
+    return is_storage
 
 
 def _is_code_file(name: str) -> bool:
@@ -809,7 +926,7 @@ def _label(key: Any) -> str:
     return "?"
 
 
-def _dangerous_text(name: str, how: str, where: str, latent: int) -> str:
+def _dangerous_text(name: str, how: str, where: str, latent: int, refused: bool) -> str:
     via = {"getattr": " (built with builtins.getattr)", "BUILD": "", "EXT": " (through an extension code)"}.get(how, "")
     if name.startswith("copyreg extension code"):
         what = (
@@ -825,9 +942,36 @@ def _dangerous_text(name: str, how: str, where: str, latent: int) -> str:
             f"{what}. It sits in an embedded pickle that loading does not run; code that unpickles it would. "
             "Do not unpickle that value."
         )
+    if refused:
+        return (
+            f"{what}. tw.load refuses the file for it (nothing is executed); torch.load(weights_only=False) or "
+            "pickle.load would run it. Do not load this file unless you wrote it yourself."
+        )
     return (
-        f"{what}. torchweights refuses to load it (nothing is executed); torch.load(weights_only=False) or "
-        "pickle.load would run it. Do not load this file unless you wrote it yourself."
+        f"{what}. tw.load does not run it (no pickle it reads names it, and it never calls what a file names); "
+        "pickle.load of this pickle would. Do not unpickle it unless you wrote the file yourself."
+    )
+
+
+def _call_text(ref: Reference, where: str, latent: int) -> str:
+    """The message of a call that ``pickle.load`` would make of a callable nobody vetted."""
+    name = ref.name
+    what = (
+        f"{where} calls {name} with {ref.arguments} ({ref.how}): pickle.load and torch.load(weights_only=False) "
+        f"would run it, and {name} is neither a reconstructor torchweights knows nor one of torch's own classes, "
+        "so nothing vouches for what it does (many functions of the standard library and of other packages run "
+        "commands or read files)"
+    )
+    if latent:
+        return (
+            f"{what}. It sits in an embedded pickle that loading does not run; code that unpickles it would. "
+            "Do not unpickle that value."
+        )
+    return (
+        f"{what}. tw.load does not run it (it becomes an inert stub). If {name} is a class you trust (an Enum "
+        "member, for one, pickles as a call of its class with its value), allow it by name: "
+        f"tw.scan(path, allow_globals=[{name!r}]) (CLI: --allow-global {name}); otherwise do not load this file "
+        "with torch.load or pickle."
     )
 
 

@@ -48,6 +48,7 @@ from . import dtypes
 from .errors import CorruptCheckpointError, ResourceLimitError, TorchWeightsError, UnsafeCheckpointError
 from .records import StorageRef
 from .text import plural, quote
+from .torch_classes import TORCH_CLASSES
 
 __all__ = [
     "FIRST_OPCODES",
@@ -180,14 +181,18 @@ class Reference:
         how: the opcode that made the reference: ``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``EXT``, ``getattr``
             (a dotted name built by calling ``builtins.getattr``), or ``BUILD`` (attributes set on a global, or
             behaviour-changing attributes such as ``__reduce__`` set on an object).
-        verdict: ``"safe"``, ``"dangerous"`` or ``"unknown"``, from :func:`classify_global`, or ``"allowed"``
-            for a global the caller allowed by name.
+        verdict: ``"safe"``, ``"known"``, ``"dangerous"`` or ``"unknown"``, from :func:`classify_global`, or
+            ``"allowed"`` for a global the caller allowed by name.
+        arguments: for a call that ``pickle.load`` would make (``how`` is then the calling opcode: ``REDUCE``,
+            ``INST`` or ``OBJ``), a bounded description of its arguments (``"1 argument: 'touch x'"``); None for a
+            reference by name.
     """
 
     name: str
     offset: int
     how: str
     verdict: str
+    arguments: str | None = None
 
 
 @dataclass
@@ -393,6 +398,12 @@ def _primitive(value: Any, depth: int = 0) -> bool:
     if isinstance(value, (tuple, list, frozenset, set)) and depth < 4:
         return all(_primitive(v, depth + 1) for v in value)
     return False
+
+
+def _arguments(args: tuple[Any, ...]) -> str:
+    """``"2 arguments: 'touch x', 1"``: what a call receives, bounded."""
+    shown = ", ".join(_short(a, 160) for a in args[:4]) + (", ..." if len(args) > 4 else "")
+    return f"{plural(len(args), 'argument')}: {shown}" if args else "no arguments"
 
 
 def _args_text(name: str, args: tuple[Any, ...]) -> str:
@@ -1151,17 +1162,28 @@ _DANGEROUS_PREFIXES = (
 )
 
 
+#: Reconstructors of other packages that pickle calls with arguments but that only instantiate a class, as NEWOBJ
+#: does (checked by hand in their sources): "known" for scan, inert stubs for loading like every other global.
+#: ``numpy.ma.core._mareconstruct(subtype, baseclass, shape, dtype)``: ``ndarray.__new__(baseclass, ...)`` and
+#: ``subtype.__new__(subtype, data, mask=..., dtype=...)``. (numpy's random-generator constructors are not here:
+#: they call a callable the pickle passes them.)
+_KNOWN_CALLS = frozenset({"numpy.ma.core._mareconstruct"})
+
 #: torch.package's mangle prefix (``<torch_package_0>.models.Net``)
 _TORCH_PACKAGE_MANGLE = re.compile(r"^(<torch_package_\d+>\.)+")
 
 
 def classify_global(name: str) -> str:
-    """Classify a pickle global (``module.qualname``) as ``"safe"``, ``"dangerous"`` or ``"unknown"``.
+    """Classify a pickle global (``module.qualname``) as ``"safe"``, ``"known"``, ``"dangerous"`` or ``"unknown"``.
 
     ``safe``: in :data:`SAFE_GLOBALS`; torchweights reconstructs it as data. ``dangerous``: runs code, touches
-    files, processes, the network or the import machinery; it is refused. ``unknown``: any other class or
-    function (for example a model class from the project that saved the file): never imported, kept as an inert
-    stub.
+    files, processes, the network or the import machinery; it is refused. ``known``: one of torch's own module
+    classes or the types and functions their pickles hold (:data:`~torchweights.torch_classes.TORCH_CLASSES`):
+    never imported, kept as an inert stub, and no warning. ``unknown``: any other class or function (for example a
+    model class from the project that saved the file): never imported, kept as an inert stub.
+
+    The name alone decides; what a pickle does with it is judged where it does it (a global *called* with
+    arguments that is neither safe nor known is a dangerous call for ``scan``, whatever its name).
     """
     if name.startswith("<torch_package_"):
         # torch.package mangles its modules' names and demangles them before importing: judge what it imports
@@ -1183,6 +1205,8 @@ def classify_global(name: str) -> str:
         name == p or name.startswith(p + ".") or (p.endswith("_") and name.startswith(p)) for p in _DANGEROUS_PREFIXES
     ):
         return "dangerous"
+    if name in TORCH_CLASSES or name in _KNOWN_CALLS:
+        return "known"
     return "unknown"
 
 
@@ -1556,6 +1580,8 @@ class _Machine:
         self.globals: set[str] = set()
         self.dangerous: list[str] = []
         self.references: list[Reference] = []
+        self.calls: list[Reference] = []  # calls pickle.load would make of dangerous or unvetted callables
+        self.called: set[str] = set()
         self.at = 0  # offset of the opcode being executed, for references
         self.how = "GLOBAL"
         self.proto = 0
@@ -1581,14 +1607,22 @@ class _Machine:
             return entry
         return self.note(Global(module, name))
 
-    def refer(self, qual: str, how: str | None = None, verdict: str | None = None, *, refuse: bool = True) -> None:
+    def refer(
+        self,
+        qual: str,
+        how: str | None = None,
+        verdict: str | None = None,
+        *,
+        refuse: bool = True,
+        arguments: str | None = None,
+    ) -> None:
         """Record that the opcode at ``self.at`` references ``qual``; flag it if dangerous (and ``refuse``: a
         reference the stream fails on anyway is an alarm for scan, and a malformed pickle for loading)."""
         verdict = verdict or classify_global(qual)
         how = how or self.how
         if qual not in self.globals or verdict == "dangerous":
             if len(self.references) < MAX_REFERENCES:
-                self.references.append(Reference(qual, self.at, how, verdict))
+                self.references.append(Reference(qual, self.at, how, verdict, arguments))
         self.globals.add(qual)
         if verdict == "dangerous" and refuse and qual not in self.dangerous:
             self.dangerous.append(qual)
@@ -1603,11 +1637,54 @@ class _Machine:
             self.nesting.note(value)
         return value
 
+    def call(self, fn: Any, args: tuple[Any, ...], op: str) -> None:
+        """A calling opcode (``REDUCE``, ``INST``, ``OBJ``, ``NEWOBJ``, ``NEWOBJ_EX``) applies ``fn`` to ``args``:
+        record what ``pickle.load`` would run there. Loading itself never calls it (a stub is made).
+
+        Every call of a dangerous callable is kept in :attr:`calls` (scan's evidence that bytes which merely
+        might be a pickle really are an exploit). A global *called as a function with arguments* (``REDUCE``,
+        ``INST``, ``OBJ``) that is neither in the table nor one of torch's known classes is an allow-list miss:
+        it is recorded as a dangerous reference (with its arguments) whatever its name, since no deny list names
+        every function that runs commands or reads files. Class instantiation (``NEWOBJ``, ``NEWOBJ_EX``,
+        ``copyreg.__newobj__``, ``copyreg._reconstructor`` of a builtin base) is not a call of that kind, nor is
+        ``BUILD``. The refusal list is untouched: loading behaves as it always did.
+        """
+        if isinstance(fn, _Ctor):
+            if fn.name == "copyreg._reconstructor" and len(args) >= 3 and isinstance(args[1], (Global, Stub)):
+                # copyreg._reconstructor(cls, base, state) runs base.__new__(cls, state) and base.__init__(obj, state)
+                if args[2] is not None:
+                    self.unvetted(_callable_name(args[1]), op, (args[2],))
+            elif fn.name in ("copyreg.__newobj__", "copyreg.__newobj_ex__") and args:
+                self.call(args[0], (), "NEWOBJ")
+            return
+        if isinstance(fn, Global):
+            if classify_global(fn.qualname) == "dangerous":
+                self.calls.append(Reference(fn.qualname, self.at, op, "dangerous", _arguments(args)))
+            elif args and op in ("REDUCE", "INST", "OBJ"):
+                self.unvetted(fn.qualname, op, args)
+        elif isinstance(fn, Stub) and args and op in ("REDUCE", "INST", "OBJ"):
+            self.unvetted(f"{fn.cls}(...)", op, args)  # calling what an earlier call returned
+
+    def unvetted(self, name: str, op: str, args: tuple[Any, ...]) -> None:
+        """``name`` is called with ``args`` where ``pickle.load`` runs the file: dangerous unless safe or known."""
+        verdict = classify_global(name)
+        if verdict == "safe" or (
+            verdict == "known" and (name in _KNOWN_CALLS or TORCH_CLASSES.get(name) != "function")
+        ):
+            return  # a table entry, a torch class, or a reconstructor that only instantiates a class
+        text = _arguments(args)
+        self.calls.append(Reference(name, self.at, op, "dangerous", text))
+        if verdict != "dangerous" and name not in self.called:  # a dangerous name was flagged where it was named
+            self.called.add(name)
+            self.refer(name, op, "dangerous", refuse=False, arguments=text)
+
     def laundering(self, obj: Any, state: Any) -> bool:
         """BUILD that would change code rather than data under ``pickle.load``: flag it; True when ``obj`` is a
         global (a module, class or function), whose attributes BUILD would overwrite."""
         if isinstance(obj, (Global, _Ctor, _Allowed, type, types.ModuleType)):
-            self.refer(f"{_callable_name(obj)} (attributes set by BUILD)", "BUILD", "dangerous")
+            name = f"{_callable_name(obj)} (attributes set by BUILD)"
+            self.refer(name, "BUILD", "dangerous")
+            self.calls.append(Reference(name, self.at, "BUILD", "dangerous"))
             return True
         # ``(state, slotstate)``: pickle sets slot state with ``setattr`` (descriptors run; ``__class__`` swaps the
         # class), while a dict state only fills the instance ``__dict__``.
@@ -1619,6 +1696,7 @@ class _Machine:
                     if not isinstance(obj, (Global, Stub, _Ctor)):
                         owner = f"{type(obj).__module__}.{type(obj).__qualname__}"
                     self.refer(f"{owner}.{key} (set by BUILD)", "BUILD", "dangerous")
+                    self.calls.append(Reference(f"{owner}.{key} (set by BUILD)", self.at, "BUILD", "dangerous"))
         return False
 
     def extension(self, code: int) -> Any:
@@ -1734,6 +1812,8 @@ class _Machine:
                 fn = pop()
                 if not isinstance(args, tuple):
                     raise _bad("REDUCE arguments are not a tuple")
+                if type(fn) is not _Ctor or fn.name.startswith("copyreg."):
+                    self.call(fn, args, "REDUCE")
                 stack.append(self.note(_instantiate(fn, args, {}, new=False)))
             elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
                 n = op - 0x84
@@ -1801,6 +1881,7 @@ class _Machine:
                 cls = pop()
                 if not isinstance(args, tuple):
                     raise _bad("NEWOBJ arguments are not a tuple")
+                self.call(cls, args, "NEWOBJ")
                 stack.append(self.note(_instantiate(cls, args, {}, new=True)))
             elif op == 0x95:  # FRAME
                 r.take(8)
@@ -1914,6 +1995,7 @@ class _Machine:
                     raise _bad("NEWOBJ_EX arguments are not a tuple and a dict")
                 if not all(isinstance(k, str) for k in kwargs):
                     raise _bad("NEWOBJ_EX keyword arguments are not named by strings")
+                self.call(cls, args, "NEWOBJ_EX")
                 stack.append(self.note(_instantiate(cls, args, kwargs, new=True)))
             elif op == 0x69:  # INST
                 self.at, self.how = r.pos - 1, "INST"
@@ -1921,12 +2003,14 @@ class _Machine:
                 name = r.line().decode("utf-8", "replace")
                 cls = self.find_global(module, name)
                 items = pop_mark()
+                self.call(cls, tuple(items), "INST")
                 stack.append(self.note(_instantiate(cls, tuple(items), {}, new=False)))
             elif op == 0x6F:  # OBJ
                 self.at, self.how = r.pos - 1, "OBJ"
                 items = pop_mark()
                 if not items:
                     raise _bad("OBJ without a class")
+                self.call(items[0], tuple(items[1:]), "OBJ")
                 stack.append(self.note(_instantiate(items[0], tuple(items[1:]), {}, new=False)))
             elif op == 0x50:  # PERSID
                 stack.append(self.persistent(r.line().decode("ascii", "replace")))
@@ -2046,6 +2130,8 @@ class StreamScan:
         opcodes: opcodes executed.
         protocol: the pickle protocol the stream declared (0 when it has no PROTO opcode).
         error: why the stream could not be read to its end, or None.
+        calls: the calls ``pickle.load`` would make of dangerous or unvetted callables (see ``_Machine.call``),
+            in the order it would make them, each at its calling opcode; those the stream reached before any error.
     """
 
     references: list[Reference]
@@ -2055,6 +2141,7 @@ class StreamScan:
     opcodes: int = 0
     protocol: int = 0
     error: TorchWeightsError | None = None
+    calls: list[Reference] = field(default_factory=list)
 
 
 def scan_stream(
@@ -2078,4 +2165,5 @@ def scan_stream(
         opcodes=0 if result is None else result.opcodes,
         protocol=machine.proto,
         error=failure,
+        calls=machine.calls,
     )

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import io
 import json
+import math
 import os
 import pickle
 import pickletools
@@ -532,3 +533,74 @@ def no_new_imports() -> Iterator[None]:
     yield
     new = {m for m in set(sys.modules) - before if m.split(".")[0] not in {"torchweights", *STDLIB}}
     assert not new, new
+
+
+# ------------------------------------------------------------------------------------------ random-weight files
+
+#: Every dtype ``torch.save`` writes for plain tensors (quantized tensors need their quantizer: not random bits).
+SAVABLE_DTYPES = (
+    "float64 float32 float16 bfloat16 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz float8_e8m0fnu "
+    "float4_e2m1fn_x2 int64 int32 int16 int8 uint64 uint32 uint16 uint8 bool complex128 complex64 complex32 "
+    "bits8 bits16 bits1x8 bits2x4 bits4x2"
+).split()
+
+#: First bytes that look like the start of a pickle or a zip to a scanner that probes tensor bytes: PROTO 2 and
+#: 4 (+FRAME), EXT1/EXT2/EXT4 (with and without PROTO), GLOBAL 'c', SHORT_BINUNICODE, MARK, EMPTY_LIST/DICT, INST,
+#: a zip's local header.
+PICKLE_LOOKING_HEADS = (
+    b"\x80\x02",
+    b"\x80\x02\x82\x00",
+    b"\x80\x04\x95",
+    b"\x82",
+    b"\x83",
+    b"\x84",
+    b"\x80\x03\x83\x01\x00",
+    b"c",
+    b"cos\nsystem\n",
+    b"\x8c",
+    b"(",
+    b"]",
+    b"}",
+    b"i",
+    b"PK\x03\x04",
+)
+
+
+def random_checkpoint(seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint of random weights as training code saves one, the same for the same seed, and the
+    ``torch.save`` keyword arguments to save it with (every fourth one a legacy stream).
+
+    Tensors of random dtypes from :data:`SAVABLE_DTYPES` and random shapes (0-d, empty, up to 64 elements) hold
+    random bits; about half start with one of :data:`PICKLE_LOOKING_HEADS`, in float and integer tensors alike.
+    Every fifth checkpoint is a model and an Adam optimizer after a few steps (``exp_avg``/``exp_avg_sq`` states,
+    step counters), whose own values start with such bytes as often as chance makes them."""
+    import random
+
+    import torch
+
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    checkpoint: dict[str, Any] = {}
+    if seed % 5 == 0:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        optimizer = torch.optim.Adam(model.parameters(), lr=rng.choice([1e-3, 3e-4]))
+        for _ in range(rng.randint(1, 3)):
+            model(torch.randn(5, 4, generator=gen)).pow(2).sum().backward()
+            optimizer.step()
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": rng.randint(0, 99)}
+    state: dict[str, Any] = {}
+    for index in range(rng.randint(1, 6)):
+        dtype = getattr(torch, rng.choice(SAVABLE_DTYPES))
+        shape = rng.choice([(), (0,), (rng.randint(1, 64),), (rng.randint(1, 8), rng.randint(1, 8))])
+        nbytes = math.prod(shape) * dtype.itemsize
+        raw = bytearray(torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=gen).numpy().tobytes())
+        head = rng.choice(PICKLE_LOOKING_HEADS)
+        if rng.random() < 0.5 and len(head) <= nbytes:
+            raw[: len(head)] = head
+        if dtype == torch.bool:
+            raw = bytearray(b & 1 for b in raw)  # bools are 0 or 1
+        flat = torch.frombuffer(raw, dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+        state[f"layer{index}.weight"] = flat.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
+    checkpoint["state_dict"] = state
+    kwargs = {"_use_new_zipfile_serialization": False} if seed % 4 == 3 else {}
+    return checkpoint, kwargs

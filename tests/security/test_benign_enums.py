@@ -2,8 +2,12 @@
 ``enum.pickle_by_enum_name``; ``IntEnum`` and ``Flag``), from a project module that is gone when the file is read.
 
 The module is deleted before loading and leaves a marker if it is ever imported or any of its code runs: the
-members come back as inert references holding their value or name, the classes are reported as unknown
-(warnings, not alarms), and nothing runs.
+members come back as inert references holding their value or name, and nothing runs.
+
+Scan: a member by value pickles as a call of its class with the value (``REDUCE(Color, (1,))``), which is
+exactly what a call of any function looks like; under the allow-list rule an unvetted call is a dangerous finding
+whose message says how to trust the class (``allow_globals``), and with the classes allowed the file is clean.
+A member by name (``getattr(ByName, 'ALPHA')``) is no call of the class: an unknown-class warning only.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Any
 import pytest
 import torch
 
+from torchweights.scan import scan
 from torchweights.unpickle import Global, Stub, unpickle
 
-from ._helpers import FORMATS, Benign, assert_clean_scan, load_benign, save_benign
+from ._helpers import CALL_OPS, FORMATS, Benign, load_benign, opcodes, save_benign
 
 MODULE = "twbenign_enums"
 BODY = """
@@ -52,7 +57,8 @@ class Strict(enum.Enum):
         obj._value_ = value
         return obj
 """
-UNKNOWN = {f"{MODULE}.{name}" for name in ("Color", "Level", "Perm", "Strict")} | {f"{MODULE}.ByName.ALPHA"}
+BY_VALUE = {f"{MODULE}.{name}" for name in ("Color", "Level", "Perm", "Strict")}
+UNKNOWN = BY_VALUE | {f"{MODULE}.ByName.ALPHA"}
 
 
 def _values(mod: Any) -> dict[str, Any]:
@@ -105,8 +111,39 @@ def test_enum_members_from_raw_pickles(saved: Benign, protocol: int) -> None:
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_enum_members_raise_no_alarm(saved: Benign, fmt: str) -> None:
-    # by name: getattr(ByName, 'ALPHA'), so the class and the member are both referenced
-    assert_clean_scan(saved.files[fmt], unknown=UNKNOWN | {f"{MODULE}.ByName"})
+def test_enum_members_by_value_are_calls_scan_cannot_vouch_for(saved: Benign, fmt: str) -> None:
+    report = scan(saved.files[fmt])
+    assert report.verdict == "dangerous" and report.loads  # tw.load reads it (inert stubs): only pickle.load calls
+    calls = [f for f in report.findings if f.code == "dangerous-call"]
+    assert {f.name for f in calls} == BY_VALUE
+    data = saved.files[fmt].read_bytes() if fmt == "legacy" else None
+    for finding in calls:
+        assert finding.severity == "dangerous" and finding.offset is not None
+        assert "1 argument" in finding.message and "Enum" in finding.message
+        assert f"--allow-global {finding.name}" in finding.message
+        if data is not None:  # the offset is the calling opcode, in the file's own bytes
+            assert any(opcodes(data, start).get(finding.offset) in CALL_OPS for start in _starts(data))
+    # a call is reported as the call, not also as an unknown class
+    assert not {f.name for f in report.findings if f.code == "unknown-global"} & BY_VALUE
+    assert saved.module is not None
+    saved.module.assert_untouched()
+
+
+def _starts(data: bytes) -> list[int]:
+    from ._helpers import pickle_bounds
+
+    return [start for start, _ in pickle_bounds(data, 5)]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_enum_members_raise_no_alarm_once_their_classes_are_trusted(saved: Benign, fmt: str) -> None:
+    # by name: getattr(ByName, 'ALPHA'), so the class and the member are both referenced (no call of the class)
+    report = scan(saved.files[fmt], allow_globals=BY_VALUE)
+    assert report.verdict == "clean", [(f.code, f.name) for f in report.findings]
+    assert {f.name for f in report.findings if f.severity == "warning"} == {
+        f"{MODULE}.ByName",
+        f"{MODULE}.ByName.ALPHA",
+    }
+    assert all(report.globals[name] == "allowed" for name in BY_VALUE)
     assert saved.module is not None
     saved.module.assert_untouched()

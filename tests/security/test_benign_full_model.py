@@ -2,9 +2,11 @@
 class with a custom ``__setstate__``, a forward hook and a config object, from a module that is deleted before
 loading and leaves a marker if any of its code runs.
 
-``tw.load`` names and loads the tensors exactly as ``torch.load(weights_only=False).state_dict()`` has them, the
-classes stay inert stubs, and scan warns about unknown classes only (``torch.nn`` layers and the project's own),
-never an alarm. (``tests/test_full_model_pickle.py`` checks the naming in depth.)
+``tw.load`` names and loads the tensors exactly as ``torch.load(weights_only=False).state_dict()`` has them, and
+the classes stay inert stubs. Scan knows the ``torch.nn`` layers (no warning), warns about the project's classes,
+and reports the one thing ``pickle.load`` would run that nobody vetted: the config's ``__reduce__`` function,
+called with the config's values (a dangerous call, until the user allows it by name; then the file is clean).
+(``tests/test_full_model_pickle.py`` checks the naming in depth.)
 """
 
 from __future__ import annotations
@@ -110,13 +112,27 @@ def test_pickled_module_loads_as_its_state_dict(saved: Saved, name: str) -> None
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_pickled_module_raises_no_alarm(saved: Saved, name: str) -> None:
+def test_pickled_module_reports_only_its_project_call(saved: Saved, name: str) -> None:
     report = scan(saved.files[name])
+    assert report.verdict == "dangerous" and report.loads
+    (call,) = alarms(report)
+    assert call.code == "dangerous-call" and call.name == f"{MODULE}.rebuild_config"
+    assert "1 argument: <dict of 1 items>" in call.message and "allow_globals" in call.message
+    assert report.globals["torch.nn.modules.rnn.GRU"] == "known"
+    saved.module.assert_untouched()
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_pickled_module_raises_no_alarm_once_its_reduce_function_is_trusted(saved: Saved, name: str) -> None:
+    report = scan(saved.files[name], allow_globals=[f"{MODULE}.rebuild_config"])
     assert report.verdict == "clean" and report.exit_code == 0 and not alarms(report)
     warnings = [f for f in report.findings if f.severity == "warning"]
     assert all(f.code == "unknown-global" for f in warnings)
     unknown = {f.name or "" for f in warnings}
-    assert {f"{MODULE}.Net", f"{MODULE}.rebuild_config", f"{MODULE}.forward_hook"} <= unknown
-    assert "torch.nn.modules.rnn.GRU" in unknown
-    assert all(n.startswith((f"{MODULE}.", "torch.nn.")) for n in unknown), unknown
+    assert unknown == {f"{MODULE}.Net", f"{MODULE}.forward_hook"}  # torch.nn layers are known: no warning
+    assert {n for n, v in report.globals.items() if v == "known"} >= {
+        "torch.nn.modules.rnn.GRU",
+        "torch.nn.modules.linear.Linear",
+        "torch.nn.modules.container.Sequential",
+    }
     saved.module.assert_untouched()

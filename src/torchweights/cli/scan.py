@@ -12,6 +12,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from ._options import add_allow_global
+
 if TYPE_CHECKING:
     from ..scan import Finding, ScanReport
 
@@ -36,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("paths", metavar="FILE", nargs="+", help="checkpoint files, sharded indexes or folders")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     parser.add_argument("--all", action="store_true", help="list every finding, not only the first 50 per file")
+    add_allow_global(parser)
     parser.set_defaults(handler=run)
 
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Scan every path and print the reports; return the exit code."""
     from ..scan import scan, to_json
 
-    reports = [scan(path) for path in args.paths]
+    reports = [scan(path, allow_globals=args.allow_globals) for path in args.paths]
     if args.json:
         sys.stdout.write(to_json(reports) + "\n")
     else:
@@ -82,17 +85,36 @@ def render_text(report: ScanReport, *, limit: int | None = TEXT_FINDING_LIMIT) -
         lines.append(f"      {printable(finding.message)}")
     if limit is not None and len(report.findings) > limit:
         lines.append(f"  ... and {len(report.findings) - limit} more findings (--all or --json lists them)")
-    counts = {v: sum(1 for x in report.globals.values() if x == v) for v in ("safe", "unknown", "dangerous")}
+    counts = {v: sum(1 for x in report.globals.values() if x == v) for v in _VERDICTS}
+    shown = ", ".join(f"{n} {v}" for v, n in counts.items() if n or v in ("safe", "unknown", "dangerous"))
     lines.append(
-        f"  {plural(len(report.globals), 'global')} ({counts['safe']} safe, {counts['unknown']} unknown, "
-        f"{counts['dangerous']} dangerous); {plural(len(report.streams), 'pickle stream')} read"
+        f"  {plural(len(report.globals), 'global')} ({shown}); {plural(len(report.streams), 'pickle stream')} read"
         + (f"; {plural(len(report.code_files), 'source file')} carried, never run" if report.code_files else "")
         + f"; {report.seconds:.3f} s"
     )
-    if report.verdict == "clean":
-        lines.append("  Nothing in it runs code: tw.load reads it as data.")
-    elif report.verdict == "dangerous":
-        lines.append("  Do not load it with torch.load(weights_only=False) or pickle; tw.load refuses it.")
-    else:
-        lines.append("  Scan could not vouch for all of it (see the errors above); treat it as untrusted.")
+    lines.append("  " + closing_line(report))
     return "\n".join(lines) + "\n"
+
+
+#: Verdicts of globals, in the order the summary counts them.
+_VERDICTS = ("safe", "known", "allowed", "unknown", "dangerous")
+
+
+def closing_line(report: ScanReport) -> str:
+    """What to do, following the real outcome of ``tw.load`` on the file (read, refused for safety, unreadable)."""
+    from ..text import printable
+
+    if report.load_refuses:
+        load = f"tw.load refuses it ({', '.join(printable(n) for n in report.load_refuses[:3])}), running nothing."
+    elif report.load_error is not None:
+        load = f"tw.load cannot read it [{report.load_error.code}]."
+    else:
+        load = "tw.load reads it as data, running none of it."
+    if report.verdict == "clean":
+        return "Nothing in it runs code: tw.load reads it as data."
+    if report.verdict == "dangerous":
+        alarms = [f for f in report.findings if f.severity in ("dangerous", "suspicious")]
+        if all(f.code.startswith("latent-") for f in alarms):
+            return f"Never unpickle the embedded values flagged above: that would run code. {load}"
+        return f"Do not load it with torch.load(weights_only=False) or pickle: they would run what is flagged. {load}"
+    return f"Scan could not vouch for all of it (see the errors above); treat it as untrusted. {load}"

@@ -1,0 +1,102 @@
+"""torch's own classes are known to scan: ``torch.save(module)`` of any ``torch.nn`` module is clean, with no
+"unknown class" warning, while third-party classes stay warnings.
+
+The table (``torchweights.torch_classes.TORCH_CLASSES``) is built from the installed torch by
+``tools/make_torch_classes.py``, never by hand; the first test checks the committed table is what the script writes
+today, so a torch upgrade that adds a class fails here until the table is regenerated.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from torchweights.scan import scan
+from torchweights.torch_classes import TORCH_CLASSES, TORCH_CLASSES_VERSION
+from torchweights.unpickle import classify_global
+
+from ._helpers import torch_zip_members, write_zip
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_torch_classes.py"
+
+
+@pytest.fixture(scope="module")
+def tool() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("make_torch_classes", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_committed_table_is_what_the_generator_writes(tool: ModuleType) -> None:
+    assert torch.__version__.split("+")[0] == TORCH_CLASSES_VERSION, "run tools/make_torch_classes.py"
+    table, _ = tool.collect()
+    assert table == TORCH_CLASSES, "the table is out of date: run tools/make_torch_classes.py"
+    assert tool.render(table) == Path(tool.TARGET).read_text()
+    assert {"module", "class", "function"} == set(table.values())
+
+
+def test_every_nn_module_torch_save_can_pickle_scans_clean(tool: ModuleType, tmp_path: Path) -> None:
+    saved, seen = 0, set()
+    problems = []
+    for cls in tool.module_classes():
+        assert TORCH_CLASSES.get(tool.qualified(cls)) == "module"
+        module = tool.build(cls)
+        if module is None:
+            continue
+        for variant in tool.decorated(module):
+            path = tmp_path / "module.pt"
+            try:
+                torch.save(variant, path)
+            except Exception:  # unpicklable (a lambda, a lock): torch.save refuses it, nothing to scan
+                continue
+            saved += 1
+            report = scan(path)
+            warned = [f.name for f in report.findings if f.severity != "info"]
+            if report.verdict != "clean" or warned:
+                problems.append((tool.qualified(cls), report.verdict, warned))
+            seen |= {name for name, verdict in report.globals.items() if verdict == "known"}
+    assert not problems, problems[:5]
+    assert saved > 250  # nearly every module class, several wrapped by weight norm, spectral norm and pruning
+    assert {"torch.nn.modules.linear.Linear", "torch.nn.utils.weight_norm.WeightNorm"} <= seen
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torch.nn.modules.conv.Conv2d",
+        "torch.nn.modules.container.Sequential",
+        "torch.nn.parameter.UninitializedParameter",
+        "torch.nn.utils.spectral_norm.SpectralNorm",
+        "torch.ao.nn.quantized.modules.linear.Linear",
+    ],
+)
+def test_torch_classes_are_known(name: str) -> None:
+    assert classify_global(name) == "known"
+
+
+def test_third_party_classes_stay_warnings(tmp_path: Path) -> None:
+    data = b"\x80\x02cultralytics.nn.tasks\nDetectionModel\n)\x81}b."
+    path = write_zip(tmp_path / "model.pt", torch_zip_members(data))
+    report = scan(path)
+    assert report.verdict == "clean"
+    assert [(f.code, f.name) for f in report.findings if f.severity != "info"] == [
+        ("unknown-global", "ultralytics.nn.tasks.DetectionModel")
+    ]
+
+
+def test_a_known_function_called_with_arguments_is_still_a_call(tmp_path: Path) -> None:
+    """Known classes may be instantiated; a function of the table called by the pickle is a call nobody vetted."""
+    data = b"\x80\x02ctorch.nn.functional\nrelu\nK\x01\x85R."
+    path = write_zip(tmp_path / "model.pt", torch_zip_members(data))
+    assert classify_global("torch.nn.functional.relu") == "known"
+    assert [f.code for f in scan(path).findings if f.severity == "dangerous"] == ["dangerous-call"]
