@@ -52,6 +52,7 @@ def load(
     limits: Limits = DEFAULT_LIMITS,
     check_crc: bool = True,
     mmap: bool = False,
+    unsupported: str = "error",
 ) -> dict[str, torch.Tensor]:
     """Read every tensor of a checkpoint into memory, executing nothing from the file.
 
@@ -65,13 +66,34 @@ def load(
             (``CorruptCheckpointError`` code ``bad-crc`` on mismatch). ``False`` skips it for trusted files.
         mmap: CPU tensors as zero-copy views of a private (copy-on-write) mapping of the file where the bytes can
             be used as they are; the file must not change while they live. See README, "Speed".
+        unsupported: what to do with tensors the file holds but torchweights cannot rebuild (nested tensors,
+            wrapper subclasses, ...; listed in ``Checkpoint.warnings``): ``"error"`` (default) raises
+            ``UnsupportedCheckpointError`` (code ``unsupported-tensor``) naming every one; ``"skip"`` returns the
+            others without them.
 
     Returns:
         ``{dotted name: tensor}`` in file order; tensors that shared a storage in the file share it here.
-    """
-    from .storage import materialize
 
+    Raises:
+        UnsupportedCheckpointError: the file holds tensors that cannot be rebuilt (see ``unsupported``).
+    """
+    from .containers import unreadable_tensors
+    from .errors import RuleError, UnsupportedCheckpointError
+    from .storage import materialize
+    from .text import plural, quote, shorten_list
+
+    if unsupported not in ("error", "skip"):
+        raise RuleError(f"unsupported={unsupported!r}: pass 'error' or 'skip'.", code="bad-rule")
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
+    unread = unreadable_tensors(ckpt.extras)
+    if unread and unsupported == "error":
+        listed = shorten_list(f"{quote(name)} ({kind})" for name, kind in unread.items())
+        raise UnsupportedCheckpointError(
+            f"{quote(ckpt.path)} holds {plural(len(unread), 'tensor')} that torchweights cannot rebuild: {listed}. "
+            "Nothing was loaded. tw.open(path) lists them; pass unsupported='skip' to load every other tensor.",
+            code="unsupported-tensor",
+            path=ckpt.path,
+        )
     return materialize(builtins.list(ckpt.records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
 
 
