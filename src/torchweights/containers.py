@@ -192,6 +192,10 @@ def _unread_kind(obj: Any) -> str | None:
     """``"nested tensor"`` for a tensor kind the unpickler kept inert (``torch._utils._rebuild_nested_tensor``)."""
     if isinstance(obj, Stub) and obj.cls.startswith("torch._utils._rebuild_"):
         return obj.cls.rsplit("._rebuild_", 1)[1].replace("_", " ")
+    if isinstance(obj, Stub) and obj.cls == "numpy.object_array":
+        return "NumPy object array, whose data is a pickle"
+    if isinstance(obj, Stub) and obj.cls == "numpy.unsupported_array" and len(obj.args) == 3:
+        return f"NumPy array of {obj.args[2]}"
     return None
 
 

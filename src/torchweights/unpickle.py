@@ -482,6 +482,15 @@ def _rebuild_device_tensor(data: Any, dtype: Any = None, device: Any = None, req
     return data
 
 
+def _load_from_bytes(blob: Any, *extra: Any) -> Any:
+    """``torch.storage._load_from_bytes(b)`` (how ``pickle.dumps(tensor)`` saves storages): ``b`` is a legacy
+    ``torch.save`` stream, read by the legacy reader with this same machine; torch.load is never called."""
+    from .formats.legacy import read_embedded  # the reader sits above this module
+
+    _no_extra("torch.storage._load_from_bytes", extra)
+    return read_embedded(blob)
+
+
 _SPARSE_PARTS = {
     "sparse_coo": ("indices", "values"),
     "sparse_csr": ("compressed_indices", "plain_indices", "values"),
@@ -1224,6 +1233,7 @@ def _build_table() -> dict[str, Any]:
     add("torch.jit._pickle.restore_type_tag", _ts_restore_type_tag)
     add("torch._utils._rebuild_qtensor", _rebuild_qtensor)
     add("torch._utils._rebuild_sparse_tensor", _rebuild_sparse)
+    add("torch.storage._load_from_bytes", _load_from_bytes)
     for scheme in _QSCHEMES:
         table[f"torch.{scheme}"] = TorchValue("qscheme", scheme)
     return table
