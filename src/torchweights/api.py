@@ -77,23 +77,15 @@ def load(
     Raises:
         UnsupportedCheckpointError: the file holds tensors that cannot be rebuilt (see ``unsupported``).
     """
-    from .containers import unreadable_tensors
-    from .errors import RuleError, UnsupportedCheckpointError
+    from .containers import refuse_unreadable
+    from .errors import RuleError
     from .storage import materialize
-    from .text import plural, quote, shorten_list
 
     if unsupported not in ("error", "skip"):
         raise RuleError(f"unsupported={unsupported!r}: pass 'error' or 'skip'.", code="bad-rule")
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
-    unread = unreadable_tensors(ckpt.extras)
-    if unread and unsupported == "error":
-        listed = shorten_list(f"{quote(name)} ({kind})" for name, kind in unread.items())
-        raise UnsupportedCheckpointError(
-            f"{quote(ckpt.path)} holds {plural(len(unread), 'tensor')} that torchweights cannot rebuild: {listed}. "
-            "Nothing was loaded. tw.open(path) lists them; pass unsupported='skip' to load every other tensor.",
-            code="unsupported-tensor",
-            path=ckpt.path,
-        )
+    if unsupported == "error":
+        refuse_unreadable(ckpt.path, ckpt.extras)
     return materialize(builtins.list(ckpt.records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
 
 

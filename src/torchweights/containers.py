@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import dtypes
-from .errors import CorruptCheckpointError, ResourceLimitError
+from .errors import CorruptCheckpointError, ResourceLimitError, UnsupportedCheckpointError
 from .limits import Limits
 from .records import StorageRef, TensorRecord
 from .unpickle import PickledQTensor, PickledSparse, PickledTensor, Stub, _short
@@ -32,6 +32,7 @@ __all__ = [
     "flatten",
     "is_module_stub",
     "record_maker",
+    "refuse_unreadable",
     "short_repr",
     "unreadable_tensors",
 ]
@@ -202,6 +203,22 @@ def _unread_kind(obj: Any) -> str | None:
 def unreadable_tensors(extras: dict[str, Any]) -> dict[str, str]:
     """``{name: kind}`` of the tensors a checkpoint holds that cannot be rebuilt (kept in ``extras`` as stubs)."""
     return {name: kind for name, value in extras.items() if (kind := _unread_kind(value)) is not None}
+
+
+def refuse_unreadable(path: str, extras: dict[str, Any]) -> None:
+    """Raise ``UnsupportedCheckpointError`` (code ``unsupported-tensor``) naming every tensor of a checkpoint that
+    cannot be rebuilt, as ``tw.load`` does: a state dict silently shorter than the file is never returned."""
+    from .text import plural, quote, shorten_list
+
+    unread = unreadable_tensors(extras)
+    if unread:
+        listed = shorten_list(f"{quote(name)} ({kind})" for name, kind in unread.items())
+        raise UnsupportedCheckpointError(
+            f"{quote(path)} holds {plural(len(unread), 'tensor')} that torchweights cannot rebuild: {listed}. "
+            "Nothing was loaded. tw.open(path) lists them; pass unsupported='skip' to load every other tensor.",
+            code="unsupported-tensor",
+            path=path,
+        )
 
 
 def _is_tensor(obj: Any) -> bool:

@@ -200,6 +200,8 @@ def materialize(
     import torch
 
     records = list(records)
+    if not records:
+        return {}
     reads = [part for r in records for part in (r.parts or (r,))]  # a sparse tensor: its components
     first: dict[tuple[str, str], TensorRecord] = {}
     names: dict[tuple[str, str], list[str]] = {}

@@ -482,13 +482,28 @@ def _rebuild_device_tensor(data: Any, dtype: Any = None, device: Any = None, req
     return data
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """What a reconstructor returns for a call it will not make: the machine records ``names`` as dangerous
+    references at the calling opcode (refused by loading once the stream is read, reported by scan) and keeps an
+    inert stub in its place."""
+
+    call: str
+    names: tuple[str, ...]
+    args: tuple[Any, ...] = ()
+
+
 def _load_from_bytes(blob: Any, *extra: Any) -> Any:
     """``torch.storage._load_from_bytes(b)`` (how ``pickle.dumps(tensor)`` saves storages): ``b`` is a legacy
-    ``torch.save`` stream, read by the legacy reader with this same machine; torch.load is never called."""
+    ``torch.save`` stream, read by the legacy reader with this same machine; torch.load is never called. Anything
+    else (or a stream naming dangerous globals) is a dangerous call."""
     from .formats.legacy import read_embedded  # the reader sits above this module
 
     _no_extra("torch.storage._load_from_bytes", extra)
-    return read_embedded(blob)
+    try:
+        return read_embedded(blob)
+    except UnsafeCheckpointError as exc:
+        return _Refused("torch.storage._load_from_bytes", exc.names, (blob,))
 
 
 _SPARSE_PARTS = {
@@ -1766,6 +1781,15 @@ class _Machine:
 
     def note(self, value: Any) -> Any:
         """Record a global reference the stream made (by name, or through ``getattr``); flag it if dangerous."""
+        if type(value) is _Refused:
+            # the call itself is the danger: reported where the stream named the callable (inner names: at the call)
+            at = self.at
+            self.at = next((r.offset for r in reversed(self.references) if r.name == value.call), at)
+            self.refer(value.call, verdict="dangerous")
+            self.at = at
+            for name in value.names:
+                self.refer(name, verdict="dangerous")
+            return Stub(value.call, value.args)
         if type(value) is Global:
             qual = value.qualname
             if qual not in self.globals:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..containers import short_repr
-from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
+from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ..records import Checkpoint, StorageRef
 from ..unpickle import EmbeddedStorage, Global, PickledStorage, PickledTensor, StorageType, Stub, UnpickleResult
 from ._files import mapped
@@ -29,6 +29,8 @@ __all__ = ["MAGIC_NUMBER", "Stream", "read", "read_embedded", "read_stream"]
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 _I64 = struct.Struct("<q")
+#: How torch's legacy stream starts: protocol 2, then the magic number as LONG1 (what ``_load_from_bytes`` receives).
+_EMBEDDED_HEAD = b"\x80\x02\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
 
 
 @dataclass
@@ -170,11 +172,15 @@ def read_embedded(blob: Any, options: ReadOptions | None = None) -> EmbeddedStor
     if not isinstance(blob, (bytes, bytearray)):
         raise CorruptCheckpointError(f"{what} holds {short_repr(blob, 60)}, not bytes", code="bad-pickle")
     blob = bytes(blob)
-    if blob.startswith(b"PK"):
-        raise UnsupportedCheckpointError(
-            f"{what} holds a torch zip archive, which torch itself never writes there, so it is not read. Re-save "
-            "the object with torch.save.",
-            code="unsupported-embedded-storage",
+    if not blob.startswith(_EMBEDDED_HEAD):
+        # torch.storage._load_from_bytes calls torch.load(weights_only=False) on whatever it is given; torch itself
+        # only ever gives it a legacy stream of one storage. Anything else is a way to run torch.load on a payload.
+        raise UnsafeCheckpointError(
+            f"the pickle calls 'torch.storage._load_from_bytes' on {short_repr(blob[:16], 40)}..., which is not the "
+            "legacy torch.save stream of one storage that torch writes there; torch would run "
+            "torch.load(weights_only=False) on it, which runs any code inside. Nothing was executed. Do not load "
+            "this file with torch.load or pickle either.",
+            code="unsafe-global",
         )
     stream = read_stream(blob, options or ReadOptions(), "<pickled storage>", what)
     storage = stream.main.value
