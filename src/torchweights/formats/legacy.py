@@ -64,7 +64,7 @@ class _Storages:
         declared = self.declared.setdefault(
             key, _Declared(dtype, numel, location if isinstance(location, str) else "cpu")
         )
-        if declared.dtype != dtype:
+        if declared.dtype != dtype and not (declared.numel == numel == 0):  # torch allows an empty one
             raise CorruptCheckpointError(
                 f"'{self.path}': storage '{key}' is used as both {declared.dtype} and {dtype}", code="bad-record"
             )

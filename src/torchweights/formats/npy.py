@@ -123,12 +123,14 @@ def _dtype(descr: str) -> tuple[str | None, str]:
 
 
 def _strides(shape: tuple[int, ...], fortran: bool) -> tuple[int, ...]:
+    """Element strides as numpy lays the array out (a dimension of size 0 counts as 1, as numpy counts it, so an
+    empty array gets the strides ``torch.from_numpy`` gives it)."""
     dims = list(range(len(shape)))
     stride = [0] * len(shape)
     step = 1
     for d in dims if fortran else reversed(dims):
         stride[d] = step
-        step *= shape[d]
+        step *= max(shape[d], 1)
     return tuple(stride)
 
 
