@@ -95,11 +95,11 @@ def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int
         tensor = torch.empty(0, dtype=dtype, device=storage.device)
         offset = record.storage_offset + base // max(1, record.itemsize)
         tensor.set_(storage, offset, record.shape, record.stride)
-        return _finish(record, tensor)
     except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
         raise _refused(
             record, "tensor", f"size {record.shape}, stride {record.stride}, offset {record.storage_offset}", exc
         ) from None
+    return _finish(record, tensor)
 
 
 def _finish(record: TensorRecord, tensor: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ def _finish(record: TensorRecord, tensor: torch.Tensor) -> torch.Tensor:
             raise UnsupportedCheckpointError(
                 f"tensor {record.name!r} was saved with a Python attribute {key!r}, which would replace torch's own "
                 f"{key!r} of the tensor if it were set. tw.open(path) lists the tensor and its attributes "
-                "(TensorRecord.attributes); load it with tw.load(path, unsupported='skip') to leave it out.",
+                "(TensorRecord.attributes); re-save the tensor without that attribute.",
                 code="unsupported-tensor-state",
                 path=record.storage.file if record.storage else None,
             )

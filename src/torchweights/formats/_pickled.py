@@ -41,9 +41,10 @@ class _Embedded:
             at = self.view.find(storage.blob)
         if at < 0:
             raise UnsupportedCheckpointError(
-                f"'{self.path}' holds a tensor pickled with pickle.dumps whose bytes are not stored as they are in the "
-                "file (a compressed member), so they cannot be read in place. Load it with torch and re-save it "
-                "with torch.save.",
+                f"'{self.path}' holds a tensor pickled with pickle.dumps whose storage bytes are not in the file as "
+                "they are (pickle protocol 2 spells bytes as text through _codecs.encode; a compressed zip member "
+                "deflates them), so they cannot be read in place. Re-pickle it with protocol 3 or higher, or save "
+                "it with torch.save.",
                 code="unsupported-embedded-storage",
                 path=self.path,
             )
