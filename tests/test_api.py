@@ -158,14 +158,15 @@ def test_not_a_checkpoint_through_the_top_level(tmp_path: Path) -> None:
     assert "git lfs pull" in info.value.message
 
 
-def test_plain_pickle_without_tensors_is_not_a_checkpoint(tmp_path: Path) -> None:
+def test_plain_pickle_without_tensors_is_data(tmp_path: Path) -> None:
     import pickle
 
     path = tmp_path / "config.pkl"
-    path.write_bytes(pickle.dumps({"lr": 0.1, "layers": [1, 2]}, protocol=4))
-    with pytest.raises(tw.NotACheckpointError) as info:
-        tw.open(path)
-    assert info.value.code == "no-tensors"
+    config = {"lr": 0.1, "layers": [1, 2]}
+    path.write_bytes(pickle.dumps(config, protocol=4))
+    ckpt = tw.open(path)
+    assert ckpt.format == "pickle" and not ckpt.records and ckpt.extras == {"": config}
+    assert tw.load(path) == {}
 
 
 def test_allow_globals_accepts_a_single_string(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ._io import crc32, current_settings, open_fd
 from ._results import CrcMismatch, _what, crc_error
-from ._tensors import _build, _check_view, _swap_unit
+from ._tensors import _build, _check_view, _swap_unit, needs_flags
 from .errors import CheckpointReadError, CorruptCheckpointError
 from .records import StorageRef, TensorRecord
 from .text import quote
@@ -110,10 +110,10 @@ def mapped_tensors(records: Iterable[TensorRecord], *, check_crc: bool = True) -
     """Zero-copy CPU tensors over a private mapping of their files, for the records that can be mapped.
 
     A record can be mapped when its storage is stored uncompressed, little-endian (or one byte per element) and
-    aligned to its element size; the others are absent from the result (read them with :func:`fill`). Writes to
-    the tensors are private to the process (copy-on-write) and never reach the file; the file must not change
-    while they live (its size is checked first, so a file truncated since it was opened is an error, not a
-    SIGBUS).
+    aligned to its element size, and its values are the stored ones (no conjugate or negative bit); the others are
+    absent from the result (read them with :func:`fill`). Writes to the tensors are private to the process
+    (copy-on-write) and never reach the file; the file must not change while they live (its size is checked first,
+    so a file truncated since it was opened is an error, not a SIGBUS).
 
     Raises:
         CorruptCheckpointError: ``bad-crc`` (with ``check_crc``) when a mapped storage does not match its CRC-32;
@@ -125,8 +125,8 @@ def mapped_tensors(records: Iterable[TensorRecord], *, check_crc: bool = True) -
     names: dict[tuple[str, str], list[str]] = {}
     for record in records:
         ref = record.storage
-        if ref is None:
-            continue
+        if ref is None or needs_flags(record):
+            continue  # flagged tensors are read with fill, which applies their bits to the values
         _check_view(record)
         storage = mapper.storage(ref, record.itemsize, _swap_unit(record.dtype))
         if storage is None:

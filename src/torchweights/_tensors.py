@@ -95,11 +95,87 @@ def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int
         tensor = torch.empty(0, dtype=dtype, device=storage.device)
         offset = record.storage_offset + base // max(1, record.itemsize)
         tensor.set_(storage, offset, record.shape, record.stride)
-        return tensor
     except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
         raise _refused(
             record, "tensor", f"size {record.shape}, stride {record.stride}, offset {record.storage_offset}", exc
         ) from None
+    return _finish(record, tensor)
+
+
+def _finish(record: TensorRecord, tensor: torch.Tensor) -> torch.Tensor:
+    """Apply what torch applies after building the view: the conjugate and negative bits (the tensor stays a view
+    of the stored values with the bits set, as ``torch.load`` returns it) and saved Python attributes."""
+    import torch
+
+    flags = {k: True for k in ("conj", "neg") if getattr(record, k)}
+    if flags:
+        torch._utils.set_tensor_metadata(tensor, flags)
+    for key, value in (record.attributes or {}).items():
+        if key.startswith("__") or hasattr(tensor, key):
+            raise UnsupportedCheckpointError(
+                f"tensor {record.name!r} was saved with a Python attribute {key!r}, which would replace torch's own "
+                f"{key!r} of the tensor if it were set. tw.open(path) lists the tensor and its attributes "
+                "(TensorRecord.attributes); re-save the tensor without that attribute.",
+                code="unsupported-tensor-state",
+                path=record.storage.file if record.storage else None,
+            )
+        setattr(tensor, key, value)
+    return tensor
+
+
+def apply_flags_in_place(record: TensorRecord, tensor: torch.Tensor) -> None:
+    """Turn the stored values just read into ``tensor`` into the tensor's values: conjugate and negate them in
+    place where the record's bits say so (for destinations that must hold plain values, such as parameters)."""
+    if record.neg:
+        tensor.neg_()
+    if record.conj and tensor.is_complex():
+        tensor.conj_physical_()
+
+
+def needs_flags(record: TensorRecord) -> bool:
+    """True when the stored values are not the tensor's values as they are (conjugate or negative bit set)."""
+    return record.conj or record.neg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sparse tensors (records with ``sparse``)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_sparse(record: TensorRecord, parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A sparse tensor from its loaded components, as ``torch._utils._rebuild_sparse_tensor`` builds it, then checked
+    as ``torch.load`` checks it under ``torch.sparse.check_sparse_tensor_invariants`` (always, here: an index out of
+    range would make later operations read or write outside the tensor's memory)."""
+    import torch
+
+    sparse = record.sparse or {}
+    layout = sparse.get("layout", "")
+    tensors = {key: parts[value.name] for key, value in sparse.items() if isinstance(value, TensorRecord)}
+    size = record.shape
+    try:
+        if layout == "sparse_coo":
+            indices, values = tensors["indices"], tensors["values"]
+            coalesced = sparse.get("is_coalesced")
+            torch._validate_sparse_coo_tensor_args(indices, values, size, coalesced, check_pinning=False)
+            result = torch.sparse_coo_tensor(indices, values, size, check_invariants=False, is_coalesced=coalesced)
+        else:
+            compressed, plain, values = tensors["compressed_indices"], tensors["plain_indices"], tensors["values"]
+            torch_layout = getattr(torch, layout)
+            torch._validate_sparse_compressed_tensor_args(
+                compressed, plain, values, size, torch_layout, check_pinning=False
+            )
+            result = torch.sparse_compressed_tensor(
+                compressed, plain, values, size, layout=torch_layout, check_invariants=False
+            )
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CorruptCheckpointError(
+            f"sparse tensor {record.name!r} ({layout}, size {size}) has components torch refuses: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Using it could read or write outside "
+            "its memory. The file is corrupt or was crafted; re-download or re-save it.",
+            code="bad-sparse",
+            path=None,
+        ) from None
+    return _finish(record, result)
 
 
 # --------------------------------------------------------------------------------------------------------------

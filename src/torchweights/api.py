@@ -55,6 +55,7 @@ def load(
     limits: Limits = DEFAULT_LIMITS,
     check_crc: bool = True,
     mmap: bool = False,
+    unsupported: str = "error",
 ) -> dict[str, torch.Tensor]:
     """Read every tensor of a checkpoint into memory, executing nothing from the file.
 
@@ -68,13 +69,26 @@ def load(
             (``CorruptCheckpointError`` code ``bad-crc`` on mismatch). ``False`` skips it for trusted files.
         mmap: CPU tensors as zero-copy views of a private (copy-on-write) mapping of the file where the bytes can
             be used as they are; the file must not change while they live. See README, "Speed".
+        unsupported: what to do with tensors the file holds but torchweights cannot rebuild (nested tensors,
+            wrapper subclasses, ...; listed in ``Checkpoint.warnings``): ``"error"`` (default) raises
+            ``UnsupportedCheckpointError`` (code ``unsupported-tensor``) naming every one; ``"skip"`` returns the
+            others without them.
 
     Returns:
         ``{dotted name: tensor}`` in file order; tensors that shared a storage in the file share it here.
+
+    Raises:
+        UnsupportedCheckpointError: the file holds tensors that cannot be rebuilt (see ``unsupported``).
     """
+    from .containers import refuse_unreadable
+    from .errors import RuleError
     from .storage import materialize
 
+    if unsupported not in ("error", "skip"):
+        raise RuleError(f"unsupported={unsupported!r}: pass 'error' or 'skip'.", code="bad-rule")
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
+    if unsupported == "error":
+        refuse_unreadable(ckpt.path, ckpt.extras)
     return materialize(builtins.list(ckpt.records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
 
 

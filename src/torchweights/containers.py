@@ -21,12 +21,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import dtypes
-from .errors import CorruptCheckpointError, ResourceLimitError
+from .errors import CorruptCheckpointError, ResourceLimitError, UnsupportedCheckpointError
 from .limits import Limits
 from .records import StorageRef, TensorRecord
-from .unpickle import PickledQTensor, PickledTensor, Stub, _short
+from .unpickle import PickledQTensor, PickledSparse, PickledTensor, Stub, _short
 
-__all__ = ["Flattened", "check_view", "flatten", "is_module_stub", "record_maker", "short_repr"]
+__all__ = [
+    "Flattened",
+    "check_view",
+    "flatten",
+    "is_module_stub",
+    "record_maker",
+    "refuse_unreadable",
+    "short_repr",
+    "unreadable_tensors",
+]
 
 _MODULE_KEYS = ("_parameters", "_buffers", "_modules")
 
@@ -180,6 +189,38 @@ def _children(obj: Any) -> Iterator[tuple[str, Any]] | None:
     return None
 
 
+def _unread_kind(obj: Any) -> str | None:
+    """``"nested tensor"`` for a tensor kind the unpickler kept inert (``torch._utils._rebuild_nested_tensor``)."""
+    if isinstance(obj, Stub) and obj.cls.startswith("torch._utils._rebuild_"):
+        return obj.cls.rsplit("._rebuild_", 1)[1].replace("_", " ")
+    if isinstance(obj, Stub) and obj.cls == "numpy.object_array":
+        return "NumPy object array, whose data is a pickle"
+    if isinstance(obj, Stub) and obj.cls == "numpy.unsupported_array" and len(obj.args) == 3:
+        return f"NumPy array of {obj.args[2]}"
+    return None
+
+
+def unreadable_tensors(extras: dict[str, Any]) -> dict[str, str]:
+    """``{name: kind}`` of the tensors a checkpoint holds that cannot be rebuilt (kept in ``extras`` as stubs)."""
+    return {name: kind for name, value in extras.items() if (kind := _unread_kind(value)) is not None}
+
+
+def refuse_unreadable(path: str, extras: dict[str, Any]) -> None:
+    """Raise ``UnsupportedCheckpointError`` (code ``unsupported-tensor``) naming every tensor of a checkpoint that
+    cannot be rebuilt, as ``tw.load`` does: a state dict silently shorter than the file is never returned."""
+    from .text import plural, quote, shorten_list
+
+    unread = unreadable_tensors(extras)
+    if unread:
+        listed = shorten_list(f"{quote(name)} ({kind})" for name, kind in unread.items())
+        raise UnsupportedCheckpointError(
+            f"{quote(path)} holds {plural(len(unread), 'tensor')} that torchweights cannot rebuild: {listed}. "
+            "Nothing was loaded. tw.open(path) lists them; pass unsupported='skip' to load every other tensor.",
+            code="unsupported-tensor",
+            path=path,
+        )
+
+
 def _is_tensor(obj: Any) -> bool:
     """A tensor, or an unsupported tensor kind (walked to, so that it is reported)."""
     return isinstance(obj, PickledTensor) or (isinstance(obj, Stub) and obj.cls.startswith("torch._utils._rebuild_"))
@@ -292,10 +333,10 @@ class _Walker:
             path = tuple(names)
             self.add_record(".".join(path), path, obj)
             return False
-        if isinstance(obj, Stub) and obj.cls.startswith("torch._utils._rebuild_"):
+        kind = _unread_kind(obj)
+        if kind is not None:
             name = ".".join(names)
-            kind = obj.cls.rsplit("._rebuild_", 1)[1]
-            self.out.warnings.append(f"'{name}' is a {kind.replace('_', ' ')}, which torchweights does not read yet")
+            self.out.warnings.append(f"'{name}' is a {kind}, which torchweights does not read yet")
             self.out.extras[name] = obj
             return False
         if not self.has_tensor(obj):
@@ -418,6 +459,9 @@ def record_maker(
                 offset += extra
             view = PickledTensor(tensor.storage, tensor.dtype, offset, tensor.shape, tensor.stride)
             check_view(name, view, ref.nbytes, where)
+        elif isinstance(tensor, PickledSparse):
+            # no strides: only the dense size, checked as torch would (the components are checked on their own)
+            check_view(name, replace(tensor, stride=(1,) * len(tensor.shape)), None, where)
         else:
             check_view(name, tensor, None, where)
         record = TensorRecord(
@@ -430,9 +474,19 @@ def record_maker(
             storage=ref,
             requires_grad=tensor.requires_grad,
             is_parameter=tensor.is_parameter,
+            conj=tensor.conj,
+            neg=tensor.neg,
+            attributes=tensor.attributes,
         )
         if isinstance(tensor, PickledQTensor):
             record = _quantized(record, tensor, make, where)
+        if isinstance(tensor, PickledSparse):
+            sparse: dict[str, Any] = {"layout": tensor.layout}
+            for part, value in tensor.components.items():
+                sparse[part] = make(f"{name}.{part}", (*path, part), value)
+            if tensor.is_coalesced is not None:
+                sparse["is_coalesced"] = tensor.is_coalesced
+            record = replace(record, sparse=sparse)
         return record
 
     return make

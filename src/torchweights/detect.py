@@ -7,11 +7,11 @@ loaded and the exact fix. It never looks at file names or extensions, never read
 or numpy.
 
 Format ids: ``torch-zip``, ``torchscript``, ``torch-package``, ``torch-legacy``, ``legacy-tar``, ``safetensors``,
-``sharded``, ``dcp``, ``pickle``.
+``sharded``, ``dcp``, ``pickle``, ``npy``, ``npz`` (NumPy arrays and archives).
 
 Error codes: ``not-found``, ``read-failed``, ``not-a-file``, ``directory``, ``empty-file``, ``lfs-pointer``,
-``html-page``, ``json-document``, ``truncated``, ``bad-zip``, ``numpy-npz``, ``zip-not-checkpoint``, ``gzip``,
-``tar``, ``numpy-npy``, ``gguf``, ``hdf5``, ``onnx``, ``text-file``, ``unknown-format``.
+``html-page``, ``json-document``, ``truncated``, ``bad-zip``, ``zip-not-checkpoint``, ``gzip``,
+``tar``, ``gguf``, ``hdf5``, ``onnx``, ``text-file``, ``unknown-format``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ FORMATS = (
     "sharded",
     "dcp",
     "pickle",
+    "npy",
+    "npz",
 )
 
 _HEAD_SIZE = 4096
@@ -325,18 +327,17 @@ def looks_safetensors(data: bytes) -> bool:
 #: Foreign formats recognised by their leading magic bytes: (magic, error code, what it is and the fix).
 _MAGIC_FORMATS: tuple[tuple[bytes, str, str], ...] = (
     (
-        b"\x93NUMPY",
-        "numpy-npy",
-        "is a NumPy .npy array file, not a PyTorch checkpoint. Fix: load it with "
-        "`torch.from_numpy(numpy.load(path))`, or convert it to safetensors first.",
-    ),
-    (
         b"GGUF",
         "gguf",
         "is a GGUF model (llama.cpp format), not a PyTorch checkpoint. Fix: use it with llama.cpp, read it with "
         "the `gguf` Python package, or convert it back with llama.cpp's conversion scripts.",
     ),
 )
+
+
+def _sniff_numpy(s: _Sample) -> str | None:
+    """A NumPy ``.npy`` array (``numpy.save``)."""
+    return "npy" if s.head.startswith(b"\x93NUMPY") else None
 
 
 def _sniff_magic(s: _Sample) -> str | None:
@@ -550,12 +551,7 @@ def _classify_zip(s: _Sample, z: _ZipSummary) -> str:
     if z.constants_roots:
         return "torchscript"  # without its data.pkl: the reader names the missing member
     if z.count and z.all_npy:
-        raise NotACheckpointError(
-            f"{_q(s.path)} is a NumPy .npz archive of {z.count} arrays, not a PyTorch checkpoint. Fix: load it "
-            "with `numpy.load(path)` and convert each array with `torch.from_numpy`, or convert it to safetensors.",
-            code="numpy-npz",
-            path=s.path,
-        )
+        return "npz"
     members = _listing(z.first, 5) + (f" ({z.count} members)" if z.count > 5 else "")
     hint = (
         f" It holds {z.nested_data_pkl!r}, which suggests a checkpoint re-zipped inside a folder; torch.save "
@@ -741,6 +737,7 @@ _SNIFFERS: tuple[Callable[[_Sample], str | None], ...] = (
     _sniff_safetensors,
     _sniff_gzip,
     _sniff_tar,
+    _sniff_numpy,
     _sniff_magic,
     _sniff_hdf5,
     _sniff_onnx,

@@ -8,9 +8,9 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     ├── CheckpointNotFoundError            FileNotFoundError   [not-found]
     ├── CheckpointReadError                OSError             [read-failed, not-a-file]
     ├── NotACheckpointError                ValueError          [lfs-pointer, html-page, json-document, empty-file,
-    │                                                           gzip, tar, numpy-npy, numpy-npz, gguf, onnx, hdf5,
+    │                                                           gzip, tar, gguf, onnx, hdf5,
     │                                                           text-file, directory, zip-not-checkpoint,
-    │                                                           no-tensors, unknown-format]
+    │                                                           unknown-format]
     ├── CorruptCheckpointError             ValueError          [truncated, bad-zip, bad-pickle, bad-header,
     │                                                           bad-record, bad-member, bad-crc, missing-storage,
     │                                                           missing-member (a member the format requires),
@@ -18,11 +18,20 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │                                                           zip-duplicate-member, zip-name-mismatch,
     │                                                           zip-encrypted, zip-flags, zip-compression,
     │                                                           zip-leading-data, zip-trailing-data,
-    │                                                           zip-hidden-data, zip-unsafe-name, ...]
+    │                                                           zip-hidden-data, zip-unsafe-name,
+    │                                                           bad-sparse (sparse indices torch would refuse),
+    │                                                           pickle-trailing-data (bytes after a plain pickle),
+    │                                                           ...]
     │   ├── ShardIndexError                                    [shard-*]
     │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs)]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
-    ├── UnsupportedCheckpointError         ValueError          [unsupported-*]
+    ├── UnsupportedCheckpointError         ValueError          [unsupported-* (unsupported-tensor: tensors tw.load
+    │                                                           cannot rebuild, named; unsupported-tensor-flag: a
+    │                                                           rebuild argument or metadata key not known;
+    │                                                           unsupported-tensor-state: a saved attribute that
+    │                                                           would shadow torch's; unsupported-sparse: a sparse
+    │                                                           tensor into a dense destination;
+    │                                                           unsupported-embedded-storage; unsupported-npz-member)]
     ├── RuleError                          ValueError          [bad-rule, bad-container, rename-collision,
     │                                                           bad-model (a ModelSpec outside a dry run), ...]
     ├── LoadError                          ValueError          [shape-mismatch, missing-keys, unexpected-keys,

@@ -57,6 +57,15 @@ class TensorRecord:
         quantization: for a quantized tensor (dtype ``qint8``, ``quint8``, ``qint32``...): ``qscheme`` and either
             ``scale`` and ``zero_point`` (per tensor) or ``scales``, ``zero_points`` (a :class:`TensorRecord` each,
             or a tuple of numbers) and ``axis`` (per channel); None for every other tensor.
+        conj: saved with the conjugate bit set (``torch.conj(t)``): the storage holds the values before
+            conjugation, and the tensor's values are their conjugates (as ``torch.load`` gives them).
+        neg: saved with the negative bit set (``torch._neg_view(t)``): the values are the stored ones negated.
+        attributes: Python attributes saved with the tensor (``param.my_flag = 1``), set again by ``tw.load``.
+        sparse: for a sparse tensor (``layout`` ``sparse_coo``/``sparse_csr``/``sparse_csc``/``sparse_bsr``/
+            ``sparse_bsc``): ``layout``, its component records (``indices`` and ``values``, or
+            ``compressed_indices``, ``plain_indices`` and ``values``; not listed in the checkpoint) and, for COO,
+            ``is_coalesced``. ``shape`` is then the dense size, ``dtype`` the values' dtype, ``storage`` None and
+            :attr:`nbytes` the bytes of the components.
     """
 
     name: str
@@ -69,10 +78,26 @@ class TensorRecord:
     requires_grad: bool = False
     is_parameter: bool = False
     quantization: dict[str, Any] | None = None
+    conj: bool = False
+    neg: bool = False
+    attributes: dict[str, Any] | None = None
+    sparse: dict[str, Any] | None = None
+
+    @property
+    def layout(self) -> str:
+        """``"strided"``, or the sparse layout (``"sparse_coo"``, ``"sparse_csr"``...)."""
+        return self.sparse["layout"] if self.sparse else "strided"
+
+    @property
+    def parts(self) -> tuple[TensorRecord, ...]:
+        """The records a sparse tensor is made of (empty for every other tensor)."""
+        if not self.sparse:
+            return ()
+        return tuple(v for v in self.sparse.values() if isinstance(v, TensorRecord))
 
     @property
     def numel(self) -> int:
-        """Number of elements."""
+        """Number of elements (of the dense shape, for a sparse tensor)."""
         return math.prod(self.shape)
 
     @property
@@ -82,7 +107,10 @@ class TensorRecord:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the tensor's elements (``numel * itemsize``), not of its whole storage."""
+        """Bytes of the tensor's elements (``numel * itemsize``), not of its whole storage; for a sparse tensor, the
+        bytes of its components."""
+        if self.sparse:
+            return sum(p.nbytes for p in self.parts)
         return self.numel * self.itemsize
 
     @property
@@ -116,6 +144,9 @@ class TensorRecord:
             "dtype": self.dtype,
             "shape": list(self.shape),
             "nbytes": self.nbytes,
+            **({"layout": self.layout} if self.sparse else {}),
+            **({"conj": True} if self.conj else {}),
+            **({"neg": True} if self.neg else {}),
         }
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import dtypes
+from .containers import refuse_unreadable
 from .detect import looks_safetensors
 from .errors import TorchWeightsError
 from .formats import ReadOptions, open_path
@@ -751,6 +752,7 @@ class _Scanner:
         options = ReadOptions(limits=self.limits, observer=self.observe)
         try:
             checkpoint = open_path(self.path, options)
+            refuse_unreadable(checkpoint.path, checkpoint.extras)  # as tw.load refuses it
         except TorchWeightsError as exc:
             self.refusals()
             self.report.load_error = exc

@@ -41,8 +41,8 @@ from ._engine import _Engine, _Group, _memory, _read_member, _Target
 from ._io import IOSettings, current_settings, io_settings, open_fd, read_exact
 from ._mapping import _Mapper, mapped_tensors
 from ._results import CrcMismatch, FillResult, _what, crc_error, not_whole_elements
-from ._tensors import _build, _check_view, _swap_unit, _target_device
-from .errors import CorruptCheckpointError, RuleError
+from ._tensors import _build, _check_view, _swap_unit, _target_device, apply_flags_in_place, build_sparse, needs_flags
+from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from .records import StorageRef, TensorRecord
 from .text import quote
 
@@ -109,10 +109,20 @@ def fill(
     groups: dict[tuple[str, str], _Group] = {}
     cuda = False
     torch_work = False
+    flagged: list[tuple[TensorRecord, torch.Tensor]] = []
     for record, dst in requests:
         ref = record.storage
+        if record.sparse:
+            raise UnsupportedCheckpointError(
+                f"tensor {quote(record.name)} is a {record.layout} tensor, which cannot be read into a dense "
+                "destination. Load it with tw.load(path) (it comes back sparse), or skip it.",
+                code="unsupported-sparse",
+                path=record.parts[0].storage.file if record.parts and record.parts[0].storage else None,
+            )
         if ref is None or record.numel == 0:
             continue
+        if needs_flags(record):
+            flagged.append((record, dst))
         _check_view(record)
         _check_fits(record, ref)
         if dst.numel() != record.numel:
@@ -136,7 +146,10 @@ def fill(
                 or not dst.is_contiguous()
             )
     ordered = sorted(groups.values(), key=lambda g: (g.ref.file, g.ref.offset))
-    return _Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
+    result = _Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
+    for record, dst in flagged:
+        apply_flags_in_place(record, dst)  # the destination holds the values, not the stored ones
+    return result
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,9 +200,12 @@ def materialize(
     import torch
 
     records = list(records)
+    if not records:
+        return {}
+    reads = [part for r in records for part in (r.parts or (r,))]  # a sparse tensor: its components
     first: dict[tuple[str, str], TensorRecord] = {}
     names: dict[tuple[str, str], list[str]] = {}
-    for r in records:
+    for r in reads:
         if r.storage is not None:
             key = (r.storage.file, r.storage.key)
             first.setdefault(key, r)
@@ -237,15 +253,15 @@ def materialize(
         bad += mapper.check((r.storage for r in first.values() if r.storage is not None), names)
     if bad:
         raise crc_error(bad, "Nothing was loaded.")
-    out: dict[str, torch.Tensor] = {}
-    for record in records:
+    built: dict[str, torch.Tensor] = {}
+    for record in reads:
         ref = record.storage
         if ref is None:
-            out[record.name] = _build(record, None)
+            built[record.name] = _build(record, None)
         else:
             storage, base = storages[(ref.file, ref.key)]
-            out[record.name] = _build(record, storage, base)
-    return out
+            built[record.name] = _build(record, storage, base)
+    return {r.name: build_sparse(r, built) if r.sparse else built[r.name] for r in records}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -45,7 +45,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import dtypes
-from .errors import CorruptCheckpointError, ResourceLimitError, TorchWeightsError, UnsafeCheckpointError
+from .errors import (
+    CorruptCheckpointError,
+    ResourceLimitError,
+    TorchWeightsError,
+    UnsafeCheckpointError,
+    UnsupportedCheckpointError,
+)
 from .records import StorageRef
 from .text import plural, quote
 from .torch_classes import TORCH_CLASSES
@@ -53,6 +59,8 @@ from .torch_classes import TORCH_CLASSES
 __all__ = [
     "FIRST_OPCODES",
     "Global",
+    "EmbeddedStorage",
+    "PickledSparse",
     "PickledStorage",
     "PickledTensor",
     "Reference",
@@ -169,6 +177,33 @@ class PickledTensor:
     requires_grad: bool = False
     is_parameter: bool = False
     subclass: str | None = None
+    conj: bool = False
+    neg: bool = False
+    attributes: dict[str, Any] | None = None
+
+
+@dataclass
+class PickledSparse(PickledTensor):
+    """A sparse tensor (``torch._utils._rebuild_sparse_tensor``): its layout, dense size and component tensors.
+
+    ``components`` holds ``indices`` and ``values`` (COO) or ``compressed_indices``, ``plain_indices`` and
+    ``values`` (CSR, CSC, BSR, BSC), each a :class:`PickledTensor`; ``dtype`` is the values' dtype and ``shape`` the
+    dense size. ``is_coalesced`` is the COO flag torch saved (None in files older than it).
+    """
+
+    layout: str = "sparse_coo"
+    components: dict[str, PickledTensor] = field(default_factory=dict)
+    is_coalesced: bool | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddedStorage(PickledStorage):
+    """A storage pickled on its own (``pickle.dumps(tensor)``: ``torch.storage._load_from_bytes(b)``), where ``b``
+    is a legacy ``torch.save`` stream. ``ref.offset`` is the offset of the elements inside ``blob``; the format
+    reader finds ``blob`` in its file (identical bytes anywhere hold the same elements) to make the reference
+    absolute."""
+
+    blob: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -308,36 +343,122 @@ def _tensor(
     )
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> PickledTensor:
+#: The tensor metadata torch saves (``torch._utils.get_tensor_metadata``: the conjugate and negative bits).
+TENSOR_FLAGS = ("conj", "neg")
+
+
+def _unsupported_flag(what: str) -> UnsupportedCheckpointError:
+    return UnsupportedCheckpointError(
+        f"a tensor in this file carries {what}, which torchweights does not know how to apply, so its values could "
+        "come out wrong. Load it with the torch version that saved it and re-save it, or report the file.",
+        code="unsupported-tensor-flag",
+    )
+
+
+def _check_hooks(hooks: Any) -> None:
+    """``backward_hooks``: torch saves an empty ``OrderedDict`` (hooks are never serialised); anything else is
+    something the file wants run."""
+    if hooks is not None and not (isinstance(hooks, dict) and not hooks):
+        raise _unsupported_flag(f"backward hooks {_short(hooks)}")
+
+
+def _apply_metadata(tensor: PickledTensor, metadata: Any) -> PickledTensor:
+    """The conjugate and negative bits (``{'conj': True}``, ``{'neg': True}``); an unknown key is an error."""
+    if metadata is None or (isinstance(metadata, dict) and not metadata):
+        return tensor
+    if not isinstance(metadata, dict):
+        raise _unsupported_flag(f"tensor metadata {_short(metadata)} (not a dict)")
+    for key, value in metadata.items():
+        if key not in TENSOR_FLAGS or type(value) is not bool:
+            raise _unsupported_flag(f"the tensor metadata {_short(key)}: {_short(value)}")
+        if key == "conj" and value and dtypes.get(tensor.dtype).kind != "complex":
+            raise _bad(f"a {tensor.dtype} tensor has the conjugate bit set, which only complex tensors have")
+        setattr(tensor, key, value)
+    return tensor
+
+
+def _apply_state(tensor: Any, state: Any) -> Any:
+    """Python attributes saved with a tensor (``_rebuild_parameter_with_state``, ``_rebuild_from_type_v2``): a
+    ``__dict__`` or ``(__dict__, slots)``, kept as data for :mod:`torchweights._tensors` to set."""
+    if not isinstance(tensor, PickledTensor) or state is None:
+        return tensor
+    parts = state if isinstance(state, tuple) else (state,)
+    if len(parts) not in (1, 2) or not all(p is None or isinstance(p, dict) for p in parts):
+        raise _unsupported_flag(f"a saved state {_short(state)} (not a dict or a (dict, slots) pair)")
+    attributes: dict[str, Any] = {}
+    for part in parts:
+        for key, value in (part or {}).items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise _unsupported_flag(f"a saved attribute named {_short(key)}")
+            attributes[key] = value
+    if attributes:
+        tensor.attributes = {**(tensor.attributes or {}), **attributes}
+    return tensor
+
+
+def _no_extra(name: str, extra: tuple[Any, ...]) -> None:
+    if extra:
+        raise _unsupported_flag(f"{len(extra)} argument(s) to {name} beyond those torch passes ({_short(extra)})")
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *extra: Any) -> PickledTensor:
+    _no_extra("torch._utils._rebuild_tensor", extra)
     return _tensor(storage, offset, size, stride)
 
 
 def _rebuild_tensor_v2(
-    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False, *_: Any
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    hooks: Any = None,
+    metadata: Any = None,
+    *extra: Any,
 ) -> PickledTensor:
-    return _tensor(storage, offset, size, stride, requires_grad=requires_grad)
+    _no_extra("torch._utils._rebuild_tensor_v2", extra)
+    _check_hooks(hooks)
+    return _apply_metadata(_tensor(storage, offset, size, stride, requires_grad=requires_grad), metadata)
 
 
 def _rebuild_tensor_v3(
-    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_: Any
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    hooks: Any,
+    dtype: Any,
+    metadata: Any = None,
+    *extra: Any,
 ) -> PickledTensor:
+    _no_extra("torch._utils._rebuild_tensor_v3", extra)
     if not (isinstance(dtype, TorchValue) and dtype.kind == "dtype"):
         raise _bad(f"_rebuild_tensor_v3 needs a torch dtype, found {_short(dtype)}")
     st = _storage_of(storage)
     if st.offset:
         raise _bad("_rebuild_tensor_v3 cannot use a legacy storage view")
-    return _tensor(st, offset, size, stride, dtype=dtype.value, requires_grad=requires_grad)
+    _check_hooks(hooks)
+    return _apply_metadata(_tensor(st, offset, size, stride, dtype=dtype.value, requires_grad=requires_grad), metadata)
 
 
-def _as_parameter(data: Any, requires_grad: Any = True, *_: Any) -> PickledTensor:
+def _as_parameter(data: Any, requires_grad: Any = True, hooks: Any = None, *extra: Any) -> PickledTensor:
+    _no_extra("torch._utils._rebuild_parameter", extra)
     if not isinstance(data, PickledTensor):
         raise _bad(f"a Parameter was rebuilt from {_short(data)}, which is not a tensor")
+    _check_hooks(hooks)
     data.is_parameter = True
     data.requires_grad = bool(requires_grad)
     return data
 
 
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None) -> Any:
+def _as_parameter_with_state(data: Any, requires_grad: Any, hooks: Any, state: Any, *extra: Any) -> PickledTensor:
+    _no_extra("torch._utils._rebuild_parameter_with_state", extra)
+    return _apply_state(_as_parameter(data, requires_grad, hooks), state)  # type: ignore[no-any-return]
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None, *extra: Any) -> Any:
+    _no_extra("torch._tensor._rebuild_from_type_v2", extra)
     if not isinstance(func, _Ctor) or not isinstance(args, tuple):
         raise _bad(f"_rebuild_from_type_v2 with {_short(func)}: only known tensor reconstructors are called")
     result = func.call(*args)
@@ -347,10 +468,12 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None
             result.is_parameter = True
         elif type_name not in (None, "torch.Tensor", "torch._tensor.Tensor"):
             result.subclass = type_name
+        _apply_state(result, state)
     return result
 
 
-def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False, *_: Any) -> PickledTensor:
+def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False, *extra: Any) -> PickledTensor:
+    _no_extra("torch._utils._rebuild_meta_tensor_no_storage", extra)
     if not (isinstance(dtype, TorchValue) and dtype.kind == "dtype"):
         raise _bad(f"a meta tensor needs a torch dtype, found {_short(dtype)}")
     return PickledTensor(
@@ -362,6 +485,71 @@ def _rebuild_device_tensor(data: Any, dtype: Any = None, device: Any = None, req
     if isinstance(data, PickledTensor):
         data.requires_grad = bool(requires_grad)
     return data
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """What a reconstructor returns for a call it will not make: the machine records ``names`` as dangerous
+    references at the calling opcode (refused by loading once the stream is read, reported by scan) and keeps an
+    inert stub in its place."""
+
+    call: str
+    names: tuple[str, ...]
+    args: tuple[Any, ...] = ()
+
+
+def _load_from_bytes(blob: Any, *extra: Any) -> Any:
+    """``torch.storage._load_from_bytes(b)`` (how ``pickle.dumps(tensor)`` saves storages): ``b`` is a legacy
+    ``torch.save`` stream, read by the legacy reader with this same machine; torch.load is never called. Anything
+    else (or a stream naming dangerous globals) is a dangerous call."""
+    from .formats.legacy import read_embedded  # the reader sits above this module
+
+    _no_extra("torch.storage._load_from_bytes", extra)
+    try:
+        return read_embedded(blob)
+    except UnsafeCheckpointError as exc:
+        return _Refused("torch.storage._load_from_bytes", exc.names, (blob,))
+
+
+_SPARSE_PARTS = {
+    "sparse_coo": ("indices", "values"),
+    "sparse_csr": ("compressed_indices", "plain_indices", "values"),
+    "sparse_csc": ("compressed_indices", "plain_indices", "values"),
+    "sparse_bsr": ("compressed_indices", "plain_indices", "values"),
+    "sparse_bsc": ("compressed_indices", "plain_indices", "values"),
+}
+
+
+def _rebuild_sparse(layout: Any, data: Any, *extra: Any) -> Any:
+    """``torch._utils._rebuild_sparse_tensor(layout, data)``: the components as tensors, checked when loaded."""
+    _no_extra("torch._utils._rebuild_sparse_tensor", extra)
+    if not (isinstance(layout, TorchValue) and layout.kind == "layout" and layout.value in _SPARSE_PARTS):
+        raise _unsupported_flag(f"a sparse layout {_short(layout)}")
+    parts = _SPARSE_PARTS[layout.value]
+    coalesced: Any = None
+    if not isinstance(data, tuple):
+        raise _bad(f"a {layout.value} tensor was saved with {_short(data)}, not a tuple of its parts")
+    if layout.value == "sparse_coo" and len(data) == 4:
+        *data, coalesced = data
+        if type(coalesced) is not bool:
+            raise _bad(f"a sparse_coo tensor has is_coalesced {_short(coalesced)}, not a bool")
+    if len(data) != len(parts) + 1:
+        raise _bad(f"a {layout.value} tensor was saved with {len(data)} parts, expected {len(parts) + 1}")
+    components = dict(zip(parts, data[:-1]))
+    for name, part in components.items():
+        if type(part) is not PickledTensor or part.storage is None:
+            raise _bad(f"the {name.replace('_', ' ')} of a {layout.value} tensor is {_short(part)}, not a tensor")
+    values = components["values"]
+    return PickledSparse(
+        None,
+        values.dtype,
+        0,
+        _int_tuple(data[-1], "sparse tensor size"),
+        (),
+        layout=layout.value,
+        components=components,
+        is_coalesced=coalesced,
+    )
 
 
 def _unsupported_tensor(name: str) -> Callable[..., Stub]:
@@ -925,9 +1113,18 @@ def _qparam_values(value: Any, what: str) -> Any:
 
 
 def _rebuild_qtensor(
-    storage: Any, offset: Any, size: Any, stride: Any, qparams: Any, requires_grad: Any = False, *_: Any
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    qparams: Any,
+    requires_grad: Any = False,
+    hooks: Any = None,
+    *extra: Any,
 ) -> Any:
     """A quantized tensor as data: its integer storage view plus scale and zero point(s); nothing is called."""
+    _no_extra("torch._utils._rebuild_qtensor", extra)
+    _check_hooks(hooks)
     st = _storage_of(storage)
     if dtypes.get(st.dtype).kind != "quantized":
         raise _bad(f"a quantized tensor was rebuilt from a {st.dtype} storage, not a quantized one")
@@ -973,12 +1170,11 @@ def _build_table() -> dict[str, Any]:
         add(f"{module}._rebuild_tensor_v2", _rebuild_tensor_v2)
         add(f"{module}._rebuild_tensor_v3", _rebuild_tensor_v3)
         add(f"{module}._rebuild_parameter", _as_parameter)
-        add(f"{module}._rebuild_parameter_with_state", _as_parameter)
+        add(f"{module}._rebuild_parameter_with_state", _as_parameter_with_state)
         add(f"{module}._rebuild_meta_tensor_no_storage", _rebuild_meta)
         add(f"{module}._rebuild_device_tensor_from_cpu_tensor", _rebuild_device_tensor)
         for kind in (
             "_rebuild_qtensor",
-            "_rebuild_sparse_tensor",
             "_rebuild_sparse_csr_tensor",
             "_rebuild_nested_tensor",
             "_rebuild_wrapper_subclass",
@@ -1074,6 +1270,8 @@ def _build_table() -> dict[str, Any]:
     add("torch.jit._pickle.build_tensor_from_id", _ts_tensor_id)
     table["torch.jit._script.unpackage_script_module"] = Global("torch.jit._script", "unpackage_script_module")
     add("torch._utils._rebuild_qtensor", _rebuild_qtensor)
+    add("torch._utils._rebuild_sparse_tensor", _rebuild_sparse)
+    add("torch.storage._load_from_bytes", _load_from_bytes)
     for scheme in _QSCHEMES:
         table[f"torch.{scheme}"] = TorchValue("qscheme", scheme)
     return table
@@ -1629,6 +1827,15 @@ class _Machine:
 
     def note(self, value: Any) -> Any:
         """Record a global reference the stream made (by name, or through ``getattr``); flag it if dangerous."""
+        if type(value) is _Refused:
+            # the call itself is the danger: reported where the stream named the callable (inner names: at the call)
+            at = self.at
+            self.at = next((r.offset for r in reversed(self.references) if r.name == value.call), at)
+            self.refer(value.call, verdict="dangerous")
+            self.at = at
+            for name in value.names:
+                self.refer(name, verdict="dangerous")
+            return Stub(value.call, value.args)
         if type(value) is Global:
             qual = value.qualname
             if qual not in self.globals:

@@ -1,8 +1,9 @@
 """``.npy`` / ``.npz`` object arrays: the data of an object array is a pickle, which ``numpy.load(...,
 allow_pickle=True)`` runs (the canary). Alone or inside a zip member.
 
-``tw.load`` does not read NumPy files at all (``NotACheckpointError [numpy-npy]`` / ``[numpy-npz]``, nothing
-unpickled); scan reads the object array's pickle and flags the payload at its opcode.
+``tw.load`` reads NumPy files with ``allow_pickle=False`` semantics: an object array is listed by ``tw.open`` and
+refused by ``tw.load`` (``UnsupportedCheckpointError [unsupported-tensor]``, nothing unpickled); scan reads the object
+array's pickle and flags the payload at its opcode.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 import torchweights.api as tw
-from torchweights.errors import NotACheckpointError
+from torchweights.errors import UnsupportedCheckpointError
 from torchweights.scan import scan
 
 from ._helpers import (
@@ -63,9 +64,10 @@ def test_object_npy_payload(tmp_path: Path, version: tuple[int, int], capsys: py
     npy = _npy(tmp_path / "MARKER", version)
     path = tmp_path / "a.npy"
     path.write_bytes(npy)
-    with pytest.raises(NotACheckpointError) as info:
+    assert not tw.open(path).records
+    with pytest.raises(UnsupportedCheckpointError) as info:
         tw.load(path)
-    assert info.value.code == "numpy-npy"
+    assert info.value.code == "unsupported-tensor" and "'array' (NumPy object array" in str(info.value)
     finding = flagged(scan(path), "dangerous-global", name=SYSTEM, member_contains="object array data")
     assert_offset(finding, npy, start=_data_start(npy))
     if version == (1, 0):
@@ -76,9 +78,11 @@ def test_object_npy_payload(tmp_path: Path, version: tuple[int, int], capsys: py
 def test_object_npz_payload(tmp_path: Path) -> None:
     path = tmp_path / "a.npz"
     np.savez(path, clean=np.arange(3), evil=np.array([Reduce(os.system, touch(tmp_path / "MARKER"))], dtype=object))
-    with pytest.raises(NotACheckpointError) as info:
+    assert list(tw.open(path).records) == ["clean"]
+    with pytest.raises(UnsupportedCheckpointError) as info:
         tw.load(path)
-    assert info.value.code == "numpy-npz"
+    assert info.value.code == "unsupported-tensor" and "'evil' (NumPy object array" in str(info.value)
+    assert list(tw.load(path, unsupported="skip")) == ["clean"]  # the user's explicit opt-out
     finding = flagged(scan(path), "dangerous-global", name=SYSTEM, member="evil.npy (object array data)")
     npy = dict(read_members(path))["evil.npy"]
     assert_offset(finding, npy, start=_data_start(npy))
@@ -100,5 +104,6 @@ def test_numeric_npy_is_not_an_alarm(tmp_path: Path) -> None:
     path = tmp_path / "a.npy"
     np.save(path, np.arange(10.0))
     report = scan(path)
-    assert report.verdict == "unreadable"  # not a checkpoint: tw.load refuses it, but nothing in it is a payload
+    assert report.verdict == "clean"  # tw.load reads it, and nothing in it is a payload
     assert not [f for f in report.findings if f.severity in ("dangerous", "suspicious")]
+    assert torch.equal(tw.load(path)["array"], torch.from_numpy(np.load(path)))

@@ -75,8 +75,9 @@ def test_clean_pickle_before_a_payload_zip(tmp_path: Path) -> None:
     evil = _zip({"w": torch.ones(2), "x": Reduce(os.system, touch(tmp_path / "MARKER"))})
     path = tmp_path / "poly.pt"
     path.write_bytes(pickle.dumps({"epoch": 3}, protocol=2) + evil)
-    with pytest.raises(TorchWeightsError):
-        tw.load(path)  # a plain pickle of no tensors
+    with pytest.raises(TorchWeightsError) as info:
+        tw.load(path)  # a plain pickle with a zip glued after it
+    assert info.value.code == "pickle-trailing-data"
     report = scan(path)
     flagged(report, "polyglot")
     finding = flagged(report, "dangerous-global", name=SYSTEM)

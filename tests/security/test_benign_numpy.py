@@ -146,3 +146,35 @@ def test_masked_array_is_an_inert_stub(tmp_path: Path) -> None:
     assert tw.open(path).extras["m"].cls == "numpy.ma.core._mareconstruct"
     report = assert_clean_scan(path, unknown={"numpy.ma.MaskedArray"})
     assert report.globals["numpy.ma.core._mareconstruct"] == "known"
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "npz-compressed"])
+def test_numpy_files_load_bit_identical_and_raise_no_alarm(tmp_path: Path, kind: str) -> None:
+    """``.npy`` / ``.npz`` of numeric arrays (any byte order and layout): tw.load gives what torch.from_numpy gives
+    for numpy.load's arrays, and scan calls them clean (they hold no pickle)."""
+    rng = np.random.default_rng(3)
+    arrays = {
+        "weight": rng.standard_normal((8, 4)).astype("<f4"),
+        "bias_be": rng.standard_normal(4).astype(">f8"),
+        "fortran": np.asfortranarray(rng.standard_normal((3, 5)).astype("<f2")),
+        "steps": np.arange(10, dtype="<i8"),
+        "mask": rng.random(6) > 0.5,
+    }
+    path = tmp_path / f"a.{kind[:3]}"
+    if kind == "npy":
+        np.save(path, arrays["weight"])
+    else:
+        (np.savez_compressed if kind.endswith("compressed") else np.savez)(path, **arrays)
+    loaded = tw.load(path)
+    if kind == "npy":
+        want = {"array": np.load(path)}
+    else:
+        with np.load(path) as ref:
+            want = {k: ref[k] for k in ref.files}
+    assert list(loaded) == list(want)
+    for name, array in want.items():
+        native = array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="), order="K")
+        expected = torch.from_numpy(native)
+        assert loaded[name].dtype == expected.dtype and loaded[name].stride() == expected.stride()
+        assert torch.equal(loaded[name], expected)
+    assert_clean_scan(path)

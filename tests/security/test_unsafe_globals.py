@@ -59,7 +59,6 @@ from ._helpers import u as _u
         "torch.serialization.load",
         "torch.hub.load",
         "torch.jit.load",
-        "torch.storage._load_from_bytes",
         "torch.os.system",
         "torch.nn.modules.module.sys.modules",
         "numpy.load",

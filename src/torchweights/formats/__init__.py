@@ -51,6 +51,8 @@ _READER_MODULES = {
     "sharded": "sharded",
     "torchscript": "torchscript",
     "torch-package": "torch_package",
+    "npy": "npy",
+    "npz": "npy",
 }
 
 

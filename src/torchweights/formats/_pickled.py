@@ -2,17 +2,60 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..containers import flatten, record_maker
+from ..errors import UnsupportedCheckpointError
 from ..records import Checkpoint, StorageRef
-from ..unpickle import PickledTensor, UnpickleResult, scan_stream, unpickle
+from ..unpickle import EmbeddedStorage, PickledTensor, UnpickleResult, scan_stream, unpickle
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
 __all__ = ["assemble", "run_pickle"]
+
+
+class _Embedded:
+    """Where the storages pickled with ``pickle.dumps`` (:class:`EmbeddedStorage`) are in the file: their stream's
+    bytes are found in the file itself (any copy of identical bytes holds the same elements), searching on from the
+    previous one, so a file of many is searched once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.view: mmap.mmap | None = None
+        self.found: dict[int, StorageRef] = {}
+        self.after = 0
+
+    def locate(self, storage: EmbeddedStorage) -> StorageRef:
+        ref = self.found.get(id(storage))
+        if ref is not None:
+            return ref
+        if self.view is None:
+            with open(self.path, "rb") as fh:
+                self.view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        at = self.view.find(storage.blob, self.after)
+        if at < 0:
+            at = self.view.find(storage.blob)
+        if at < 0:
+            raise UnsupportedCheckpointError(
+                f"'{self.path}' holds a tensor pickled with pickle.dumps whose storage bytes are not in the file as "
+                "they are (pickle protocol 2 spells bytes as text through _codecs.encode; a compressed zip member "
+                "deflates them), so they cannot be read in place. Re-pickle it with protocol 3 or higher, or save "
+                "it with torch.save.",
+                code="unsupported-embedded-storage",
+                path=self.path,
+            )
+        self.after = at + len(storage.blob)
+        ref = replace(storage.ref, key=f"pickled@{at}", file=self.path, offset=at + storage.ref.offset)
+        self.found[id(storage)] = ref
+        return ref
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
 
 
 def run_pickle(
@@ -63,12 +106,25 @@ def assemble(
     resolve: Callable[[PickledTensor], tuple[StorageRef, int]] | None = None,
 ) -> Checkpoint:
     """Name every tensor of an unpickled root and build the :class:`Checkpoint`."""
-    flat = flatten(
-        result.value,
-        record_maker(where, resolve),
-        limits=options.limits,
-        budget=4 * result.opcodes + 10_000,
-    )
+    embedded = _Embedded(path)
+
+    def locate(tensor: PickledTensor) -> tuple[StorageRef, int]:
+        if isinstance(tensor.storage, EmbeddedStorage):
+            return embedded.locate(tensor.storage), 0
+        if resolve is not None:
+            return resolve(tensor)
+        assert tensor.storage is not None
+        return tensor.storage.ref, 0
+
+    try:
+        flat = flatten(
+            result.value,
+            record_maker(where, locate),
+            limits=options.limits,
+            budget=4 * result.opcodes + 10_000,
+        )
+    finally:
+        embedded.close()
     return Checkpoint(
         path=path,
         format=fmt,

@@ -15,20 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..containers import short_repr
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ..records import Checkpoint, StorageRef
-from ..unpickle import Global, PickledStorage, PickledTensor, StorageType, Stub
+from ..unpickle import EmbeddedStorage, Global, PickledStorage, PickledTensor, StorageType, Stub, UnpickleResult
 from ._files import mapped
 from ._pickled import assemble, run_pickle
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["MAGIC_NUMBER", "read"]
+__all__ = ["MAGIC_NUMBER", "Stream", "read", "read_embedded", "read_stream"]
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 _I64 = struct.Struct("<q")
+#: How torch's legacy stream starts: protocol 2, then the magic number as LONG1 (what ``_load_from_bytes`` receives).
+_EMBEDDED_HEAD = b"\x80\x02\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
 
 
 @dataclass
@@ -62,7 +64,7 @@ class _Storages:
         declared = self.declared.setdefault(
             key, _Declared(dtype, numel, location if isinstance(location, str) else "cpu")
         )
-        if declared.dtype != dtype:
+        if declared.dtype != dtype and not (declared.numel == numel == 0):  # torch allows an empty one
             raise CorruptCheckpointError(
                 f"'{self.path}': storage '{key}' is used as both {declared.dtype} and {dtype}", code="bad-record"
             )
@@ -89,7 +91,7 @@ def _expect(value: Any, expected: int, path: str, what: str) -> None:
 
 
 def _locate(
-    buf: memoryview, pos: int, keys: list[Any], storages: _Storages, path: str
+    buf: bytes | memoryview, pos: int, keys: list[Any], storages: _Storages, path: str
 ) -> tuple[dict[str, StorageRef], int]:
     """Walk the storage section: per key an int64 element count, then the elements."""
     size = len(buf)
@@ -120,45 +122,99 @@ def _locate(
     return refs, pos
 
 
-def read(path: str, options: ReadOptions) -> Checkpoint:
-    """Read a legacy torch stream's pickles and locate every storage; no tensor bytes are read."""
-    with mapped(path) as view:
-        where = f"'{path}'"
-        magic = run_pickle(view, options, f"{where} (magic number)")
-        _expect(magic.value, MAGIC_NUMBER, path, "magic number")
-        proto = run_pickle(view, options, f"{where} (protocol)", start=magic.end)
-        _expect(proto.value, PROTOCOL_VERSION, path, "protocol version")
-        info = run_pickle(view, options, f"{where} (sys_info)", start=proto.end)
-        storages = _Storages(path)
-        main = run_pickle(view, options, where, start=info.end, persistent_load=storages)
-        keys = run_pickle(view, options, f"{where} (storage keys)", start=main.end)
-        if not isinstance(keys.value, list):
-            raise CorruptCheckpointError(f"'{path}': the storage key list is missing", code="bad-header")
-        refs, end = _locate(view, keys.end, keys.value, storages, path)
+@dataclass
+class Stream:
+    """The pickles of one legacy stream and where its storages are (offsets relative to the buffer it was read from).
+
+    Attributes:
+        magic, proto, info, main, keys: the five pickles.
+        refs: storage key -> where its elements are.
+        end: offset just past the last storage.
+    """
+
+    magic: UnpickleResult
+    proto: UnpickleResult
+    info: UnpickleResult
+    main: UnpickleResult
+    keys: UnpickleResult
+    refs: dict[str, StorageRef]
+    end: int
+
+
+def read_stream(view: bytes | memoryview, options: ReadOptions, path: str, where: str) -> Stream:
+    """Read a legacy stream's five pickles from ``view`` and locate every storage after them."""
+    magic = run_pickle(view, options, f"{where} (magic number)")
+    _expect(magic.value, MAGIC_NUMBER, path, "magic number")
+    proto = run_pickle(view, options, f"{where} (protocol)", start=magic.end)
+    _expect(proto.value, PROTOCOL_VERSION, path, "protocol version")
+    info = run_pickle(view, options, f"{where} (sys_info)", start=proto.end)
+    storages = _Storages(path)
+    main = run_pickle(view, options, where, start=info.end, persistent_load=storages)
+    keys = run_pickle(view, options, f"{where} (storage keys)", start=main.end)
+    if not isinstance(keys.value, list):
+        raise CorruptCheckpointError(f"'{path}': the storage key list is missing", code="bad-header")
+    refs, end = _locate(view, keys.end, keys.value, storages, path)
     missing = set(storages.declared) - set(refs)
     if missing:
         raise CorruptCheckpointError(
             f"'{path}': storages {sorted(missing)[:5]} are used by tensors but have no data in the file",
             code="missing-storage",
         )
+    return Stream(magic, proto, info, main, keys, refs, end)
+
+
+def read_embedded(blob: Any, options: ReadOptions | None = None) -> EmbeddedStorage:
+    """``torch.storage._load_from_bytes(blob)``: the storage that ``pickle.dumps(tensor)`` saved as a legacy
+    ``torch.save`` stream, read with the same restricted unpickler; nothing is loaded or called."""
+    from . import ReadOptions
+
+    what = "a storage pickled with pickle.dumps (torch.storage._load_from_bytes)"
+    if not isinstance(blob, (bytes, bytearray)):
+        raise CorruptCheckpointError(f"{what} holds {short_repr(blob, 60)}, not bytes", code="bad-pickle")
+    blob = bytes(blob)
+    if not blob.startswith(_EMBEDDED_HEAD):
+        # torch.storage._load_from_bytes calls torch.load(weights_only=False) on whatever it is given; torch itself
+        # only ever gives it a legacy stream of one storage. Anything else is a way to run torch.load on a payload.
+        raise UnsafeCheckpointError(
+            f"the pickle calls 'torch.storage._load_from_bytes' on {short_repr(blob[:16], 40)}..., which is not the "
+            "legacy torch.save stream of one storage that torch writes there; torch would run "
+            "torch.load(weights_only=False) on it, which runs any code inside. Nothing was executed. Do not load "
+            "this file with torch.load or pickle either.",
+            code="unsafe-global",
+        )
+    stream = read_stream(blob, options or ReadOptions(), "<pickled storage>", what)
+    storage = stream.main.value
+    if not isinstance(storage, PickledStorage) or len(stream.refs) != 1:
+        raise CorruptCheckpointError(
+            f"{what} holds {short_repr(storage, 60)}, not exactly one storage", code="bad-record"
+        )
+    ref = stream.refs[storage.ref.key]
+    return EmbeddedStorage(ref, storage.dtype, storage.offset, blob=blob)
+
+
+def read(path: str, options: ReadOptions) -> Checkpoint:
+    """Read a legacy torch stream's pickles and locate every storage; no tensor bytes are read."""
+    with mapped(path) as view:
+        stream = read_stream(view, options, path, f"'{path}'")
+    refs = stream.refs
 
     def resolve(tensor: PickledTensor) -> tuple[StorageRef, int]:
         assert tensor.storage is not None
         return refs[tensor.storage.ref.key], 0
 
-    metadata: dict[str, Any] = {"protocol_version": proto.value}
-    if isinstance(info.value, dict):
-        metadata["sys_info"] = info.value
-    if end != os.path.getsize(path):
-        metadata["trailing_bytes"] = os.path.getsize(path) - end
+    metadata: dict[str, Any] = {"protocol_version": stream.proto.value}
+    if isinstance(stream.info.value, dict):
+        metadata["sys_info"] = stream.info.value
+    if stream.end != os.path.getsize(path):
+        metadata["trailing_bytes"] = os.path.getsize(path) - stream.end
     return assemble(
         path,
         "torch-legacy",
-        main,
+        stream.main,
         options,
-        where=where,
+        where=f"'{path}'",
         files=(path,),
         metadata=metadata,
-        globals_seen=magic.globals | info.globals | keys.globals,
+        globals_seen=stream.magic.globals | stream.info.globals | stream.keys.globals,
         resolve=resolve,
     )

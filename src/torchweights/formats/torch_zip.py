@@ -144,6 +144,8 @@ class _Storages:
         nbytes = numel * dtypes.itemsize(dtype)
         previous = self.seen.get(key)
         if previous is not None:
+            if previous.dtype != dtype and previous.ref.nbytes == nbytes == 0:
+                return PickledStorage(previous.ref, dtype)  # an empty storage seen under two dtypes: torch allows it
             if previous.dtype != dtype or previous.ref.nbytes != nbytes:
                 raise CorruptCheckpointError(
                     f"'{self.path}': storage '{key}' is declared twice with different types or sizes",
