@@ -65,6 +65,8 @@ def _where(finding: Finding) -> str:
     where = printable(finding.member or "")
     if finding.offset is not None:
         where = f"{where} @{finding.offset}" if where else f"@{finding.offset}"
+    if finding.line is not None:
+        where = f"{where}:{finding.line}"
     return where[:60] + "..." if len(where) > 63 else where
 
 

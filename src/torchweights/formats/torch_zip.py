@@ -16,10 +16,11 @@ from typing import IO, TYPE_CHECKING, Any
 from .. import dtypes
 from ..containers import short_repr
 from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitError
+from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef
 from ..unpickle import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
-from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, inflate, read_directory
+from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_member_inflation, inflate, read_directory
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -63,11 +64,13 @@ class Archive:
         path: the file.
         fh: its open handle (valid inside :func:`open_archive` only).
         directory: the checked directory (no duplicate names, every member inside the file).
+        limits: the reader's bounds (the per-member inflation rule of :meth:`read`).
     """
 
     path: str
     fh: IO[bytes]
     directory: ZipDirectory
+    limits: Limits = DEFAULT_LIMITS
 
     def names(self) -> list[str]:
         """Member names in directory order."""
@@ -86,10 +89,12 @@ class Archive:
 
         The directory was checked against the file first (:func:`open_archive`): every member lies inside the file,
         its sizes agree with its local header, and a compressed one claims no more than deflate can produce, so no
-        read runs past the end of the file or asks for memory the file cannot fill. Damaged members raise
-        :class:`CorruptCheckpointError`, never a :mod:`zlib` or :mod:`struct` exception.
+        read runs past the end of the file or asks for memory the file cannot fill. A compressed member that would
+        inflate past ``limits.max_inflate_ratio`` is refused before inflating (:func:`._zip.check_member_inflation`).
+        Damaged members raise :class:`CorruptCheckpointError`, never a :mod:`zlib` or :mod:`struct` exception.
         """
         want = m.size if nbytes is None else min(nbytes, m.size)
+        check_member_inflation(m, self.path, self.limits, want)
         try:
             data = inflate(self.fh, m, want)
         except CorruptCheckpointError as exc:
@@ -212,7 +217,7 @@ def open_archive(path: str, options: ReadOptions) -> Iterator[Archive]:
         fh.seek(0, 2)
         directory = read_directory(fh, path, fh.tell(), max_inflated=options.limits.max_inflated_bytes)
         check(directory)
-        yield Archive(path, fh, directory)
+        yield Archive(path, fh, directory, options.limits)
 
 
 def read_text_members(archive: Archive, root: str, names: tuple[str, ...]) -> dict[str, str]:
