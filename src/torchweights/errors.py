@@ -13,6 +13,7 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │                                                           no-tensors, unknown-format]
     ├── CorruptCheckpointError             ValueError          [truncated, bad-zip, bad-pickle, bad-header,
     │                                                           bad-record, bad-member, bad-crc, missing-storage,
+    │                                                           missing-record, zip-no-data-pkl,
     │                                                           storage-size, safetensors-*, tar-*, zip-overlap,
     │                                                           zip-duplicate-member, zip-name-mismatch,
     │                                                           zip-encrypted, zip-flags, zip-compression,

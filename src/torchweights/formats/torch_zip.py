@@ -25,7 +25,7 @@ from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_membe
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["Archive", "check_byteorder", "open_archive", "read", "read_text_members"]
+__all__ = ["Archive", "check_byteorder", "check_version", "open_archive", "read", "read_text_members"]
 
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 _RECORD_MAX_BYTES = 4096
@@ -37,9 +37,12 @@ def _find_root(names: list[str], path: str) -> str:
     if not candidates:
         candidates = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
     if not candidates:
+        root = names[0].split("/")[0] if names and "/" in names[0] else "archive"
         raise CorruptCheckpointError(
-            f"'{path}' is a zip archive without a 'data.pkl' member, so it is not a torch.save file "
-            f"(members: {', '.join(names[:5])}{'...' if len(names) > 5 else ''}).",
+            f"'{path}' is a torch zip archive without its pickle, member '{root}/data.pkl' "
+            f"(members: {', '.join(names[:5])}{'...' if len(names) > 5 else ''}): the archive is incomplete or was "
+            "modified, and its tensors cannot be named without it. Fix: re-download the file or re-save it with "
+            "torch.save.",
             code="zip-no-data-pkl",
             path=path,
         )
@@ -243,12 +246,46 @@ def check_byteorder(records: dict[str, str], path: str) -> str:
     return byteorder
 
 
+def check_version(archive: Archive, root: str, records: dict[str, str], path: str) -> str:
+    """The archive's format version record (``.data/version``, else ``version``), which must be there and be a
+    number: torch's archive writer writes it last, when the archive is complete (``torch.load`` refuses an archive
+    without it too).
+
+    Raises:
+        CorruptCheckpointError: ``missing-record`` when it is absent, ``bad-record`` when it is not a number.
+    """
+    version = records.get(".data/version", records.get("version"))
+    if version is None:
+        present = archive.get(root + ".data/version") or archive.get(root + "version")
+        why = (
+            f"member '{present.name}' is {present.size} bytes, not a version number"
+            if present is not None
+            else f"member '{root}version' is missing"
+        )
+        raise CorruptCheckpointError(
+            f"'{path}': {why}. torch writes it last, once the archive is complete, so the file was cut short or put "
+            "together by another tool (torch.load refuses it too). Fix: re-download the file or re-save it with "
+            "torch.save.",
+            code="missing-record" if present is None else "bad-record",
+            path=path,
+        )
+    if not version.isdigit():
+        raise CorruptCheckpointError(
+            f"'{path}': the version record says {version[:40]!r}, not a number. The file is corrupt; re-download or "
+            "re-save it.",
+            code="bad-record",
+            path=path,
+        )
+    return version
+
+
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a torch zip checkpoint's pickle and locate every storage; no tensor bytes are read."""
     with open_archive(path, options) as archive:
         root = _find_root(archive.names(), path)
         records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(records, path)
+        check_version(archive, root, records, path)
         pkl = archive.get(root + "data.pkl")
         assert pkl is not None  # _find_root found it
         if pkl.size > options.limits.max_pickle_bytes:
