@@ -438,7 +438,7 @@ class _Walker:
                 self.inner.add(id(node.args[0]))
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 pending.append((scope, node.targets[0].id, node.value))
-            stack.extend((child, inner) for child in ast.iter_child_nodes(node))
+            stack.extend((child, inner) for child in reversed(list(ast.iter_child_nodes(node))))  # source order
         # aliases of aliases: resolved in a few rounds, whatever the order of the assignments
         for _ in range(4):
             changed = False
