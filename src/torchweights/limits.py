@@ -24,6 +24,8 @@ class Limits:
             so a 2 MiB ``data.pkl`` that claims 2 GiB is a decompression bomb: refused before anything is inflated.
         inflate_ratio_from_bytes: the size above which ``max_inflate_ratio`` applies (small members may compress
             well: a pickle of repeated keys, a 1 MiB run of zeros).
+        max_source_bytes: TorchScript source that ``scan`` analyses per archive (about 2 s and 120 MB per MiB;
+            torch writes tens of kB per module type). Source past it is not analysed and the file is "unreadable".
     """
 
     max_pickle_bytes: int = 1 << 30
@@ -34,6 +36,7 @@ class Limits:
     max_inflated_bytes: int = 16 << 30
     max_inflate_ratio: int = 100
     inflate_ratio_from_bytes: int = 16 << 20
+    max_source_bytes: int = 8 << 20
 
     def inflation_refused(self, compressed_size: int, size: int) -> bool:
         """Whether inflating ``compressed_size`` bytes to ``size`` bytes of one member breaks the per-member rule:

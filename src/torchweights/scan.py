@@ -271,6 +271,7 @@ class _Scanner:
         self.seen_findings: set[tuple[Any, ...]] = set()
         self.reader_streams: list[tuple[str, int, StreamScan]] = []
         self.storage_members: dict[tuple[str, str], str] = {}  # (file, zip member) -> a tensor whose bytes it holds
+        self.source_bytes = 0  # TorchScript source analysed so far (Limits.max_source_bytes)
 
     # -- findings -----------------------------------------------------------------------------------------
     def add(self, finding: Finding) -> None:
@@ -595,13 +596,19 @@ class _Scanner:
         """A TorchScript source file (``<root>/code/``, torch.package's ``.data/ts_code/``), which torch.jit.load
         compiles and runs: analysed statically (:func:`~torchweights.tscode.analyse`), never run."""
         label = member.name if where is None else f"{where}: {member.name}"
+        over = self.source_bytes > self.limits.max_source_bytes  # reported once, at the member that went over
+        self.source_bytes += member.size
+        if over:
+            return
         try:
             check_member_inflation(member, file, self.limits)
-            if member.size > self.limits.max_pickle_bytes:
+            if self.source_bytes > self.limits.max_source_bytes:
                 raise ResourceLimitError(
-                    f"'{file}': source file '{member.name}' is {member.size} bytes, over the "
-                    f"{self.limits.max_pickle_bytes}-byte limit (Limits.max_pickle_bytes)",
-                    code="limit-pickle-size",
+                    f"it takes the TorchScript source of this file to {self.source_bytes} bytes, over the "
+                    f"{self.limits.max_source_bytes}-byte budget, so neither it nor the source files after it were "
+                    "analysed (torch writes tens of kB per module type). If you expect that much code: "
+                    "scan(path, limits=Limits(max_source_bytes=...))",
+                    code="limit-source-size",
                     path=file,
                 )
             source = inflate(fh, member, member.size)

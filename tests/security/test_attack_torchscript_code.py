@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import torchweights.api as tw
+from torchweights.limits import Limits
 from torchweights.scan import Finding, ScanReport, scan
 from torchweights.tscode import analyse, is_code_member
 
@@ -414,3 +415,22 @@ def test_hostile_source_shapes_end_with_a_report(
     assert len(_code_findings(report)) <= 200
     if "torch.load" in source:
         assert report.verdict == "dangerous"
+
+
+def test_source_past_the_budget_is_not_analysed_and_says_so(
+    tmp_path: Path, stateful: tuple[list[tuple[str, bytes]], TensorState]
+) -> None:
+    """40 source files of 64 kB (deflated to almost nothing): past ``Limits.max_source_bytes``, scan stops
+    analysing, says so once, and calls the file unreadable rather than spend minutes, or clean."""
+    members, _ = stateful
+    target, original = _setstate_source(members)
+    filler = "# " + "x" * 78 + "\n"
+    extra = [(f"state/code/__torch__/filler{i}.py", filler.encode() * 800) for i in range(40)]
+    path = write_zip(tmp_path / "big.pt", [*members, *extra], compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 2 << 20
+    report = scan(path, limits=Limits(max_source_bytes=1 << 20))
+    (error,) = [f for f in report.findings if f.code == "limit-source-size"]
+    assert error.severity == "error" and error.member is not None and "filler" in error.member
+    assert not report.complete and report.verdict != "clean"
+    assert not [f for f in report.findings if f.code == "limit-source-size" and f.member == target]
+    assert [f for f in scan(path).findings if f.code == "limit-source-size"] == []
