@@ -435,6 +435,8 @@ class _ZipSummary:
     nested_data_pkl: str | None = None
     torch_package: bool = False
     all_npy: bool = True
+    #: root -> the torch.save/torch.jit.save records seen there (an archive that lost its data.pkl still has them)
+    torch_marks: dict[str, set[str]] = field(default_factory=dict)
 
     def add(self, name: str) -> None:
         """Fold one member name in."""
@@ -453,6 +455,25 @@ class _ZipSummary:
             self.script_roots.add(parts[0])
         if len(parts) == 2 and parts[1] in ("model.json", "constants.pkl"):
             (self.model_json_roots if parts[1] == "model.json" else self.constants_roots).add(parts[0])
+        mark = "/".join(parts[1:-1] + [parts[-1] if not parts[-1].isdigit() else "N"]) if len(parts) > 1 else ""
+        if mark in _TORCH_MARKS:
+            self.torch_marks.setdefault(parts[0], set()).add(mark)
+
+
+#: Members only torch's archive writer produces (``data/N``: a storage). Two of them under one root make a zip a
+#: torch archive even without its ``data.pkl``, which is then reported as missing (a damaged archive), not as
+#: "not a checkpoint".
+_TORCH_MARKS = frozenset(
+    {
+        "version",
+        ".data/version",
+        "byteorder",
+        ".format_version",
+        ".storage_alignment",
+        ".data/serialization_id",
+        "data/N",
+    }
+)
 
 
 def _sniff_zip(s: _Sample) -> str | None:
@@ -550,6 +571,9 @@ def _classify_zip(s: _Sample, z: _ZipSummary) -> str:
         return "torch-zip"
     if z.constants_roots:
         return "torchscript"  # without its data.pkl: the reader names the missing member
+    if any(len(marks) >= 2 for marks in z.torch_marks.values()):
+        # a torch archive without its data.pkl: the reader names the missing member
+        return "torchscript" if z.script_roots & set(z.torch_marks) else "torch-zip"
     if z.count and z.all_npy:
         return "npz"
     members = _listing(z.first, 5) + (f" ({z.count} members)" if z.count > 5 else "")

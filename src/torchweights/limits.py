@@ -18,6 +18,14 @@ class Limits:
         max_depth: deepest container nesting walked when naming tensors.
         max_tensor_dims: most dimensions a tensor may declare.
         max_inflated_bytes: total bytes that compressed zip members may inflate to (a zip-bomb budget).
+        max_inflate_ratio: how many times its compressed size one compressed member that is read whole (a pickle,
+            TorchScript source, a record) may inflate to, once it inflates to more than ``inflate_ratio_from_bytes``.
+            torch never compresses its pickles (only TorchScript source and debug tables, a few kB each, about 3:1),
+            so a 2 MiB ``data.pkl`` that claims 2 GiB is a decompression bomb: refused before anything is inflated.
+        inflate_ratio_from_bytes: the size above which ``max_inflate_ratio`` applies (small members may compress
+            well: a pickle of repeated keys, a 1 MiB run of zeros).
+        max_source_bytes: TorchScript source that ``scan`` analyses per archive (about 2 s and 120 MB per MiB;
+            torch writes tens of kB per module type). Source past it is not analysed and the file is "unreadable".
     """
 
     max_pickle_bytes: int = 1 << 30
@@ -26,6 +34,14 @@ class Limits:
     max_depth: int = 200
     max_tensor_dims: int = 64
     max_inflated_bytes: int = 16 << 30
+    max_inflate_ratio: int = 100
+    inflate_ratio_from_bytes: int = 16 << 20
+    max_source_bytes: int = 8 << 20
+
+    def inflation_refused(self, compressed_size: int, size: int) -> bool:
+        """Whether inflating ``compressed_size`` bytes to ``size`` bytes of one member breaks the per-member rule:
+        more than ``inflate_ratio_from_bytes`` and more than ``max_inflate_ratio`` times the compressed size."""
+        return size > self.inflate_ratio_from_bytes and size > self.max_inflate_ratio * max(compressed_size, 1)
 
 
 DEFAULT_LIMITS = Limits()

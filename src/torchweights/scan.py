@@ -46,15 +46,17 @@ from typing import IO, Any
 from . import dtypes
 from .containers import refuse_unreadable
 from .detect import looks_safetensors
-from .errors import TorchWeightsError
+from .errors import ResourceLimitError, TorchWeightsError
 from .formats import ReadOptions, open_path
 from .formats._files import mapped
-from .formats._zip import ZipDirectory, ZipMember, inflate, read_directory
+from .formats._zip import ZipDirectory, ZipMember, check_member_inflation, inflate, read_directory
 from .formats.legacy import MAGIC_NUMBER
 from .limits import DEFAULT_LIMITS, Limits
 from .records import Checkpoint, StorageRef
 from .storage import read_byte_range
 from .text import plural, printable
+from .tscode import analyse as analyse_torchscript
+from .tscode import is_code_member
 from .unpickle import FIRST_OPCODES, Global, PickledStorage, Reference, StorageType, StreamScan, Stub, scan_stream
 
 __all__ = ["Finding", "PickleStream", "ScanReport", "scan"]
@@ -89,7 +91,8 @@ class Finding:
         file: the file it is about.
         member: the zip or tar member, or a description of where in the file (``bytes value at 'meta.blob'``).
         offset: byte offset of the opcode in the pickle's buffer (the member, or the file).
-        name: the global referenced, as ``module.qualname``.
+        name: the global referenced, as ``module.qualname`` (for TorchScript code, the operator or name used).
+        line: the 1-based line of a TorchScript source file (``ts-*`` findings, see :mod:`~torchweights.tscode`).
     """
 
     severity: str
@@ -99,6 +102,7 @@ class Finding:
     member: str | None = None
     offset: int | None = None
     name: str | None = None
+    line: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -110,6 +114,7 @@ class Finding:
             "member": self.member,
             "offset": self.offset,
             "name": self.name,
+            "line": self.line,
         }
 
 
@@ -327,10 +332,11 @@ class _Scanner:
         self.reader_streams: list[tuple[str, int, StreamScan]] = []
         self.storage_members: dict[tuple[str, str], _StorageMember] = {}  # (file, zip member) -> its storage
         self.refused: frozenset[str] = frozenset()  # the globals tw.load refuses the file for
+        self.source_bytes = 0  # TorchScript source analysed so far (Limits.max_source_bytes)
 
     # -- findings -----------------------------------------------------------------------------------------
     def add(self, finding: Finding) -> None:
-        key = (finding.code, finding.file, finding.member, finding.offset, finding.name)
+        key = (finding.code, finding.file, finding.member, finding.offset, finding.name, finding.line)
         if key in self.seen_findings or len(self.report.findings) >= _MAX_FINDINGS:
             return
         self.seen_findings.add(key)
@@ -616,6 +622,8 @@ class _Scanner:
             label = f"member {_quote(member.name)}" + (f" of {where}" if where else "")
             if _is_code_file(member.name):
                 self.report.code_files.append(member.name)
+            if is_code_member(member.name):
+                self.torchscript_code(fh, member, file, where)
             storage = self.storage_members.get((file, member.name)) if where is None else None
             if storage is not None and not storage.bytes_like:
                 continue  # tensor bytes of another dtype: never a serialised blob, never read
@@ -644,6 +652,7 @@ class _Scanner:
                             )
                         )
                     continue
+                check_member_inflation(member, file, self.limits)  # a decompression bomb: refused before inflating
                 data = inflate(fh, member, member.size)
                 if zlib.crc32(data) != member.crc32 and not data_like:
                     self.add(
@@ -658,7 +667,8 @@ class _Scanner:
                     )
             except TorchWeightsError as exc:
                 if not data_like:
-                    self.add(Finding("error", exc.code, f"{label} cannot be read: {exc.message}", file, member.name))
+                    severity = "suspicious" if exc.code == "limit-inflate" else "error"
+                    self.add(Finding(severity, exc.code, f"{label} cannot be read: {exc.message}", file, member.name))
                 continue
             member_label = member.name if where is None else f"{where}: {member.name}"
             if data_like:
@@ -671,6 +681,37 @@ class _Scanner:
                 self.zip(io.BytesIO(data), len(data), file, member_label, latent=latent + 1)
             elif kind == "npy":
                 self.npy(data, file, member_label)
+
+    # -- TorchScript source ---------------------------------------------------------------------------------
+    def torchscript_code(self, fh: IO[bytes], member: ZipMember, file: str, where: str | None) -> None:
+        """A TorchScript source file (``<root>/code/``, torch.package's ``.data/ts_code/``), which torch.jit.load
+        compiles and runs: analysed statically (:func:`~torchweights.tscode.analyse`), never run."""
+        label = member.name if where is None else f"{where}: {member.name}"
+        over = self.source_bytes > self.limits.max_source_bytes  # reported once, at the member that went over
+        self.source_bytes += member.size
+        if over:
+            return
+        try:
+            check_member_inflation(member, file, self.limits)
+            if self.source_bytes > self.limits.max_source_bytes:
+                raise ResourceLimitError(
+                    f"it takes the TorchScript source of this file to {self.source_bytes} bytes, over the "
+                    f"{self.limits.max_source_bytes}-byte budget, so neither it nor the source files after it were "
+                    "analysed (torch writes tens of kB per module type). If you expect that much code: "
+                    "scan(path, limits=Limits(max_source_bytes=...))",
+                    code="limit-source-size",
+                    path=file,
+                )
+            source = inflate(fh, member, member.size)
+        except TorchWeightsError as exc:
+            severity = "suspicious" if exc.code == "limit-inflate" else "error"
+            self.add(Finding(severity, exc.code, f"TorchScript source {_quote(label)}: {exc.message}", file, label))
+            return
+        for found in analyse_torchscript(source):
+            message = f"TorchScript source {_quote(label)}, line {found.line}: {found.message}"
+            if found.severity == "dangerous":
+                message += ". torch.jit.load and calls of the loaded model run this code; torchweights never does"
+            self.add(Finding(found.severity, found.code, message, file, label, None, found.name, found.line))
 
     def might_be_pickle(self, fh: IO[bytes], member: ZipMember) -> bool:
         """Whether a member that only starts like a pickle (or a zip) is worth reading whole: see

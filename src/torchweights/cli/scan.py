@@ -66,6 +66,9 @@ def _where(finding: Finding) -> str:
     from ..text import printable
 
     where = printable(finding.member or "")
+    if finding.line is not None:  # TorchScript source: the member's end and the line stay visible
+        suffix = f":{finding.line}"
+        return (where if len(where) <= 63 - len(suffix) else "..." + where[-(60 - len(suffix)) :]) + suffix
     if finding.offset is not None:
         where = f"{where} @{finding.offset}" if where else f"@{finding.offset}"
     return where[:60] + "..." if len(where) > 63 else where

@@ -12,6 +12,7 @@ header, and lists what is wrong with the archive as :class:`ZipProblem` values i
 * ``zip-hidden-data``: gaps between members that no entry accounts for;
 * ``zip-unsafe-name``: member names with ``..``, absolute paths, backslashes or NUL bytes;
 * ``limit-inflate``: compressed members that claim more than deflate can produce, or more than the budget;
+  :func:`check_member_inflation` adds the per-member rule (``Limits.max_inflate_ratio``) when a member is read whole;
 * ``truncated`` / ``bad-zip``: structures cut off or pointing outside the file.
 
 Readers call :func:`check` to refuse any archive with a problem, all named at once; ``scan`` reports them as
@@ -28,6 +29,7 @@ from typing import IO, Any
 
 from .. import _io
 from ..errors import CorruptCheckpointError, ResourceLimitError
+from ..limits import Limits
 from ..text import plural, printable
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "ZipMember",
     "ZipProblem",
     "check",
+    "check_member_inflation",
     "inflate",
     "read_directory",
 ]
@@ -521,6 +524,28 @@ def check(d: ZipDirectory, *, ignore: frozenset[str] = frozenset()) -> None:
     )
     cls = ResourceLimitError if first.code in _LIMIT_CODES else CorruptCheckpointError
     raise cls(message, code=first.code, path=d.path)
+
+
+def check_member_inflation(m: ZipMember, path: str, limits: Limits, size: int | None = None) -> None:
+    """Refuse, before anything is inflated, a compressed member whose first ``size`` bytes (all of it by default)
+    would inflate past the per-member rule of ``limits`` (:meth:`Limits.inflation_refused`). Loading and ``scan``
+    both call it for every member they read whole (pickles, TorchScript source), so they refuse the same files.
+
+    Raises:
+        ResourceLimitError: code ``limit-inflate``.
+    """
+    size = m.size if size is None else min(size, m.size)
+    if not m.compress_type or not limits.inflation_refused(m.compressed_size, size):
+        return
+    raise ResourceLimitError(
+        f"'{path}': member {_quote_name(m.name)} would inflate from {m.compressed_size} to {size} bytes, more than "
+        f"{limits.max_inflate_ratio} times its compressed size (Limits.max_inflate_ratio, above "
+        f"{limits.inflate_ratio_from_bytes} bytes): a decompression bomb, since torch never compresses pickles. "
+        "Nothing was inflated. If you trust the file: tw.open(path, limits=Limits(max_inflate_ratio=...)), or "
+        "re-save it with torch.save.",
+        code="limit-inflate",
+        path=path,
+    )
 
 
 def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:

@@ -16,15 +16,16 @@ from typing import IO, TYPE_CHECKING, Any
 from .. import dtypes
 from ..containers import short_repr
 from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitError
+from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef
 from ..unpickle import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
-from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, inflate, read_directory
+from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_member_inflation, inflate, read_directory
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["Archive", "check_byteorder", "open_archive", "read", "read_text_members"]
+__all__ = ["Archive", "check_byteorder", "check_version", "open_archive", "read", "read_text_members"]
 
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 _RECORD_MAX_BYTES = 4096
@@ -36,9 +37,12 @@ def _find_root(names: list[str], path: str) -> str:
     if not candidates:
         candidates = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
     if not candidates:
+        root = names[0].split("/")[0] if names and "/" in names[0] else "archive"
         raise CorruptCheckpointError(
-            f"'{path}' is a zip archive without a 'data.pkl' member, so it is not a torch.save file "
-            f"(members: {', '.join(names[:5])}{'...' if len(names) > 5 else ''}).",
+            f"'{path}' is a torch zip archive without its pickle, member '{root}/data.pkl' "
+            f"(members: {', '.join(names[:5])}{'...' if len(names) > 5 else ''}): the archive is incomplete or was "
+            "modified, and its tensors cannot be named without it. Fix: re-download the file or re-save it with "
+            "torch.save.",
             code="zip-no-data-pkl",
             path=path,
         )
@@ -63,11 +67,13 @@ class Archive:
         path: the file.
         fh: its open handle (valid inside :func:`open_archive` only).
         directory: the checked directory (no duplicate names, every member inside the file).
+        limits: the reader's bounds (the per-member inflation rule of :meth:`read`).
     """
 
     path: str
     fh: IO[bytes]
     directory: ZipDirectory
+    limits: Limits = DEFAULT_LIMITS
 
     def names(self) -> list[str]:
         """Member names in directory order."""
@@ -86,10 +92,12 @@ class Archive:
 
         The directory was checked against the file first (:func:`open_archive`): every member lies inside the file,
         its sizes agree with its local header, and a compressed one claims no more than deflate can produce, so no
-        read runs past the end of the file or asks for memory the file cannot fill. Damaged members raise
-        :class:`CorruptCheckpointError`, never a :mod:`zlib` or :mod:`struct` exception.
+        read runs past the end of the file or asks for memory the file cannot fill. A compressed member that would
+        inflate past ``limits.max_inflate_ratio`` is refused before inflating (:func:`._zip.check_member_inflation`).
+        Damaged members raise :class:`CorruptCheckpointError`, never a :mod:`zlib` or :mod:`struct` exception.
         """
         want = m.size if nbytes is None else min(nbytes, m.size)
+        check_member_inflation(m, self.path, self.limits, want)
         try:
             data = inflate(self.fh, m, want)
         except CorruptCheckpointError as exc:
@@ -214,7 +222,7 @@ def open_archive(path: str, options: ReadOptions) -> Iterator[Archive]:
         fh.seek(0, 2)
         directory = read_directory(fh, path, fh.tell(), max_inflated=options.limits.max_inflated_bytes)
         check(directory)
-        yield Archive(path, fh, directory)
+        yield Archive(path, fh, directory, options.limits)
 
 
 def read_text_members(archive: Archive, root: str, names: tuple[str, ...]) -> dict[str, str]:
@@ -240,12 +248,46 @@ def check_byteorder(records: dict[str, str], path: str) -> str:
     return byteorder
 
 
+def check_version(archive: Archive, root: str, records: dict[str, str], path: str) -> str:
+    """The archive's format version record (``.data/version``, else ``version``), which must be there and be a
+    number: torch's archive writer writes it last, when the archive is complete (``torch.load`` refuses an archive
+    without it too).
+
+    Raises:
+        CorruptCheckpointError: ``missing-record`` when it is absent, ``bad-record`` when it is not a number.
+    """
+    version = records.get(".data/version", records.get("version"))
+    if version is None:
+        present = archive.get(root + ".data/version") or archive.get(root + "version")
+        why = (
+            f"member '{present.name}' is {present.size} bytes, not a version number"
+            if present is not None
+            else f"member '{root}version' is missing"
+        )
+        raise CorruptCheckpointError(
+            f"'{path}': {why}. torch writes it last, once the archive is complete, so the file was cut short or put "
+            "together by another tool (torch.load refuses it too). Fix: re-download the file or re-save it with "
+            "torch.save.",
+            code="missing-record" if present is None else "bad-record",
+            path=path,
+        )
+    if not version.isdigit():
+        raise CorruptCheckpointError(
+            f"'{path}': the version record says {version[:40]!r}, not a number. The file is corrupt; re-download or "
+            "re-save it.",
+            code="bad-record",
+            path=path,
+        )
+    return version
+
+
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a torch zip checkpoint's pickle and locate every storage; no tensor bytes are read."""
     with open_archive(path, options) as archive:
         root = _find_root(archive.names(), path)
         records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(records, path)
+        check_version(archive, root, records, path)
         pkl = archive.get(root + "data.pkl")
         assert pkl is not None  # _find_root found it
         if pkl.size > options.limits.max_pickle_bytes:
