@@ -14,7 +14,6 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     ├── CorruptCheckpointError             ValueError          [truncated, bad-zip, bad-pickle, bad-header,
     │                                                           bad-record, bad-member, bad-crc, missing-storage,
     │                                                           missing-member (a member the format requires),
-    │                                                           missing-record, zip-no-data-pkl,
     │                                                           storage-size, safetensors-*, tar-*, zip-overlap,
     │                                                           zip-duplicate-member, zip-name-mismatch,
     │                                                           zip-encrypted, zip-flags, zip-compression,

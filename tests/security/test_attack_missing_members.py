@@ -45,7 +45,7 @@ def _torch_refuses(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("suffix", "code"),
-    [("/data.pkl", "zip-no-data-pkl"), ("/version", "missing-record"), ("/data/1", "missing-storage")],
+    [("/data.pkl", "missing-member"), ("/version", "missing-member"), ("/data/1", "missing-storage")],
 )
 def test_missing_required_member(
     tmp_path: Path, saved: tuple[list[tuple[str, bytes]], dict[str, torch.Tensor]], suffix: str, code: str
@@ -98,7 +98,7 @@ def test_only_the_pickle_is_missing_with_storages_present(tmp_path: Path) -> Non
     path = write_zip(tmp_path / "nopickle.pt", members)
     with pytest.raises(CorruptCheckpointError) as info:
         tw.load(path)
-    assert info.value.code == "zip-no-data-pkl" and "'ckpt/data.pkl'" in info.value.message
+    assert info.value.code == "missing-member" and "'ckpt/data.pkl'" in info.value.message
 
 
 def test_torchscript_without_data_pkl(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_torchscript_without_data_pkl(tmp_path: Path) -> None:
     damaged = write_zip(tmp_path / "damaged.pt", [(n, c) for n, c in members if not n.endswith("/data.pkl")])
     with pytest.raises(CorruptCheckpointError) as info:
         tw.load(damaged)
-    assert info.value.code == "zip-no-data-pkl" and "data.pkl" in info.value.message
+    assert info.value.code == "missing-member" and "data.pkl" in info.value.message
     assert scan(damaged).verdict == "unreadable"
 
 

@@ -43,7 +43,7 @@ def _find_root(names: list[str], path: str) -> str:
             f"(members: {', '.join(names[:5])}{'...' if len(names) > 5 else ''}): the archive is incomplete or was "
             "modified, and its tensors cannot be named without it. Fix: re-download the file or re-save it with "
             "torch.save.",
-            code="zip-no-data-pkl",
+            code="missing-member",
             path=path,
         )
     first = min(candidates, key=lambda n: (n.count("/"), names.index(n)))
@@ -254,7 +254,7 @@ def check_version(archive: Archive, root: str, records: dict[str, str], path: st
     without it too).
 
     Raises:
-        CorruptCheckpointError: ``missing-record`` when it is absent, ``bad-record`` when it is not a number.
+        CorruptCheckpointError: ``missing-member`` when it is absent, ``bad-record`` when it is not a number.
     """
     version = records.get(".data/version", records.get("version"))
     if version is None:
@@ -268,7 +268,7 @@ def check_version(archive: Archive, root: str, records: dict[str, str], path: st
             f"'{path}': {why}. torch writes it last, once the archive is complete, so the file was cut short or put "
             "together by another tool (torch.load refuses it too). Fix: re-download the file or re-save it with "
             "torch.save.",
-            code="missing-record" if present is None else "bad-record",
+            code="missing-member" if present is None else "bad-record",
             path=path,
         )
     if not version.isdigit():
