@@ -15,8 +15,8 @@ $(STAMP): requirements-dev.txt pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples fuzz bench
-	$(BIN)/ruff format --check src tests examples fuzz bench
+	$(BIN)/ruff check src tests examples fuzz bench tools
+	$(BIN)/ruff format --check src tests examples fuzz bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

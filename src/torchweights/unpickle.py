@@ -52,6 +52,7 @@ from .errors import (
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
+from .known_enums import KNOWN_ENUMS
 from .records import StorageRef
 from .text import plural, quote
 from .torch_classes import TORCH_CLASSES
@@ -1371,6 +1372,11 @@ _KNOWN_CALLS = frozenset({"numpy.ma.core._mareconstruct"})
 _TORCH_PACKAGE_MANGLE = re.compile(r"^(<torch_package_\d+>\.)+")
 
 
+def _enum_lookup(args: tuple[Any, ...]) -> bool:
+    """``args`` are what ``Enum.__reduce_ex__`` gives its class: one plain value (``Color(1)``, ``Kind("a")``)."""
+    return len(args) == 1 and (args[0] is None or type(args[0]) in (str, int, float, bool))
+
+
 def classify_global(name: str) -> str:
     """Classify a pickle global (``module.qualname``) as ``"safe"``, ``"known"``, ``"dangerous"`` or ``"unknown"``.
 
@@ -1403,7 +1409,7 @@ def classify_global(name: str) -> str:
         name == p or name.startswith(p + ".") or (p.endswith("_") and name.startswith(p)) for p in _DANGEROUS_PREFIXES
     ):
         return "dangerous"
-    if name in TORCH_CLASSES or name in _KNOWN_CALLS:
+    if name in TORCH_CLASSES or name in _KNOWN_CALLS or name in KNOWN_ENUMS:
         return "known"
     return "unknown"
 
@@ -1876,9 +1882,14 @@ class _Machine:
         """``name`` is called with ``args`` where ``pickle.load`` runs the file: dangerous unless safe or known."""
         verdict = classify_global(name)
         if verdict == "safe" or (
-            verdict == "known" and (name in _KNOWN_CALLS or TORCH_CLASSES.get(name) != "function")
+            verdict == "known"
+            and (
+                name in _KNOWN_CALLS  # a reconstructor that only instantiates a class
+                or TORCH_CLASSES.get(name, "function") != "function"  # a torch class
+                or (name in KNOWN_ENUMS and _enum_lookup(args))  # an Enum member by value: a lookup, nothing else
+            )
         ):
-            return  # a table entry, a torch class, or a reconstructor that only instantiates a class
+            return
         text = _arguments(args)
         self.calls.append(Reference(name, self.at, op, "dangerous", text))
         if verdict != "dangerous" and name not in self.called:  # a dangerous name was flagged where it was named
