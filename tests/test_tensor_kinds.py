@@ -180,6 +180,22 @@ def test_parameter_attributes_are_set_as_torch_sets_them(tmp_path: Path, fmt: st
     assert torch.equal(got["p"], want["p"])
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_parameters_and_grad_flags_come_back_as_state_dict_tensors(tmp_path: Path, fmt: str) -> None:
+    """tw.load returns what ``state_dict()`` holds: plain tensors not requiring grad; the file's flags stay in the
+    records (torch.load would give a Parameter and a tensor requiring grad)."""
+    path = _save(
+        {"p": torch.nn.Parameter(torch.randn(3)), "g": torch.randn(2, requires_grad=True)}, tmp_path / "p.pt", fmt
+    )
+    ckpt = tw.open(path)
+    assert (ckpt.records["p"].is_parameter, ckpt.records["p"].requires_grad) == (True, True)
+    assert (ckpt.records["g"].is_parameter, ckpt.records["g"].requires_grad) == (False, True)
+    want = torch.load(path, weights_only=True)
+    for name, got in tw.load(path).items():
+        assert type(got) is torch.Tensor and not got.requires_grad, name
+        assert torch.equal(got, want[name].detach()), name
+
+
 def test_an_attribute_shadowing_torch_is_refused(tmp_path: Path) -> None:
     t = torch.randn(2)
     t.__dict__["shape"] = "not a shape"
