@@ -37,8 +37,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import dtypes
-from ._engine import _Engine, _Group, _memory, _read_member, _Target
-from ._io import IOSettings, current_settings, io_settings, open_fd, read_exact
+from ._engine import _Engine, _Group, _memory, _read_member, _Target, member_pieces
+from ._io import IOSettings, crc32, current_settings, io_settings, open_fd, read_exact
 from ._mapping import _Mapper, mapped_tensors
 from ._results import CrcMismatch, FillResult, _what, crc_error, not_whole_elements
 from ._tensors import _build, _check_view, _swap_unit, _target_device, apply_flags_in_place, build_sparse, needs_flags
@@ -60,6 +60,7 @@ __all__ = [
     "materialize",
     "read_byte_range",
     "read_storage_bytes",
+    "storage_crc",
 ]
 
 
@@ -157,12 +158,12 @@ def fill(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool = False) -> bytearray:
+def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool = True) -> bytearray:
     """Read one storage's bytes (inflating a compressed zip member) into a new writable buffer.
 
-    Callers may pass a narrowed ``ref`` (a byte range of a storage), so the CRC-32 is only compared when asked:
-    ``check_crc=True`` is right only for a ``ref`` that describes its whole zip member. ``files`` is accepted for
-    compatibility and unused.
+    The bytes are compared with the CRC-32 their zip member records (``bad-crc`` on mismatch); pass
+    ``check_crc=False`` for a trusted file, or for a narrowed ``ref`` (a byte range of a storage, whose bytes the
+    member's CRC does not describe). ``files`` is accepted for compatibility and unused.
     """
     import torch
 
@@ -267,6 +268,24 @@ def materialize(
 # --------------------------------------------------------------------------------------------------------------
 # Byte ranges without torch (for convert, diff and verify: torchweights/_bytes.py)
 # --------------------------------------------------------------------------------------------------------------
+
+#: Most bytes :func:`storage_crc` holds at once.
+_CRC_PIECE = 16 << 20
+
+
+def storage_crc(ref: StorageRef) -> int:
+    """The CRC-32 of one whole storage as decoded (a compressed member inflated), streamed through one buffer of at
+    most 16 MiB, without torch; compare it with ``ref.crc32``.
+
+    Raises:
+        CorruptCheckpointError, CheckpointReadError: the bytes cannot be read.
+    """
+    value = 0
+    if ref.nbytes:
+        mem = memoryview(bytearray(min(ref.nbytes, _CRC_PIECE)))
+        for n in member_pieces(ref, mem):
+            value = crc32(mem[:n], value)
+    return value
 
 
 def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:

@@ -1,0 +1,135 @@
+"""The bytes a read returns are the bytes the file was opened with: CRC-32 checked on every path that reads whole
+zip members (``load``, ``convert``, ``diff``), files that changed since ``tw.open`` refused, ``map_location``
+callables in torch's form, and CRC checks the reader cannot make reported in ``Checkpoint.warnings``."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchweights as tw
+from torchweights import storage
+from torchweights._bytes import logical_bytes
+
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+
+def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "encoder.weight": torch.randn(16, 8, generator=gen),
+        "encoder.bias": torch.randn(16, generator=gen),
+        "head.weight": torch.randn(4, 16, generator=gen).to(torch.bfloat16),
+        "steps": torch.tensor(7),
+    }
+
+
+def _flip(path: Path, name: str, at: int = 5) -> None:
+    """One bit flipped inside tensor ``name``'s bytes, as bit rot would (the zip directory stays intact)."""
+    start, _ = tw.open(path).records[name].byte_range  # type: ignore[misc]
+    raw = bytearray(path.read_bytes())
+    raw[start + at] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def _recompressed(src: Path, dst: Path, compression: int) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), compress_type=compression)
+
+
+def _corrupt_member_crc(path: Path, member: str) -> None:
+    """Change the CRC-32 a member records (local header and central directory), as bit rot inside a compressed
+    stream that still inflates would look."""
+    with zipfile.ZipFile(path) as zf:
+        crc = zf.getinfo(member).CRC
+    raw = path.read_bytes()
+    old = crc.to_bytes(4, "little")
+    assert raw.count(old) == 2
+    path.write_bytes(raw.replace(old, (crc ^ 0xFFFF).to_bytes(4, "little")))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bug 2: convert and diff check the CRC-32 of what they read
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("to", ["safetensors", "torch"])
+def test_convert_refuses_a_flipped_weight_and_leaves_nothing(tmp_path: Path, to: str) -> None:
+    src = tmp_path / "src.pt"
+    torch.save(_weights(), src)
+    _flip(src, "encoder.weight")
+    with pytest.raises(tw.CorruptCheckpointError) as load_error:
+        tw.load(src)
+    assert load_error.value.code == "bad-crc"
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / ("model.safetensors" if to == "safetensors" else "model.pt")
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.convert(src, dst, to=to)
+    assert info.value.code == "bad-crc"
+    assert "'encoder.weight'" in info.value.message and "Nothing was written" in info.value.message
+    assert os.listdir(out) == []  # no output, no temporary file
+
+
+def test_convert_checks_a_view_that_spans_part_of_its_storage(tmp_path: Path) -> None:
+    """A tensor that is a slice of a bigger storage: the member's CRC covers the bytes outside the slice too."""
+    flat = torch.randn(64)
+    src = tmp_path / "views.pt"
+    torch.save({"head": flat[:16].view(4, 4), "tail": flat[40:]}, src)
+    rec = tw.open(src).records["tail"]
+    raw = bytearray(src.read_bytes())
+    raw[rec.storage.offset + 20 * 4 + 1] ^= 0x01  # in element 20: in neither view
+    src.write_bytes(bytes(raw))
+    assert torch.equal(tw.load(src, check_crc=False)["head"], flat[:16].view(4, 4))
+    for kwargs in ({"to": "safetensors"}, {"to": "torch"}, {"to": "safetensors", "dtype": "float16"}):
+        dst = tmp_path / f"o-{len(os.listdir(tmp_path))}"
+        with pytest.raises(tw.CorruptCheckpointError) as info:
+            tw.convert(src, dst, **kwargs)
+        assert info.value.code == "bad-crc", kwargs
+        assert not dst.exists()
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA])
+def test_convert_checks_compressed_members(tmp_path: Path, compression: int) -> None:
+    torch.save(_weights(), tmp_path / "plain.pt")
+    src = tmp_path / "z.pt"
+    _recompressed(tmp_path / "plain.pt", src, compression)
+    tw.convert(src, tmp_path / "ok.safetensors")  # intact: converts
+    member = tw.open(src).records["encoder.bias"].storage.member
+    _corrupt_member_crc(src, member)
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.convert(src, tmp_path / "bad.safetensors")
+    assert info.value.code == "bad-crc" and "'encoder.bias'" in info.value.message
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_diff_refuses_a_flipped_weight(tmp_path: Path) -> None:
+    sd = _weights()
+    torch.save(sd, tmp_path / "a.pt")
+    safetensors_torch.save_file(sd, str(tmp_path / "b.safetensors"))
+    assert tw.diff(tmp_path / "a.pt", tmp_path / "b.safetensors").identical
+    _flip(tmp_path / "a.pt", "head.weight", at=0)
+    for a, b in (("a.pt", "b.safetensors"), ("b.safetensors", "a.pt"), ("a.pt", "a.pt")):
+        with pytest.raises(tw.CorruptCheckpointError) as info:
+            tw.diff(tmp_path / a, tmp_path / b)
+        assert info.value.code == "bad-crc" and "'head.weight'" in info.value.message
+
+
+def test_storage_bytes_are_checked_by_default(tmp_path: Path) -> None:
+    src = tmp_path / "w.pt"
+    torch.save(_weights(), src)
+    _flip(src, "encoder.bias")
+    rec = tw.open(src).records["encoder.bias"]
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        storage.read_storage_bytes(rec.storage)
+    assert info.value.code == "bad-crc"
+    with pytest.raises(tw.CorruptCheckpointError):
+        logical_bytes(rec)
+    assert len(storage.read_storage_bytes(rec.storage, check_crc=False)) == rec.storage.nbytes
+    flipped = logical_bytes(rec, check_crc=False)
+    assert flipped != bytes(_weights()["encoder.bias"].numpy().tobytes())
