@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -133,3 +134,115 @@ def test_storage_bytes_are_checked_by_default(tmp_path: Path) -> None:
     assert len(storage.read_storage_bytes(rec.storage, check_crc=False)) == rec.storage.nbytes
     flipped = logical_bytes(rec, check_crc=False)
     assert flipped != bytes(_weights()["encoder.bias"].numpy().tobytes())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bug 7: a file changed between tw.open and the read is refused, not read at the old offsets
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    """New content in the same inode, with a modification time that differs from the old one (a rewrite that
+    lands within the filesystem's timestamp granularity keeps the old time: see the _stamps docstring)."""
+    before = path.stat().st_mtime_ns
+    path.write_bytes(data)
+    if path.stat().st_mtime_ns == before:
+        os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """New content under the same name by a rename: a new inode (as a download or ``torch.save`` to a temp file)."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def _reads(ckpt: tw.Checkpoint) -> dict[str, Any]:
+    """Every path that reads tensor bytes from an opened checkpoint."""
+    model = torch.nn.Linear(8, 16)
+    rec = ckpt.records["encoder.weight"]
+    return {
+        "load": lambda: tw.load(ckpt),
+        "load-mmap": lambda: tw.load(ckpt, mmap=True),
+        "load-no-crc": lambda: tw.load(ckpt, check_crc=False),
+        "load_into": lambda: tw.load_into(model, ckpt, strict=False),
+        "fill": lambda: storage.fill([(rec, torch.empty(16, 8))]),
+        "mapped": lambda: storage.mapped_tensors([rec]),
+        "byte-range": lambda: storage.read_byte_range(rec.storage, 0, 8),
+        "logical": lambda: logical_bytes(rec, check_crc=False),
+        "convert": lambda: tw.convert(ckpt, ckpt.path + ".safetensors", force=True),
+    }
+
+
+@pytest.mark.parametrize("change", ["rename", "in-place", "shorter", "longer"])
+def test_a_file_changed_since_open_is_refused(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(_weights(0), path)
+    (tmp_path / "new").mkdir()
+    other = tmp_path / "new" / "w.pt"
+    torch.save(_weights(1), other)  # same names and shapes, other values: the same offsets
+    new = other.read_bytes()
+    assert len(new) == path.stat().st_size
+    for read in _reads(tw.open(path)).values():
+        read()  # unchanged: every path reads
+    os.unlink(tmp_path / "w.pt.safetensors")
+    ckpt = tw.open(path)
+    if change == "rename":
+        _replace(path, new)
+    elif change == "in-place":
+        _rewrite_in_place(path, new)
+    elif change == "shorter":
+        _rewrite_in_place(path, new[:-100])
+    else:
+        _rewrite_in_place(path, new + b"\0" * 100)
+    for name, read in _reads(ckpt).items():
+        with pytest.raises(tw.CorruptCheckpointError) as info:
+            read()
+        assert info.value.code == "file-changed", name
+        assert "tw.open" in info.value.message and str(path) in info.value.message
+    assert not (tmp_path / "w.pt.safetensors").exists()
+    if change in ("rename", "in-place"):
+        reopened = tw.load(path)  # opened again: the new content
+        assert torch.equal(reopened["encoder.weight"], _weights(1)["encoder.weight"])
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA])
+def test_a_changed_file_with_compressed_members_is_refused(tmp_path: Path, compression: int) -> None:
+    torch.save(_weights(0), tmp_path / "a.pt")
+    torch.save(_weights(1), tmp_path / "b.pt")
+    path = tmp_path / "z.pt"
+    _recompressed(tmp_path / "a.pt", path, compression)
+    tw.load(path)
+    ckpt = tw.open(path)
+    rec = ckpt.records["encoder.bias"]
+    _recompressed(tmp_path / "b.pt", tmp_path / "z2.pt", compression)
+    os.replace(tmp_path / "z2.pt", path)
+    for read in (
+        lambda: tw.load(ckpt),
+        lambda: storage.read_byte_range(rec.storage, 0, 8),
+        lambda: storage.storage_crc(rec.storage),
+    ):
+        with pytest.raises(tw.CorruptCheckpointError) as info:
+            read()
+        assert info.value.code == "file-changed"
+
+
+def test_shards_and_safetensors_are_stamped_per_file(tmp_path: Path) -> None:
+    sd = _weights()
+    safetensors_torch.save_file({k: v for k, v in sd.items() if k.startswith("encoder")}, tmp_path / "m-1.safetensors")
+    safetensors_torch.save_file(
+        {k: v for k, v in sd.items() if not k.startswith("encoder")}, tmp_path / "m-2.safetensors"
+    )
+    index = {"metadata": {}, "weight_map": {k: f"m-{1 if k.startswith('encoder') else 2}.safetensors" for k in sd}}
+    (tmp_path / "model.safetensors.index.json").write_text(__import__("json").dumps(index))
+    ckpt = tw.open(tmp_path)
+    stamps = {r.storage.file: r.storage.stamp for r in ckpt.records.values()}
+    assert len(stamps) == 2 and all(s is not None for s in stamps.values())
+    assert tw.load(ckpt)["head.weight"].dtype == torch.bfloat16
+    _replace(tmp_path / "m-2.safetensors", (tmp_path / "m-2.safetensors").read_bytes())  # same bytes, new inode
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load(ckpt)
+    assert info.value.code == "file-changed" and "m-2.safetensors" in info.value.message
+    assert "replaced by another file" in info.value.message
+    # a ref made by hand has no stamp and is read as it is
+    assert storage.StorageRef("k", str(tmp_path / "m-1.safetensors"), 0, 4).stamp is None

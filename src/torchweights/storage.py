@@ -41,6 +41,7 @@ from ._engine import _Engine, _Group, _memory, _read_member, _Target, member_pie
 from ._io import IOSettings, crc32, current_settings, io_settings, open_fd, read_exact
 from ._mapping import _Mapper, mapped_tensors
 from ._results import CrcMismatch, FillResult, _what, crc_error, not_whole_elements
+from ._stamps import check_unchanged
 from ._tensors import _build, _check_view, _swap_unit, _target_device, apply_flags_in_place, build_sparse, needs_flags
 from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from .records import StorageRef, TensorRecord
@@ -291,6 +292,8 @@ def storage_crc(ref: StorageRef) -> int:
 def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
     """Bytes ``[start, end)`` of one storage as stored (no byte swap, no CRC check), without importing torch.
 
+    The file is refused (``file-changed``) when it is not the one the checkpoint was opened from.
+
     A stored member or plain file is read with one positioned read of exactly that range; a compressed member is
     inflated up to ``end``.
 
@@ -306,6 +309,7 @@ def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
     if out:
         fd = open_fd(ref.file)
         try:
+            check_unchanged(fd, ref)
             read_exact(fd, memoryview(out), ref.offset + start, ref.file, f"storage {quote(ref.key)}")
         finally:
             os.close(fd)
