@@ -246,3 +246,75 @@ def test_shards_and_safetensors_are_stamped_per_file(tmp_path: Path) -> None:
     assert "replaced by another file" in info.value.message
     # a ref made by hand has no stamp and is read as it is
     assert storage.StorageRef("k", str(tmp_path / "m-1.safetensors"), 0, 4).stamp is None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bug 6: map_location callables in torch's form
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _saved_on_cuda(path: Path) -> None:
+    """A checkpoint whose storages say they were saved from ``cuda:1`` (torch.save on a GPU machine), made by
+    editing the location strings of a CPU save (same length, so the pickle stays valid)."""
+    torch.save(_weights(), path)
+    with zipfile.ZipFile(path) as zin:
+        items = [(info, zin.read(info)) for info in zin.infolist()]
+    with zipfile.ZipFile(path, "w") as zout:
+        for info, data in items:
+            if info.filename.endswith("data.pkl"):
+                assert data.count(b"X\x03\x00\x00\x00cpu") == 1  # memoized after its first use
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:1")
+            zout.writestr(info, data)
+
+
+def test_map_location_callables_as_torch_calls_them(tmp_path: Path) -> None:
+    path = tmp_path / "gpu.pt"
+    _saved_on_cuda(path)
+    assert {r.storage.location for r in tw.open(path).records.values()} == {"cuda:1"}
+    seen: list[tuple[Any, str]] = []
+
+    def keep(storage: Any, location: str) -> Any:
+        seen.append((storage, location))
+        return storage
+
+    loaded = tw.load(path, map_location=keep)  # torch's idiom: keep every storage on the CPU
+    assert {loc for _, loc in seen} == {"cuda:1"}
+    assert all(isinstance(s, torch.UntypedStorage) and s.device.type == "cpu" for s, _ in seen)
+    expected = torch.load(path, map_location=lambda storage, loc: storage, weights_only=True)
+    assert loaded.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert tensor.device.type == "cpu" and torch.equal(loaded[name], tensor), name
+    cpu = tw.load(path, map_location=lambda storage, loc: storage.cpu())
+    assert all(t.device.type == "cpu" for t in cpu.values())
+    # a device in place of a storage, or a keyword-only default after the two arguments, are accepted too
+    assert all(t.is_meta for t in tw.load(path, map_location=lambda storage, loc: "meta").values())
+    assert all(t.is_meta for t in tw.load(path, map_location=lambda s, loc, *, x=0: torch.device("meta")).values())
+    # torch: None means the saved location; here the saved device does not exist, as with torch.load
+    with pytest.raises((RuntimeError, AssertionError)):
+        torch.load(path, map_location=lambda storage, loc: None, weights_only=True)
+    assert tw.load(path, map_location={"cuda:1": "cpu"})["encoder.bias"].device.type == "cpu"
+
+
+def test_map_location_callable_of_one_argument_still_works(tmp_path: Path) -> None:
+    path = tmp_path / "gpu.pt"
+    _saved_on_cuda(path)
+    seen: list[str] = []
+    loaded = tw.load(path, map_location=lambda location: seen.append(location) or "cpu")
+    assert set(seen) == {"cuda:1"} and all(t.device.type == "cpu" for t in loaded.values())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: "cpu",  # takes nothing
+        lambda a, b, c: "cpu",  # takes three
+        lambda storage, loc: 3.5,  # returns neither a storage nor a device
+        lambda storage, loc: storage.no_such_method(),  # fails inside
+    ],
+)
+def test_a_bad_map_location_callable_is_a_rule_error(tmp_path: Path, bad: Any) -> None:
+    torch.save(_weights(), tmp_path / "w.pt")
+    with pytest.raises(tw.RuleError) as info:
+        tw.load(tmp_path / "w.pt", map_location=bad)
+    assert info.value.code == "bad-map-location"
+    assert "map_location" in info.value.message and "lambda storage, location: storage" in info.value.message

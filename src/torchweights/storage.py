@@ -42,7 +42,7 @@ from ._io import IOSettings, crc32, current_settings, io_settings, open_fd, read
 from ._mapping import _Mapper, mapped_tensors
 from ._results import CrcMismatch, FillResult, _what, crc_error, not_whole_elements
 from ._stamps import check_unchanged
-from ._tensors import _build, _check_view, _swap_unit, _target_device, apply_flags_in_place, build_sparse, needs_flags
+from ._tensors import _build, _check_view, _swap_unit, apply_flags_in_place, build_sparse, device_resolver, needs_flags
 from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from .records import StorageRef, TensorRecord
 from .text import quote
@@ -192,7 +192,8 @@ def materialize(
     Args:
         records: the records to load.
         map_location: target device (``"cpu"``, ``"cuda:0"``, ``torch.device``), a mapping from saved location to
-            target, a callable taking the saved location, or None to keep the saved location.
+            target, a callable as ``torch.load`` takes it (``map_location(storage, location)``; see
+            :func:`torchweights._tensors.device_resolver`), or None to keep the saved location.
         check_crc: compare every storage with the CRC-32 its zip member records (``bad-crc`` on mismatch).
         mmap: CPU tensors as views of a private mapping of the file where possible (see :func:`mapped_tensors`).
 
@@ -215,11 +216,12 @@ def materialize(
     storages: dict[tuple[str, str], tuple[torch.UntypedStorage, int]] = {}
     groups: list[_Group] = []
     mapper = _Mapper() if mmap else None
+    resolve = device_resolver(map_location)
     for key, record in sorted(first.items(), key=lambda kv: (kv[0][0], kv[1].storage.offset if kv[1].storage else 0)):
         ref = record.storage
         assert ref is not None
         unit = _swap_unit(record.dtype)
-        device = _target_device(ref.location, map_location)
+        device = resolve(ref.location)
         if mapper is not None:
             if torch.device(device).type != "cpu":
                 raise RuleError(
