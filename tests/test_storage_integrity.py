@@ -318,3 +318,47 @@ def test_a_bad_map_location_callable_is_a_rule_error(tmp_path: Path, bad: Any) -
         tw.load(tmp_path / "w.pt", map_location=bad)
     assert info.value.code == "bad-map-location"
     assert "map_location" in info.value.message and "lambda storage, location: storage" in info.value.message
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bug 11: a CRC-32 the reader cannot check, and a location it had to assume, are said in Checkpoint.warnings
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _rewritten(src: Path, dst: Path, edit: Any) -> None:
+    """A copy of a torch zip with each member's bytes passed through ``edit(name, data)`` (CRCs recomputed)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, edit(info.filename, zin.read(info)))
+
+
+def test_a_member_longer_than_its_storage_is_a_warning(tmp_path: Path) -> None:
+    sd = _weights()
+    torch.save(sd, tmp_path / "w.pt")
+    member = tw.open(tmp_path / "w.pt").records["encoder.bias"].storage.member
+    assert tw.open(tmp_path / "w.pt").warnings == []
+    _rewritten(tmp_path / "w.pt", tmp_path / "long.pt", lambda name, data: data + b"\0" * 8 if name == member else data)
+    ckpt = tw.open(tmp_path / "long.pt")
+    assert ckpt.records["encoder.bias"].storage.crc32 is None
+    assert ckpt.records["encoder.weight"].storage.crc32 is not None
+    (warning,) = [w for w in ckpt.warnings if "CRC-32" in w]
+    assert "1 member is not checked" in warning and repr(member) in warning and "72 bytes, storage 64" in warning
+    assert torch.equal(tw.load(ckpt)["encoder.bias"], sd["encoder.bias"])
+
+
+def test_a_location_that_is_not_a_string_is_a_warning(tmp_path: Path) -> None:
+    torch.save(_weights(), tmp_path / "w.pt")
+
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith("data.pkl"):
+            return data
+        assert data.count(b"X\x03\x00\x00\x00cpu") == 1  # memoized after its first use
+        return data.replace(b"X\x03\x00\x00\x00cpu", b"K\x07")  # the int 7 where 'cpu' was
+
+    _rewritten(tmp_path / "w.pt", tmp_path / "odd.pt", edit)
+    ckpt = tw.open(tmp_path / "odd.pt")
+    assert {r.storage.location for r in ckpt.records.values()} == {"cpu"}
+    (warning,) = [w for w in ckpt.warnings if "location" in w]
+    assert "4 storages record a location that is not a device name" in warning and "(7)" in warning
+    assert all(r.storage.crc32 is not None for r in ckpt.records.values())  # the CRC is still checked
+    assert torch.equal(tw.load(ckpt)["head.weight"], _weights()["head.weight"])
