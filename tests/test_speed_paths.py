@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import torchweights as tw
-from torchweights import _engine, _io, storage
+from torchweights import _engine, _io, records, storage
 from torchweights.storage import io_settings
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -444,12 +444,26 @@ def test_mmap_refuses_a_device(tmp_path: Path) -> None:
         tw.load(path, mmap=True, map_location="cuda:0")
 
 
-def test_truncated_files_are_errors_not_crashes(tmp_path: Path) -> None:
+def _unstamped(path: Path, monkeypatch: pytest.MonkeyPatch) -> tw.Checkpoint:
+    """A checkpoint whose refs carry no file stamp (as refs made by hand): the reads below then meet a file that
+    shrinks after the stamp check, mid-read, as they would without it."""
+    with monkeypatch.context() as patch:
+        patch.setattr(records, "stamp_for", lambda file: None)
+        ckpt = tw.open(path)
+    assert all(r.storage is None or r.storage.stamp is None for r in ckpt.records.values())
+    return ckpt
+
+
+def test_truncated_files_are_errors_not_crashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sd = _random_state(Net())
     path = _write("safetensors", sd, tmp_path)
-    ckpt = tw.open(path)
+    stamped = tw.open(path)
+    ckpt = _unstamped(path, monkeypatch)
     os.truncate(path, os.path.getsize(path) - 100)
     for kwargs in ({}, {"mmap": True}):
+        with pytest.raises(tw.CorruptCheckpointError) as info:
+            tw.load(stamped, **kwargs)
+        assert info.value.code == "file-changed"  # seen before any read
         with pytest.raises(tw.CorruptCheckpointError) as info:
             tw.load(ckpt, **kwargs)
         assert info.value.code == "truncated"
@@ -682,11 +696,11 @@ def test_vectored_reads_survive_short_counts(fmt: str, tmp_path: Path, monkeypat
     assert len(calls) > 40
 
 
-def test_vectored_read_of_a_file_cut_short_is_truncated(tmp_path: Path) -> None:
+def test_vectored_read_of_a_file_cut_short_is_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _Many(20)
     path = _write("safetensors", _random_state(model, seed=5), tmp_path)
     target = _Many(20)
-    checkpoint = tw.open(path)  # the records say what the whole file held
+    checkpoint = _unstamped(path, monkeypatch)  # the records say what the whole file held
     with open(path, "r+b") as fh:
         fh.truncate(path.stat().st_size - 30)
     with pytest.raises(tw.CorruptCheckpointError) as info:

@@ -9,6 +9,11 @@ Strided views are gathered in pure Python with strided :class:`memoryview` slice
 (after dropping size-1 dimensions and merging dimensions that are contiguous with each other), so a transposed
 matrix costs one slice per row; torch is used only for casts. Big-endian storages are byte-swapped with
 :mod:`array`.
+
+Integrity: a storage whose zip member records a CRC-32 is checked before its last piece is handed out (``bad-crc``),
+as ``tw.load`` checks it: on the way when the tensor spans the whole storage, else by one streamed pass over the
+member first (its CRC covers bytes outside the tensor too). So ``convert`` cannot write, nor ``diff`` compare,
+bytes ``tw.load`` would refuse.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from collections.abc import Iterator
 from typing import Literal
 
 from . import dtypes
+from ._io import crc32
+from ._results import CrcMismatch, crc_error
 from .records import StorageRef, TensorRecord
 
 __all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "read_range", "span", "to_little_endian"]
@@ -135,14 +142,29 @@ def _torch_gather(buf: bytearray, record: TensorRecord) -> bytearray | None:
     return out
 
 
-def logical_chunks(record: TensorRecord, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytearray]:
+def _check(ref: StorageRef, value: int, record: TensorRecord) -> None:
+    """Raise ``bad-crc`` when ``value`` is not the CRC-32 ``ref``'s zip member records."""
+    if ref.crc32 is not None and value != ref.crc32:
+        raise crc_error(
+            [CrcMismatch(ref, ref.crc32, value, (record.name,))],
+            "Nothing was written or compared from it.",
+            "If you trust the file as it is, tw.load(path, check_crc=False) reads it anyway.",
+        )
+
+
+def logical_chunks(
+    record: TensorRecord, chunk_bytes: int = CHUNK_BYTES, *, check_crc: bool = True
+) -> Iterator[bytearray]:
     """The elements of ``record`` in C order as little-endian bytes, in pieces of whole elements.
 
     Contiguous tensors come in pieces of at most ``chunk_bytes``; a strided view comes as one gathered piece (its
-    span is read once). Nothing is yielded for an empty tensor.
+    span is read once). Nothing is yielded for an empty tensor. With ``check_crc`` (default) the storage's bytes
+    are compared with the CRC-32 its zip member records before the last piece is yielded (see the module
+    docstring).
 
     Raises:
         ValueError: the record has no storage (a meta tensor saved without data).
+        CorruptCheckpointError: ``bad-crc``: the storage does not match its CRC-32.
         TorchWeightsError: the bytes cannot be read (see :func:`torchweights.storage.read_storage_bytes`).
     """
     ref = record.storage
@@ -151,23 +173,38 @@ def logical_chunks(record: TensorRecord, chunk_bytes: int = CHUNK_BYTES) -> Iter
     if record.numel == 0:
         return
     first, end = span(record)
-    if not record.is_contiguous:
-        yield _gather(to_little_endian(read_range(ref, first, end), ref, record.dtype), record)
+    crc = check_crc and ref.crc32 is not None
+    if crc and (first, end) != (0, ref.nbytes):  # the CRC covers bytes outside the tensor: one pass over them all
+        from .storage import storage_crc
+
+        _check(ref, storage_crc(ref), record)
+        crc = False
+    if not record.is_contiguous or ref.compression:  # one read (one inflation) of the span
+        data = read_range(ref, first, end)
+        if crc:
+            _check(ref, crc32(memoryview(data)), record)
+        if not record.is_contiguous:
+            yield _gather(to_little_endian(data, ref, record.dtype), record)
+            return
+        step = max(record.itemsize, chunk_bytes - chunk_bytes % record.itemsize)
+        for at in range(0, len(data), step):
+            yield to_little_endian(data[at : at + step], ref, record.dtype)
         return
     size = record.itemsize
     step = max(size, chunk_bytes - chunk_bytes % size)
-    if ref.compression:  # one inflation, then pieces of it
-        whole = read_range(ref, first, end)
-        for at in range(0, len(whole), step):
-            yield to_little_endian(whole[at : at + step], ref, record.dtype)
-        return
+    value = 0
     for at in range(first, end, step):
-        yield to_little_endian(read_range(ref, at, min(end, at + step)), ref, record.dtype)
+        piece = read_range(ref, at, min(end, at + step))
+        if crc:
+            value = crc32(memoryview(piece), value)
+            if at + step >= end:
+                _check(ref, value, record)
+        yield to_little_endian(piece, ref, record.dtype)
 
 
-def logical_bytes(record: TensorRecord) -> bytearray:
+def logical_bytes(record: TensorRecord, *, check_crc: bool = True) -> bytearray:
     """All of :func:`logical_chunks` in one buffer (for small tensors and tests)."""
     out = bytearray()
-    for piece in logical_chunks(record):
+    for piece in logical_chunks(record, check_crc=check_crc):
         out += piece
     return out

@@ -28,7 +28,7 @@ import io
 import os
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -47,6 +47,7 @@ from ._io import (
     read_exact,
 )
 from ._results import CrcMismatch, FillResult, _what, not_whole_elements
+from ._stamps import check_unchanged
 from ._tensors import _build, _swap_unit
 from .errors import CheckpointReadError, CorruptCheckpointError
 from .records import StorageRef, TensorRecord
@@ -299,6 +300,7 @@ class _Engine:
         self.check_crc = check_crc
         self.settings = settings
         self.fds: dict[str, int] = {}
+        self.stats: dict[str, os.stat_result] = {}
         self.result = FillResult()
         self.lock = threading.Lock()
         pinned = False
@@ -314,8 +316,15 @@ class _Engine:
         fd = self.fds.get(path)
         if fd is None:
             fd = self.fds[path] = open_fd(path)
+            self.stats[path] = os.fstat(fd)
             if self.settings.fadvise:
                 hint(fd, 0, 0, sequential=True)
+        return fd
+
+    def opened(self, ref: StorageRef) -> int:
+        """The file of ``ref``, opened once per run (one ``fstat``), refused if it changed since it was opened."""
+        fd = self.fd(ref.file)
+        check_unchanged(fd, ref, self.stats[ref.file])
         return fd
 
     def close(self) -> None:
@@ -332,8 +341,7 @@ class _Engine:
         """The reads for one storage, in file order; each returns ``(crc, length)`` of its bytes when checked."""
         ref = group.ref
         crc = self.wants_crc(ref)
-        if not ref.compression:
-            self.fd(ref.file)  # opened here, by the planning thread: the readers only look it up
+        self.opened(ref)  # opened and checked here, by the planning thread: the readers only look it up
         if len(group.targets) == 1 and self.settings.direct:  # the common case: one tensor, read in place
             t = group.targets[0]
             if t.mem is not None and t.swap == 1 and (not crc or (t.start, t.end) == (0, ref.nbytes)):
@@ -527,7 +535,7 @@ class _Engine:
             return None
         if ref.compression == _DEFLATED:
             value = 0
-            with _open(ref.file) as fh:
+            with _open(ref) as fh:
                 try:
                     for n in inflate(fh, ref.offset, ref.compressed_size, ref.nbytes, mem):
                         value = crc32(mem[:n], value, address)
@@ -544,7 +552,7 @@ class _Engine:
         value = 0
         pos = 0
         try:
-            with _open(ref.file) as fh:
+            with _open(ref) as fh:
                 try:
                     for n in inflate(fh, ref.offset, ref.compressed_size, hi, buf.mem):
                         if crc:
@@ -641,11 +649,18 @@ class _Engine:
             self.result.bad_crc.append(CrcMismatch(ref, ref.crc32, value, tuple(group.names)))
 
 
-def _open(path: str) -> io.BufferedReader:
+def _open(ref: StorageRef) -> io.BufferedReader:
+    """A buffered handle on ``ref``'s file (for inflating), refused if the file changed since it was opened."""
     try:
-        return open(path, "rb")
+        fh = open(ref.file, "rb")  # noqa: SIM115 - returned, closed by the caller
     except OSError as exc:
-        raise CheckpointReadError(f"cannot read {quote(path)}: {exc.strerror or exc}", path=path) from None
+        raise CheckpointReadError(f"cannot read {quote(ref.file)}: {exc.strerror or exc}", path=ref.file) from None
+    try:
+        check_unchanged(fh.fileno(), ref)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
 
 
 def _bad_member(ref: StorageRef, exc: BaseException) -> CorruptCheckpointError:
@@ -656,6 +671,34 @@ def _bad_member(ref: StorageRef, exc: BaseException) -> CorruptCheckpointError:
         code="bad-member",
         path=ref.file,
     )
+
+
+def member_pieces(ref: StorageRef, mem: memoryview) -> Iterator[int]:
+    """Every decoded byte of a storage (inflating a compressed member), through ``mem`` piece by piece, without
+    torch: yields the number of bytes placed at the start of ``mem`` each time; the caller consumes them before the
+    next iteration overwrites them. The CRC is the caller's to check."""
+    if ref.compression == 0:
+        fd = open_fd(ref.file)
+        try:
+            check_unchanged(fd, ref)
+            for at in range(0, ref.nbytes, len(mem)):
+                n = min(len(mem), ref.nbytes - at)
+                read_exact(fd, mem[:n], ref.offset + at, ref.file, _what(ref))
+                yield n
+        finally:
+            os.close(fd)
+    elif ref.compression == _DEFLATED:
+        with _open(ref) as fh:
+            try:
+                yield from inflate(fh, ref.offset, ref.compressed_size, ref.nbytes, mem)
+            except (zlib.error, EOFError) as exc:
+                raise _bad_member(ref, exc) from None
+    else:  # bzip2 / lzma: rare enough to inflate whole
+        whole = memoryview(_read_member(ref))
+        for at in range(0, len(whole), len(mem)):
+            n = min(len(mem), len(whole) - at)
+            mem[:n] = whole[at : at + n]
+            yield n
 
 
 def _read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
@@ -675,7 +718,7 @@ def _read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
         crc32=ref.crc32 or 0,
         flags=0,
     )
-    with _open(ref.file) as handle:
+    with _open(ref) as handle:
         try:
             return inflate(handle, member, want)
         except CorruptCheckpointError as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ._io import crc32, current_settings, open_fd
 from ._results import CrcMismatch, _what, crc_error
+from ._stamps import check_unchanged
 from ._tensors import _build, _check_view, _swap_unit, needs_flags
 from .errors import CheckpointReadError, CorruptCheckpointError
 from .records import StorageRef, TensorRecord
@@ -33,22 +34,29 @@ class _Mapper:
 
     def __init__(self) -> None:
         self.maps: dict[str, _mmap.mmap] = {}
-        self.sizes: dict[str, int] = {}
+        self.stats: dict[str, os.stat_result] = {}
         self.storages: dict[tuple[str, str], torch.UntypedStorage] = {}
 
-    def mapping(self, path: str) -> tuple[_mmap.mmap | None, int]:
-        if path not in self.sizes:
+    def mapping(self, ref: StorageRef) -> tuple[_mmap.mmap | None, int]:
+        """The mapping of ``ref``'s file (made on first use) and the file's size; refused if the file changed since
+        it was opened (the ``fstat`` that sizes the mapping checks it)."""
+        path = ref.file
+        if path not in self.stats:
             fd = open_fd(path)
             try:
-                size = os.fstat(fd).st_size
-                self.sizes[path] = size
-                if size:
-                    self.maps[path] = _mmap.mmap(fd, size, access=_mmap.ACCESS_COPY)
-            except (OSError, ValueError) as exc:
-                raise CheckpointReadError(f"cannot map {quote(path)}: {exc}", path=path) from None
+                st = os.fstat(fd)
+                check_unchanged(fd, ref, st)
+                if st.st_size:
+                    try:
+                        self.maps[path] = _mmap.mmap(fd, st.st_size, access=_mmap.ACCESS_COPY)
+                    except (OSError, ValueError) as exc:
+                        raise CheckpointReadError(f"cannot map {quote(path)}: {exc}", path=path) from None
+                self.stats[path] = st
             finally:
                 os.close(fd)
-        return self.maps.get(path), self.sizes[path]
+        st = self.stats[path]
+        check_unchanged(-1, ref, st)
+        return self.maps.get(path), st.st_size
 
     def storage(self, ref: StorageRef, itemsize: int, unit: int) -> torch.UntypedStorage | None:
         """The storage as a view of the mapping, or None when it must be read (compressed, big-endian, unaligned)."""
@@ -63,7 +71,7 @@ class _Mapper:
         if ref.nbytes == 0:
             found = torch.UntypedStorage(0)
         else:
-            buf, size = self.mapping(ref.file)
+            buf, size = self.mapping(ref)
             if buf is None or ref.offset + ref.nbytes > size:
                 raise CorruptCheckpointError(
                     f"{quote(ref.file)} has {size} bytes but {_what(ref)} ends at byte {ref.offset + ref.nbytes}: "

@@ -52,15 +52,19 @@ class FillResult:
     bad_crc: list[CrcMismatch] = field(default_factory=list)
 
 
-def crc_error(bad: Sequence[CrcMismatch], consequence: str) -> CorruptCheckpointError:
-    """The ``bad-crc`` error for every mismatching storage at once, ending with what happened to the destination."""
+#: How to get the bytes anyway, where the API has ``check_crc``.
+SKIP_CRC = "If you trust it as it is and want the bytes anyway: check_crc=False."
+
+
+def crc_error(bad: Sequence[CrcMismatch], consequence: str, remedy: str = SKIP_CRC) -> CorruptCheckpointError:
+    """The ``bad-crc`` error for every mismatching storage at once, ending with what happened to the destination
+    (``consequence``) and how to read the bytes anyway (``remedy``)."""
     path = bad[0].ref.file
     lines = "\n".join(f"  {b.describe()}" for b in bad)
     return CorruptCheckpointError(
         f"{quote(path)}: {plural(len(bad), 'storage')} {'does' if len(bad) == 1 else 'do'} not match the CRC-32 "
         f"checksum recorded in the zip archive:\n{lines}\nThe bytes changed after the file was written (bit rot, an "
-        f"interrupted download or copy). {consequence} Re-download or re-save the file. If you trust it as it is "
-        "and want the bytes anyway: check_crc=False.",
+        f"interrupted download or copy). {consequence} Re-download or re-save the file. {remedy}",
         code="bad-crc",
         path=path,
     )

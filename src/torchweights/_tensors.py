@@ -11,11 +11,12 @@ Per-channel scales and zero points saved as tensors are records of their own: :f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import dtypes
-from .errors import CorruptCheckpointError, UnsupportedCheckpointError
+from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from .records import TensorRecord
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,14 +28,87 @@ def _swap_unit(dtype: str) -> int:
     return info.itemsize // 2 if info.kind == "complex" else info.itemsize
 
 
-def _target_device(location: str, map_location: Any) -> Any:
+_MAP_LOCATION_FIX = (
+    "Pass a device ('cpu', 'cuda:0'), a dict from saved location to device, None, or a callable as torch.load "
+    "takes it: map_location=lambda storage, location: storage (keep on the CPU) or a function returning a "
+    "device; a function of the location alone also works."
+)
+
+
+def _bad_map_location(what: str) -> RuleError:
+    return RuleError(f"map_location {what}. {_MAP_LOCATION_FIX}", code="bad-map-location")
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or repr(fn))[:60]
+
+
+def _takes(fn: Callable[..., Any], *args: Any) -> bool:
+    try:
+        inspect.signature(fn).bind(*args)
+    except TypeError:
+        return False
+    return True
+
+
+def device_resolver(map_location: Any) -> Callable[[str], Any]:
+    """Where storages saved from a location go: ``resolve(saved_location) -> device``, for any ``map_location``
+    ``torch.load`` takes (a device, a mapping of locations, None for the saved location, or a callable).
+
+    A callable is called as torch calls it, ``map_location(storage, location)``, with an empty CPU storage (tensor
+    bytes are read straight onto their device, so it sees no bytes): what it returns decides the device (a storage
+    or tensor: its device; a device or string: that one; None: the saved location). A callable of one argument
+    (the location) is called with the location alone. Called once per saved location.
+
+    Raises:
+        RuleError: ``bad-map-location`` (when resolving): the callable takes neither form, raises, or returns
+            something else.
+    """
     if map_location is None:
-        return location
+        return lambda location: location
     if isinstance(map_location, Mapping):
-        return map_location.get(location, location)
-    if callable(map_location):
-        return map_location(location)
-    return map_location
+        return lambda location: map_location.get(location, location)
+    if not callable(map_location) or isinstance(map_location, type):
+        return lambda location: map_location
+    import torch
+
+    try:
+        inspect.signature(map_location)
+        torch_form = _takes(map_location, None, "cpu")
+        if not torch_form and not _takes(map_location, "cpu"):
+            raise _bad_map_location(
+                f"{_name(map_location)} cannot be called as torch.load calls it, map_location(storage, "
+                "location), nor with the location alone"
+            )
+    except (TypeError, ValueError):  # no signature to read (some builtins): torch's form
+        torch_form = True
+    cache: dict[str, Any] = {}
+
+    def resolve(location: str) -> Any:
+        if location in cache:
+            return cache[location]
+        args = (torch.UntypedStorage(0), location) if torch_form else (location,)
+        try:
+            result = map_location(*args)
+        except Exception as exc:
+            raise _bad_map_location(
+                f"{_name(map_location)} raised {type(exc).__name__} ({exc}) for saved location " f"{location!r}"
+            ) from exc
+        if result is None:
+            device: Any = location
+        elif isinstance(result, (torch.UntypedStorage, torch.TypedStorage, torch.Tensor)):
+            device = result.device
+        elif isinstance(result, (str, torch.device)):
+            device = result
+        else:
+            raise _bad_map_location(
+                f"{_name(map_location)} returned {repr(result)[:60]} for saved location {location!r}, "
+                "not a storage, a device or None"
+            )
+        cache[location] = device
+        return device
+
+    return resolve
 
 
 _INT64_MAX = (1 << 63) - 1

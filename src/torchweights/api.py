@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .formats import ReadOptions, open_path
@@ -50,7 +50,7 @@ def open(
 def load(
     source: str | os.PathLike[str] | Checkpoint,
     *,
-    map_location: str | torch.device | Mapping[str, Any] | None = "cpu",
+    map_location: str | torch.device | Mapping[str, Any] | Callable[..., Any] | None = "cpu",
     allow_globals: Iterable[str] = (),
     limits: Limits = DEFAULT_LIMITS,
     check_crc: bool = True,
@@ -61,8 +61,13 @@ def load(
 
     Args:
         source: a path (as for :func:`open`) or an already opened :class:`Checkpoint`.
-        map_location: device for the tensors (``"cpu"``, ``"cuda:0"``, a ``torch.device``), or None for the
-            device each tensor was saved from.
+        map_location: device for the tensors (``"cpu"``, ``"cuda:0"``, a ``torch.device``), a dict from saved
+            location to device (``{"cuda:1": "cuda:0"}``), None for the device each tensor was saved from, or a
+            callable as ``torch.load`` takes it: ``map_location(storage, location)`` returning a storage (its device
+            is used: ``lambda storage, location: storage`` keeps everything on the CPU), a device, or None for the
+            saved location. The callable gets an empty CPU storage (bytes are read straight onto their device) and
+            is called once per saved location; a callable of the location alone also works. Anything else is
+            ``RuleError`` code ``bad-map-location``.
         allow_globals: pickle globals you trust (see :func:`open`).
         limits: resource bounds for hostile files.
         check_crc: compare each zip member's bytes with the CRC-32 the archive records, as they are read

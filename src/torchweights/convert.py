@@ -13,7 +13,8 @@ The algorithm, in the order it runs:
    order up to ``max_shard_size``; every output name is known, and checked to be free, before a byte is written;
 4. **write** each output to a temporary file in the destination folder, tensor by tensor, from bounded reads of
    the source (:mod:`torchweights._bytes`): peak memory is one chunk for contiguous tensors, one view span for
-   strided views, one tensor for casts; no torch unless ``dtype`` asks for a cast;
+   strided views, one tensor for casts; no torch unless ``dtype`` asks for a cast; the CRC-32 of every source zip
+   member is checked as ``tw.load`` checks it (``bad-crc``: nothing is kept), so damage is never laundered;
 5. **verify** each output (unless ``verify=False``): re-read it with the strict readers and compare every tensor,
    byte for byte, with a fresh read of the source;
 6. **commit**: fsync and rename every output into place; on any error before or during this step (including

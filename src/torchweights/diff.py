@@ -8,7 +8,8 @@ evidence, no legacy renames), so a DataParallel checkpoint (``module.*``) and it
 ``.ckpt`` and the ``.safetensors`` exported from it, compare as identical.
 
 Values are compared streaming: both tensors are read in aligned blocks of elements (never two whole checkpoints,
-never even two whole tensors), and equal bytes are accepted without torch. Where bytes differ, torch computes per
+never even two whole tensors), and equal bytes are accepted without torch. The CRC-32 of every zip member read is
+checked as ``tw.load`` checks it (``bad-crc``). Where bytes differ, torch computes per
 block, in float64 (complex128 for complex dtypes): the largest absolute difference, the largest difference relative
 to the larger magnitude of the two values, whether every element satisfies ``|a - b| <= atol + rtol * |b|``
 (NaN equals NaN), and how many elements changed their bits (for a dtype change: their value).

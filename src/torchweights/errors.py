@@ -21,7 +21,8 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │                                                           zip-hidden-data, zip-unsafe-name,
     │                                                           bad-sparse (sparse indices torch would refuse),
     │                                                           pickle-trailing-data (bytes after a plain pickle),
-    │                                                           ...]
+    │                                                           file-changed (the file was rewritten, resized or
+    │                                                           replaced since tw.open read it), ...]
     │   ├── ShardIndexError                                    [shard-*]
     │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs)]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
@@ -33,7 +34,9 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │                                                           tensor into a dense destination;
     │                                                           unsupported-embedded-storage; unsupported-npz-member)]
     ├── RuleError                          ValueError          [bad-rule, bad-container, rename-collision,
-    │                                                           bad-model (a ModelSpec outside a dry run), ...]
+    │                                                           bad-model (a ModelSpec outside a dry run),
+    │                                                           bad-map-location (a map_location callable that
+    │                                                           fails or returns no device), ...]
     ├── LoadError                          ValueError          [shape-mismatch, missing-keys, unexpected-keys,
     │                                                           left-on-meta: a meta-device tensor nothing fills]
     │                                                          carries the full LoadReport as .report

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import dtypes
+from ._stamps import FileStamp, stamp_for
 
 __all__ = ["Checkpoint", "StorageRef", "TensorRecord"]
 
@@ -26,6 +27,10 @@ class StorageRef:
         compressed_size: bytes the member occupies in the file when it is compressed.
         crc32: expected CRC-32 of the bytes, when the container records one.
         location: device the storage was saved from (``"cpu"``, ``"cuda:0"``), as the file records it.
+        stamp: ``(st_dev, st_ino, st_size, st_mtime_ns)`` of ``file`` when :func:`torchweights.open` read it (set
+            for every ref made while a checkpoint is opened; None for refs made by hand). The readers of tensor
+            bytes compare it with one ``fstat`` of the file they open: a file changed since is ``file-changed``.
+            Not compared by ``==``.
     """
 
     key: str
@@ -38,6 +43,10 @@ class StorageRef:
     compressed_size: int = 0
     crc32: int | None = None
     location: str = "cpu"
+    stamp: FileStamp | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stamp", stamp_for(self.file))  # frozen: set once, here
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import dtypes
-from ._engine import _Engine, _Group, _memory, _read_member, _Target
-from ._io import IOSettings, current_settings, io_settings, open_fd, read_exact
+from ._engine import _Engine, _Group, _memory, _read_member, _Target, member_pieces
+from ._io import IOSettings, crc32, current_settings, io_settings, open_fd, read_exact
 from ._mapping import _Mapper, mapped_tensors
 from ._results import CrcMismatch, FillResult, _what, crc_error, not_whole_elements
-from ._tensors import _build, _check_view, _swap_unit, _target_device, apply_flags_in_place, build_sparse, needs_flags
+from ._stamps import check_unchanged
+from ._tensors import _build, _check_view, _swap_unit, apply_flags_in_place, build_sparse, device_resolver, needs_flags
 from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from .records import StorageRef, TensorRecord
 from .text import quote
@@ -60,6 +61,7 @@ __all__ = [
     "materialize",
     "read_byte_range",
     "read_storage_bytes",
+    "storage_crc",
 ]
 
 
@@ -157,12 +159,12 @@ def fill(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool = False) -> bytearray:
+def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool = True) -> bytearray:
     """Read one storage's bytes (inflating a compressed zip member) into a new writable buffer.
 
-    Callers may pass a narrowed ``ref`` (a byte range of a storage), so the CRC-32 is only compared when asked:
-    ``check_crc=True`` is right only for a ``ref`` that describes its whole zip member. ``files`` is accepted for
-    compatibility and unused.
+    The bytes are compared with the CRC-32 their zip member records (``bad-crc`` on mismatch); pass
+    ``check_crc=False`` for a trusted file, or for a narrowed ``ref`` (a byte range of a storage, whose bytes the
+    member's CRC does not describe). ``files`` is accepted for compatibility and unused.
     """
     import torch
 
@@ -190,7 +192,8 @@ def materialize(
     Args:
         records: the records to load.
         map_location: target device (``"cpu"``, ``"cuda:0"``, ``torch.device``), a mapping from saved location to
-            target, a callable taking the saved location, or None to keep the saved location.
+            target, a callable as ``torch.load`` takes it (``map_location(storage, location)``; see
+            :func:`torchweights._tensors.device_resolver`), or None to keep the saved location.
         check_crc: compare every storage with the CRC-32 its zip member records (``bad-crc`` on mismatch).
         mmap: CPU tensors as views of a private mapping of the file where possible (see :func:`mapped_tensors`).
 
@@ -213,11 +216,12 @@ def materialize(
     storages: dict[tuple[str, str], tuple[torch.UntypedStorage, int]] = {}
     groups: list[_Group] = []
     mapper = _Mapper() if mmap else None
+    resolve = device_resolver(map_location)
     for key, record in sorted(first.items(), key=lambda kv: (kv[0][0], kv[1].storage.offset if kv[1].storage else 0)):
         ref = record.storage
         assert ref is not None
         unit = _swap_unit(record.dtype)
-        device = _target_device(ref.location, map_location)
+        device = resolve(ref.location)
         if mapper is not None:
             if torch.device(device).type != "cpu":
                 raise RuleError(
@@ -268,9 +272,29 @@ def materialize(
 # Byte ranges without torch (for convert, diff and verify: torchweights/_bytes.py)
 # --------------------------------------------------------------------------------------------------------------
 
+#: Most bytes :func:`storage_crc` holds at once.
+_CRC_PIECE = 16 << 20
+
+
+def storage_crc(ref: StorageRef) -> int:
+    """The CRC-32 of one whole storage as decoded (a compressed member inflated), streamed through one buffer of at
+    most 16 MiB, without torch; compare it with ``ref.crc32``.
+
+    Raises:
+        CorruptCheckpointError, CheckpointReadError: the bytes cannot be read.
+    """
+    value = 0
+    if ref.nbytes:
+        mem = memoryview(bytearray(min(ref.nbytes, _CRC_PIECE)))
+        for n in member_pieces(ref, mem):
+            value = crc32(mem[:n], value)
+    return value
+
 
 def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
     """Bytes ``[start, end)`` of one storage as stored (no byte swap, no CRC check), without importing torch.
+
+    The file is refused (``file-changed``) when it is not the one the checkpoint was opened from.
 
     A stored member or plain file is read with one positioned read of exactly that range; a compressed member is
     inflated up to ``end``.
@@ -287,6 +311,7 @@ def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
     if out:
         fd = open_fd(ref.file)
         try:
+            check_unchanged(fd, ref)
             read_exact(fd, memoryview(out), ref.offset + start, ref.file, f"storage {quote(ref.key)}")
         finally:
             os.close(fd)

@@ -76,7 +76,17 @@ READERS: Callable[[], dict[str, Reader]] = _readers
 
 
 def open_path(path: str, options: ReadOptions) -> Checkpoint:
-    """Detect the format of ``path`` from its content and read it into a :class:`Checkpoint`."""
+    """Detect the format of ``path`` from its content and read it into a :class:`Checkpoint`.
+
+    The file is stamped before it is read: every ``StorageRef`` made meanwhile records which version of its file it
+    describes (see :mod:`torchweights._stamps`)."""
+    from .._stamps import stamping
+
+    with stamping(path):
+        return _read_path(path, options)
+
+
+def _read_path(path: str, options: ReadOptions) -> Checkpoint:
     from ..detect import detect
 
     fmt = detect(path)

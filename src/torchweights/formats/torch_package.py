@@ -247,6 +247,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
                 extras[f"{resource}/{key}" if key else resource] = value
             warnings.extend(f"{resource}: {w}" for w in flat.warnings)
         _embedded_constants(scripts, records, warnings, globals_seen)
+        warnings.extend(storages.warnings)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **text_records, "extern_modules": extern}
     metadata["code_files"] = code_files
     if scripts.used_by:

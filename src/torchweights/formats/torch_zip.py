@@ -18,6 +18,7 @@ from ..containers import short_repr
 from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef
+from ..text import plural, quote, shorten_list
 from ..unpickle import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
 from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_member_inflation, inflate, read_directory
@@ -122,6 +123,8 @@ class _Storages:
         self.root = root
         self.byteorder = byteorder
         self.seen: dict[str, PickledStorage] = {}
+        self.unchecked: list[str] = []  # members longer than their storage: CRC-32 not checked
+        self.odd_locations: list[str] = []  # storages whose location is not a string: read as 'cpu'
 
     def __call__(self, pid: Any) -> PickledStorage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -186,6 +189,13 @@ class _Storages:
                 path=self.path,
             )
         # The checked directory guarantees that the member's bytes lie inside the file.
+        crc: int | None = info.crc32
+        if info.size != nbytes:  # the CRC covers bytes past the storage, which reads stop before: not checkable
+            crc = None
+            self.unchecked.append(f"{quote(member)} ({info.size} bytes, storage {nbytes})")
+        if not isinstance(location, str):
+            self.odd_locations.append(f"{quote(key)} ({short_repr(location, 40)})")
+            location = "cpu"
         ref = StorageRef(
             key=key if self.folder == "data" else f"{self.folder}/{key}",
             file=self.path,
@@ -195,12 +205,30 @@ class _Storages:
             member=member,
             compression=info.compress_type,
             compressed_size=info.compressed_size,
-            crc32=info.crc32 if info.size == nbytes else None,
-            location=location if isinstance(location, str) else "cpu",
+            crc32=crc,
+            location=location,
         )
         storage = PickledStorage(ref, dtype)
         self.seen[key] = storage
         return storage
+
+    @property
+    def warnings(self) -> list[str]:
+        """What reading the storages could not check or had to assume, for ``Checkpoint.warnings``."""
+        out = []
+        if self.unchecked:
+            out.append(
+                f"the CRC-32 of {plural(len(self.unchecked), 'member')} is not checked: each holds more bytes than "
+                f"its storage, and the checksum covers them all: {shorten_list(self.unchecked)}. torch.save writes "
+                "members of exactly their storage's size; re-save the file to have them checked."
+            )
+        if self.odd_locations:
+            out.append(
+                f"{plural(len(self.odd_locations), 'storage')} record a location that is not a device name such as "
+                f"'cpu' or 'cuda:0'; read as saved from 'cpu' (map_location sees 'cpu'): "
+                f"{shorten_list(self.odd_locations)}"
+            )
+        return out
 
 
 @contextmanager
@@ -302,4 +330,6 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         storages = _Storages(archive, root, byteorder)
         result = run_pickle(data, options, where, persistent_load=storages)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
-    return assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)
+    ckpt = assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)
+    ckpt.warnings.extend(storages.warnings)
+    return ckpt

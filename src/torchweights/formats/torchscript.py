@@ -545,8 +545,8 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
             data,
             constants,
             f"{root}code/",
-            _Storages(archive, root, byteorder),
-            _Storages(archive, root, byteorder, folder="constants"),
+            data_storages := _Storages(archive, root, byteorder),
+            constant_storages := _Storages(archive, root, byteorder, folder="constants"),
             options,
         )
         code_files = _listing(archive, f"{root}code/")
@@ -579,5 +579,5 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         extras=flat.extras,
         globals=tuple(sorted(module.globals)),
         metadata=metadata,
-        warnings=[*module.warnings, *flat.warnings],
+        warnings=[*module.warnings, *flat.warnings, *data_storages.warnings, *constant_storages.warnings],
     )

@@ -25,7 +25,7 @@ from .. import dtypes
 from ..containers import flatten, record_maker, short_repr
 from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..records import Checkpoint, StorageRef
-from ..text import plural, quote, quote_list
+from ..text import plural, quote, quote_list, shorten_list
 from ..unpickle import PickledQTensor, PickledStorage, PickledTensor, Stub
 from ._pickled import run_pickle
 from .torch_zip import Archive
@@ -62,6 +62,7 @@ class _Reader:
         self.options = options
         self.path = archive.path
         self.storages: dict[str, PickledStorage] = {}
+        self.unchecked: list[str] = []  # members that are not whole elements: CRC-32 not checked
         self.table: list[PickledTensor] = []
         self.attributes: list[Any] = []
         self.dropped: list[str] = []
@@ -106,6 +107,8 @@ class _Reader:
                 path=self.path,
             )
         size = dtypes.itemsize(dtype)
+        if info.size % size:  # the CRC covers the trailing partial element, which reads stop before
+            self.unchecked.append(f"{quote(member)} ({info.size} bytes of {dtype})")
         ref = StorageRef(
             key=key,
             file=self.path,
@@ -288,6 +291,12 @@ def read_model_json(archive: Archive, root: str, records: dict[str, str], option
     tree = reader.module(model.get("mainModule"), "", 0)
     flat = flatten(tree, record_maker(f"{quote(path)} member {quote(info.name)}"), limits=options.limits, budget=budget)
     warnings = list(flat.warnings)
+    if reader.unchecked:
+        warnings.append(
+            f"the CRC-32 of {plural(len(reader.unchecked), 'member')} is not checked: each ends in a partial "
+            f"element that no tensor reads, and the checksum covers it: {shorten_list(reader.unchecked)}. "
+            "Re-save the model with torch.jit.save to have them checked."
+        )
     if reader.dropped:
         warnings.append(
             f"{plural(len(reader.dropped), 'tensor attribute')} {'is' if len(reader.dropped) == 1 else 'are'} neither "
