@@ -276,6 +276,7 @@ def log_line(report: LoadReport) -> str:
         casts = ", ".join(f"{n} {src} -> {dst}" for (src, dst), n in lossy.items())
         parts.append(f"cast with precision loss: {casts}")
     parts += [use.describe() for use in plan.renames if use.matched == 0]
+    parts += [use.describe() for use in plan.skips if use.matched == 0]
     if plan.suggestion is not None:
         pairs = plan.suggestion.rules.rename[len(plan.rules.rename) :]
         parts.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "} would load more")
@@ -646,8 +647,9 @@ def _advise(plan: Plan) -> _Advice:
         _advise_meta(plan, advice)
         return advice
     inner = _advise(suggestion)
-    pairs = suggestion.rules.rename
-    new = pairs[len(plan.rules.rename) :]
+    new = suggestion.rules.rename[len(plan.rules.rename) :]
+    unused = {(use.pattern, use.replacement) for use in plan.renames if use.matched == 0}
+    pairs = [pair for pair in suggestion.rules.rename if pair not in unused]  # not a rename that matched nothing
     gained = sum(1 for a in suggestion.actions if a.kind == "load") - sum(1 for a in plan.actions if a.kind == "load")
     shown = _and([f"{quote(p)} -> {quote(r)}" for p, r in new])
     advice = _Advice(lead="To load them under their model names")
@@ -746,7 +748,8 @@ def _advise_keys(plan: Plan) -> _Advice:
         new += mismatch_skip
     new += [p for p in missing_skip if p not in new]
     if new:
-        skip = [*rules.skip, *(p for p in new if p not in rules.skip)]
+        kept = [use.pattern for use in plan.skips if use.matched] if plan.skips else list(rules.skip)
+        skip = [*kept, *(p for p in new if p not in kept)]
         advice.kwargs.insert(0, "skip=[" + ", ".join(_py(p) for p in skip) + "]")
         advice.flags[:0] = [f"--skip {shlex.quote(p)}" for p in skip]
         shown = _and([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
@@ -1013,7 +1016,9 @@ def problem_summary(report: LoadReport) -> str:
             f"  {on_meta} of these keys {'is' if one else 'are'} on the meta device: without a tensor from the "
             f"file, {'it has' if one else 'they have'} no values at all."
         )
-    lines += [f"  {use.describe()}: check its pattern." for use in plan.renames if use.matched == 0]
+    unused = [use.describe() for use in plan.renames if use.matched == 0]
+    unused += [use.describe() for use in plan.skips if use.matched == 0]
+    lines += [f"  {text}: check its pattern." for text in unused]
     lines += [f"  {sentence}" for sentence in tail]
     return "\n".join(lines)
 
