@@ -549,3 +549,19 @@ def test_a_skip_that_matches_nothing_is_reported(tmp_path: Path, caplog: pytest.
     message = info.value.message
     assert "rename '^heads\\.' -> 'classifier.' matched 0 keys" in message
     assert 'rename={"^head\\\\.": "classifier."}' in message and "heads" not in message.split("matched 0 keys")[1]
+
+
+def test_a_batchnorm_absent_from_the_file_is_missing_counter_included() -> None:
+    src = _trained(Headed())
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("bn.")}
+    report = tw.load_into(Headed(), state, strict=False)
+    assert report.headline() == "OK (strict=False): loaded 8 of 13; 5 left as initialised (missing)"
+    assert "old checkpoints" not in str(report) and "0.4.1" not in str(report)
+    with torch.device("meta"):
+        dst = Headed()
+    report = tw.load_into(dst, state, strict=False, init_missing=True)
+    assert report.ok and not _meta_names(dst) and dst.bn.num_batches_tracked.item() == 0
+    # only the counter absent (a file saved before torch 0.4.1): kept at its default, as torch does
+    old = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    report = tw.load_into(Headed(), old)
+    assert report.headline() == "OK: loaded 12 of 13; 1 kept at its default (absent from old checkpoints)"

@@ -202,7 +202,7 @@ def test_container_forced_by_dotted_prefix_of_flat_names() -> None:
 def test_root_container_can_be_forced() -> None:
     keys = ckpt({"model": state(NET)})
     plan = reconcile(keys, NET, Rules.make(container="", prefix=None))
-    assert plan.container.path == () and len(plan.by_kind("missing")) == len(NET) - 1  # + one default
+    assert plan.container.path == () and len(plan.by_kind("missing")) == len(NET)  # the counter too
 
 
 def test_unknown_container_lists_the_candidates() -> None:
@@ -423,7 +423,7 @@ def test_explicit_prefix(prefix: str, stored: str, spec_prefix: str, strip: str,
 
 def test_explicit_prefix_is_applied_even_when_auto_would_not() -> None:
     plan = reconcile(ckpt(state(NET)), NET, Rules.make(prefix="+model."))
-    assert not plan.ok and len(plan.by_kind("missing")) == 8
+    assert not plan.ok and len(plan.by_kind("missing")) == 9
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -849,7 +849,7 @@ def test_nested_plain_dict_input_is_walked_and_non_tensors_are_left_out() -> Non
 
 def test_empty_checkpoint_everything_missing() -> None:
     plan = reconcile([], NET)
-    assert plan.container.path == () and len(plan.by_kind("missing")) == 8 and len(plan.by_kind("default")) == 1
+    assert plan.container.path == () and len(plan.by_kind("missing")) == 9 and not plan.by_kind("default")
 
 
 def test_empty_model_everything_unexpected() -> None:

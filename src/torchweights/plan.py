@@ -27,7 +27,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .records import Checkpoint
@@ -1191,6 +1191,7 @@ def _assemble(
             else:
                 verdict = _unsourced(entry, rules)
         actions.append(verdict)
+    _counters_of_absent_modules(actions, entries)
     actions.extend(stray)
     target_of = matcher.target_of
     for key, src in fit.keys.items():
@@ -1225,6 +1226,17 @@ def _assemble(
         renames=fit.uses,
         skips=skips,
     )
+
+
+def _counters_of_absent_modules(actions: list[Action], entries: Mapping[str, ModelEntry]) -> None:
+    """A BatchNorm ``num_batches_tracked`` is kept at its default only when its module's other tensors are in the
+    checkpoint (a file saved before torch 0.4.1 has them without it). When none of them loads, the module is absent
+    from the file and its counter is missing like the rest of it (in place)."""
+    filled = {entries[a.target].module for a in actions if a.target is not None and a.kind in ("load", "tied")}
+    for i, a in enumerate(actions):
+        if a.kind == "default" and a.target is not None and entries[a.target].module not in filled:
+            reason = "no checkpoint key matches (nor any other tensor of its module)"
+            actions[i] = replace(a, kind="missing", reason=reason)
 
 
 def _stored_skips(rules: Rules, entries: Mapping[str, ModelEntry]) -> tuple[str, ...]:
@@ -1397,8 +1409,6 @@ _MAX_SUGGESTED_RENAMES = 8
 def _with_suggestion(plan: Plan, keys: list[SourceKey], spec: ModelSpec, pairs: list[tuple[str, str]]) -> Plan:
     """``plan`` with :attr:`Plan.suggestion` set, when the renames load every key they pair and keep every key that
     loaded loading."""
-    from dataclasses import replace
-
     rules = plan.rules
     try:
         trial = replace(rules, rename=(*rules.rename, *pairs), compiled_rename=())
