@@ -565,3 +565,37 @@ def test_a_batchnorm_absent_from_the_file_is_missing_counter_included() -> None:
     old = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
     report = tw.load_into(Headed(), old)
     assert report.headline() == "OK: loaded 12 of 13; 1 kept at its default (absent from old checkpoints)"
+
+
+class Rotary(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.register_buffer("inv_freq", torch.arange(4.0), persistent=False)
+
+
+@pytest.mark.parametrize("init_missing", [False, True])
+def test_the_headline_names_what_stays_on_meta_and_why(init_missing: bool, caplog: pytest.LogCaptureFixture) -> None:
+    state = Rotary().state_dict()
+    with torch.device("meta"):
+        dst = Rotary()
+    with caplog.at_level("WARNING", logger="torchweights"):
+        report = tw.load_into(dst, state, init_missing=init_missing)
+    why = "not persistent: no checkpoint fills it"
+    if init_missing:
+        why += ", init_missing=True cannot compute it"
+    assert report.headline() == (
+        f"INCOMPLETE: loaded 2 of 2; 1 buffer left on the meta device ({why}); the model cannot run until the "
+        "tensor on the meta device has values"
+    )
+    (record,) = caplog.records
+    assert f"1 buffer left on the meta device ({why})" in record.getMessage() and "inv_freq" in record.getMessage()
+    dry = tw.load_into(dst, state, dry_run=True)
+    assert "1 buffer would stay on the meta device (not persistent" in dry.headline()
+    # a module init_missing cannot initialise says so too
+    with torch.device("meta"):
+        seq = torch.nn.Sequential(torch.nn.Linear(4, 4), NoReset())
+    part = {"0.weight": torch.randn(4, 4), "0.bias": torch.randn(4)}
+    report = tw.load_into(seq, part, strict=False, init_missing=init_missing)
+    cause = "missing; init_missing=True cannot help: no reset_parameters()" if init_missing else "missing"
+    assert f"1 left on the meta device ({cause})" in report.headline()

@@ -198,6 +198,8 @@ def _fates(report: LoadReport) -> tuple[int, int, list[tuple[str, Counter[str]]]
         cause = "mismatched" if a.kind == "skip" and "mismatch" in a.reason else why.get(a.kind, a.kind)
         if a.target in meta:
             fate = "left on the meta device"
+            if plan.rules.init_missing:
+                cause += "; init_missing=True cannot help: no reset_parameters()"
         elif a.target in initialised:
             fate = "initialised by init_missing"
         elif a.kind == "default":
@@ -243,13 +245,23 @@ def headline(report: LoadReport) -> str:
         return f"FAILED: {', '.join(parts)} ({strict}); the model was not changed"
     loads = f"loaded {loaded} of {total}" if report.applied else f"would load {loaded} of {total}"
     parts = [loads, *_fate_text(fates)]
+    targets = {a.target for a in plan.actions if a.target is not None}
+    unsaved = [name for name in report.left_on_meta if name not in targets]
+    if unsaved:
+        one = len(unsaved) == 1
+        verb = "left" if report.applied else "would stay"
+        why = f"not persistent: no checkpoint fills {'it' if one else 'them'}"
+        if plan.rules.init_missing:
+            why += f", init_missing=True cannot compute {'it' if one else 'them'}"
+        parts.append(f"{plural(len(unsaved), 'buffer')} {verb} on the meta device ({why})")
     if outside:
         parts.append(f"{plural(len(outside), 'checkpoint tensor')} not loaded")
     text = "; ".join(parts)
     if not report.applied:
         return f"DRY RUN ({strict}): {text}; the model was not changed"
     if report.left_on_meta:
-        return f"INCOMPLETE: {text}; the model cannot run until those on meta have values"
+        n = len(report.left_on_meta)
+        return f"INCOMPLETE: {text}; the model cannot run until {_these(n)} on the meta device {_has(n)} values"
     lenient = plan.rules.strict is not True and any(
         a.kind in ("missing", "mismatch", "unexpected") for a in plan.actions
     )
@@ -1030,6 +1042,10 @@ def _with_lead(advice: _Advice, lead: str) -> str:
 
 def _does(n: int) -> str:
     return "does" if n == 1 else "do"
+
+
+def _these(n: int) -> str:
+    return "the tensor" if n == 1 else f"the {n} tensors"
 
 
 def _has(n: int) -> str:
