@@ -497,3 +497,105 @@ def test_a_custom_loader_converts_only_what_it_accepts() -> None:
     stored = torch.arange(15.0).reshape(5, 3)
     report = tw.load_into(meta, {"0.weight": torch.ones(2, 2), "0.bias": torch.zeros(2), "1.weight": stored})
     assert report.ok and not _meta_names(meta) and torch.equal(meta[1].weight, stored.t())
+
+
+class Headed(torch.nn.Module):
+    """The tester's model: a backbone, a BatchNorm and a head whose attribute name varies."""
+
+    def __init__(self, head: str = "head") -> None:
+        super().__init__()
+        self.backbone = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 16))
+        self.bn = torch.nn.BatchNorm1d(16)
+        setattr(self, head, torch.nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("wrapper", ["", "module."])
+def test_a_renamed_head_is_never_loaded_silently(tmp_path: Path, wrapper: str) -> None:
+    src = _trained(Headed())
+    path = tmp_path / "sd.pt"
+    torch.save({wrapper + k: v for k, v in src.state_dict().items()}, path)
+    dst = Headed("classifier")
+    before = dst.classifier.weight.detach().clone()
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(dst, path)
+    message = info.value.message
+    assert 'rename={"^head\\\\.": "classifier."}' in message and "stripped 'head.'" not in message
+    assert torch.equal(dst.classifier.weight, before)
+    # skip written in the checkpoint's names is honoured; the model's head stays as initialised
+    report = tw.load_into(dst, path, skip=["head.*"], strict=False)
+    assert [(u.pattern, u.matched) for u in report.plan.skips] == [("head.*", 2)]
+    assert {a.key for a in report.plan.by_kind("skip")} == {wrapper + "head.weight", wrapper + "head.bias"}
+    assert torch.equal(dst.classifier.weight, before)
+    assert report.headline().startswith("OK (strict=False): loaded 11 of 13; 2 left as initialised (missing)")
+    # the suggested rename loads the head where asked
+    report = tw.load_into(dst, path, rename={r"^head\.": "classifier."})
+    assert report.ok and torch.equal(dst.classifier.weight, src.head.weight)
+
+
+def test_a_skip_that_matches_nothing_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = _trained(Headed())
+    with caplog.at_level("WARNING", logger="torchweights"):
+        report = tw.load_into(Headed(), src.state_dict(), skip=["heads.*"])
+    assert report.ok and not report.clean
+    assert "skip 'heads.*' matched 0 keys" in str(report)
+    (record,) = caplog.records
+    assert "skip 'heads.*' matched 0 keys" in record.getMessage()
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(Headed("classifier"), src.state_dict(), skip=["heads.*"])
+    message = info.value.message
+    assert "skip 'heads.*' matched 0 keys: check its pattern." in message
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(Headed("classifier"), src.state_dict(), rename={r"^heads\.": "classifier."}, strict="model")
+    message = info.value.message
+    assert "rename '^heads\\.' -> 'classifier.' matched 0 keys" in message
+    assert 'rename={"^head\\\\.": "classifier."}' in message and "heads" not in message.split("matched 0 keys")[1]
+
+
+def test_a_batchnorm_absent_from_the_file_is_missing_counter_included() -> None:
+    src = _trained(Headed())
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("bn.")}
+    report = tw.load_into(Headed(), state, strict=False)
+    assert report.headline() == "OK (strict=False): loaded 8 of 13; 5 left as initialised (missing)"
+    assert "old checkpoints" not in str(report) and "0.4.1" not in str(report)
+    with torch.device("meta"):
+        dst = Headed()
+    report = tw.load_into(dst, state, strict=False, init_missing=True)
+    assert report.ok and not _meta_names(dst) and dst.bn.num_batches_tracked.item() == 0
+    # only the counter absent (a file saved before torch 0.4.1): kept at its default, as torch does
+    old = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    report = tw.load_into(Headed(), old)
+    assert report.headline() == "OK: loaded 12 of 13; 1 kept at its default (absent from old checkpoints)"
+
+
+class Rotary(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.register_buffer("inv_freq", torch.arange(4.0), persistent=False)
+
+
+@pytest.mark.parametrize("init_missing", [False, True])
+def test_the_headline_names_what_stays_on_meta_and_why(init_missing: bool, caplog: pytest.LogCaptureFixture) -> None:
+    state = Rotary().state_dict()
+    with torch.device("meta"):
+        dst = Rotary()
+    with caplog.at_level("WARNING", logger="torchweights"):
+        report = tw.load_into(dst, state, init_missing=init_missing)
+    why = "not persistent: no checkpoint fills it"
+    if init_missing:
+        why += ", init_missing=True cannot compute it"
+    assert report.headline() == (
+        f"INCOMPLETE: loaded 2 of 2; 1 buffer left on the meta device ({why}); the model cannot run until the "
+        "tensor on the meta device has values"
+    )
+    (record,) = caplog.records
+    assert f"1 buffer left on the meta device ({why})" in record.getMessage() and "inv_freq" in record.getMessage()
+    dry = tw.load_into(dst, state, dry_run=True)
+    assert "1 buffer would stay on the meta device (not persistent" in dry.headline()
+    # a module init_missing cannot initialise says so too
+    with torch.device("meta"):
+        seq = torch.nn.Sequential(torch.nn.Linear(4, 4), NoReset())
+    part = {"0.weight": torch.randn(4, 4), "0.bias": torch.randn(4)}
+    report = tw.load_into(seq, part, strict=False, init_missing=init_missing)
+    cause = "missing; init_missing=True cannot help: no reset_parameters()" if init_missing else "missing"
+    assert f"1 left on the meta device ({cause})" in report.headline()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from torchweights.errors import RuleError
-from torchweights.plan import KINDS, Action, Plan, SourceKey, reconcile
+from torchweights.plan import KINDS, Action, Plan, SourceKey, reconcile, renames_module
 from torchweights.rules import Rules, matches_any
 from torchweights.spec import ModelSpec
 
@@ -202,7 +202,7 @@ def test_container_forced_by_dotted_prefix_of_flat_names() -> None:
 def test_root_container_can_be_forced() -> None:
     keys = ckpt({"model": state(NET)})
     plan = reconcile(keys, NET, Rules.make(container="", prefix=None))
-    assert plan.container.path == () and len(plan.by_kind("missing")) == len(NET) - 1  # + one default
+    assert plan.container.path == () and len(plan.by_kind("missing")) == len(NET)  # the counter too
 
 
 def test_unknown_container_lists_the_candidates() -> None:
@@ -303,6 +303,78 @@ def test_a_prefix_of_a_single_key_is_no_evidence() -> None:
     assert kinds(plan)["extra.weight"] == "unexpected"
 
 
+def test_a_swap_on_some_keys_is_a_rename_to_suggest_not_a_prefix() -> None:
+    # The head renamed 'classifier' in the model: 'head.' -> 'classifier.' would match 2 more keys, but the other 7
+    # keys load under their stored names, so the file uses the model's names: that swap renames a module.
+    spec = ModelSpec.from_tuples((n.replace("head.", "classifier."), e.shape, e.dtype) for n, e in NET.entries.items())
+    for prefix in ("", "module."):
+        keys = ckpt(state(NET, prefix))
+        plan = reconcile(keys, spec)
+        assert (plan.prefix.strip, plan.prefix.add) == (prefix, ""), plan.prefix.evidence
+        assert kinds(plan)["classifier.weight"] == "missing" and not plan.ok
+        assert plan.suggestion is not None and plan.suggestion.rules.rename == ((r"^head\.", "classifier."),)
+        assert plan.suggestion.ok
+        assert_accounted(plan, spec, keys)
+
+
+def test_a_swap_that_covers_every_matching_key_is_a_prefix() -> None:
+    # Nothing matches as stored: every key needs the swap (a wrapper renamed), and 'extra.*' matches nothing.
+    spec = ModelSpec.from_tuples(("backbone." + n, e.shape, e.dtype) for n, e in NET.entries.items())
+    keys = ckpt(state(NET, "model.") | {"extra.scale": (3,)})
+    plan = reconcile(keys, spec, Rules.make(strict="model"))
+    assert (plan.prefix.strip, plan.prefix.add) == ("model.", "backbone.") and plan.ok
+
+
+def test_removing_a_wrapper_level_inside_a_key_is_a_prefix() -> None:
+    # torch.compile on the encoder only: 'encoder._orig_mod.' -> 'encoder.' moves nothing to another module.
+    tree = {k.replace("encoder.", "encoder._orig_mod."): v for k, v in state(NET).items()}
+    plan = reconcile(ckpt(tree), NET)
+    assert (plan.prefix.strip, plan.prefix.add) == ("encoder._orig_mod.", "encoder.") and plan.ok
+
+
+@pytest.mark.parametrize(
+    ("strip", "add", "kept", "renames"),
+    [
+        ("head.", "classifier.", 11, True),
+        ("head.", "classifier.", 0, False),
+        ("model.", "", 3, False),
+        ("", "model.", 0, False),
+        ("module.a.", "a.", 1, False),
+        ("a._orig_mod.module.", "a.", 1, False),
+        ("a.module.", "b.", 1, True),
+        ("a.", "a.b.", 1, True),
+    ],
+)
+def test_renames_module(strip: str, add: str, kept: int, renames: bool) -> None:
+    assert renames_module(strip, add, kept) is renames
+
+
+def test_skip_in_the_checkpoint_names_and_skips_that_match_nothing() -> None:
+    keys = ckpt(state(NET, "module."))
+    plan = reconcile(keys, NET, Rules.make(skip=["module.head.*", "nothing.*", "encoder.bn.*"]))
+    assert plan.prefix.strip == "module."
+    assert {a.target for a in plan.by_kind("skip")} == {
+        "head.weight",
+        "head.bias",
+        *[f"encoder.bn.{x}" for x in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")],
+    }
+    assert [(u.pattern, u.matched, u.names) for u in plan.skips] == [
+        ("module.head.*", 2, "checkpoint"),
+        ("nothing.*", 0, "none"),
+        ("encoder.bn.*", 5, "model"),
+    ]
+    assert "skip 'module.head.*' matched 2 keys (in the checkpoint's names)" in plan.applied
+    assert "skip 'nothing.*' matched 0 keys" in plan.applied
+    # A pattern that matches a model key applies to the model's names only: 'head.*' here does not also skip the
+    # checkpoint's 'head.*' that loads into 'classifier.*' through an explicit rename.
+    spec = ModelSpec.from_tuples((n.replace("head.", "classifier."), e.shape, e.dtype) for n, e in NET.entries.items())
+    plan = reconcile(ckpt(state(NET)), spec, Rules.make(rename={r"^head\.": "classifier."}, skip=["classifier.*"]))
+    assert {a.target for a in plan.by_kind("skip")} == {"classifier.weight", "classifier.bias"}
+    plan = reconcile(ckpt(state(NET)), spec, Rules.make(rename={r"^head\.": "classifier."}, skip=["head.*"]))
+    assert {a.target for a in plan.by_kind("skip")} == {"classifier.weight", "classifier.bias"}
+    assert plan.skips[0].names == "checkpoint"
+
+
 def test_collisions_are_counted_for_an_explicit_prefix() -> None:
     spec = model(("w", (2,), F32))
     keys = ckpt({"module.w": (2,), "w": (2,)})
@@ -351,7 +423,7 @@ def test_explicit_prefix(prefix: str, stored: str, spec_prefix: str, strip: str,
 
 def test_explicit_prefix_is_applied_even_when_auto_would_not() -> None:
     plan = reconcile(ckpt(state(NET)), NET, Rules.make(prefix="+model."))
-    assert not plan.ok and len(plan.by_kind("missing")) == 8
+    assert not plan.ok and len(plan.by_kind("missing")) == 9
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -777,7 +849,7 @@ def test_nested_plain_dict_input_is_walked_and_non_tensors_are_left_out() -> Non
 
 def test_empty_checkpoint_everything_missing() -> None:
     plan = reconcile([], NET)
-    assert plan.container.path == () and len(plan.by_kind("missing")) == 8 and len(plan.by_kind("default")) == 1
+    assert plan.container.path == () and len(plan.by_kind("missing")) == 9 and not plan.by_kind("default")
 
 
 def test_empty_model_everything_unexpected() -> None:

@@ -386,6 +386,7 @@ def test_json_round_trips_with_the_documented_keys(name: str) -> None:
         "prefix",
         "rules_applied",
         "renames",
+        "skips",
         "left_on_meta",
         "initialised",
         "suggested_rename",

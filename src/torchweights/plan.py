@@ -27,7 +27,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .records import Checkpoint
@@ -37,6 +37,7 @@ from .rules import (
     KNOWN_PREFIXES,
     LEGACY_RENAMES,
     OPTIMIZER_NAMES,
+    WRAPPER_PARTS,
     LegacyRename,
     RuleError,
     Rules,
@@ -45,7 +46,18 @@ from .rules import (
 from .spec import ModelEntry, ModelSpec
 from .text import format_shape, plural, quote, shorten_list
 
-__all__ = ["Action", "ContainerChoice", "ModuleInit", "Plan", "PrefixChoice", "RenameUse", "SourceKey", "reconcile"]
+__all__ = [
+    "Action",
+    "ContainerChoice",
+    "ModuleInit",
+    "Plan",
+    "PrefixChoice",
+    "RenameUse",
+    "SkipUse",
+    "SourceKey",
+    "reconcile",
+    "renames_module",
+]
 
 #: Action kinds, in the order reports list them. Problems first.
 KINDS = ("mismatch", "missing", "unexpected", "skip", "default", "tied", "load", "ignored")
@@ -185,6 +197,31 @@ class RenameUse:
 
 
 @dataclass(frozen=True)
+class SkipUse:
+    """What one of the user's ``skip`` patterns did.
+
+    Attributes:
+        pattern: the glob.
+        matched: keys it skipped (model keys left as initialised, checkpoint tensors not loaded).
+        names: ``"model"`` (it matches model keys: it applies to the model's names, and to checkpoint tensors that
+            match no model key), ``"checkpoint"`` (it matches no model key: it applies to the checkpoint's names,
+            as stored or after prefix handling, so ``skip=["head.*"]`` works whatever key ``head.*`` would load
+            into) or ``"none"`` (it matched nothing).
+    """
+
+    pattern: str
+    matched: int
+    names: str
+
+    def describe(self) -> str:
+        """One line for the report: ``skip 'head.*' matched 2 keys (in the checkpoint's names)``."""
+        text = f"skip {quote(self.pattern)} matched {plural(self.matched, 'key')}"
+        if self.names == "checkpoint":
+            text += " (in the checkpoint's names)"
+        return text
+
+
+@dataclass(frozen=True)
 class ModuleInit:
     """A module whose tensors on the meta device no checkpoint tensor fills, and how ``init_missing=True``
     initialises them.
@@ -213,6 +250,7 @@ class Plan:
             ``init_missing=True`` calls to initialise them (or None: they stay on meta); what it would do when not
             set.
         renames: what each of the user's renames matched.
+        skips: what each of the user's skip patterns matched.
         suggestion: when missing and unexpected keys pair up one to one (same leaves and shapes, same layer
             indices), the plan of the same load with the ``rename`` that pairs them, checked to load them and
             everything that loaded here; None otherwise.
@@ -229,6 +267,7 @@ class Plan:
     initialise: tuple[ModuleInit, ...] = ()
     renames: tuple[RenameUse, ...] = ()
     suggestion: Plan | None = None
+    skips: tuple[SkipUse, ...] = ()
 
     def by_kind(self, kind: str) -> list[Action]:
         """The actions of one kind, in plan order."""
@@ -537,6 +576,10 @@ def _prefix_with_renames(
         matched = [_rename_step(final, pattern, replacement) for pattern, replacement in later]
         if len(set(final.values())) < len(final):
             continue
+        if (strip, add) != (chosen.strip, chosen.add) and strip and add:
+            kept = sum(1 for k, v in renamed.items() if not v.startswith(strip) and final[k] in model)
+            if renames_module(strip, add, kept):
+                continue
         names = sum(1 for v in final.values() if v in model)
         exact = sum(1 for k, v in final.items() if model.get(v) == shapes[renamed[k]])
         if best is None or (exact, names) > (best[3], best[2]):
@@ -757,6 +800,8 @@ def _choose_prefix(
             if lost is None:
                 lost = lost_names[strip] = sum(1 for k in matched if k.startswith(strip))
             kept = len(matched) - lost  # keys without the prefix stay as they are, and so do their matches
+            if renames_module(strip, add, kept):
+                continue
             if min(counts.get(strip, 0), len(target)) + kept <= best_exact:
                 continue
             cached = stripped.get(strip)
@@ -784,6 +829,26 @@ def _choose_prefix(
         changed = len(stripped[strip][0]) if strip else total
         best = (PrefixChoice(strip, add, changed, total, 0), names, exact)
     return best
+
+
+def renames_module(strip: str, add: str, kept: int) -> bool:
+    """Whether the transform ``strip`` -> ``add`` renames a module rather than a wrapper, given ``kept``: how many
+    keys it leaves unchanged match a model key as stored.
+
+    A wrapper covers the keys: when some keys already load under their stored names, the container uses the
+    model's names, and a swap of one leading name for another on the other keys (``head.`` -> ``classifier.``)
+    would load one module's tensors into another. Such a swap is a rename, for the user to ask for (the plan
+    suggests it); it is never inferred. Removing or inserting only wrapper levels (``encoder._orig_mod.`` ->
+    ``encoder.``, ``module.a.`` -> ``a.``; see :data:`~torchweights.rules.WRAPPER_PARTS`) moves nothing, and
+    stripping or adding alone is not a swap."""
+    if not (strip and add and kept):
+        return False
+    return _unwrapped(strip) != _unwrapped(add)
+
+
+def _unwrapped(prefix: str) -> list[str]:
+    """The dotted parts of ``prefix`` that are not wrapper levels."""
+    return [part for part in prefix.split(".")[:-1] if part not in WRAPPER_PARTS]
 
 
 def _collisions(shapes: Mapping[str, Any], rest: Iterable[str], strip: str, add: str) -> int:
@@ -911,9 +976,17 @@ class _Matcher:
 
 
 def _load_action(
-    target: ModelEntry, source: SourceKey, key: str, via: tuple[str, ...], rules: Rules, spec: ModelSpec
+    target: ModelEntry,
+    source: SourceKey,
+    key: str,
+    via: tuple[str, ...],
+    rules: Rules,
+    spec: ModelSpec,
+    stored_skips: Sequence[str] = (),
 ) -> Action:
-    """The verdict for a model key that has a source: load (maybe reshaped or cast), skip, or mismatch."""
+    """The verdict for a model key that has a source: load (maybe reshaped or cast), skip, or mismatch.
+
+    ``stored_skips``: the skip patterns that match no model key, matched against the source's names instead."""
     dst_shape = target.shape
     common: dict[str, Any] = {
         "target": target.name,
@@ -924,7 +997,11 @@ def _load_action(
         "src_dtype": source.dtype,
         "via": via,
     }
-    skip_pattern = matches_any(target.name, rules.skip)
+    skip_pattern = (
+        matches_any(target.name, rules.skip)
+        or matches_any(key, stored_skips)
+        or matches_any(source.record, stored_skips)
+    )
     if skip_pattern is not None:
         return Action("skip", dst_dtype=target.dtype, reason=f"skip={quote(skip_pattern)}", **common)
     fallback = _in_custom_module(target.name, spec.custom_modules)
@@ -1056,6 +1133,7 @@ def _assemble(
     entries = spec.entries
     source_of = matcher.source_of
     verdicts: dict[str, Action] = {}
+    stored_skips = _stored_skips(rules, entries)
     # Tied keys share one storage: it is loaded once, through the group's first key, from the first member that
     # has a fitting source; the other members are "tied". A copy that does not fit its key is not read: it is
     # reported as unexpected.
@@ -1070,7 +1148,7 @@ def _assemble(
             key, via = bound
             if member != root:
                 via = (*via, f"tied: source of {quote(member)}")
-            action = _load_action(root_entry, fit.keys[key], key, via, rules, spec)
+            action = _load_action(root_entry, fit.keys[key], key, via, rules, spec, stored_skips)
             if action.kind == "load":
                 loader = action
                 break
@@ -1109,10 +1187,11 @@ def _assemble(
             bound = source_of.get(entry.name)
             if bound is not None:
                 key, via = bound
-                verdict = _load_action(entry, fit.keys[key], key, via, rules, spec)
+                verdict = _load_action(entry, fit.keys[key], key, via, rules, spec, stored_skips)
             else:
                 verdict = _unsourced(entry, rules)
         actions.append(verdict)
+    _counters_of_absent_modules(actions, entries)
     actions.extend(stray)
     target_of = matcher.target_of
     for key, src in fit.keys.items():
@@ -1133,6 +1212,7 @@ def _assemble(
             Action("ignored", source=src.record, src_shape=src.shape, src_dtype=src.dtype, reason=ignored_reason)
         )
     left, initialise = _meta_fate(actions, spec, rules)
+    skips = _skip_uses(rules, actions, stored_skips)
     return Plan(
         source=source,
         model=spec.class_name,
@@ -1140,10 +1220,43 @@ def _assemble(
         prefix=fit.prefix,
         rules=rules,
         actions=tuple(actions),
-        applied=tuple(_applied(fit, rules, matcher.applied)),
+        applied=tuple(_applied(fit, rules, matcher.applied, skips)),
         left_on_meta=left,
         initialise=initialise,
         renames=fit.uses,
+        skips=skips,
+    )
+
+
+def _counters_of_absent_modules(actions: list[Action], entries: Mapping[str, ModelEntry]) -> None:
+    """A BatchNorm ``num_batches_tracked`` is kept at its default only when its module's other tensors are in the
+    checkpoint (a file saved before torch 0.4.1 has them without it). When none of them loads, the module is absent
+    from the file and its counter is missing like the rest of it (in place)."""
+    filled = {entries[a.target].module for a in actions if a.target is not None and a.kind in ("load", "tied")}
+    for i, a in enumerate(actions):
+        if a.kind == "default" and a.target is not None and entries[a.target].module not in filled:
+            reason = "no checkpoint key matches (nor any other tensor of its module)"
+            actions[i] = replace(a, kind="missing", reason=reason)
+
+
+def _stored_skips(rules: Rules, entries: Mapping[str, ModelEntry]) -> tuple[str, ...]:
+    """The skip patterns that match no model key: they apply to the checkpoint's names (see :class:`SkipUse`)."""
+    return tuple(p for p in rules.skip if not any(matches_any(name, (p,)) for name in entries))
+
+
+def _skip_uses(rules: Rules, actions: Sequence[Action], stored: Sequence[str]) -> tuple[SkipUse, ...]:
+    """How many keys each skip pattern skipped (each skipped key names the first pattern that matched it)."""
+    if not rules.skip:
+        return ()
+    labels = {f"skip={quote(p)}": p for p in rules.skip}
+    counts: Counter[str] = Counter()
+    for a in actions:
+        if a.kind == "skip":
+            label = next((t for t in labels if a.reason == t or a.reason.startswith(t + "; ")), None)
+            if label is not None:
+                counts[labels[label]] += 1
+    return tuple(
+        SkipUse(p, counts[p], "none" if not counts[p] else "checkpoint" if p in stored else "model") for p in rules.skip
     )
 
 
@@ -1212,11 +1325,12 @@ def _describe_container(fit: _Fit, runner: tuple[tuple[str, ...], int, int] | No
     )
 
 
-def _applied(fit: _Fit, rules: Rules, extra: list[str]) -> list[str]:
+def _applied(fit: _Fit, rules: Rules, extra: list[str], skips: Sequence[SkipUse]) -> list[str]:
     out = [use.describe() for use in fit.uses]
     if fit.prefix.strip or fit.prefix.add:
         out.append(fit.prefix.evidence)
     out.extend(extra)
+    out.extend(use.describe() for use in skips if use.names != "model")
     return out
 
 
@@ -1295,8 +1409,6 @@ _MAX_SUGGESTED_RENAMES = 8
 def _with_suggestion(plan: Plan, keys: list[SourceKey], spec: ModelSpec, pairs: list[tuple[str, str]]) -> Plan:
     """``plan`` with :attr:`Plan.suggestion` set, when the renames load every key they pair and keep every key that
     loaded loading."""
-    from dataclasses import replace
-
     rules = plan.rules
     try:
         trial = replace(rules, rename=(*rules.rename, *pairs), compiled_rename=())

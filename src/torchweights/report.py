@@ -62,8 +62,8 @@ class LoadReport:
     def clean(self) -> bool:
         """True when every model key was loaded (or kept at a default torch also keeps, such as an absent
         ``num_batches_tracked``), nothing was left on meta, no cast lost precision, no tensor of the chosen
-        container was left out and every rename matched something. :func:`~torchweights.load_into` logs a
-        warning for every load that is not clean."""
+        container was left out and every rename and skip pattern matched something.
+        :func:`~torchweights.load_into` logs a warning for every load that is not clean."""
         plan = self.plan
         unfilled = any(a.kind in ("skip", "missing", "mismatch") and a.target for a in plan.actions)
         return not (
@@ -72,6 +72,7 @@ class LoadReport:
             or self.lossy_casts
             or any(a.kind in ("unexpected", "skip") and a.target is None for a in plan.actions)
             or any(use.matched == 0 for use in plan.renames)
+            or any(use.matched == 0 for use in plan.skips)
         )
 
     def log_line(self) -> str:
@@ -117,6 +118,7 @@ class LoadReport:
                 {"pattern": u.pattern, "replacement": u.replacement, "matched": u.matched, "phase": u.phase}
                 for u in plan.renames
             ],
+            "skips": [{"pattern": u.pattern, "matched": u.matched, "names": u.names} for u in plan.skips],
             "left_on_meta": list(self.left_on_meta),
             "initialised": [
                 {"module": i.module, "method": i.method, "keys": list(i.tensors)}

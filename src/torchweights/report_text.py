@@ -198,6 +198,8 @@ def _fates(report: LoadReport) -> tuple[int, int, list[tuple[str, Counter[str]]]
         cause = "mismatched" if a.kind == "skip" and "mismatch" in a.reason else why.get(a.kind, a.kind)
         if a.target in meta:
             fate = "left on the meta device"
+            if plan.rules.init_missing:
+                cause += "; init_missing=True cannot help: no reset_parameters()"
         elif a.target in initialised:
             fate = "initialised by init_missing"
         elif a.kind == "default":
@@ -243,13 +245,23 @@ def headline(report: LoadReport) -> str:
         return f"FAILED: {', '.join(parts)} ({strict}); the model was not changed"
     loads = f"loaded {loaded} of {total}" if report.applied else f"would load {loaded} of {total}"
     parts = [loads, *_fate_text(fates)]
+    targets = {a.target for a in plan.actions if a.target is not None}
+    unsaved = [name for name in report.left_on_meta if name not in targets]
+    if unsaved:
+        one = len(unsaved) == 1
+        verb = "left" if report.applied else "would stay"
+        why = f"not persistent: no checkpoint fills {'it' if one else 'them'}"
+        if plan.rules.init_missing:
+            why += f", init_missing=True cannot compute {'it' if one else 'them'}"
+        parts.append(f"{plural(len(unsaved), 'buffer')} {verb} on the meta device ({why})")
     if outside:
         parts.append(f"{plural(len(outside), 'checkpoint tensor')} not loaded")
     text = "; ".join(parts)
     if not report.applied:
         return f"DRY RUN ({strict}): {text}; the model was not changed"
     if report.left_on_meta:
-        return f"INCOMPLETE: {text}; the model cannot run until those on meta have values"
+        n = len(report.left_on_meta)
+        return f"INCOMPLETE: {text}; the model cannot run until {_these(n)} on the meta device {_has(n)} values"
     lenient = plan.rules.strict is not True and any(
         a.kind in ("missing", "mismatch", "unexpected") for a in plan.actions
     )
@@ -276,6 +288,7 @@ def log_line(report: LoadReport) -> str:
         casts = ", ".join(f"{n} {src} -> {dst}" for (src, dst), n in lossy.items())
         parts.append(f"cast with precision loss: {casts}")
     parts += [use.describe() for use in plan.renames if use.matched == 0]
+    parts += [use.describe() for use in plan.skips if use.matched == 0]
     if plan.suggestion is not None:
         pairs = plan.suggestion.rules.rename[len(plan.rules.rename) :]
         parts.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "} would load more")
@@ -646,8 +659,9 @@ def _advise(plan: Plan) -> _Advice:
         _advise_meta(plan, advice)
         return advice
     inner = _advise(suggestion)
-    pairs = suggestion.rules.rename
-    new = pairs[len(plan.rules.rename) :]
+    new = suggestion.rules.rename[len(plan.rules.rename) :]
+    unused = {(use.pattern, use.replacement) for use in plan.renames if use.matched == 0}
+    pairs = [pair for pair in suggestion.rules.rename if pair not in unused]  # not a rename that matched nothing
     gained = sum(1 for a in suggestion.actions if a.kind == "load") - sum(1 for a in plan.actions if a.kind == "load")
     shown = _and([f"{quote(p)} -> {quote(r)}" for p, r in new])
     advice = _Advice(lead="To load them under their model names")
@@ -746,7 +760,8 @@ def _advise_keys(plan: Plan) -> _Advice:
         new += mismatch_skip
     new += [p for p in missing_skip if p not in new]
     if new:
-        skip = [*rules.skip, *(p for p in new if p not in rules.skip)]
+        kept = [use.pattern for use in plan.skips if use.matched] if plan.skips else list(rules.skip)
+        skip = [*kept, *(p for p in new if p not in kept)]
         advice.kwargs.insert(0, "skip=[" + ", ".join(_py(p) for p in skip) + "]")
         advice.flags[:0] = [f"--skip {shlex.quote(p)}" for p in skip]
         shown = _and([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
@@ -1013,7 +1028,9 @@ def problem_summary(report: LoadReport) -> str:
             f"  {on_meta} of these keys {'is' if one else 'are'} on the meta device: without a tensor from the "
             f"file, {'it has' if one else 'they have'} no values at all."
         )
-    lines += [f"  {use.describe()}: check its pattern." for use in plan.renames if use.matched == 0]
+    unused = [use.describe() for use in plan.renames if use.matched == 0]
+    unused += [use.describe() for use in plan.skips if use.matched == 0]
+    lines += [f"  {text}: check its pattern." for text in unused]
     lines += [f"  {sentence}" for sentence in tail]
     return "\n".join(lines)
 
@@ -1025,6 +1042,10 @@ def _with_lead(advice: _Advice, lead: str) -> str:
 
 def _does(n: int) -> str:
     return "does" if n == 1 else "do"
+
+
+def _these(n: int) -> str:
+    return "the tensor" if n == 1 else f"the {n} tensors"
 
 
 def _has(n: int) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "KNOWN_PREFIXES",
     "LEGACY_RENAMES",
     "OPTIMIZER_NAMES",
+    "WRAPPER_PARTS",
     "RuleError",
     "Rules",
     "matches_any",
@@ -83,6 +84,13 @@ KNOWN_PREFIXES = (
     "_fsdp_wrapped_module.",
     "teacher.",
     "student.",
+)
+
+#: Names that training wrappers insert as a level of their own, anywhere in a key (DataParallel/DDP on a submodule,
+#: torch.compile, FSDP, activation checkpointing, Lightning's forward module): removing or inserting them never
+#: moves a tensor into another module.
+WRAPPER_PARTS = frozenset(
+    {"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_forward_module"}
 )
 
 

@@ -7,7 +7,7 @@ A :class:`ModelSpec` is plain data. :meth:`ModelSpec.from_module` reads it off a
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -74,11 +74,14 @@ class ModelSpec:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def materialised(self) -> ModelSpec:
+    def materialised(self, keep: Collection[str] = ()) -> ModelSpec:
         """The same spec as if every tensor had values (for planning against a model that was built on the meta
-        device only to save memory, as ``torchweights check`` does)."""
-        entries = {name: replace(e, meta=False) for name, e in self.entries.items()}
-        return replace(self, entries=entries, on_meta=False, unsaved_meta=())
+        device only to save memory, as ``torchweights check`` does), except the tensors named in ``keep``: those
+        stay on the meta device (a factory that builds them there itself)."""
+        entries = {name: e if name in keep else replace(e, meta=False) for name, e in self.entries.items()}
+        unsaved = tuple(e for e in self.unsaved_meta if e.name in keep)
+        on_meta = bool(unsaved) or any(e.meta for e in entries.values())
+        return replace(self, entries=entries, on_meta=on_meta, unsaved_meta=unsaved)
 
     @classmethod
     def from_tuples(

@@ -42,6 +42,10 @@ MODELS = textwrap.dedent(
         BUILT.append(model.head.weight.device.type)
         return model
 
+    def build_meta():  # a factory that builds its model on the meta device itself
+        with torch.device("meta"):
+            return Net(10)
+
     def broken():
         raise RuntimeError("no GPU here")
 
@@ -112,7 +116,8 @@ def test_the_model_is_built_on_the_meta_device(
     monkeypatch.syspath_prepend(files["dir"])
     code, _, _ = run_check([files["fits"], "--model", "tw_check_models:build"], capsys)
     assert code == 0
-    assert sys.modules["tw_check_models"].BUILT == ["meta"]
+    # built on meta, then once more with fake tensors (no memory) to see which devices a real call gives
+    assert sys.modules["tw_check_models"].BUILT == ["meta", "cpu"]
 
 
 def test_a_factory_that_fails_on_meta_is_called_for_real(
@@ -245,3 +250,56 @@ def test_console_entry_point(files: dict[str, str]) -> None:
     )
     assert result.returncode == 1, result.stderr
     assert "shape mismatch (2)" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ meta factories
+
+
+def test_a_factory_that_builds_on_meta_agrees_with_the_python_dry_run(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchweights as tw
+
+    monkeypatch.syspath_prepend(files["dir"])
+    state = torch.load(files["fits"])["state_dict"]
+    partial = Path(files["dir"]) / "partial.pt"
+    torch.save({k: v for k, v in state.items() if ".head." not in k}, partial)
+    code, out, _ = run_check([str(partial), "--model", "tw_check_models:build_meta", "--strict", "false"], capsys)
+    models = sys.modules["tw_check_models"]
+    expected = tw.load_into(models.build_meta(), partial, strict=False, dry_run=True)
+    assert not expected.ok and "2 left on the meta device (missing)" in expected.headline()
+    flat = " ".join(out.split())
+    assert expected.headline() in flat and code == 1
+    assert "the factory itself leaves 8 tensors on the meta device" in flat
+    # the same factory without meta: the real build has values, the keys are left as initialised
+    code, out, _ = run_check([str(partial), "--model", "tw_check_models:build", "--strict", "false"], capsys)
+    assert code == 0 and "2 left as initialised (missing)" in " ".join(out.split())
+    # --meta-model plans any factory's model as a meta model
+    code, out, _ = run_check(
+        [str(partial), "--model", "tw_check_models:build", "--strict", "false", "--meta-model"], capsys
+    )
+    flat = " ".join(out.split())
+    assert code == 1 and expected.headline() in flat and "--meta-model: planned for a model on the meta device" in flat
+
+
+def test_a_factory_fake_tensors_cannot_build_says_what_is_assumed(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._subclasses import fake_tensor
+
+    class Unusable:  # a factory fake tensors cannot follow (some in-place moves between devices, data checks)
+        def __init__(self, **_: object) -> None:
+            pass
+
+        def __enter__(self) -> None:
+            raise RuntimeError("_apply(): Couldn't swap Linear.weight")
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+    monkeypatch.setattr(fake_tensor, "FakeTensorMode", Unusable)
+    code, out, _ = run_check([files["fits"], "--model", f"{files['models']}:build"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0
+    assert "tensors a real call of the factory initialises are assumed to have values" in flat
+    assert "Couldn't swap Linear.weight" in flat and "pass --meta-model" in flat

@@ -1,9 +1,16 @@
 """``torchweights check CKPT --model MODULE:FACTORY``: would this checkpoint load into this model?
 
-Builds the model from a factory (on the meta device when it allows, so no memory is allocated for its weights;
-the plan then treats the model's tensors as having values, as they have in the real load), plans the load with
-:func:`torchweights.api.load_into` in dry-run mode, and prints the report: every key accounted for, problems
-first, with the exact option that fixes them. ``--json`` prints the report as JSON.
+Builds the model from a factory (on the meta device when it allows, so no memory is allocated for its weights),
+plans the load with :func:`torchweights.api.load_into` in dry-run mode, and prints the report: every key accounted
+for, problems first, with the exact option that fixes them. ``--json`` prints the report as JSON.
+
+A model built on the meta device here only to save memory has values in a real call of the factory: the plan
+treats its tensors as such. To know which tensors a real call leaves on the meta device itself (a factory that
+builds under ``torch.device("meta")``, as ``init_empty_weights()`` does), the factory is called once more under
+torch's fake-tensor mode, which allocates nothing and keeps every device as a real call would: tensors on meta
+there stay on meta in the plan, so the CLI and a Python dry run on the factory's model agree. Where that check
+cannot run, the report says that the tensors are assumed to have values; ``--meta-model`` plans the model as a
+meta model (every tensor to be filled from the checkpoint).
 
 Exit codes: 0 the checkpoint loads under the options given; 1 it does not (the report says why); 2 the checkpoint
 cannot be read, an option cannot be followed, or the model factory cannot be imported or called.
@@ -113,6 +120,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="plan as load_into(init_missing=True): tensors on the meta device that no checkpoint tensor fills "
         "are initialised by their modules' reset_parameters()",
     )
+    parser.add_argument(
+        "--meta-model",
+        action="store_true",
+        help="plan for a model that stays on the meta device (a factory that builds on meta, to be filled from the "
+        "checkpoint): tensors no checkpoint fills stay on meta, as load_into would leave them",
+    )
     add_allow_global(parser)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
@@ -199,8 +212,9 @@ def build_model(spec_text: str) -> Any:
     return _build(spec_text)[0]
 
 
-def _build(spec_text: str) -> tuple[Any, bool]:
-    """:func:`build_model`, and whether it was built on the meta device by this command (not by the factory)."""
+def _build(spec_text: str) -> tuple[Any, bool, Callable[[], Any]]:
+    """:func:`build_model`, whether it was built on the meta device by this command (not by the factory), and the
+    factory."""
     try:
         import torch
     except ImportError as e:
@@ -227,7 +241,32 @@ def _build(spec_text: str) -> tuple[Any, bool]:
             f"--model {spec_text!r} returned a {type(model).__name__}, not a torch.nn.Module. "
             "Name a function or class that returns the model."
         )
-    return model, on_meta
+    return model, on_meta, factory
+
+
+def real_meta(factory: Callable[[], Any]) -> tuple[set[str] | None, str]:
+    """The parameters and buffers that a real call of ``factory`` leaves on the meta device, seen by calling it
+    under torch's fake-tensor mode (nothing is allocated; devices are kept as a real call would have them), or None
+    with the reason when that cannot be done."""
+    try:
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensorMode
+    except ImportError as e:  # pragma: no cover - torch without fake tensors
+        return None, f"this torch has no fake-tensor mode ({e})"
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            model = factory()
+        if not isinstance(model, torch.nn.Module):
+            return None, f"it returned a {type(model).__name__} there"
+        found = set()
+        for module_name, module in model.named_modules(remove_duplicate=False):
+            for table in (module._parameters, module._buffers):
+                for attr, tensor in table.items():
+                    if tensor is not None and tensor.is_meta:
+                        found.add(f"{module_name}.{attr}" if module_name else attr)
+        return found, ""
+    except Exception as e:  # a factory that reads files, checks values or moves tensors cannot run on fake tensors
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
 
 
 # --------------------------------------------------------------------------------------------------- run
@@ -239,14 +278,35 @@ def run(args: argparse.Namespace) -> int:
     from ..spec import ModelSpec
 
     try:
-        model, on_meta = _build(args.model)
+        model, on_meta, factory = _build(args.model)
     except ModelFactoryError as e:
         sys.stdout.flush()
         print(f"cannot build the model: {e}", file=sys.stderr)
         return EXIT_UNREADABLE
     target = model
-    if on_meta:  # built on meta here only to save memory: in the real load its tensors have values
-        target = ModelSpec.from_module(model).materialised()
+    notes: list[str] = []
+    if args.meta_model:
+        notes.append(
+            "--meta-model: planned for a model on the meta device; tensors no checkpoint fills stay on meta"
+            if on_meta
+            else "--meta-model: the factory cannot build on the meta device; planned with the tensors it built"
+        )
+    elif on_meta:  # built on meta here to save memory: which tensors does a real call give values?
+        spec = ModelSpec.from_module(model)
+        keep, why = real_meta(factory)
+        if keep is None:
+            notes.append(
+                "the model was built on the meta device to save memory; tensors a real call of the factory "
+                f"initialises are assumed to have values (checking with fake tensors failed: {why}). If the factory "
+                "builds its model on the meta device itself, pass --meta-model."
+            )
+        elif keep:
+            n = len(keep)
+            notes.append(
+                f"the factory itself leaves {n} {'tensor' if n == 1 else 'tensors'} on the meta device (seen by "
+                "building it with fake tensors): planned as load_into would load that model"
+            )
+        target = spec.materialised(keep=keep or ())
     report = api.load_into(
         target,
         args.path,
@@ -261,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
         dry_run=True,
         init_missing=args.init_missing,
     )
+    report.notes.extend(notes)
     text = report.to_json(indent=2) + "\n" if args.json else str(report)
     sys.stdout.write(text)
     sys.stdout.flush()
