@@ -149,6 +149,7 @@ def assert_corrupt(data: bytes, codes: tuple[str, ...] = ("bad-pickle", "truncat
         unpickle(data, **kwargs)
     assert info.value.code in codes, info.value
     assert "Traceback" not in str(info.value)
+    assert f"[{info.value.code}]" not in info.value.message, "an error of ours was wrapped in another"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -999,3 +1000,71 @@ def test_namespace_state_cannot_reach_descriptors() -> None:
 def test_python_313_pathlib_names() -> None:
     data = P2 + ops_global("pathlib._local", "PosixPath") + ops_tuple(ops_str("/"), ops_str("data")) + b"R."
     assert load(data) == pathlib.PurePosixPath("/data")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# numpy values as every numpy release pickles them
+# --------------------------------------------------------------------------------------------------------------
+
+
+def ops_np_datetime_dtype(spec: str, metadata: bytes, order: str = "<") -> bytes:
+    """``numpy.dtype(spec)`` for a datetime ``spec`` (``M8``, ``m8``) with its version-4 state; ``metadata`` are the
+    opcodes of the state's last item (numpy 2.4: ``(None, (unit, num, 1, 1))``, earlier: ``({}, (...))``)."""
+    head = ops_global("numpy", "dtype") + ops_tuple(ops_str(spec), pickle.NEWFALSE, pickle.NEWTRUE) + pickle.REDUCE
+    state = ops_tuple(ops_int(4), ops_str(order), b"NNN", ops_int(-1), ops_int(-1), ops_int(0), metadata)
+    return head + state + pickle.BUILD
+
+
+def ops_datetime_unit(unit: bytes, num: int) -> bytes:
+    return ops_tuple(pickle.SHORT_BINBYTES + bytes([len(unit)]) + unit, ops_int(num), ops_int(1), ops_int(1))
+
+
+def ops_np_array(dtype: bytes, shape: tuple[int, ...], raw: bytes) -> bytes:
+    data = pickle.BINBYTES + struct.pack("<I", len(raw)) + raw
+    return _NP_ARRAY + ops_tuple(ops_int(1), ops_tuple(*map(ops_int, shape)), dtype, pickle.NEWFALSE, data) + b"b"
+
+
+@pytest.mark.parametrize(
+    ("user_metadata", "release"),
+    [(pickle.NONE, "numpy >= 2.4"), (pickle.EMPTY_DICT, "numpy 1.7 - 2.3"), (b"", "numpy < 1.7: the tuple alone")],
+)
+@pytest.mark.parametrize(("spec", "unit", "num", "expected"), [("M8", b"s", 1, "M8[s]"), ("m8", b"ms", 5, "m8[5ms]")])
+def test_numpy_datetime_dtypes_of_every_release(
+    user_metadata: bytes, release: str, spec: str, unit: bytes, num: int, expected: str
+) -> None:
+    values = np.array([0, 1, 86_400, -7], dtype=expected)
+    metadata = ops_tuple(user_metadata, ops_datetime_unit(unit, num)) if user_metadata else ops_datetime_unit(unit, num)
+    value = load(P2 + ops_np_array(ops_np_datetime_dtype(spec, metadata), (4,), values.tobytes()) + b".")
+    assert isinstance(value, np.ndarray) and value.dtype == np.dtype(expected), release
+    assert np.array_equal(value, values)
+
+
+def test_numpy_generic_datetime_and_byte_order() -> None:
+    generic = ops_tuple(pickle.NONE, ops_datetime_unit(b"generic", 1))
+    assert load(P2 + ops_np_datetime_dtype("M8", generic) + b".") == np.dtype("M8")
+    days = ops_tuple(pickle.NONE, ops_datetime_unit(b"D", 1))
+    assert load(P2 + ops_np_datetime_dtype("M8", days, order=">") + b".") == np.dtype(">M8[D]")
+
+
+def test_numpy_datetime_array_pickled_by_the_installed_numpy() -> None:
+    for dtype in ("M8[s]", "m8[5ms]", ">M8[D]", "M8[us]"):
+        array = np.array([0, 3, -1], dtype=dtype)
+        for protocol in PROTOCOLS:
+            value = load(pickle.dumps(array, protocol=protocol))
+            assert value.dtype == array.dtype and np.array_equal(value, array), (dtype, protocol)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        ops_tuple(pickle.NONE, ops_datetime_unit(b"no unit", 1)),
+        ops_tuple(pickle.EMPTY_DICT, ops_datetime_unit(b"s", 0)),
+        ops_tuple(pickle.NONE, ops_tuple(ops_int(5), ops_int(1))),
+    ],
+    ids=["unit-not-a-word", "unit-count-0", "unit-not-a-string"],
+)
+def test_numpy_bad_datetime_unit_is_one_error(metadata: bytes) -> None:
+    with pytest.raises(CorruptCheckpointError) as info:
+        unpickle(P2 + ops_np_datetime_dtype("M8", metadata) + b".")
+    assert info.value.code == "bad-pickle"
+    assert info.value.message.startswith("numpy datetime unit"), info.value.message

@@ -51,6 +51,7 @@ from .errors import (
     TorchWeightsError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
+    pass_through,
 )
 from .known_enums import KNOWN_ENUMS
 from .records import StorageRef
@@ -753,12 +754,16 @@ _NP_ALIGNED_STRUCT = 0x80  # numpy's NPY_ALIGNED_STRUCT dtype flag
 
 
 def _np_fail(what: str, exc: BaseException) -> CorruptCheckpointError:
+    """The error for numpy refusing ``what``; one of ours raised while checking it passes through unchanged."""
+    pass_through(exc)
     return _bad(f"{what} is invalid: {_short(str(exc), 200)}")
 
 
 def _np_datetime_unit(metadata: Any) -> str | None:
-    """``[5s]`` from a datetime dtype's pickled metadata ``({}, (b's', 5, 1, 1))`` (older numpy: the tuple alone)."""
-    if isinstance(metadata, tuple) and len(metadata) == 2 and isinstance(metadata[0], dict):
+    """``[5s]`` from a datetime dtype's pickled metadata: ``(user metadata, (unit, num, 1, 1))``, where the user
+    metadata is a dict up to numpy 2.3 and None from numpy 2.4 when there is none (``(None, (b's', 1, 1, 1))``);
+    numpy before 1.7 wrote the tuple alone."""
+    if isinstance(metadata, tuple) and len(metadata) == 2 and (metadata[0] is None or isinstance(metadata[0], dict)):
         metadata = metadata[1]
     if not (isinstance(metadata, tuple) and len(metadata) >= 2):
         return None
