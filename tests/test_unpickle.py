@@ -1068,3 +1068,60 @@ def test_numpy_bad_datetime_unit_is_one_error(metadata: bytes) -> None:
         unpickle(P2 + ops_np_datetime_dtype("M8", metadata) + b".")
     assert info.value.code == "bad-pickle"
     assert info.value.message.startswith("numpy datetime unit"), info.value.message
+
+
+def ops_py2_str(raw: bytes) -> bytes:
+    """A Python 2 ``str`` as Python 2's pickle writes it (bytes, no encoding)."""
+    if len(raw) < 256:
+        return pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw
+    return pickle.BINSTRING + struct.pack("<i", len(raw)) + raw
+
+
+def ops_py2_np_dtype(spec: str) -> bytes:
+    """``numpy.dtype(spec, 0, 1)`` with its state, every string a Python 2 ``str``."""
+    head = ops_global("numpy", "dtype") + ops_tuple(ops_py2_str(spec.encode()), ops_int(0), ops_int(1)) + b"R"
+    state = ops_tuple(ops_int(3), ops_py2_str(b"<"), b"NNN", ops_int(-1), ops_int(-1), ops_int(0))
+    return head + state + pickle.BUILD
+
+
+def py2_numpy_pickle(array: np.ndarray) -> bytes:
+    """A protocol-2 pickle of ``array`` as Python 2's numpy writes it: the data and type codes are ``str``."""
+    head = ops_global("numpy.core.multiarray", "_reconstruct")
+    head += ops_tuple(ops_global("numpy", "ndarray"), ops_tuple(ops_int(0)), ops_py2_str(b"b")) + b"R"
+    shape = ops_tuple(*map(ops_int, array.shape))
+    dtype = ops_py2_np_dtype(array.dtype.str[1:])
+    state = ops_tuple(ops_int(1), shape, dtype, pickle.NEWFALSE, ops_py2_str(array.tobytes()))
+    return P2 + head + state + b"b."
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([0xA9C3, 0x41, 0x3D3D], dtype="<u2"),  # bytes that are valid UTF-8: c3 a9 41 00 3d 3d
+        np.frombuffer("ĀéЖ€😀 weights".encode() * 40, dtype="<u4"),  # 480 bytes: BINSTRING, valid UTF-8
+        np.array([1.0, -2.5, 3.25e-7], dtype="<f8"),  # bytes that are not UTF-8
+        np.random.default_rng(13).standard_normal((7, 5)).astype("<f4"),
+        np.arange(12, dtype="<i2").reshape(3, 4),  # ASCII-range bytes
+    ],
+    ids=["utf8-bytes", "utf8-long", "latin1-bytes", "randn", "ascii-bytes"],
+)
+def test_python2_numpy_arrays_keep_their_bytes(array: np.ndarray) -> None:
+    data = py2_numpy_pickle(array)
+    expected = pickle.loads(data, encoding="latin1")  # how numpy reads Python 2 pickles (its documented advice)
+    assert np.array_equal(expected, array)
+    value = load(data)
+    assert isinstance(value, np.ndarray) and value.dtype == array.dtype and value.tobytes() == array.tobytes()
+
+
+def test_python2_numpy_scalar_keeps_its_bytes() -> None:
+    raw = np.array([0xA9C3], dtype="<u2").tobytes()  # valid UTF-8
+    data = P2 + ops_global("numpy.core.multiarray", "scalar") + ops_tuple(ops_py2_np_dtype("u2"), ops_py2_str(raw))
+    data += b"R."
+    assert pickle.loads(data, encoding="latin1") == 0xA9C3
+    value = load(data)
+    assert value == 0xA9C3 and value.dtype == np.dtype("<u2")
+
+
+def test_python2_text_is_still_read_as_utf8_text() -> None:
+    data = P2 + b"}" + ops_py2_str("clé".encode()) + ops_py2_str("größe".encode("latin-1")) + b"s."
+    assert load(data) == {"clé": "größe"}

@@ -29,6 +29,7 @@ import _compat_pickle
 import argparse
 import codecs
 import collections
+import contextvars
 import copyreg
 import datetime
 import decimal
@@ -845,10 +846,15 @@ def _np_dtype(spec: Any, align: Any = False, copy: Any = False, *_: Any) -> Any:
 
 
 def _np_bytes(raw: Any) -> bytes | None:
-    """Array data as bytes; Python 2 pickles carry it as a str (read with latin-1, as numpy does)."""
+    """Array data as bytes. Python 2 pickles carry it as a ``str``: its bytes as the file holds them (the machine
+    keeps them for a ``str`` it read as UTF-8, see :data:`_PY2_BYTES`), else encoded with latin-1, as numpy does
+    for pickles read with ``encoding='latin1'``."""
     if isinstance(raw, (bytes, bytearray)):
         return bytes(raw)
     if isinstance(raw, str):
+        kept = (_PY2_BYTES.get() or {}).get(id(raw))
+        if kept is not None and kept[0] is raw:
+            return kept[1]
         try:
             return raw.encode("latin-1")
         except UnicodeEncodeError:
@@ -1664,11 +1670,24 @@ _U8 = struct.Struct("<Q")
 _F8 = struct.Struct(">d")
 
 
-def _decode_py2_str(raw: bytes) -> str:
+#: The Python 2 ``str`` payloads (``STRING``, ``BINSTRING``, ``SHORT_BINSTRING``) of the stream being read that
+#: were decoded as UTF-8 and are not ASCII, by id: ``(text, bytes in the file)``. Text is read as UTF-8 as torch
+#: reads it, but numpy's reconstructors need the bytes themselves (``'é'`` may have been ``c3 a9`` or ``e9``).
+_PY2_BYTES: contextvars.ContextVar[dict[int, tuple[str, bytes]] | None] = contextvars.ContextVar(
+    "_PY2_BYTES", default=None
+)
+
+
+def _decode_py2_str(raw: bytes, kept: dict[int, tuple[str, bytes]]) -> str:
+    """A Python 2 ``str`` as text: UTF-8 when it is valid UTF-8 (its bytes then kept in ``kept``), else latin-1
+    (which gives the bytes back)."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+    if not raw.isascii():
+        kept[id(text)] = (text, raw)
+    return text
 
 
 def _text_int(raw: bytes) -> int:
@@ -1795,6 +1814,7 @@ class _Machine:
         self.how = "GLOBAL"
         self.proto = 0
         self.created: dict[int, Any] = {}  # objects made by allowed globals, by id
+        self.py2_bytes: dict[int, tuple[str, bytes]] = {}  # see _PY2_BYTES
         self.nesting = _Nesting()
 
     # -- globals ---------------------------------------------------------------------------------------------
@@ -1997,6 +2017,7 @@ class _Machine:
                 pending_memo.setdefault(id(value), []).append(key)
 
         data, end = r.data, r.end
+        py2_bytes = self.py2_bytes
         while True:
             pos = r.pos
             if pos >= end:
@@ -2156,14 +2177,14 @@ class _Machine:
                     decoded: Any = codecs.escape_decode(raw[1:-1])[0]
                 except ValueError as exc:
                     raise _bad(f"STRING opcode argument has a bad escape: {exc}") from None
-                stack.append(_decode_py2_str(decoded))
+                stack.append(_decode_py2_str(decoded, py2_bytes))
             elif op == 0x54:  # BINSTRING
                 n = r.unpack(_I4)
                 if n < 0:
                     raise _bad("BINSTRING with a negative length")
-                stack.append(_decode_py2_str(r.take(n)))
+                stack.append(_decode_py2_str(r.take(n), py2_bytes))
             elif op == 0x55:  # SHORT_BINSTRING
-                stack.append(_decode_py2_str(r.take(r.u1())))
+                stack.append(_decode_py2_str(r.take(r.u1()), py2_bytes))
             elif op == 0x56:  # UNICODE
                 try:
                     stack.append(r.line().decode("raw-unicode-escape"))
@@ -2266,6 +2287,7 @@ def _execute(
     machine = _Machine(persistent_load, allow_globals)
     context = f" {where}" if where else ""
     failure: TorchWeightsError | None = None
+    kept = _PY2_BYTES.set(machine.py2_bytes)
     try:
         result = machine.run(data, start, stop_limit)
         result.references = machine.references
@@ -2289,6 +2311,8 @@ def _execute(
         # Every opcode validates its operands; this is the backstop that keeps a malformed stream a
         # CorruptCheckpointError whatever slipped through.
         failure = _bad(f"malformed pickle stream{context}: {type(exc).__name__}: {_short(str(exc), 200)}")
+    finally:
+        _PY2_BYTES.reset(kept)
     return machine, result, failure
 
 
