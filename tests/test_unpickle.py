@@ -294,6 +294,81 @@ def test_size_limit() -> None:
     assert unpickle(data, max_bytes=len(data)).value == list(range(1000))
 
 
+def test_opcode_budget() -> None:
+    """Every opcode takes at least one byte, so only a budget of work bounds a stream's CPU (about 1 µs an opcode:
+    a 1 GiB pickle of one-byte opcodes would take 20 minutes)."""
+    data = P2 + pickle.NONE + (pickle.NONE + pickle.POP) * 5_000 + pickle.STOP
+    assert unpickle(data, max_opcodes=10_003).opcodes == 10_003
+    with pytest.raises(ResourceLimitError) as info:
+        unpickle(data, max_opcodes=10_002)
+    assert info.value.code == "limit-pickle-opcodes" and "max_pickle_opcodes" in info.value.message
+    assert DEFAULT_LIMITS.max_pickle_opcodes >= 10_000_000  # far above any weights file (about 30 per tensor)
+
+
+def test_opcode_budget_counts_the_tuple_items_hashed_in_keys() -> None:
+    """A dict key of 99,000 items reused by four bytes at a time makes Python hash 99,000 items per SETITEM (30 s
+    per MB of pickle): that work is counted too."""
+    key = pickle.dumps(tuple(range(99_000)), protocol=2)[2:-1]
+    head = P2 + pickle.EMPTY_DICT + key + pickle.BINPUT + b"\x01" + pickle.POP
+    setitem = pickle.BINGET + b"\x01" + pickle.NONE + pickle.SETITEM
+    data = head + setitem * 2_000 + pickle.STOP
+    start = time.monotonic()
+    with pytest.raises(ResourceLimitError) as info:
+        unpickle(data, max_opcodes=1_000_000)
+    assert info.value.code == "limit-pickle-opcodes" and "hashes" in info.value.message
+    assert time.monotonic() - start < 2
+    assert len(unpickle(head + setitem + pickle.STOP, max_opcodes=200_000).value) == 1
+
+
+def test_opcode_budget_from_limits(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({f"w{i}": torch.zeros(2) for i in range(50)}, path)
+    assert len(tw.open(path).records) == 50
+    with pytest.raises(ResourceLimitError) as info:
+        tw.open(path, limits=Limits(max_pickle_opcodes=100))
+    assert info.value.code == "limit-pickle-opcodes" and "data.pkl" in info.value.message
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 300, 5_000, 65_535])
+def test_text_arguments_from_every_kind_of_buffer(length: int) -> None:
+    """Protocol-0 text arguments read the same from bytes, a whole memoryview and a view into a larger buffer."""
+    text = "x" * length
+    data = pickle.dumps([text, 12345678901234567890, 1.5, b"raw"], protocol=0)
+    expected = pickle.loads(data)
+    for buffer in (data, memoryview(data), memoryview(bytearray(b"..." + data + b"..."))[3:-3]):
+        assert load(buffer) == expected
+    too_long = b"V" + b"x" * 70_000 + b"\n."  # a text argument without an end of line within 64 KiB
+    for buffer in (too_long, memoryview(too_long), memoryview(b"." + too_long)[1:]):
+        assert_corrupt(buffer)  # type: ignore[arg-type]
+
+
+class _CopyCounter:
+    """A memoryview stand-in over nothing searchable in place, counting the bytes copied out of it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.obj, self.contiguous, self.itemsize, self.nbytes = None, True, 1, len(data)
+        self.copied = 0
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, key: Any) -> Any:
+        part = self.view[key]
+        if isinstance(key, slice):
+            self.copied += len(part)
+        return part
+
+
+def test_text_arguments_from_a_view_copy_only_what_they_read() -> None:
+    """Each text argument read from a memoryview once copied 64 KiB to find its end of line (a 1.7 MB protocol-0
+    pickle read from a mapped file took seconds)."""
+    data = pickle.dumps([{"k": i, "v": float(i)} for i in range(4_000)], protocol=0)
+    view = _CopyCounter(data)
+    assert load(view) == pickle.loads(data)  # type: ignore[arg-type]
+    assert view.copied < 16 * len(data), (view.copied, len(data))  # a short step per argument (was 8,000 times)
+
+
 def test_frames_are_skipped() -> None:
     data = pickle.dumps({"k": list(range(20000))}, protocol=4)
     assert pickle.FRAME in data

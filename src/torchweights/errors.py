@@ -23,7 +23,9 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │                                                           pickle-trailing-data (bytes after a plain pickle),
     │                                                           ...]
     │   ├── ShardIndexError                                    [shard-*]
-    │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs)]
+    │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs;
+    │                                                           limit-pickle-opcodes: a pickle asking for more
+    │                                                           CPU than Limits.max_pickle_opcodes)]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
     ├── UnsupportedCheckpointError         ValueError          [unsupported-* (unsupported-tensor: tensors tw.load
     │                                                           cannot rebuild, named; unsupported-tensor-flag: a
