@@ -149,6 +149,7 @@ def assert_corrupt(data: bytes, codes: tuple[str, ...] = ("bad-pickle", "truncat
         unpickle(data, **kwargs)
     assert info.value.code in codes, info.value
     assert "Traceback" not in str(info.value)
+    assert f"[{info.value.code}]" not in info.value.message, "an error of ours was wrapped in another"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -291,6 +292,81 @@ def test_size_limit() -> None:
         unpickle(data, max_bytes=100)
     assert info.value.code == "limit-pickle-size"
     assert unpickle(data, max_bytes=len(data)).value == list(range(1000))
+
+
+def test_opcode_budget() -> None:
+    """Every opcode takes at least one byte, so only a budget of work bounds a stream's CPU (about 1 µs an opcode:
+    a 1 GiB pickle of one-byte opcodes would take 20 minutes)."""
+    data = P2 + pickle.NONE + (pickle.NONE + pickle.POP) * 5_000 + pickle.STOP
+    assert unpickle(data, max_opcodes=10_003).opcodes == 10_003
+    with pytest.raises(ResourceLimitError) as info:
+        unpickle(data, max_opcodes=10_002)
+    assert info.value.code == "limit-pickle-opcodes" and "max_pickle_opcodes" in info.value.message
+    assert DEFAULT_LIMITS.max_pickle_opcodes >= 10_000_000  # far above any weights file (about 30 per tensor)
+
+
+def test_opcode_budget_counts_the_tuple_items_hashed_in_keys() -> None:
+    """A dict key of 99,000 items reused by four bytes at a time makes Python hash 99,000 items per SETITEM (30 s
+    per MB of pickle): that work is counted too."""
+    key = pickle.dumps(tuple(range(99_000)), protocol=2)[2:-1]
+    head = P2 + pickle.EMPTY_DICT + key + pickle.BINPUT + b"\x01" + pickle.POP
+    setitem = pickle.BINGET + b"\x01" + pickle.NONE + pickle.SETITEM
+    data = head + setitem * 2_000 + pickle.STOP
+    start = time.monotonic()
+    with pytest.raises(ResourceLimitError) as info:
+        unpickle(data, max_opcodes=1_000_000)
+    assert info.value.code == "limit-pickle-opcodes" and "hashes" in info.value.message
+    assert time.monotonic() - start < 2
+    assert len(unpickle(head + setitem + pickle.STOP, max_opcodes=200_000).value) == 1
+
+
+def test_opcode_budget_from_limits(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({f"w{i}": torch.zeros(2) for i in range(50)}, path)
+    assert len(tw.open(path).records) == 50
+    with pytest.raises(ResourceLimitError) as info:
+        tw.open(path, limits=Limits(max_pickle_opcodes=100))
+    assert info.value.code == "limit-pickle-opcodes" and "data.pkl" in info.value.message
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 300, 5_000, 65_535])
+def test_text_arguments_from_every_kind_of_buffer(length: int) -> None:
+    """Protocol-0 text arguments read the same from bytes, a whole memoryview and a view into a larger buffer."""
+    text = "x" * length
+    data = pickle.dumps([text, 12345678901234567890, 1.5, b"raw"], protocol=0)
+    expected = pickle.loads(data)
+    for buffer in (data, memoryview(data), memoryview(bytearray(b"..." + data + b"..."))[3:-3]):
+        assert load(buffer) == expected
+    too_long = b"V" + b"x" * 70_000 + b"\n."  # a text argument without an end of line within 64 KiB
+    for buffer in (too_long, memoryview(too_long), memoryview(b"." + too_long)[1:]):
+        assert_corrupt(buffer)  # type: ignore[arg-type]
+
+
+class _CopyCounter:
+    """A memoryview stand-in over nothing searchable in place, counting the bytes copied out of it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.obj, self.contiguous, self.itemsize, self.nbytes = None, True, 1, len(data)
+        self.copied = 0
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, key: Any) -> Any:
+        part = self.view[key]
+        if isinstance(key, slice):
+            self.copied += len(part)
+        return part
+
+
+def test_text_arguments_from_a_view_copy_only_what_they_read() -> None:
+    """Each text argument read from a memoryview once copied 64 KiB to find its end of line (a 1.7 MB protocol-0
+    pickle read from a mapped file took seconds)."""
+    data = pickle.dumps([{"k": i, "v": float(i)} for i in range(4_000)], protocol=0)
+    view = _CopyCounter(data)
+    assert load(view) == pickle.loads(data)  # type: ignore[arg-type]
+    assert view.copied < 16 * len(data), (view.copied, len(data))  # a short step per argument (was 8,000 times)
 
 
 def test_frames_are_skipped() -> None:
@@ -999,3 +1075,128 @@ def test_namespace_state_cannot_reach_descriptors() -> None:
 def test_python_313_pathlib_names() -> None:
     data = P2 + ops_global("pathlib._local", "PosixPath") + ops_tuple(ops_str("/"), ops_str("data")) + b"R."
     assert load(data) == pathlib.PurePosixPath("/data")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# numpy values as every numpy release pickles them
+# --------------------------------------------------------------------------------------------------------------
+
+
+def ops_np_datetime_dtype(spec: str, metadata: bytes, order: str = "<") -> bytes:
+    """``numpy.dtype(spec)`` for a datetime ``spec`` (``M8``, ``m8``) with its version-4 state; ``metadata`` are the
+    opcodes of the state's last item (numpy 2.4: ``(None, (unit, num, 1, 1))``, earlier: ``({}, (...))``)."""
+    head = ops_global("numpy", "dtype") + ops_tuple(ops_str(spec), pickle.NEWFALSE, pickle.NEWTRUE) + pickle.REDUCE
+    state = ops_tuple(ops_int(4), ops_str(order), b"NNN", ops_int(-1), ops_int(-1), ops_int(0), metadata)
+    return head + state + pickle.BUILD
+
+
+def ops_datetime_unit(unit: bytes, num: int) -> bytes:
+    return ops_tuple(pickle.SHORT_BINBYTES + bytes([len(unit)]) + unit, ops_int(num), ops_int(1), ops_int(1))
+
+
+def ops_np_array(dtype: bytes, shape: tuple[int, ...], raw: bytes) -> bytes:
+    data = pickle.BINBYTES + struct.pack("<I", len(raw)) + raw
+    return _NP_ARRAY + ops_tuple(ops_int(1), ops_tuple(*map(ops_int, shape)), dtype, pickle.NEWFALSE, data) + b"b"
+
+
+@pytest.mark.parametrize(
+    ("user_metadata", "release"),
+    [(pickle.NONE, "numpy >= 2.4"), (pickle.EMPTY_DICT, "numpy 1.7 - 2.3"), (b"", "numpy < 1.7: the tuple alone")],
+)
+@pytest.mark.parametrize(("spec", "unit", "num", "expected"), [("M8", b"s", 1, "M8[s]"), ("m8", b"ms", 5, "m8[5ms]")])
+def test_numpy_datetime_dtypes_of_every_release(
+    user_metadata: bytes, release: str, spec: str, unit: bytes, num: int, expected: str
+) -> None:
+    values = np.array([0, 1, 86_400, -7], dtype=expected)
+    metadata = ops_tuple(user_metadata, ops_datetime_unit(unit, num)) if user_metadata else ops_datetime_unit(unit, num)
+    value = load(P2 + ops_np_array(ops_np_datetime_dtype(spec, metadata), (4,), values.tobytes()) + b".")
+    assert isinstance(value, np.ndarray) and value.dtype == np.dtype(expected), release
+    assert np.array_equal(value, values)
+
+
+def test_numpy_generic_datetime_and_byte_order() -> None:
+    generic = ops_tuple(pickle.NONE, ops_datetime_unit(b"generic", 1))
+    assert load(P2 + ops_np_datetime_dtype("M8", generic) + b".") == np.dtype("M8")
+    days = ops_tuple(pickle.NONE, ops_datetime_unit(b"D", 1))
+    assert load(P2 + ops_np_datetime_dtype("M8", days, order=">") + b".") == np.dtype(">M8[D]")
+
+
+def test_numpy_datetime_array_pickled_by_the_installed_numpy() -> None:
+    for dtype in ("M8[s]", "m8[5ms]", ">M8[D]", "M8[us]"):
+        array = np.array([0, 3, -1], dtype=dtype)
+        for protocol in PROTOCOLS:
+            value = load(pickle.dumps(array, protocol=protocol))
+            assert value.dtype == array.dtype and np.array_equal(value, array), (dtype, protocol)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        ops_tuple(pickle.NONE, ops_datetime_unit(b"no unit", 1)),
+        ops_tuple(pickle.EMPTY_DICT, ops_datetime_unit(b"s", 0)),
+        ops_tuple(pickle.NONE, ops_tuple(ops_int(5), ops_int(1))),
+    ],
+    ids=["unit-not-a-word", "unit-count-0", "unit-not-a-string"],
+)
+def test_numpy_bad_datetime_unit_is_one_error(metadata: bytes) -> None:
+    with pytest.raises(CorruptCheckpointError) as info:
+        unpickle(P2 + ops_np_datetime_dtype("M8", metadata) + b".")
+    assert info.value.code == "bad-pickle"
+    assert info.value.message.startswith("numpy datetime unit"), info.value.message
+
+
+def ops_py2_str(raw: bytes) -> bytes:
+    """A Python 2 ``str`` as Python 2's pickle writes it (bytes, no encoding)."""
+    if len(raw) < 256:
+        return pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw
+    return pickle.BINSTRING + struct.pack("<i", len(raw)) + raw
+
+
+def ops_py2_np_dtype(spec: str) -> bytes:
+    """``numpy.dtype(spec, 0, 1)`` with its state, every string a Python 2 ``str``."""
+    head = ops_global("numpy", "dtype") + ops_tuple(ops_py2_str(spec.encode()), ops_int(0), ops_int(1)) + b"R"
+    state = ops_tuple(ops_int(3), ops_py2_str(b"<"), b"NNN", ops_int(-1), ops_int(-1), ops_int(0))
+    return head + state + pickle.BUILD
+
+
+def py2_numpy_pickle(array: np.ndarray) -> bytes:
+    """A protocol-2 pickle of ``array`` as Python 2's numpy writes it: the data and type codes are ``str``."""
+    head = ops_global("numpy.core.multiarray", "_reconstruct")
+    head += ops_tuple(ops_global("numpy", "ndarray"), ops_tuple(ops_int(0)), ops_py2_str(b"b")) + b"R"
+    shape = ops_tuple(*map(ops_int, array.shape))
+    dtype = ops_py2_np_dtype(array.dtype.str[1:])
+    state = ops_tuple(ops_int(1), shape, dtype, pickle.NEWFALSE, ops_py2_str(array.tobytes()))
+    return P2 + head + state + b"b."
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([0xA9C3, 0x41, 0x3D3D], dtype="<u2"),  # bytes that are valid UTF-8: c3 a9 41 00 3d 3d
+        np.frombuffer("ĀéЖ€😀 weights".encode() * 40, dtype="<u4"),  # 480 bytes: BINSTRING, valid UTF-8
+        np.array([1.0, -2.5, 3.25e-7], dtype="<f8"),  # bytes that are not UTF-8
+        np.random.default_rng(13).standard_normal((7, 5)).astype("<f4"),
+        np.arange(12, dtype="<i2").reshape(3, 4),  # ASCII-range bytes
+    ],
+    ids=["utf8-bytes", "utf8-long", "latin1-bytes", "randn", "ascii-bytes"],
+)
+def test_python2_numpy_arrays_keep_their_bytes(array: np.ndarray) -> None:
+    data = py2_numpy_pickle(array)
+    expected = pickle.loads(data, encoding="latin1")  # how numpy reads Python 2 pickles (its documented advice)
+    assert np.array_equal(expected, array)
+    value = load(data)
+    assert isinstance(value, np.ndarray) and value.dtype == array.dtype and value.tobytes() == array.tobytes()
+
+
+def test_python2_numpy_scalar_keeps_its_bytes() -> None:
+    raw = np.array([0xA9C3], dtype="<u2").tobytes()  # valid UTF-8
+    data = P2 + ops_global("numpy.core.multiarray", "scalar") + ops_tuple(ops_py2_np_dtype("u2"), ops_py2_str(raw))
+    data += b"R."
+    assert pickle.loads(data, encoding="latin1") == 0xA9C3
+    value = load(data)
+    assert value == 0xA9C3 and value.dtype == np.dtype("<u2")
+
+
+def test_python2_text_is_still_read_as_utf8_text() -> None:
+    data = P2 + b"}" + ops_py2_str("clé".encode()) + ops_py2_str("größe".encode("latin-1")) + b"s."
+    assert load(data) == {"clé": "größe"}

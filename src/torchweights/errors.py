@@ -24,7 +24,9 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │                                                           file-changed (the file was rewritten, resized or
     │                                                           replaced since tw.open read it), ...]
     │   ├── ShardIndexError                                    [shard-*]
-    │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs)]
+    │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs;
+    │                                                           limit-pickle-opcodes: a pickle asking for more
+    │                                                           CPU than Limits.max_pickle_opcodes)]
     ├── UnsafeCheckpointError              ValueError          [unsafe-global]
     ├── UnsupportedCheckpointError         ValueError          [unsupported-* (unsupported-tensor: tensors tw.load
     │                                                           cannot rebuild, named; unsupported-tensor-flag: a
@@ -47,6 +49,8 @@ Messages say what happened, why, and what to do, in that order.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 __all__ = [
     "CheckpointNotFoundError",
     "CheckpointReadError",
@@ -60,7 +64,11 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedCheckpointError",
     "WriteError",
+    "pass_through",
 ]
+
+
+_E = TypeVar("_E", bound="TorchWeightsError")
 
 
 class TorchWeightsError(Exception):
@@ -82,6 +90,33 @@ class TorchWeightsError(Exception):
 
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"
+
+    def in_context(self: _E, context: str, *, path: str | None = None) -> _E:
+        """A copy of this error whose message starts with ``context`` (``"shard 'a.bin' of 'index.json'"``), for
+        re-raising ``from`` this one where the error is seen from further out.
+
+        The copy is of the same class and keeps every attribute (``code``, ``names``, ``report``...); ``path`` is
+        filled in only where the error had none. ``__init__`` is not called again, so no attribute is lost to a
+        subclass's signature.
+        """
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.message = f"{context}: {self.message}"
+        copy.args = (copy.message,)
+        if copy.path is None:
+            copy.path = path
+        return copy
+
+
+def pass_through(exc: BaseException) -> None:
+    """Re-raise ``exc`` unchanged when it is a torchweights error.
+
+    Call it first in an ``except (ValueError, ...)`` block whose body can raise one of ours (each is also a
+    ``ValueError`` or ``OSError``): the error keeps its class, code and message instead of being wrapped into
+    another whose message would nest the first one's code.
+    """
+    if isinstance(exc, TorchWeightsError):
+        raise exc
 
 
 class CheckpointNotFoundError(TorchWeightsError, FileNotFoundError):

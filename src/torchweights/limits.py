@@ -26,6 +26,13 @@ class Limits:
             well: a pickle of repeated keys, a 1 MiB run of zeros).
         max_source_bytes: TorchScript source that ``scan`` analyses per archive (about 2 s and 120 MB per MiB;
             torch writes tens of kB per module type). Source past it is not analysed and the file is "unreadable".
+        max_pickle_opcodes: the work one pickle stream may ask of the machine: opcodes executed, and (counted
+            apart, against the same number) the items of tuples hashed as dict keys or set elements, which a few
+            bytes can make Python hash again and again. An opcode costs about 1 µs, so the default bounds a stream
+            to well under a minute of CPU whatever its size; no bound on the bytes can do that, since every opcode
+            takes at least one byte (a 1 GiB pickle of one-byte opcodes would take about 20 minutes). ``torch.save``
+            writes about 30 opcodes per tensor (a 300-tensor ``data.pkl``: 9,600) and a pickle of Python numbers
+            about one per 9 bytes, so only a stream of over 30 million Python objects needs more.
     """
 
     max_pickle_bytes: int = 1 << 30
@@ -37,6 +44,7 @@ class Limits:
     max_inflate_ratio: int = 100
     inflate_ratio_from_bytes: int = 16 << 20
     max_source_bytes: int = 8 << 20
+    max_pickle_opcodes: int = 1 << 25
 
     def inflation_refused(self, compressed_size: int, size: int) -> bool:
         """Whether inflating ``compressed_size`` bytes to ``size`` bytes of one member breaks the per-member rule:

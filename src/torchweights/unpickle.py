@@ -29,6 +29,7 @@ import _compat_pickle
 import argparse
 import codecs
 import collections
+import contextvars
 import copyreg
 import datetime
 import decimal
@@ -51,8 +52,10 @@ from .errors import (
     TorchWeightsError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
+    pass_through,
 )
 from .known_enums import KNOWN_ENUMS
+from .limits import DEFAULT_LIMITS
 from .records import StorageRef
 from .text import plural, quote
 from .torch_classes import TORCH_CLASSES
@@ -753,12 +756,16 @@ _NP_ALIGNED_STRUCT = 0x80  # numpy's NPY_ALIGNED_STRUCT dtype flag
 
 
 def _np_fail(what: str, exc: BaseException) -> CorruptCheckpointError:
+    """The error for numpy refusing ``what``; one of ours raised while checking it passes through unchanged."""
+    pass_through(exc)
     return _bad(f"{what} is invalid: {_short(str(exc), 200)}")
 
 
 def _np_datetime_unit(metadata: Any) -> str | None:
-    """``[5s]`` from a datetime dtype's pickled metadata ``({}, (b's', 5, 1, 1))`` (older numpy: the tuple alone)."""
-    if isinstance(metadata, tuple) and len(metadata) == 2 and isinstance(metadata[0], dict):
+    """``[5s]`` from a datetime dtype's pickled metadata: ``(user metadata, (unit, num, 1, 1))``, where the user
+    metadata is a dict up to numpy 2.3 and None from numpy 2.4 when there is none (``(None, (b's', 1, 1, 1))``);
+    numpy before 1.7 wrote the tuple alone."""
+    if isinstance(metadata, tuple) and len(metadata) == 2 and (metadata[0] is None or isinstance(metadata[0], dict)):
         metadata = metadata[1]
     if not (isinstance(metadata, tuple) and len(metadata) >= 2):
         return None
@@ -840,10 +847,16 @@ def _np_dtype(spec: Any, align: Any = False, copy: Any = False, *_: Any) -> Any:
 
 
 def _np_bytes(raw: Any) -> bytes | None:
-    """Array data as bytes; Python 2 pickles carry it as a str (read with latin-1, as numpy does)."""
+    """Array data as bytes. Python 2 pickles carry it as a ``str``: its bytes as the file holds them (the machine
+    keeps them for a ``str`` it read as UTF-8, see :class:`_Stream`), else encoded with latin-1, as numpy does
+    for pickles read with ``encoding='latin1'``."""
     if isinstance(raw, (bytes, bytearray)):
         return bytes(raw)
     if isinstance(raw, str):
+        stream = _STREAM.get()
+        kept = stream.py2_bytes.get(id(raw)) if stream is not None else None
+        if kept is not None and kept[0] is raw:
+            return kept[1]
         try:
             return raw.encode("latin-1")
         except UnicodeEncodeError:
@@ -1603,12 +1616,21 @@ _LAUNDERING_ATTRIBUTES = frozenset(
 class _Reader:
     """Bounds-checked cursor over a bytes-like buffer."""
 
-    __slots__ = ("data", "end", "pos")
+    __slots__ = ("data", "end", "find", "pos")
 
     def __init__(self, data: bytes | memoryview, start: int, end: int) -> None:
         self.data = data
         self.pos = start
         self.end = end
+        #: ``find(sub, start, end)`` over the same offsets as ``data``, searching in place: bytes, or the mapping
+        #: (or bytes) a whole-buffer memoryview shows; None for other views, searched in growing copies.
+        self.find: Callable[[bytes, int, int], int] | None = None
+        if isinstance(data, (bytes, bytearray)):
+            self.find = data.find
+        else:
+            base: Any = data.obj
+            if hasattr(base, "find") and data.contiguous and data.itemsize == 1 and len(base) == data.nbytes:
+                self.find = base.find
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > self.end:
@@ -1622,14 +1644,18 @@ class _Reader:
         return out
 
     def line(self, limit: int = 1 << 16) -> bytes:
+        """The text argument of a protocol-0 opcode: the bytes up to the next newline (at most ``limit``)."""
         data = self.data
         start = self.pos
         stop = min(self.end, start + limit)
-        if isinstance(data, (bytes, bytearray)):
-            idx = data.find(b"\n", start, stop)
-        else:
-            idx = bytes(data[start:stop]).find(b"\n")
-            idx = -1 if idx < 0 else start + idx
+        if self.find is not None:
+            idx = self.find(b"\n", start, stop)
+        else:  # copy what is searched, in growing steps: a short line costs a short copy
+            idx, lo, step = -1, start, 32
+            while lo < stop and idx < 0:
+                hi = min(stop, lo + step)
+                found = bytes(data[lo:hi]).find(b"\n")
+                idx, lo, step = (lo + found if found >= 0 else -1), hi, step * 4
         if idx < 0:
             if stop == self.end:
                 raise _bad(f"pickle data is truncated: the text argument at byte {start} has no end", code="truncated")
@@ -1659,11 +1685,49 @@ _U8 = struct.Struct("<Q")
 _F8 = struct.Struct(">d")
 
 
-def _decode_py2_str(raw: bytes) -> str:
+class _Stream:
+    """What the reconstructors of the table need to know of the stream being read (:data:`_STREAM`).
+
+    Attributes:
+        py2_bytes: the Python 2 ``str`` payloads (``STRING``, ``BINSTRING``, ``SHORT_BINSTRING``) decoded as UTF-8
+            that are not ASCII, by id: ``(text, bytes in the file)``. Text is read as UTF-8 as torch reads it, but
+            numpy's reconstructors need the bytes themselves (``'é'`` may have been ``c3 a9`` or ``e9``).
+        hashed: items of tuples checked (and so about to be hashed) as dict keys or set elements so far.
+        max_work: ``Limits.max_pickle_opcodes``: the bound on ``hashed`` (and, in the machine, on opcodes).
+    """
+
+    __slots__ = ("hashed", "max_work", "py2_bytes")
+
+    def __init__(self, max_work: int) -> None:
+        self.py2_bytes: dict[int, tuple[str, bytes]] = {}
+        self.hashed = 0
+        self.max_work = max_work
+
+
+#: The stream the machine of this thread (context) is reading, for the module-level reconstructors.
+_STREAM: contextvars.ContextVar[_Stream | None] = contextvars.ContextVar("_STREAM", default=None)
+
+
+def _over_budget(what: str, limit: int) -> ResourceLimitError:
+    return ResourceLimitError(
+        f"the pickle stream {what} more than the {limit:,} allowed (Limits.max_pickle_opcodes): reading it would take "
+        "minutes of CPU. torch.save writes about 30 opcodes per tensor, so no weights file comes near; the file is "
+        "hostile or holds tens of millions of Python objects. If you trust it, raise the limit: "
+        "tw.open(path, limits=Limits(max_pickle_opcodes=...)).",
+        code="limit-pickle-opcodes",
+    )
+
+
+def _decode_py2_str(raw: bytes, kept: dict[int, tuple[str, bytes]]) -> str:
+    """A Python 2 ``str`` as text: UTF-8 when it is valid UTF-8 (its bytes then kept in ``kept``), else latin-1
+    (which gives the bytes back)."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+    if not raw.isascii():
+        kept[id(text)] = (text, raw)
+    return text
 
 
 def _text_int(raw: bytes) -> int:
@@ -1687,6 +1751,9 @@ def _check_key(value: Any) -> None:
         return
     pending = [(value, 1)]
     seen = 0
+    stream = _STREAM.get()
+    if stream is not None and stream.hashed > stream.max_work:
+        raise _over_budget("hashes tuple items in dict keys and set elements", stream.max_work)
     while pending:
         tup, depth = pending.pop()
         seen += len(tup)
@@ -1700,6 +1767,8 @@ def _check_key(value: Any) -> None:
         for item in tup:
             if type(item) is tuple:
                 pending.append((item, depth + 1))
+    if stream is not None:
+        stream.hashed += seen
 
 
 _MAX_NESTING = 16
@@ -1927,7 +1996,7 @@ class _Machine:
         return self.find_global(*key)
 
     # -- run ---------------------------------------------------------------------------------------------------
-    def run(self, data: bytes | memoryview, start: int, end: int) -> UnpickleResult:
+    def run(self, data: bytes | memoryview, start: int, end: int, stream: _Stream) -> UnpickleResult:
         r = _Reader(data, start, end)
         stack: list[Any] = []
         metastack: list[list[Any]] = []
@@ -1992,6 +2061,7 @@ class _Machine:
                 pending_memo.setdefault(id(value), []).append(key)
 
         data, end = r.data, r.end
+        py2_bytes, max_opcodes = stream.py2_bytes, stream.max_work
         while True:
             pos = r.pos
             if pos >= end:
@@ -1999,6 +2069,8 @@ class _Machine:
             op = data[pos]
             r.pos = pos + 1
             count += 1
+            if count > max_opcodes:
+                raise _over_budget("executes opcodes", max_opcodes)
             # The most frequent opcodes of torch.save pickles come first (an if chain is tested in order).
             if op == 0x72 or op == 0x71 or op == 0x70:  # LONG_BINPUT, BINPUT, PUT
                 key = r.unpack(_U4) if op == 0x72 else r.u1() if op == 0x71 else _text_int(r.line())
@@ -2151,14 +2223,14 @@ class _Machine:
                     decoded: Any = codecs.escape_decode(raw[1:-1])[0]
                 except ValueError as exc:
                     raise _bad(f"STRING opcode argument has a bad escape: {exc}") from None
-                stack.append(_decode_py2_str(decoded))
+                stack.append(_decode_py2_str(decoded, py2_bytes))
             elif op == 0x54:  # BINSTRING
                 n = r.unpack(_I4)
                 if n < 0:
                     raise _bad("BINSTRING with a negative length")
-                stack.append(_decode_py2_str(r.take(n)))
+                stack.append(_decode_py2_str(r.take(n), py2_bytes))
             elif op == 0x55:  # SHORT_BINSTRING
-                stack.append(_decode_py2_str(r.take(r.u1())))
+                stack.append(_decode_py2_str(r.take(r.u1()), py2_bytes))
             elif op == 0x56:  # UNICODE
                 try:
                     stack.append(r.line().decode("raw-unicode-escape"))
@@ -2249,6 +2321,7 @@ def _execute(
     allow_globals: frozenset[str],
     max_bytes: int,
     where: str,
+    max_opcodes: int = DEFAULT_LIMITS.max_pickle_opcodes,
 ) -> tuple[_Machine, UnpickleResult | None, TorchWeightsError | None]:
     """Run one stream; every failure comes back as a torchweights error, never raised."""
     result: UnpickleResult | None = None
@@ -2261,8 +2334,10 @@ def _execute(
     machine = _Machine(persistent_load, allow_globals)
     context = f" {where}" if where else ""
     failure: TorchWeightsError | None = None
+    stream = _Stream(max_opcodes)
+    token = _STREAM.set(stream)
     try:
-        result = machine.run(data, start, stop_limit)
+        result = machine.run(data, start, stop_limit, stream)
         result.references = machine.references
     except CorruptCheckpointError as exc:
         if stop_limit < stop and exc.code == "truncated":
@@ -2284,6 +2359,8 @@ def _execute(
         # Every opcode validates its operands; this is the backstop that keeps a malformed stream a
         # CorruptCheckpointError whatever slipped through.
         failure = _bad(f"malformed pickle stream{context}: {type(exc).__name__}: {_short(str(exc), 200)}")
+    finally:
+        _STREAM.reset(token)
     return machine, result, failure
 
 
@@ -2296,6 +2373,7 @@ def unpickle(
     allow_globals: frozenset[str] = frozenset(),
     max_bytes: int = 1 << 30,
     where: str = "",
+    max_opcodes: int = DEFAULT_LIMITS.max_pickle_opcodes,
 ) -> UnpickleResult:
     """Run one pickle stream from ``data[start:end]`` without calling anything the file names.
 
@@ -2307,6 +2385,7 @@ def unpickle(
         allow_globals: ``module.qualname`` names the user trusts: imported and called for real.
         max_bytes: refuse pickles longer than this.
         where: description of the stream for error messages (``"'model.pt' member 'archive/data.pkl'"``).
+        max_opcodes: the CPU budget (:attr:`~torchweights.limits.Limits.max_pickle_opcodes`).
 
     Returns:
         The root object (with :class:`Stub`, :class:`PickledTensor` ... inside), where the stream ended, and
@@ -2315,9 +2394,9 @@ def unpickle(
     Raises:
         UnsafeCheckpointError: the stream references known-dangerous globals (all of them are named).
         CorruptCheckpointError: the stream is not a valid pickle.
-        ResourceLimitError: the stream is longer than ``max_bytes``.
+        ResourceLimitError: the stream is longer than ``max_bytes`` or needs more than ``max_opcodes`` of work.
     """
-    machine, result, failure = _execute(data, start, end, persistent_load, allow_globals, max_bytes, where)
+    machine, result, failure = _execute(data, start, end, persistent_load, allow_globals, max_bytes, where, max_opcodes)
     if machine.dangerous:
         # Refusing for safety takes precedence over any other problem: it is the one the user must know about.
         names = ", ".join(quote(n) for n in machine.dangerous)
@@ -2370,11 +2449,12 @@ def scan_stream(
     persistent_load: Callable[[Any], Any] | None = None,
     max_bytes: int = 1 << 30,
     where: str = "",
+    max_opcodes: int = DEFAULT_LIMITS.max_pickle_opcodes,
 ) -> StreamScan:
     """Read one pickle stream with the same machine and table as :func:`unpickle`, for ``scan``: nothing is
     imported (no global is allowed), dangerous references are reported instead of refused, and a malformed
     stream returns what was seen before the error together with the error."""
-    machine, result, failure = _execute(data, start, end, persistent_load, frozenset(), max_bytes, where)
+    machine, result, failure = _execute(data, start, end, persistent_load, frozenset(), max_bytes, where, max_opcodes)
     return StreamScan(
         references=machine.references,
         dangerous=list(machine.dangerous),

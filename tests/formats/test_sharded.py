@@ -21,6 +21,7 @@ from torchweights.errors import (
     ResourceLimitError,
     ShardIndexError,
     TorchWeightsError,
+    UnsafeCheckpointError,
 )
 from torchweights.formats import ReadOptions
 from torchweights.formats import safetensors as safetensors_reader
@@ -508,6 +509,52 @@ def test_corrupt_shard_keeps_its_error_and_names_the_shard(tmp_path: Path) -> No
     assert err.code == "truncated"
     assert "shard 'model-00002-of-00002.safetensors'" in err.message
     assert err.path == str(shard)
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo owned",))
+
+
+def test_unsafe_shard_keeps_the_names_it_refused(tmp_path: Path) -> None:
+    """An error from a shard is the shard's error with context: every attribute (here the refused names) kept."""
+    import pickle
+
+    shards = {
+        "pytorch_model-00001-of-00002.bin": make_tensors(["a"]),
+        "pytorch_model-00002-of-00002.bin": make_tensors(["b"]),
+    }
+    make_set(tmp_path, shards, kind="zip", index_name=BIN_INDEX)
+    bad = tmp_path / "pytorch_model-00002-of-00002.bin"
+    bad.write_bytes(pickle.dumps({"b": _RunsCode()}, protocol=2))
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read(str(tmp_path / BIN_INDEX), OPTIONS)
+    err = info.value
+    assert err.code == "unsafe-global"
+    assert err.names == (f"{os.system.__module__}.system",), err.names
+    assert err.message.startswith("shard 'pytorch_model-00002-of-00002.bin' of ")
+    assert err.path == str(bad)
+    assert isinstance(err.__cause__, UnsafeCheckpointError) and err.__cause__.names == err.names
+
+
+def test_shard_error_keeps_every_attribute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attributes a reader's error carries (a LoadError's report, a path it named) survive the shard's context."""
+    from torchweights.errors import LoadError
+
+    make_set(tmp_path, two_shards())
+    report = object()
+
+    def failing(path: str, options: ReadOptions) -> Checkpoint:
+        raise LoadError("it does not fit", report=report, code="shape-mismatch", path="/elsewhere")
+
+    monkeypatch.setattr(torchweights.formats, "open_path", failing)
+    with pytest.raises(LoadError) as info:
+        read(str(tmp_path), OPTIONS)
+    err = info.value
+    assert err.report is report and err.code == "shape-mismatch" and err.path == "/elsewhere"
+    assert err.message.startswith("shard 'model-00001-of-00002.safetensors' of ")
+    assert err.message.endswith(": it does not fit") and err.message.count("shape-mismatch") == 0
+    assert str(err) == f"[shape-mismatch] {err.message}" and err.args == (err.message,)
 
 
 @needs_torch_readers

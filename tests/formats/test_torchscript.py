@@ -830,6 +830,18 @@ def test_model_json_that_is_not_a_model_def(tmp_path: Path) -> None:
     assert info.value.code == "bad-record" and "data type 'STRING'" in info.value.message
 
 
+def test_model_json_with_a_damaged_byte_keeps_the_crc_error(tmp_path: Path) -> None:
+    """The member's own read error (bad-crc) passes through the JSON parser's error handling unchanged."""
+    raw = bytearray((_FIXTURES / "torchscript_1_0.pt").read_bytes())
+    at = raw.index(b'"protoVersion"') + 2
+    raw[at] ^= 0x20  # "protoVersion" -> "pRotoVersion": still JSON, no longer the bytes the CRC was taken of
+    dst = tmp_path / "b.pt"
+    dst.write_bytes(bytes(raw))
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.open(dst)
+    assert info.value.code == "bad-crc" and "[" not in info.value.message, info.value
+
+
 class _Bag(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from torchweights.errors import ResourceLimitError
+from torchweights.errors import CorruptCheckpointError, ResourceLimitError
 from torchweights.formats._zip import ZipMember, check_member_inflation, inflate, read_directory
 from torchweights.limits import DEFAULT_LIMITS, Limits
 
@@ -77,3 +77,17 @@ def test_directory_and_inflate_of_a_real_bomb() -> None:
     # the global budget still applies on top
     tight = read_directory(buffer, "bomb.zip", size, max_inflated=MiB)
     assert [p.code for p in tight.problems] == ["limit-inflate"]
+
+
+def test_lzma_member_with_a_bad_header_is_one_error() -> None:
+    """The member's own header check passes through the decompressor's error handling unchanged."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_LZMA) as zf:
+        zf.writestr("root/data.pkl", b"\x80\x02}q\x00." * 100)
+    (member,) = read_directory(buffer, "x.zip", buffer.tell()).members
+    raw = bytearray(buffer.getvalue())
+    raw[member.data_offset + 2] = 7  # lzma properties size: 7 (zip's lzma header always says 5)
+    with pytest.raises(CorruptCheckpointError) as info:
+        inflate(io.BytesIO(bytes(raw)), member, member.size)
+    assert info.value.code == "bad-member" and "[bad-member]" not in info.value.message, info.value
+    assert info.value.message == "member 'root/data.pkl' has no valid lzma header"

@@ -76,6 +76,7 @@ def run_pickle(
             persistent_load=persistent_load,
             max_bytes=options.limits.max_pickle_bytes,
             where=where,
+            max_opcodes=options.limits.max_pickle_opcodes,
         )
         options.observer(where, start, seen)
         if seen.error is not None:
@@ -90,6 +91,7 @@ def run_pickle(
         allow_globals=options.allow_globals,
         max_bytes=options.limits.max_pickle_bytes,
         where=where,
+        max_opcodes=options.limits.max_pickle_opcodes,
     )
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from .. import _io
-from ..errors import CorruptCheckpointError, ResourceLimitError
+from ..errors import CorruptCheckpointError, ResourceLimitError, pass_through
 from ..limits import Limits
 from ..text import plural, printable
 
@@ -633,6 +633,7 @@ def _inflate_other(fh: IO[bytes], m: ZipMember, want: int) -> bytes:
             if decompressor.eof:
                 break
     except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+        pass_through(exc)  # the member's own header check
         raise CorruptCheckpointError(
             f"member {_quote_name(m.name)} does not inflate: {type(exc).__name__}: {exc}", code="bad-member"
         ) from None

@@ -264,16 +264,12 @@ def _escape_reason(roots: Sequence[str], path: str) -> str | None:
 
 
 def _open_shard(index_path: str, shard: _Shard, options: ReadOptions, open_path: Reader) -> Checkpoint:
-    """Read one shard with the reader its content calls for; errors keep their class and code, plus context."""
+    """Read one shard with the reader its content calls for; errors keep their class and every attribute (code,
+    ``names``, ``report``...), plus context, and are chained to the shard's own error."""
     try:
         return open_path(shard.path, options)
     except TorchWeightsError as err:
-        try:
-            wrapped = type(err)(f"shard {quote(shard.name)} of {quote(index_path)}: {err.message}", code=err.code)
-        except TypeError:  # pragma: no cover - an error class with another signature
-            raise err from None
-        wrapped.path = err.path or shard.path
-        raise wrapped from err
+        raise err.in_context(f"shard {quote(shard.name)} of {quote(index_path)}", path=shard.path) from err
 
 
 def _merge(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..containers import flatten, record_maker, short_repr
-from ..errors import CorruptCheckpointError, ResourceLimitError
+from ..errors import CorruptCheckpointError, ResourceLimitError, pass_through
 from ..records import Checkpoint, StorageRef
 from ..text import plural, quote, quote_list, shorten_list
 from ..unpickle import PickledQTensor, PickledStorage, PickledTensor, Stub
@@ -264,6 +264,7 @@ def read_model_json(archive: Archive, root: str, records: dict[str, str], option
     try:
         model = json.loads(archive.read(info).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        pass_through(exc)  # the member could not be read (bad-crc, limit-inflate...)
         raise reader.bad(f"is not JSON ({type(exc).__name__})") from None
     if not isinstance(model, dict):
         raise reader.bad("is not a ModelDef object")
