@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
 from torchweights import _engine, _io, storage
 from torchweights.storage import io_settings
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
 class Net(torch.nn.Module):
