@@ -642,7 +642,8 @@ def _count_preadv(monkeypatch: pytest.MonkeyPatch, cap: int | None = None) -> li
             buffers = kept
         return real(fd, buffers, offset, *flags)
 
-    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "preadv", preadv)  # the non-blocking first try of read_ahead
+    monkeypatch.setattr(_io, "_preadv", preadv)  # every other read (os.preadv, chosen at import)
     return calls
 
 
