@@ -161,3 +161,21 @@ def test_python_dash_m_torchweights(tmp_path: Path, capsys: pytest.CaptureFixtur
         check=False,
     )
     assert bad.returncode != 0 and "missing.pt" in bad.stderr
+
+
+def test_big_endian_host_is_refused_at_import() -> None:
+    """Byte-order decisions assume a little-endian host; any other host is refused at import, never misread."""
+    script = (
+        "import sys\n"
+        "sys.byteorder = 'big'\n"
+        "try:\n"
+        "    import torchweights\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    raise SystemExit('imported on a big-endian host')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "little-endian machines only" in result.stdout and "big-endian" in result.stdout
+    assert "torch.load(path, weights_only=True)" in result.stdout
