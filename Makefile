@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit demo clean fuzz
+LATEST := .venv-latest
+
+.PHONY: venv test test-latest lint typecheck unit demo clean fuzz
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +28,17 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# The suite against the newest releases of the libraries users combine with torchweights (numpy, safetensors,
+# zlib-ng: the pins of requirements-dev.txt dropped, upgraded on every run), in its own venv; torch stays the
+# pinned CPU build, test tools stay pinned. CI runs it after `make test` (.ci/run).
+test-latest:
+	test -x $(LATEST)/bin/python || $(PY) -m venv $(LATEST)
+	sed -E 's/^(numpy|safetensors|zlib-ng)==.*/\1/' requirements-dev.txt > $(LATEST)/requirements.txt
+	$(LATEST)/bin/pip install -q --upgrade -r $(LATEST)/requirements.txt
+	$(LATEST)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(LATEST)/bin/pip list --format=freeze | grep -i -E '^(torch|numpy|safetensors|zlib.ng)=='
+	$(LATEST)/bin/pytest
+
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
@@ -44,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
 def test_all_is_exact() -> None:

@@ -11,13 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
 from _samples import random_bits
 from torchweights import api, dtypes
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 ALL_DTYPES = [
     torch.float64,

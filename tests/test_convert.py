@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
@@ -23,7 +24,6 @@ from torchweights import dtypes
 from torchweights.errors import RuleError, WriteError
 from torchweights.writers import safetensors as st_writer
 
-safetensors_torch = pytest.importorskip("safetensors.torch")
 convert_module = importlib.import_module("torchweights.convert")
 
 SAFETENSORS_DTYPES = [
@@ -165,8 +165,6 @@ def _write_source(kind: str, tmp: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         torch.save(model, path)
         return path, dict(torch.load(path, weights_only=False).state_dict())
     if kind == "torchscript":
-        if importlib.util.find_spec("torchweights.formats.torchscript") is None:
-            pytest.skip("the TorchScript reader is not part of this tree")
         torch.manual_seed(0)
         scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5)))
         path = tmp / "scripted.pt"

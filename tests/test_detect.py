@@ -262,13 +262,28 @@ def test_dangling_symlink(tmp_path: Path) -> None:
     _raises(link, CheckpointNotFoundError, "not-found", "symbolic link", "re-download")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads everything")
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "model.pt"
     path.write_bytes(b"PK\x03\x04")
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if root:
+        # root reads every file: drop to an unprivileged effective user for the call (root's saved user id gets it
+        # back), from inside the test's folder (made searchable by others, so only the file's mode stands in the
+        # way). One call first as root, so nothing is imported from a folder the other user cannot read.
+        with pytest.raises(TorchWeightsError):
+            detect(str(path))
+        tmp_path.chmod(0o711)
+        monkeypatch.chdir(tmp_path)
+        path = Path(path.name)
     path.chmod(0)
     try:
-        err = _raises(path, CheckpointReadError, "read-failed", "permission denied", "chmod")
+        if root:
+            os.seteuid(65534)
+        try:
+            err = _raises(path, CheckpointReadError, "read-failed", "permission denied", "chmod")
+        finally:
+            if root:
+                os.seteuid(0)
         assert isinstance(err, OSError)
     finally:
         path.chmod(0o600)

@@ -8,12 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
 from torchweights.errors import RuleError
 
-safetensors_torch = pytest.importorskip("safetensors.torch")
 diff_module = importlib.import_module("torchweights.diff")
 
 

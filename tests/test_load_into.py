@@ -6,11 +6,10 @@ import copy
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
 def _same(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:

@@ -903,7 +903,7 @@ def test_from_tuples() -> None:
 
 
 def test_from_module_reads_buffers_ties_and_custom_loaders() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
 
     class Transposed(torch.nn.Module):
         def __init__(self) -> None:
@@ -945,7 +945,8 @@ def test_from_module_reads_buffers_ties_and_custom_loaders() -> None:
 
 
 def test_from_module_sees_load_state_dict_hooks() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     net[1]._register_load_state_dict_pre_hook(lambda *args, **kwargs: None)
     assert ModelSpec.from_module(net).custom_modules == ("1",)

@@ -59,8 +59,6 @@ from torchweights.formats import ReadOptions
 from torchweights.formats import safetensors as safetensors_reader
 from torchweights.limits import DEFAULT_LIMITS
 
-safetensors_torch = pytest.importorskip("safetensors.torch")
-
 # --------------------------------------------------------------------------------------------------------------
 # The valid files
 # --------------------------------------------------------------------------------------------------------------

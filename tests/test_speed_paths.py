@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
 from torchweights import _engine, _io, records, storage
 from torchweights.storage import io_settings
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
 class Net(torch.nn.Module):
@@ -657,7 +656,8 @@ def _count_preadv(monkeypatch: pytest.MonkeyPatch, cap: int | None = None) -> li
             buffers = kept
         return real(fd, buffers, offset, *flags)
 
-    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "preadv", preadv)  # the non-blocking first try of read_ahead
+    monkeypatch.setattr(_io, "_preadv", preadv)  # every other read (os.preadv, chosen at import)
     return calls
 
 

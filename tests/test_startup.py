@@ -226,7 +226,8 @@ def test_help_imports_almost_nothing() -> None:
 
 
 def test_inspect_torch_file_does_not_import_torch(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     path = tmp_path / "small.pt"
     torch.save({"layer.weight": torch.zeros(2, 3), "layer.bias": torch.zeros(2), "epoch": 3}, path)
     for argv in (["inspect", str(path)], ["inspect", "--json", str(path)]):

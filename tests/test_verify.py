@@ -8,12 +8,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
 from torchweights.errors import CheckpointNotFoundError, NotACheckpointError
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
 def _sd() -> dict[str, torch.Tensor]:

@@ -14,6 +14,16 @@ from __future__ import annotations
 import sys as _sys
 import types as _types
 
+# Every byte-order decision (swap a storage or not, map it or not, the order writers record) compares a file's
+# order with "little": the one host order this package is built and tested for. Refuse any other host here, once,
+# rather than return byte-swapped values silently.
+if _sys.byteorder != "little":
+    raise ImportError(
+        f"torchweights supports little-endian machines only, and this one is {_sys.byteorder}-endian: tensor bytes "
+        "would be read in the wrong order. Load on this machine with torch.load(path, weights_only=True), or use "
+        "torchweights on a little-endian machine (x86-64, ARM64)."
+    )
+
 from .errors import (
     CheckpointNotFoundError,
     CheckpointReadError,

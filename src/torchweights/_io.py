@@ -1,7 +1,8 @@
 """Low-level I/O for :mod:`torchweights.storage`: positioned reads, read-ahead hints, bounded inflation, CRC-32.
 
 Nothing here knows about tensors or torch. Reads are ``os.preadv`` straight into caller memory (no mapping, so no
-4 KiB page-fault storms and no SIGBUS when a file shrinks: a short read is a clean error), and CRC-32 values of
+4 KiB page-fault storms and no SIGBUS when a file shrinks: a short read is a clean error; where Python has no
+``os.preadv``, as on Windows, one positioned read per buffer instead, ``_preadv_fallback``), and CRC-32 values of
 pieces read in parallel are combined with :func:`crc32_combine` (the GF(2) polynomial arithmetic behind zlib's
 function of that name, which Python's :mod:`zlib` does not expose).
 
@@ -13,7 +14,9 @@ All compute the same checksum and release the GIL.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,7 +120,8 @@ def io_settings(**changes: Any) -> Iterator[IOSettings]:
 def open_fd(path: str) -> int:
     """A read-only file descriptor, with torchweights errors instead of ``OSError``."""
     try:
-        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_BINARY: Windows opens in text mode (newline translation) without it
+        return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         raise CheckpointReadError(f"cannot read {quote(path)}: {exc.strerror or exc}", path=path) from None
 
@@ -151,6 +155,41 @@ def _rest(bufs: list[memoryview], done: int) -> list[memoryview]:
     return []
 
 
+#: Serialises seek-then-read on platforms without positioned reads (the file offset is shared by all threads).
+_SEEK_LOCK = threading.Lock()
+
+
+def _read_into(fd: int, buf: memoryview, offset: int) -> int:
+    """One positioned read into one buffer without ``os.preadv``: the bytes read (0 at the end of the file)."""
+    pread = getattr(os, "pread", None)
+    if pread is not None:  # macOS and other POSIX systems whose Python lacks preadv
+        data = pread(fd, len(buf), offset)
+        buf[: len(data)] = data
+        return len(data)
+    with _SEEK_LOCK, io.FileIO(fd, "rb", closefd=False) as fh:  # Windows: no pread either
+        fh.seek(offset)
+        return fh.readinto(buf) or 0
+
+
+def _preadv_fallback(fd: int, buffers: list[memoryview], offset: int) -> int:
+    """:func:`os.preadv` from one positioned read per buffer: the bytes read, fewer only at the end of the file."""
+    done = 0
+    for buf in buffers:
+        want = len(buf)
+        got = 0
+        while got < want:
+            n = _read_into(fd, buf[got:], offset + done + got)
+            if n <= 0:
+                return done + got
+            got += n
+        done += got
+    return done
+
+
+#: ``os.preadv`` where Python has it (Linux, the BSDs, recent macOS), else one positioned read per buffer.
+_preadv = getattr(os, "preadv", None) or _preadv_fallback
+
+
 def read_exact(fd: int, buf: memoryview | list[memoryview], offset: int, path: str, what: str) -> None:
     """Fill ``buf`` (one buffer, or several filled in order from consecutive file bytes: one ``preadv`` call for
     all) with the file's bytes from ``offset``, with as many reads as the kernel's short counts need.
@@ -163,7 +202,7 @@ def read_exact(fd: int, buf: memoryview | list[memoryview], offset: int, path: s
     done, total = 0, sum(len(b) for b in bufs)
     while done < total:
         try:
-            got = os.preadv(fd, _rest(bufs, done), offset + done)
+            got = _preadv(fd, _rest(bufs, done), offset + done)
         except OSError as exc:
             raise CheckpointReadError(
                 f"reading {what} of {quote(path)} at byte {offset + done} failed: {exc.strerror or exc}. Check the "
@@ -181,7 +220,7 @@ def read_exact(fd: int, buf: memoryview | list[memoryview], offset: int, path: s
 
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
-_nowait_works = bool(_NOWAIT)
+_nowait_works = bool(_NOWAIT) and hasattr(os, "preadv")
 
 
 def read_ahead(

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from torchweights.cli import main  # noqa: E402
+from torchweights.cli import main
 
 MODELS = textwrap.dedent(
     """

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch as safetensors_torch
 import torch
 
 from torchweights.cli import main
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
 def _source(tmp: Path) -> Path:

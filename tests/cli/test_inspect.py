@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,21 +18,6 @@ from torchweights import dtypes
 from torchweights.cli import main
 from torchweights.errors import CorruptCheckpointError, NotACheckpointError
 from torchweights.records import Checkpoint, StorageRef, TensorRecord
-
-# The end-to-end tests need every reader that torchweights.formats registers. While one is still being written they
-# are expected to fail; once all exist the marker switches itself off.
-_READER_MODULES = (
-    "torchweights.detect",
-    "torchweights.formats.torch_zip",
-    "torchweights.formats.legacy",
-    "torchweights.formats.safetensors",
-    "torchweights.formats.sharded",
-)
-_MISSING_READERS = [m for m in _READER_MODULES if importlib.util.find_spec(m) is None]
-needs_readers = pytest.mark.xfail(
-    bool(_MISSING_READERS), reason=f"needs readers (missing: {', '.join(_MISSING_READERS)})", strict=False
-)
-
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
@@ -409,7 +393,8 @@ def safetensors_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def torch_file(tmp_path: Path) -> Path:
-    torch = pytest.importorskip("torch")
+    import torch
+
     path = tmp_path / "model.pt"
     state = {f"layers.{i}.weight": torch.zeros(4, 3) for i in range(3)}
     state["head.bias"] = torch.zeros(5, dtype=torch.float16)
@@ -417,7 +402,6 @@ def torch_file(tmp_path: Path) -> Path:
     return path
 
 
-@needs_readers
 def test_e2e_safetensors_text(safetensors_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_main(["inspect", str(safetensors_file)], capsys)
     assert code == 0, err
@@ -427,7 +411,6 @@ def test_e2e_safetensors_text(safetensors_file: Path, capsys: pytest.CaptureFixt
     assert find_line(out, "float32").split()[:2] == ["float32", "3"]
 
 
-@needs_readers
 def test_e2e_safetensors_json(safetensors_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_main(["inspect", str(safetensors_file), "--json"], capsys)
     assert code == 0, err
@@ -447,7 +430,6 @@ def test_e2e_safetensors_json(safetensors_file: Path, capsys: pytest.CaptureFixt
     }
 
 
-@needs_readers
 def test_e2e_torch_save(torch_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_main(["inspect", str(torch_file)], capsys)
     assert code == 0, err
@@ -464,10 +446,10 @@ def test_e2e_torch_save(torch_file: Path, capsys: pytest.CaptureFixture[str]) ->
     assert all(g["verdict"] in ("safe", "dangerous", "unknown") for g in data["globals"])
 
 
-@needs_readers
 def test_e2e_module_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A real ``nn.Module.state_dict()`` (an OrderedDict carrying ``_metadata``), the most common checkpoint."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)])
     path = tmp_path / "sd.pt"
     torch.save(model.state_dict(), path)
@@ -477,7 +459,6 @@ def test_e2e_module_state_dict(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert find_line(out, "{0..2}").split()[:3] == ["{0..2}", "6", "60"]
 
 
-@needs_readers
 def test_e2e_module_entry_does_not_import_torch(safetensors_file: Path) -> None:
     """``python -m torchweights.cli inspect FILE --json`` works and never imports torch."""
     result = subprocess.run(

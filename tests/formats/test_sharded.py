@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,35 +32,6 @@ from torchweights.records import Checkpoint
 OPTIONS = ReadOptions()
 INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-
-
-def _real_open_path_works() -> bool:
-    try:
-        import torchweights.detect
-
-        torchweights.formats.READERS()
-    except ImportError:
-        return False
-    return True
-
-
-REAL_OPEN_PATH = _real_open_path_works()
-needs_torch_readers = pytest.mark.skipif(not REAL_OPEN_PATH, reason="torchweights.detect / torch readers not landed")
-
-
-@pytest.fixture(autouse=True)
-def _open_path_fallback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Until ``torchweights.detect`` and every reader exist, dispatch by name: index files to the sharded reader,
-    everything else to the safetensors reader. With the real modules present this does nothing."""
-    if not REAL_OPEN_PATH:
-
-        def fallback(path: str, options: ReadOptions) -> Checkpoint:
-            if path.endswith(".json"):
-                return read(path, options)
-            return safetensors_reader.read(path, options)
-
-        monkeypatch.setattr(torchweights.formats, "open_path", fallback)
-    yield
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -182,7 +153,6 @@ def test_relative_index_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert ckpt.files[1] == os.path.join(".", "model-00001-of-00002.safetensors")
 
 
-@needs_torch_readers
 def test_storage_keys_unique_across_shards(tmp_path: Path) -> None:
     """Both shards hold a storage keyed '0' (torch files number storages from 0); merged keys must not collide."""
     shards = {
@@ -195,7 +165,6 @@ def test_storage_keys_unique_across_shards(tmp_path: Path) -> None:
     assert all(k.startswith(("a.bin:", "b.bin:")) for k in keys)
 
 
-@needs_torch_readers
 def test_tied_tensors_keep_sharing_a_storage_key(tmp_path: Path) -> None:
     base = torch.arange(6.0)
     shards = {"a.bin": {"w": base, "w_view": base[2:]}, "b.bin": {"z": torch.zeros(2)}}
@@ -205,7 +174,6 @@ def test_tied_tensors_keep_sharing_a_storage_key(tmp_path: Path) -> None:
     assert ckpt["w"].storage.key != ckpt["z"].storage.key  # type: ignore[union-attr]
 
 
-@needs_torch_readers
 @pytest.mark.parametrize("kind", ["zip", "legacy"])
 def test_torch_bin_set(tmp_path: Path, kind: str) -> None:
     shards = {
@@ -225,7 +193,6 @@ def test_torch_bin_set(tmp_path: Path, kind: str) -> None:
             assert ckpt[name].dtype == "float32"
 
 
-@needs_torch_readers
 def test_mixed_set_is_plain_sharded(tmp_path: Path) -> None:
     shards = {"part-1.safetensors": make_tensors(["a"]), "part-2.bin": make_tensors(["b"])}
     ckpt = read(
@@ -235,7 +202,6 @@ def test_mixed_set_is_plain_sharded(tmp_path: Path) -> None:
     assert ckpt.metadata["shard_formats"] == {"part-1.safetensors": "safetensors", "part-2.bin": "torch-zip"}
 
 
-@needs_torch_readers
 def test_public_open_on_a_folder(tmp_path: Path) -> None:
     import torchweights.api
 
@@ -557,7 +523,6 @@ def test_shard_error_keeps_every_attribute(tmp_path: Path, monkeypatch: pytest.M
     assert str(err) == f"[shape-mismatch] {err.message}" and err.args == (err.message,)
 
 
-@needs_torch_readers
 def test_shard_that_is_an_lfs_pointer(tmp_path: Path) -> None:
     from torchweights.errors import NotACheckpointError
 
@@ -590,7 +555,6 @@ def test_index_naming_itself(tmp_path: Path) -> None:
     assert shard_error(tmp_path).code == "shard-nested-index"
 
 
-@needs_torch_readers
 def test_read_works_without_torch(tmp_path: Path) -> None:
     make_set(tmp_path, two_shards())
     code = (
