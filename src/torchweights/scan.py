@@ -847,25 +847,43 @@ class _Scanner:
                     self.guarded(self.file, shard)
 
     def tensors(self, checkpoint: Checkpoint) -> None:
-        """uint8 and int8 tensors outside zips (legacy streams and tars) whose bytes are a pickle or a zip (latent).
-        Tensors of every other dtype are never read."""
+        """uint8 and int8 tensors whose bytes are a pickle or a zip (latent), probed where each tensor starts (its
+        storage offset: a view into a bigger storage) as well as where its storage starts, in every format (zip
+        storage members were probed from their start already). Tensors of every other dtype are never read."""
+        probed: set[tuple[str, str | None, int, int]] = set()
         for record in checkpoint.records.values():
             ref = record.storage
-            if ref is None or record.dtype not in _BYTE_DTYPES or ref.nbytes < 2 or ref.member is not None:
-                continue  # zip members were walked already, each storage named by a tensor it holds
-            if ref.nbytes > self.limits.max_pickle_bytes:
+            if ref is None or record.dtype not in _BYTE_DTYPES:
                 continue
-            try:
-                probe = bytes(read_byte_range(ref, 0, min(ref.nbytes, _PROBE_BYTES)))
-                if not probe[:1] or (probe[0] not in FIRST_OPCODES and not probe.startswith(b"PK\x03\x04")):
+            if ref.member is not None:
+                storage = self.storage_members.get((ref.file, ref.member))
+                if storage is not None and not storage.bytes_like:
+                    continue  # also read as another dtype: never probed, as in the member walk
+            starts = {0, record.storage_offset} - ({0} if ref.member is not None else set())
+            for start in sorted(starts):
+                key = (ref.file, ref.member, ref.offset, start)
+                if key in probed or not 0 <= start <= ref.nbytes - 2:
                     continue
-                if ref.nbytes > _PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
-                    if not _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent)):
-                        continue
-                blob = probe if ref.nbytes <= _PROBE_BYTES else bytes(read_byte_range(ref, 0, ref.nbytes))
-            except TorchWeightsError:
-                continue  # the storage cannot be read: loading it would fail the same way
-            self.latent(blob, ref.file, f"{record.dtype} tensor {_quote(record.name)}", 1)
+                probed.add(key)
+                where = f"{record.dtype} tensor {_quote(record.name)}"
+                self.probe(ref, start, where + (f" (at byte {start} of its storage)" if start else ""))
+
+    def probe(self, ref: StorageRef, start: int, where: str) -> None:
+        """The bytes of storage ``ref`` from ``start`` on, read only as far as they may be a pickle or a zip."""
+        nbytes = ref.nbytes - start
+        if nbytes > self.limits.max_pickle_bytes:
+            return
+        try:
+            probe = bytes(read_byte_range(ref, start, start + min(nbytes, _PROBE_BYTES)))
+            if not probe[:1] or (probe[0] not in FIRST_OPCODES and not probe.startswith(b"PK\x03\x04")):
+                return
+            if nbytes > _PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
+                if not _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent)):
+                    return
+            blob = probe if nbytes <= _PROBE_BYTES else bytes(read_byte_range(ref, start, ref.nbytes))
+        except TorchWeightsError:
+            return  # the storage cannot be read: loading it would fail the same way
+        self.latent(blob, ref.file, where, 1)
 
 
 def _within(where: str | None) -> str:
