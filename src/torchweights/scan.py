@@ -278,30 +278,47 @@ def _is_pickle_head(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
+def _resolvable(ref: Reference) -> bool:
+    """Whether ``pickle.load`` could resolve the global ``ref`` names: its module and attribute parts are
+    identifiers (``find_class`` imports the module and fetches the attributes; anything else raises before the
+    opcode completes). References derived from others (a call of what a call returned, a BUILD) count as
+    resolvable: their own globals are checked."""
+    if ref.how in ("BUILD", "EXT") or ref.name.endswith(("(...)", ")")):
+        return True
+    return all(part.isidentifier() for part in ref.name.split("."))
+
+
 def _nameable(ref: Reference) -> bool:
     """A dangerous reference pickle could resolve: its module and attributes are identifiers. Text that merely
     starts like a protocol 0 pickle (``import sys\nsys.path...``) names things like ``mport sys.sys.path``."""
-    if ref.verdict != "dangerous":
-        return False
-    if ref.how in ("BUILD", "EXT"):
-        return True
-    return all(part.isidentifier() for part in ref.name.removesuffix("(...)").split("."))
+    return ref.verdict == "dangerous" and (ref.how in ("BUILD", "EXT") or _resolvable(ref))
+
+
+def _reached(call: Reference, seen: StreamScan) -> bool:
+    """Whether ``pickle.load`` would make ``call``: a dangerous call whose global, and every global named before
+    it, resolves (``pickle.loads`` raises at the first one that does not, before anything after it runs)."""
+    return _nameable(call) and all(_resolvable(r) for r in seen.references if r.offset <= call.offset)
 
 
 def _is_pickle(head: bytes, seen: StreamScan) -> bool:
     """Whether bytes that merely might hold a pickle (a bytes value, a byte tensor, a member no reader needs)
-    really are one: a ``PROTO`` opcode first and a parse that reaches ``STOP``, or a parse that reaches a call of
-    something dangerous before it fails (what ``pickle.loads`` would run before raising)."""
-    return (_is_pickle_head(head) and seen.error is None) or any(_nameable(c) for c in seen.calls)
+    really are one that ``pickle.load`` could load: a ``PROTO`` opcode first and a parse that reaches ``STOP``
+    with every global it names resolvable, or a parse that reaches a call of something dangerous before it fails
+    (what ``pickle.loads`` would run before raising)."""
+    loads = _is_pickle_head(head) and seen.error is None and all(_resolvable(r) for r in seen.references)
+    return loads or any(_reached(c, seen) for c in seen.calls)
 
 
 def _worth_reading(head: bytes, seen: StreamScan) -> bool:
     """Whether the first :data:`_PROBE_BYTES` of bytes that might be a pickle justify reading them whole: a parse
     the probe cut short (a long argument: the call may come later), a PROTO pickle that already reached STOP, or
-    one that already called something dangerous. Tensor bytes usually fail on a bad opcode at once."""
-    if any(_nameable(c) for c in seen.calls) or (seen.error is not None and seen.error.code == "truncated"):
+    one that already called something dangerous. Tensor bytes usually fail on a bad opcode at once, or name a
+    global no ``pickle.load`` could resolve."""
+    if any(_reached(c, seen) for c in seen.calls):
         return True
-    return _is_pickle_head(head) and seen.error is None
+    if not all(_resolvable(r) for r in seen.references):
+        return False
+    return (seen.error is not None and seen.error.code == "truncated") or (_is_pickle_head(head) and seen.error is None)
 
 
 def _quote(text: str) -> str:
@@ -333,6 +350,7 @@ class _Scanner:
         self.storage_members: dict[tuple[str, str], _StorageMember] = {}  # (file, zip member) -> its storage
         self.refused: frozenset[str] = frozenset()  # the globals tw.load refuses the file for
         self.source_bytes = 0  # TorchScript source analysed so far (Limits.max_source_bytes)
+        self.naming_streams = 0  # streams recorded that name a global (a latent pickle of plain values does not)
 
     # -- findings -----------------------------------------------------------------------------------------
     def add(self, finding: Finding) -> None:
@@ -376,6 +394,7 @@ class _Scanner:
     ) -> None:
         report = self.report
         report.streams.append(PickleStream(file, where, start, seen.end, seen.protocol, seen.opcodes, latent > 0))
+        self.naming_streams += bool(seen.references)
         prefix = "latent-" if latent else ""
         called = {r.name for r in seen.references if r.arguments is not None}
         for ref in seen.references:
@@ -426,9 +445,9 @@ class _Scanner:
             self.latent_info(file, where, "zip archive", len(blob))
             self.archive(io.BytesIO(blob), directory, file, where, depth)
             return
-        before = len(self.report.streams)
+        before = self.naming_streams
         self.sequence(blob, len(blob), file, where, required=False, latent=depth)
-        if len(self.report.streams) > before:
+        if self.naming_streams > before:  # a pickle of plain values (random bytes parse as one) runs nothing
             self.latent_info(file, where, "pickle", len(blob))
 
     def latent_info(self, file: str, where: str, what: str, size: int) -> None:
