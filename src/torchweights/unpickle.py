@@ -1476,6 +1476,11 @@ def classify_global(name: str) -> str:
         return "dangerous" if attr.split(".")[0] in _DANGEROUS_BUILTINS or "." in attr else "unknown"
     if name in TORCH_CLASSES:
         return "known"  # exact names generated from torch, before the broad prefixes (``torch._C._nn.gelu``)
+    if module == "__torch__" and not name.startswith("__torch__.torch.classes."):
+        # a TorchScript compiled type (the archive's own classes, compiled from its code/): no Python package is
+        # imported for it. Custom C++ classes (``__torch__.torch.classes.NS.X``) stay unknown: a native library
+        # defines them, and the archive's code is analysed on its own.
+        return "known"
     if module in _DANGEROUS_MODULES or module == "copyreg" or module == "_codecs":
         return "dangerous"
     if any(
