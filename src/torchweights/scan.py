@@ -85,8 +85,8 @@ class Finding:
         severity: ``dangerous`` (would run code), ``suspicious`` (a structure that makes readers disagree, a
             polyglot), ``error`` (could not be read), ``warning`` (worth knowing: an unknown class), ``info``.
         code: stable identifier (``dangerous-global``, ``dangerous-call``, ``unknown-global``,
-            ``latent-dangerous-global``, ``latent-dangerous-call``,
-            ``zip-duplicate-member``, ``polyglot``, ``code-file``, ``pickle-unreadable``, ``load-refused``...).
+            ``latent-dangerous-global``, ``latent-dangerous-call``, ``zip-duplicate-member``, ``polyglot``,
+            ``code-file``, ``pickle-unreadable``, ``load-refused``, ``not-found`` (no such file or folder)...).
         message: what, why, and what to do.
         file: the file it is about.
         member: the zip or tar member, or a description of where in the file (``bytes value at 'meta.blob'``).
@@ -816,6 +816,9 @@ class _Scanner:
         except TorchWeightsError as exc:
             self.refusals()
             self.report.load_error = exc
+            if exc.code == "not-found":  # nothing to refuse: there is no file
+                self.add(Finding("error", "not-found", exc.message, self.path))
+                return None
             message = f"tw.load would refuse this file: {type(exc).__name__} [{exc.code}]: {exc.message}"
             self.add(Finding("error", "load-refused", message, self.path))
             return None

@@ -113,6 +113,8 @@ def closing_line(report: ScanReport) -> str:
         load = f"tw.load cannot read it [{report.load_error.code}]."
     else:
         load = "tw.load reads it as data, running none of it."
+    if report.load_error is not None and report.load_error.code == "not-found":
+        return "There is no such file or folder: nothing was scanned."
     if report.verdict == "clean":
         return "Nothing in it runs code: tw.load reads it as data."
     if report.verdict == "dangerous":
