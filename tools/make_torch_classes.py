@@ -18,9 +18,10 @@ What goes in (nothing is typed by hand):
    (functions stored as attributes, such as ``torch._C._nn.gelu``; hooks such as
    ``torch.nn.utils.spectral_norm.SpectralNorm``; bound methods that pickle spells ``getattr(module, name)``, such
    as ``torch.nn.modules.linear.LazyLinear._infer_parameters``);
-3. the objects that checkpoints commonly hold next to the weights (:data:`OBJECTS`: ``torch.Generator``, the
-   datasets and samplers of ``torch.utils.data.dataset`` and ``torch.utils.data.sampler``), saved and scanned the
-   same way (their pickles only instantiate the class and restore its state);
+3. the objects that checkpoints commonly hold next to the weights (:func:`objects`: ``torch.Generator``, the
+   datasets and samplers of ``torch.utils.data.dataset`` and ``torch.utils.data.sampler``, the named tuples of
+   ``torch.return_types`` that ``torch.max(x, dim)`` returns), saved and scanned the same way (their pickles only
+   instantiate the class and restore its state);
 4. the pure torch functions that modules store as attributes (an activation: ``self.act = torch.tanh``), under
    the names their pickles use (:func:`functions`: each one is pickled and the globals the pickle names are
    recorded): the public functions of ``torch._C._nn`` (``torch._C._nn.gelu``), of
@@ -117,6 +118,10 @@ def objects() -> Iterator[Any]:
     yield data.SubsetRandomSampler([0, 1])
     yield data.WeightedRandomSampler([0.5, 0.5], 2)
     yield data.BatchSampler(data.SequentialSampler(dataset), 2, drop_last=False)
+    for name in sorted(vars(torch.return_types)):  # what torch.max(x, dim), torch.topk... return: named tuples
+        cls = getattr(torch.return_types, name)
+        if not name.startswith("_") and inspect.isclass(cls) and isinstance(getattr(cls, "n_fields", None), int):
+            yield cls((x,) * cls.n_fields)
 
 
 def module_classes() -> Iterator[type]:

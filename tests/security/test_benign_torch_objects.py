@@ -123,8 +123,9 @@ def _meta(tmp_path: Path, value: Any) -> Path:
         lambda: np.random.RandomState(0),
         lambda: np.random.default_rng(0),
         lambda: functools.partial(nn.LayerNorm, eps=1e-6),
+        lambda: torch.max(torch.randn(3, 2), 0),
     ],
-    ids=["tensor-dataset", "subset", "random-sampler", "torch-generator", "np-randomstate", "np-rng", "partial"],
+    ids=["tensor-dataset", "subset", "sampler", "torch-generator", "np-randomstate", "np-rng", "partial", "max"],
 )
 def test_common_objects_next_to_the_weights_are_clean(tmp_path: Path, make: Any) -> None:
     path = _meta(tmp_path, make())
