@@ -216,3 +216,17 @@ def test_load_refusal_makes_it_unreadable(tmp_path: Path) -> None:
         zf.writestr("readme.txt", "hello")
     report = scan(path)
     assert report.verdict == "unreadable" and "load-refused" in _codes(report)
+
+
+def test_a_missing_path_is_a_plain_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No file: one ``not-found`` error saying so (not "tw.load would refuse this file"), exit 2."""
+    (tmp_path / "model.pt").write_bytes(b"")
+    missing = tmp_path / "modle.pt"
+    report = scan(missing)
+    assert report.verdict == "unreadable" and report.exit_code == 2
+    assert [(f.severity, f.code) for f in report.findings] == [("error", "not-found")]
+    assert "No file or folder at" in report.findings[0].message and "model.pt" in report.findings[0].message
+    assert main(["scan", str(missing)]) == 2
+    out = capsys.readouterr().out
+    assert "not-found" in out and "load-refused" not in out and "would refuse" not in out
+    assert "There is no such file or folder" in out

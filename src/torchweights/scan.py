@@ -85,8 +85,8 @@ class Finding:
         severity: ``dangerous`` (would run code), ``suspicious`` (a structure that makes readers disagree, a
             polyglot), ``error`` (could not be read), ``warning`` (worth knowing: an unknown class), ``info``.
         code: stable identifier (``dangerous-global``, ``dangerous-call``, ``unknown-global``,
-            ``latent-dangerous-global``, ``latent-dangerous-call``,
-            ``zip-duplicate-member``, ``polyglot``, ``code-file``, ``pickle-unreadable``, ``load-refused``...).
+            ``latent-dangerous-global``, ``latent-dangerous-call``, ``zip-duplicate-member``, ``polyglot``,
+            ``code-file``, ``pickle-unreadable``, ``load-refused``, ``not-found`` (no such file or folder)...).
         message: what, why, and what to do.
         file: the file it is about.
         member: the zip or tar member, or a description of where in the file (``bytes value at 'meta.blob'``).
@@ -278,30 +278,47 @@ def _is_pickle_head(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
+def _resolvable(ref: Reference) -> bool:
+    """Whether ``pickle.load`` could resolve the global ``ref`` names: its module and attribute parts are
+    identifiers (``find_class`` imports the module and fetches the attributes; anything else raises before the
+    opcode completes). References derived from others (a call of what a call returned, a BUILD) count as
+    resolvable: their own globals are checked."""
+    if ref.how in ("BUILD", "EXT") or ref.name.endswith(("(...)", ")")):
+        return True
+    return all(part.isidentifier() for part in ref.name.split("."))
+
+
 def _nameable(ref: Reference) -> bool:
     """A dangerous reference pickle could resolve: its module and attributes are identifiers. Text that merely
     starts like a protocol 0 pickle (``import sys\nsys.path...``) names things like ``mport sys.sys.path``."""
-    if ref.verdict != "dangerous":
-        return False
-    if ref.how in ("BUILD", "EXT"):
-        return True
-    return all(part.isidentifier() for part in ref.name.removesuffix("(...)").split("."))
+    return ref.verdict == "dangerous" and (ref.how in ("BUILD", "EXT") or _resolvable(ref))
+
+
+def _reached(call: Reference, seen: StreamScan) -> bool:
+    """Whether ``pickle.load`` would make ``call``: a dangerous call whose global, and every global named before
+    it, resolves (``pickle.loads`` raises at the first one that does not, before anything after it runs)."""
+    return _nameable(call) and all(_resolvable(r) for r in seen.references if r.offset <= call.offset)
 
 
 def _is_pickle(head: bytes, seen: StreamScan) -> bool:
     """Whether bytes that merely might hold a pickle (a bytes value, a byte tensor, a member no reader needs)
-    really are one: a ``PROTO`` opcode first and a parse that reaches ``STOP``, or a parse that reaches a call of
-    something dangerous before it fails (what ``pickle.loads`` would run before raising)."""
-    return (_is_pickle_head(head) and seen.error is None) or any(_nameable(c) for c in seen.calls)
+    really are one that ``pickle.load`` could load: a ``PROTO`` opcode first and a parse that reaches ``STOP``
+    with every global it names resolvable, or a parse that reaches a call of something dangerous before it fails
+    (what ``pickle.loads`` would run before raising)."""
+    loads = _is_pickle_head(head) and seen.error is None and all(_resolvable(r) for r in seen.references)
+    return loads or any(_reached(c, seen) for c in seen.calls)
 
 
 def _worth_reading(head: bytes, seen: StreamScan) -> bool:
     """Whether the first :data:`_PROBE_BYTES` of bytes that might be a pickle justify reading them whole: a parse
     the probe cut short (a long argument: the call may come later), a PROTO pickle that already reached STOP, or
-    one that already called something dangerous. Tensor bytes usually fail on a bad opcode at once."""
-    if any(_nameable(c) for c in seen.calls) or (seen.error is not None and seen.error.code == "truncated"):
+    one that already called something dangerous. Tensor bytes usually fail on a bad opcode at once, or name a
+    global no ``pickle.load`` could resolve."""
+    if any(_reached(c, seen) for c in seen.calls):
         return True
-    return _is_pickle_head(head) and seen.error is None
+    if not all(_resolvable(r) for r in seen.references):
+        return False
+    return (seen.error is not None and seen.error.code == "truncated") or (_is_pickle_head(head) and seen.error is None)
 
 
 def _quote(text: str) -> str:
@@ -333,6 +350,7 @@ class _Scanner:
         self.storage_members: dict[tuple[str, str], _StorageMember] = {}  # (file, zip member) -> its storage
         self.refused: frozenset[str] = frozenset()  # the globals tw.load refuses the file for
         self.source_bytes = 0  # TorchScript source analysed so far (Limits.max_source_bytes)
+        self.naming_streams = 0  # streams recorded that name a global (a latent pickle of plain values does not)
 
     # -- findings -----------------------------------------------------------------------------------------
     def add(self, finding: Finding) -> None:
@@ -376,6 +394,7 @@ class _Scanner:
     ) -> None:
         report = self.report
         report.streams.append(PickleStream(file, where, start, seen.end, seen.protocol, seen.opcodes, latent > 0))
+        self.naming_streams += bool(seen.references)
         prefix = "latent-" if latent else ""
         called = {r.name for r in seen.references if r.arguments is not None}
         for ref in seen.references:
@@ -426,9 +445,9 @@ class _Scanner:
             self.latent_info(file, where, "zip archive", len(blob))
             self.archive(io.BytesIO(blob), directory, file, where, depth)
             return
-        before = len(self.report.streams)
+        before = self.naming_streams
         self.sequence(blob, len(blob), file, where, required=False, latent=depth)
-        if len(self.report.streams) > before:
+        if self.naming_streams > before:  # a pickle of plain values (random bytes parse as one) runs nothing
             self.latent_info(file, where, "pickle", len(blob))
 
     def latent_info(self, file: str, where: str, what: str, size: int) -> None:
@@ -797,6 +816,9 @@ class _Scanner:
         except TorchWeightsError as exc:
             self.refusals()
             self.report.load_error = exc
+            if exc.code == "not-found":  # nothing to refuse: there is no file
+                self.add(Finding("error", "not-found", exc.message, self.path))
+                return None
             message = f"tw.load would refuse this file: {type(exc).__name__} [{exc.code}]: {exc.message}"
             self.add(Finding("error", "load-refused", message, self.path))
             return None
@@ -847,25 +869,43 @@ class _Scanner:
                     self.guarded(self.file, shard)
 
     def tensors(self, checkpoint: Checkpoint) -> None:
-        """uint8 and int8 tensors outside zips (legacy streams and tars) whose bytes are a pickle or a zip (latent).
-        Tensors of every other dtype are never read."""
+        """uint8 and int8 tensors whose bytes are a pickle or a zip (latent), probed where each tensor starts (its
+        storage offset: a view into a bigger storage) as well as where its storage starts, in every format (zip
+        storage members were probed from their start already). Tensors of every other dtype are never read."""
+        probed: set[tuple[str, str | None, int, int]] = set()
         for record in checkpoint.records.values():
             ref = record.storage
-            if ref is None or record.dtype not in _BYTE_DTYPES or ref.nbytes < 2 or ref.member is not None:
-                continue  # zip members were walked already, each storage named by a tensor it holds
-            if ref.nbytes > self.limits.max_pickle_bytes:
+            if ref is None or record.dtype not in _BYTE_DTYPES:
                 continue
-            try:
-                probe = bytes(read_byte_range(ref, 0, min(ref.nbytes, _PROBE_BYTES)))
-                if not probe[:1] or (probe[0] not in FIRST_OPCODES and not probe.startswith(b"PK\x03\x04")):
+            if ref.member is not None:
+                storage = self.storage_members.get((ref.file, ref.member))
+                if storage is not None and not storage.bytes_like:
+                    continue  # also read as another dtype: never probed, as in the member walk
+            starts = {0, record.storage_offset} - ({0} if ref.member is not None else set())
+            for start in sorted(starts):
+                key = (ref.file, ref.member, ref.offset, start)
+                if key in probed or not 0 <= start <= ref.nbytes - 2:
                     continue
-                if ref.nbytes > _PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
-                    if not _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent)):
-                        continue
-                blob = probe if ref.nbytes <= _PROBE_BYTES else bytes(read_byte_range(ref, 0, ref.nbytes))
-            except TorchWeightsError:
-                continue  # the storage cannot be read: loading it would fail the same way
-            self.latent(blob, ref.file, f"{record.dtype} tensor {_quote(record.name)}", 1)
+                probed.add(key)
+                where = f"{record.dtype} tensor {_quote(record.name)}"
+                self.probe(ref, start, where + (f" (at byte {start} of its storage)" if start else ""))
+
+    def probe(self, ref: StorageRef, start: int, where: str) -> None:
+        """The bytes of storage ``ref`` from ``start`` on, read only as far as they may be a pickle or a zip."""
+        nbytes = ref.nbytes - start
+        if nbytes > self.limits.max_pickle_bytes:
+            return
+        try:
+            probe = bytes(read_byte_range(ref, start, start + min(nbytes, _PROBE_BYTES)))
+            if not probe[:1] or (probe[0] not in FIRST_OPCODES and not probe.startswith(b"PK\x03\x04")):
+                return
+            if nbytes > _PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
+                if not _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent)):
+                    return
+            blob = probe if nbytes <= _PROBE_BYTES else bytes(read_byte_range(ref, start, ref.nbytes))
+        except TorchWeightsError:
+            return  # the storage cannot be read: loading it would fail the same way
+        self.latent(blob, ref.file, where, 1)
 
 
 def _within(where: str | None) -> str:

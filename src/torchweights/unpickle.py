@@ -1374,12 +1374,81 @@ _DANGEROUS_PREFIXES = (
 )
 
 
-#: Reconstructors of other packages that pickle calls with arguments but that only instantiate a class, as NEWOBJ
-#: does (checked by hand in their sources): "known" for scan, inert stubs for loading like every other global.
-#: ``numpy.ma.core._mareconstruct(subtype, baseclass, shape, dtype)``: ``ndarray.__new__(baseclass, ...)`` and
-#: ``subtype.__new__(subtype, data, mask=..., dtype=...)``. (numpy's random-generator constructors are not here:
-#: they call a callable the pickle passes them.)
-_KNOWN_CALLS = frozenset({"numpy.ma.core._mareconstruct"})
+def _anything(args: tuple[Any, ...]) -> bool:
+    return True
+
+
+#: numpy's bit generator classes, by the names their pickles use (``numpy.random._pickle.BitGenerators``).
+_NUMPY_BIT_GENERATORS = frozenset(
+    {
+        "numpy.random._mt19937.MT19937",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random._pcg64.PCG64DXSM",
+        "numpy.random._philox.Philox",
+        "numpy.random._sfc64.SFC64",
+    }
+)
+_NUMPY_BIT_GENERATOR_NAMES = frozenset(name.rsplit(".", 1)[1] for name in _NUMPY_BIT_GENERATORS)
+
+
+def _bit_generator_class(args: tuple[Any, ...]) -> bool:
+    """``__bit_generator_ctor(bit_generator)`` calls ``bit_generator()`` when it is a class: only instantiation
+    when it is one of numpy's bit generators (or a name numpy looks up in its own table)."""
+    if not args:
+        return True
+    arg = args[0]
+    return len(args) == 1 and (
+        (isinstance(arg, Global) and arg.qualname in _NUMPY_BIT_GENERATORS)
+        or (type(arg) is str and arg in _NUMPY_BIT_GENERATOR_NAMES)
+    )
+
+
+def _bit_generator(args: tuple[Any, ...]) -> bool:
+    """``__randomstate_ctor(bit_generator, bit_generator_ctor)`` / ``__generator_ctor(...)``: given a bit generator
+    (what ``__bit_generator_ctor`` returned) or a name, it only wraps it; a second argument is a callable the
+    pickle chose, which it would call."""
+    if not args:
+        return True
+    arg = args[0]
+    return len(args) == 1 and (
+        (isinstance(arg, Stub) and arg.cls in _NUMPY_BIT_GENERATORS | {"numpy.random._pickle.__bit_generator_ctor"})
+        or (type(arg) is str and arg in _NUMPY_BIT_GENERATOR_NAMES)
+    )
+
+
+def _seed_sequence(args: tuple[Any, ...]) -> bool:
+    """Cython's ``__pyx_unpickle_SeedSequence(type, checksum, state)``: ``SeedSequence.__new__(type)`` and its
+    fields set from ``state``; instantiation when ``type`` is ``SeedSequence`` itself."""
+    cls = args[0] if len(args) == 3 else None
+    return isinstance(cls, Global) and cls.qualname == "numpy.random.bit_generator.SeedSequence"
+
+
+#: Names of other packages, checked by hand in their sources, that pickle calls with arguments but that only
+#: instantiate a class, as NEWOBJ does: "known" for scan, inert stubs for loading like every other global. Each maps
+#: to the test its arguments must pass for the call to be only that; called any other way, it is a dangerous call.
+#:
+#: * ``numpy.ma.core._mareconstruct(subtype, baseclass, shape, dtype)``: ``ndarray.__new__(baseclass, ...)`` and
+#:   ``subtype.__new__(subtype, data, mask=..., dtype=...)``.
+#: * ``functools.partial(func, *args)``: makes a partial object; nothing is called until code calls the object
+#:   (a pickle that calls it is a call of a stub: a dangerous call). ``func`` is a global named in the pickle,
+#:   judged by its own name.
+#: * ``numpy.random._pickle.__bit_generator_ctor`` / ``__randomstate_ctor`` / ``__generator_ctor`` (how
+#:   ``RandomState`` and ``default_rng()`` pickle), numpy's bit generator classes and Cython's
+#:   ``__pyx_unpickle_SeedSequence``: instantiation of numpy's own classes, with the arguments numpy writes
+#:   (:func:`_bit_generator_class`, :func:`_bit_generator`, :func:`_seed_sequence`). ``__randomstate_ctor`` and
+#:   ``__generator_ctor`` also accept a callable to call: that form is a dangerous call.
+_KNOWN_CALLS: dict[str, Callable[[tuple[Any, ...]], bool]] = {
+    "numpy.ma.core._mareconstruct": _anything,
+    "functools.partial": _anything,
+    "numpy.random._pickle.__bit_generator_ctor": _bit_generator_class,
+    "numpy.random._pickle.__randomstate_ctor": _bit_generator,
+    "numpy.random._pickle.__generator_ctor": _bit_generator,
+    "numpy.random.bit_generator.__pyx_unpickle_SeedSequence": _seed_sequence,
+    "numpy.random.bit_generator.SeedSequence": _anything,
+    "numpy.random.mtrand.RandomState": _anything,
+    "numpy.random._generator.Generator": _anything,
+    **dict.fromkeys(_NUMPY_BIT_GENERATORS, _anything),
+}
 
 #: torch.package's mangle prefix (``<torch_package_0>.models.Net``)
 _TORCH_PACKAGE_MANGLE = re.compile(r"^(<torch_package_\d+>\.)+")
@@ -1412,17 +1481,26 @@ def classify_global(name: str) -> str:
     parts = name.split(".")
     if any(p.startswith("__") and p.endswith("__") and p not in ("__main__",) for p in parts[1:]):
         return "dangerous"
+    if name in _KNOWN_CALLS:
+        return "known"  # exact names checked by hand (``numpy.random._pickle`` is numpy's module, not ``_pickle``)
     if any(p in _DANGEROUS_COMPONENTS for p in parts[1:]):
         return "dangerous"  # a module re-exported by another (``torch.os.system``)
     if module in ("builtins", "__builtin__"):
         return "dangerous" if attr.split(".")[0] in _DANGEROUS_BUILTINS or "." in attr else "unknown"
+    if name in TORCH_CLASSES:
+        return "known"  # exact names generated from torch, before the broad prefixes (``torch._C._nn.gelu``)
+    if module == "__torch__" and not name.startswith("__torch__.torch.classes."):
+        # a TorchScript compiled type (the archive's own classes, compiled from its code/): no Python package is
+        # imported for it. Custom C++ classes (``__torch__.torch.classes.NS.X``) stay unknown: a native library
+        # defines them, and the archive's code is analysed on its own.
+        return "known"
     if module in _DANGEROUS_MODULES or module == "copyreg" or module == "_codecs":
         return "dangerous"
     if any(
         name == p or name.startswith(p + ".") or (p.endswith("_") and name.startswith(p)) for p in _DANGEROUS_PREFIXES
     ):
         return "dangerous"
-    if name in TORCH_CLASSES or name in _KNOWN_CALLS or name in KNOWN_ENUMS:
+    if name in KNOWN_ENUMS:
         return "known"
     return "unknown"
 
@@ -1944,8 +2022,10 @@ class _Machine:
                 self.calls.append(Reference(fn.qualname, self.at, op, "dangerous", _arguments(args)))
             elif args and op in ("REDUCE", "INST", "OBJ"):
                 self.unvetted(fn.qualname, op, args)
-        elif isinstance(fn, Stub) and args and op in ("REDUCE", "INST", "OBJ"):
-            self.unvetted(f"{fn.cls}(...)", op, args)  # calling what an earlier call returned
+        elif isinstance(fn, Stub) and op in ("REDUCE", "INST", "OBJ"):
+            # calling what an earlier call returned, even without arguments (a ``functools.partial`` runs its
+            # function with the arguments it holds)
+            self.unvetted(f"{fn.cls}(...)", op, args)
 
     def unvetted(self, name: str, op: str, args: tuple[Any, ...]) -> None:
         """``name`` is called with ``args`` where ``pickle.load`` runs the file: dangerous unless safe or known."""
@@ -1953,7 +2033,7 @@ class _Machine:
         if verdict == "safe" or (
             verdict == "known"
             and (
-                name in _KNOWN_CALLS  # a reconstructor that only instantiates a class
+                (name in _KNOWN_CALLS and _KNOWN_CALLS[name](args))  # a reconstructor that only instantiates
                 or TORCH_CLASSES.get(name, "function") != "function"  # a torch class
                 or (name in KNOWN_ENUMS and _enum_lookup(args))  # an Enum member by value: a lookup, nothing else
             )
@@ -1961,7 +2041,8 @@ class _Machine:
             return
         text = _arguments(args)
         self.calls.append(Reference(name, self.at, op, "dangerous", text))
-        if verdict != "dangerous" and name not in self.called:  # a dangerous name was flagged where it was named
+        # a dangerous name was flagged where it was named (and a call of what it returned with it)
+        if name.removesuffix("(...)") not in self.dangerous and name not in self.called:
             self.called.add(name)
             self.refer(name, op, "dangerous", refuse=False, arguments=text)
 

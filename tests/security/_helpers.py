@@ -606,3 +606,29 @@ def random_checkpoint(seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     checkpoint["state_dict"] = state
     kwargs = {"_use_new_zipfile_serialization": False} if seed % 4 == 3 else {}
     return checkpoint, kwargs
+
+
+def random_byte_checkpoint(seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A state dict of uint8/int8 weights as quantized models save them, the same for the same seed, and the
+    ``torch.save`` keyword arguments (every fourth one a legacy stream): one to six tensors of 16 to 4,096 random
+    bytes, each starting with ``0x80`` (the zero point of uint8 quantized weights) and ``0x02``..``0x05``, that is a
+    pickle ``PROTO`` opcode, half of them followed by ``GLOBAL`` (``c``), so that every one of them is probed and
+    parsed as a pickle and many name a "global"; plus a float tensor."""
+    import random
+
+    import torch
+
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    for index in range(rng.randint(1, 6)):
+        size = rng.choice([16, 256, 4096])
+        raw = bytearray(torch.randint(0, 256, (size,), dtype=torch.uint8, generator=gen).numpy().tobytes())
+        raw[:2] = bytes([0x80, rng.randint(2, 5)])
+        if rng.random() < 0.5:
+            raw[2] = ord("c")  # GLOBAL: its module and name are whatever random lines follow
+        dtype = rng.choice([torch.uint8, torch.int8])
+        state[f"q{index}.weight"] = torch.frombuffer(raw, dtype=torch.uint8).view(dtype)
+    state["f.weight"] = torch.randn(100, generator=gen)
+    kwargs = {"_use_new_zipfile_serialization": False} if seed % 4 == 3 else {}
+    return state, kwargs

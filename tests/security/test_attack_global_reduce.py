@@ -157,7 +157,9 @@ PAYLOADS: dict[str, Payload] = {
         ("logging.config.dictConfig",),
     ),
     "functools.partial": Payload(
-        lambda f, m: Reduce(functools.partial(os.system, touch(m))), ("functools.partial", qualname(os.system))
+        # functools.partial only makes an object (known); the refusal names what calling it runs
+        lambda f, m: Reduce(functools.partial(os.system, touch(m))),
+        (qualname(os.system),),
     ),
     "operator.methodcaller": Payload(
         lambda f, m: Reduce(operator.methodcaller("__call__", touch(m)), os.system), ("operator.methodcaller",)

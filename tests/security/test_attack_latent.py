@@ -156,3 +156,30 @@ def test_bytes_that_are_not_pickles_are_not_an_alarm(tmp_path: Path) -> None:
     torch.save({"w": torch.ones(1), **values}, path)
     report = scan(path)
     assert report.verdict == "clean", [(f.code, f.member) for f in report.findings]
+
+
+def _view_checkpoint(blob: bytes, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``blob`` written into the middle of a bigger byte storage, saved as the view that covers it."""
+    storage = torch.zeros(1000, dtype=torch.uint8)
+    storage[100 : 100 + len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    return {"w": torch.randn(3), "blob": storage[100 : 100 + len(blob)].view(dtype)}
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "plain-pickle"])
+def test_latent_pickle_at_a_byte_tensor_storage_offset(tmp_path: Path, dtype: torch.dtype, fmt: str) -> None:
+    """A view into a bigger storage starts at its storage offset: probed there as well as at the storage start."""
+    blob = _blob(tmp_path / "MARKER")
+    checkpoint = _view_checkpoint(blob, dtype)
+    assert checkpoint["blob"].storage_offset() == 100
+    path = tmp_path / "latent.pt"
+    if fmt == "plain-pickle":
+        path.write_bytes(pickle.dumps(checkpoint, protocol=4))
+    else:
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=fmt == "zip")
+    tensors = tw.load(path)
+    assert bytes(tensors["blob"].view(torch.uint8).numpy()) == blob
+    report = scan(path)
+    finding = flagged(report, "latent-dangerous-global", name=SYSTEM, member_contains="at byte 100 of its storage")
+    assert finding.offset == 2
+    assert_no_markers(tmp_path)

@@ -434,3 +434,38 @@ def test_source_past_the_budget_is_not_analysed_and_says_so(
     assert not report.complete and report.verdict != "clean"
     assert not [f for f in report.findings if f.code == "limit-source-size" and f.member == target]
     assert [f for f in scan(path).findings if f.code == "limit-source-size"] == []
+
+
+def test_closing_line_names_the_loader_that_runs_the_code(
+    tmp_path: Path, stateful: tuple[list[tuple[str, bytes]], TensorState], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch.jit.load compiles and runs ``code/``; the closing line says so, not torch.load/pickle."""
+    from torchweights.cli.scan import closing_line
+
+    members, _ = stateful
+    target, original = _setstate_source(members)
+    source, _ = _inject(original, ['_0 = torch.from_file("/etc/passwd", True, 64)'])
+    path = write_zip(tmp_path / "hostile.pt", [(n, source.encode() if n == target else c) for n, c in members])
+    report = scan(path)
+    line = closing_line(report)
+    assert line.startswith("Do not load it with torch.jit.load: it would run the code flagged above."), line
+    assert "pickle" not in line and "weights_only" not in line
+    exit_code, out = cli_scan(capsys, path)
+    assert exit_code == 1 and "Do not load it with torch.jit.load" in out
+
+
+def test_torchscript_types_are_known(benign_archives: dict[str, Path]) -> None:
+    """``__torch__.*`` names are the archive's compiled types: no Python package is imported for them, so no
+    "unknown class, trust the package" warning; custom C++ classes and dunder attributes keep their handling."""
+    from torchweights.unpickle import classify_global
+
+    for path in benign_archives.values():
+        report = scan(path)
+        names = [n for n in report.globals if n.startswith("__torch__.") and ".torch.classes." not in n]
+        assert all(report.globals[n] == "known" for n in names), report.globals
+        assert not [f for f in report.findings if (f.name or "") in names], _describe(report)
+    assert any(n.startswith("__torch__.") for p in benign_archives.values() for n in scan(p).globals)
+    assert classify_global("__torch__.torch.nn.modules.linear.Linear") == "known"
+    assert classify_global("__torch__.torch.classes.evil.Runner") == "unknown"
+    assert classify_global("__torch__.M.__reduce_ex__") == "dangerous"
+    assert classify_global("__torch__.os.system") == "dangerous"

@@ -31,6 +31,7 @@ from ._helpers import (
     cli_scan,
     flagged,
     pickle_bounds,
+    random_byte_checkpoint,
     random_checkpoint,
     touch,
 )
@@ -283,3 +284,51 @@ def test_closing_line_of_a_file_tw_load_cannot_read(tmp_path: Path, capsys: pyte
         tw.load(path)
     code, out = cli_scan(capsys, path)
     assert code == 2 and f"tw.load cannot read it [{report.load_error.code}]" in _closing(out)
+
+
+def test_random_byte_weights_starting_with_proto_are_clean(tmp_path: Path) -> None:
+    """1,000 state dicts of uint8/int8 weights whose bytes start with PROTO (``0x80`` is the zero point of uint8
+    quantized weights), half followed by GLOBAL: every tensor is parsed as a pickle, and random bytes that happen
+    to reach STOP name "globals" no pickle.load could resolve, or none at all: data, no finding."""
+    flagged_files = []
+    globals_planted = 0
+    for seed in range(1000):
+        checkpoint, kwargs = random_byte_checkpoint(seed)
+        path = tmp_path / f"{seed}.pt"
+        torch.save(checkpoint, path, **kwargs)
+        globals_planted += sum(
+            bytes(t.view(torch.uint8)[:3].tolist()).startswith(b"\x80") and t.view(torch.uint8)[2] == ord("c")
+            for t in checkpoint.values()
+        )
+        report = scan(path)
+        if report.verdict != "clean" or report.findings:
+            flagged_files.append((seed, _describe(report)))
+        path.unlink()
+    assert not flagged_files, flagged_files[:3]
+    assert globals_planted > 1000
+
+
+def _byte_tensor_file(tmp_path: Path, blob: bytes) -> Path:
+    raw = bytearray(blob + bytes(64))
+    path = tmp_path / "q.pt"
+    torch.save({"q": torch.frombuffer(raw, dtype=torch.uint8)}, path)
+    return path
+
+
+def test_a_probe_naming_an_unresolvable_global_is_data(tmp_path: Path) -> None:
+    report = scan(_byte_tensor_file(tmp_path, b"\x80\x02c\xe0\x85B \xbf\nsys tem\x9c\n."))
+    assert_quiet_clean(report)
+    assert not report.findings
+
+
+def test_a_probe_of_plain_values_is_data(tmp_path: Path) -> None:
+    """``pickle.loads`` of it returns bytes and runs nothing (random bytes parse as such pickles)."""
+    report = scan(_byte_tensor_file(tmp_path, b"\x80\x05C\x03J\xed+."))
+    assert_quiet_clean(report)
+    assert not report.findings
+
+
+def test_a_probe_naming_a_resolvable_global_is_still_reported(tmp_path: Path) -> None:
+    report = scan(_byte_tensor_file(tmp_path, b"\x80\x02cthird_party.tools\nRunner\n)\x81."))
+    assert report.verdict == "clean"
+    assert [f.code for f in report.findings] == ["latent-unknown-global", "latent-pickle"]

@@ -46,28 +46,54 @@ def test_committed_table_is_what_the_generator_writes(tool: ModuleType) -> None:
 
 
 def test_every_nn_module_torch_save_can_pickle_scans_clean(tool: ModuleType, tmp_path: Path) -> None:
-    saved, seen = 0, set()
-    problems = []
+    """Every module class, with its non-default options (activations as strings or torch functions, flipped
+    flags) and hooks, and the objects saved next to weights: all clean, without a warning, and ``tw.load`` reads
+    every one (it refuses only dangerous names)."""
     for cls in tool.module_classes():
         assert TORCH_CLASSES.get(tool.qualified(cls)) == "module"
-        module = tool.build(cls)
-        if module is None:
+    saved, seen = 0, set()
+    problems = []
+    for obj in tool.saved_objects():
+        path = tmp_path / "module.pt"
+        try:
+            torch.save(obj, path)
+        except Exception:  # unpicklable (a lambda, a lock): torch.save refuses it, nothing to scan
             continue
-        for variant in tool.decorated(module):
-            path = tmp_path / "module.pt"
-            try:
-                torch.save(variant, path)
-            except Exception:  # unpicklable (a lambda, a lock): torch.save refuses it, nothing to scan
-                continue
-            saved += 1
-            report = scan(path)
-            warned = [f.name for f in report.findings if f.severity != "info"]
-            if report.verdict != "clean" or warned:
-                problems.append((tool.qualified(cls), report.verdict, warned))
-            seen |= {name for name, verdict in report.globals.items() if verdict == "known"}
+        saved += 1
+        report = scan(path)
+        warned = [f.name for f in report.findings if f.severity != "info"]
+        if report.verdict != "clean" or warned or not report.loads:
+            problems.append((type(obj).__qualname__, report.verdict, warned))
+        seen |= {name for name, verdict in report.globals.items() if verdict == "known"}
     assert not problems, problems[:5]
-    assert saved > 250  # nearly every module class, several wrapped by weight norm, spectral norm and pruning
-    assert {"torch.nn.modules.linear.Linear", "torch.nn.utils.weight_norm.WeightNorm"} <= seen
+    assert saved > 550  # nearly every module class, with options, hooks, and the objects next to weights
+    assert {
+        "torch.nn.modules.linear.Linear",
+        "torch.nn.utils.weight_norm.WeightNorm",
+        "torch._C._nn.gelu",
+        "torch._C._VariableFunctionsClass.tanh",
+        "torch.utils.data.dataset.TensorDataset",
+        "torch._C.Generator",
+    } <= seen
+
+
+def test_pure_functions_are_known_and_excluded_ones_are_not(tool: ModuleType) -> None:
+    """The public functions of ``torch._C._nn``, ``torch._C._VariableFunctionsClass`` and ``torch.nn.functional``
+    are in the table under the names their pickles use, except those the exclusion rule names, which stay
+    dangerous."""
+    variable = [n for n in vars(torch._C._VariableFunctionsClass) if not n.startswith("_")]
+    excluded = [n for n in variable if tool.excluded(n)]
+    assert {"from_file", "frombuffer", "from_numpy", "as_strided", "unsafe_split"} <= set(excluded)
+    for name in variable:
+        qual = f"torch._C._VariableFunctionsClass.{name}"
+        if name in excluded:
+            assert qual not in TORCH_CLASSES and classify_global(qual) == "dangerous", qual
+        elif callable(getattr(torch._C._VariableFunctionsClass, name)):
+            assert TORCH_CLASSES.get(qual) == "function", qual
+    assert TORCH_CLASSES["torch._C._nn.gelu"] == "function"
+    assert TORCH_CLASSES["torch.nn.functional.relu"] == "function"
+    functions = [n for n, kind in TORCH_CLASSES.items() if kind == "function"]
+    assert not [n for n in functions if n.startswith(("torch._C._nn.", "torch._C._Var")) and tool.excluded(n)]
 
 
 @pytest.mark.parametrize(

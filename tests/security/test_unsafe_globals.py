@@ -51,7 +51,6 @@ from ._helpers import u as _u
         "ctypes.CDLL",
         "operator.attrgetter",
         "_operator.attrgetter",
-        "functools.partial",
         "functools.reduce",
         "copyreg._reconstructor.__globals__",
         "copyreg.add_extension",

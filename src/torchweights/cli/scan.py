@@ -113,11 +113,28 @@ def closing_line(report: ScanReport) -> str:
         load = f"tw.load cannot read it [{report.load_error.code}]."
     else:
         load = "tw.load reads it as data, running none of it."
+    if report.load_error is not None and report.load_error.code == "not-found":
+        return "There is no such file or folder: nothing was scanned."
     if report.verdict == "clean":
         return "Nothing in it runs code: tw.load reads it as data."
     if report.verdict == "dangerous":
         alarms = [f for f in report.findings if f.severity in ("dangerous", "suspicious")]
         if all(f.code.startswith("latent-") for f in alarms):
             return f"Never unpickle the embedded values flagged above: that would run code. {load}"
-        return f"Do not load it with torch.load(weights_only=False) or pickle: they would run what is flagged. {load}"
+        code = [f for f in alarms if f.line is not None]  # TorchScript source: compiled and run by its loader
+        loaders = ["torch.jit.load"] if code else []
+        if any(".data/ts_code/" in (f.member or "") for f in code):
+            loaders = (
+                ["torch.package"]
+                if all(".data/ts_code/" in (f.member or "") for f in code)
+                else [
+                    "torch.jit.load",
+                    "torch.package",
+                ]
+            )
+        if len(code) < len(alarms):
+            loaders += ["torch.load(weights_only=False)", "pickle"]
+        names = ", ".join(loaders[:-1]) + f" or {loaders[-1]}" if len(loaders) > 1 else loaders[0]
+        what = "the code flagged above" if len(code) == len(alarms) else "what is flagged"
+        return f"Do not load it with {names}: {'it' if len(loaders) == 1 else 'they'} would run {what}. {load}"
     return f"Scan could not vouch for all of it (see the errors above); treat it as untrusted. {load}"
