@@ -383,6 +383,7 @@ class _Scanner:
             persistent_load=_lenient_persistent,
             max_bytes=self.limits.max_pickle_bytes,
             where=where,
+            max_opcodes=self.limits.max_pickle_opcodes,
         )
         if not required and not _is_pickle(bytes(data[start : start + 2]), seen):
             return None
@@ -738,7 +739,10 @@ class _Scanner:
         probe = inflate(fh, member, _PROBE_BYTES)
         if probe.startswith(b"PK\x03\x04"):
             return True  # a zip's directory is at its end
-        return _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent))
+        return _worth_reading(
+            probe[:2],
+            scan_stream(probe, persistent_load=_lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes),
+        )
 
     def npy(self, data: bytes, file: str, where: str | None) -> None:
         """A .npy array: an object array's data is a pickle."""
@@ -768,7 +772,9 @@ class _Scanner:
         if size > self.limits.max_pickle_bytes:
             return
         with open(metadata, "rb") as fh:
-            root = scan_stream(fh.read(), persistent_load=_lenient_persistent).value
+            root = scan_stream(
+                fh.read(), persistent_load=_lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes
+            ).value
         covered: set[str] = set()
         for fqn, relative, offset, length in _dcp_items(root):
             item = os.path.join(path, relative)
@@ -900,7 +906,10 @@ class _Scanner:
             if not probe[:1] or (probe[0] not in FIRST_OPCODES and not probe.startswith(b"PK\x03\x04")):
                 return
             if nbytes > _PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
-                if not _worth_reading(probe[:2], scan_stream(probe, persistent_load=_lenient_persistent)):
+                if not _worth_reading(
+                    probe[:2],
+                    scan_stream(probe, persistent_load=_lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes),
+                ):
                     return
             blob = probe if nbytes <= _PROBE_BYTES else bytes(read_byte_range(ref, start, ref.nbytes))
         except TorchWeightsError:
