@@ -468,6 +468,30 @@ def test_text_file(tmp_path: Path) -> None:
     _raises(path, NotACheckpointError, "text-file", '"import torch"', "weights file")
 
 
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_long_text_protocol_pickle_of_plain_data(tmp_path: Path, protocol: int) -> None:
+    """A protocol 0/1 pickle longer than the sample, naming no global (numbers and strings): a pickle, not text.
+    The sample ends inside a float's text argument; tw.open reads the data."""
+    import pickle
+    import random
+
+    import torchweights as tw
+
+    rng = random.Random(protocol)
+    data = {f"layer{i}.weight": [rng.random() for _ in range(500)] for i in range(20)}
+    path = tmp_path / "hparams.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    assert path.stat().st_size > 65_536  # far past the sample detect reads
+    assert detect(str(path)) == "pickle"
+    assert tw.open(path).extras[""] == data
+
+
+def test_long_text_that_starts_like_a_pickle_is_text(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pt"
+    path.write_text("(draft) notes on the model\n" + "the head was retrained with lr 0.1\n" * 500)
+    _raises(path, NotACheckpointError, "text-file")
+
+
 def test_unknown_binary(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     path.write_bytes(bytes(range(250, 256)) + bytes(range(40)))

@@ -268,9 +268,13 @@ def _sniff_text_pickle(s: _Sample) -> str | None:
 
     if not s.head or s.head[0] not in FIRST_OPCODES:
         return None
-    seen = scan_stream(s.head, max_bytes=len(s.head))
-    cut = seen.error is not None and seen.error.code == "truncated" and s.size > len(s.head)
-    return "pickle" if seen.end is not None or (cut and seen.references) else None
+    # a longer file is cut at the end of the sample: cut it where a text opcode's argument line ends, so that a
+    # pickle reads to the cut and stops there as truncated (text fails within a few bytes)
+    cut = s.size > len(s.head)
+    head = s.head[: s.head.rfind(b"\n") + 1] if cut and b"\n" in s.head else s.head
+    seen = scan_stream(head, max_bytes=len(head))
+    read_to_cut = cut and seen.error is not None and seen.error.code == "truncated" and len(head) >= 1024
+    return "pickle" if seen.end is not None or read_to_cut else None
 
 
 def _sniff_safetensors(s: _Sample) -> str | None:
