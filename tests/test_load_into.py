@@ -598,3 +598,39 @@ def test_the_headline_names_what_stays_on_meta_and_why(init_missing: bool, caplo
     report = tw.load_into(seq, part, strict=False, init_missing=init_missing)
     cause = "missing; init_missing=True cannot help: no reset_parameters()" if init_missing else "missing"
     assert f"1 left on the meta device ({cause})" in report.headline()
+
+
+@pytest.mark.parametrize("source", ["torch", "safetensors", "cast", "mapping"])
+def test_in_place_load_bumps_autograd_version_like_torch(tmp_path: Path, source: str) -> None:
+    """A graph that saved a weight must not run backward() with the values loaded into it afterwards: torch's
+    load_state_dict raises there (its copy_ bumps the version counter), and so must an in-place load that writes
+    through raw pointers."""
+    torch.manual_seed(0)
+    state = {k: v.to(torch.bfloat16) if source == "cast" else v for k, v in torch.nn.Linear(4, 3).state_dict().items()}
+    path = tmp_path / "w.safetensors" if source == "safetensors" else tmp_path / "w.pt"
+    if source == "safetensors":
+        safetensors_torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+    def graph(model: torch.nn.Linear) -> torch.Tensor:
+        x = torch.randn(2, 4, requires_grad=True)
+        return (model(x) * model.weight.sum()).pow(2).sum()  # saves the weight for backward
+
+    reference = torch.nn.Linear(4, 3)
+    loss = graph(reference)
+    reference.load_state_dict({k: v.float() for k, v in state.items()})
+    with pytest.raises(RuntimeError, match="modified by an inplace operation") as torch_error:
+        loss.backward()
+
+    model = torch.nn.Linear(4, 3)
+    weight = model.weight
+    version = weight._version
+    loss = graph(model)
+    tw.load_into(model, state if source == "mapping" else path, strict=True)
+    assert model.weight is weight  # loaded in place (a cast goes through the scratch path, still in place)
+    assert weight._version > version
+    assert torch.equal(model.weight, state["weight"].float())
+    with pytest.raises(RuntimeError, match="modified by an inplace operation") as our_error:
+        loss.backward()
+    assert type(our_error.value) is type(torch_error.value)

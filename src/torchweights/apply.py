@@ -2,7 +2,9 @@
 
 Copy path: each loaded tensor's bytes are read from the file straight into the existing parameter's memory
 (:func:`torchweights.storage.fill`: in file order, over a few threads; casts, big-endian files and compressed
-members through a bounded scratch buffer), with no intermediate state dict. Meta path: each parameter on the meta
+members through a bounded scratch buffer), with no intermediate state dict; each destination's autograd version
+counter is bumped as an in-place torch op would (a graph that saved the old values raises at ``backward()``, as
+after ``load_state_dict``). Meta path: each parameter on the meta
 device is allocated once (``torch.empty``) and filled the same way, then assigned; tied parameters are re-tied.
 ``mmap=True``: parameters become views of a private mapping of the file where the bytes can be used as they are
 (same dtype, uncompressed, little-endian, aligned), and are read like the meta path elsewhere. Modules that load
