@@ -598,3 +598,146 @@ def test_the_headline_names_what_stays_on_meta_and_why(init_missing: bool, caplo
     report = tw.load_into(seq, part, strict=False, init_missing=init_missing)
     cause = "missing; init_missing=True cannot help: no reset_parameters()" if init_missing else "missing"
     assert f"1 left on the meta device ({cause})" in report.headline()
+
+
+@pytest.mark.parametrize("source", ["torch", "safetensors", "cast", "mapping"])
+def test_in_place_load_bumps_autograd_version_like_torch(tmp_path: Path, source: str) -> None:
+    """A graph that saved a weight must not run backward() with the values loaded into it afterwards: torch's
+    load_state_dict raises there (its copy_ bumps the version counter), and so must an in-place load that writes
+    through raw pointers."""
+    torch.manual_seed(0)
+    state = {k: v.to(torch.bfloat16) if source == "cast" else v for k, v in torch.nn.Linear(4, 3).state_dict().items()}
+    path = tmp_path / "w.safetensors" if source == "safetensors" else tmp_path / "w.pt"
+    if source == "safetensors":
+        safetensors_torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+    def graph(model: torch.nn.Linear) -> torch.Tensor:
+        x = torch.randn(2, 4, requires_grad=True)
+        return (model(x) * model.weight.sum()).pow(2).sum()  # saves the weight for backward
+
+    reference = torch.nn.Linear(4, 3)
+    loss = graph(reference)
+    reference.load_state_dict({k: v.float() for k, v in state.items()})
+    with pytest.raises(RuntimeError, match="modified by an inplace operation") as torch_error:
+        loss.backward()
+
+    model = torch.nn.Linear(4, 3)
+    weight = model.weight
+    version = weight._version
+    loss = graph(model)
+    tw.load_into(model, state if source == "mapping" else path, strict=True)
+    assert model.weight is weight  # loaded in place (a cast goes through the scratch path, still in place)
+    assert weight._version > version
+    assert torch.equal(model.weight, state["weight"].float())
+    with pytest.raises(RuntimeError, match="modified by an inplace operation") as our_error:
+        loss.backward()
+    assert type(our_error.value) is type(torch_error.value)
+
+
+class _Stateful(torch.nn.Module):
+    """A module with extra state (as Transformer Engine's FP8 modules have): a dict or a tensor."""
+
+    def __init__(self, tensor_state: bool) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+        self.tensor_state = tensor_state
+        self.extra: object = torch.zeros(4) if tensor_state else {"step": 0, "scale": 1.0}
+
+    def get_extra_state(self) -> object:
+        return self.extra
+
+    def set_extra_state(self, state: object) -> None:
+        self.extra = state
+
+
+class _WithExtra(torch.nn.Module):
+    def __init__(self, tensor_state: bool) -> None:
+        super().__init__()
+        self.block = _Stateful(tensor_state)
+        self.head = torch.nn.Linear(3, 2)
+
+
+def _trained_with_extra(tensor_state: bool) -> _WithExtra:
+    torch.manual_seed(3)
+    model = _WithExtra(tensor_state)
+    model.block.extra = (
+        torch.randn(4) if tensor_state else {"step": 1234, "scale": 0.5, "history": [1.5, 2.5], "name": "fp8"}
+    )
+    return model
+
+
+def _same_extra(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("tensor_state", [False, True])
+@pytest.mark.parametrize("layout", ["plain", "wrapped", "mapping"])
+def test_extra_state_is_restored_like_torch(tmp_path: Path, tensor_state: bool, layout: str) -> None:
+    """torch's loader calls set_extra_state with the value under ``prefix + "_extra_state"``; so must load_into,
+    under strict=True, whether the value is a dict (kept in Checkpoint.extras) or a tensor (a record), also
+    behind a container and a DataParallel prefix, and from an in-memory state dict."""
+    trained = _trained_with_extra(tensor_state)
+    state = trained.state_dict()
+    assert "block._extra_state" in state
+    reference = _WithExtra(tensor_state)
+    reference.load_state_dict(state, strict=True)
+
+    source: object = state
+    if layout != "mapping":
+        path = tmp_path / "ckpt.pt"
+        saved: dict[str, object] = dict(state)
+        if layout == "wrapped":
+            saved = {"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
+        torch.save(saved, path)
+        source = path
+    model = _WithExtra(tensor_state)
+    report = tw.load_into(model, source, strict=True)  # type: ignore[arg-type]
+    assert _same_extra(model.block.extra, reference.block.extra)
+    assert _same_extra(model.block.extra, trained.block.extra)
+    for name, tensor in reference.state_dict().items():
+        if isinstance(tensor, torch.Tensor):
+            assert torch.equal(model.state_dict()[name], tensor), name
+    extra = report.plan.by_kind("extra")
+    assert [a.target for a in extra] == ["block._extra_state"]
+    assert not report.plan.by_kind("unexpected") and not report.plan.by_kind("missing")
+    text = str(report)
+    assert "extra state restored (1)" in text and "OK: loaded 5 of 5" in text
+    assert report.to_dict()["totals"]["extra"] == 1
+
+
+def test_missing_extra_state_fails_strict_like_torch(tmp_path: Path) -> None:
+    """A module with set_extra_state and no ``_extra_state`` entry: torch's strict load reports the key missing;
+    strict=False loads the rest and leaves the state as it was."""
+    trained = _trained_with_extra(False)
+    state = {k: v for k, v in trained.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(RuntimeError, match="block._extra_state"):
+        _WithExtra(False).load_state_dict(state, strict=True)
+    path = tmp_path / "ckpt.pt"
+    torch.save(state, path)
+    model = _WithExtra(False)
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(model, path, strict=True)
+    assert "block._extra_state" in str(info.value)
+    assert model.block.extra == {"step": 0, "scale": 1.0}
+    report = tw.load_into(model, path, strict=False)
+    assert [a.target for a in report.plan.by_kind("missing")] == ["block._extra_state"]
+    assert model.block.extra == {"step": 0, "scale": 1.0}
+    assert torch.equal(model.head.weight, trained.head.weight)
+
+
+@pytest.mark.parametrize("tensor_state", [False, True])
+def test_extra_state_can_be_skipped(tmp_path: Path, tensor_state: bool) -> None:
+    trained = _trained_with_extra(tensor_state)
+    path = tmp_path / "ckpt.pt"
+    torch.save(trained.state_dict(), path)
+    model = _WithExtra(tensor_state)
+    before = model.block.extra
+    report = tw.load_into(model, path, strict=True, skip=["block._extra_state"])
+    assert model.block.extra is before
+    assert not report.plan.by_kind("extra") and not report.plan.by_kind("missing")
+    assert [a.key for a in report.plan.by_kind("skip")] == ["block._extra_state"]
+    assert torch.equal(model.block.lin.weight, trained.block.lin.weight)

@@ -378,17 +378,45 @@ def test_staging_path_used_for_gpu_destinations_works_on_cpu(tmp_path: Path, mon
     assert sizes and all(n <= 64 << 10 for n, _ in sizes) and len(sizes) <= 4  # recycled, not one per tensor
 
 
-def test_torch_intra_op_threads_are_restored(tmp_path: Path) -> None:
+def test_torch_threads_are_left_alone_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.set_num_threads is process-wide: a load (here one that casts, so torch does copies) must not call it
+    unless io_settings(intra_op_threads=n) asks; when asked, the setting is restored afterwards."""
     model = Net()
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in _random_state(model).items()}
     path = _write("torch-zip", sd, tmp_path)
+    real = torch.set_num_threads
+    calls: list[int] = []
+    seen: list[int] = []
+
+    def spy(n: int) -> None:
+        calls.append(n)
+        real(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", spy)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
+        real(2)
         tw.load_into(model, path)
-        assert torch.get_num_threads() == 2
+        loaded = tw.load(path)
+        assert calls == [] and torch.get_num_threads() == 2
+        _same(model, _expect(model, sd))
+        assert all(torch.equal(loaded[k], v) for k, v in sd.items())
+
+        original_copy = torch.Tensor.copy_
+
+        def watching_copy(self: torch.Tensor, src: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return original_copy(self, src, non_blocking)
+
+        monkeypatch.setattr(torch.Tensor, "copy_", watching_copy)
+        with io_settings(intra_op_threads=1):
+            tw.load_into(model, path)
+        monkeypatch.setattr(torch.Tensor, "copy_", original_copy)
+        assert calls == [1, 2] and torch.get_num_threads() == 2  # set for the load, then restored
+        assert seen and set(seen) == {1}
+        _same(model, _expect(model, sd))
     finally:
-        torch.set_num_threads(before)
+        real(before)
 
 
 # --------------------------------------------------------------------------------------------------------------

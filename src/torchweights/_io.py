@@ -57,9 +57,12 @@ class IOSettings:
         piece_bytes: the largest single read straight into a tensor (big tensors are split into pieces of this
             size, read by several threads).
         fadvise: give the kernel ``POSIX_FADV_SEQUENTIAL`` / ``POSIX_FADV_WILLNEED`` read-ahead hints.
-        intra_op_threads: torch intra-op threads while loading (0 leaves torch's setting alone). Per-tensor copy
-            loops called from several Python threads stall when each also fans out over torch's own pool on a
-            small machine, so the default is 1, restored afterwards.
+        intra_op_threads: torch intra-op threads while loading; 0 (the default) leaves torch's setting alone. A
+            positive value is an opt-in: ``torch.set_num_threads`` is process-wide, so it is set around each read
+            that makes torch copies (casts, big-endian or compressed storages, GPU destinations) and restored
+            afterwards, and it affects every other thread of the process meanwhile (and two loads that set it
+            at once restore each other's value). It can help where several reader threads each fan out over
+            torch's pool on a machine with few cores.
         direct: read straight into CPU tensors that can take the bytes as they are. False routes every tensor
             through the scratch buffers, as for a GPU destination (to test and measure that path on a CPU).
     """
@@ -68,7 +71,7 @@ class IOSettings:
     scratch_bytes: int = 64 * _MiB
     piece_bytes: int = 16 * _MiB
     fadvise: bool = True
-    intra_op_threads: int = 1
+    intra_op_threads: int = 0
     direct: bool = True
 
     def worker_count(self) -> int:

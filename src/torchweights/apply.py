@@ -2,7 +2,9 @@
 
 Copy path: each loaded tensor's bytes are read from the file straight into the existing parameter's memory
 (:func:`torchweights.storage.fill`: in file order, over a few threads; casts, big-endian files and compressed
-members through a bounded scratch buffer), with no intermediate state dict. Meta path: each parameter on the meta
+members through a bounded scratch buffer), with no intermediate state dict; each destination's autograd version
+counter is bumped as an in-place torch op would (a graph that saved the old values raises at ``backward()``, as
+after ``load_state_dict``). Meta path: each parameter on the meta
 device is allocated once (``torch.empty``) and filled the same way, then assigned; tied parameters are re-tied.
 ``mmap=True``: parameters become views of a private mapping of the file where the bytes can be used as they are
 (same dtype, uncompressed, little-endian, aligned), and are read like the meta path elsewhere. Modules that load
@@ -19,6 +21,10 @@ CRC-32 (``check_crc=True``): storages are checked as they are read. Tensors that
 ``mmap``, dtype changes) are only assigned once every check passed, so a damaged file leaves them untouched;
 tensors written in place hold the file's bytes by the time a mismatch is known, and the ``bad-crc`` error says
 so, naming what was written.
+
+Extra state (``extra`` actions): each module whose class overrides ``set_extra_state`` gets the checkpoint's value
+under ``prefix + "_extra_state"`` (a tensor read like the others, or any value kept in ``Checkpoint.extras``)
+through ``module.set_extra_state(value)``, as torch's loader does, once every tensor is in place.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptCheckpointError
-from .plan import Action, Plan, mapping_tensors
+from .plan import Action, Plan, extra_state_values, mapping_tensors
 from .records import Checkpoint, TensorRecord
 from .spec import ModelSpec
 from .text import plural, quote, shorten_list
@@ -223,6 +229,13 @@ def _apply_checkpoint(
         spec,
     )
 
+    extra = plan.by_kind("extra")
+    extra_records = [records[a.source] for a in extra if a.source in records]
+    extra_values: dict[str, Any] = extra_state_values(checkpoint)
+    if extra_records:
+        bytes_read += sum(r.nbytes for r in extra_records)
+        extra_values.update(storage.materialize(extra_records, check_crc=check_crc))
+
     mapped: dict[str, torch.Tensor] = {}
     if mmap:
         mapped = storage.mapped_tensors(_mappable(own, records, model), check_crc=check_crc)
@@ -264,6 +277,7 @@ def _apply_checkpoint(
             _assign(module, attr, tensor)
     _retie(model, spec, replaced)
     _load_fallback(model, states)
+    _restore_extra_states(model, extra, extra_values)
     return bytes_read, tuple(states)
 
 
@@ -364,7 +378,18 @@ def _apply_mapping(
                 current.copy_(source)
         _retie(model, spec, replaced)
     _load_fallback(model, states)
+    extra_values: dict[str, Any] = extra_state_values(checkpoint)
+    extra_values.update((name, tensor) for name, (_, tensor) in flat.items())
+    _restore_extra_states(model, plan.by_kind("extra"), extra_values)
     return bytes_read, tuple(states)
+
+
+def _restore_extra_states(model: torch.nn.Module, actions: list[Action], values: Mapping[str, Any]) -> None:
+    """Give each module its extra state from the checkpoint, as torch's ``_load_from_state_dict`` does."""
+    for action in actions:
+        assert action.target is not None and action.source is not None
+        module, _ = _owner(model, action.target)
+        module.set_extra_state(values[action.source])
 
 
 def _assign(module: torch.nn.Module, attr: str, tensor: torch.Tensor) -> None:

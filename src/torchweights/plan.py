@@ -43,7 +43,7 @@ from .rules import (
     Rules,
     matches_any,
 )
-from .spec import ModelEntry, ModelSpec
+from .spec import EXTRA_STATE, ModelEntry, ModelSpec
 from .text import format_shape, plural, quote, shorten_list
 
 __all__ = [
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 #: Action kinds, in the order reports list them. Problems first.
-KINDS = ("mismatch", "missing", "unexpected", "skip", "default", "tied", "load", "ignored")
+KINDS = ("mismatch", "missing", "unexpected", "skip", "default", "tied", "load", "extra", "ignored")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ class Action:
         kind: ``load`` (copied, possibly renamed or cast), ``tied`` (shares memory with a loaded key),
             ``skip`` (left as initialised / not loaded, on request), ``default`` (absent from old checkpoints, kept
             at its initial value, e.g. BatchNorm ``num_batches_tracked``), ``mismatch`` (shapes differ),
-            ``missing`` (no source), ``unexpected`` (no target), ``ignored`` (outside the chosen container).
+            ``missing`` (no source), ``unexpected`` (no target), ``ignored`` (outside the chosen container),
+            ``extra`` (a module's extra state, restored with its ``set_extra_state`` as torch's loader does; the
+            source is a tensor record or, for any other value, a name of ``Checkpoint.extras``).
         target: model key, if any.
         source: checkpoint record name, if any.
         key: the source's key inside the chosen container, before renames and prefix handling.
@@ -310,6 +312,31 @@ class Plan:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def extra_state_values(checkpoint: Checkpoint | Mapping[str, Any] | Iterable[SourceKey]) -> dict[str, Any]:
+    """The values saved as modules' extra state that are not tensors (tensors are records), by dotted name: the
+    entries of ``Checkpoint.extras`` (or of a plain dict) whose last dotted part is ``_extra_state``."""
+    if isinstance(checkpoint, Checkpoint):
+        found = checkpoint.extras
+    elif isinstance(checkpoint, Mapping):
+        found = {}
+        stack: list[tuple[Mapping[Any, Any], str]] = [(checkpoint, "")]
+        while stack:
+            mapping, prefix = stack.pop()
+            for name, value in mapping.items():
+                here = f"{prefix}{name}"
+                if here.rpartition(".")[2] == EXTRA_STATE:
+                    found[here] = value
+                elif isinstance(value, Mapping):
+                    stack.append((value, here + "."))
+    else:
+        return {}
+    return {
+        name: value
+        for name, value in found.items()
+        if name.rpartition(".")[2] == EXTRA_STATE and not (hasattr(value, "shape") and hasattr(value, "dtype"))
+    }
+
+
 def _source_keys(checkpoint: Checkpoint | Mapping[str, Any] | Iterable[SourceKey]) -> list[SourceKey]:
     if isinstance(checkpoint, Checkpoint):
         return [SourceKey(r.name, r.path or (r.name,), r.shape, r.dtype) for r in checkpoint.records.values()]
@@ -323,14 +350,15 @@ def _source_keys(checkpoint: Checkpoint | Mapping[str, Any] | Iterable[SourceKey
 
 def mapping_tensors(mapping: Mapping[Any, Any]) -> dict[str, tuple[tuple[str, ...], Any]]:
     """The tensors (anything with ``shape`` and ``dtype``) of a plain, possibly nested, dict, by the dotted names
-    the plan gives them: ``{name: (path, tensor)}``. Other values are not tensors and are left out."""
+    the plan gives them: ``{name: (path, tensor)}``. Other values are not tensors and are left out, and a dict
+    saved as a module's extra state (under a key ending in ``_extra_state``) is one value, not walked."""
     out: dict[str, tuple[tuple[str, ...], Any]] = {}
     stack: list[tuple[Iterator[tuple[Any, Any]], tuple[str, ...]]] = [(iter(mapping.items()), ())]
     while stack:  # depth first, in insertion order, without recursion
         items, path = stack[-1]
         for name, value in items:
             here = (*path, str(name))
-            if isinstance(value, Mapping):
+            if isinstance(value, Mapping) and here[-1].rpartition(".")[2] != EXTRA_STATE:
                 stack.append((iter(value.items()), here))
                 break
             if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -1094,14 +1122,16 @@ def _reconcile(
                 code="bad-container",
             )
         empty = _Fit((), {}, {}, PrefixChoice(), 0, 0, uses=tuple(RenameUse(p, r, 0, "none") for p, r in rules.rename))
-        return _assemble(name, spec, rules, empty, None, [], _Matcher(empty, spec, rules)), {}
+        extras = extra_state_values(checkpoint)
+        return _assemble(name, spec, rules, empty, None, [], _Matcher(empty, spec, rules), extras), {}
     index = _ModelIndex(spec)
     fit, runner = _choose_container(keys, index, rules)
     matcher = _Matcher(fit, spec, rules)
     matcher.match()
     inside = {k.record for k in fit.keys.values()}
     outside = [k for k in keys if k.record not in inside]
-    return _assemble(name, spec, rules, fit, runner, outside, matcher), matcher.final
+    extras = extra_state_values(checkpoint)
+    return _assemble(name, spec, rules, fit, runner, outside, matcher, extras), matcher.final
 
 
 def _tie_groups(spec: ModelSpec) -> dict[str, list[str]]:
@@ -1129,8 +1159,11 @@ def _assemble(
     runner: tuple[tuple[str, ...], int, int] | None,
     outside: list[SourceKey],
     matcher: _Matcher,
+    extras: Mapping[str, Any] | None = None,
 ) -> Plan:
     entries = spec.entries
+    extra_keys = set(spec.extra_states)
+    extra_done: set[str] = set()
     source_of = matcher.source_of
     verdicts: dict[str, Action] = {}
     stored_skips = _stored_skips(rules, entries)
@@ -1199,12 +1232,34 @@ def _assemble(
             continue
         final = matcher.final.get(key, key)
         pattern = matches_any(final, rules.skip) or matches_any(key, rules.skip) or matches_any(src.record, rules.skip)
+        if final in extra_keys and final not in extra_done:
+            extra_done.add(final)
+            if not pattern:
+                actions.append(_extra_action(final, key, src.record, "a tensor", src))
+                continue
         kind, reason = ("skip", f"skip={quote(pattern)}") if pattern else ("unexpected", "no model key matches")
         if final != key and not pattern:
             reason += f" (looked for {quote(final)})"
         actions.append(
             Action(kind, source=src.record, key=key, src_shape=src.shape, src_dtype=src.dtype, reason=reason)
         )
+    inside = ".".join(fit.path) + "." if fit.path else ""
+    for name, value in (extras or {}).items():
+        if not name.startswith(inside):
+            continue
+        key = name[len(inside) :]
+        final = _transform(key, fit.prefix.strip, fit.prefix.add)
+        if final in extra_keys and final not in extra_done:
+            extra_done.add(final)
+            pattern = matches_any(final, rules.skip) or matches_any(key, rules.skip)
+            if pattern:
+                actions.append(Action("skip", source=name, key=key, reason=f"skip={quote(pattern)}"))
+            else:
+                actions.append(_extra_action(final, key, name, f"a {type(value).__name__}", None))
+    for name in spec.extra_states:
+        if name not in extra_done:
+            reason = "extra state of a module that defines set_extra_state; the checkpoint has none for it"
+            actions.append(Action("missing", target=name, reason=reason))
     container_label = quote((fit.path and ".".join(fit.path)) or "<root>")
     ignored_reason = f"outside the chosen container {container_label}"
     for src in outside:
@@ -1225,6 +1280,20 @@ def _assemble(
         initialise=initialise,
         renames=fit.uses,
         skips=skips,
+    )
+
+
+def _extra_action(target: str, key: str, source: str, what: str, src: SourceKey | None) -> Action:
+    """The action that restores a module's extra state (``what`` the checkpoint holds for it)."""
+    return Action(
+        "extra",
+        target=target,
+        source=source,
+        key=key,
+        src_shape=src.shape if src is not None else None,
+        src_dtype=src.dtype if src is not None else None,
+        via=("prefix",) if target != key else (),
+        reason=f"{what}, passed to set_extra_state",
     )
 
 
@@ -1272,7 +1341,11 @@ def _meta_fate(
     if not spec.on_meta:
         return (), ()
     entries = spec.entries
-    unfilled = [a.target for a in actions if a.kind in _UNFILLED and a.target is not None and entries[a.target].meta]
+    unfilled = [
+        a.target
+        for a in actions
+        if a.kind in _UNFILLED and a.target is not None and a.target in entries and entries[a.target].meta
+    ]
     unsaved = [e.name for e in spec.unsaved_meta]
     if not unfilled:
         return tuple(unsaved), ()

@@ -128,6 +128,7 @@ def render(report: LoadReport) -> str:
         _default_section,
         _init_section,
         _tied_section,
+        _extra_section,
         _cast_section,
         _rename_section,
         _load_section,
@@ -189,11 +190,11 @@ def _fates(report: LoadReport) -> tuple[int, int, list[tuple[str, Counter[str]]]
     meta = set(report.left_on_meta)
     initialised = set(plan.initialised)
     targets = [a for a in plan.actions if a.target is not None]
-    loaded = sum(1 for a in targets if a.kind in ("load", "tied"))
+    loaded = sum(1 for a in targets if a.kind in ("load", "tied", "extra"))
     groups: dict[str, Counter[str]] = {}
     why = {"skip": "skipped", "missing": "missing", "mismatch": "mismatched", "default": "default"}
     for a in targets:
-        if a.kind in ("load", "tied"):
+        if a.kind in ("load", "tied", "extra"):
             continue
         cause = "mismatched" if a.kind == "skip" and "mismatch" in a.reason else why.get(a.kind, a.kind)
         if a.target in meta:
@@ -446,7 +447,10 @@ def _missing_section(report: LoadReport) -> list[str]:
 
 
 def _missing_rows(actions: Sequence[Action]) -> list[list[str]]:
-    items = [(a.target or "", (f"model {_shape(a.dst_shape)}",)) for a in actions]
+    items = [
+        (a.target or "", (f"model {_shape(a.dst_shape)}" if a.dst_shape is not None else "extra state",))
+        for a in actions
+    ]
     return [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
 
 
@@ -491,6 +495,10 @@ def _default_section(report: LoadReport) -> list[str]:
 
 def _tied_section(report: LoadReport) -> list[str]:
     return _reasoned_section("tied", report.plan.by_kind("tied"))
+
+
+def _extra_section(report: LoadReport) -> list[str]:
+    return _reasoned_section("extra state restored", report.plan.by_kind("extra"))
 
 
 def _cast_section(report: LoadReport) -> list[str]:

@@ -61,6 +61,9 @@ class ModelSpec:
             are absent. Used by ``init_missing=True``.
         converts: ``(key, checkpoint shape)`` pairs that a module's own ``_load_from_state_dict`` was seen to
             accept although the shape differs from the model's (see :func:`probe_custom_loading`).
+        extra_states: state-dict keys (``prefix + "_extra_state"``) of the modules whose class overrides
+            ``set_extra_state``: torch's loader passes them the checkpoint's value under that key (any object, a
+            tensor included) and, under ``strict=True``, reports the key missing when the checkpoint has none.
     """
 
     entries: dict[str, ModelEntry] = field(default_factory=dict)
@@ -70,6 +73,7 @@ class ModelSpec:
     unsaved_meta: tuple[ModelEntry, ...] = ()
     init_methods: Mapping[str, str] = field(default_factory=dict)
     converts: frozenset[tuple[str, tuple[int, ...]]] = frozenset()
+    extra_states: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -121,10 +125,13 @@ class ModelSpec:
         unsaved: list[ModelEntry] = []
         unsaved_names: set[str] = set()
         init_methods: dict[str, str] = {}
+        extra_states: list[str] = []
         on_meta = False
         for module_name, module in model.named_modules(remove_duplicate=False):
             if _has_custom_loading(module) and module_name not in custom:
                 custom.append(module_name)
+            if has_extra_state(module):
+                extra_states.append(f"{module_name}.{EXTRA_STATE}" if module_name else EXTRA_STATE)
             non_persistent: set[str] = getattr(module, "_non_persistent_buffers_set", set())
             owns_meta = False
             for local, buffer in module._buffers.items():
@@ -171,7 +178,21 @@ class ModelSpec:
             on_meta=on_meta or bool(unsaved),
             unsaved_meta=tuple(unsaved),
             init_methods=init_methods,
+            extra_states=tuple(dict.fromkeys(extra_states)),
         )
+
+
+#: The last part of the state-dict key under which torch saves a module's ``get_extra_state()``.
+EXTRA_STATE = "_extra_state"
+
+
+def has_extra_state(module: torch.nn.Module) -> bool:
+    """Whether torch's loader restores ``module``'s extra state: its class overrides ``set_extra_state``."""
+    import torch
+
+    return getattr(type(module), "set_extra_state", torch.nn.Module.set_extra_state) is not (
+        torch.nn.Module.set_extra_state
+    )
 
 
 def _entry(name: str, tensor: torch.Tensor, kind: str, tied_to: str | None, module: str) -> ModelEntry:

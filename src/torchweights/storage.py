@@ -112,6 +112,7 @@ def fill(
     cuda = False
     torch_work = False
     flagged: list[tuple[TensorRecord, torch.Tensor]] = []
+    written: list[torch.Tensor] = []
     for record, dst in requests:
         ref = record.storage
         if record.sparse:
@@ -136,6 +137,7 @@ def fill(
             torch_work = True  # a storage feeding several tensors: copies between them
         group.pending.append((record, dst))
         group.names.append(record.name)
+        written.append(dst)
         device = dst.device.type
         cuda = cuda or device == "cuda"
         if not torch_work:
@@ -148,10 +150,24 @@ def fill(
                 or not dst.is_contiguous()
             )
     ordered = sorted(groups.values(), key=lambda g: (g.ref.file, g.ref.offset))
-    result = _Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
+    try:
+        result = _Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
+    finally:
+        # The bytes were written through raw pointers, which autograd cannot see: bump each destination's version
+        # counter as an in-place torch op would, so a graph that saved one of them raises at backward() instead
+        # of running with the new values (also after a failed read: some bytes may have been written).
+        _written(written)
     for record, dst in flagged:
         apply_flags_in_place(record, dst)  # the destination holds the values, not the stored ones
     return result
+
+
+def _written(tensors: list[torch.Tensor]) -> None:
+    """Tell autograd that ``tensors`` were modified in place (one call for all of them)."""
+    from torch.autograd.graph import increment_version
+
+    if tensors:
+        increment_version(tensors)
 
 
 # --------------------------------------------------------------------------------------------------------------
