@@ -43,7 +43,7 @@ from ..text import plural, quote, quote_list
 from ..unpickle import PickledTensor, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
-from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_text_members
+from .torch_zip import Archive, ZipStorages, check_byteorder, open_archive, read_text_members
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -545,8 +545,8 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
             data,
             constants,
             f"{root}code/",
-            data_storages := _Storages(archive, root, byteorder),
-            constant_storages := _Storages(archive, root, byteorder, folder="constants"),
+            data_storages := ZipStorages(archive, root, byteorder),
+            constant_storages := ZipStorages(archive, root, byteorder, folder="constants"),
             options,
         )
         code_files = _listing(archive, f"{root}code/")
