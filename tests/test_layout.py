@@ -168,6 +168,11 @@ def _import_graph() -> dict[str, set[str]]:
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """One cycle (as a path that returns to its start) per strongly connected component with more than one node."""
+    return [_path_in(graph, c) for c in _components(graph)]
+
+
+def _components(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan), each sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -198,7 +203,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     for node in sorted(graph):
         if node not in index:
             connect(node)
-    return [_path_in(graph, sorted(c)) for c in components]
+    return [sorted(c) for c in components]
 
 
 def _path_in(graph: dict[str, set[str]], component: list[str]) -> list[str]:
@@ -274,3 +279,42 @@ def test_the_cycle_finder_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(globals(), "SRC", package)
     monkeypatch.setitem(globals(), "MODULES", _modules())
     assert _cycles(_import_graph()) == [["torchweights.a", "torchweights.b", "torchweights.c", "torchweights.a"]]
+
+
+#: Cycles closed only by imports inside functions (deferred, so they cannot fail at import time; see the module
+#: docstring), as the strongly connected components they form. Issue 12 asks for these to go too; this list may only
+#: shrink: a new deferred cycle fails the test, and so does breaking one of these without removing it here.
+KNOWN_DEFERRED_CYCLES = [
+    # _tensors._qparams reads per-channel quantization scales through storage.materialize;
+    # _bytes.read_range reads through storage too.
+    {"_bytes", "_engine", "_mapping", "_tensors", "storage"},
+    # unpickle reads an old embedded checkpoint through formats.legacy.read_embedded.
+    {"containers", "detect", "formats", "formats._pickled", "formats.legacy", "unpickle"},
+]
+
+
+def test_deferred_import_cycles_only_shrink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With function-level imports counted too (``TYPE_CHECKING`` still left out), only the known cycles remain."""
+
+    def runtime_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+        type_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and _is_type_checking(node.test)
+            for statement in node.body
+            for inner in ast.walk(statement)
+        }
+        return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in type_only]
+
+    monkeypatch.setitem(globals(), "_module_level_imports", runtime_imports)
+    graph = _import_graph()
+    found = [set(component) for component in _components(graph)]
+    expected = [{f"{PACKAGE}.{name}" for name in component} for component in KNOWN_DEFERRED_CYCLES]
+    members = sorted(sorted(component) for component in found)
+    assert members == sorted(sorted(component) for component in expected), _describe(found, graph)
+
+
+def _describe(components: list[set[str]], graph: dict[str, set[str]]) -> str:
+    return "deferred import cycles now:\n" + "\n".join(
+        f"{sorted(c)}: " + " -> ".join(_path_in(graph, sorted(c))) for c in components
+    )
