@@ -124,13 +124,13 @@ def test_pieces_and_threads_do_not_change_the_bytes(
     sd = _random_state(model, seed=threads)
     path = _write("torch-zip", sd, tmp_path)
     readers: set[str] = set()
-    real = _engine._Engine.read
+    real = _engine.Engine.read
 
     def spy(self: Any, *args: Any) -> Any:
         readers.add(threading.current_thread().name)
         return real(self, *args)
 
-    monkeypatch.setattr(_engine._Engine, "read", spy)
+    monkeypatch.setattr(_engine.Engine, "read", spy)
     with io_settings(threads=threads, piece_bytes=piece):
         tw.load_into(model, path)
     _same(model, _expect(model, sd))
@@ -574,7 +574,7 @@ def test_crc_pieces_combine_like_zlib() -> None:
         b = rng.randbytes(rng.randint(0, 5000))
         assert _io.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     data = torch.randint(0, 256, (100_000,), dtype=torch.uint8)
-    mem = _engine._memory(data)
+    mem = _engine.memory_of(data)
     assert _io.crc32(mem, 0, data.data_ptr()) == zlib.crc32(mem) == _io.crc32(mem)
     assert _io.crc32_backend() in _io.CRC32_BACKENDS
 
@@ -587,7 +587,7 @@ def test_every_crc_backend_agrees_with_zlib(name: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(_io, "_crc", (name, *loaded))
     assert _io.crc32_backend() == name
     data = torch.randint(0, 256, (3 << 20,), dtype=torch.uint8)
-    mem = _engine._memory(data)
+    mem = _engine.memory_of(data)
     whole = zlib.crc32(mem)
     assert _io.crc32(mem, 0, data.data_ptr()) == whole
     assert _io.crc32(mem) == whole  # no address: still right, whichever backend

@@ -29,7 +29,7 @@ from ._io import crc32
 from ._results import CrcMismatch, crc_error
 from .records import StorageRef, TensorRecord
 
-__all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "read_range", "span", "to_little_endian"]
+__all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "read_range", "span", "swap_unit", "to_little_endian"]
 
 #: Largest piece read at once for a contiguous tensor (a multiple of every element size).
 CHUNK_BYTES = 16 << 20
@@ -38,7 +38,7 @@ _FORMATS: dict[int, Literal["B", "H", "I", "Q"]] = {1: "B", 2: "H", 4: "I", 8: "
 _ARRAY_CODES = {2: "H", 4: "I", 8: "Q"}
 
 
-def _swap_unit(dtype: str) -> int:
+def swap_unit(dtype: str) -> int:
     """Bytes per byte-swapped unit: the element size, or half of it for complex numbers (two floats)."""
     info = dtypes.get(dtype)
     return info.itemsize // 2 if info.kind == "complex" else info.itemsize
@@ -46,7 +46,7 @@ def _swap_unit(dtype: str) -> int:
 
 def to_little_endian(data: bytearray, ref: StorageRef, dtype: str) -> bytearray:
     """``data`` (whole elements of ``dtype`` from storage ``ref``) in little-endian order, swapped in place."""
-    unit = _swap_unit(dtype)
+    unit = swap_unit(dtype)
     if ref.byteorder != "big" or unit == 1 or not data:
         return data
     code = _ARRAY_CODES.get(unit)

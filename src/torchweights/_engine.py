@@ -3,18 +3,18 @@ them.
 
 Split out of :mod:`torchweights.storage`, whose :func:`~torchweights.storage.fill`,
 :func:`~torchweights.storage.materialize` and :func:`~torchweights.storage.read_storage_bytes` describe each
-storage to read as a :class:`_Group` of :class:`_Target` destinations and hand the groups to one :class:`_Engine`.
+storage to read as a :class:`Group` of :class:`Target` destinations and hand the groups to one :class:`Engine`.
 
-- The engine plans each storage's reads in file order (:meth:`_Engine.jobs`) and runs them over a small thread
+- The engine plans each storage's reads in file order (:meth:`Engine.jobs`) and runs them over a small thread
   pool; bytes that can land as they are go with ``preadv`` directly into their destination, and consecutive plain
   reads of one file become one vectored read per piece (:class:`_Read`).
 - What cannot land as it is (a dtype cast, a big-endian file, a compressed zip member, a GPU destination, bytes
   read only for the CRC check) goes through bounded scratch buffers (:class:`_Scratch`:
   :class:`IOSettings.scratch_bytes <torchweights._io.IOSettings>`, 64 MiB by default, shared by the threads; pinned
   when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are not contiguous are
-  rebuilt from a copy of their storage (:meth:`_Engine.whole`), never from a copy of the checkpoint.
+  rebuilt from a copy of their storage (:meth:`Engine.whole`), never from a copy of the checkpoint.
 - Integrity: whenever a whole storage is read, its CRC-32 is computed on the bytes as they are read (per piece, in
-  the reading thread, then combined) and compared with the one its zip member records (:meth:`_Engine.check`);
+  the reading thread, then combined) and compared with the one its zip member records (:meth:`Engine.check`);
   mismatches are collected in :class:`~torchweights._results.FillResult`, for the caller to raise.
 
 Every buffer the engine allocates for itself comes from :func:`_allocate`. torch is imported inside the functions,
@@ -35,6 +35,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from . import dtypes
+from ._bytes import swap_unit
 from ._io import (
     MAX_VECTORS,
     IOSettings,
@@ -46,9 +47,9 @@ from ._io import (
     read_ahead,
     read_exact,
 )
-from ._results import CrcMismatch, FillResult, _what, not_whole_elements
+from ._results import CrcMismatch, FillResult, not_whole_elements, storage_label
 from ._stamps import check_unchanged
-from ._tensors import _build, _swap_unit
+from ._tensors import build_tensor
 from .errors import CheckpointReadError, CorruptCheckpointError
 from .records import StorageRef, TensorRecord
 from .text import quote
@@ -67,7 +68,7 @@ _MAX_GAP = 4096
 class _Read:
     """The common unit of work: file bytes ``[offset, offset + len(mem))`` straight into destination memory.
 
-    Consecutive plain reads of one file are merged into one vectored ``preadv`` call (see :meth:`_Engine.execute`),
+    Consecutive plain reads of one file are merged into one vectored ``preadv`` call (see :meth:`Engine.execute`),
     so a checkpoint of small tensors costs a system call per piece, not per tensor.
     """
 
@@ -78,7 +79,7 @@ class _Read:
     crc: bool
 
 
-def _plain_read(ref: StorageRef, target: _Target, a: int, b: int, crc: bool) -> _Read:
+def _plain_read(ref: StorageRef, target: Target, a: int, b: int, crc: bool) -> _Read:
     """The read of storage bytes ``[a, b)`` straight into ``target``'s memory (which must be set)."""
     assert target.mem is not None
     off = a - target.start
@@ -103,7 +104,7 @@ def _allocate(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> to
     return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
 
 
-def _memory(raw: torch.Tensor) -> memoryview:
+def memory_of(raw: torch.Tensor) -> memoryview:
     """A writable memoryview over a contiguous CPU uint8 tensor (kept alive by the caller)."""
     return _memory_at(raw.data_ptr(), raw.numel())
 
@@ -127,7 +128,7 @@ def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _Target:
+class Target:
     """Where the bytes ``[start, end)`` of one storage go.
 
     ``raw`` (with ``mem``) is set when the bytes can land as they are in CPU memory (same dtype, contiguous):
@@ -162,11 +163,11 @@ class _Target:
 
 
 @dataclass
-class _Group:
+class Group:
     """One file storage and every target it feeds (``pending``: requests whose targets are made just in time)."""
 
     ref: StorageRef
-    targets: list[_Target] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     pending: list[tuple[TensorRecord, torch.Tensor]] = field(default_factory=list)
 
@@ -176,23 +177,23 @@ class _Group:
         self.pending.clear()
 
 
-def _target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> _Target:
+def _target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> Target:
     ref = record.storage
     assert ref is not None
     src_dtype = dtypes.to_torch(record.dtype)
     size = record.itemsize
-    swap = _swap_unit(record.dtype) if ref.byteorder == "big" else 1
+    swap = swap_unit(record.dtype) if ref.byteorder == "big" else 1
     start = record.storage_offset * size
     if record.is_contiguous and dst.is_contiguous():
         end = start + record.nbytes
-        target = _Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+        target = Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
         if dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed:
             target.ptr = dst.data_ptr()
             target.mem = _memory_at(target.ptr, record.nbytes)
         else:
             target.flat = dst.detach().view(-1)
         return target
-    return _Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+    return Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def _target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> _T
 class _Buffer:
     def __init__(self, raw: torch.Tensor) -> None:
         self.raw = raw
-        self.mem = _memory(raw)
+        self.mem = memory_of(raw)
         self.fence: Any = None  # a CUDA event the next user must wait for
 
     def wait(self) -> None:
@@ -253,7 +254,7 @@ def _swap_in_place(raw: torch.Tensor, unit: int) -> None:
     rows.copy_(rows.flip(1))
 
 
-def _deliver(target: _Target, a: int, b: int, src: torch.Tensor, buf: _Buffer | None) -> None:
+def _deliver(target: Target, a: int, b: int, src: torch.Tensor, buf: _Buffer | None) -> None:
     """Give ``target`` its part of the storage bytes ``[a, b)``, held in the uint8 tensor ``src``."""
     lo, hi = max(a, target.start), min(b, target.end)
     if lo >= hi:
@@ -284,12 +285,12 @@ def _deliver(target: _Target, a: int, b: int, src: torch.Tensor, buf: _Buffer | 
         dst.copy_(values)
 
 
-class _Engine:
+class Engine:
     """Runs the reads of a list of groups over a thread pool; collects CRC results per storage."""
 
     def __init__(
         self,
-        groups: list[_Group],
+        groups: list[Group],
         check_crc: bool,
         settings: IOSettings,
         *,
@@ -337,7 +338,7 @@ class _Engine:
     def wants_crc(self, ref: StorageRef) -> bool:
         return self.check_crc and ref.crc32 is not None
 
-    def jobs(self, group: _Group) -> list[_Job]:
+    def jobs(self, group: Group) -> list[_Job]:
         """The reads for one storage, in file order; each returns ``(crc, length)`` of its bytes when checked."""
         ref = group.ref
         crc = self.wants_crc(ref)
@@ -377,7 +378,7 @@ class _Engine:
         return out
 
     def piece_job(
-        self, ref: StorageRef, a: int, b: int, direct: _Target | None, others: list[_Target], crc: bool
+        self, ref: StorageRef, a: int, b: int, direct: Target | None, others: list[Target], crc: bool
     ) -> Callable[[], tuple[int, int] | None]:
         return lambda: self.piece(ref, a, b, direct, others, crc)
 
@@ -418,7 +419,11 @@ class _Engine:
                 bufs.append(memoryview(bytearray(gap)))
             bufs.append(r.mem)
             end = r.offset + len(r.mem)
-        what = _what(first.ref) if len(reads) == 1 else f"{_what(first.ref)} and the {len(reads) - 1} storages after it"
+        what = (
+            storage_label(first.ref)
+            if len(reads) == 1
+            else f"{storage_label(first.ref)} and the {len(reads) - 1} storages after it"
+        )
         self.read(self.fd(first.ref.file), bufs, first.offset, first.ref, self.lookahead(), what)
         n = sum(len(r.mem) for r in reads)
         with self.lock:
@@ -430,7 +435,7 @@ class _Engine:
         return self.settings.worker_count() * self.settings.piece_size()
 
     def piece(
-        self, ref: StorageRef, a: int, b: int, direct: _Target | None, others: list[_Target], crc: bool
+        self, ref: StorageRef, a: int, b: int, direct: Target | None, others: list[Target], crc: bool
     ) -> tuple[int, int] | None:
         """Read storage bytes ``[a, b)`` straight into ``direct`` (or a scratch buffer) and hand them on."""
         import torch
@@ -475,11 +480,11 @@ class _Engine:
         what: str | None = None,
     ) -> None:
         if self.settings.fadvise:
-            read_ahead(fd, mem, offset, ref.file, what or _what(ref), ahead)
+            read_ahead(fd, mem, offset, ref.file, what or storage_label(ref), ahead)
         else:
-            read_exact(fd, mem, offset, ref.file, what or _what(ref))
+            read_exact(fd, mem, offset, ref.file, what or storage_label(ref))
 
-    def whole(self, group: _Group, targets: list[_Target]) -> tuple[int, int] | None:
+    def whole(self, group: Group, targets: list[Target]) -> tuple[int, int] | None:
         """Storages read as a whole: compressed members, and storages feeding views that are not contiguous."""
         import torch
 
@@ -496,7 +501,7 @@ class _Engine:
             else:
                 raw = _allocate(ref.nbytes, kind="temp")
             try:
-                mem = _memory(raw)
+                mem = memory_of(raw)
                 value = self.read_whole(ref, mem, raw.data_ptr())
                 if crc and ref.compression == 0:
                     value = crc32(mem, 0, raw.data_ptr())
@@ -509,7 +514,7 @@ class _Engine:
                 base = int(raw.storage_offset())
                 for t in targets:
                     if t.record is not None and t.dst is not None:
-                        view = _build(t.record, storage, base)
+                        view = build_tensor(t.record, storage, base)
                         if tuple(view.shape) != tuple(t.dst.shape):
                             view = view.reshape(t.dst.shape)
                         t.dst.detach().copy_(view)
@@ -531,7 +536,7 @@ class _Engine:
     def read_whole(self, ref: StorageRef, mem: memoryview, address: int) -> int | None:
         """Fill ``mem`` with the whole decoded storage; returns the CRC-32 when inflating (computed on the way)."""
         if ref.compression == 0:
-            read_exact(self.fd(ref.file), mem, ref.offset, ref.file, _what(ref))
+            read_exact(self.fd(ref.file), mem, ref.offset, ref.file, storage_label(ref))
             return None
         if ref.compression == _DEFLATED:
             value = 0
@@ -542,10 +547,10 @@ class _Engine:
                 except (zlib.error, EOFError) as exc:
                     raise _bad_member(ref, exc) from None
             return value
-        mem[:] = _read_member(ref)  # bzip2 / lzma: rare enough to inflate whole
+        mem[:] = read_member(ref)  # bzip2 / lzma: rare enough to inflate whole
         return crc32(mem, 0, address)
 
-    def inflate_streaming(self, ref: StorageRef, targets: list[_Target], crc: bool) -> tuple[int, int] | None:
+    def inflate_streaming(self, ref: StorageRef, targets: list[Target], crc: bool) -> tuple[int, int] | None:
         """Inflate a deflated member through one scratch buffer, handing each piece to the targets it covers."""
         hi = ref.nbytes if crc else max((t.end for t in targets), default=0)
         buf = self.scratch.take()
@@ -634,7 +639,7 @@ class _Engine:
                     future.cancel()
                 raise
 
-    def check(self, group: _Group, parts: list[tuple[int, int] | None]) -> None:
+    def check(self, group: Group, parts: list[tuple[int, int] | None]) -> None:
         ref = group.ref
         if not self.wants_crc(ref) or ref.crc32 is None:
             return
@@ -683,7 +688,7 @@ def member_pieces(ref: StorageRef, mem: memoryview) -> Iterator[int]:
             check_unchanged(fd, ref)
             for at in range(0, ref.nbytes, len(mem)):
                 n = min(len(mem), ref.nbytes - at)
-                read_exact(fd, mem[:n], ref.offset + at, ref.file, _what(ref))
+                read_exact(fd, mem[:n], ref.offset + at, ref.file, storage_label(ref))
                 yield n
         finally:
             os.close(fd)
@@ -694,14 +699,14 @@ def member_pieces(ref: StorageRef, mem: memoryview) -> Iterator[int]:
             except (zlib.error, EOFError) as exc:
                 raise _bad_member(ref, exc) from None
     else:  # bzip2 / lzma: rare enough to inflate whole
-        whole = memoryview(_read_member(ref))
+        whole = memoryview(read_member(ref))
         for at in range(0, len(whole), len(mem)):
             n = min(len(mem), len(whole) - at)
             mem[:n] = whole[at : at + n]
             yield n
 
 
-def _read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
+def read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
     """The first ``nbytes`` (default: all ``ref.nbytes``) inflated bytes of a compressed storage's zip member, read
     whole (bzip2 and lzma members, byte ranges of compressed ones). The CRC is the caller's to check."""
     from .formats._zip import ZipMember, inflate

@@ -4,7 +4,7 @@ mapped path of ``load_into``.
 Split out of :mod:`torchweights.storage`, which re-exports :func:`mapped_tensors`. A storage is mapped when it is
 stored uncompressed, little-endian (or one byte per element) and aligned; the file's size is checked first, so a file
 truncated since it was opened is an error, not a SIGBUS. The CRC-32 of mapped storages is computed in parallel over
-the mapping (:meth:`_Mapper.check`). torch is imported inside the functions, never at import time.
+the mapping (:meth:`Mapper.check`). torch is imported inside the functions, never at import time.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from ._bytes import swap_unit
 from ._io import crc32, current_settings, open_fd
-from ._results import CrcMismatch, _what, crc_error
+from ._results import CrcMismatch, crc_error, storage_label
 from ._stamps import check_unchanged
-from ._tensors import _build, _check_view, _swap_unit, needs_flags
+from ._tensors import build_tensor, check_record_view, needs_flags
 from .errors import CheckpointReadError, CorruptCheckpointError
 from .records import StorageRef, TensorRecord
 from .text import quote
@@ -26,10 +27,10 @@ from .text import quote
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["mapped_tensors"]
+__all__ = ["Mapper", "mapped_tensors"]
 
 
-class _Mapper:
+class Mapper:
     """Private (copy-on-write) mappings of whole files; a storage becomes a zero-copy view when it can."""
 
     def __init__(self) -> None:
@@ -74,7 +75,8 @@ class _Mapper:
             buf, size = self.mapping(ref)
             if buf is None or ref.offset + ref.nbytes > size:
                 raise CorruptCheckpointError(
-                    f"{quote(ref.file)} has {size} bytes but {_what(ref)} ends at byte {ref.offset + ref.nbytes}: "
+                    f"{quote(ref.file)} has {size} bytes but {storage_label(ref)} ends at byte "
+                    f"{ref.offset + ref.nbytes}: "
                     "the file was truncated since it was opened. Mapping it would crash the process (SIGBUS) on "
                     "first access; open it again, or re-download it.",
                     code="truncated",
@@ -127,7 +129,7 @@ def mapped_tensors(records: Iterable[TensorRecord], *, check_crc: bool = True) -
         CorruptCheckpointError: ``bad-crc`` (with ``check_crc``) when a mapped storage does not match its CRC-32;
             ``truncated`` when the file is shorter than its records.
     """
-    mapper = _Mapper()
+    mapper = Mapper()
     out: dict[str, torch.Tensor] = {}
     refs: dict[tuple[str, str], StorageRef] = {}
     names: dict[tuple[str, str], list[str]] = {}
@@ -135,11 +137,11 @@ def mapped_tensors(records: Iterable[TensorRecord], *, check_crc: bool = True) -
         ref = record.storage
         if ref is None or needs_flags(record):
             continue  # flagged tensors are read with fill, which applies their bits to the values
-        _check_view(record)
-        storage = mapper.storage(ref, record.itemsize, _swap_unit(record.dtype))
+        check_record_view(record)
+        storage = mapper.storage(ref, record.itemsize, swap_unit(record.dtype))
         if storage is None:
             continue
-        out[record.name] = _build(record, storage)
+        out[record.name] = build_tensor(record, storage)
         refs[(ref.file, ref.key)] = ref
         names.setdefault((ref.file, ref.key), []).append(record.name)
     if check_crc:

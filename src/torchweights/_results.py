@@ -15,7 +15,7 @@ from .errors import CorruptCheckpointError
 from .records import StorageRef
 from .text import plural, quote, shorten_list
 
-__all__ = ["CrcMismatch", "FillResult", "crc_error", "not_whole_elements"]
+__all__ = ["CrcMismatch", "FillResult", "crc_error", "not_whole_elements", "storage_label"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def crc_error(bad: Sequence[CrcMismatch], consequence: str, remedy: str = SKIP_C
     )
 
 
-def _what(ref: StorageRef) -> str:
+def storage_label(ref: StorageRef) -> str:
+    """How messages name a storage: its key, and its zip member when it has one."""
     return f"storage {quote(ref.key)}" + (f" (member {quote(ref.member)})" if ref.member else "")
 
 

@@ -23,11 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def _swap_unit(dtype: str) -> int:
-    info = dtypes.get(dtype)
-    return info.itemsize // 2 if info.kind == "complex" else info.itemsize
-
-
 _MAP_LOCATION_FIX = (
     "Pass a device ('cpu', 'cuda:0'), a dict from saved location to device, None, or a callable as torch.load "
     "takes it: map_location=lambda storage, location: storage (keep on the CPU) or a function returning a "
@@ -114,7 +109,7 @@ def device_resolver(map_location: Any) -> Callable[[str], Any]:
 _INT64_MAX = (1 << 63) - 1
 
 
-def _check_view(record: TensorRecord) -> None:
+def check_record_view(record: TensorRecord) -> None:
     """Refuse views torch cannot represent (negative or 64-bit-overflowing sizes, strides, offset or numel).
 
     Readers already check that views fit their storage; this guards the torch calls below so a record that slipped
@@ -152,7 +147,7 @@ def _refused(record: TensorRecord, what: str, layout: str, exc: Exception) -> Co
     )
 
 
-def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
+def build_tensor(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
     """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors.
 
     ``base``: byte offset of the file storage's first byte inside ``storage`` (a multiple of the element size).
@@ -162,7 +157,7 @@ def _build(record: TensorRecord, storage: torch.UntypedStorage | None, base: int
     if record.quantization is not None:  # quantized tensors: see _build_quantized at the end of this module
         return _build_quantized(record, storage, base)
     dtype = dtypes.to_torch(record.dtype)
-    _check_view(record)
+    check_record_view(record)
     try:
         if storage is None:
             return torch.empty_strided(record.shape, record.stride, dtype=dtype, device="meta")
@@ -263,7 +258,7 @@ def _build_quantized(record: TensorRecord, storage: torch.UntypedStorage | None,
     import torch
 
     quant = record.quantization or {}
-    _check_view(record)
+    check_record_view(record)
     why, fix = None, "tw.open(path) still lists its record, with its scale and zero point(s)."
     if record.dtype not in ("qint8", "quint8", "qint32"):
         why = f"is a {record.dtype} quantized tensor, which tw.load cannot build yet"

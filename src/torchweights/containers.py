@@ -24,7 +24,7 @@ from . import dtypes
 from .errors import CorruptCheckpointError, ResourceLimitError, UnsupportedCheckpointError
 from .limits import Limits
 from .records import StorageRef, TensorRecord
-from .unpickle import PickledQTensor, PickledSparse, PickledTensor, Stub, _short
+from .unpickle import PickledQTensor, PickledSparse, PickledTensor, Stub, bounded_repr
 
 __all__ = [
     "Flattened",
@@ -80,14 +80,14 @@ def short_repr(value: Any, limit: int = 200, depth: int = 6) -> str:
 
     def leaf(obj: Any) -> str:
         if isinstance(obj, (str, bytes, bytearray, int, float, complex, type(None), Stub)):
-            return _short(obj, limit)
+            return bounded_repr(obj, limit)
         if type(obj).__module__.startswith("numpy") and hasattr(obj, "shape") and hasattr(obj, "dtype"):
             if getattr(obj.dtype, "hasobject", True) or getattr(obj, "size", 0) > 64:
                 return f"<{type(obj).__name__} shape={tuple(obj.shape)} dtype={obj.dtype}>"
         try:
             return repr(obj)[: limit + 3]
         except Exception:  # a foreign object with a broken or refusing __repr__
-            return _short(obj, limit)
+            return bounded_repr(obj, limit)
 
     def pairs(items: Any, level: int, sep: str, quote_keys: bool) -> bool:
         for n, (key, val) in enumerate(items):
@@ -135,10 +135,10 @@ def _key(key: Any) -> str:
     if isinstance(key, str):
         return key
     if isinstance(key, (int, float, bool)) or key is None:
-        return str(key) if not isinstance(key, int) or key.bit_length() <= 256 else _short(key)
+        return str(key) if not isinstance(key, int) or key.bit_length() <= 256 else bounded_repr(key)
     if isinstance(key, tuple) and len(key) <= 16 and all(isinstance(k, (str, int, float, bool)) for k in key):
         return ".".join(_key(k) for k in key)
-    return _short(key)
+    return bounded_repr(key)
 
 
 def _module_children(obj: Stub) -> Iterator[tuple[str, Any]]:

@@ -37,12 +37,20 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import dtypes
-from ._engine import _Engine, _Group, _memory, _read_member, _Target, member_pieces
+from ._bytes import swap_unit
+from ._engine import Engine, Group, Target, member_pieces, memory_of, read_member
 from ._io import IOSettings, crc32, current_settings, io_settings, open_fd, read_exact
-from ._mapping import _Mapper, mapped_tensors
-from ._results import CrcMismatch, FillResult, _what, crc_error, not_whole_elements
+from ._mapping import Mapper, mapped_tensors
+from ._results import CrcMismatch, FillResult, crc_error, not_whole_elements, storage_label
 from ._stamps import check_unchanged
-from ._tensors import _build, _check_view, _swap_unit, apply_flags_in_place, build_sparse, device_resolver, needs_flags
+from ._tensors import (
+    apply_flags_in_place,
+    build_sparse,
+    build_tensor,
+    check_record_view,
+    device_resolver,
+    needs_flags,
+)
 from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from .records import StorageRef, TensorRecord
 from .text import quote
@@ -79,7 +87,8 @@ def _check_fits(record: TensorRecord, ref: StorageRef) -> None:
     if (last + 1) * record.itemsize > ref.nbytes:
         raise CorruptCheckpointError(
             f"tensor {quote(record.name)} (size {record.shape}, stride {record.stride}, offset "
-            f"{record.storage_offset}) reaches past the {ref.nbytes} bytes of its {_what(ref)}. The file is corrupt or "
+            f"{record.storage_offset}) reaches past the {ref.nbytes} bytes of its {storage_label(ref)}. "
+            "The file is corrupt or "
             "was crafted; re-download or re-save it.",
             code="bad-record",
             path=ref.file,
@@ -108,7 +117,7 @@ def fill(
         CheckpointReadError: the operating system failed a read.
     """
     settings = settings or current_settings()
-    groups: dict[tuple[str, str], _Group] = {}
+    groups: dict[tuple[str, str], Group] = {}
     cuda = False
     torch_work = False
     flagged: list[tuple[TensorRecord, torch.Tensor]] = []
@@ -126,13 +135,13 @@ def fill(
             continue
         if needs_flags(record):
             flagged.append((record, dst))
-        _check_view(record)
+        check_record_view(record)
         _check_fits(record, ref)
         if dst.numel() != record.numel:
             raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {record.numel}")
         group = groups.get((ref.file, ref.key))
         if group is None:
-            group = groups[(ref.file, ref.key)] = _Group(ref)
+            group = groups[(ref.file, ref.key)] = Group(ref)
         elif not torch_work:
             torch_work = True  # a storage feeding several tensors: copies between them
         group.pending.append((record, dst))
@@ -151,7 +160,7 @@ def fill(
             )
     ordered = sorted(groups.values(), key=lambda g: (g.ref.file, g.ref.offset))
     try:
-        result = _Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
+        result = Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
     finally:
         # The bytes were written through raw pointers, which autograd cannot see: bump each destination's version
         # counter as an in-place torch op would, so a graph that saved one of them raises at backward() instead
@@ -187,10 +196,10 @@ def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool
     out = bytearray(ref.nbytes)
     if ref.nbytes:
         view = torch.frombuffer(out, dtype=torch.uint8)
-        target = _Target(0, ref.nbytes, torch.uint8, 1, 1, ref.key, raw=view, mem=memoryview(out), ptr=view.data_ptr())
+        target = Target(0, ref.nbytes, torch.uint8, 1, 1, ref.key, raw=view, mem=memoryview(out), ptr=view.data_ptr())
         if ref.compression:
             target.mem = None
-        result = _Engine([_Group(ref, [target], [ref.key])], check_crc, current_settings()).run()
+        result = Engine([Group(ref, [target], [ref.key])], check_crc, current_settings()).run()
         if result.bad_crc:
             raise crc_error(result.bad_crc, "Nothing was loaded.")
     return out
@@ -230,13 +239,13 @@ def materialize(
             first.setdefault(key, r)
             names.setdefault(key, []).append(r.name)
     storages: dict[tuple[str, str], tuple[torch.UntypedStorage, int]] = {}
-    groups: list[_Group] = []
-    mapper = _Mapper() if mmap else None
+    groups: list[Group] = []
+    mapper = Mapper() if mmap else None
     resolve = device_resolver(map_location)
     for key, record in sorted(first.items(), key=lambda kv: (kv[0][0], kv[1].storage.offset if kv[1].storage else 0)):
         ref = record.storage
         assert ref is not None
-        unit = _swap_unit(record.dtype)
+        unit = swap_unit(record.dtype)
         device = resolve(ref.location)
         if mapper is not None:
             if torch.device(device).type != "cpu":
@@ -256,18 +265,18 @@ def materialize(
         swap = unit if ref.byteorder == "big" else 1
         if ref.byteorder == "big" and unit > 1 and ref.nbytes % unit:
             raise not_whole_elements(ref, unit)
-        target = _Target(0, ref.nbytes, torch.uint8, 1, swap, record.name)
+        target = Target(0, ref.nbytes, torch.uint8, 1, swap, record.name)
         if buf.device.type == "cpu" and not ref.compression:
             target.raw = buf
-            target.mem = _memory(buf)
+            target.mem = memory_of(buf)
             target.ptr = buf.data_ptr()
         else:
             target.flat = buf
-        groups.append(_Group(ref, [target], names[key]))
+        groups.append(Group(ref, [target], names[key]))
     settings = current_settings()
     cuda = any(t.flat is not None and t.flat.device.type == "cuda" for g in groups for t in g.targets)
     torch_work = not settings.direct or any(t.mem is None or t.swap > 1 for g in groups for t in g.targets)
-    result = _Engine(groups, check_crc, settings, cuda=cuda, torch_work=torch_work).run()
+    result = Engine(groups, check_crc, settings, cuda=cuda, torch_work=torch_work).run()
     bad = list(result.bad_crc)
     if mapper is not None and check_crc:
         bad += mapper.check((r.storage for r in first.values() if r.storage is not None), names)
@@ -277,10 +286,10 @@ def materialize(
     for record in reads:
         ref = record.storage
         if ref is None:
-            built[record.name] = _build(record, None)
+            built[record.name] = build_tensor(record, None)
         else:
             storage, base = storages[(ref.file, ref.key)]
-            built[record.name] = _build(record, storage, base)
+            built[record.name] = build_tensor(record, storage, base)
     return {r.name: build_sparse(r, built) if r.sparse else built[r.name] for r in records}
 
 
@@ -322,7 +331,7 @@ def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
     if not 0 <= start <= end <= ref.nbytes:
         raise ValueError(f"byte range [{start}, {end}) is outside storage {ref.key!r} of {ref.nbytes} bytes")
     if ref.compression:
-        return bytearray(_read_member(ref, end)[start:end])
+        return bytearray(read_member(ref, end)[start:end])
     out = bytearray(end - start)
     if out:
         fd = open_fd(ref.file)

@@ -74,6 +74,7 @@ __all__ = [
     "TorchValue",
     "StreamScan",
     "UnpickleResult",
+    "bounded_repr",
     "classify_global",
     "scan_stream",
     "unpickle",
@@ -293,7 +294,7 @@ def _bad(message: str, code: str = "bad-pickle") -> CorruptCheckpointError:
 _SHORT_REPR = (type(None), bool, int, float, complex, str, bytes, bytearray)
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def bounded_repr(value: Any, limit: int = 60) -> str:
     """A bounded description of a value for error messages.
 
     Never the full ``repr`` of a container: a hostile pickle can build structures whose repr is exponentially large
@@ -329,7 +330,7 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
 
 def _storage_of(value: Any) -> PickledStorage:
     if not isinstance(value, PickledStorage):
-        raise _bad(f"a tensor was rebuilt from {_short(value)}, which is not a storage saved in this file")
+        raise _bad(f"a tensor was rebuilt from {bounded_repr(value)}, which is not a storage saved in this file")
     return value
 
 
@@ -363,7 +364,7 @@ def _check_hooks(hooks: Any) -> None:
     """``backward_hooks``: torch saves an empty ``OrderedDict`` (hooks are never serialised); anything else is
     something the file wants run."""
     if hooks is not None and not (isinstance(hooks, dict) and not hooks):
-        raise _unsupported_flag(f"backward hooks {_short(hooks)}")
+        raise _unsupported_flag(f"backward hooks {bounded_repr(hooks)}")
 
 
 def _apply_metadata(tensor: PickledTensor, metadata: Any) -> PickledTensor:
@@ -371,10 +372,10 @@ def _apply_metadata(tensor: PickledTensor, metadata: Any) -> PickledTensor:
     if metadata is None or (isinstance(metadata, dict) and not metadata):
         return tensor
     if not isinstance(metadata, dict):
-        raise _unsupported_flag(f"tensor metadata {_short(metadata)} (not a dict)")
+        raise _unsupported_flag(f"tensor metadata {bounded_repr(metadata)} (not a dict)")
     for key, value in metadata.items():
         if key not in TENSOR_FLAGS or type(value) is not bool:
-            raise _unsupported_flag(f"the tensor metadata {_short(key)}: {_short(value)}")
+            raise _unsupported_flag(f"the tensor metadata {bounded_repr(key)}: {bounded_repr(value)}")
         if key == "conj" and value and dtypes.get(tensor.dtype).kind != "complex":
             raise _bad(f"a {tensor.dtype} tensor has the conjugate bit set, which only complex tensors have")
         setattr(tensor, key, value)
@@ -388,12 +389,12 @@ def _apply_state(tensor: Any, state: Any) -> Any:
         return tensor
     parts = state if isinstance(state, tuple) else (state,)
     if len(parts) not in (1, 2) or not all(p is None or isinstance(p, dict) for p in parts):
-        raise _unsupported_flag(f"a saved state {_short(state)} (not a dict or a (dict, slots) pair)")
+        raise _unsupported_flag(f"a saved state {bounded_repr(state)} (not a dict or a (dict, slots) pair)")
     attributes: dict[str, Any] = {}
     for part in parts:
         for key, value in (part or {}).items():
             if not isinstance(key, str) or not key.isidentifier():
-                raise _unsupported_flag(f"a saved attribute named {_short(key)}")
+                raise _unsupported_flag(f"a saved attribute named {bounded_repr(key)}")
             attributes[key] = value
     if attributes:
         tensor.attributes = {**(tensor.attributes or {}), **attributes}
@@ -402,7 +403,7 @@ def _apply_state(tensor: Any, state: Any) -> Any:
 
 def _no_extra(name: str, extra: tuple[Any, ...]) -> None:
     if extra:
-        raise _unsupported_flag(f"{len(extra)} argument(s) to {name} beyond those torch passes ({_short(extra)})")
+        raise _unsupported_flag(f"{len(extra)} argument(s) to {name} beyond those torch passes ({bounded_repr(extra)})")
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *extra: Any) -> PickledTensor:
@@ -438,7 +439,7 @@ def _rebuild_tensor_v3(
 ) -> PickledTensor:
     _no_extra("torch._utils._rebuild_tensor_v3", extra)
     if not (isinstance(dtype, TorchValue) and dtype.kind == "dtype"):
-        raise _bad(f"_rebuild_tensor_v3 needs a torch dtype, found {_short(dtype)}")
+        raise _bad(f"_rebuild_tensor_v3 needs a torch dtype, found {bounded_repr(dtype)}")
     st = _storage_of(storage)
     if st.offset:
         raise _bad("_rebuild_tensor_v3 cannot use a legacy storage view")
@@ -449,7 +450,7 @@ def _rebuild_tensor_v3(
 def _as_parameter(data: Any, requires_grad: Any = True, hooks: Any = None, *extra: Any) -> PickledTensor:
     _no_extra("torch._utils._rebuild_parameter", extra)
     if not isinstance(data, PickledTensor):
-        raise _bad(f"a Parameter was rebuilt from {_short(data)}, which is not a tensor")
+        raise _bad(f"a Parameter was rebuilt from {bounded_repr(data)}, which is not a tensor")
     _check_hooks(hooks)
     data.is_parameter = True
     data.requires_grad = bool(requires_grad)
@@ -464,7 +465,7 @@ def _as_parameter_with_state(data: Any, requires_grad: Any, hooks: Any, state: A
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None, *extra: Any) -> Any:
     _no_extra("torch._tensor._rebuild_from_type_v2", extra)
     if not isinstance(func, _Ctor) or not isinstance(args, tuple):
-        raise _bad(f"_rebuild_from_type_v2 with {_short(func)}: only known tensor reconstructors are called")
+        raise _bad(f"_rebuild_from_type_v2 with {bounded_repr(func)}: only known tensor reconstructors are called")
     result = func.call(*args)
     if isinstance(result, PickledTensor):
         type_name = new_type.name if isinstance(new_type, _Ctor) else getattr(new_type, "qualname", None)
@@ -479,7 +480,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None
 def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False, *extra: Any) -> PickledTensor:
     _no_extra("torch._utils._rebuild_meta_tensor_no_storage", extra)
     if not (isinstance(dtype, TorchValue) and dtype.kind == "dtype"):
-        raise _bad(f"a meta tensor needs a torch dtype, found {_short(dtype)}")
+        raise _bad(f"a meta tensor needs a torch dtype, found {bounded_repr(dtype)}")
     return PickledTensor(
         None, dtype.value, 0, _int_tuple(size, "size"), _int_tuple(stride, "stride"), bool(requires_grad)
     )
@@ -528,21 +529,21 @@ def _rebuild_sparse(layout: Any, data: Any, *extra: Any) -> Any:
     """``torch._utils._rebuild_sparse_tensor(layout, data)``: the components as tensors, checked when loaded."""
     _no_extra("torch._utils._rebuild_sparse_tensor", extra)
     if not (isinstance(layout, TorchValue) and layout.kind == "layout" and layout.value in _SPARSE_PARTS):
-        raise _unsupported_flag(f"a sparse layout {_short(layout)}")
+        raise _unsupported_flag(f"a sparse layout {bounded_repr(layout)}")
     parts = _SPARSE_PARTS[layout.value]
     coalesced: Any = None
     if not isinstance(data, tuple):
-        raise _bad(f"a {layout.value} tensor was saved with {_short(data)}, not a tuple of its parts")
+        raise _bad(f"a {layout.value} tensor was saved with {bounded_repr(data)}, not a tuple of its parts")
     if layout.value == "sparse_coo" and len(data) == 4:
         *data, coalesced = data
         if type(coalesced) is not bool:
-            raise _bad(f"a sparse_coo tensor has is_coalesced {_short(coalesced)}, not a bool")
+            raise _bad(f"a sparse_coo tensor has is_coalesced {bounded_repr(coalesced)}, not a bool")
     if len(data) != len(parts) + 1:
         raise _bad(f"a {layout.value} tensor was saved with {len(data)} parts, expected {len(parts) + 1}")
     components = dict(zip(parts, data[:-1]))
     for name, part in components.items():
         if type(part) is not PickledTensor or part.storage is None:
-            raise _bad(f"the {name.replace('_', ' ')} of a {layout.value} tensor is {_short(part)}, not a tensor")
+            raise _bad(f"the {name.replace('_', ' ')} of a {layout.value} tensor is {bounded_repr(part)}, not a tensor")
     values = components["values"]
     return PickledSparse(
         None,
@@ -594,12 +595,12 @@ def _primitive(value: Any, depth: int = 0) -> bool:
 
 def _arguments(args: tuple[Any, ...]) -> str:
     """``"2 arguments: 'touch x', 1"``: what a call receives, bounded."""
-    shown = ", ".join(_short(a, 160) for a in args[:4]) + (", ..." if len(args) > 4 else "")
+    shown = ", ".join(bounded_repr(a, 160) for a in args[:4]) + (", ..." if len(args) > 4 else "")
     return f"{plural(len(args), 'argument')}: {shown}" if args else "no arguments"
 
 
 def _args_text(name: str, args: tuple[Any, ...]) -> str:
-    return f"{name}({', '.join(_short(a, 40) for a in args[:4])}{', ...' if len(args) > 4 else ''})"
+    return f"{name}({', '.join(bounded_repr(a, 40) for a in args[:4])}{', ...' if len(args) > 4 else ''})"
 
 
 def _pure(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -611,7 +612,7 @@ def _pure(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (TypeError, ValueError, OverflowError, ArithmeticError) as exc:
-            raise _bad(f"{_args_text(name, args)} is invalid: {_short(str(exc), 200)}") from None
+            raise _bad(f"{_args_text(name, args)} is invalid: {bounded_repr(str(exc), 200)}") from None
 
     return call
 
@@ -630,7 +631,7 @@ def _bounded_number(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
             too_long = isinstance(value, str) and len(value) > _MAX_NUMBER_TEXT
             too_big = type(value) is int and value.bit_length() > _MAX_NUMBER_BITS
             if too_long or too_big:
-                raise _bad(f"{name} of a number {_short(value)} larger than pickle ever writes for one")
+                raise _bad(f"{name} of a number {bounded_repr(value)} larger than pickle ever writes for one")
         return pure(*args, **kwargs)
 
     return call
@@ -651,7 +652,7 @@ def _collection(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (TypeError, ValueError) as exc:
-            raise _bad(f"{_args_text(name, args)} is invalid: {_short(str(exc), 200)}") from None
+            raise _bad(f"{_args_text(name, args)} is invalid: {bounded_repr(str(exc), 200)}") from None
 
     return call
 
@@ -682,7 +683,7 @@ def _timezone(*args: Any) -> Any:
 
 def _codecs_encode(text: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise _bad(f"_codecs.encode({_short(text)}, {_short(encoding)}) is not a plain bytes literal")
+        raise _bad(f"_codecs.encode({bounded_repr(text)}, {bounded_repr(encoding)}) is not a plain bytes literal")
     try:
         return codecs.encode(text, encoding)
     except UnicodeError as exc:
@@ -758,7 +759,7 @@ _NP_ALIGNED_STRUCT = 0x80  # numpy's NPY_ALIGNED_STRUCT dtype flag
 def _np_fail(what: str, exc: BaseException) -> CorruptCheckpointError:
     """The error for numpy refusing ``what``; one of ours raised while checking it passes through unchanged."""
     pass_through(exc)
-    return _bad(f"{what} is invalid: {_short(str(exc), 200)}")
+    return _bad(f"{what} is invalid: {bounded_repr(str(exc), 200)}")
 
 
 def _np_datetime_unit(metadata: Any) -> str | None:
@@ -773,7 +774,7 @@ def _np_datetime_unit(metadata: Any) -> str | None:
     if isinstance(unit, (bytes, bytearray)):
         unit = bytes(unit).decode("ascii", "replace")
     if not isinstance(unit, str) or not unit.isalpha() or len(unit) > 8 or type(num) is not int or num < 1:
-        raise _bad(f"numpy datetime unit {_short(metadata)} is invalid")
+        raise _bad(f"numpy datetime unit {bounded_repr(metadata)} is invalid")
     return None if unit == "generic" else f"[{num}{unit}]"
 
 
@@ -790,10 +791,10 @@ def _np_struct(np: Any, names: Any, fields: Any, elsize: Any, flags: Any) -> Any
             and isinstance(field_info[0], np.dtype)
             and type(field_info[1]) is int
         ):
-            raise _bad(f"numpy structured dtype field {_short(name)} is malformed")
+            raise _bad(f"numpy structured dtype field {bounded_repr(name)} is malformed")
         title = field_info[2] if len(field_info) == 3 else None
         if title is not None and not isinstance(title, str):
-            raise _bad(f"numpy structured dtype field {_short(name)} has a title that is not a string")
+            raise _bad(f"numpy structured dtype field {bounded_repr(name)} has a title that is not a string")
         spec["names"].append(name)
         spec["formats"].append(field_info[0])
         spec["offsets"].append(field_info[1])
@@ -806,7 +807,7 @@ def _np_dtype(spec: Any, align: Any = False, copy: Any = False, *_: Any) -> Any:
     if isinstance(spec, Global) and spec.name == "record" and spec.module.startswith("numpy"):
         spec = "V"  # np.rec arrays: a structured dtype of numpy.record scalars, read as a plain structured dtype
     if not isinstance(spec, str) or not (0 < len(spec) <= 16) or not spec.isalnum():
-        raise _bad(f"numpy dtype spec {_short(spec)} is not a plain type code")
+        raise _bad(f"numpy dtype spec {bounded_repr(spec)} is not a plain type code")
 
     def finish(state: Any) -> Any:
         # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata]).
@@ -946,7 +947,7 @@ def _getattr(obj: Any, name: Any, *default: Any) -> Any:
     other global, so ``getattr(<global torch.os>, 'system')`` is refused as ``torch.os.system``.
     """
     if not isinstance(name, str) or not name:
-        raise _bad(f"getattr with attribute name {_short(name)}")
+        raise _bad(f"getattr with attribute name {bounded_repr(name)}")
     if isinstance(obj, Global):
         return Global(obj.module, f"{obj.name}.{name}")
     if isinstance(obj, (_Ctor, Stub)):
@@ -1047,7 +1048,7 @@ def _torch_constants() -> dict[str, Any]:
 
 def _torch_device(*args: Any) -> TorchValue:
     if not args or not isinstance(args[0], str) or len(args) > 2:
-        raise _bad(f"torch.device({', '.join(_short(a) for a in args[:3])}) is not a device")
+        raise _bad(f"torch.device({', '.join(bounded_repr(a) for a in args[:3])}) is not a device")
     text = args[0] if len(args) == 1 or args[1] is None else f"{args[0]}:{_int(args[1], 'device index')}"
     return TorchValue("device", text)
 
@@ -1058,7 +1059,7 @@ def _torch_size(*args: Any) -> tuple[int, ...]:
 
 def _get_layout(name: Any) -> TorchValue:
     if not isinstance(name, str) or not name.startswith("torch."):
-        raise _bad(f"unknown layout {_short(name)}")
+        raise _bad(f"unknown layout {bounded_repr(name)}")
     return TorchValue("layout", name.removeprefix("torch."))
 
 
@@ -1095,7 +1096,7 @@ def _ts_list(kinds: tuple[type, ...], what: str) -> Callable[..., list[Any]]:
 
     def build(data: Any = None, *_: Any) -> list[Any]:
         if not isinstance(data, (list, tuple)):
-            raise _bad(f"torch.jit._pickle.build_{what}list got {_short(data)}, not a list")
+            raise _bad(f"torch.jit._pickle.build_{what}list got {bounded_repr(data)}, not a list")
         if kinds and not all(type(v) in kinds for v in data):
             raise _bad(f"torch.jit._pickle.build_{what}list got a list holding something else than {what}s")
         return list(data)
@@ -1106,14 +1107,14 @@ def _ts_list(kinds: tuple[type, ...], what: str) -> Callable[..., list[Any]]:
 def _ts_restore_type_tag(value: Any = None, type_str: Any = None, *_: Any) -> Any:
     """``torch.jit._pickle.restore_type_tag(value, "List[int]")``: the tag only matters to TorchScript's types."""
     if not isinstance(type_str, str):
-        raise _bad(f"torch.jit._pickle.restore_type_tag with type {_short(type_str)}, not a type name")
+        raise _bad(f"torch.jit._pickle.restore_type_tag with type {bounded_repr(type_str)}, not a type name")
     return value
 
 
 def _ts_tensor_id(index: Any = None, *_: Any) -> Stub:
     """``torch.jit._pickle.build_tensor_from_id(i)``: entry ``i`` of model.json's tensor table, as an inert stub."""
     if type(index) is not int or index < 0:
-        raise _bad(f"torch.jit._pickle.build_tensor_from_id got {_short(index)}, not a tensor table index")
+        raise _bad(f"torch.jit._pickle.build_tensor_from_id got {bounded_repr(index)}, not a tensor table index")
     return Stub("torch.jit._pickle.build_tensor_from_id", (index,))
 
 
@@ -1123,7 +1124,7 @@ def _qparam_values(value: Any, what: str) -> Any:
         return value
     if isinstance(value, (list, tuple)) and all(type(v) in (int, float) for v in value):
         return tuple(value)
-    raise _bad(f"a quantized tensor has per-channel {what} {_short(value)}, not a tensor or a list of numbers")
+    raise _bad(f"a quantized tensor has per-channel {what} {bounded_repr(value)}, not a tensor or a list of numbers")
 
 
 def _rebuild_qtensor(
@@ -1143,7 +1144,7 @@ def _rebuild_qtensor(
     if dtypes.get(st.dtype).kind != "quantized":
         raise _bad(f"a quantized tensor was rebuilt from a {st.dtype} storage, not a quantized one")
     if not isinstance(qparams, tuple) or not qparams:
-        raise _bad(f"a quantized tensor has quantizer parameters {_short(qparams)}, not a tuple")
+        raise _bad(f"a quantized tensor has quantizer parameters {bounded_repr(qparams)}, not a tuple")
     head = qparams[0]
     saved = isinstance(head, TorchValue) and head.kind == "qscheme" and head.value in _SAVED_QSCHEMES
     scheme = head.value if saved else None
@@ -1154,12 +1155,15 @@ def _rebuild_qtensor(
         return Stub("torch._utils._rebuild_qtensor", (storage, offset, size, stride, qparams, requires_grad))
     if scheme == "per_tensor_affine":
         if len(qparams) != 3 or type(qparams[1]) not in (int, float) or type(qparams[2]) is not int:
-            raise _bad(f"a per-tensor quantized tensor needs (qscheme, scale, zero_point), found {_short(qparams)}")
+            raise _bad(
+                f"a per-tensor quantized tensor needs (qscheme, scale, zero_point), found {bounded_repr(qparams)}"
+            )
         quant = {"qscheme": scheme, "scale": float(qparams[1]), "zero_point": qparams[2]}
     else:
         if len(qparams) != 4:
             raise _bad(
-                f"a per-channel quantized tensor needs (qscheme, scales, zero_points, axis), found {_short(qparams)}"
+                "a per-channel quantized tensor needs (qscheme, scales, zero_points, axis), "
+                f"found {bounded_repr(qparams)}"
             )
         quant = {
             "qscheme": scheme,
@@ -1541,12 +1545,12 @@ def _instantiate(cls: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, new
         except TorchWeightsError:
             raise
         except _CALL_ERRORS as exc:
-            raise _bad(f"{cls.name} called with unexpected arguments: {_short(str(exc), 200)}") from None
+            raise _bad(f"{cls.name} called with unexpected arguments: {bounded_repr(str(exc), 200)}") from None
     if isinstance(cls, _Allowed):
         return cls.make(args, kwargs, new=new)
     if isinstance(cls, (Global, Stub)):
         return Stub(_callable_name(cls), args, kwargs)
-    raise _bad(f"the pickle calls {_short(cls)}, which is not callable")
+    raise _bad(f"the pickle calls {bounded_repr(cls)}, which is not callable")
 
 
 class _Allowed:
@@ -1565,7 +1569,8 @@ class _Allowed:
 
     def _fail(self, exc: Exception) -> CorruptCheckpointError:
         return _bad(
-            f"allowed global '{self.name}' failed on this file's data: {type(exc).__name__}: {_short(str(exc), 200)}"
+            f"allowed global '{self.name}' failed on this file's data: {type(exc).__name__}: "
+            f"{bounded_repr(str(exc), 200)}"
         )
 
     def make(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, new: bool) -> Any:
@@ -1604,8 +1609,8 @@ def _import_allowed(module: str, name: str, created: dict[int, Any]) -> _Allowed
 
         raise UnsupportedCheckpointError(
             f"'{module}.{name}' was allowed but cannot be imported here: {type(exc).__name__}: "
-            f"{_short(str(exc), 200)}. Install the package that defines it, or leave it out of allow_globals to load "
-            "it as an inert stub.",
+            f"{bounded_repr(str(exc), 200)}. Install the package that defines it, or leave it out of allow_globals "
+            "to load it as an inert stub.",
             code="allowed-global-missing",
         ) from None
     return _Allowed(f"{module}.{name}", obj, created)
@@ -1629,7 +1634,7 @@ def _build(obj: Any, state: Any, created: dict[int, Any]) -> Any:
             raise
         except Exception as exc:  # the user's own __setstate__
             raise _bad(
-                f"restoring the state of an allowed {type(obj).__qualname__} failed: {_short(str(exc), 200)}"
+                f"restoring the state of an allowed {type(obj).__qualname__} failed: {bounded_repr(str(exc), 200)}"
             ) from None
         return obj
     if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)):
@@ -1637,7 +1642,7 @@ def _build(obj: Any, state: Any, created: dict[int, Any]) -> Any:
         if isinstance(attrs, dict):
             for key, value in attrs.items():
                 if not isinstance(key, str):
-                    raise _bad(f"{type(obj).__name__} attribute named by {_short(key)}, not a string")
+                    raise _bad(f"{type(obj).__name__} attribute named by {bounded_repr(key)}, not a string")
                 vars(obj)[key] = value  # into the instance dict: no descriptor (__class__, __dict__) is invoked
         return obj
     if isinstance(obj, (dict, list, set, collections.deque, PickledTensor)) and not state:
@@ -1654,7 +1659,7 @@ def _build(obj: Any, state: Any, created: dict[int, Any]) -> Any:
             ):
                 setattr(obj, key, value)
         return obj
-    raise _bad(f"BUILD on {_short(obj)}: this object has no state to set")
+    raise _bad(f"BUILD on {bounded_repr(obj)}: this object has no state to set")
 
 
 def _real_build(inst: Any, state: Any) -> None:
@@ -2123,7 +2128,7 @@ class _Machine:
                     _check_key(items[i])
                     dest[items[i]] = items[i + 1]
             except TypeError as exc:
-                raise _bad(f"bad dict key in pickle: {_short(str(exc), 200)}") from None
+                raise _bad(f"bad dict key in pickle: {bounded_repr(str(exc), 200)}") from None
 
         def extend(target: Any, items: list[Any]) -> None:
             if isinstance(target, Stub):
@@ -2439,7 +2444,7 @@ def _execute(
     except (*_CALL_ERRORS, struct.error) as exc:
         # Every opcode validates its operands; this is the backstop that keeps a malformed stream a
         # CorruptCheckpointError whatever slipped through.
-        failure = _bad(f"malformed pickle stream{context}: {type(exc).__name__}: {_short(str(exc), 200)}")
+        failure = _bad(f"malformed pickle stream{context}: {type(exc).__name__}: {bounded_repr(str(exc), 200)}")
     finally:
         _STREAM.reset(token)
     return machine, result, failure

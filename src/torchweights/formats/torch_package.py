@@ -31,7 +31,7 @@ from ..text import quote
 from ..unpickle import PickledStorage, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
-from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_text_members
+from .torch_zip import Archive, ZipStorages, check_byteorder, open_archive, read_text_members
 from .torchscript import ScriptModule, read_script_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,7 +75,7 @@ class _EmbeddedScripts:
     inert stub, named like its ``state_dict()`` inside the resource.
     """
 
-    def __init__(self, archive: Archive, root: str, storages: _Storages, options: ReadOptions) -> None:
+    def __init__(self, archive: Archive, root: str, storages: ZipStorages, options: ReadOptions) -> None:
         self.archive = archive
         self.root = root
         self.storages = storages
@@ -133,7 +133,7 @@ class _PackageStorages:
     between resources stay shared); ``('reduce_package', ...)`` of a TorchScript module is read as data
     (:class:`_EmbeddedScripts`); other ``reduce_package`` objects are kept as inert stubs, never rebuilt."""
 
-    def __init__(self, storages: _Storages, scripts: _EmbeddedScripts, path: str) -> None:
+    def __init__(self, storages: ZipStorages, scripts: _EmbeddedScripts, path: str) -> None:
         self.storages = storages
         self.scripts = scripts
         self.path = path
@@ -207,7 +207,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         text_records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(text_records, path)
         extern = _extern_modules(archive, root)
-        storages = _Storages(archive, root + ".", byteorder)
+        storages = ZipStorages(archive, root + ".", byteorder)
         scripts = _EmbeddedScripts(archive, root, storages, options)
         loader = _PackageStorages(storages, scripts, path)
         for info in archive.members():

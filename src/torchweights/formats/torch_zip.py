@@ -26,7 +26,7 @@ from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_membe
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["Archive", "check_byteorder", "check_version", "open_archive", "read", "read_text_members"]
+__all__ = ["Archive", "ZipStorages", "check_byteorder", "check_version", "open_archive", "read", "read_text_members"]
 
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 _RECORD_MAX_BYTES = 4096
@@ -108,7 +108,7 @@ class Archive:
         return data
 
 
-class _Storages:
+class ZipStorages:
     """persistent_load for torch zip files: ``('storage', type, key, location, numel)`` -> PickledStorage.
 
     The bytes of storage ``key`` are member ``<root><folder>/<key>`` (``data`` for ``torch.save``; TorchScript keeps
@@ -327,7 +327,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
             )
         data = archive.read(pkl)
         where = f"'{path}' member '{pkl.name}'"
-        storages = _Storages(archive, root, byteorder)
+        storages = ZipStorages(archive, root, byteorder)
         result = run_pickle(data, options, where, persistent_load=storages)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
     ckpt = assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)

@@ -43,7 +43,8 @@ from ..text import plural, quote, quote_list
 from ..unpickle import PickledTensor, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
-from .torch_zip import Archive, _Storages, check_byteorder, open_archive, read_text_members
+from .torch_zip import Archive, ZipStorages, check_byteorder, open_archive, read_text_members
+from .torchscript_legacy import missing_member, read_model_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -503,17 +504,6 @@ def read_script_module(
     )
 
 
-def missing_member(path: str, member: str, why: str) -> CorruptCheckpointError:
-    """The error for a TorchScript archive without ``member``, which ``why`` (a clause: "holds the module")."""
-    return CorruptCheckpointError(
-        f"{quote(path)} is a TorchScript archive without its {quote(member)} member, which {why}; torch.jit.load "
-        "refuses it too. The archive is incomplete or was modified: re-download it or re-save it with "
-        "torch.jit.save.",
-        code="missing-member",
-        path=path,
-    )
-
-
 def _require(archive: Archive, root: str, name: str, why: str) -> ZipMember:
     info = archive.get(root + name)
     if info is None:
@@ -535,8 +525,6 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         byteorder = check_byteorder(records, path)
         _check_version(archive, root)
         if layout == "model.json":
-            from .torchscript_legacy import read_model_json
-
             return read_model_json(archive, root, records, options)
         data = _require(archive, root, "data.pkl", "holds the module")
         constants = _require(archive, root, "constants.pkl", "every release since torch 1.3 wrote and reads")
@@ -545,8 +533,8 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
             data,
             constants,
             f"{root}code/",
-            data_storages := _Storages(archive, root, byteorder),
-            constant_storages := _Storages(archive, root, byteorder, folder="constants"),
+            data_storages := ZipStorages(archive, root, byteorder),
+            constant_storages := ZipStorages(archive, root, byteorder, folder="constants"),
             options,
         )
         code_files = _listing(archive, f"{root}code/")

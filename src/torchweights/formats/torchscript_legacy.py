@@ -33,7 +33,7 @@ from .torch_zip import Archive
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["read_model_json"]
+__all__ = ["missing_member", "read_model_json"]
 
 #: caffe2.TensorProto.DataType (name and number) -> dtype, as DataTypeToTypeMeta maps them
 _DATA_TYPES: dict[Any, str] = {}
@@ -230,6 +230,17 @@ class _Reader:
         return self.attributes[i]
 
 
+def missing_member(path: str, member: str, why: str) -> CorruptCheckpointError:
+    """The error for a TorchScript archive without ``member``, which ``why`` (a clause: "holds the module")."""
+    return CorruptCheckpointError(
+        f"{quote(path)} is a TorchScript archive without its {quote(member)} member, which {why}; torch.jit.load "
+        "refuses it too. The archive is incomplete or was modified: re-download it or re-save it with "
+        "torch.jit.save.",
+        code="missing-member",
+        path=path,
+    )
+
+
 def _list(value: Any, reader: _Reader, what: str) -> list[Any]:
     if value is None:
         return []
@@ -276,8 +287,6 @@ def read_model_json(archive: Archive, root: str, records: dict[str, str], option
     if version >= 2:
         attributes = archive.get(root + "attributes.pkl")
         if attributes is None:
-            from .torchscript import missing_member
-
             raise missing_member(path, root + "attributes.pkl", f"model.json of proto version {version} needs")
         where = f"{quote(path)} member {quote(attributes.name)}"
         result = run_pickle(archive.read(attributes), options, where)
