@@ -208,6 +208,9 @@ class DiffReport:
             "tensors": [t.to_dict() for t in self.tensors],
         }
 
+    def __repr__(self) -> str:
+        return f"<DiffReport {quote(self.a)} vs {quote(self.b)}: {self.summary}>"
+
     def __str__(self) -> str:
         lines = [
             f"A {quote(self.a)}  ({_container(self.container_a)}; {self.prefix})",

@@ -54,7 +54,7 @@ from .formats.legacy import MAGIC_NUMBER
 from .limits import DEFAULT_LIMITS, Limits
 from .records import Checkpoint, StorageRef
 from .storage import read_byte_range
-from .text import plural, printable
+from .text import plural, printable, quote
 from .tscode import analyse as analyse_torchscript
 from .tscode import is_code_member
 from .unpickle import FIRST_OPCODES, Global, PickledStorage, Reference, StorageType, StreamScan, Stub, scan_stream
@@ -229,6 +229,27 @@ class ScanReport:
             "streams": [s.to_dict() for s in self.streams],
             "seconds": round(self.seconds, 4),
         }
+
+    @property
+    def summary(self) -> str:
+        """One line: the verdict and the findings per severity, e.g. ``dangerous: 2 findings (1 dangerous, 1
+        warning)`` or ``clean: no findings``."""
+        if not self.findings:
+            return f"{self.verdict}: no findings"
+        counts: dict[str, int] = {}
+        for finding in self.findings:  # worst first, so the counts come in order of severity
+            counts[finding.severity] = counts.get(finding.severity, 0) + 1
+        shown = ", ".join(f"{n} {severity}" for severity, n in counts.items())
+        return f"{self.verdict}: {plural(len(self.findings), 'finding')} ({shown})"
+
+    def __str__(self) -> str:
+        from .cli.scan import render_text  # the CLI's renderer: one text report, never two
+
+        return render_text(self)
+
+    def __repr__(self) -> str:
+        where = f" ({self.format})" if self.format else ""
+        return f"<ScanReport {quote(self.path)}{where}: {self.summary}>"
 
 
 def scan(
