@@ -158,7 +158,7 @@ class LoadReport:
 
     def error_code(self) -> str:
         """The most specific error code for this report's problems."""
-        kinds = {a.kind for a in self.problems}
+        kinds: set[str] = {a.kind for a in self.problems}
         meta = set(self.left_on_meta)
         if any(a.target in meta for a in self.problems if a.kind == "skip"):
             kinds.add("meta")
