@@ -437,3 +437,44 @@ def test_rename_comes_before_skips_and_the_rest_is_still_advised() -> None:
     summary = problem_summary(report)
     call = summary.rsplit("tw.load_into(..., ", 1)[1]
     assert call.startswith('rename={"^fc\\\\.": "head."}, strict="model"'), summary
+
+
+# ------------------------------------------------------------------------------ one shape: summary, repr, keys
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_summary_is_the_one_line_headline_and_repr_stays_short(name: str) -> None:
+    report = SCENARIOS[name]()
+    assert isinstance(report.summary, str) and "\n" not in report.summary
+    assert report.summary == report.headline() == report.to_dict()["result"]
+    text = repr(report)
+    assert text == f"<LoadReport '{report.plan.source}' into {report.plan.model}: {report.summary}>"
+    assert len(text) < 300 and "Plan(" not in text  # the dataclass repr dumped the whole plan (kilobytes)
+
+
+def test_missing_and_unexpected_keys_name_what_torch_would() -> None:
+    report = everything_wrong()  # 1000-class head (mismatch), no layer-scale gammas (missing), fc_norm (unexpected)
+    missing = {f"blocks.{i}.ls1.gamma" for i in range(12)} | {"head.weight", "head.bias"}
+    assert set(report.missing_keys) == missing and len(report.missing_keys) == len(missing)
+    assert report.unexpected_keys == ("fc_norm.weight",)
+    assert isinstance(report.missing_keys, tuple) and isinstance(report.unexpected_keys, tuple)
+
+
+def test_unexpected_keys_are_named_inside_the_container_and_skip_the_rest_of_the_file() -> None:
+    report = ignored_optimizer()  # weights under 'model', optimizer state beside it
+    assert report.missing_keys == () and report.unexpected_keys == ()
+    report = report_for(keys([*vit(), ("aux.weight", (4,), "float32")], "state_dict", "module."), vit(), strict=False)
+    assert report.unexpected_keys == ("module.aux.weight",) and report.missing_keys == ()
+
+
+def test_skipped_and_defaulted_keys() -> None:
+    assert skips().missing_keys == ("head.weight", "head.bias")
+    assert tied().missing_keys == ()  # tied to a loaded key; num_batches_tracked kept at its default as torch does
+
+
+def test_problem_text_is_the_load_error_message() -> None:
+    report = head_mismatch()
+    with pytest.raises(LoadError) as info:
+        report.raise_if_problems()
+    assert info.value.message == report.problem_text() == problem_summary(report)
+    assert info.value.report is report

@@ -147,11 +147,21 @@ class ConvertReport:
             "seconds": round(self.seconds, 3),
         }
 
-    def __str__(self) -> str:
+    @property
+    def summary(self) -> str:
+        """One line: ``safetensors: 12 tensors, 4.2 MB, verified bit for bit, 0.31 s``."""
         verified = "verified bit for bit" if self.verified else "not verified"
+        return (
+            f"{self.to}: {plural(self.tensors, 'tensor')}, {format_bytes(self.nbytes)}, {verified}, "
+            f"{self.seconds:.2f} s"
+        )
+
+    def __repr__(self) -> str:
+        return f"<ConvertReport {quote(self.source)} ({self.source_format}): {self.summary}>"
+
+    def __str__(self) -> str:
         lines = [
-            f"{quote(self.source)} ({self.source_format}) -> {self.to}: {plural(self.tensors, 'tensor')}, "
-            f"{format_bytes(self.nbytes)}, {verified}, {self.seconds:.2f} s",
+            f"{quote(self.source)} ({self.source_format}) -> {self.summary}",
             f"  container: {self.container_reason}",
         ]
         lines.extend(f"  wrote {quote(path)}" for path in self.files)

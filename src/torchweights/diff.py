@@ -31,13 +31,26 @@ from .plan import reconcile
 from .records import Checkpoint, TensorRecord
 from .rules import Rules
 from .spec import ModelSpec
-from .text import format_shape, plural, quote, table
+from .text import StrEnum, format_shape, plural, quote, table
 
-__all__ = ["DiffReport", "TensorDiff", "diff"]
+__all__ = ["DiffReport", "Status", "TensorDiff", "diff"]
+
 
 #: Statuses of one tensor, in the order reports list them.
-STATUSES = ("only-a", "only-b", "shape", "dtype", "different", "close", "identical")
-_LAYOUT = frozenset({"only-a", "only-b", "shape", "dtype"})
+class Status(StrEnum):
+    """How one tensor differs (:attr:`TensorDiff.status`); members are strings (``Status.CLOSE == "close"``)."""
+
+    ONLY_A = "only-a"
+    ONLY_B = "only-b"
+    SHAPE = "shape"
+    DTYPE = "dtype"
+    DIFFERENT = "different"
+    CLOSE = "close"
+    IDENTICAL = "identical"
+
+
+STATUSES: tuple[Status, ...] = tuple(Status)
+_LAYOUT = frozenset({Status.ONLY_A, Status.ONLY_B, Status.SHAPE, Status.DTYPE})
 #: Most rows the text report lists; the rest are counted.
 TEXT_ROW_LIMIT = 60
 
@@ -49,7 +62,8 @@ class TensorDiff:
     Attributes:
         name: the key compared (B's key for common tensors and B-only ones, A's key for A-only ones).
         status: ``identical`` (same bits), ``close`` (bits differ, values within tolerance), ``different``,
-            ``shape`` or ``dtype`` (layout changed), ``only-a`` / ``only-b``.
+            ``shape`` or ``dtype`` (layout changed), ``only-a`` / ``only-b``
+            (a :class:`Status`: a string).
         a / b: record names in each checkpoint (None on the side that lacks it).
         shape_a / shape_b, dtype_a / dtype_b: each side's layout.
         max_abs: largest ``|a - b|`` (None when not computed: identical, layout change, no torch).
@@ -59,7 +73,7 @@ class TensorDiff:
     """
 
     name: str
-    status: str
+    status: Status
     a: str | None = None
     b: str | None = None
     shape_a: tuple[int, ...] | None = None
@@ -70,6 +84,9 @@ class TensorDiff:
     max_rel: float | None = None
     changed: int | None = None
     numel: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))  # a plain string names the same status
 
     @property
     def fraction_changed(self) -> float | None:
@@ -208,6 +225,9 @@ class DiffReport:
             "tensors": [t.to_dict() for t in self.tensors],
         }
 
+    def __repr__(self) -> str:
+        return f"<DiffReport {quote(self.a)} vs {quote(self.b)}: {self.summary}>"
+
     def __str__(self) -> str:
         lines = [
             f"A {quote(self.a)}  ({_container(self.container_a)}; {self.prefix})",
@@ -330,10 +350,12 @@ def diff(
             report.ignored_a += 1
         elif action.kind == "unexpected" and action.source is not None:
             ra = ca.records[action.source]
-            only_a.append(TensorDiff(action.key or ra.name, "only-a", a=ra.name, shape_a=ra.shape, dtype_a=ra.dtype))
+            only_a.append(
+                TensorDiff(action.key or ra.name, Status.ONLY_A, a=ra.name, shape_a=ra.shape, dtype_a=ra.dtype)
+            )
         elif action.kind in ("missing", "default") and action.target is not None:
             rb = weights_b.tensors[action.target]
-            only_b.append(TensorDiff(action.target, "only-b", b=rb.name, shape_b=rb.shape, dtype_b=rb.dtype))
+            only_b.append(TensorDiff(action.target, Status.ONLY_B, b=rb.name, shape_b=rb.shape, dtype_b=rb.dtype))
         elif action.kind in ("load", "mismatch") and action.source is not None and action.target is not None:
             common.append(_compare(ca.records[action.source], weights_b.tensors[action.target], action.target, report))
     report.tensors = [*common, *only_a, *only_b]
@@ -351,12 +373,12 @@ def _compare(ra: TensorRecord, rb: TensorRecord, name: str, report: DiffReport) 
         "numel": rb.numel,
     }
     if ra.shape != rb.shape:
-        return TensorDiff(name, "shape", **layout)
+        return TensorDiff(name, Status.SHAPE, **layout)
     if ra.storage is None or rb.storage is None:
         if ra.storage is None and rb.storage is None:
-            return TensorDiff(name, "identical" if ra.dtype == rb.dtype else "dtype", **layout)
+            return TensorDiff(name, Status.IDENTICAL if ra.dtype == rb.dtype else Status.DTYPE, **layout)
         report.notes.append(f"{quote(name)} has no data (meta device) in {'A' if ra.storage is None else 'B'}")
-        return TensorDiff(name, "different" if ra.dtype == rb.dtype else "dtype", **layout)
+        return TensorDiff(name, Status.DIFFERENT if ra.dtype == rb.dtype else Status.DTYPE, **layout)
     stats = _Stats(report.rtol, report.atol)
     same_dtype = ra.dtype == rb.dtype
     for block_a, block_b in zip(_blocks(ra), _blocks(rb)):
@@ -364,10 +386,12 @@ def _compare(ra: TensorRecord, rb: TensorRecord, name: str, report: DiffReport) 
             continue
         stats.add(block_a, ra.dtype, block_b, rb.dtype, same_dtype)
     if not same_dtype:
-        return TensorDiff(name, "dtype", max_abs=stats.max_abs, max_rel=stats.max_rel, changed=stats.changed, **layout)
+        return TensorDiff(
+            name, Status.DTYPE, max_abs=stats.max_abs, max_rel=stats.max_rel, changed=stats.changed, **layout
+        )
     if not stats.seen:
-        return TensorDiff(name, "identical", changed=0, **layout)
-    status = "close" if stats.close else "different"
+        return TensorDiff(name, Status.IDENTICAL, changed=0, **layout)
+    status = Status.CLOSE if stats.close else Status.DIFFERENT
     return TensorDiff(name, status, max_abs=stats.max_abs, max_rel=stats.max_rel, changed=stats.changed, **layout)
 
 

@@ -44,10 +44,11 @@ from .rules import (
     matches_any,
 )
 from .spec import EXTRA_STATE, ModelEntry, ModelSpec
-from .text import format_shape, plural, quote, shorten_list
+from .text import StrEnum, format_shape, plural, quote, shorten_list
 
 __all__ = [
     "Action",
+    "ActionKind",
     "ContainerChoice",
     "ModuleInit",
     "Plan",
@@ -59,8 +60,23 @@ __all__ = [
     "renames_module",
 ]
 
+
+class ActionKind(StrEnum):
+    """What happens to one key (:attr:`Action.kind`); members are strings (``ActionKind.LOAD == "load"``)."""
+
+    MISMATCH = "mismatch"
+    MISSING = "missing"
+    UNEXPECTED = "unexpected"
+    SKIP = "skip"
+    DEFAULT = "default"
+    TIED = "tied"
+    LOAD = "load"
+    EXTRA = "extra"
+    IGNORED = "ignored"
+
+
 #: Action kinds, in the order reports list them. Problems first.
-KINDS = ("mismatch", "missing", "unexpected", "skip", "default", "tied", "load", "extra", "ignored")
+KINDS: tuple[ActionKind, ...] = tuple(ActionKind)
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,8 @@ class Action:
             at its initial value, e.g. BatchNorm ``num_batches_tracked``), ``mismatch`` (shapes differ),
             ``missing`` (no source), ``unexpected`` (no target), ``ignored`` (outside the chosen container),
             ``extra`` (a module's extra state, restored with its ``set_extra_state`` as torch's loader does; the
-            source is a tensor record or, for any other value, a name of ``Checkpoint.extras``).
+            source is a tensor record or, for any other value, a name of ``Checkpoint.extras``). An
+            :class:`ActionKind`: a string.
         target: model key, if any.
         source: checkpoint record name, if any.
         key: the source's key inside the chosen container, before renames and prefix handling.
@@ -94,7 +111,7 @@ class Action:
         fallback: loaded through torch's own ``load_state_dict`` path (module with custom loading or hooks).
     """
 
-    kind: str
+    kind: ActionKind
     target: str | None = None
     source: str | None = None
     key: str | None = None
@@ -105,6 +122,9 @@ class Action:
     via: tuple[str, ...] = ()
     reason: str = ""
     fallback: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ActionKind(self.kind))  # a plain string names the same kind
 
     @property
     def cast(self) -> bool:
@@ -1031,7 +1051,7 @@ def _load_action(
         or matches_any(source.record, stored_skips)
     )
     if skip_pattern is not None:
-        return Action("skip", dst_dtype=target.dtype, reason=f"skip={quote(skip_pattern)}", **common)
+        return Action(ActionKind.SKIP, dst_dtype=target.dtype, reason=f"skip={quote(skip_pattern)}", **common)
     fallback = _in_custom_module(target.name, spec.custom_modules)
     reason = ""
     if source.shape != dst_shape:
@@ -1041,18 +1061,20 @@ def _load_action(
             # The module's own _load_from_state_dict was seen to turn this shape into the model's (on meta tensors).
             reason = "shapes differ; the module's own loading code converts them"
         elif rules.on_mismatch == "skip":
-            return Action("skip", dst_dtype=target.dtype, reason="shape mismatch (on_mismatch='skip')", **common)
+            return Action(
+                ActionKind.SKIP, dst_dtype=target.dtype, reason="shape mismatch (on_mismatch='skip')", **common
+            )
         else:
             why = "shapes differ"
             if fallback:
                 why += " (the module has its own loading code, which was not seen to accept this shape)"
-            return Action("mismatch", dst_dtype=target.dtype, reason=why, **common)
+            return Action(ActionKind.MISMATCH, dst_dtype=target.dtype, reason=why, **common)
     if source.dtype.startswith(("qint", "quint")) != target.dtype.startswith(("qint", "quint")):
         # A quantized tensor and a plain one: no cast turns one into the other (its integers are not its values).
         why = "one is quantized and the other is not; no cast converts them"
         if rules.on_mismatch == "skip":
-            return Action("skip", dst_dtype=target.dtype, reason=f"{why} (on_mismatch='skip')", **common)
-        return Action("mismatch", dst_dtype=target.dtype, reason=why, **common)
+            return Action(ActionKind.SKIP, dst_dtype=target.dtype, reason=f"{why} (on_mismatch='skip')", **common)
+        return Action(ActionKind.MISMATCH, dst_dtype=target.dtype, reason=why, **common)
     dst_dtype = target.dtype if rules.dtype == "model" else source.dtype
     if (
         dst_dtype != target.dtype
@@ -1063,7 +1085,7 @@ def _load_action(
         # Old files stored BatchNorm's step counter as a float: it stays the model's integer.
         dst_dtype = target.dtype
         common["via"] = (*common["via"], "legacy: float num_batches_tracked")
-    return Action("load", dst_dtype=dst_dtype, fallback=fallback, reason=reason, **common)
+    return Action(ActionKind.LOAD, dst_dtype=dst_dtype, fallback=fallback, reason=reason, **common)
 
 
 def _is_float(dtype: str) -> bool:
@@ -1202,7 +1224,7 @@ def _assemble(
                 else:
                     stray.append(
                         Action(
-                            "unexpected",
+                            ActionKind.UNEXPECTED,
                             source=src.record,
                             key=key,
                             src_shape=src.shape,
@@ -1212,7 +1234,7 @@ def _assemble(
                         )
                     )
             if member != root:
-                verdicts[member] = Action("tied", reason=reason, **common)
+                verdicts[member] = Action(ActionKind.TIED, reason=reason, **common)
     actions: list[Action] = []
     for entry in entries.values():
         verdict = verdicts.get(entry.name)
@@ -1237,7 +1259,9 @@ def _assemble(
             if not pattern:
                 actions.append(_extra_action(final, key, src.record, "a tensor", src))
                 continue
-        kind, reason = ("skip", f"skip={quote(pattern)}") if pattern else ("unexpected", "no model key matches")
+        kind, reason = (
+            (ActionKind.SKIP, f"skip={quote(pattern)}") if pattern else (ActionKind.UNEXPECTED, "no model key matches")
+        )
         if final != key and not pattern:
             reason += f" (looked for {quote(final)})"
         actions.append(
@@ -1253,18 +1277,20 @@ def _assemble(
             extra_done.add(final)
             pattern = matches_any(final, rules.skip) or matches_any(key, rules.skip)
             if pattern:
-                actions.append(Action("skip", source=name, key=key, reason=f"skip={quote(pattern)}"))
+                actions.append(Action(ActionKind.SKIP, source=name, key=key, reason=f"skip={quote(pattern)}"))
             else:
                 actions.append(_extra_action(final, key, name, f"a {type(value).__name__}", None))
     for name in spec.extra_states:
         if name not in extra_done:
             reason = "extra state of a module that defines set_extra_state; the checkpoint has none for it"
-            actions.append(Action("missing", target=name, reason=reason))
+            actions.append(Action(ActionKind.MISSING, target=name, reason=reason))
     container_label = quote((fit.path and ".".join(fit.path)) or "<root>")
     ignored_reason = f"outside the chosen container {container_label}"
     for src in outside:
         actions.append(
-            Action("ignored", source=src.record, src_shape=src.shape, src_dtype=src.dtype, reason=ignored_reason)
+            Action(
+                ActionKind.IGNORED, source=src.record, src_shape=src.shape, src_dtype=src.dtype, reason=ignored_reason
+            )
         )
     left, initialise = _meta_fate(actions, spec, rules)
     skips = _skip_uses(rules, actions, stored_skips)
@@ -1286,7 +1312,7 @@ def _assemble(
 def _extra_action(target: str, key: str, source: str, what: str, src: SourceKey | None) -> Action:
     """The action that restores a module's extra state (``what`` the checkpoint holds for it)."""
     return Action(
-        "extra",
+        ActionKind.EXTRA,
         target=target,
         source=source,
         key=key,
@@ -1305,7 +1331,7 @@ def _counters_of_absent_modules(actions: list[Action], entries: Mapping[str, Mod
     for i, a in enumerate(actions):
         if a.kind == "default" and a.target is not None and entries[a.target].module not in filled:
             reason = "no checkpoint key matches (nor any other tensor of its module)"
-            actions[i] = replace(a, kind="missing", reason=reason)
+            actions[i] = replace(a, kind=ActionKind.MISSING, reason=reason)
 
 
 def _stored_skips(rules: Rules, entries: Mapping[str, ModelEntry]) -> tuple[str, ...]:
@@ -1365,15 +1391,15 @@ def _unsourced(entry: ModelEntry, rules: Rules) -> Action:
     common: dict[str, Any] = {"target": entry.name, "dst_shape": entry.shape, "dst_dtype": entry.dtype}
     pattern = matches_any(entry.name, rules.skip)
     if pattern is not None:
-        return Action("skip", reason=f"skip={quote(pattern)}; kept as initialised", **common)
+        return Action(ActionKind.SKIP, reason=f"skip={quote(pattern)}; kept as initialised", **common)
     if _is_batch_counter(entry.name):
         kept = (
             "set to 0, as torch sets it (the model's is on the meta device)"
             if entry.meta
             else "kept at its current value"
         )
-        return Action("default", reason=f"absent from checkpoints saved before torch 0.4.1; {kept}", **common)
-    return Action("missing", reason="no checkpoint key matches", **common)
+        return Action(ActionKind.DEFAULT, reason=f"absent from checkpoints saved before torch 0.4.1; {kept}", **common)
+    return Action(ActionKind.MISSING, reason="no checkpoint key matches", **common)
 
 
 def _describe_container(fit: _Fit, runner: tuple[tuple[str, ...], int, int] | None, rules: Rules) -> ContainerChoice:

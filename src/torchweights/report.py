@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .text import printable, quote
+
 if TYPE_CHECKING:  # annotations only: importing the planner here would slow every ``tw.open`` (api imports this)
     from .plan import Action, Plan
 
@@ -152,11 +154,11 @@ class LoadReport:
             return
         from .errors import LoadError
 
-        raise LoadError(self.summary(), report=self, code=self.error_code())
+        raise LoadError(self.problem_text(), report=self, code=self.error_code())
 
     def error_code(self) -> str:
         """The most specific error code for this report's problems."""
-        kinds = {a.kind for a in self.problems}
+        kinds: set[str] = {a.kind for a in self.problems}
         meta = set(self.left_on_meta)
         if any(a.target in meta for a in self.problems if a.kind == "skip"):
             kinds.add("meta")
@@ -170,8 +172,35 @@ class LoadReport:
                 return code
         return "load-failed"
 
+    @property
+    def missing_keys(self) -> tuple[str, ...]:
+        """Model keys whose values did not come from the checkpoint, as torch's ``load_state_dict`` names them:
+        no source (``missing``), skipped on request, or a source of another shape (``mismatch``). Keys kept at a
+        default torch also keeps (``default``), tied to a loaded key, or restored extra state are loaded."""
+        return tuple(
+            a.target for a in self.plan.actions if a.target is not None and a.kind in ("missing", "skip", "mismatch")
+        )
+
+    @property
+    def unexpected_keys(self) -> tuple[str, ...]:
+        """Checkpoint keys of the chosen container that filled no model key (``unexpected``, or skipped on
+        request), named as in the container (before renames and prefix handling). Tensors outside the container
+        (``ignored``) are not part of the state dict torch would see, so they are not listed."""
+        return tuple(
+            a.key or a.source or ""
+            for a in self.plan.actions
+            if a.target is None and a.source is not None and a.kind in ("unexpected", "skip")
+        )
+
+    @property
     def summary(self) -> str:
-        """The error text: every problem, and the exact option that would load the rest."""
+        """One line: what happened (:meth:`headline`), e.g. ``OK: loaded 26 of 28; 2 left as initialised
+        (skipped)``. :meth:`problem_text` has every problem and the fix."""
+        return self.headline()
+
+    def problem_text(self) -> str:
+        """The :class:`~torchweights.errors.LoadError` text: every problem, and the exact option that would load
+        the rest."""
         from .report_text import problem_summary
 
         return problem_summary(self)
@@ -180,6 +209,9 @@ class LoadReport:
         from .report_text import render
 
         return render(self)
+
+    def __repr__(self) -> str:
+        return f"<LoadReport {quote(self.plan.source)} into {printable(self.plan.model)}: {self.headline()}>"
 
 
 #: Bits of a value each integer dtype holds, and bits of mantissa (with the implicit one) of each float dtype.

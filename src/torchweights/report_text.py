@@ -236,7 +236,7 @@ def headline(report: LoadReport) -> str:
     total, loaded, fates = _fates(report)
     outside = [a for a in plan.actions if a.target is None and a.kind in ("unexpected", "skip")]
     if problems:
-        counts = Counter(a.kind for a in problems)
+        counts = Counter[str](a.kind for a in problems)
         words = {"mismatch": "mismatched", "missing": "missing", "unexpected": "unexpected"}
         parts = [f"{counts[k]} {words[k]}" for k in words if counts[k]]
         meta = set(report.left_on_meta)

@@ -54,16 +54,35 @@ from .formats.legacy import MAGIC_NUMBER
 from .limits import DEFAULT_LIMITS, Limits
 from .records import Checkpoint, StorageRef
 from .storage import read_byte_range
-from .text import plural, printable
+from .text import StrEnum, plural, printable, quote
 from .tscode import analyse as analyse_torchscript
 from .tscode import is_code_member
 from .unpickle import FIRST_OPCODES, Global, PickledStorage, Reference, StorageType, StreamScan, Stub, scan_stream
 
-__all__ = ["Finding", "PickleStream", "ScanReport", "scan"]
+__all__ = ["Finding", "PickleStream", "ScanReport", "Severity", "Verdict", "scan"]
+
 
 #: Severity of each finding, from worst; ``dangerous`` and ``suspicious`` make the verdict ``dangerous``.
-SEVERITIES = ("dangerous", "suspicious", "error", "warning", "info")
-_ALARMS = frozenset({"dangerous", "suspicious"})
+class Severity(StrEnum):
+    """How bad one :class:`Finding` is, worst first; members are strings (``Severity.INFO == "info"``)."""
+
+    DANGEROUS = "dangerous"
+    SUSPICIOUS = "suspicious"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Verdict(StrEnum):
+    """What :attr:`ScanReport.verdict` says of a file; members are strings (``Verdict.CLEAN == "clean"``)."""
+
+    CLEAN = "clean"
+    DANGEROUS = "dangerous"
+    UNREADABLE = "unreadable"
+
+
+SEVERITIES: tuple[Severity, ...] = tuple(Severity)
+_ALARMS = frozenset({Severity.DANGEROUS, Severity.SUSPICIOUS})
 _MAX_LATENT_DEPTH = 3
 _MAX_FINDINGS = 1000
 #: Bytes read first from a member that only might be a pickle (by its first byte), to tell tensor bytes from one.
@@ -83,7 +102,8 @@ class Finding:
 
     Attributes:
         severity: ``dangerous`` (would run code), ``suspicious`` (a structure that makes readers disagree, a
-            polyglot), ``error`` (could not be read), ``warning`` (worth knowing: an unknown class), ``info``.
+            polyglot), ``error`` (could not be read), ``warning`` (worth knowing: an unknown class), ``info``
+            (a :class:`Severity`: a string).
         code: stable identifier (``dangerous-global``, ``dangerous-call``, ``unknown-global``,
             ``latent-dangerous-global``, ``latent-dangerous-call``, ``zip-duplicate-member``, ``polyglot``,
             ``code-file``, ``pickle-unreadable``, ``load-refused``, ``not-found`` (no such file or folder)...).
@@ -95,7 +115,7 @@ class Finding:
         line: the 1-based line of a TorchScript source file (``ts-*`` findings, see :mod:`~torchweights.tscode`).
     """
 
-    severity: str
+    severity: Severity
     code: str
     message: str
     file: str
@@ -103,6 +123,9 @@ class Finding:
     offset: int | None = None
     name: str | None = None
     line: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severity", Severity(self.severity))  # a plain string names the same severity
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -189,13 +212,13 @@ class ScanReport:
         return self.format is not None and self.load_error is None and not self.load_refuses
 
     @property
-    def verdict(self) -> str:
-        """``dangerous``, ``unreadable`` or ``clean``."""
+    def verdict(self) -> Verdict:
+        """``dangerous``, ``unreadable`` or ``clean`` (a :class:`Verdict`, a string)."""
         if any(f.severity in _ALARMS for f in self.findings):
-            return "dangerous"
+            return Verdict.DANGEROUS
         if not self.complete or self.load_error is not None:
-            return "unreadable"
-        return "clean"
+            return Verdict.UNREADABLE
+        return Verdict.CLEAN
 
     @property
     def exit_code(self) -> int:
@@ -229,6 +252,27 @@ class ScanReport:
             "streams": [s.to_dict() for s in self.streams],
             "seconds": round(self.seconds, 4),
         }
+
+    @property
+    def summary(self) -> str:
+        """One line: the verdict and the findings per severity, e.g. ``dangerous: 2 findings (1 dangerous, 1
+        warning)`` or ``clean: no findings``."""
+        if not self.findings:
+            return f"{self.verdict}: no findings"
+        counts: dict[str, int] = {}
+        for finding in self.findings:  # worst first, so the counts come in order of severity
+            counts[finding.severity] = counts.get(finding.severity, 0) + 1
+        shown = ", ".join(f"{n} {severity}" for severity, n in counts.items())
+        return f"{self.verdict}: {plural(len(self.findings), 'finding')} ({shown})"
+
+    def __str__(self) -> str:
+        from .cli.scan import render_text  # the CLI's renderer: one text report, never two
+
+        return render_text(self)
+
+    def __repr__(self) -> str:
+        where = f" ({self.format})" if self.format else ""
+        return f"<ScanReport {quote(self.path)}{where}: {self.summary}>"
 
 
 def scan(
@@ -407,17 +451,21 @@ class _Scanner:
                 report.globals[ref.name] = verdict
             if verdict == "dangerous" and ref.arguments is not None:
                 text = _call_text(ref, where, latent)
-                self.add(Finding("dangerous", f"{prefix}dangerous-call", text, file, where, ref.offset, ref.name))
+                self.add(
+                    Finding(Severity.DANGEROUS, f"{prefix}dangerous-call", text, file, where, ref.offset, ref.name)
+                )
             elif verdict == "dangerous":
                 text = _dangerous_text(ref.name, ref.how, where, latent, ref.name in self.refused)
-                self.add(Finding("dangerous", f"{prefix}dangerous-global", text, file, where, ref.offset, ref.name))
+                self.add(
+                    Finding(Severity.DANGEROUS, f"{prefix}dangerous-global", text, file, where, ref.offset, ref.name)
+                )
             elif verdict == "unknown" and ref.name not in called:
                 text = _unknown_text(ref.name, ref.how, where, latent)
-                self.add(Finding("warning", f"{prefix}unknown-global", text, file, where, ref.offset, ref.name))
+                self.add(Finding(Severity.WARNING, f"{prefix}unknown-global", text, file, where, ref.offset, ref.name))
         if seen.error is not None and required:
             self.add(
                 Finding(
-                    "error",
+                    Severity.ERROR,
                     "pickle-unreadable",
                     f"the pickle in {where} could not be read to its end: "
                     f"{seen.error.message}. Scan cannot vouch for what it did not read.",
@@ -454,7 +502,7 @@ class _Scanner:
     def latent_info(self, file: str, where: str, what: str, size: int) -> None:
         self.add(
             Finding(
-                "info",
+                Severity.INFO,
                 "latent-pickle" if what == "pickle" else "latent-zip",
                 f"{where} holds an embedded {what} of {size} bytes; loading never unpickles it, but "
                 "code that does would run what it names (scanned)",
@@ -490,7 +538,7 @@ class _Scanner:
         for resource, ids in checkpoint.metadata.get("torchscript_modules", {}).items():
             self.add(
                 Finding(
-                    "warning",
+                    Severity.WARNING,
                     "torchscript-code",
                     f"resource {_quote(resource)} embeds TorchScript code (module {', '.join(ids)} under "
                     "'.data/ts_code/'): torch.package's load_pickle compiles and runs it; tw.load reads only its "
@@ -505,11 +553,13 @@ class _Scanner:
         try:
             step(*args)
         except TorchWeightsError as exc:
-            self.add(Finding("error", exc.code, f"scan could not read part of the file: {exc.message}", self.path))
+            self.add(
+                Finding(Severity.ERROR, exc.code, f"scan could not read part of the file: {exc.message}", self.path)
+            )
         except (OSError, ValueError, MemoryError, RecursionError) as exc:
             self.add(
                 Finding(
-                    "error",
+                    Severity.ERROR,
                     "scan-failed",
                     f"scan stopped on {type(exc).__name__}: {printable(str(exc))[:200]}; treat the file as untrusted",
                     self.path,
@@ -532,7 +582,7 @@ class _Scanner:
                     self.npy(fh.read(min(size, self.limits.max_pickle_bytes + 65536)), path, None)
                     return
         except OSError as exc:
-            self.add(Finding("error", "read-failed", f"cannot read {_quote(path)}: {exc.strerror or exc}", path))
+            self.add(Finding(Severity.ERROR, "read-failed", f"cannot read {_quote(path)}: {exc.strerror or exc}", path))
             return
         if looks_safetensors(head):
             self.hidden_zip(path, size)  # no pickle (the reader checks the header), but maybe a zip appended
@@ -581,7 +631,7 @@ class _Scanner:
     def trailing(self, path: str, nbytes: int, at: int) -> None:
         self.add(
             Finding(
-                "warning",
+                Severity.WARNING,
                 "trailing-data",
                 f"{nbytes} bytes follow the last pickle (from byte {at}); "
                 "pickle readers ignore them, other tools may not",
@@ -602,7 +652,7 @@ class _Scanner:
                 return
             self.add(
                 Finding(
-                    "suspicious",
+                    Severity.SUSPICIOUS,
                     "polyglot",
                     f"{_quote(path)} is also a zip archive of "
                     f"{plural(len(directory.members), 'member')}: pickle readers and zip readers "
@@ -619,9 +669,8 @@ class _Scanner:
 
     def archive(self, fh: IO[bytes], directory: ZipDirectory, file: str, where: str | None, latent: int) -> None:
         for problem in directory.problems:
-            severity = (
-                "suspicious" if problem.code not in _ZIP_UNREADABLE or problem.code == "zip-encrypted" else "error"
-            )
+            unreadable = problem.code in _ZIP_UNREADABLE and problem.code != "zip-encrypted"
+            severity = Severity.ERROR if unreadable else Severity.SUSPICIOUS
             if problem.code == "zip-encrypted":
                 self.report.complete = False  # an encrypted member cannot be read at all
             self.add(
@@ -663,7 +712,7 @@ class _Scanner:
                     if required:
                         self.add(
                             Finding(
-                                "error",
+                                Severity.ERROR,
                                 "limit-pickle-size",
                                 f"{label} ({member.size} bytes) is larger than "
                                 f"the {self.limits.max_pickle_bytes}-byte pickle limit and was not scanned",
@@ -677,7 +726,7 @@ class _Scanner:
                 if zlib.crc32(data) != member.crc32 and not data_like:
                     self.add(
                         Finding(
-                            "error",
+                            Severity.ERROR,
                             "bad-crc",
                             f"{label} does not match its CRC-32: it was changed "
                             "after the archive was written, or is damaged",
@@ -687,7 +736,7 @@ class _Scanner:
                     )
             except TorchWeightsError as exc:
                 if not data_like:
-                    severity = "suspicious" if exc.code == "limit-inflate" else "error"
+                    severity = Severity.SUSPICIOUS if exc.code == "limit-inflate" else Severity.ERROR
                     self.add(Finding(severity, exc.code, f"{label} cannot be read: {exc.message}", file, member.name))
                 continue
             member_label = member.name if where is None else f"{where}: {member.name}"
@@ -724,14 +773,14 @@ class _Scanner:
                 )
             source = inflate(fh, member, member.size)
         except TorchWeightsError as exc:
-            severity = "suspicious" if exc.code == "limit-inflate" else "error"
+            severity = Severity.SUSPICIOUS if exc.code == "limit-inflate" else Severity.ERROR
             self.add(Finding(severity, exc.code, f"TorchScript source {_quote(label)}: {exc.message}", file, label))
             return
         for found in analyse_torchscript(source):
             message = f"TorchScript source {_quote(label)}, line {found.line}: {found.message}"
             if found.severity == "dangerous":
                 message += ". torch.jit.load and calls of the loaded model run this code; torchweights never does"
-            self.add(Finding(found.severity, found.code, message, file, label, None, found.name, found.line))
+            self.add(Finding(Severity(found.severity), found.code, message, file, label, None, found.name, found.line))
 
     def might_be_pickle(self, fh: IO[bytes], member: ZipMember) -> bool:
         """Whether a member that only starts like a pickle (or a zip) is worth reading whole: see
@@ -782,7 +831,7 @@ class _Scanner:
             if "/" in relative or "\\" in relative or relative in ("", ".", "..") or not os.path.isfile(item):
                 self.add(
                     Finding(
-                        "error",
+                        Severity.ERROR,
                         "dcp-item",
                         f"{where} is placed in {_quote(relative)}, which is not a file " "of this folder",
                         metadata,
@@ -798,7 +847,10 @@ class _Scanner:
             ):
                 self.add(
                     Finding(
-                        "error", "dcp-item", f"{where} lies outside {_quote(relative)} or is too large to " "scan", item
+                        Severity.ERROR,
+                        "dcp-item",
+                        f"{where} lies outside {_quote(relative)} or is too large to " "scan",
+                        item,
                     )
                 )
                 continue
@@ -811,7 +863,7 @@ class _Scanner:
                 self.sequence(blob, len(blob), item, where, required=True, latent=0)
         for name in entries:
             if name.endswith(".distcp") and name not in covered:
-                self.add(Finding("info", "dcp-data", f"{_quote(name)} holds no item .metadata names", metadata))
+                self.add(Finding(Severity.INFO, "dcp-data", f"{_quote(name)} holds no item .metadata names", metadata))
 
     def open(self) -> Checkpoint | None:
         """The checkpoint as ``tw.load`` opens it, or None (with the reason in ``load_error``)."""
@@ -823,14 +875,14 @@ class _Scanner:
             self.refusals()
             self.report.load_error = exc
             if exc.code == "not-found":  # nothing to refuse: there is no file
-                self.add(Finding("error", "not-found", exc.message, self.path))
+                self.add(Finding(Severity.ERROR, "not-found", exc.message, self.path))
                 return None
             message = f"tw.load would refuse this file: {type(exc).__name__} [{exc.code}]: {exc.message}"
-            self.add(Finding("error", "load-refused", message, self.path))
+            self.add(Finding(Severity.ERROR, "load-refused", message, self.path))
             return None
         except (OSError, ValueError, MemoryError, RecursionError) as exc:
             self.refusals()
-            self.add(Finding("error", "scan-failed", f"opening it failed: {type(exc).__name__}", self.path))
+            self.add(Finding(Severity.ERROR, "scan-failed", f"opening it failed: {type(exc).__name__}", self.path))
             return None
         self.report.format = checkpoint.format
         for record in checkpoint.records.values():

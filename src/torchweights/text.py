@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Sequence
 
 from .fold import human_bytes
 
 __all__ = [
+    "StrEnum",
     "format_bytes",
     "format_shape",
     "is_are",
@@ -18,6 +20,18 @@ __all__ = [
     "shorten_list",
     "table",
 ]
+
+
+class StrEnum(str, enum.Enum):
+    """A vocabulary of words (what :class:`enum.StrEnum` is from Python 3.11): every member is a ``str`` equal
+    to its value, hashes, prints and formats as it and goes into JSON as it, so code comparing with plain strings
+    and the JSON output are unchanged."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
 
 
 def printable(text: str) -> str:

@@ -106,6 +106,9 @@ class VerifyReport:
             return f"ok: {plural(len(self.checks), 'check')} passed on {plural(len(self.files), 'file')}"
         return f"{plural(len(self.problems), 'problem')} in {plural(len(self.checks), 'check')}"
 
+    def __repr__(self) -> str:
+        return f"<VerifyReport {quote(self.path)} ({self.format}): {self.summary}>"
+
     def __str__(self) -> str:
         lines = [f"{self.path} ({self.format}): {self.summary}"]
         for check in self.checks:
