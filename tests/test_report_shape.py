@@ -17,8 +17,8 @@ import torch
 
 import torchweights as tw
 from torchweights.cli import main
-from torchweights.cli.scan import render_text
 from torchweights.errors import LoadError
+from torchweights.scan_text import render_text
 
 
 class _Net(torch.nn.Module):

@@ -266,7 +266,7 @@ class ScanReport:
         return f"{self.verdict}: {plural(len(self.findings), 'finding')} ({shown})"
 
     def __str__(self) -> str:
-        from .cli.scan import render_text  # the CLI's renderer: one text report, never two
+        from .scan_text import render_text  # what the CLI prints: one text report, never two
 
         return render_text(self)
 

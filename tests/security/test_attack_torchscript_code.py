@@ -440,7 +440,7 @@ def test_closing_line_names_the_loader_that_runs_the_code(
     tmp_path: Path, stateful: tuple[list[tuple[str, bytes]], TensorState], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """torch.jit.load compiles and runs ``code/``; the closing line says so, not torch.load/pickle."""
-    from torchweights.cli.scan import closing_line
+    from torchweights.scan_text import closing_line
 
     members, _ = stateful
     target, original = _setstate_source(members)
