@@ -26,7 +26,16 @@ from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_membe
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["Archive", "ZipStorages", "check_byteorder", "check_version", "open_archive", "read", "read_text_members"]
+__all__ = [
+    "Archive",
+    "ZipStorages",
+    "check_byteorder",
+    "check_version",
+    "missing_storage",
+    "open_archive",
+    "read",
+    "read_text_members",
+]
 
 _RECORDS = ("version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id")
 _RECORD_MAX_BYTES = 4096
@@ -49,6 +58,17 @@ def _find_root(names: list[str], path: str) -> str:
         )
     first = min(candidates, key=lambda n: (n.count("/"), names.index(n)))
     return first[: -len("data.pkl")]
+
+
+def missing_storage(path: str, referrer: str, member: str) -> CorruptCheckpointError:
+    """The error for tensor data that ``referrer`` (a clause: "the pickle refers to storage '0'") names but the
+    archive lacks as ``member`` (code ``missing-storage``)."""
+    return CorruptCheckpointError(
+        f"{quote(path)}: {referrer} but member {quote(member)} is missing. The archive is incomplete or was "
+        "modified; re-download or re-save it.",
+        code="missing-storage",
+        path=path,
+    )
 
 
 def _bad_member(path: str, m: ZipMember, why: str, code: str = "bad-member") -> CorruptCheckpointError:
@@ -167,12 +187,7 @@ class ZipStorages:
         member = f"{self.root}{self.folder}/{key}"
         info = self.archive.get(member)
         if info is None:
-            raise CorruptCheckpointError(
-                f"'{self.path}': the pickle refers to storage '{key}' but member '{member}' is missing. The archive "
-                "is incomplete or was modified; re-download or re-save it.",
-                code="missing-storage",
-                path=self.path,
-            )
+            raise missing_storage(self.path, f"the pickle refers to storage {quote(key)}", member)
         if info.size < nbytes:
             raise CorruptCheckpointError(
                 f"'{self.path}': storage '{key}' should hold {nbytes} bytes ({numel} x {dtype}) but member "

@@ -28,7 +28,7 @@ from ..records import Checkpoint, StorageRef
 from ..text import plural, quote, quote_list, shorten_list
 from ..unpickle import PickledQTensor, PickledStorage, PickledTensor, Stub
 from ._pickled import run_pickle
-from .torch_zip import Archive
+from .torch_zip import Archive, missing_storage
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -100,12 +100,7 @@ class _Reader:
         member = self.root + key
         info = self.archive.get(member)
         if info is None:
-            raise CorruptCheckpointError(
-                f"{quote(self.path)}: model.json refers to tensor data {quote(key)} but member {quote(member)} is "
-                "missing. The archive is incomplete or was modified; re-download it or re-save it.",
-                code="missing-storage",
-                path=self.path,
-            )
+            raise missing_storage(self.path, f"model.json refers to tensor data {quote(key)}", member)
         size = dtypes.itemsize(dtype)
         if info.size % size:  # the CRC covers the trailing partial element, which reads stop before
             self.unchecked.append(f"{quote(member)} ({info.size} bytes of {dtype})")
