@@ -4,7 +4,7 @@ Each input is written to a file and goes through what ``tests/test_fuzz_formats.
 
 * ``tw.open`` then ``tw.load`` succeed or raise a :class:`~torchweights.errors.TorchWeightsError` (anything else is
   a crash);
-* ``torchweights.scan.scan`` never raises, and never says ``clean`` for a file ``tw.open`` refuses;
+* ``torchweights.tools.scan.scanner.scan`` never raises, and never says ``clean`` for a file ``tw.open`` refuses;
 * ``torchweights.formats._zip.read_directory`` never raises.
 
 The seed corpus is one valid file per format (``tests/_samples.py``: torch zip, legacy stream, pickled model,
@@ -57,7 +57,7 @@ with atheris.instrument_imports(include=["torchweights"]):
             __import__(module.name)
     from torchweights.errors import TorchWeightsError
     from torchweights.formats._zip import read_directory
-    from torchweights.scan import scan
+    from torchweights.tools.scan.scanner import scan
 
 #: Everything the fuzzer writes: crashing inputs (``crash-*``, ``timeout-*``), ``corpus/`` (the seeds and what
 #: libFuzzer found, kept for the next run) and the scratch file each input is written to.

@@ -1,4 +1,4 @@
-"""``torchweights._bytes``: the logical bytes of any view, gathered without torch, in bounded chunks."""
+"""``torchweights.storage.contents``: the logical bytes of any view, gathered without torch, in bounded chunks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchweights as tw
-from torchweights import _bytes
 from torchweights.records import StorageRef, TensorRecord
+from torchweights.storage import contents as _bytes
 
 
 def _bits(t: torch.Tensor) -> bytes:

@@ -24,7 +24,7 @@ from torchweights import dtypes
 from torchweights.errors import RuleError, WriteError
 from torchweights.writers import safetensors as st_writer
 
-convert_module = importlib.import_module("torchweights.convert")
+convert_module = importlib.import_module("torchweights.tools.convert")
 
 SAFETENSORS_DTYPES = [
     d
@@ -604,7 +604,7 @@ class Wrapper(torch.nn.Module):
     ],
 )
 def test_weights_container_is_chosen_from_names_alone(name: str, expected: tuple[str, ...], tmp_path: Path) -> None:
-    from torchweights._selection import choose_container
+    from torchweights.plan.selection import choose_container
 
     w = {"l.weight": torch.ones(2, 2)}
     cases: dict[str, object] = {

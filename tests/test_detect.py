@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-import torchweights.detect as detect_module
-from torchweights.detect import FORMATS, detect
+import torchweights.detect.content as detect_module
+from torchweights.detect.content import FORMATS, detect
 from torchweights.errors import (
     CheckpointNotFoundError,
     CheckpointReadError,
@@ -595,7 +595,7 @@ def test_detect_does_not_import_torch_or_numpy(tmp_path: Path) -> None:
     paths.append(tmp_path / "s.safetensors")
     script = (
         "import sys\n"
-        "from torchweights.detect import detect\n"
+        "from torchweights.detect.content import detect\n"
         f"print([detect(p) for p in {[str(p) for p in paths]!r}])\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'numpy' not in sys.modules, 'numpy imported'\n"

@@ -14,7 +14,7 @@ import torch
 import torchweights as tw
 from torchweights.errors import RuleError
 
-diff_module = importlib.import_module("torchweights.diff")
+diff_module = importlib.import_module("torchweights.tools.diff")
 
 
 def _model_sd(seed: int = 0) -> dict[str, torch.Tensor]:

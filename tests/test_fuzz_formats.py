@@ -30,7 +30,7 @@ For every damaged file:
 * ``tw.open`` and then ``tw.load`` (in place or ``mmap=True``) either succeed or raise a
   :class:`~torchweights.errors.TorchWeightsError` with a code and a message; mutations that must be refused (a
   shard outside its folder) are;
-* :func:`torchweights.scan.scan` never raises, and never says ``clean`` for a file ``tw.open`` refuses;
+* :func:`torchweights.tools.scan.scanner.scan` never raises, and never says ``clean`` for a file ``tw.open`` refuses;
 * :func:`torchweights.formats._zip.read_directory` never raises on any damaged file, whatever its format, and a
   file that starts like a zip and has directory problems is never opened by ``tw.open`` as that zip;
 
@@ -82,7 +82,7 @@ from _samples import (
 )
 from torchweights.errors import NotACheckpointError, TorchWeightsError, UnsupportedCheckpointError
 from torchweights.formats._zip import ZipDirectory, read_directory
-from torchweights.scan import ScanReport, scan
+from torchweights.tools.scan.scanner import ScanReport, scan
 
 warnings.filterwarnings("ignore", message=".*(TypedStorage|Duplicate name).*")
 

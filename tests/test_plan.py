@@ -1,7 +1,8 @@
 """The planner on plain (name, shape, dtype) tuples: one or more tests per rule of reconciliation.
 
 Checkpoints are built as nested dicts whose leaves are shapes (or ``(shape, dtype)`` pairs) and turned into
-:class:`~torchweights.plan.SourceKey` items, the way a reader names them (``path`` = the dict keys leading to the
+:class:`~torchweights.plan.reconcile.SourceKey` items, the way a reader names them (``path`` = the dict keys leading
+to the
 tensor, ``record`` = those keys joined by dots). Models are :meth:`ModelSpec.from_tuples`.
 """
 
@@ -14,9 +15,9 @@ from typing import Any
 import pytest
 
 from torchweights.errors import RuleError
-from torchweights.plan import KINDS, Action, Plan, SourceKey, reconcile, renames_module
-from torchweights.rules import Rules, matches_any
-from torchweights.spec import ModelSpec
+from torchweights.plan.reconcile import KINDS, Action, Plan, SourceKey, reconcile, renames_module
+from torchweights.plan.rules import Rules, matches_any
+from torchweights.plan.spec import ModelSpec
 
 F32 = "float32"
 

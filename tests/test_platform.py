@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 
 import torchweights as tw
 from _samples import random_bits
-from torchweights import _io
 from torchweights.cli import main
 from torchweights.errors import CorruptCheckpointError
+from torchweights.storage import files as _io
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -116,8 +116,8 @@ def test_import_without_preadv_or_pread_chooses_the_fallback(tmp_path: Path) -> 
         "del os.preadv, os.pread\n"
         "import torch\n"
         "import torchweights as tw\n"
-        "from torchweights import _io\n"
-        "assert _io._preadv is _io._preadv_fallback and not _io._nowait_works\n"
+        "from torchweights.storage import files\n"
+        "assert files._preadv is files._preadv_fallback and not files._nowait_works\n"
         "for path in sys.argv[1:]:\n"
         "    got = tw.load(path)\n"
         "    want = torch.load(path, weights_only=True)\n"

@@ -1,6 +1,7 @@
 """The load report's text and JSON: snapshots of ``render`` for typical loads, and the error message's advice.
 
-Plans are built with :func:`torchweights.plan.reconcile` over plain ``SourceKey`` tuples and ``ModelSpec`` entries,
+Plans are built with :func:`torchweights.plan.reconcile.reconcile` over plain ``SourceKey`` tuples and ``ModelSpec``
+entries,
 so these tests need no torch. Snapshots live in ``tests/snapshots/report_<scenario>.txt``; after an intended change
 of format, regenerate them with ``UPDATE_SNAPSHOTS=1 pytest tests/test_report.py`` and read the diff.
 """
@@ -15,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from torchweights.errors import LoadError
-from torchweights.plan import SourceKey, reconcile
-from torchweights.report import LoadReport
-from torchweights.report_text import problem_summary, render
-from torchweights.rules import Rules
-from torchweights.spec import ModelEntry, ModelSpec
+from torchweights.plan.reconcile import SourceKey, reconcile
+from torchweights.plan.rules import Rules
+from torchweights.plan.spec import ModelEntry, ModelSpec
+from torchweights.report.load import LoadReport
+from torchweights.report.text import problem_summary, render
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 

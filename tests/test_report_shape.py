@@ -18,7 +18,7 @@ import torch
 import torchweights as tw
 from torchweights.cli import main
 from torchweights.errors import LoadError
-from torchweights.scan_text import render_text
+from torchweights.tools.scan.text import render_text
 
 
 class _Net(torch.nn.Module):

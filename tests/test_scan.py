@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from torchweights.cli import main
-from torchweights.scan import ScanReport, scan
+from torchweights.tools.scan.scanner import ScanReport, scan
 
 
 class _Reduce:

@@ -22,8 +22,11 @@ import safetensors.torch as safetensors_torch
 import torch
 
 import torchweights as tw
-from torchweights import _engine, _io, records, storage
-from torchweights.storage import io_settings
+from torchweights import records
+from torchweights.storage import engine as _engine
+from torchweights.storage import files as _io
+from torchweights.storage import read as storage
+from torchweights.storage.read import io_settings
 
 
 class Net(torch.nn.Module):

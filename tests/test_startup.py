@@ -21,24 +21,31 @@ import torchweights as tw
 LAZY_NAMES = [n for n in tw.__all__ if n != "__version__" and not n.endswith("Error")]
 
 #: Functions exported under the name of the submodule that defines them.
-SHADOWED = ("scan", "diff", "convert", "verify")
+#: The verbs and the modules that define them (since the verbs moved into ``torchweights.tools``, none shares its
+#: name with a module of the package).
+VERB_MODULES = {
+    "scan": "torchweights.tools.scan.scanner",
+    "diff": "torchweights.tools.diff",
+    "convert": "torchweights.tools.convert",
+    "verify": "torchweights.tools.verify",
+}
 
 #: Modules that neither ``import torchweights`` nor ``inspect`` nor ``--help`` may import.
 HEAVY = (
     "torch",
-    "torchweights.scan",
-    "torchweights.convert",
-    "torchweights.diff",
-    "torchweights.verify",
-    "torchweights.plan",
+    "torchweights.tools.scan.scanner",
+    "torchweights.tools.convert",
+    "torchweights.tools.diff",
+    "torchweights.tools.verify",
+    "torchweights.plan.reconcile",
     "torchweights.apply",
-    "torchweights.storage",
-    "torchweights._engine",
-    "torchweights._mapping",
-    "torchweights._results",
-    "torchweights._tensors",
-    "torchweights.rules",
-    "torchweights.spec",
+    "torchweights.storage.read",
+    "torchweights.storage.engine",
+    "torchweights.storage.mapping",
+    "torchweights.storage.results",
+    "torchweights.storage.tensors",
+    "torchweights.plan.rules",
+    "torchweights.plan.spec",
     "torchweights.writers",
 )
 
@@ -118,24 +125,23 @@ def test_dir_lists_every_export() -> None:
 # ------------------------------------------------------------------------------------ scan, diff, convert, verify
 
 _SUBMODULE_IMPORTS = {
-    "from-import": "from torchweights.{name} import {name} as _",
-    "import": "import torchweights.{name}",
-    "import-as": "import torchweights.{name} as _",
-    "importlib": "import importlib; importlib.import_module('torchweights.{name}')",
-    "__import__": "__import__('torchweights.{name}')",
+    "from-import": "from {module} import {name} as _",
+    "import": "import {module}",
+    "import-as": "import {module} as _",
+    "importlib": "import importlib; importlib.import_module({module!r})",
+    "__import__": "__import__({module!r})",
 }
 
 _CHECK_FUNCTION = textwrap.dedent(
     """
     import sys, types
     import torchweights as tw
-    for n in {names!r}:
+    for n, module in {verbs!r}.items():
         f = tw.__dict__.get(n) or getattr(tw, n)
         assert not isinstance(f, types.ModuleType), (n, f)
-        assert callable(f) and f.__module__ == "torchweights." + n and f.__name__ == n, (n, f)
-        assert getattr(tw, n) is f and getattr(sys.modules["torchweights." + n], n) is f, n
-        if "torchweights." + n in sys.modules:
-            assert isinstance(sys.modules["torchweights." + n], types.ModuleType), n
+        assert callable(f) and f.__module__ == module and f.__name__ == n, (n, f)
+        assert getattr(tw, n) is f and getattr(sys.modules[module], n) is f, n
+    assert "scan" not in vars(tw.tools) or isinstance(tw.tools.scan, types.ModuleType)
     print("ok")
     """
 )
@@ -143,36 +149,38 @@ _CHECK_FUNCTION = textwrap.dedent(
 
 @pytest.mark.parametrize("how", sorted(_SUBMODULE_IMPORTS))
 @pytest.mark.parametrize("order", ["package-first", "submodule-first", "accessed-first"])
-def test_shadowed_names_stay_functions(how: str, order: str) -> None:
-    """``tw.scan`` is the function whatever was imported before: importing the submodule must not replace it."""
-    imports = "\n".join(_SUBMODULE_IMPORTS[how].format(name=n) for n in SHADOWED)
+def test_verbs_stay_functions_whatever_is_imported(how: str, order: str) -> None:
+    """``tw.scan`` is the function whatever was imported before: importing its module (in any way, before or after
+    the package, before or after the name was first used) never replaces it."""
+    imports = "\n".join(_SUBMODULE_IMPORTS[how].format(name=n, module=m) for n, m in VERB_MODULES.items())
     if order == "package-first":
         code = "import torchweights\n" + imports
     elif order == "submodule-first":
         code = imports + "\nimport torchweights"
     else:  # the function was resolved (and cached) before the submodule import
-        code = "import torchweights as tw\n" + "\n".join(f"tw.{n}" for n in SHADOWED) + "\n" + imports
-    assert _python(code + "\n" + _CHECK_FUNCTION.format(names=SHADOWED)).strip() == "ok"
+        code = "import torchweights as tw\n" + "\n".join(f"tw.{n}" for n in VERB_MODULES) + "\n" + imports
+    assert _python(code + "\n" + _CHECK_FUNCTION.format(verbs=VERB_MODULES)).strip() == "ok"
 
 
 def test_scan_report_import_then_scan_call(tmp_path: Path) -> None:
-    """The case that breaks a naive lazy package: ``from torchweights.scan import ...`` then ``tw.scan(path)``."""
+    """The case that breaks a naive lazy package: ``from torchweights.tools.scan.scanner import ...`` then
+    ``tw.scan(path)``."""
     path = _write_safetensors(tmp_path / "m.safetensors")
     code = textwrap.dedent(
         f"""
         import torchweights as tw
-        from torchweights.scan import ScanReport
+        from torchweights.tools.scan.scanner import ScanReport
         report = tw.scan({str(path)!r})
         assert isinstance(report, ScanReport) and report.verdict == "clean", report
-        assert tw.diff.__module__ == "torchweights.diff" and tw.verify.__module__ == "torchweights.verify"
+        assert tw.diff.__module__ == "torchweights.tools.diff" and tw.verify.__module__ == "torchweights.tools.verify"
         print("ok")
         """
     )
     assert _python(code).strip() == "ok"
 
 
-def test_assigning_a_shadowed_name_keeps_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the import system's binding of the submodule is redirected; anything else assigned stays as given."""
+def test_assigning_a_verb_keeps_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package is a plain module: a value assigned to a public name stays as given (monkeypatching works)."""
 
     def fake(*args: object, **kwargs: object) -> None:
         return None
@@ -221,7 +229,7 @@ def test_help_imports_almost_nothing() -> None:
     assert _heavy(modules) == []
     ours = {m for m in modules if m.startswith("torchweights")}
     assert ours <= {"torchweights", "torchweights.errors"} | {m for m in ours if m.startswith("torchweights.cli")}
-    for absent in ("torchweights.api", "torchweights.formats", "torchweights.unpickle", "torchweights.records"):
+    for absent in ("torchweights.api", "torchweights.formats", "torchweights.unpickle.machine", "torchweights.records"):
         assert absent not in modules, absent
 
 

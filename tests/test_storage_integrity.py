@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import torchweights as tw
-from torchweights import storage
-from torchweights._bytes import logical_bytes
+from torchweights.storage import read as storage
+from torchweights.storage.contents import logical_bytes
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 

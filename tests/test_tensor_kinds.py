@@ -17,7 +17,7 @@ import torch
 
 import torchweights as tw
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
-from torchweights.unpickle import unpickle
+from torchweights.unpickle.machine import unpickle
 
 warnings.filterwarnings("ignore", message=".*(TypedStorage|Sparse|sparse).*")
 
@@ -281,7 +281,7 @@ def test_invalid_sparse_indices_are_refused(tmp_path: Path, kind: str) -> None:
 
 
 def test_sparse_cannot_be_read_into_a_dense_parameter(tmp_path: Path) -> None:
-    from torchweights.storage import fill
+    from torchweights.storage.read import fill
 
     path = _save({"w": _sparse()["coo"]}, tmp_path / "s.pt", "zip")
     record = tw.open(path).records["w"]

@@ -1,4 +1,5 @@
-"""``torchweights.tscode``: the static analysis of TorchScript source, on source text (archives: the security suite,
+"""``torchweights.tools.scan.tscode``: the static analysis of TorchScript source, on source text (archives: the
+security suite,
 tests/security/test_attack_torchscript_code.py)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from torchweights.tscode import (
+from torchweights.tools.scan.tscode import (
     TORCH_CLASS_NAMESPACES,
     TORCH_OP_NAMESPACES,
     CodeFinding,

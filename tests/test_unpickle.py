@@ -28,11 +28,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchweights.api as tw
-from torchweights.containers import flatten, record_maker, short_repr
 from torchweights.errors import CorruptCheckpointError, ResourceLimitError, TorchWeightsError
+from torchweights.formats.tree import flatten, record_maker, short_repr
 from torchweights.limits import DEFAULT_LIMITS, Limits
 from torchweights.records import StorageRef
-from torchweights.unpickle import Global, PickledStorage, PickledTensor, Stub, TorchValue, UnpickleResult, unpickle
+from torchweights.unpickle.machine import (
+    Global,
+    PickledStorage,
+    PickledTensor,
+    Stub,
+    TorchValue,
+    UnpickleResult,
+    unpickle,
+)
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 

@@ -1,4 +1,5 @@
-"""Write ``src/torchweights/known_enums.py``: the ``Enum`` classes of torch and of the libraries whose objects end up
+"""Write ``src/torchweights/unpickle/known_enums.py``: the ``Enum`` classes of torch and of the libraries whose
+objects end up
 in checkpoints (training arguments, trainer states, adapter configs), found in their installed sources.
 
 Why: an Enum member pickles as a call of its class with its value (``REDUCE(SchedulerType, ("cosine",))``), which
@@ -9,7 +10,7 @@ before.
 
 Run it with the libraries installed (their versions are written into the table); nothing is typed by hand::
 
-    python tools/make_known_enums.py                     # rewrites src/torchweights/known_enums.py
+    python tools/make_known_enums.py                     # rewrites src/torchweights/unpickle/known_enums.py
     python tools/make_known_enums.py --path /tmp/pkgs    # libraries installed with pip install --target
 
 How: every ``.py`` file of each package whose text mentions ``Enum`` or ``Flag`` is imported, and each class defined
@@ -31,7 +32,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET = ROOT / "src" / "torchweights" / "known_enums.py"
+TARGET = ROOT / "src" / "torchweights" / "unpickle" / "known_enums.py"
 
 #: Packages whose Enum members are found in checkpoints (``training_args.bin``, Lightning ``.ckpt`` hyper-parameters,
 #: adapter and scheduler configs pickled with a model).

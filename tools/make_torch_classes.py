@@ -1,8 +1,9 @@
-"""Write ``src/torchweights/torch_classes.py``: the names torch's own pickles use, built from the installed torch.
+"""Write ``src/torchweights/unpickle/torch_classes.py``: the names torch's own pickles use, built from the installed
+torch.
 
 Run it after upgrading torch (``tests/security/test_torch_classes.py`` fails until the committed table matches)::
 
-    .venv/bin/python tools/make_torch_classes.py            # rewrites src/torchweights/torch_classes.py
+    .venv/bin/python tools/make_torch_classes.py            # rewrites src/torchweights/unpickle/torch_classes.py
     .venv/bin/python tools/make_torch_classes.py --check    # exit 1 when the committed table is out of date
 
 What goes in (nothing is typed by hand):
@@ -56,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET = ROOT / "src" / "torchweights" / "torch_classes.py"
+TARGET = ROOT / "src" / "torchweights" / "unpickle" / "torch_classes.py"
 
 HEADER = '''"""Names torch's own pickles use: every ``torch.nn`` module class, the torch types and functions that
 their pickles contain, the objects checkpoints commonly hold next to the weights (``torch.Generator``, datasets and
@@ -258,7 +259,7 @@ def saved_names(module: Any, folder: Path) -> set[str] | None:
     """The ``torch.*`` globals torchweights' scan sees in ``torch.save(module)``, or None when it cannot be saved."""
     import torch
 
-    from torchweights.scan import scan
+    from torchweights.tools.scan.scanner import scan
 
     path = folder / "module.pt"
     try:
@@ -311,7 +312,7 @@ def saved_objects(skipped: list[str] | None = None) -> Iterator[Any]:
 
 def collect() -> tuple[dict[str, str], list[str]]:
     """The table, and the module classes that could not be built or saved (their pickles were not looked at)."""
-    from torchweights.unpickle import SAFE_GLOBALS
+    from torchweights.unpickle.machine import SAFE_GLOBALS
 
     table: dict[str, str] = {}
     skipped: list[str] = []
@@ -340,7 +341,7 @@ def functions() -> dict[str, str]:
     import torch
     import torch.nn.functional as F
 
-    from torchweights.unpickle import SAFE_GLOBALS, scan_stream
+    from torchweights.unpickle.machine import SAFE_GLOBALS, scan_stream
 
     namespaces = (torch._C._nn, torch._C._VariableFunctionsClass, F)
     prefixes = ("torch._C._nn.", "torch._C._VariableFunctionsClass", "torch.nn.functional.")

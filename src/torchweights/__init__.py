@@ -12,7 +12,6 @@ and the command line start fast.
 from __future__ import annotations
 
 import sys as _sys
-import types as _types
 
 # Every byte-order decision (swap a storage or not, map it or not, the order writers record) compares a file's
 # order with "little": the one host order this package is built and tested for. Refuse any other host here, once,
@@ -42,13 +41,13 @@ from .errors import (
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time; type checkers read it as True
 if TYPE_CHECKING:
     from .api import load, load_into, open
-    from .convert import ConvertReport, convert
-    from .diff import DiffReport, diff
     from .limits import Limits
     from .records import Checkpoint, StorageRef, TensorRecord
-    from .report import LoadReport
-    from .scan import Finding, ScanReport, scan
-    from .verify import VerifyReport, verify
+    from .report.load import LoadReport
+    from .tools.convert import ConvertReport, convert
+    from .tools.diff import DiffReport, diff
+    from .tools.scan.scanner import Finding, ScanReport, scan
+    from .tools.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -85,60 +84,41 @@ __all__ = [
     "verify",
 ]
 
-#: Public names resolved on first access: ``name -> submodule`` (relative to this package) that defines it.
+#: Public names resolved on first access: ``name -> submodule`` (relative to this package) that defines it. No verb
+#: shares its name with a module (the verbs' modules live in :mod:`torchweights.tools`), so importing a submodule
+#: never rebinds a public name.
 _LAZY: dict[str, str] = {
     "load": "api",
     "load_into": "api",
     "open": "api",
-    "convert": "convert",
-    "ConvertReport": "convert",
-    "diff": "diff",
-    "DiffReport": "diff",
+    "convert": "tools.convert",
+    "ConvertReport": "tools.convert",
+    "diff": "tools.diff",
+    "DiffReport": "tools.diff",
     "Limits": "limits",
     "Checkpoint": "records",
     "StorageRef": "records",
     "TensorRecord": "records",
-    "LoadReport": "report",
-    "scan": "scan",
-    "Finding": "scan",
-    "ScanReport": "scan",
-    "verify": "verify",
-    "VerifyReport": "verify",
+    "LoadReport": "report.load",
+    "scan": "tools.scan.scanner",
+    "Finding": "tools.scan.scanner",
+    "ScanReport": "tools.scan.scanner",
+    "verify": "tools.verify",
+    "VerifyReport": "tools.verify",
 }
-
-#: Functions named like the submodule that defines them. Importing a submodule makes the import system set the
-#: package attribute of that name to the module; for these the package keeps the function instead.
-_SHADOWED = frozenset(name for name, module in _LAZY.items() if name == module)
-
-
-def _resolve(name: str) -> object:
-    """Import the module that defines ``name``, cache the value in this module's globals and return it."""
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-class _Package(_types.ModuleType):
-    """The class of this package's module object: keeps :data:`_SHADOWED` names bound to their functions."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _SHADOWED and isinstance(value, _types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            # ``import torchweights.scan`` (or any ``from torchweights.scan import ...``) just finished: the package
-            # attribute is the function ``scan.scan``, as it was before lazy loading, not the module.
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
 
 if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stays an error there
 
     def __getattr__(name: str) -> object:
-        if name in _LAZY:
-            return _resolve(name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        """PEP 562: import the module that defines a public name on first use, and keep the value."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

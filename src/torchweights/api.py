@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 from .formats import ReadOptions, open_path
 from .limits import DEFAULT_LIMITS, Limits
 from .records import Checkpoint
-from .report import LoadReport
+from .report.load import LoadReport
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .spec import ModelSpec
+    from .plan.spec import ModelSpec
 
 __all__ = ["load", "load_into", "open"]
 
@@ -85,9 +85,9 @@ def load(
     Raises:
         UnsupportedCheckpointError: the file holds tensors that cannot be rebuilt (see ``unsupported``).
     """
-    from .containers import refuse_unreadable
     from .errors import RuleError
-    from .storage import materialize
+    from .formats.tree import refuse_unreadable
+    from .storage.read import materialize
 
     if unsupported not in ("error", "skip"):
         raise RuleError(f"unsupported={unsupported!r}: pass 'error' or 'skip'.", code="bad-rule")
@@ -125,7 +125,7 @@ def load_into(
 
     Args:
         model: the ``nn.Module`` to fill (may live on the meta device: it is then materialised from the file);
-            for ``dry_run=True``, a :class:`~torchweights.spec.ModelSpec` also works.
+            for ``dry_run=True``, a :class:`~torchweights.plan.spec.ModelSpec` also works.
         source: a checkpoint path (any format :func:`open` reads), an opened :class:`Checkpoint`, or a plain
             ``{name: tensor}`` state dict.
         strict: ``True``: every model key loaded and no unexpected checkpoint tensors; ``"model"``: every model
@@ -158,7 +158,7 @@ def load_into(
             values.
 
     Returns:
-        A :class:`~torchweights.report.LoadReport` accounting for every key. A load that is not clean (keys
+        A :class:`~torchweights.report.load.LoadReport` accounting for every key. A load that is not clean (keys
         missing, skipped, left as initialised or on meta, cast with precision loss, unexpected tensors not loaded)
         is also logged as one warning on the ``torchweights`` logger.
 
@@ -172,9 +172,9 @@ def load_into(
 
     from .apply import apply_plan
     from .errors import RuleError
-    from .plan import reconcile
-    from .rules import Rules
-    from .spec import ModelSpec, probe_custom_loading
+    from .plan.reconcile import reconcile
+    from .plan.rules import Rules
+    from .plan.spec import ModelSpec, probe_custom_loading
 
     started = time.perf_counter()
     rules = Rules.make(

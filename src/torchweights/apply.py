@@ -1,7 +1,7 @@
-"""The only code that mutates a model: executes a :class:`~torchweights.plan.Plan`.
+"""The only code that mutates a model: executes a :class:`~torchweights.plan.reconcile.Plan`.
 
 Copy path: each loaded tensor's bytes are read from the file straight into the existing parameter's memory
-(:func:`torchweights.storage.fill`: in file order, over a few threads; casts, big-endian files and compressed
+(:func:`torchweights.storage.read.fill`: in file order, over a few threads; casts, big-endian files and compressed
 members through a bounded scratch buffer), with no intermediate state dict; each destination's autograd version
 counter is bumped as an in-place torch op would (a graph that saved the old values raises at ``backward()``, as
 after ``load_state_dict``). Meta path: each parameter on the meta
@@ -34,9 +34,9 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptCheckpointError
-from .plan import Action, Plan, extra_state_values, mapping_tensors
+from .plan.reconcile import Action, Plan, extra_state_values, mapping_tensors
+from .plan.spec import ModelSpec
 from .records import Checkpoint, TensorRecord
-from .spec import ModelSpec
 from .text import plural, quote, shorten_list
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,7 +81,7 @@ def apply_plan(
     """Execute ``plan`` on ``model``.
 
     Args:
-        plan: what to load where (from :func:`~torchweights.plan.reconcile`).
+        plan: what to load where (from :func:`~torchweights.plan.reconcile.reconcile`).
         model: the module to fill.
         checkpoint: the opened checkpoint (or plain state dict) the plan was made from.
         spec: the model's spec the plan was made against.
@@ -201,7 +201,8 @@ def _apply_checkpoint(
 ) -> tuple[int, tuple[str, ...]]:
     import torch
 
-    from . import dtypes, storage
+    from . import dtypes
+    from .storage import read as storage
 
     records = checkpoint.records
     empty = [

@@ -188,7 +188,7 @@ class LoadError(TorchWeightsError, ValueError):
     """A checkpoint does not fit the model under the chosen strictness; the model was left untouched.
 
     Attributes:
-        report: the full :class:`~torchweights.report.LoadReport`, every key accounted for.
+        report: the full :class:`~torchweights.report.load.LoadReport`, every key accounted for.
     """
 
     default_code = "load-failed"

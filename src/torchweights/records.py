@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import dtypes
-from ._stamps import FileStamp, stamp_for
+from .storage.stamps import FileStamp, stamp_for
 
 __all__ = ["Checkpoint", "StorageRef", "TensorRecord"]
 

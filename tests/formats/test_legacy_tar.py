@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import torchweights as tw
 from torchweights.cli import main as cli_main
-from torchweights.detect import detect
+from torchweights.detect.content import detect
 from torchweights.errors import (
     CorruptCheckpointError,
     ResourceLimitError,

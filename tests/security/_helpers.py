@@ -36,7 +36,7 @@ import pytest
 
 from torchweights.cli import main as cli_main
 from torchweights.errors import UnsafeCheckpointError
-from torchweights.scan import Finding, ScanReport, scan
+from torchweights.tools.scan.scanner import Finding, ScanReport, scan
 
 # --------------------------------------------------------------------------------------------------- payloads
 

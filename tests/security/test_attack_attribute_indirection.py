@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import torchweights.api as tw
-from torchweights.scan import scan
-from torchweights.unpickle import classify_global, unpickle
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import classify_global, unpickle
 
 from ._helpers import (
     CALL_OPS,

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import torchweights.api as tw
-from torchweights.scan import scan
-from torchweights.unpickle import unpickle
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import unpickle
 
 from ._helpers import (
     NAMING_OPS,

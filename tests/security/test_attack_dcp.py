@@ -21,7 +21,7 @@ import torch.distributed.checkpoint as dcp
 
 import torchweights.api as tw
 from torchweights.errors import UnsupportedCheckpointError
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import (
     Reduce,

@@ -34,8 +34,8 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import NotACheckpointError
-from torchweights.scan import Finding, scan
-from torchweights.unpickle import unpickle
+from torchweights.tools.scan.scanner import Finding, scan
+from torchweights.unpickle.machine import unpickle
 
 from ._helpers import (
     Reduce,

@@ -17,8 +17,8 @@ import pytest
 
 import torchweights.api as tw
 from torchweights.errors import NotACheckpointError, UnsafeCheckpointError
-from torchweights.scan import scan
-from torchweights.unpickle import unpickle
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import unpickle
 
 from ._helpers import (
     Reduce,

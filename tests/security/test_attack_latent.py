@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import torchweights.api as tw
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import (
     Reduce,

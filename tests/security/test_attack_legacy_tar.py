@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import torchweights.api as tw
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import (
     assert_cli_flags,

@@ -20,8 +20,8 @@ import torchweights.api as tw
 import torchweights.formats.torch_zip as torch_zip
 from torchweights.errors import ResourceLimitError
 from torchweights.limits import Limits
-from torchweights.scan import scan
-from torchweights.tscode import is_code_member
+from torchweights.tools.scan.scanner import scan
+from torchweights.tools.scan.tscode import is_code_member
 
 from ._helpers import read_members
 

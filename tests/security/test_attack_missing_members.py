@@ -15,7 +15,7 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import CorruptCheckpointError
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import read_members, write_zip
 

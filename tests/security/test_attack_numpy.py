@@ -20,7 +20,7 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import UnsupportedCheckpointError
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import (
     Reduce,

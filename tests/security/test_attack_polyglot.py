@@ -19,7 +19,7 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import CorruptCheckpointError, NotACheckpointError, TorchWeightsError
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import (
     Reduce,

@@ -23,8 +23,8 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import ResourceLimitError, TorchWeightsError
-from torchweights.scan import ScanReport, scan
-from torchweights.unpickle import Stub, unpickle
+from torchweights.tools.scan.scanner import ScanReport, scan
+from torchweights.unpickle.machine import Stub, unpickle
 
 from ._helpers import torch_zip_members, write_zip
 

@@ -19,7 +19,7 @@ import torch
 from torch.package import PackageExporter, PackageImporter
 
 import torchweights.api as tw
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import (
     Reduce,

@@ -2,7 +2,8 @@
 (the rest when the model is called). A module saved by torch itself can write or read any file that way (the
 canary below: ``torch.save`` in ``__setstate__`` creates a file the moment ``torch.jit.load`` returns).
 
-Scan reads that source statically (``torchweights.tscode``: parsed, never compiled or run) and flags, with the member
+Scan reads that source statically (``torchweights.tools.scan.tscode``: parsed, never compiled or run) and flags, with
+the member
 and the line, every operation that reaches outside the module's tensors; plain layer code (what ``torch.jit.script``
 and ``torch.jit.trace`` write for real architectures) draws no finding. ``tw.open``/``tw.load`` read the weights of
 every archive here and never run any of it.
@@ -27,8 +28,8 @@ from torch import nn
 
 import torchweights.api as tw
 from torchweights.limits import Limits
-from torchweights.scan import Finding, ScanReport, scan
-from torchweights.tscode import analyse, is_code_member
+from torchweights.tools.scan.scanner import Finding, ScanReport, scan
+from torchweights.tools.scan.tscode import analyse, is_code_member
 
 from ._helpers import assert_no_markers, cli_scan, read_members, wait_for, write_zip
 
@@ -440,7 +441,7 @@ def test_closing_line_names_the_loader_that_runs_the_code(
     tmp_path: Path, stateful: tuple[list[tuple[str, bytes]], TensorState], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """torch.jit.load compiles and runs ``code/``; the closing line says so, not torch.load/pickle."""
-    from torchweights.scan_text import closing_line
+    from torchweights.tools.scan.text import closing_line
 
     members, _ = stateful
     target, original = _setstate_source(members)
@@ -457,7 +458,7 @@ def test_closing_line_names_the_loader_that_runs_the_code(
 def test_torchscript_types_are_known(benign_archives: dict[str, Path]) -> None:
     """``__torch__.*`` names are the archive's compiled types: no Python package is imported for them, so no
     "unknown class, trust the package" warning; custom C++ classes and dunder attributes keep their handling."""
-    from torchweights.unpickle import classify_global
+    from torchweights.unpickle.machine import classify_global
 
     for path in benign_archives.values():
         report = scan(path)

@@ -28,8 +28,8 @@ import torch
 
 import torchweights.api as tw
 from torchweights.cli import main as cli_main
-from torchweights.scan import scan
-from torchweights.unpickle import Stub, classify_global
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import Stub, classify_global
 
 from ._helpers import (
     Reduce,

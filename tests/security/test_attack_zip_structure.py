@@ -22,7 +22,7 @@ import torch
 import torchweights.api as tw
 from torchweights.errors import CorruptCheckpointError, ResourceLimitError
 from torchweights.limits import Limits
-from torchweights.scan import scan
+from torchweights.tools.scan.scanner import scan
 
 from ._helpers import (
     Reduce,

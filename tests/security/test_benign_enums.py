@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import torch
 
-from torchweights.scan import scan
-from torchweights.unpickle import Global, Stub, unpickle
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import Global, Stub, unpickle
 
 from ._helpers import CALL_OPS, FORMATS, Benign, load_benign, opcodes, save_benign
 

@@ -1,7 +1,8 @@
 """Benign: Enum members of the libraries whose objects end up in checkpoints (``training_args.bin`` holds
 ``TrainingArguments`` with ``SchedulerType``, ``IntervalStrategy``, ``OptimizerNames``...; Lightning and accelerate
 states hold theirs). A member pickles as a call of its class with its value; for the classes of
-:data:`~torchweights.known_enums.KNOWN_ENUMS` (generated from the libraries by ``tools/make_known_enums.py``) that
+:data:`~torchweights.unpickle.known_enums.KNOWN_ENUMS` (generated from the libraries by ``tools/make_known_enums.py``)
+that
 call is a lookup, so scan calls the file clean. The same names called any other way are still dangerous calls.
 
 The library is stood in for by a module registered under its real name while saving, removed before scanning.
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 import torchweights as tw
-from torchweights.known_enums import KNOWN_ENUMS
+from torchweights.unpickle.known_enums import KNOWN_ENUMS
 
 LIBRARY = "transformers.trainer_utils"
 

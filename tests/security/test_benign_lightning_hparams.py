@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from torchweights.scan import scan
-from torchweights.unpickle import Stub, unpickle
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import Stub, unpickle
 
 from ._helpers import FORMATS, Benign, alarms, load_benign, save_benign
 

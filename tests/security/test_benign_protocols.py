@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import torchweights.api as tw
-from torchweights.scan import scan
-from torchweights.unpickle import unpickle
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import unpickle
 
 from ._helpers import alarms, assert_clean_scan, assert_same_tensor, tensors_of
 

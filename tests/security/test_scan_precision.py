@@ -22,7 +22,7 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import TorchWeightsError, UnsafeCheckpointError
-from torchweights.scan import ScanReport, scan
+from torchweights.tools.scan.scanner import ScanReport, scan
 
 from ._helpers import (
     Reduce,
@@ -37,7 +37,9 @@ from ._helpers import (
 )
 
 SYSTEM = f"{os.system.__module__}.system"
-scan_module = importlib.import_module("torchweights.scan")  # the module (the package exports the function)
+scan_module = importlib.import_module(
+    "torchweights.tools.scan.scanner"
+)  # the module (the package exports the function)
 
 
 def assert_quiet_clean(report: ScanReport) -> None:

@@ -1,7 +1,7 @@
 """torch's own classes are known to scan: ``torch.save(module)`` of any ``torch.nn`` module is clean, with no
 "unknown class" warning, while third-party classes stay warnings.
 
-The table (``torchweights.torch_classes.TORCH_CLASSES``) is built from the installed torch by
+The table (``torchweights.unpickle.torch_classes.TORCH_CLASSES``) is built from the installed torch by
 ``tools/make_torch_classes.py``, never by hand; the first test checks the committed table is what the script writes
 today, so a torch upgrade that adds a class fails here until the table is regenerated.
 """
@@ -17,9 +17,9 @@ from types import ModuleType
 import pytest
 import torch
 
-from torchweights.scan import scan
-from torchweights.torch_classes import TORCH_CLASSES, TORCH_CLASSES_VERSION
-from torchweights.unpickle import classify_global
+from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.machine import classify_global
+from torchweights.unpickle.torch_classes import TORCH_CLASSES, TORCH_CLASSES_VERSION
 
 from ._helpers import torch_zip_members, write_zip
 

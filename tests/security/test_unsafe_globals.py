@@ -16,7 +16,7 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
-from torchweights.unpickle import Global, Stub, classify_global, unpickle
+from torchweights.unpickle.machine import Global, Stub, classify_global, unpickle
 
 from ._helpers import Reduce, assert_refused, qualname, refusal
 from ._helpers import u as _u

@@ -275,7 +275,7 @@ def real_meta(factory: Callable[[], Any]) -> tuple[set[str] | None, str]:
 def run(args: argparse.Namespace) -> int:
     """Build the model, plan the load and print the report; return the exit code."""
     from .. import api
-    from ..spec import ModelSpec
+    from ..plan.spec import ModelSpec
 
     try:
         model, on_meta, factory = _build(args.model)

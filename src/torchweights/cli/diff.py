@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     """Compare and print the report; return the exit code."""
     import json
 
-    from ..diff import diff
+    from ..tools.diff import diff
 
     report = diff(
         args.a, args.b, rtol=args.rtol, atol=args.atol, container=args.container, allow_globals=args.allow_globals

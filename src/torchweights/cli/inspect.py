@@ -87,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _classifier() -> Callable[[str], str]:
-    """``torchweights.unpickle.classify_global``, or a stand-in answering ``"unknown"`` when it is unavailable."""
+    """``torchweights.unpickle.machine.classify_global``, or a stand-in answering ``"unknown"`` when it is
+    unavailable."""
     try:
-        from ..unpickle import classify_global
+        from ..unpickle.machine import classify_global
     except ImportError:  # pragma: no cover - only while the unpickler is missing
         return lambda name: "unknown"
     return classify_global
@@ -117,7 +118,7 @@ def _dtype_totals(ckpt: Checkpoint) -> dict[str, dict[str, int]]:
 
 
 def _repr(value: Any) -> str:
-    from ..containers import short_repr
+    from ..formats.tree import short_repr
 
     try:
         return short_repr(value, 400)

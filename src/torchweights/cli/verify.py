@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Verify and print the report; return the exit code."""
     import json
 
-    from ..verify import verify
+    from ..tools.verify import verify
 
     report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals)
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))

@@ -15,7 +15,7 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..unpickle import StreamScan
+    from ..unpickle.machine import StreamScan
 
 __all__ = ["READERS", "ReadOptions", "open_path", "reader_for"]
 
@@ -28,7 +28,7 @@ class ReadOptions:
         allow_globals: pickle globals (``module.qualname``) the user explicitly allowed to be imported and called.
         limits: resource bounds.
         observer: set by ``scan`` only: every pickle stream a reader runs is read with
-            :func:`~torchweights.unpickle.scan_stream` (nothing allowed, nothing imported, dangerous references
+            :func:`~torchweights.unpickle.machine.scan_stream` (nothing allowed, nothing imported, dangerous references
             reported instead of refused) and handed to ``observer(where, start, stream)``.
     """
 
@@ -79,15 +79,15 @@ def open_path(path: str, options: ReadOptions) -> Checkpoint:
     """Detect the format of ``path`` from its content and read it into a :class:`Checkpoint`.
 
     The file is stamped before it is read: every ``StorageRef`` made meanwhile records which version of its file it
-    describes (see :mod:`torchweights._stamps`)."""
-    from .._stamps import stamping
+    describes (see :mod:`torchweights.storage.stamps`)."""
+    from ..storage.stamps import stamping
 
     with stamping(path):
         return _read_path(path, options)
 
 
 def _read_path(path: str, options: ReadOptions) -> Checkpoint:
-    from ..detect import detect
+    from ..detect.content import detect
 
     fmt = detect(path)
     reader = reader_for(fmt)

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..containers import flatten, record_maker
 from ..errors import UnsupportedCheckpointError
 from ..records import Checkpoint, StorageRef
-from ..unpickle import EmbeddedStorage, PickledTensor, UnpickleResult, scan_stream, unpickle
+from ..unpickle.machine import EmbeddedStorage, PickledTensor, UnpickleResult, scan_stream, unpickle
+from .tree import flatten, record_maker
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions

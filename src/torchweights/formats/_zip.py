@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from .. import _io
 from ..errors import CorruptCheckpointError, ResourceLimitError, pass_through
 from ..limits import Limits
+from ..storage import files as _io
 from ..text import plural, printable
 
 __all__ = [

@@ -14,12 +14,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..containers import short_repr
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ..records import Checkpoint, StorageRef
-from ..unpickle import EmbeddedStorage, Global, PickledStorage, PickledTensor, StorageType, Stub, UnpickleResult
+from ..unpickle.machine import (
+    EmbeddedStorage,
+    Global,
+    PickledStorage,
+    PickledTensor,
+    StorageType,
+    Stub,
+    UnpickleResult,
+)
 from ._files import mapped
 from ._pickled import assemble, run_pickle
+from .tree import short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions

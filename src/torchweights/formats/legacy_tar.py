@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..containers import check_view, short_repr
 from ..errors import CorruptCheckpointError, ResourceLimitError, UnsafeCheckpointError, UnsupportedCheckpointError
 from ..records import Checkpoint, StorageRef
 from ..text import plural, problem_list, quote, quote_list
-from ..unpickle import Global, PickledStorage, PickledTensor, StorageType, Stub
+from ..unpickle.machine import Global, PickledStorage, PickledTensor, StorageType, Stub
 from ._files import mapped
 from ._pickled import assemble, run_pickle
+from .tree import check_view, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions

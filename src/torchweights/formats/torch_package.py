@@ -24,15 +24,15 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..containers import flatten, record_maker, short_repr
 from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..records import Checkpoint, TensorRecord
 from ..text import quote
-from ..unpickle import PickledStorage, Stub
+from ..unpickle.machine import PickledStorage, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
 from .torch_zip import Archive, ZipStorages, check_byteorder, open_archive, read_text_members
 from .torchscript import ScriptModule, read_script_module
+from .tree import flatten, record_maker, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions

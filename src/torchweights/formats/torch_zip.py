@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..containers import short_repr
 from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef
 from ..text import plural, quote, shorten_list
-from ..unpickle import PickledStorage, StorageType
+from ..unpickle.machine import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
 from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_member_inflation, inflate, read_directory
+from .tree import short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions

@@ -8,7 +8,7 @@ Naming: records are named as ``torch.jit.load(path).state_dict()`` names them (`
 The pickle holds each TorchScript object as a flat attribute dict; which attributes are parameters and buffers is
 declared by the class's ``__parameters__`` / ``__buffers__`` lines in ``code/`` (read as text, never run; a class
 missing there falls back to ``requires_grad``: parameters, other tensors: buffers). Each module is turned into an
-inert module stub (``_parameters``, ``_buffers``, ``_modules``), so :mod:`~torchweights.containers` names it like
+inert module stub (``_parameters``, ``_buffers``, ``_modules``), so :mod:`~torchweights.formats.tree` names it like
 any pickled ``nn.Module``. Beyond ``state_dict()``:
 
 * quantized modules and packed parameters (``__torch__.torch.classes.quantized.LinearPackedParamsBase``,
@@ -35,16 +35,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..containers import Flattened, flatten, is_module_stub, record_maker, short_repr
 from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..limits import Limits
 from ..records import Checkpoint
 from ..text import plural, quote, quote_list
-from ..unpickle import PickledTensor, Stub
+from ..unpickle.machine import PickledTensor, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
 from .torch_zip import Archive, ZipStorages, check_byteorder, open_archive, read_text_members
 from .torchscript_legacy import missing_member, read_model_json
+from .tree import Flattened, flatten, is_module_stub, record_maker, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
@@ -267,7 +267,7 @@ def _cell_params(cls: str, state: Any) -> tuple[dict[str, Any], dict[str, Any], 
 
 
 class _Converter:
-    """Turns TorchScript objects into inert module stubs that :func:`~torchweights.containers.flatten` names like
+    """Turns TorchScript objects into inert module stubs that :func:`~torchweights.formats.tree.flatten` names like
     ``state_dict()``: each object once (shared submodules stay shared, cycles end), at most ``max_depth`` deep."""
 
     def __init__(self, decls: dict[str, _ClassDecl], limits: Limits) -> None:
@@ -435,7 +435,7 @@ class ScriptModule:
 
     Attributes:
         tree: the module as an inert module stub (named like its ``state_dict()`` by
-            :func:`~torchweights.containers.flatten`), or what ``data.pkl`` holds when it is not a module.
+            :func:`~torchweights.formats.tree.flatten`), or what ``data.pkl`` holds when it is not a module.
         constants: ``{"c0": value, ...}``, the tensors (and objects) the code names ``CONSTANTS.c0``...
         module_class: the root object's class (``__torch__.Net``), or None.
         globals: every global the two pickles reference.

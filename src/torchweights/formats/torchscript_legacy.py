@@ -22,13 +22,13 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..containers import flatten, record_maker, short_repr
 from ..errors import CorruptCheckpointError, ResourceLimitError, pass_through
 from ..records import Checkpoint, StorageRef
 from ..text import plural, quote, quote_list, shorten_list
-from ..unpickle import PickledQTensor, PickledStorage, PickledTensor, Stub
+from ..unpickle.machine import PickledQTensor, PickledStorage, PickledTensor, Stub
 from ._pickled import run_pickle
 from .torch_zip import Archive, missing_storage
+from .tree import flatten, record_maker, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions

@@ -1,4 +1,4 @@
-"""Text for a :class:`~torchweights.report.LoadReport`: the terminal report and the :class:`LoadError` message.
+"""Text for a :class:`~torchweights.report.load.LoadReport`: the terminal report and the :class:`LoadError` message.
 
 :func:`render` is what ``print(report)`` and ``torchweights check`` show: a header (source, model, result, the
 container and prefix chosen and why, the rules applied, totals), then one section per kind of action, problems
@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .fold import fold_names, format_indices, human_bytes, human_count, is_index
-from .rules import matches_any
-from .text import plural, printable, quote, table
+from ..fold import fold_names, format_indices, human_bytes, human_count, is_index
+from ..plan.rules import matches_any
+from ..text import plural, printable, quote, table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .plan import Action, Plan
-    from .report import LoadReport
+    from ..plan.reconcile import Action, Plan
+    from .load import LoadReport
 
 __all__ = ["headline", "log_line", "problem_summary", "render"]
 
@@ -343,7 +343,7 @@ def _totals(report: LoadReport) -> str:
 
 
 def _planned_bytes(loaded: Sequence[Action]) -> int:
-    from . import dtypes
+    from .. import dtypes
 
     total = 0
     for a in loaded:

@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import dtypes
-from .errors import CorruptCheckpointError, ResourceLimitError, UnsupportedCheckpointError
-from .limits import Limits
-from .records import StorageRef, TensorRecord
-from .unpickle import PickledQTensor, PickledSparse, PickledTensor, Stub, bounded_repr
+from .. import dtypes
+from ..errors import CorruptCheckpointError, ResourceLimitError, UnsupportedCheckpointError
+from ..limits import Limits
+from ..records import StorageRef, TensorRecord
+from ..unpickle.machine import PickledQTensor, PickledSparse, PickledTensor, Stub, bounded_repr
 
 __all__ = [
     "Flattened",
@@ -208,7 +208,7 @@ def unreadable_tensors(extras: dict[str, Any]) -> dict[str, str]:
 def refuse_unreadable(path: str, extras: dict[str, Any]) -> None:
     """Raise ``UnsupportedCheckpointError`` (code ``unsupported-tensor``) naming every tensor of a checkpoint that
     cannot be rebuilt, as ``tw.load`` does: a state dict silently shorter than the file is never returned."""
-    from .text import plural, quote, shorten_list
+    from ..text import plural, quote, shorten_list
 
     unread = unreadable_tensors(extras)
     if unread:

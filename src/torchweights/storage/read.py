@@ -7,7 +7,7 @@ Two entry points share one engine:
   tensor's bytes are read with ``preadv`` directly into its memory, in file order, over a small thread pool, with
   no intermediate state dict and no second copy. What cannot land as it is (a dtype cast, a big-endian file,
   a compressed zip member, a GPU destination, bytes read only for the CRC check) goes through bounded scratch
-  buffers (:class:`IOSettings.scratch_bytes <torchweights._io.IOSettings>`, 64 MiB by default, shared by the
+  buffers (:class:`IOSettings.scratch_bytes <torchweights.storage.files.IOSettings>`, 64 MiB by default, shared by the
   threads; pinned when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are
   not contiguous are rebuilt from a copy of their storage, never from a copy of the checkpoint.
 - :func:`materialize` builds new tensors (``tw.load``), one storage per file storage, so views and tied weights
@@ -21,13 +21,15 @@ Where each part lives (every name in ``__all__`` is importable from here, as bef
 
 - this module: the entry points :func:`fill`, :func:`materialize`, :func:`read_storage_bytes` and
   :func:`read_byte_range` (bytes of a storage without torch, for ``convert``, ``diff`` and ``verify``);
-- :mod:`torchweights._results`: :class:`CrcMismatch`, :class:`FillResult` and :func:`crc_error` (re-exported here);
-- :mod:`torchweights._engine`: the read engine: destinations, scratch buffers, the threaded and vectored reads,
+- :mod:`torchweights.storage.results`: :class:`CrcMismatch`, :class:`FillResult` and :func:`crc_error` (re-exported
+here);
+- :mod:`torchweights.storage.engine`: the read engine: destinations, scratch buffers, the threaded and vectored reads,
   the CRC checks, inflating zip members;
-- :mod:`torchweights._mapping`: :func:`mapped_tensors` (re-exported here), the private mappings behind
+- :mod:`torchweights.storage.mapping`: :func:`mapped_tensors` (re-exported here), the private mappings behind
   ``mmap=True``;
-- :mod:`torchweights._tensors`: tensors built from records (views, quantized tensors) and their checks;
-- :mod:`torchweights._io`: the file-level pieces, :class:`IOSettings` and :func:`io_settings` (re-exported here).
+- :mod:`torchweights.storage.tensors`: tensors built from records (views, quantized tensors) and their checks;
+- :mod:`torchweights.storage.files`: the file-level pieces, :class:`IOSettings` and :func:`io_settings` (re-exported
+here).
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import dtypes
-from ._bytes import swap_unit
-from ._engine import Engine, Group, Target, member_pieces, memory_of, read_member
-from ._io import IOSettings, crc32, current_settings, io_settings, open_fd, read_exact
-from ._mapping import Mapper, mapped_tensors
-from ._results import CrcMismatch, FillResult, crc_error, not_whole_elements, storage_label
-from ._stamps import check_unchanged
-from ._tensors import (
+from .. import dtypes
+from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
+from ..records import StorageRef, TensorRecord
+from ..text import quote
+from .contents import swap_unit
+from .engine import Engine, Group, Target, member_pieces, memory_of, read_member
+from .files import IOSettings, crc32, current_settings, io_settings, open_fd, read_exact
+from .mapping import Mapper, mapped_tensors
+from .results import CrcMismatch, FillResult, crc_error, not_whole_elements, storage_label
+from .stamps import check_unchanged
+from .tensors import (
     apply_flags_in_place,
     build_sparse,
     build_tensor,
@@ -51,9 +56,6 @@ from ._tensors import (
     device_resolver,
     needs_flags,
 )
-from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
-from .records import StorageRef, TensorRecord
-from .text import quote
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -218,7 +220,7 @@ def materialize(
         records: the records to load.
         map_location: target device (``"cpu"``, ``"cuda:0"``, ``torch.device``), a mapping from saved location to
             target, a callable as ``torch.load`` takes it (``map_location(storage, location)``; see
-            :func:`torchweights._tensors.device_resolver`), or None to keep the saved location.
+            :func:`torchweights.storage.tensors.device_resolver`), or None to keep the saved location.
         check_crc: compare every storage with the CRC-32 its zip member records (``bad-crc`` on mismatch).
         mmap: CPU tensors as views of a private mapping of the file where possible (see :func:`mapped_tensors`).
 

@@ -1,7 +1,7 @@
 """A tensor's logical contents as little-endian bytes in C order, read in bounded chunks, without torch.
 
 ``convert``, ``diff`` and ``verify`` need the bytes a tensor *means* (its elements in row-major order), not the bytes
-of its storage. All reading goes through :func:`torchweights.storage.read_byte_range` (only the byte range
+of its storage. All reading goes through :func:`torchweights.storage.read.read_byte_range` (only the byte range
 the tensor spans, in chunks of at most :data:`CHUNK_BYTES`), so peak memory is one chunk for contiguous tensors and
 one view span for strided views, never the checkpoint.
 
@@ -24,10 +24,10 @@ import math
 from collections.abc import Iterator
 from typing import Literal
 
-from . import dtypes
-from ._io import crc32
-from ._results import CrcMismatch, crc_error
-from .records import StorageRef, TensorRecord
+from .. import dtypes
+from ..records import StorageRef, TensorRecord
+from .files import crc32
+from .results import CrcMismatch, crc_error
 
 __all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "read_range", "span", "swap_unit", "to_little_endian"]
 
@@ -73,8 +73,9 @@ def span(record: TensorRecord) -> tuple[int, int]:
 
 
 def read_range(ref: StorageRef, first: int, end: int) -> bytearray:
-    """Bytes ``[first, end)`` of storage ``ref`` as stored (through :func:`torchweights.storage.read_byte_range`)."""
-    from .storage import read_byte_range
+    """Bytes ``[first, end)`` of storage ``ref`` as stored (through
+    :func:`torchweights.storage.read.read_byte_range`)."""
+    from .read import read_byte_range
 
     return read_byte_range(ref, first, end)
 
@@ -165,7 +166,7 @@ def logical_chunks(
     Raises:
         ValueError: the record has no storage (a meta tensor saved without data).
         CorruptCheckpointError: ``bad-crc``: the storage does not match its CRC-32.
-        TorchWeightsError: the bytes cannot be read (see :func:`torchweights.storage.read_storage_bytes`).
+        TorchWeightsError: the bytes cannot be read (see :func:`torchweights.storage.read.read_storage_bytes`).
     """
     ref = record.storage
     if ref is None:
@@ -175,7 +176,7 @@ def logical_chunks(
     first, end = span(record)
     crc = check_crc and ref.crc32 is not None
     if crc and (first, end) != (0, ref.nbytes):  # the CRC covers bytes outside the tensor: one pass over them all
-        from .storage import storage_crc
+        from .read import storage_crc
 
         _check(ref, storage_crc(ref), record)
         crc = False

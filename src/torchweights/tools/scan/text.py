@@ -1,4 +1,5 @@
-"""The text of a :class:`~torchweights.scan.ScanReport`, as ``torchweights scan`` prints it and ``str(report)``
+"""The text of a :class:`~torchweights.tools.scan.scanner.ScanReport`, as ``torchweights scan`` prints it and
+``str(report)``
 returns it: the verdict, every finding (worst first) with where it is, the counts, and a closing line that follows
 what ``tw.load`` really does with the file. Renders decisions, never makes them."""
 
@@ -6,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .text import plural, printable
-from .text import table as _table
+from ...text import plural, printable
+from ...text import table as _table
 
 if TYPE_CHECKING:
-    from .scan import Finding, ScanReport
+    from .scanner import Finding, ScanReport
 
 __all__ = ["TEXT_FINDING_LIMIT", "closing_line", "render_text"]
 

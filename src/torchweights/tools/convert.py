@@ -5,14 +5,14 @@ The algorithm, in the order it runs:
 
 1. **open** the source (any format :func:`torchweights.open` reads; nothing from it is executed) and hash its
    files (sha256, recorded in the output's metadata);
-2. **choose** the weights: the container (``state_dict``, ``model``...; see :mod:`torchweights._selection`) and
+2. **choose** the weights: the container (``state_dict``, ``model``...; see :mod:`torchweights.plan.selection`) and
    the keys matching ``select``; everything left out is listed in :attr:`ConvertReport.notes`;
 3. **plan** the outputs from names, dtypes and shapes alone: tensors that are the same view of the same storage
    (tied weights) are written once and recorded as aliases, the way ``safetensors.torch.save_model`` does
    (``__metadata__[alias] = kept``); other views are written as their logical contents; shards are filled in
    order up to ``max_shard_size``; every output name is known, and checked to be free, before a byte is written;
 4. **write** each output to a temporary file in the destination folder, tensor by tensor, from bounded reads of
-   the source (:mod:`torchweights._bytes`): peak memory is one chunk for contiguous tensors, one view span for
+   the source (:mod:`torchweights.storage.contents`): peak memory is one chunk for contiguous tensors, one view span for
    strided views, one tensor for casts; no torch unless ``dtype`` asks for a cast; the CRC-32 of every source zip
    member is checked as ``tw.load`` checks it (``bad-crc``: nothing is kept), so damage is never laundered;
 5. **verify** each output (unless ``verify=False``): re-read it with the strict readers and compare every tensor,
@@ -34,16 +34,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import dtypes
-from ._bytes import CHUNK_BYTES, logical_chunks, span
-from ._selection import Selection, select_weights
-from .errors import RuleError, WriteError
-from .limits import DEFAULT_LIMITS, Limits
-from .records import Checkpoint, TensorRecord
-from .text import format_bytes, plural, quote, quote_list, shorten_list
-from .writers import safetensors as st_writer
-from .writers import torch_zip as torch_writer
-from .writers.atomic import Outputs
+from .. import dtypes
+from ..errors import RuleError, WriteError
+from ..limits import DEFAULT_LIMITS, Limits
+from ..plan.selection import Selection, select_weights
+from ..records import Checkpoint, TensorRecord
+from ..storage.contents import CHUNK_BYTES, logical_chunks, span
+from ..text import format_bytes, plural, quote, quote_list, shorten_list
+from ..writers import safetensors as st_writer
+from ..writers import torch_zip as torch_writer
+from ..writers.atomic import Outputs
 
 __all__ = ["ConvertReport", "convert", "parse_size"]
 
@@ -483,7 +483,7 @@ def convert(
             re-read; nothing was kept.
         TorchWeightsError: the source cannot be read.
     """
-    from .api import open as open_checkpoint
+    from ..api import open as open_checkpoint
     from .verify import sha256_file
 
     started = time.perf_counter()
@@ -540,7 +540,7 @@ def convert(
             written = _write_torch(outputs, dest, items, aliases, verify, sources, plain_extras, meta)
         outputs.commit()
         if verify and dest.index in written:
-            from .formats import ReadOptions, open_path
+            from ..formats import ReadOptions, open_path
 
             open_path(dest.index, ReadOptions())  # the set as a loader sees it: index and shards agree
     for stale in dest.stale(set(written)) if force else ():
@@ -678,8 +678,8 @@ def _chunk_source(item: _Item) -> Callable[[], Iterator[bytearray]]:
 
 def _verify_safetensors(temp: str, final: str, shard: list[_Item], aliases: dict[str, str]) -> None:
     """Re-read one written file with the strict reader; compare every tensor with a fresh read of the source."""
-    from .formats import ReadOptions
-    from .formats import safetensors as st_reader
+    from ..formats import ReadOptions
+    from ..formats import safetensors as st_reader
 
     _compare(st_reader.read(temp, ReadOptions()), final, shard, aliases)
 
@@ -803,7 +803,7 @@ def _span_source(record: TensorRecord, lo: int, hi: int) -> Callable[[], Iterato
 
 def _verify_torch(temp: str, final: str, items: list[_Item], aliases: dict[str, str]) -> None:
     """Re-read the written torch file with our zip reader; compare every tensor with a fresh read of the source."""
-    from .formats import ReadOptions
-    from .formats import torch_zip as zip_reader
+    from ..formats import ReadOptions
+    from ..formats import torch_zip as zip_reader
 
     _compare(zip_reader.read(temp, ReadOptions()), final, items, aliases)

@@ -45,8 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import dtypes
-from .errors import (
+from .. import dtypes
+from ..errors import (
     CorruptCheckpointError,
     ResourceLimitError,
     TorchWeightsError,
@@ -54,10 +54,10 @@ from .errors import (
     UnsupportedCheckpointError,
     pass_through,
 )
+from ..limits import DEFAULT_LIMITS
+from ..records import StorageRef
+from ..text import plural, quote
 from .known_enums import KNOWN_ENUMS
-from .limits import DEFAULT_LIMITS
-from .records import StorageRef
-from .text import plural, quote
 from .torch_classes import TORCH_CLASSES
 
 __all__ = [
@@ -384,7 +384,7 @@ def _apply_metadata(tensor: PickledTensor, metadata: Any) -> PickledTensor:
 
 def _apply_state(tensor: Any, state: Any) -> Any:
     """Python attributes saved with a tensor (``_rebuild_parameter_with_state``, ``_rebuild_from_type_v2``): a
-    ``__dict__`` or ``(__dict__, slots)``, kept as data for :mod:`torchweights._tensors` to set."""
+    ``__dict__`` or ``(__dict__, slots)``, kept as data for :mod:`torchweights.storage.tensors` to set."""
     if not isinstance(tensor, PickledTensor) or state is None:
         return tensor
     parts = state if isinstance(state, tuple) else (state,)
@@ -507,7 +507,7 @@ def _load_from_bytes(blob: Any, *extra: Any) -> Any:
     """``torch.storage._load_from_bytes(b)`` (how ``pickle.dumps(tensor)`` saves storages): ``b`` is a legacy
     ``torch.save`` stream, read by the legacy reader with this same machine; torch.load is never called. Anything
     else (or a stream naming dangerous globals) is a dangerous call."""
-    from .formats.legacy import read_embedded  # the reader sits above this module
+    from ..formats.legacy import read_embedded  # the reader sits above this module
 
     _no_extra("torch.storage._load_from_bytes", extra)
     try:
@@ -1468,7 +1468,7 @@ def classify_global(name: str) -> str:
 
     ``safe``: in :data:`SAFE_GLOBALS`; torchweights reconstructs it as data. ``dangerous``: runs code, touches
     files, processes, the network or the import machinery; it is refused. ``known``: one of torch's own module
-    classes or the types and functions their pickles hold (:data:`~torchweights.torch_classes.TORCH_CLASSES`):
+    classes or the types and functions their pickles hold (:data:`~torchweights.unpickle.torch_classes.TORCH_CLASSES`):
     never imported, kept as an inert stub, and no warning. ``unknown``: any other class or function (for example a
     model class from the project that saved the file): never imported, kept as an inert stub.
 
@@ -1605,7 +1605,7 @@ def _import_allowed(module: str, name: str, created: dict[int, Any]) -> _Allowed
         for part in name.split("."):
             obj = getattr(obj, part)
     except Exception as exc:  # ImportError, AttributeError, or whatever the allowed module raises on import
-        from .errors import UnsupportedCheckpointError
+        from ..errors import UnsupportedCheckpointError
 
         raise UnsupportedCheckpointError(
             f"'{module}.{name}' was allowed but cannot be imported here: {type(exc).__name__}: "

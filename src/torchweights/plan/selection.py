@@ -1,9 +1,10 @@
 """Which tensors of a checkpoint are "the weights", when there is no model to fit them to.
 
-``load_into`` picks the container that fits the model best (:func:`torchweights.plan.reconcile`). ``convert`` and
+``load_into`` picks the container that fits the model best (:func:`torchweights.plan.reconcile.reconcile`).
+``convert`` and
 ``diff`` have no model, so :func:`choose_container` decides from names alone, with the same tables
-(:data:`~torchweights.rules.CONTAINER_NAMES`, :data:`~torchweights.rules.EMA_NAMES`,
-:data:`~torchweights.rules.OPTIMIZER_NAMES`) and conservatively:
+(:data:`~torchweights.plan.rules.CONTAINER_NAMES`, :data:`~torchweights.plan.rules.EMA_NAMES`,
+:data:`~torchweights.plan.rules.OPTIMIZER_NAMES`) and conservatively:
 
 * at each level without tensors of its own, descend into a child named like a weights container (``state_dict``,
   ``model``, ``net``...; an EMA copy only when there is no other). ``*state_dict*`` is taken whatever lies beside
@@ -13,7 +14,7 @@
   keeps the names its ``state_dict()`` gives;
 * otherwise stay, and leave out training state found at that level.
 
-The container's members are then taken with :func:`~torchweights.plan.reconcile` (forced container, no prefix
+The container's members are then taken with :func:`~torchweights.plan.reconcile.reconcile` (forced container, no prefix
 change), exactly the keys ``load_into(..., container=NAME)`` would see.
 """
 
@@ -22,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .plan import reconcile
-from .records import Checkpoint, TensorRecord
+from ..records import Checkpoint, TensorRecord
+from ..text import plural, quote, shorten_list
+from .reconcile import reconcile
 from .rules import CONTAINER_NAMES, EMA_NAMES, OPTIMIZER_NAMES, Rules, matches_any
 from .spec import ModelSpec
-from .text import plural, quote, shorten_list
 
 __all__ = ["Selection", "choose_container", "select_weights"]
 

@@ -2,7 +2,8 @@
 called, in any format.
 
 Every pickle the file holds is read by the same machine and the same table that loading uses
-(:func:`~torchweights.unpickle.scan_stream`), so ``tw.load`` never runs what scan calls safe and never refuses, for
+(:func:`~torchweights.unpickle.machine.scan_stream`), so ``tw.load`` never runs what scan calls safe and never
+refuses, for
 safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weight damaged after saving, which
 ``tw.load`` catches by its CRC-32, is not scan's to see.) What is walked:
 
@@ -21,7 +22,7 @@ safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weigh
   every other dtype are data and are never read.
 
 A global the pickle calls as a function with arguments that nobody vetted (neither in the reconstructor table nor
-one of torch's own classes) is a ``dangerous-call``: see ``_Machine.call`` in :mod:`~torchweights.unpickle`.
+one of torch's own classes) is a ``dangerous-call``: see ``_Machine.call`` in :mod:`~torchweights.unpickle.machine`.
 
 The file is opened the way ``tw.load`` opens it first (the members that hold storages, and what ``tw.load`` does
 with the file, are then known: :attr:`ScanReport.loads`, :attr:`ScanReport.load_refuses`). The verdict is
@@ -43,21 +44,30 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from . import dtypes
-from .containers import refuse_unreadable
-from .detect import looks_safetensors
-from .errors import ResourceLimitError, TorchWeightsError
-from .formats import ReadOptions, open_path
-from .formats._files import mapped
-from .formats._zip import ZipDirectory, ZipMember, check_member_inflation, inflate, read_directory
-from .formats.legacy import MAGIC_NUMBER
-from .limits import DEFAULT_LIMITS, Limits
-from .records import Checkpoint, StorageRef
-from .storage import read_byte_range
-from .text import StrEnum, plural, printable, quote
+from ... import dtypes
+from ...detect.content import looks_safetensors
+from ...errors import ResourceLimitError, TorchWeightsError
+from ...formats import ReadOptions, open_path
+from ...formats._files import mapped
+from ...formats._zip import ZipDirectory, ZipMember, check_member_inflation, inflate, read_directory
+from ...formats.legacy import MAGIC_NUMBER
+from ...formats.tree import refuse_unreadable
+from ...limits import DEFAULT_LIMITS, Limits
+from ...records import Checkpoint, StorageRef
+from ...storage.read import read_byte_range
+from ...text import StrEnum, plural, printable, quote
+from ...unpickle.machine import (
+    FIRST_OPCODES,
+    Global,
+    PickledStorage,
+    Reference,
+    StorageType,
+    StreamScan,
+    Stub,
+    scan_stream,
+)
 from .tscode import analyse as analyse_torchscript
 from .tscode import is_code_member
-from .unpickle import FIRST_OPCODES, Global, PickledStorage, Reference, StorageType, StreamScan, Stub, scan_stream
 
 __all__ = ["Finding", "PickleStream", "ScanReport", "Severity", "Verdict", "scan"]
 
@@ -112,7 +122,8 @@ class Finding:
         member: the zip or tar member, or a description of where in the file (``bytes value at 'meta.blob'``).
         offset: byte offset of the opcode in the pickle's buffer (the member, or the file).
         name: the global referenced, as ``module.qualname`` (for TorchScript code, the operator or name used).
-        line: the 1-based line of a TorchScript source file (``ts-*`` findings, see :mod:`~torchweights.tscode`).
+        line: the 1-based line of a TorchScript source file (``ts-*`` findings, see
+        :mod:`~torchweights.tools.scan.tscode`).
     """
 
     severity: Severity
@@ -266,7 +277,7 @@ class ScanReport:
         return f"{self.verdict}: {plural(len(self.findings), 'finding')} ({shown})"
 
     def __str__(self) -> str:
-        from .scan_text import render_text  # what the CLI prints: one text report, never two
+        from .text import render_text  # what the CLI prints: one text report, never two
 
         return render_text(self)
 
@@ -754,7 +765,7 @@ class _Scanner:
     # -- TorchScript source ---------------------------------------------------------------------------------
     def torchscript_code(self, fh: IO[bytes], member: ZipMember, file: str, where: str | None) -> None:
         """A TorchScript source file (``<root>/code/``, torch.package's ``.data/ts_code/``), which torch.jit.load
-        compiles and runs: analysed statically (:func:`~torchweights.tscode.analyse`), never run."""
+        compiles and runs: analysed statically (:func:`~torchweights.tools.scan.tscode.analyse`), never run."""
         label = member.name if where is None else f"{where}: {member.name}"
         over = self.source_bytes > self.limits.max_source_bytes  # reported once, at the member that went over
         self.source_bytes += member.size

@@ -1,4 +1,4 @@
-"""Low-level I/O for :mod:`torchweights.storage`: positioned reads, read-ahead hints, bounded inflation, CRC-32.
+"""Low-level I/O for :mod:`torchweights.storage.read`: positioned reads, read-ahead hints, bounded inflation, CRC-32.
 
 Nothing here knows about tensors or torch. Reads are ``os.preadv`` straight into caller memory (no mapping, so no
 4 KiB page-fault storms and no SIGBUS when a file shrinks: a short read is a clean error; where Python has no
@@ -24,8 +24,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
-from .errors import CheckpointReadError, CorruptCheckpointError
-from .text import quote
+from ..errors import CheckpointReadError, CorruptCheckpointError
+from ..text import quote
 
 __all__ = [
     "MAX_VECTORS",
@@ -47,7 +47,7 @@ _MiB = 1 << 20
 
 @dataclass(frozen=True)
 class IOSettings:
-    """How :mod:`torchweights.storage` reads tensor bytes.
+    """How :mod:`torchweights.storage.read` reads tensor bytes.
 
     Attributes:
         threads: reader threads (0: ``min(4, max(2, os.cpu_count()))``).

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import RuleError
+from ..errors import RuleError
 
 __all__ = [
     "CONTAINER_NAMES",

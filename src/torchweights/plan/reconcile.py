@@ -1,7 +1,7 @@
 """Reconciliation: decide, from names, shapes and dtypes alone, what happens to every key. Pure data, no I/O.
 
-:func:`reconcile` takes the checkpoint's records, a :class:`~torchweights.spec.ModelSpec` and the user's
-:class:`~torchweights.rules.Rules`, and returns a frozen :class:`Plan` in which every model key and every
+:func:`reconcile` takes the checkpoint's records, a :class:`~torchweights.plan.spec.ModelSpec` and the user's
+:class:`~torchweights.plan.rules.Rules`, and returns a frozen :class:`Plan` in which every model key and every
 checkpoint key appears in exactly one :class:`Action`:
 
 1. **container**: the dict of tensors inside the file that fits the model best (by matched names after renames
@@ -30,7 +30,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .records import Checkpoint
+from ..records import Checkpoint
+from ..text import StrEnum, format_shape, plural, quote, shorten_list
 from .rules import (
     CONTAINER_NAMES,
     EMA_NAMES,
@@ -44,7 +45,6 @@ from .rules import (
     matches_any,
 )
 from .spec import EXTRA_STATE, ModelEntry, ModelSpec
-from .text import StrEnum, format_shape, plural, quote, shorten_list
 
 __all__ = [
     "Action",
@@ -887,7 +887,7 @@ def renames_module(strip: str, add: str, kept: int) -> bool:
     model's names, and a swap of one leading name for another on the other keys (``head.`` -> ``classifier.``)
     would load one module's tensors into another. Such a swap is a rename, for the user to ask for (the plan
     suggests it); it is never inferred. Removing or inserting only wrapper levels (``encoder._orig_mod.`` ->
-    ``encoder.``, ``module.a.`` -> ``a.``; see :data:`~torchweights.rules.WRAPPER_PARTS`) moves nothing, and
+    ``encoder.``, ``module.a.`` -> ``a.``; see :data:`~torchweights.plan.rules.WRAPPER_PARTS`) moves nothing, and
     stripping or adding alone is not a swap."""
     if not (strip and add and kept):
         return False

@@ -262,7 +262,7 @@ def probe_custom_loading(
     """
     import torch
 
-    from . import dtypes
+    from .. import dtypes
 
     by_root: dict[str, list[str]] = {}
     for key, (shape, _) in bound.items():

@@ -27,10 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._io import crc32
-from .errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, TorchWeightsError
-from .limits import DEFAULT_LIMITS, Limits
-from .text import format_bytes, plural, quote, shorten_list
+from ..errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, TorchWeightsError
+from ..limits import DEFAULT_LIMITS, Limits
+from ..storage.files import crc32
+from ..text import format_bytes, plural, quote, shorten_list
 
 __all__ = ["Check", "VerifyReport", "parse_manifest", "sha256_file", "verify"]
 
@@ -200,8 +200,8 @@ def verify(
         CheckpointNotFoundError, NotACheckpointError, UnsupportedCheckpointError: there is nothing to verify (no
             file, not a checkpoint, a format torchweights does not read).
     """
-    from .detect import detect
-    from .formats import ReadOptions
+    from ..detect.content import detect
+    from ..formats import ReadOptions
 
     name = os.fspath(path)
     fmt = detect(name)
@@ -218,7 +218,7 @@ def verify(
 
 def _verify_file(report: VerifyReport, path: str, fmt: str, options: Any, label: str = "") -> int | None:
     """Checks of one file; returns the bytes of its tensors when its records could be read."""
-    from .formats import open_path
+    from ..formats import open_path
 
     report.files.append(path)
     where = label or os.path.basename(path)
@@ -241,7 +241,7 @@ def _verify_file(report: VerifyReport, path: str, fmt: str, options: Any, label:
 
 def _verify_zip(report: VerifyReport, path: str, where: str) -> None:
     """The zip structure and the CRC-32 of every member."""
-    from .formats._zip import read_directory
+    from ..formats._zip import read_directory
 
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
@@ -302,9 +302,9 @@ def _member_crc_problem(fh: Any, member: Any) -> str | None:
 
 def _verify_sharded(report: VerifyReport, path: str, options: Any) -> None:
     """The index, every shard on its own, total_size, and the agreement of shards and index."""
-    from .detect import detect
-    from .formats import open_path
-    from .formats._files import decode_json, read_prefix
+    from ..detect.content import detect
+    from ..formats import open_path
+    from ..formats._files import decode_json, read_prefix
 
     index_path = path
     if os.path.isdir(path):

@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .text import printable, quote
+from ..text import printable, quote
 
 if TYPE_CHECKING:  # annotations only: importing the planner here would slow every ``tw.open`` (api imports this)
-    from .plan import Action, Plan
+    from ..plan.reconcile import Action, Plan
 
 __all__ = ["LoadReport"]
 
@@ -20,7 +20,7 @@ class LoadReport:
     """What :func:`torchweights.load_into` did (or, for a dry run or a failed plan, would do).
 
     Attributes:
-        plan: every decision, per key (:class:`~torchweights.plan.Plan`).
+        plan: every decision, per key (:class:`~torchweights.plan.reconcile.Plan`).
         applied: whether the model was changed.
         seconds: wall time of the whole call.
         bytes_read: tensor bytes read from the checkpoint.
@@ -79,7 +79,7 @@ class LoadReport:
 
     def log_line(self) -> str:
         """The one-line account :func:`~torchweights.load_into` logs when the load is not clean."""
-        from .report_text import log_line
+        from .text import log_line
 
         return log_line(self)
 
@@ -143,7 +143,7 @@ class LoadReport:
 
     def headline(self) -> str:
         """What happened, in one line: ``OK: loaded 26 of 28; 2 left as initialised (skipped)``."""
-        from .report_text import headline
+        from .text import headline
 
         return headline(self)
 
@@ -152,7 +152,7 @@ class LoadReport:
         its strictness (:attr:`problems`)."""
         if not self.problems:
             return
-        from .errors import LoadError
+        from ..errors import LoadError
 
         raise LoadError(self.problem_text(), report=self, code=self.error_code())
 
@@ -201,12 +201,12 @@ class LoadReport:
     def problem_text(self) -> str:
         """The :class:`~torchweights.errors.LoadError` text: every problem, and the exact option that would load
         the rest."""
-        from .report_text import problem_summary
+        from .text import problem_summary
 
         return problem_summary(self)
 
     def __str__(self) -> str:
-        from .report_text import render
+        from .text import render
 
         return render(self)
 

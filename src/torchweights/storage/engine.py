@@ -1,8 +1,8 @@
 """The read engine: the only code that reads tensor bytes, straight into the memory of the tensors that will hold
 them.
 
-Split out of :mod:`torchweights.storage`, whose :func:`~torchweights.storage.fill`,
-:func:`~torchweights.storage.materialize` and :func:`~torchweights.storage.read_storage_bytes` describe each
+Split out of :mod:`torchweights.storage.read`, whose :func:`~torchweights.storage.read.fill`,
+:func:`~torchweights.storage.read.materialize` and :func:`~torchweights.storage.read.read_storage_bytes` describe each
 storage to read as a :class:`Group` of :class:`Target` destinations and hand the groups to one :class:`Engine`.
 
 - The engine plans each storage's reads in file order (:meth:`Engine.jobs`) and runs them over a small thread
@@ -10,12 +10,13 @@ storage to read as a :class:`Group` of :class:`Target` destinations and hand the
   reads of one file become one vectored read per piece (:class:`_Read`).
 - What cannot land as it is (a dtype cast, a big-endian file, a compressed zip member, a GPU destination, bytes
   read only for the CRC check) goes through bounded scratch buffers (:class:`_Scratch`:
-  :class:`IOSettings.scratch_bytes <torchweights._io.IOSettings>`, 64 MiB by default, shared by the threads; pinned
+  :class:`IOSettings.scratch_bytes <torchweights.storage.files.IOSettings>`, 64 MiB by default, shared by the threads;
+  pinned
   when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are not contiguous are
   rebuilt from a copy of their storage (:meth:`Engine.whole`), never from a copy of the checkpoint.
 - Integrity: whenever a whole storage is read, its CRC-32 is computed on the bytes as they are read (per piece, in
   the reading thread, then combined) and compared with the one its zip member records (:meth:`Engine.check`);
-  mismatches are collected in :class:`~torchweights._results.FillResult`, for the caller to raise.
+  mismatches are collected in :class:`~torchweights.storage.results.FillResult`, for the caller to raise.
 
 Every buffer the engine allocates for itself comes from :func:`_allocate`. torch is imported inside the functions,
 never at import time.
@@ -34,9 +35,12 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
-from . import dtypes
-from ._bytes import swap_unit
-from ._io import (
+from .. import dtypes
+from ..errors import CheckpointReadError, CorruptCheckpointError
+from ..records import StorageRef, TensorRecord
+from ..text import quote
+from .contents import swap_unit
+from .files import (
     MAX_VECTORS,
     IOSettings,
     crc32,
@@ -47,12 +51,9 @@ from ._io import (
     read_ahead,
     read_exact,
 )
-from ._results import CrcMismatch, FillResult, not_whole_elements, storage_label
-from ._stamps import check_unchanged
-from ._tensors import build_tensor
-from .errors import CheckpointReadError, CorruptCheckpointError
-from .records import StorageRef, TensorRecord
-from .text import quote
+from .results import CrcMismatch, FillResult, not_whole_elements, storage_label
+from .stamps import check_unchanged
+from .tensors import build_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -709,7 +710,7 @@ def member_pieces(ref: StorageRef, mem: memoryview) -> Iterator[int]:
 def read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
     """The first ``nbytes`` (default: all ``ref.nbytes``) inflated bytes of a compressed storage's zip member, read
     whole (bzip2 and lzma members, byte ranges of compressed ones). The CRC is the caller's to check."""
-    from .formats._zip import ZipMember, inflate
+    from ..formats._zip import ZipMember, inflate
 
     want = ref.nbytes if nbytes is None else nbytes
     member = ZipMember(

@@ -1,8 +1,8 @@
 """What a read reports: per-storage CRC-32 results, and how errors name a storage.
 
-Split out of :mod:`torchweights.storage`, which re-exports the public names (:class:`CrcMismatch`,
-:class:`FillResult`, :func:`crc_error`). The read engine (:mod:`torchweights._engine`), the mappings
-(:mod:`torchweights._mapping`) and the public entry points all report through here; it imports neither torch nor
+Split out of :mod:`torchweights.storage.read`, which re-exports the public names (:class:`CrcMismatch`,
+:class:`FillResult`, :func:`crc_error`). The read engine (:mod:`torchweights.storage.engine`), the mappings
+(:mod:`torchweights.storage.mapping`) and the public entry points all report through here; it imports neither torch nor
 the engine.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import CorruptCheckpointError
-from .records import StorageRef
-from .text import plural, quote, shorten_list
+from ..errors import CorruptCheckpointError
+from ..records import StorageRef
+from ..text import plural, quote, shorten_list
 
 __all__ = ["CrcMismatch", "FillResult", "crc_error", "not_whole_elements", "storage_label"]
 

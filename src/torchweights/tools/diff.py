@@ -1,9 +1,9 @@
 """``tw.diff``: how two checkpoints differ, tensor by tensor, after the same container and prefix handling as
 ``load_into``.
 
-B is the reference. Its weights are chosen as ``convert`` chooses them (:mod:`torchweights._selection`); then A is
+B is the reference. Its weights are chosen as ``convert`` chooses them (:mod:`torchweights.plan.selection`); then A is
 reconciled against B's keys exactly as ``load_into`` reconciles a checkpoint against a model
-(:func:`torchweights.plan.reconcile`: the container of A that fits best, wrapper prefixes stripped or added by
+(:func:`torchweights.plan.reconcile.reconcile`: the container of A that fits best, wrapper prefixes stripped or added by
 evidence, no legacy renames), so a DataParallel checkpoint (``module.*``) and its clean twin, or a Lightning
 ``.ckpt`` and the ``.safetensors`` exported from it, compare as identical.
 
@@ -23,15 +23,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import dtypes
-from ._bytes import CHUNK_BYTES, logical_chunks
-from ._selection import select_weights
-from .limits import DEFAULT_LIMITS, Limits
-from .plan import reconcile
-from .records import Checkpoint, TensorRecord
-from .rules import Rules
-from .spec import ModelSpec
-from .text import StrEnum, format_shape, plural, quote, table
+from .. import dtypes
+from ..limits import DEFAULT_LIMITS, Limits
+from ..plan.reconcile import reconcile
+from ..plan.rules import Rules
+from ..plan.selection import select_weights
+from ..plan.spec import ModelSpec
+from ..records import Checkpoint, TensorRecord
+from ..storage.contents import CHUNK_BYTES, logical_chunks
+from ..text import StrEnum, format_shape, plural, quote, table
 
 __all__ = ["DiffReport", "Status", "TensorDiff", "diff"]
 
@@ -319,8 +319,8 @@ def diff(
     Raises:
         TorchWeightsError: either checkpoint cannot be read; ``RuleError`` for a bad tolerance or container.
     """
-    from .api import open as open_checkpoint
-    from .errors import RuleError
+    from ..api import open as open_checkpoint
+    from ..errors import RuleError
 
     if not (isinstance(rtol, (int, float)) and isinstance(atol, (int, float)) and rtol >= 0 and atol >= 0):
         raise RuleError(f"rtol={rtol!r} and atol={atol!r} must be numbers >= 0.", code="bad-tolerance")

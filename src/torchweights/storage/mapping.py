@@ -1,7 +1,7 @@
 """Zero-copy tensors over private (copy-on-write) mappings of checkpoint files: ``tw.load(mmap=True)`` and the
 mapped path of ``load_into``.
 
-Split out of :mod:`torchweights.storage`, which re-exports :func:`mapped_tensors`. A storage is mapped when it is
+Split out of :mod:`torchweights.storage.read`, which re-exports :func:`mapped_tensors`. A storage is mapped when it is
 stored uncompressed, little-endian (or one byte per element) and aligned; the file's size is checked first, so a file
 truncated since it was opened is an error, not a SIGBUS. The CRC-32 of mapped storages is computed in parallel over
 the mapping (:meth:`Mapper.check`). torch is imported inside the functions, never at import time.
@@ -15,14 +15,14 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from ._bytes import swap_unit
-from ._io import crc32, current_settings, open_fd
-from ._results import CrcMismatch, crc_error, storage_label
-from ._stamps import check_unchanged
-from ._tensors import build_tensor, check_record_view, needs_flags
-from .errors import CheckpointReadError, CorruptCheckpointError
-from .records import StorageRef, TensorRecord
-from .text import quote
+from ..errors import CheckpointReadError, CorruptCheckpointError
+from ..records import StorageRef, TensorRecord
+from ..text import quote
+from .contents import swap_unit
+from .files import crc32, current_settings, open_fd
+from .results import CrcMismatch, crc_error, storage_label
+from .stamps import check_unchanged
+from .tensors import build_tensor, check_record_view, needs_flags
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -20,11 +20,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from .errors import CorruptCheckpointError
-from .text import format_bytes, quote
+from ..errors import CorruptCheckpointError
+from ..text import format_bytes, quote
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .records import StorageRef
+    from ..records import StorageRef
 
 __all__ = ["FileStamp", "check_unchanged", "stamp_for", "stamping"]
 

@@ -26,13 +26,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import (
-    CheckpointNotFoundError,
-    CheckpointReadError,
-    CorruptCheckpointError,
-    NotACheckpointError,
-)
-from .fold import human_bytes
+from ..errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, NotACheckpointError
+from ..fold import human_bytes
 
 __all__ = ["FORMATS", "detect", "looks_safetensors"]
 
@@ -264,7 +259,7 @@ def _sniff_pickle(s: _Sample) -> str | None:
 def _sniff_text_pickle(s: _Sample) -> str | None:
     """A protocol 0 or 1 pickle (no PROTO opcode; ``pickle.dumps(obj, protocol=0)`` is text): its first 4 KiB
     parse as pickle opcodes up to STOP, or up to the end of the sample for a longer file. Text never does."""
-    from .unpickle import FIRST_OPCODES, scan_stream
+    from ..unpickle.machine import FIRST_OPCODES, scan_stream
 
     if not s.head or s.head[0] not in FIRST_OPCODES:
         return None

@@ -1,12 +1,14 @@
 """Tensors from records: torch views over loaded (or mapped) storages, quantized tensors, and the checks that turn
 torch's refusals into corrupt-file errors.
 
-Split out of :mod:`torchweights.storage`. Used by the read engine (:mod:`torchweights._engine`, for views that are
-not contiguous), the mappings (:mod:`torchweights._mapping`) and :func:`torchweights.storage.materialize`. torch is
+Split out of :mod:`torchweights.storage.read`. Used by the read engine (:mod:`torchweights.storage.engine`, for views
+that are
+not contiguous), the mappings (:mod:`torchweights.storage.mapping`) and :func:`torchweights.storage.read.materialize`.
+torch is
 imported inside the functions, never at import time.
 
 Per-channel scales and zero points saved as tensors are records of their own: :func:`_qparams` loads them with
-:func:`torchweights.storage.materialize`, imported when called (a module-level import would be a cycle).
+:func:`torchweights.storage.read.materialize`, imported when called (a module-level import would be a cycle).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import dtypes
-from .errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
-from .records import TensorRecord
+from .. import dtypes
+from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
+from ..records import TensorRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -300,7 +302,7 @@ def _qparams(value: Any, dtype: torch.dtype) -> torch.Tensor:
     """Per-channel scales or zero points: read from their own record, or made from the numbers an old file held."""
     import torch
 
-    from .storage import materialize  # a lazy import: storage -> _engine -> this module
+    from .read import materialize  # a lazy import: storage -> _engine -> this module
 
     if isinstance(value, TensorRecord):
         return materialize([value])[value.name]

@@ -1,0 +1,1 @@
+"""torchweights.report."""
