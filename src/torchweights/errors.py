@@ -64,6 +64,8 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedCheckpointError",
     "WriteError",
+    "CODES",
+    "describe",
     "pass_through",
 ]
 
@@ -208,3 +210,155 @@ class WriteError(TorchWeightsError, OSError):
     nothing partial was left behind."""
 
     default_code = "write-failed"
+
+
+# --- the registry: every code, the class that carries it, and what it means ------------------------------------
+
+#: Every error code torchweights raises: ``code -> (class, one-line meaning)``. The one place codes are documented
+#: (``errors.describe(code)``, the README's error table); the test suite fails on any error raised with a code that
+#: is not here, or carried by a class other than the registered one (or a subclass of it).
+CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
+    # the file system
+    "not-found": (CheckpointNotFoundError, "the path does not exist, or a shard or member it names does not"),
+    "read-failed": (CheckpointReadError, "the operating system refused or failed a read (permissions, I/O error)"),
+    "not-a-file": (CheckpointReadError, "the path is a device, FIFO or socket, not a regular file"),
+    # not a checkpoint at all
+    "unknown-format": (NotACheckpointError, "the content matches no checkpoint format torchweights knows"),
+    "directory": (NotACheckpointError, "a folder that holds no recognisable checkpoint (no index, no single file)"),
+    "empty-file": (NotACheckpointError, "the file is empty (an interrupted download or copy)"),
+    "lfs-pointer": (NotACheckpointError, "a Git LFS pointer file, not the weights: run `git lfs pull`"),
+    "html-page": (NotACheckpointError, "an HTML page (a login or error page saved instead of the file)"),
+    "json-document": (NotACheckpointError, "a JSON document that is not a shard index (a config file?)"),
+    "text-file": (NotACheckpointError, "plain text, not a checkpoint"),
+    "gzip": (NotACheckpointError, "a gzip stream: decompress it first"),
+    "tar": (NotACheckpointError, "a tar archive that is not a torch checkpoint: extract it first"),
+    "zip-not-checkpoint": (NotACheckpointError, "a zip archive that holds no torch checkpoint"),
+    "gguf": (NotACheckpointError, "a GGUF model (llama.cpp), not a PyTorch checkpoint"),
+    "onnx": (NotACheckpointError, "an ONNX model, not a PyTorch checkpoint"),
+    "hdf5": (NotACheckpointError, "an HDF5 file (Keras, TensorFlow), not a PyTorch checkpoint"),
+    # damaged or inconsistent files
+    "corrupt": (CorruptCheckpointError, "the content is broken or inconsistent (generic)"),
+    "truncated": (CorruptCheckpointError, "the file or a member ends early (an interrupted download or copy)"),
+    "bad-zip": (CorruptCheckpointError, "the zip structure cannot be read"),
+    "bad-pickle": (CorruptCheckpointError, "a pickle stream is malformed"),
+    "bad-header": (CorruptCheckpointError, "a format header is malformed"),
+    "bad-record": (CorruptCheckpointError, "a tensor's description (dtype, shape, strides, offset) is inconsistent"),
+    "bad-member": (CorruptCheckpointError, "an archive member is not what the format requires there"),
+    "bad-crc": (CorruptCheckpointError, "stored bytes do not match their CRC-32: the file was damaged"),
+    "bad-sparse": (CorruptCheckpointError, "a sparse tensor's indices are ones torch would refuse"),
+    "missing-storage": (CorruptCheckpointError, "a tensor's storage is not in the file"),
+    "missing-member": (CorruptCheckpointError, "a member the format requires is not in the archive"),
+    "storage-size": (CorruptCheckpointError, "a storage's bytes are fewer than its tensors need"),
+    "no-data": (CorruptCheckpointError, "tensors saved from the meta device: they hold no values to load"),
+    "file-changed": (CorruptCheckpointError, "the file was rewritten, resized or replaced since tw.open read it"),
+    "pickle-trailing-data": (CorruptCheckpointError, "bytes follow the end of a plain pickle"),
+    "zip-overlap": (CorruptCheckpointError, "two zip members claim the same bytes"),
+    "zip-duplicate-member": (CorruptCheckpointError, "two zip members have the same name"),
+    "zip-name-mismatch": (CorruptCheckpointError, "a member's local header and central directory disagree"),
+    "zip-encrypted": (CorruptCheckpointError, "a zip member is encrypted"),
+    "zip-flags": (CorruptCheckpointError, "a zip member uses flags torch never writes"),
+    "zip-compression": (CorruptCheckpointError, "a zip member uses a compression method torchweights cannot read"),
+    "zip-leading-data": (CorruptCheckpointError, "bytes precede the first zip member"),
+    "zip-trailing-data": (CorruptCheckpointError, "bytes follow the end of the zip directory"),
+    "zip-hidden-data": (CorruptCheckpointError, "bytes between zip members that no member accounts for"),
+    "zip-unsafe-name": (CorruptCheckpointError, "a member name is absolute, has '..' or is not valid text"),
+    "zip-no-data-pkl": (CorruptCheckpointError, "a torch zip without its data.pkl"),
+    "tar-bad-header": (CorruptCheckpointError, "a tar member header is malformed (checksum, size, type)"),
+    "tar-bad-member": (CorruptCheckpointError, "a tar member's content is not what the torch tar layout needs"),
+    "tar-duplicate-member": (CorruptCheckpointError, "two tar members have the same name"),
+    "tar-missing-member": (CorruptCheckpointError, "a member the torch tar layout requires is missing"),
+    "safetensors-bad-header": (CorruptCheckpointError, "the safetensors JSON header is malformed"),
+    "safetensors-not-utf8": (CorruptCheckpointError, "the safetensors header is not UTF-8"),
+    "safetensors-bad-entry": (CorruptCheckpointError, "a safetensors tensor entry is malformed"),
+    "safetensors-bad-dtype": (CorruptCheckpointError, "a safetensors entry names an unknown dtype"),
+    "safetensors-bad-shape": (CorruptCheckpointError, "a safetensors entry has an invalid shape"),
+    "safetensors-bad-offsets": (CorruptCheckpointError, "a safetensors entry's byte range is invalid"),
+    "safetensors-bad-metadata": (CorruptCheckpointError, "the safetensors __metadata__ is not a string map"),
+    "safetensors-duplicate-key": (CorruptCheckpointError, "a tensor name appears twice in the header"),
+    "safetensors-overlap": (CorruptCheckpointError, "two tensors claim the same bytes"),
+    "safetensors-gap": (CorruptCheckpointError, "bytes between tensors that no tensor accounts for"),
+    "safetensors-size-mismatch": (CorruptCheckpointError, "a byte range's length does not match dtype x shape"),
+    "safetensors-trailing-bytes": (CorruptCheckpointError, "the file is longer than its tensors need"),
+    # sharded sets
+    "shard-index": (ShardIndexError, "a shard index is invalid (generic)"),
+    "shard-bad-index": (ShardIndexError, "the index is not a JSON object with a weight_map of names to files"),
+    "shard-no-index": (ShardIndexError, "a shard file without the index that lists its set"),
+    "shard-many-indexes": (ShardIndexError, "a folder with several shard indexes: name the one to read"),
+    "shard-nested-index": (ShardIndexError, "the index names another index as a shard"),
+    "shard-missing": (ShardIndexError, "a shard the index names is not there"),
+    "shard-path-escape": (ShardIndexError, "a shard path leaves the index's folder (absolute, '..' or a link)"),
+    "shard-tensor-missing": (ShardIndexError, "a tensor the index maps to a shard is not in that shard"),
+    "shard-duplicate-tensor": (ShardIndexError, "a tensor is stored in more than one shard"),
+    "shard-unindexed": (ShardIndexError, "a shard holds tensors the index does not list"),
+    "shard-total-size": (ShardIndexError, "the index's metadata.total_size disagrees with the shards"),
+    # resource bounds (Limits)
+    "limit": (ResourceLimitError, "the file asks for more than a bounded reader allows (generic)"),
+    "limit-depth": (ResourceLimitError, "nesting deeper than Limits.max_depth"),
+    "limit-expansion": (ResourceLimitError, "a pickle expands to more objects than the limits allow"),
+    "limit-header-size": (ResourceLimitError, "a header larger than Limits.max_header_bytes"),
+    "limit-index-size": (ResourceLimitError, "a shard index larger than the limit"),
+    "limit-inflate": (ResourceLimitError, "a compressed member inflates past its budget (a zip bomb)"),
+    "limit-memory": (ResourceLimitError, "reading would need more memory than the limits allow"),
+    "limit-pickle-opcodes": (ResourceLimitError, "a pickle runs more opcodes than Limits.max_pickle_opcodes"),
+    "limit-pickle-size": (ResourceLimitError, "a pickle larger than Limits.max_pickle_bytes"),
+    "limit-source-size": (ResourceLimitError, "TorchScript source larger than the limit"),
+    "limit-tar-header": (ResourceLimitError, "a tar header field larger than the limit"),
+    "limit-tar-members": (ResourceLimitError, "more tar members than the limit"),
+    "limit-tensor-dims": (ResourceLimitError, "a tensor with more dimensions than the limit"),
+    "limit-zip-entries": (ResourceLimitError, "more zip members than Limits.max_zip_entries"),
+    # code torchweights will not run
+    "unsafe-global": (UnsafeCheckpointError, "the file names globals that can run code; nothing was executed"),
+    # valid files torchweights does not read (yet)
+    "unsupported": (UnsupportedCheckpointError, "a valid checkpoint using a feature torchweights cannot read"),
+    "unsupported-dcp": (UnsupportedCheckpointError, "a torch.distributed.checkpoint folder (scanned, not loaded)"),
+    "unsupported-dtype": (UnsupportedCheckpointError, "a dtype torchweights (or this torch) cannot build"),
+    "unsupported-embedded-storage": (
+        UnsupportedCheckpointError,
+        "a storage embedded in a way torchweights cannot read",
+    ),
+    "unsupported-legacy-tar-platform": (UnsupportedCheckpointError, "a tar checkpoint of a big-endian or 32-bit host"),
+    "unsupported-npz-member": (UnsupportedCheckpointError, "an .npz member that is not a plain array"),
+    "unsupported-quantized": (UnsupportedCheckpointError, "a quantization scheme torchweights cannot rebuild"),
+    "unsupported-sparse": (UnsupportedCheckpointError, "a sparse tensor for a dense destination"),
+    "unsupported-tensor": (UnsupportedCheckpointError, "tensors tw.load cannot rebuild (named in the message)"),
+    "unsupported-tensor-flag": (UnsupportedCheckpointError, "a tensor rebuild argument or metadata key not known"),
+    "unsupported-tensor-state": (UnsupportedCheckpointError, "a saved tensor attribute that would shadow torch's"),
+    "allowed-global-missing": (UnsupportedCheckpointError, "a global the caller allowed cannot be imported here"),
+    # the caller's options
+    "bad-rule": (RuleError, "an option passed to torchweights cannot be followed"),
+    "bad-container": (RuleError, "the container= named is not in the checkpoint"),
+    "bad-dtype": (RuleError, "a dtype option names no dtype"),
+    "bad-format": (RuleError, "an output format that convert cannot write"),
+    "bad-map-location": (RuleError, "a map_location that fails or returns no device"),
+    "bad-model": (RuleError, "a ModelSpec where a real model is needed (outside a dry run)"),
+    "bad-on-mismatch": (RuleError, "on_mismatch= is not one of its values"),
+    "bad-prefix": (RuleError, "a prefix option is not a string"),
+    "bad-rename": (RuleError, "a rename rule is not a valid pattern and replacement"),
+    "bad-size": (RuleError, "a size option is not a positive number of bytes"),
+    "bad-skip": (RuleError, "a skip pattern is not valid"),
+    "bad-strict": (RuleError, "strict= is not one of its values"),
+    "bad-tolerance": (RuleError, "a diff tolerance is not a non-negative number"),
+    "needs-torch": (RuleError, "the request needs torch, which is not installed"),
+    "nothing-selected": (RuleError, "the options select no tensor at all"),
+    "rename-collision": (RuleError, "renames map two keys onto one name"),
+    "unsupported-output-dtype": (RuleError, "a dtype the output format cannot store"),
+    # the checkpoint does not fit the model
+    "load-failed": (LoadError, "the checkpoint does not fit the model (generic); the model is untouched"),
+    "shape-mismatch": (LoadError, "a key's shape differs between checkpoint and model"),
+    "missing-keys": (LoadError, "model keys the checkpoint does not provide"),
+    "unexpected-keys": (LoadError, "checkpoint keys the model has no place for"),
+    "left-on-meta": (LoadError, "a meta-device parameter or buffer nothing fills"),
+    # writing outputs
+    "write-failed": (WriteError, "an output could not be written; nothing partial was left"),
+    "output-exists": (WriteError, "the output exists and overwrite was not asked for"),
+    "verify-failed": (WriteError, "re-reading the output found a difference; it was removed"),
+}
+
+
+def describe(code: str) -> str:
+    """The one-line meaning of an error code (``"bad-crc"`` -> ``"stored bytes do not match ..."``).
+
+    Raises:
+        KeyError: the code is not one torchweights raises.
+    """
+    return CODES[code][1]
