@@ -25,7 +25,10 @@ from .renames import apply_rename, rename_clash
 from .rules import CONTAINER_NAMES, RuleError, Rules, is_ema, is_training_state
 from .sources import SourceKey
 
-__all__ = ["Fit", "best_container"]
+__all__ = ["Fit", "RunnerUp", "best_container"]
+
+#: The runner-up container: its path, how many keys match by name, and how many by name and shape.
+RunnerUp = tuple[tuple[str, ...], int, int]
 
 
 @dataclass
@@ -133,9 +136,7 @@ def _nested(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return a[:n] == b[:n]
 
 
-def best_container(
-    keys: Sequence[SourceKey], index: ModelIndex, rules: Rules
-) -> tuple[Fit, tuple[tuple[str, ...], int, int] | None]:
+def best_container(keys: Sequence[SourceKey], index: ModelIndex, rules: Rules) -> tuple[Fit, RunnerUp | None]:
     """The best container and the best one disjoint from it (``(path, names, exact)``), if any."""
     candidates = _candidates(keys, None if rules.rename else index.leaves)
     if rules.container != "auto":

@@ -26,51 +26,6 @@ from .spec import ModelSpec
 __all__ = ["ModelIndex", "choose_prefix", "choose_prefix_with_renames", "renames_module", "transform"]
 
 
-def choose_prefix_with_renames(
-    shapes: dict[str, tuple[int, ...]],
-    renamed: dict[str, str],
-    index: ModelIndex,
-    rules: Rules,
-    chosen: PrefixChoice,
-    later: Sequence[tuple[re.Pattern[str], str]],
-) -> tuple[PrefixChoice, dict[str, str], int, int, list[int]]:
-    """The prefix transform when some renames apply after it (they matched no stored key): the transform chosen
-    without them, no transform, and (``prefix="auto"``) each candidate strip after which a rename matches some
-    key, each scored with the renames applied; the most exact matches, then names, without collisions.
-
-    Returns the transform, the final names (container key -> name), names and exact matches, and how many keys
-    each rename matched."""
-    model = index.shapes
-    total = len(shapes)
-    options: list[tuple[str, str]] = [(chosen.strip, chosen.add), ("", "")]
-    if rules.prefix == "auto":
-        counts, _ = prefix_counts(shapes)
-        for strip in sorted(candidate_set(shapes, counts)):
-            n = len(strip)
-            if any(p.search(k[n:]) for k in shapes if k.startswith(strip) for p, _ in later):
-                options += [(strip, ""), (strip, chosen.add)]
-    best: tuple[Any, ...] | None = None
-    for strip, add in dict.fromkeys(options):
-        final = {k: transform(v, strip, add) for k, v in renamed.items()}
-        matched = [apply_rename(final, pattern, replacement) for pattern, replacement in later]
-        if len(set(final.values())) < len(final):
-            continue
-        if (strip, add) != (chosen.strip, chosen.add) and strip and add:
-            kept = sum(1 for k, v in renamed.items() if not v.startswith(strip) and final[k] in model)
-            if renames_module(strip, add, kept):
-                continue
-        names = sum(1 for v in final.values() if v in model)
-        exact = sum(1 for k, v in final.items() if model.get(v) == shapes[renamed[k]])
-        if best is None or (exact, names) > (best[3], best[2]):
-            changed = sum(1 for k, v in renamed.items() if transform(v, strip, add) != v)
-            best = (PrefixChoice(strip, add, changed, total, 0), final, names, exact, matched)
-    if best is None:  # every option collides: keep the transform chosen without the renames
-        final = {k: transform(v, chosen.strip, chosen.add) for k, v in renamed.items()}
-        matched = [apply_rename(final, pattern, replacement) for pattern, replacement in later]
-        best = (chosen, final, 0, 0, matched)
-    return best  # type: ignore[return-value]
-
-
 def _splits(name: str, depth: int = 3) -> list[tuple[str, str]]:
     """``name`` cut after each of its first ``depth`` dots: ``[("a.", "b.c.d"), ("a.b.", "c.d"), ...]``."""
     out: list[tuple[str, str]] = []
@@ -81,7 +36,7 @@ def _splits(name: str, depth: int = 3) -> list[tuple[str, str]]:
     return out
 
 
-def prefix_counts(
+def _prefix_counts(
     names: Iterable[str], rests: Mapping[str, list[str]] | None = None, leaves: set[str] | None = None
 ) -> tuple[Counter[str], Counter[tuple[str, str]]]:
     """How many names start with each prefix of one to three dotted parts (``a.``, ``a.b.``, ``a.b.c.``); and, given
@@ -127,11 +82,11 @@ def _prefix_candidates(names: Mapping[str, Any]) -> tuple[set[str], Counter[str]
     names share (however small a fraction: a root may hold far more optimizer state than weights); and every dotted
     prefix shared by all names. A prefix of a single name is no evidence of a wrapper.
     """
-    counts, _ = prefix_counts(names)
-    return candidate_set(names, counts), counts
+    counts, _ = _prefix_counts(names)
+    return _candidate_set(names, counts), counts
 
 
-def candidate_set(names: Mapping[str, Any], counts: Counter[str]) -> set[str]:
+def _candidate_set(names: Mapping[str, Any], counts: Counter[str]) -> set[str]:
     """See :func:`_prefix_candidates`; adds the prefixes shared by all names to ``counts`` (up to any depth)."""
     found = {p for p in KNOWN_PREFIXES if counts.get(p)}
     found.update(p for p, n in counts.most_common(12) if n >= 2)
@@ -213,8 +168,8 @@ def choose_prefix(shapes: dict[str, tuple[int, ...]], index: ModelIndex, rules: 
     best = (PrefixChoice(total=total), len(matched), len(exact_matched))
     if len(exact_matched) == total or not total:
         return best
-    counts, support = prefix_counts(shapes, index.rests, index.leaves)
-    strips = candidate_set(shapes, counts)
+    counts, support = _prefix_counts(shapes, index.rests, index.leaves)
+    strips = _candidate_set(shapes, counts)
     # Every usual or shared prefix on one side against every one on the other, and the pairs that explain the
     # most keys one by one (a prefix on a few keys only, as long as what is left is a model key).
     candidates = {(s, a) for s in ["", *strips] for a in ["", *index.adds] if (s or a) and s != a}
@@ -260,6 +215,51 @@ def choose_prefix(shapes: dict[str, tuple[int, ...]], index: ModelIndex, rules: 
         changed = len(stripped[strip][0]) if strip else total
         best = (PrefixChoice(strip, add, changed, total, 0), names, exact)
     return best
+
+
+def choose_prefix_with_renames(
+    shapes: dict[str, tuple[int, ...]],
+    renamed: dict[str, str],
+    index: ModelIndex,
+    rules: Rules,
+    chosen: PrefixChoice,
+    later: Sequence[tuple[re.Pattern[str], str]],
+) -> tuple[PrefixChoice, dict[str, str], int, int, list[int]]:
+    """The prefix transform when some renames apply after it (they matched no stored key): the transform chosen
+    without them, no transform, and (``prefix="auto"``) each candidate strip after which a rename matches some
+    key, each scored with the renames applied; the most exact matches, then names, without collisions.
+
+    Returns the transform, the final names (container key -> name), names and exact matches, and how many keys
+    each rename matched."""
+    model = index.shapes
+    total = len(shapes)
+    options: list[tuple[str, str]] = [(chosen.strip, chosen.add), ("", "")]
+    if rules.prefix == "auto":
+        counts, _ = _prefix_counts(shapes)
+        for strip in sorted(_candidate_set(shapes, counts)):
+            n = len(strip)
+            if any(p.search(k[n:]) for k in shapes if k.startswith(strip) for p, _ in later):
+                options += [(strip, ""), (strip, chosen.add)]
+    best: tuple[Any, ...] | None = None
+    for strip, add in dict.fromkeys(options):
+        final = {k: transform(v, strip, add) for k, v in renamed.items()}
+        matched = [apply_rename(final, pattern, replacement) for pattern, replacement in later]
+        if len(set(final.values())) < len(final):
+            continue
+        if (strip, add) != (chosen.strip, chosen.add) and strip and add:
+            kept = sum(1 for k, v in renamed.items() if not v.startswith(strip) and final[k] in model)
+            if renames_module(strip, add, kept):
+                continue
+        names = sum(1 for v in final.values() if v in model)
+        exact = sum(1 for k, v in final.items() if model.get(v) == shapes[renamed[k]])
+        if best is None or (exact, names) > (best[3], best[2]):
+            changed = sum(1 for k, v in renamed.items() if transform(v, strip, add) != v)
+            best = (PrefixChoice(strip, add, changed, total, 0), final, names, exact, matched)
+    if best is None:  # every option collides: keep the transform chosen without the renames
+        final = {k: transform(v, chosen.strip, chosen.add) for k, v in renamed.items()}
+        matched = [apply_rename(final, pattern, replacement) for pattern, replacement in later]
+        best = (chosen, final, 0, 0, matched)
+    return best  # type: ignore[return-value]
 
 
 def renames_module(strip: str, add: str, kept: int) -> bool:

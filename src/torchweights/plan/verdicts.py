@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..text import format_shape, quote
-from .container import Fit
+from .container import Fit, RunnerUp
 from .match import Matcher, scalar_compatible
 from .model import Action, ActionKind, ContainerChoice, ModuleInit, Plan, SkipUse
 from .prefix import transform
@@ -126,15 +126,15 @@ def assemble(
     spec: ModelSpec,
     rules: Rules,
     fit: Fit,
-    runner: tuple[tuple[str, ...], int, int] | None,
+    runner: RunnerUp | None,
     outside: list[SourceKey],
     matcher: Matcher,
     extras: Mapping[str, Any] | None = None,
 ) -> Plan:
     """The plan named ``source``: a verdict for every model key, every key of the container ``fit`` (paired by
     ``matcher``), every checkpoint key ``outside`` it, and every extra state (tensors among the container's keys,
-    other values in ``extras``, by dotted name); with ``runner`` (the runner-up container: ``(path, names,
-    exact)``) in the container's description."""
+    other values in ``extras``, by dotted name); with the runner-up container (``runner``) in the container's
+    description."""
     entries = spec.entries
     extra_keys = set(spec.extra_states)
     extra_done: set[str] = set()
@@ -355,7 +355,7 @@ def _unsourced(entry: ModelEntry, rules: Rules) -> Action:
     return Action(ActionKind.MISSING, reason="no checkpoint key matches", **common)
 
 
-def _describe_container(fit: Fit, runner: tuple[tuple[str, ...], int, int] | None, rules: Rules) -> ContainerChoice:
+def _describe_container(fit: Fit, runner: RunnerUp | None, rules: Rules) -> ContainerChoice:
     label = ".".join(fit.path) or "<root>"
     if rules.container != "auto":
         reason = f"{quote(label)} as requested (container={quote(rules.container)})"
