@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 
 from torchweights.errors import RuleError
-from torchweights.plan.reconcile import KINDS, Action, Plan, SourceKey, reconcile, renames_module
+from torchweights.plan.model import KINDS, Action, Plan
+from torchweights.plan.prefix import renames_module
+from torchweights.plan.reconcile import reconcile
 from torchweights.plan.rules import Rules, matches_any
+from torchweights.plan.sources import SourceKey
 from torchweights.plan.spec import ModelSpec
 
 F32 = "float32"

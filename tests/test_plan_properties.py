@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from torchweights.plan.reconcile import Plan, SourceKey, reconcile
+from torchweights.plan.model import Plan
+from torchweights.plan.reconcile import reconcile
 from torchweights.plan.rules import Rules
+from torchweights.plan.sources import SourceKey
 from torchweights.plan.spec import ModelSpec
 
 EXAMPLES = int(os.environ.get("TW_PLAN_EXAMPLES", "150"))  # e.g. TW_PLAN_EXAMPLES=5000 for a longer hunt

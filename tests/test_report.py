@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from torchweights.errors import LoadError
-from torchweights.plan.reconcile import SourceKey, reconcile
+from torchweights.plan.reconcile import reconcile
 from torchweights.plan.rules import Rules
+from torchweights.plan.sources import SourceKey
 from torchweights.plan.spec import ModelEntry, ModelSpec
 from torchweights.report.load import LoadReport
 from torchweights.report.text import problem_summary, render

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torchweights as tw
-from torchweights.plan.reconcile import KINDS, Action, ActionKind
+from torchweights.plan.model import KINDS, Action, ActionKind
 from torchweights.text import StrEnum
 from torchweights.tools.diff import STATUSES, Status, TensorDiff
 from torchweights.tools.scan.scanner import SEVERITIES, Finding, Severity, Verdict

@@ -1,4 +1,4 @@
-"""The only code that mutates a model: executes a :class:`~torchweights.plan.reconcile.Plan`.
+"""The only code that mutates a model: executes a :class:`~torchweights.plan.model.Plan`.
 
 Copy path: each loaded tensor's bytes are read from the file straight into the existing parameter's memory
 (:func:`torchweights.storage.read.fill`: in file order, over a few threads; casts, big-endian files and compressed
@@ -34,7 +34,8 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptCheckpointError
-from .plan.reconcile import Action, Plan, extra_state_values, mapping_tensors
+from .plan.model import Action, Plan
+from .plan.sources import extra_state_values, mapping_tensors
 from .plan.spec import ModelSpec
 from .records import Checkpoint, TensorRecord
 from .text import plural, quote, shorten_list

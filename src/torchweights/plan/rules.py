@@ -23,6 +23,8 @@ __all__ = [
     "WRAPPER_PARTS",
     "RuleError",
     "Rules",
+    "is_ema",
+    "is_training_state",
     "matches_any",
 ]
 
@@ -257,3 +259,14 @@ def matches_any(name: str, patterns: Sequence[str]) -> str | None:
         if not any(c in pattern for c in "*?[") and name.startswith(pattern.rstrip(".") + "."):
             return pattern
     return None
+
+
+def is_ema(parts: Iterable[str]) -> bool:
+    """Whether a path (the dotted parts of a container or a prefix) lies in an EMA copy of the weights: one of its
+    parts is in :data:`EMA_NAMES`."""
+    return any(part in EMA_NAMES for part in parts)
+
+
+def is_training_state(parts: Iterable[str]) -> bool:
+    """Whether a path lies in training state rather than weights: one of its parts is in :data:`OPTIMIZER_NAMES`."""
+    return any(part in OPTIMIZER_NAMES for part in parts)

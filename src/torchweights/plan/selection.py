@@ -1,8 +1,8 @@
 """Which tensors of a checkpoint are "the weights", when there is no model to fit them to.
 
-``load_into`` picks the container that fits the model best (:func:`torchweights.plan.reconcile.reconcile`).
-``convert`` and
-``diff`` have no model, so :func:`choose_container` decides from names alone, with the same tables
+``load_into`` picks the container that fits the model best (:func:`torchweights.plan.container.best_container`:
+matched names and shapes decide, these tables only break ties). ``convert`` and ``diff`` have no model, so
+:func:`choose_container` decides from names alone, with the same tables
 (:data:`~torchweights.plan.rules.CONTAINER_NAMES`, :data:`~torchweights.plan.rules.EMA_NAMES`,
 :data:`~torchweights.plan.rules.OPTIMIZER_NAMES`) and conservatively:
 
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from ..records import Checkpoint, TensorRecord
 from ..text import plural, quote, shorten_list
 from .reconcile import reconcile
-from .rules import CONTAINER_NAMES, EMA_NAMES, OPTIMIZER_NAMES, Rules, matches_any
+from .rules import CONTAINER_NAMES, EMA_NAMES, OPTIMIZER_NAMES, Rules, is_training_state, matches_any
+from .sources import source_keys
 from .spec import ModelSpec
 
 __all__ = ["Selection", "choose_container", "select_weights"]
@@ -59,23 +60,18 @@ class Selection:
         return ".".join(self.container)
 
 
-def _container_parts(record: TensorRecord) -> tuple[str, ...]:
-    return (record.path or (record.name,))[:-1]
-
-
 def choose_container(ckpt: Checkpoint) -> tuple[tuple[str, ...], str]:
     """The container holding the weights, chosen from names alone (see the module docstring), and why."""
-    records = list(ckpt.records.values())
+    parents = [key.path[:-1] for key in source_keys(ckpt)]  # the dict holding each tensor
     path: tuple[str, ...] = ()
     reason = "the root: no weights container ('state_dict', 'model'...) stands apart from the rest"
     while True:
         depth = len(path)
         children: dict[str, int] = {}
-        for record in records:
-            parts = _container_parts(record)
+        for parts in parents:
             if len(parts) > depth and parts[:depth] == path:
                 children[parts[depth]] = children.get(parts[depth], 0) + 1
-        direct = sum(1 for r in records if _container_parts(r) == path)  # tensors right at this level
+        direct = sum(1 for parts in parents if parts == path)  # tensors right at this level
         siblings = direct + len(children) - 1 + (1 if depth == 0 and ckpt.extras else 0)
         named = [c for c in CONTAINER_NAMES if c in children]
         if not named:
@@ -123,7 +119,7 @@ def select_weights(ckpt: Checkpoint, container: str = "auto", select: Iterable[s
     taken: set[str] = set()
     training: list[str] = []
     for key, record in inside.items():
-        if auto and not path and any(part in OPTIMIZER_NAMES for part in _container_parts(record)):
+        if auto and not path and is_training_state((record.path or (record.name,))[:-1]):
             training.append(record.name)
         else:
             selection.tensors[key] = record

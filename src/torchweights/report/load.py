@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..text import printable, quote
 
 if TYPE_CHECKING:  # annotations only: importing the planner here would slow every ``tw.open`` (api imports this)
-    from ..plan.reconcile import Action, Plan
+    from ..plan.model import Action, Plan
 
 __all__ = ["LoadReport"]
 

@@ -27,7 +27,7 @@ from ..plan.rules import matches_any
 from ..text import plural, printable, quote, table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..plan.reconcile import Action, Plan
+    from ..plan.model import Action, Plan
     from .load import LoadReport
 
 __all__ = ["headline", "log_line", "problem_summary", "render"]
