@@ -1,9 +1,8 @@
 """The planner on plain (name, shape, dtype) tuples: one or more tests per rule of reconciliation.
 
 Checkpoints are built as nested dicts whose leaves are shapes (or ``(shape, dtype)`` pairs) and turned into
-:class:`~torchweights.plan.reconcile.SourceKey` items, the way a reader names them (``path`` = the dict keys leading
-to the
-tensor, ``record`` = those keys joined by dots). Models are :meth:`ModelSpec.from_tuples`.
+:class:`~torchweights.plan.sources.SourceKey` items, the way a reader names them (``path`` = the dict keys leading
+to the tensor, ``record`` = those keys joined by dots). Models are :meth:`ModelSpec.from_tuples`.
 """
 
 from __future__ import annotations

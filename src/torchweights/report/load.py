@@ -20,7 +20,7 @@ class LoadReport:
     """What :func:`torchweights.load_into` did (or, for a dry run or a failed plan, would do).
 
     Attributes:
-        plan: every decision, per key (:class:`~torchweights.plan.reconcile.Plan`).
+        plan: every decision, per key (:class:`~torchweights.plan.model.Plan`).
         applied: whether the model was changed.
         seconds: wall time of the whole call.
         bytes_read: tensor bytes read from the checkpoint.
