@@ -105,3 +105,10 @@ def test_the_suite_hook_refuses_an_unregistered_code() -> None:
         errors.CorruptCheckpointError("x", code="made-up-code")
     with pytest.raises(UnregisteredCodeError, match="lists under RuleError"):
         errors.CorruptCheckpointError("x", code="bad-strict")
+
+
+def test_readme_lists_the_registry() -> None:
+    """The README's table of codes is the registry, row for row."""
+    readme = (SRC.parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| (\w+) \| (.+) \|$", readme, flags=re.MULTILINE)
+    assert rows == [(code, cls.__name__, meaning) for code, (cls, meaning) in CODES.items()]
