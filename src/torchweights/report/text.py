@@ -5,26 +5,24 @@ container and prefix chosen and why, the rules applied, totals), then one sectio
 first, with layer indices folded (``blocks.{0..11}.mlp.fc1.weight``) so that a 300-key model reads in a screen.
 
 :func:`problem_summary` is the error text: every problem at once, why it may have happened, and the exact option
-that loads the rest (``tw.load_into(..., skip=["head.*"])``), computed from the plan and checked against it.
+that loads the rest (``tw.load_into(..., skip=["head.*"])``), as :func:`~torchweights.report.advice.advise` decides it.
 
-Both only read the plan: they decide nothing. Text that comes from the file (names, the path) is escaped with
-:func:`~torchweights.text.printable`.
+Both only read the plan and word the advice: they decide nothing. Text that comes from the file (names, the path)
+is escaped with :func:`~torchweights.text.printable`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..fold import fold_names, format_indices, human_bytes, human_count, is_index
-from ..plan.rules import matches_any
 from ..text import plural, printable, quote, table
+from .advice import Advice, Hint, HintKind, advise
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan.reconcile import Action, Plan
@@ -44,10 +42,6 @@ OTHER_ROWS = 10
 MESSAGE_ROWS = 10
 #: Loaded keys are listed row by row only when they fold into at most this many rows.
 LOAD_ROWS = 6
-#: Most skip patterns a suggestion lists before it falls back to a broader option.
-SKIP_PATTERNS = 8
-#: Above this many problem keys, skip patterns are not computed (a broader option is suggested).
-SKIP_SEARCH_LIMIT = 5000
 
 
 # --------------------------------------------------------------------------------------------------- cells
@@ -138,15 +132,15 @@ def render(report: LoadReport) -> str:
         if body:
             lines += ["", *body]
     if report.problems or report.left_on_meta or plan.suggestion is not None:
-        advice = _advise(plan)
-        if advice.hints or advice.kwargs:
+        advice = advise(plan)
+        if advice.hints or advice.changes:
             lines += ["", "to fix"]
-            for sentence in advice.hints:
-                lines += _wrap(sentence)
-            if advice.kwargs:
-                lines += _wrap(advice.sentence(call=False) + ":")
-                lines += _wrap(advice.call(), indent="    ")
-                lines += _wrap("CLI: " + " ".join(advice.flags), indent="    ")
+            for hint in advice.hints:
+                lines += _wrap(_hint_text(hint, plan))
+            if advice.changes:
+                lines += _wrap(_sentence(advice, call=False) + ":")
+                lines += _wrap(_call(advice), indent="    ")
+                lines += _wrap("CLI: " + " ".join(_flags(advice)), indent="    ")
     return "\n".join(lines) + "\n"
 
 
@@ -630,27 +624,10 @@ def _common_prefix(names: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- advice
+# The decisions are :func:`~torchweights.report.advice.advise`'s; what follows only words them.
 
-
-@dataclass
-class _Advice:
-    """What to do about a plan's problems: evidence-based hints, then one call that loads the rest."""
-
-    hints: list[str] = field(default_factory=list)
-    kwargs: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
-    does: list[str] = field(default_factory=list)  # "keep 'head.*' as initialised", "ignore the 2 unexpected tensors"
-    lead: str = "To load the rest"
-
-    def call(self) -> str:
-        return f"tw.load_into(..., {', '.join(self.kwargs)})"
-
-    def sentence(self, call: bool = True) -> str:
-        if len(self.does) == 1:
-            text = f"{self.lead} and {self.does[0]}"
-        else:
-            text = f"{self.lead}, {_and(self.does)}" if self.does else self.lead
-        return f"{text}: {self.call()}" if call else text
+#: The lead of the fix sentence when no option changes what "the rest" means.
+_LEAD = "To load the rest"
 
 
 def _py(text: str) -> str:
@@ -658,290 +635,142 @@ def _py(text: str) -> str:
     return json.dumps(text)
 
 
-def _advise(plan: Plan) -> _Advice:
-    """The advice for a plan: the renames that pair missing and unexpected keys first (they load trained
-    weights), then what the plan with them applied still needs (skips, ``init_missing``, strictness)."""
-    suggestion = plan.suggestion
-    if suggestion is None:
-        advice = _advise_keys(plan)
-        _advise_meta(plan, advice)
-        return advice
-    inner = _advise(suggestion)
-    new = suggestion.rules.rename[len(plan.rules.rename) :]
-    unused = {(use.pattern, use.replacement) for use in plan.renames if use.matched == 0}
-    pairs = [pair for pair in suggestion.rules.rename if pair not in unused]  # not a rename that matched nothing
-    gained = sum(1 for a in suggestion.actions if a.kind == "load") - sum(1 for a in plan.actions if a.kind == "load")
-    shown = _and([f"{quote(p)} -> {quote(r)}" for p, r in new])
-    advice = _Advice(lead="To load them under their model names")
-    advice.hints.append(
-        f"{plural(gained, 'missing key')} and as many unexpected tensors pair up one to one (same names below "
-        f"their module, same shapes): rename {shown} loads them."
-    )
-    advice.hints += inner.hints
-    advice.kwargs = ["rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "}"]
-    advice.kwargs += [k for k in inner.kwargs if not k.startswith("rename=")]
-    advice.flags = [f"--rename {shlex.quote(f'{p}={r}')}" for p, r in pairs]
-    advice.flags += [f for f in inner.flags if not f.startswith("--rename ")]
-    advice.does = list(inner.does)
-    return advice
-
-
-def _advise_meta(plan: Plan, advice: _Advice) -> None:
-    """Advice for tensors left on the meta device: ``init_missing=True`` where their modules can initialise them;
-    what to do where they cannot."""
-    meta = plan.left_on_meta
-    if not meta:
-        return
-    keys = {a.target for a in plan.actions if a.target is not None}
-    owner = {name: init for init in plan.initialise for name in init.tensors}
-    fixable = [n for n in meta if n in owner and owner[n].method]
-    stuck = sorted({owner[n].module or "<root>" for n in meta if n in owner and not owner[n].method})
-    unsaved = [n for n in meta if n not in keys]
-    if fixable and not plan.rules.init_missing:
-        advice.kwargs.append("init_missing=True")
-        advice.flags.append("--init-missing")
-        advice.does.append(
-            f"initialise the {plural(len(fixable), 'key')} on the meta device with their modules' reset_parameters()"
+def _hint_text(hint: Hint, plan: Plan) -> str:
+    """One hint as a sentence (``plan`` names the source and the model)."""
+    kind, n = hint.kind, hint.count
+    are = "is" if n == 1 else "are"
+    if kind is HintKind.RENAME:
+        shown = _and([f"{quote(p)} -> {quote(r)}" for p, r in hint.pairs])
+        return (
+            f"{plural(n, 'missing key')} and as many unexpected tensors pair up one to one (same names below "
+            f"their module, same shapes): rename {shown} loads them."
         )
-    if stuck:
-        advice.hints.append(
+    if kind is HintKind.STRIP_PREFIX:
+        return (
+            f"{plural(n, 'missing key')} {are} in the checkpoint as {quote(hint.name + '<key>')}: "
+            f"prefix={_py(hint.name)} strips it."
+        )
+    if kind is HintKind.ADD_PREFIX:
+        return (
+            f"{plural(n, 'missing key')} {are} in the checkpoint without {quote(hint.name)}: "
+            f"prefix={_py('+' + hint.name)} adds it."
+        )
+    if kind is HintKind.OTHER_CONTAINER:
+        return (
+            f"{plural(n, 'missing key')} {are} in the file under {quote(hint.name)}, "
+            f"outside the chosen container {quote(hint.current)}: "
+            f"container={_py(hint.option)} loads that part instead."
+        )
+    if kind is HintKind.RUNNER_UP:
+        return (
+            f"{quote(hint.name)} in the same file also matches {plural(n, 'model key')}: "
+            f"container={_py(hint.name)} loads it instead."
+        )
+    if kind is HintKind.AUTO_CONTAINER:
+        return 'container="auto" lets torchweights pick the part of the file that fits best.'
+    if kind is HintKind.AUTO_PREFIX:
+        return 'prefix="auto" infers the prefix to strip or add from the keys.'
+    inspect = f"`torchweights inspect {shlex.quote(printable(plan.source))}` lists what it holds."
+    if kind is HintKind.NO_TENSORS:
+        return f"{quote(plan.source)} holds no tensors. {inspect}"
+    if kind is HintKind.NOT_FOR_MODEL:
+        return (
+            f"{n} of {plural(hint.total, 'model key')} have no tensor: is this checkpoint "
+            f"for {printable(plan.model)}? {inspect}"
+        )
+    if kind is HintKind.ALL_MISMATCHED:
+        return (
+            f"None of the {plural(n, 'tensor')} matched by name has the model's shape: is this checkpoint for "
+            f"this configuration of {printable(plan.model)}?"
+        )
+    if kind is HintKind.NO_RESET:
+        stuck = hint.names
+        return (
             f"{_and([quote(m) for m in stuck[:4]])}{' and others' if len(stuck) > 4 else ''} "
             f"{'has' if len(stuck) == 1 else 'have'} no reset_parameters() (nor _reset_parameters(), "
             "reset_running_stats()): init_missing=True cannot give their tensors values. Load them from a checkpoint "
             "that has them, or build the model off the meta device."
         )
-    if unsaved:
-        one = len(unsaved) == 1
-        advice.hints.append(
-            f"{plural(len(unsaved), 'buffer')} on the meta device ({_few(unsaved)}) {'is' if one else 'are'}"
-            " not saved by state_dict() (persistent=False), so no checkpoint fills "
-            f"{'it' if one else 'them'}: compute {'it' if one else 'them'} after "
-            "loading, or keep buffers off the meta device when building the model (as accelerate's "
-            "init_empty_weights() does)."
-        )
+    unsaved = hint.names  # HintKind.UNSAVED_BUFFERS
+    one = len(unsaved) == 1
+    return (
+        f"{plural(len(unsaved), 'buffer')} on the meta device ({_few(unsaved)}) {'is' if one else 'are'}"
+        " not saved by state_dict() (persistent=False), so no checkpoint fills "
+        f"{'it' if one else 'them'}: compute {'it' if one else 'them'} after "
+        "loading, or keep buffers off the meta device when building the model (as accelerate's "
+        "init_empty_weights() does)."
+    )
 
 
-def _advise_keys(plan: Plan) -> _Advice:
-    advice = _Advice()
-    problems = plan.problems
-    kinds = {a.kind for a in problems}
-    if not kinds:
-        return advice
-    rules = plan.rules
-    universe = [a.target for a in plan.actions if a.target is not None]
-    mismatched = [a.target or "" for a in problems if a.kind == "mismatch"]
-    missing = [a.target or "" for a in problems if a.kind == "missing"]
-    if missing:
-        hints, evidence = _missing_hints(plan)
-        advice.hints += hints
-        if evidence or 2 * len(missing) > len(universe):
-            # The keys are elsewhere, or most are absent: align the key spaces first; skipping would load little.
-            inspect = f"`torchweights inspect {shlex.quote(printable(plan.source))}` lists what it holds."
-            if not any(a.source is not None for a in plan.actions):
-                advice.hints.append(f"{quote(plan.source)} holds no tensors. {inspect}")
-            elif not hints:
-                advice.hints.append(
-                    f"{len(missing)} of {plural(len(universe), 'model key')} have no tensor: is this checkpoint "
-                    f"for {printable(plan.model)}? {inspect}"
-                )
-            return advice
-    paired = sum(1 for a in plan.actions if a.source is not None and a.target is not None)
-    if mismatched and len(mismatched) == paired:
-        advice.hints.append(
-            f"None of the {plural(paired, 'tensor')} matched by name has the model's shape: is this checkpoint for "
-            f"this configuration of {printable(plan.model)}?"
-        )
-        return advice
-    mismatch_skip = _skip_patterns(mismatched, universe) if mismatched else []
-    missing_skip = _skip_patterns(missing, universe) if missing else []
-    if missing_skip is None or len(missing_skip or ()) > SKIP_PATTERNS:
-        advice.kwargs = ["strict=False"]
-        advice.flags = ["--strict false"]
-        advice.lead = "To load whatever fits and keep every other model key as initialised"
-        return advice
-    new: list[str] = []
-    if mismatch_skip is None or len(mismatch_skip) > SKIP_PATTERNS:
-        advice.kwargs.append('on_mismatch="skip"')
-        advice.flags.append("--on-mismatch skip")
-        advice.does.append(f"keep the {len(mismatched)} mismatched keys as initialised")
-    else:
-        new += mismatch_skip
-    new += [p for p in missing_skip if p not in new]
-    if new:
-        kept = [use.pattern for use in plan.skips if use.matched] if plan.skips else list(rules.skip)
-        skip = [*kept, *(p for p in new if p not in kept)]
-        advice.kwargs.insert(0, "skip=[" + ", ".join(_py(p) for p in skip) + "]")
-        advice.flags[:0] = [f"--skip {shlex.quote(p)}" for p in skip]
-        shown = _and([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
-        advice.does.insert(0, f"keep {shown} as initialised")
-    if "unexpected" in kinds:
-        n = sum(1 for a in problems if a.kind == "unexpected")
-        advice.kwargs.append('strict="model"')
-        advice.flags.append("--strict model")
-        advice.does.append(
-            f"leave out the {plural(n, 'unexpected tensor')}" if n > 1 else "leave out the unexpected tensor"
-        )
-    return advice
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-class _Cover:
-    """Which model keys a skip pattern would catch, with a prefix index for the common ``module.*`` case."""
-
-    def __init__(self, universe: Sequence[str]) -> None:
-        self.universe = list(universe)
-        self.below: dict[str, set[str]] = {}
-        for name in self.universe:
-            parts = name.split(".")
-            for i in range(1, len(parts)):
-                self.below.setdefault(".".join(parts[:i]), set()).add(name)
-
-    def __call__(self, pattern: str) -> frozenset[str]:
-        plain = pattern[:-2] if pattern.endswith(".*") else pattern
-        if not any(c in plain for c in "*?["):
-            found = set(self.below.get(plain, ()))
-            if plain == pattern and plain in self.universe:
-                found.add(plain)
-            return frozenset(found)
-        return frozenset(n for n in self.universe if matches_any(n, [pattern]) is not None)
-
-
-def _skip_patterns(names: Sequence[str], universe: Sequence[str]) -> list[str] | None:
-    """The fewest skip globs that catch every key of ``names`` and, beyond them, only other keys of the same
-    modules (``head.*`` for a mismatched ``head.weight``: the head is kept as initialised as a whole).
-
-    Whole subtrees collapse upwards (``decoder.*``) and per-layer patterns fold into one glob
-    (``blocks.*.ls1.*``) when that catches exactly the same keys. None when there are too many keys to search.
-    """
-    if len(names) > SKIP_SEARCH_LIMIT:
-        return None
-    cover = _Cover(universe)
-    wanted = set(names)
-    by_module: dict[str, list[str]] = {}
-    for name in names:
-        by_module.setdefault(name.rpartition(".")[0], []).append(name)
-    units: dict[str, frozenset[str]] = {}  # pattern -> keys it catches
-    bases: dict[str, str] = {}  # pattern -> the dotted name it stands for
-    for module, members in by_module.items():
-        if module:
-            pattern = _glob_escape(module) + ".*"
-            caught = cover(pattern)
-            if all(n in wanted or n.rpartition(".")[0] == module for n in caught):
-                units[pattern], bases[pattern] = caught, module
-                continue
-        for name in members:
-            pattern = _glob_escape(name)
-            units[pattern], bases[pattern] = cover(pattern) | {name}, name
-    allowed = frozenset().union(*units.values())
-    # Collapse upwards: the shortest ancestor whose whole subtree is already caught.
-    collapsed: dict[str, frozenset[str]] = {}
-    for pattern, caught in units.items():
-        parts = bases[pattern].split(".")
-        chosen, chosen_caught = pattern, caught
-        for i in range(1, len(parts)):
-            candidate = _glob_escape(".".join(parts[:i])) + ".*"
-            got = cover(candidate)
-            if got and got <= allowed:
-                chosen, chosen_caught = candidate, got
-                break
-        collapsed.setdefault(chosen, chosen_caught)
-    # Fold per-layer patterns into one glob when it catches exactly the same keys.
-    out: list[str] = []
-    for folded, members in fold_names(collapsed):
-        if len(members) > 1:
-            glob = ".".join("*" if part.startswith("{") else part for part in _components(folded))
-            union = frozenset().union(*(collapsed[m] for m in members))
-            if glob.count("*") <= 3 and cover(glob) == union:
-                out.append(glob)
-                continue
-        out.extend(members)
-    if not wanted <= frozenset().union(*(cover(p) for p in out)):  # pragma: no cover - a safety net
-        return [_glob_escape(n) for n in names]
+def _kwargs(advice: Advice) -> list[str]:
+    """The advised options as keyword arguments, in the order of the call."""
+    out = []
+    if advice.rename is not None:
+        out.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in advice.rename) + "}")
+    if advice.skip:
+        out.append("skip=[" + ", ".join(_py(p) for p in advice.skip) + "]")
+    if advice.on_mismatch is not None:
+        out.append(f"on_mismatch={_py(advice.on_mismatch)}")
+    if advice.strict is not None:
+        out.append(f"strict={_py(advice.strict)}" if advice.strict else "strict=False")
+    if advice.init_missing:
+        out.append("init_missing=True")
     return out
 
 
-def _components(pattern: str) -> list[str]:
-    """The dotted components of a folded pattern (dots inside ``{0..11}`` do not split)."""
-    return re.split(r"\.(?![^{}]*\})", pattern)
+def _flags(advice: Advice) -> list[str]:
+    """The advised options as command-line flags, in the same order."""
+    out = []
+    if advice.rename is not None:
+        out += [f"--rename {shlex.quote(f'{p}={r}')}" for p, r in advice.rename]
+    out += [f"--skip {shlex.quote(p)}" for p in advice.skip]
+    if advice.on_mismatch is not None:
+        out.append(f"--on-mismatch {advice.on_mismatch}")
+    if advice.strict is not None:
+        out.append(f"--strict {advice.strict or 'false'}")
+    if advice.init_missing:
+        out.append("--init-missing")
+    return out
 
 
-def _missing_hints(plan: Plan) -> tuple[list[str], bool]:
-    """Why model keys may be missing, from evidence in the plan: the keys exist under another prefix or in
-    another part of the file, or a container/prefix was forced. The flag says whether the checkpoint itself shows
-    where the missing keys are (most of them)."""
-    rules = plan.rules
-    missing = [a.target for a in plan.by_kind("missing") if a.target]
-    hints: list[str] = []
-    unexpected = [a.key or a.source or "" for a in plan.by_kind("unexpected")]
-    strip, add = _prefix_evidence(missing, unexpected)
-    if strip is not None:
-        prefix, n = strip
-        hints.append(
-            f"{plural(n, 'missing key')} {'is' if n == 1 else 'are'} in the checkpoint as {quote(prefix + '<key>')}: "
-            f"prefix={_py(prefix)} strips it."
+def _effects(advice: Advice) -> list[str]:
+    """What the advised options do, e.g. ``keep 'head.*' as initialised``."""
+    out = []
+    if advice.new_skips:
+        new = advice.new_skips
+        shown = _and([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
+        out.append(f"keep {shown} as initialised")
+    if advice.on_mismatch is not None:
+        out.append(f"keep the {advice.mismatched} mismatched keys as initialised")
+    if advice.strict == "model":
+        n = advice.unexpected
+        out.append(f"leave out the {plural(n, 'unexpected tensor')}" if n > 1 else "leave out the unexpected tensor")
+    if advice.init_missing:
+        out.append(
+            f"initialise the {plural(advice.init_missing, 'key')} on the meta device with their modules' "
+            "reset_parameters()"
         )
-    elif add is not None:
-        prefix, n = add
-        hints.append(
-            f"{plural(n, 'missing key')} {'is' if n == 1 else 'are'} in the checkpoint without {quote(prefix)}: "
-            f"prefix={_py('+' + prefix)} adds it."
-        )
-    ignored = [a.source or "" for a in plan.by_kind("ignored")]
-    elsewhere, _ = _prefix_evidence(missing, ignored)
-    if elsewhere is not None:
-        outer, n = elsewhere
-        container = outer.split(".", 1)[0]
-        hints.append(
-            f"{plural(n, 'missing key')} {'is' if n == 1 else 'are'} in the file under {quote(outer.rstrip('.'))}, "
-            f"outside the chosen container {quote(plan.container.name or '<root>')}: "
-            f"container={_py(container)} loads that part instead."
-        )
-    elif plan.container.runner_up is not None and plan.container.runner_up_matched:
-        runner = ".".join(plan.container.runner_up) or "<root>"
-        hints.append(
-            f"{quote(runner)} in the same file also matches {plural(plan.container.runner_up_matched, 'model key')}: "
-            f"container={_py(runner)} loads it instead."
-        )
-    if not hints and rules.container != "auto":
-        hints.append('container="auto" lets torchweights pick the part of the file that fits best.')
-    if strip is None and add is None and rules.prefix != "auto":
-        hints.append('prefix="auto" infers the prefix to strip or add from the keys.')
-    return hints, strip is not None or add is not None or elsewhere is not None
+    return out
 
 
-def _prefix_evidence(
-    missing: Sequence[str], others: Sequence[str]
-) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    """The prefix that, stripped from ``others`` (or added to them), explains most missing keys, with the count;
-    only when it explains at least half of them."""
-    if not missing or not others:
-        return None, None
-    suffixes: dict[str, set[str]] = {}
-    for key in others:
-        parts = key.split(".")
-        for i in range(1, len(parts)):
-            suffixes.setdefault(".".join(parts[i:]), set()).add(".".join(parts[:i]) + ".")
-    strip: Counter[str] = Counter()
-    for name in missing:
-        for prefix in suffixes.get(name, ()):
-            strip[prefix] += 1
-    others_set = set(others)
-    add: Counter[str] = Counter()
-    for name in missing:
-        parts = name.split(".")
-        for i in range(1, len(parts)):
-            if ".".join(parts[i:]) in others_set:
-                add[".".join(parts[:i]) + "."] += 1
-    need = max(1, (len(missing) + 1) // 2)
-    best_strip = strip.most_common(1)[0] if strip else None
-    best_add = add.most_common(1)[0] if add else None
-    return (
-        best_strip if best_strip and best_strip[1] >= need else None,
-        best_add if best_add and best_add[1] >= need else None,
-    )
+def _call(advice: Advice) -> str:
+    return f"tw.load_into(..., {', '.join(_kwargs(advice))})"
+
+
+def _sentence(advice: Advice, call: bool = True, lead: str | None = None) -> str:
+    """The fix as a sentence: its lead (``lead`` replaces the plain one), what it does, then the call."""
+    if advice.rename is not None:
+        text = "To load them under their model names"
+    elif advice.strict is False:
+        text = "To load whatever fits and keep every other model key as initialised"
+    else:
+        text = lead or _LEAD
+    does = _effects(advice)
+    if len(does) == 1:
+        text = f"{text} and {does[0]}"
+    elif does:
+        text = f"{text}, {_and(does)}"
+    return f"{text}: {_call(advice)}" if call else text
 
 
 # --------------------------------------------------------------------------------------------------- message
@@ -957,7 +786,7 @@ def problem_summary(report: LoadReport) -> str:
     source, model = quote(plan.source), printable(plan.model)
     kinds = [k for k in ("mismatch", "missing", "unexpected", "skip") if any(a.kind == k for a in problems)]
     by_kind = {k: [a for a in problems if a.kind == k] for k in kinds}
-    advice = _advise(plan)
+    advice = advise(plan)
     paired = sum(1 for a in plan.actions if a.source is not None and a.target is not None)
     model_keys = sum(1 for a in plan.actions if a.target is not None)
     lines: list[str] = []
@@ -975,7 +804,7 @@ def problem_summary(report: LoadReport) -> str:
             out.append(_more(len(made) - MESSAGE_ROWS, indent))
         return out
 
-    tail: list[str] = [*advice.hints]
+    tail: list[str] = [_hint_text(hint, plan) for hint in advice.hints]
     if len(kinds) == 1:
         kind = kinds[0]
         actions = by_kind[kind]
@@ -984,26 +813,26 @@ def problem_summary(report: LoadReport) -> str:
             lines.append(f"{n} of {plural(paired, 'tensor')} in {source} {_does(n)} not fit {model}:")
             lines += rows(actions, "  ")
             others = paired - n
-            if advice.kwargs:
+            if advice.changes:
                 lead = f"The other {others} fit. To load them" if others != 1 else "The other one fits. To load it"
-                tail.append(_with_lead(advice, lead))
+                tail.append(_sentence(advice, lead=lead))
         elif kind == "missing":
             lines.append(f"{n} of {plural(model_keys, 'key')} of {model} {_has(n)} no tensor in {source}:")
             lines += rows(actions, "  ")
-            if advice.kwargs:
-                tail.append(_with_lead(advice, "To load the others"))
+            if advice.changes:
+                tail.append(_sentence(advice, lead="To load the others"))
         elif kind == "unexpected":
             lines.append(f"{plural(n, 'tensor')} in {source} {_match(n)} no key of {model}:")
             lines += rows(actions, "  ")
             lines.append(f"  Every key of {model} has a tensor.")
-            if advice.kwargs:
-                tail.append(_with_lead(advice, "To load it"))
+            if advice.changes:
+                tail.append(_sentence(advice, lead="To load it"))
         else:
             lines.append(f"{n} of {plural(model_keys, 'key')} of {model} would stay on the meta device, skipped:")
             lines += rows(actions, "  ")
             lines.append("  A tensor on the meta device has no values: skipping it leaves nothing to keep.")
-            if advice.kwargs:
-                tail.append(_with_lead(advice, "To load the others"))
+            if advice.changes:
+                tail.append(_sentence(advice, lead="To load the others"))
     else:
         parts = {
             "mismatch": lambda n: f"{plural(n, 'tensor')} with other shapes",
@@ -1026,8 +855,8 @@ def problem_summary(report: LoadReport) -> str:
                     f"  {n} skipped {'key stays' if n == 1 else 'keys stay'} on the meta device, without values:"
                 )
             lines += rows(actions, "    ")
-        if advice.kwargs:  # the call on a line of its own: this sentence is long
-            tail += [advice.sentence(call=False) + ":", f"  {advice.call()}"]
+        if advice.changes:  # the call on a line of its own: this sentence is long
+            tail += [_sentence(advice, call=False) + ":", f"  {_call(advice)}"]
     meta = set(plan.left_on_meta)
     on_meta = sum(1 for a in problems if a.kind != "skip" and a.target in meta)
     if on_meta:
@@ -1041,11 +870,6 @@ def problem_summary(report: LoadReport) -> str:
     lines += [f"  {text}: check its pattern." for text in unused]
     lines += [f"  {sentence}" for sentence in tail]
     return "\n".join(lines)
-
-
-def _with_lead(advice: _Advice, lead: str) -> str:
-    advice.lead = lead if advice.lead == "To load the rest" else advice.lead
-    return advice.sentence()
 
 
 def _does(n: int) -> str:
