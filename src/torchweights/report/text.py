@@ -1,8 +1,8 @@
 """Text for a :class:`~torchweights.report.load.LoadReport`: the terminal report and the :class:`LoadError` message.
 
 :func:`render` is what ``print(report)`` and ``torchweights check`` show: a header (source, model, result, the
-container and prefix chosen and why, the rules applied, totals), then one section per kind of action, problems
-first, with layer indices folded (``blocks.{0..11}.mlp.fc1.weight``) so that a 300-key model reads in a screen.
+container and prefix chosen and why, the rules applied, totals), then the sections of
+:mod:`~torchweights.report.sections` (one per kind of action, problems first, layer indices folded) and the fix.
 
 :func:`problem_summary` is the error text: every problem at once, why it may have happened, and the exact option
 that loads the rest (``tw.load_into(..., skip=["head.*"])``), as :func:`~torchweights.report.advice.advise` decides it.
@@ -17,12 +17,14 @@ import json
 import shlex
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..fold import fold_names, format_indices, human_bytes, human_count, is_index
-from ..text import plural, printable, quote, table
+from ..fold import fold_names, human_bytes, human_count
+from ..text import plural, printable, quote
 from .advice import Advice, Hint, HintKind, advise
+from .cells import WIDTH, and_list, more, numel, strict_text, table_rows, wrap
+from .sections import mismatch_rows, missing_rows, sections, unexpected_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan.reconcile import Action, Plan
@@ -30,80 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["headline", "log_line", "problem_summary", "render"]
 
-#: Width the report aims to stay within.
-WIDTH = 100
-#: Longest name shown in a table cell; longer ones keep their start and end.
-NAME_LIMIT = 72
-#: Most rows shown per section of the report (problems) and per list in the error message.
-PROBLEM_ROWS = 20
-#: Most rows shown per section for actions that are not problems.
-OTHER_ROWS = 10
 #: Most error-message rows per kind of problem.
 MESSAGE_ROWS = 10
-#: Loaded keys are listed row by row only when they fold into at most this many rows.
-LOAD_ROWS = 6
-
-
-# --------------------------------------------------------------------------------------------------- cells
-
-
-def _name(text: str) -> str:
-    """A name for a table cell: escaped, and cut in the middle past :data:`NAME_LIMIT` characters."""
-    text = printable(text)
-    if len(text) <= NAME_LIMIT:
-        return text
-    keep = NAME_LIMIT - 3
-    return text[: keep - keep // 3] + "..." + text[-(keep // 3) :]
-
-
-def _shape(shape: tuple[int, ...] | None) -> str:
-    return "?" if shape is None else str(tuple(shape))
-
-
-def _numel(shape: tuple[int, ...] | None) -> int:
-    n = 1
-    for d in shape or ():
-        n *= d
-    return n
-
-
-def _more(count: int, indent: str = "  ") -> str:
-    return f"{indent}... and {count} more"
-
-
-def _fold_rows(items: Iterable[tuple[str, tuple[str, ...]]]) -> list[tuple[str, int, tuple[str, ...]]]:
-    """Fold names whose other columns are identical: ``(name, columns)`` -> ``(pattern, count, columns)``.
-
-    Rows come in the order of their first member.
-    """
-    groups: dict[tuple[str, ...], list[str]] = {}
-    order: dict[str, int] = {}
-    for name, cols in items:
-        order.setdefault(name, len(order))
-        groups.setdefault(cols, []).append(name)
-    rows: list[tuple[int, str, int, tuple[str, ...]]] = []
-    for cols, names in groups.items():
-        for pattern, members in fold_names(names):
-            rows.append((order[members[0]], pattern, len(members), cols))
-    rows.sort(key=lambda r: r[0])
-    return [(pattern, count, cols) for _, pattern, count, cols in rows]
-
-
-def _wrap(text: str, indent: str = "  ", width: int = WIDTH) -> list[str]:
-    return textwrap.wrap(
-        text, width=width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
-    ) or [indent.rstrip()]
-
-
-def _and(parts: Sequence[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    if len(parts) <= 1:
-        return "".join(parts)
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _strict(value: object) -> str:
-    return repr(value)
 
 
 # --------------------------------------------------------------------------------------------------- render
@@ -112,40 +42,19 @@ def _strict(value: object) -> str:
 def render(report: LoadReport) -> str:
     """The terminal report: header, then one section per kind of action, problems first (ends with a newline)."""
     plan = report.plan
-    lines = _table(_header(report), indent="", sep="  ")
-    for section in (
-        _meta_section,
-        _mismatch_section,
-        _missing_section,
-        _unexpected_section,
-        _skip_section,
-        _default_section,
-        _init_section,
-        _tied_section,
-        _extra_section,
-        _cast_section,
-        _rename_section,
-        _load_section,
-        _ignored_section,
-    ):
-        body = section(report)
-        if body:
-            lines += ["", *body]
+    lines = table_rows(_header(report), indent="", sep="  ")
+    lines += sections(report)
     if report.problems or report.left_on_meta or plan.suggestion is not None:
         advice = advise(plan)
         if advice.hints or advice.changes:
             lines += ["", "to fix"]
             for hint in advice.hints:
-                lines += _wrap(_hint_text(hint, plan))
+                lines += wrap(_hint_text(hint, plan))
             if advice.changes:
-                lines += _wrap(_sentence(advice, call=False) + ":")
-                lines += _wrap(_call(advice), indent="    ")
-                lines += _wrap("CLI: " + " ".join(_flags(advice)), indent="    ")
+                lines += wrap(_sentence(advice, call=False) + ":")
+                lines += wrap(_call(advice), indent="    ")
+                lines += wrap("CLI: " + " ".join(_flags(advice)), indent="    ")
     return "\n".join(lines) + "\n"
-
-
-def _table(rows: Sequence[Sequence[str]], indent: str = "  ", sep: str = "  ", right: Iterable[int] = ()) -> list[str]:
-    return table(rows, right=right, indent=indent, sep=sep)
 
 
 def _header(report: LoadReport) -> list[list[str]]:
@@ -226,7 +135,7 @@ def headline(report: LoadReport) -> str:
     """The result line: what happened, e.g. ``OK: loaded 26 of 28; 2 left as initialised (skipped)``."""
     plan = report.plan
     problems = report.problems
-    strict = f"strict={_strict(plan.rules.strict)}"
+    strict = f"strict={strict_text(plan.rules.strict)}"
     total, loaded, fates = _fates(report)
     outside = [a for a in plan.actions if a.target is None and a.kind in ("unexpected", "skip")]
     if problems:
@@ -301,7 +210,7 @@ def _options(plan: Plan) -> str:
     rules = plan.rules
     parts = []
     if rules.strict is not True:
-        parts.append(f"strict={_strict(rules.strict)}")
+        parts.append(f"strict={strict_text(rules.strict)}")
     if rules.container != "auto":
         parts.append(f"container={quote(rules.container)}")
     if rules.prefix != "auto":
@@ -329,7 +238,7 @@ def _keys(plan: Plan) -> str:
 
 def _totals(report: LoadReport) -> str:
     loaded = report.loaded
-    params = sum(_numel(a.dst_shape) for a in loaded)
+    params = sum(numel(a.dst_shape) for a in loaded)
     text = f"{plural(len(loaded), 'tensor')}, {human_count(params)} parameters"
     if report.applied:
         return f"{text}, {human_bytes(report.bytes_read)} read in {report.seconds:.2f} s"
@@ -342,7 +251,7 @@ def _planned_bytes(loaded: Sequence[Action]) -> int:
     total = 0
     for a in loaded:
         try:
-            total += _numel(a.src_shape) * dtypes.itemsize(a.src_dtype or "float32")
+            total += numel(a.src_shape) * dtypes.itemsize(a.src_dtype or "float32")
         except KeyError:  # a dtype this version does not know: counted as unknown size
             continue
     return total
@@ -356,271 +265,6 @@ def _fallback(report: LoadReport) -> str:
     if n:
         return f"{plural(n, 'key')} load through torch's load_state_dict (modules with custom loading code)"
     return ""
-
-
-def _section(title: str, rows: list[list[str]], limit: int, right: Iterable[int] = ()) -> list[str]:
-    lines = [title, *_table(rows[:limit], right=right)]
-    if len(rows) > limit:
-        lines.append(_more(len(rows) - limit))
-    return lines
-
-
-def _hoist(actions: Sequence[Action], reason: Callable[[Action], str]) -> str | None:
-    """The reason shared by every action, or None when they differ."""
-    reasons = {reason(a) for a in actions}
-    return reasons.pop() if len(reasons) == 1 else None
-
-
-def _title(label: str, count: int, note: str = "") -> str:
-    return f"{label} ({count})" + (f": {note}" if note else "")
-
-
-def _meta_section(report: LoadReport) -> list[str]:
-    names = report.left_on_meta
-    if not names:
-        return []
-    plan = report.plan
-    by_target = {a.target: a for a in plan.actions if a.target is not None}
-    method = {name: init.method for init in plan.initialise for name in init.tensors}
-    items = []
-    for name in names:
-        action = by_target.get(name)
-        if action is None:
-            why = "not saved by state_dict() (persistent=False)"
-        else:
-            why = {"skip": "skipped", "missing": "missing", "mismatch": "shape mismatch"}.get(action.kind, action.kind)
-        if name in method:
-            how = f"{method[name]}() can initialise it" if method[name] else "its module has no reset_parameters()"
-        elif action is None:
-            how = "no checkpoint holds it: compute it after loading, or build it off the meta device"
-        else:
-            how = ""
-        items.append((name, (why, how) if how else (why,)))
-    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-    verb = "left" if report.applied else "would stay"
-    note = "no values: the model cannot run until they have some"
-    return _section(_title(f"{verb} on the meta device", len(names), note), rows, PROBLEM_ROWS)
-
-
-def _init_section(report: LoadReport) -> list[str]:
-    plan = report.plan
-    if not plan.rules.init_missing:
-        return []
-    inits = [i for i in plan.initialise if i.method]
-    if not inits:
-        return []
-    items = [(name, (f"{i.method}() of {quote(i.module or '<root>')}",)) for i in inits for name in i.tensors]
-    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-    verb = "initialised" if report.applied else "to initialise"
-    return _section(_title(verb, len(items), "no tensor in the checkpoint (init_missing=True)"), rows, OTHER_ROWS)
-
-
-def _mismatch_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("mismatch")
-    if not actions:
-        return []
-    note = "" if any(a.kind == "mismatch" for a in report.problems) else "not loaded (strict=False)"
-    rows = _mismatch_rows(actions)
-    return _section(_title("shape mismatch", len(actions), note), rows, PROBLEM_ROWS)
-
-
-def _mismatch_rows(actions: Sequence[Action]) -> list[list[str]]:
-    items = [(a.target or "", (f"checkpoint {_shape(a.src_shape)}", f"model {_shape(a.dst_shape)}")) for a in actions]
-    return [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-
-
-def _missing_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("missing")
-    if not actions:
-        return []
-    note = "no tensor in the checkpoint"
-    meta = set(report.left_on_meta) | set(report.plan.initialised)
-    if not any(a.kind == "missing" for a in report.problems) and not any(a.target in meta for a in actions):
-        note += f"; kept as initialised (strict={_strict(report.plan.rules.strict)})"
-    return _section(_title("missing", len(actions), note), _missing_rows(actions), PROBLEM_ROWS)
-
-
-def _missing_rows(actions: Sequence[Action]) -> list[list[str]]:
-    items = [
-        (a.target or "", (f"model {_shape(a.dst_shape)}" if a.dst_shape is not None else "extra state",))
-        for a in actions
-    ]
-    return [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-
-
-def _unexpected_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("unexpected")
-    if not actions:
-        return []
-    note = "no model key matches"
-    if not any(a.kind == "unexpected" for a in report.problems):
-        note += f"; not loaded (strict={_strict(report.plan.rules.strict)})"
-    return _section(_title("unexpected", len(actions), note), _unexpected_rows(actions), PROBLEM_ROWS)
-
-
-def _unexpected_rows(actions: Sequence[Action]) -> list[list[str]]:
-    items = [(a.key or a.source or "", (f"checkpoint {_shape(a.src_shape)}",)) for a in actions]
-    return [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-
-
-def _reasoned_section(label: str, actions: Sequence[Action], note: str = "") -> list[str]:
-    """Rows of ``name  reason [shapes]``; a reason shared by every row moves into the title."""
-    if not actions:
-        return []
-    shared = _hoist(actions, lambda a: a.reason)
-    items = []
-    for a in actions:
-        cols: tuple[str, ...] = () if shared is not None else (printable(a.reason),)
-        if a.src_shape is not None and a.dst_shape is not None and a.src_shape != a.dst_shape:
-            cols += (f"checkpoint {_shape(a.src_shape)}", f"model {_shape(a.dst_shape)}")
-        items.append((a.target or a.key or a.source or "", cols))
-    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-    title_note = "; ".join(x for x in (note, printable(shared) if shared else "") if x)
-    return _section(_title(label, len(actions), title_note), rows, OTHER_ROWS)
-
-
-def _skip_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("skipped", report.plan.by_kind("skip"))
-
-
-def _default_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("default", report.plan.by_kind("default"))
-
-
-def _tied_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("tied", report.plan.by_kind("tied"))
-
-
-def _extra_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("extra state restored", report.plan.by_kind("extra"))
-
-
-def _cast_section(report: LoadReport) -> list[str]:
-    casts = [a for a in report.loaded if a.cast]
-    if not casts:
-        return []
-    counts = Counter((a.src_dtype or "?", a.dst_dtype or "?") for a in casts)
-    rows = [[f"{src} -> {dst}", plural(n, "tensor")] for (src, dst), n in counts.items()]
-    return _section(_title("cast", len(casts)), rows, OTHER_ROWS)
-
-
-def _rename_label(a: Action) -> str:
-    labels = [v for v in a.via if v not in ("prefix", "reshape")]
-    return "; ".join("user rename" if v == "rename" else v.replace("legacy rename: ", "legacy: ") for v in labels)
-
-
-def _rename_section(report: LoadReport) -> list[str]:
-    renamed = [a for a in report.plan.actions if a.target and a.key and _rename_label(a)]
-    if not renamed:
-        return []
-    shared = _hoist(renamed, _rename_label)
-    # Fold the model names, then check that the checkpoint names of each folded row fold into one pattern too.
-    by_cols: dict[str, list[Action]] = {}
-    for a in renamed:
-        by_cols.setdefault("" if shared is not None else _rename_label(a), []).append(a)
-    rows: list[tuple[int, list[str]]] = []
-    order = {id(a): i for i, a in enumerate(renamed)}
-    for label, group in by_cols.items():
-        key_of = {a.target: a.key for a in group}
-        first = {a.target: order[id(a)] for a in group}
-        for pattern, members in fold_names(a.target or "" for a in group):
-            keys = fold_names(key_of[m] or "" for m in members)
-            pairs = [(keys[0][0], pattern)] if len(keys) == 1 else [(key_of[m] or "", m) for m in members]
-            for key, target in pairs:
-                rows.append((first[members[0]], [_name(key), "->", _name(target), *([label] if label else [])]))
-    rows.sort(key=lambda r: r[0])
-    return _section(_title("renamed", len(renamed), shared or ""), [r for _, r in rows], OTHER_ROWS)
-
-
-def _load_section(report: LoadReport) -> list[str]:
-    loaded = report.loaded
-    if not loaded:
-        return []
-    label = "loaded" if report.applied else "to load"
-    items = []
-    for a in loaded:
-        dtype = a.dst_dtype or "?" if not a.cast else f"{a.src_dtype} -> {a.dst_dtype}"
-        items.append((a.target or "", (_shape(a.dst_shape), dtype)))
-    folded = _fold_rows(items)
-    if len(folded) <= LOAD_ROWS:
-        return _section(_title(label, len(loaded)), [[_name(p), *cols] for p, _, cols in folded], LOAD_ROWS)
-    lines = [_title(label, len(loaded))]
-    wrapped = _wrap(", ".join(_top_groups([a.target or "" for a in loaded])))
-    return lines + (wrapped if len(wrapped) <= 4 else [*wrapped[:4], "  ..."])
-
-
-def _top_groups(names: Sequence[str]) -> list[str]:
-    """``blocks.{0..11} (144)``, ``patch_embed (2)``, ``cls_token``: counts per top-level name, with the layer
-    indices right below a name folded. A name holding most keys is opened one level (``model.layers.{0..31}``,
-    ``model.norm``, ``lm_head`` rather than ``model (290)``, ``lm_head``)."""
-    split = [tuple(name.split(".")) for name in names]
-    total = len(split)
-
-    def children(prefix: tuple[str, ...]) -> list[str]:
-        n = len(prefix)
-        return [parts[n] for parts in split if len(parts) > n and parts[:n] == prefix]
-
-    groups: list[tuple[str, ...]] = list(dict.fromkeys(parts[:1] for parts in split))
-    for _ in range(3):
-        counts = Counter(next(g for g in groups if parts[: len(g)] == g) for parts in split)
-        big = max(groups, key=lambda g: counts[g])
-        below = children(big)
-        if counts[big] * 2 <= total or len(set(below)) < 2 or all(is_index(c) for c in below):
-            break
-        at = groups.index(big)
-        opened = list(dict.fromkeys((*big, c) for c in below))
-        if big in split:  # a key named exactly like the group stays a row of its own
-            opened.insert(0, big)
-        groups[at : at + 1] = opened
-    counts = Counter(next(g for g in groups if parts[: len(g)] == g) for parts in split)
-    out = []
-    for group in groups:
-        n = counts[group]
-        if n == 1:  # one key: its whole name says more than a count
-            out.append(printable(".".join(next(parts for parts in split if parts[: len(group)] == group))))
-            continue
-        label = printable(".".join(group))
-        below = children(group)
-        if below and len(below) == n and all(is_index(c) for c in below):
-            label += "." + format_indices(int(c) for c in below)
-        out.append(f"{label} ({n})")
-    return out
-
-
-def _ignored_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("ignored")
-    if not actions:
-        return []
-    groups: dict[str, list[str]] = {}
-    for a in actions:
-        name = a.source or ""
-        groups.setdefault(name.split(".", 1)[0], []).append(name)
-    rows = []
-    for members in groups.values():
-        if len(members) == 1:
-            rows.append([plural(1, "tensor"), quote(_name(members[0]))])
-        else:
-            rows.append([plural(len(members), "tensor"), f"under {quote(_name(_common_prefix(members)))}"])
-    note = _hoist(actions, lambda a: a.reason) or ""
-    return _section(_title("ignored", len(actions), printable(note)), rows, OTHER_ROWS, right=[0])
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    """The dotted components all ``names`` share, index components compared as wildcards and shown folded."""
-    split = [n.split(".") for n in names]
-    shortest = min(len(parts) for parts in split)
-    out: list[str] = []
-    for i in range(shortest):
-        column = [parts[i] for parts in split]
-        if all(is_index(c) for c in column):
-            out.append(format_indices(int(c) for c in column))
-        elif len(set(column)) == 1:
-            out.append(column[0])
-        else:
-            break
-    if len(out) == shortest and len(set(names)) > 1:
-        out = out[:-1]  # every name is the prefix of another: show their parent
-    return ".".join(out) or names[0].split(".", 1)[0]
 
 
 # --------------------------------------------------------------------------------------------------- advice
@@ -640,7 +284,7 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
     kind, n = hint.kind, hint.count
     are = "is" if n == 1 else "are"
     if kind is HintKind.RENAME:
-        shown = _and([f"{quote(p)} -> {quote(r)}" for p, r in hint.pairs])
+        shown = and_list([f"{quote(p)} -> {quote(r)}" for p, r in hint.pairs])
         return (
             f"{plural(n, 'missing key')} and as many unexpected tensors pair up one to one (same names below "
             f"their module, same shapes): rename {shown} loads them."
@@ -686,7 +330,7 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
     if kind is HintKind.NO_RESET:
         stuck = hint.names
         return (
-            f"{_and([quote(m) for m in stuck[:4]])}{' and others' if len(stuck) > 4 else ''} "
+            f"{and_list([quote(m) for m in stuck[:4]])}{' and others' if len(stuck) > 4 else ''} "
             f"{'has' if len(stuck) == 1 else 'have'} no reset_parameters() (nor _reset_parameters(), "
             "reset_running_stats()): init_missing=True cannot give their tensors values. Load them from a checkpoint "
             "that has them, or build the model off the meta device."
@@ -738,7 +382,7 @@ def _effects(advice: Advice) -> list[str]:
     out = []
     if advice.new_skips:
         new = advice.new_skips
-        shown = _and([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
+        shown = and_list([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
         out.append(f"keep {shown} as initialised")
     if advice.on_mismatch is not None:
         out.append(f"keep the {advice.mismatched} mismatched keys as initialised")
@@ -769,7 +413,7 @@ def _sentence(advice: Advice, call: bool = True, lead: str | None = None) -> str
     if len(does) == 1:
         text = f"{text} and {does[0]}"
     elif does:
-        text = f"{text}, {_and(does)}"
+        text = f"{text}, {and_list(does)}"
     return f"{text}: {_call(advice)}" if call else text
 
 
@@ -794,14 +438,14 @@ def problem_summary(report: LoadReport) -> str:
     def rows(actions: list[Action], indent: str) -> list[str]:
         kind = actions[0].kind
         made = {
-            "mismatch": _mismatch_rows,
-            "missing": _missing_rows,
-            "unexpected": _unexpected_rows,
-            "skip": _missing_rows,
+            "mismatch": mismatch_rows,
+            "missing": missing_rows,
+            "unexpected": unexpected_rows,
+            "skip": missing_rows,
         }[kind](actions)
-        out = _table(made[:MESSAGE_ROWS], indent=indent, sep="   ")
+        out = table_rows(made[:MESSAGE_ROWS], indent=indent, sep="   ")
         if len(made) > MESSAGE_ROWS:
-            out.append(_more(len(made) - MESSAGE_ROWS, indent))
+            out.append(more(len(made) - MESSAGE_ROWS, indent))
         return out
 
     tail: list[str] = [_hint_text(hint, plan) for hint in advice.hints]
