@@ -158,7 +158,7 @@ class ArchiveWalk(Walk):
 
     def might_be_pickle(self, fh: IO[bytes], member: ZipMember) -> bool:
         """Whether a member that only starts like a pickle (or a zip) is worth reading whole: see
-        :func:`worth_reading`. Tensor bytes fail at once, and are never read whole."""
+        :func:`~.probe.worth_reading`. Tensor bytes fail at once, and are never read whole."""
         probe = inflate(fh, member, PROBE_BYTES)
         if probe.startswith(b"PK\x03\x04"):
             return True  # a zip's directory is at its end

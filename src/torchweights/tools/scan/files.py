@@ -159,7 +159,7 @@ class FileWalk(ArchiveWalk):
     def directory(self, path: str) -> None:
         """A torch.distributed.checkpoint folder: ``.metadata``, then every item it locates in the ``.distcp``
         files (each one a ``torch.save`` blob that ``dcp.load`` unpickles). A sharded set's shards are walked once
-        its index has been read (see :meth:`shards`)."""
+        its index has been read (see :meth:`~.scanner.Scanner.shards`)."""
         try:
             entries = sorted(os.listdir(path))
         except OSError:

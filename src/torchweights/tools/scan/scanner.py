@@ -18,7 +18,7 @@ safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weigh
 * ``.npy`` object arrays (their data is a pickle), torch.distributed.checkpoint ``.metadata``, the shards of a
   sharded set;
 * pickles and zips nested in bytes values or uint8/int8 tensors (reported as latent: loading does not run them,
-  code that unpickles them later would), only when the bytes really are one (:func:`is_pickle`). Storages of
+  code that unpickles them later would), only when the bytes really are one (:func:`~.probe.is_pickle`). Storages of
   every other dtype are data and are never read.
 
 A global the pickle calls as a function with arguments that nobody vetted (neither in the reconstructor table nor
