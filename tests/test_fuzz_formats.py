@@ -82,7 +82,8 @@ from _samples import (
 )
 from torchweights.errors import NotACheckpointError, TorchWeightsError, UnsupportedCheckpointError
 from torchweights.formats._zip import ZipDirectory, read_directory
-from torchweights.tools.scan.scanner import ScanReport, scan
+from torchweights.tools.scan.report import ScanReport
+from torchweights.tools.scan.scanner import scan
 
 warnings.filterwarnings("ignore", message=".*(TypedStorage|Duplicate name).*")
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from torchweights.cli import main
-from torchweights.tools.scan.scanner import ScanReport, scan
+from torchweights.tools.scan.report import ScanReport
+from torchweights.tools.scan.scanner import scan
 
 
 class _Reduce:

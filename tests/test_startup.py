@@ -163,13 +163,13 @@ def test_verbs_stay_functions_whatever_is_imported(how: str, order: str) -> None
 
 
 def test_scan_report_import_then_scan_call(tmp_path: Path) -> None:
-    """The case that breaks a naive lazy package: ``from torchweights.tools.scan.scanner import ...`` then
+    """The case that breaks a naive lazy package: ``from torchweights.tools.scan.report import ...`` then
     ``tw.scan(path)``."""
     path = _write_safetensors(tmp_path / "m.safetensors")
     code = textwrap.dedent(
         f"""
         import torchweights as tw
-        from torchweights.tools.scan.scanner import ScanReport
+        from torchweights.tools.scan.report import ScanReport
         report = tw.scan({str(path)!r})
         assert isinstance(report, ScanReport) and report.verdict == "clean", report
         assert tw.diff.__module__ == "torchweights.tools.diff" and tw.verify.__module__ == "torchweights.tools.verify"

@@ -10,12 +10,11 @@ import sys
 
 import pytest
 
-from torchweights.tools.scan.tscode import (
+from torchweights.tools.scan.tscode import analyse, is_code_member
+from torchweights.tools.scan.tsrules import (
     TORCH_CLASS_NAMESPACES,
     TORCH_OP_NAMESPACES,
     CodeFinding,
-    analyse,
-    is_code_member,
 )
 
 

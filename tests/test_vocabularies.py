@@ -16,7 +16,7 @@ import torchweights as tw
 from torchweights.plan.model import KINDS, Action, ActionKind
 from torchweights.text import StrEnum
 from torchweights.tools.diff import STATUSES, Status, TensorDiff
-from torchweights.tools.scan.scanner import SEVERITIES, Finding, Severity, Verdict
+from torchweights.tools.scan.report import SEVERITIES, Finding, Severity, Verdict
 
 VOCABULARIES: dict[type[StrEnum], list[str]] = {  # the words JSON consumers rely on
     ActionKind: ["mismatch", "missing", "unexpected", "skip", "default", "tied", "load", "extra", "ignored"],

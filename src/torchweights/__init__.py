@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from .report.load import LoadReport
     from .tools.convert import ConvertReport, convert
     from .tools.diff import DiffReport, diff
-    from .tools.scan.scanner import Finding, ScanReport, scan
+    from .tools.scan.report import Finding, ScanReport
+    from .tools.scan.scanner import scan
     from .tools.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
@@ -101,8 +102,8 @@ _LAZY: dict[str, str] = {
     "TensorRecord": "records",
     "LoadReport": "report.load",
     "scan": "tools.scan.scanner",
-    "Finding": "tools.scan.scanner",
-    "ScanReport": "tools.scan.scanner",
+    "Finding": "tools.scan.report",
+    "ScanReport": "tools.scan.report",
     "verify": "tools.verify",
     "VerifyReport": "tools.verify",
 }

@@ -36,7 +36,8 @@ import pytest
 
 from torchweights.cli import main as cli_main
 from torchweights.errors import UnsafeCheckpointError
-from torchweights.tools.scan.scanner import Finding, ScanReport, scan
+from torchweights.tools.scan.report import Finding, ScanReport
+from torchweights.tools.scan.scanner import scan
 
 # --------------------------------------------------------------------------------------------------- payloads
 

@@ -34,7 +34,8 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import NotACheckpointError
-from torchweights.tools.scan.scanner import Finding, scan
+from torchweights.tools.scan.report import Finding
+from torchweights.tools.scan.scanner import scan
 from torchweights.unpickle.machine import unpickle
 
 from ._helpers import (

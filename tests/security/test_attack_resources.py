@@ -23,7 +23,8 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import ResourceLimitError, TorchWeightsError
-from torchweights.tools.scan.scanner import ScanReport, scan
+from torchweights.tools.scan.report import ScanReport
+from torchweights.tools.scan.scanner import scan
 from torchweights.unpickle.machine import Stub, unpickle
 
 from ._helpers import torch_zip_members, write_zip

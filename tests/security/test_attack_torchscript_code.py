@@ -28,7 +28,8 @@ from torch import nn
 
 import torchweights.api as tw
 from torchweights.limits import Limits
-from torchweights.tools.scan.scanner import Finding, ScanReport, scan
+from torchweights.tools.scan.report import Finding, ScanReport
+from torchweights.tools.scan.scanner import scan
 from torchweights.tools.scan.tscode import analyse, is_code_member
 
 from ._helpers import assert_no_markers, cli_scan, read_members, wait_for, write_zip

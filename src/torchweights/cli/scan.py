@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ._options import add_allow_global
 
 if TYPE_CHECKING:
-    from ..tools.scan.scanner import ScanReport
+    from ..tools.scan.report import ScanReport
 
 # ``..scan`` and ``..scan_text`` are imported by the functions that use them: every subcommand module is imported to
 # build the parser, and ``torchweights --help`` should not pay for the scanner.
@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Scan every path and print the reports; return the exit code."""
-    from ..tools.scan.scanner import scan, to_json
+    from ..tools.scan.report import to_json
+    from ..tools.scan.scanner import scan
     from ..tools.scan.text import TEXT_FINDING_LIMIT, render_text
 
     reports = [scan(path, allow_globals=args.allow_globals) for path in args.paths]

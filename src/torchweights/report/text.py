@@ -1,30 +1,30 @@
 """Text for a :class:`~torchweights.report.load.LoadReport`: the terminal report and the :class:`LoadError` message.
 
 :func:`render` is what ``print(report)`` and ``torchweights check`` show: a header (source, model, result, the
-container and prefix chosen and why, the rules applied, totals), then one section per kind of action, problems
-first, with layer indices folded (``blocks.{0..11}.mlp.fc1.weight``) so that a 300-key model reads in a screen.
+container and prefix chosen and why, the rules applied, totals), then the sections of
+:mod:`~torchweights.report.sections` (one per kind of action, problems first, layer indices folded) and the fix.
 
 :func:`problem_summary` is the error text: every problem at once, why it may have happened, and the exact option
-that loads the rest (``tw.load_into(..., skip=["head.*"])``), computed from the plan and checked against it.
+that loads the rest (``tw.load_into(..., skip=["head.*"])``), as :func:`~torchweights.report.advice.advise` decides it.
 
-Both only read the plan: they decide nothing. Text that comes from the file (names, the path) is escaped with
-:func:`~torchweights.text.printable`.
+Both only read the plan and word the advice: they decide nothing. Text that comes from the file (names, the path)
+is escaped with :func:`~torchweights.text.printable`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..fold import fold_names, format_indices, human_bytes, human_count, is_index
-from ..plan.rules import matches_any
-from ..text import plural, printable, quote, table
+from ..fold import fold_names, human_bytes, human_count
+from ..text import plural, printable, quote
+from .advice import Advice, Hint, HintKind, advise
+from .cells import WIDTH, and_list, more, numel, strict_text, table_rows, wrap
+from .sections import mismatch_rows, missing_rows, sections, unexpected_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan.model import Action, Plan
@@ -32,84 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["headline", "log_line", "problem_summary", "render"]
 
-#: Width the report aims to stay within.
-WIDTH = 100
-#: Longest name shown in a table cell; longer ones keep their start and end.
-NAME_LIMIT = 72
-#: Most rows shown per section of the report (problems) and per list in the error message.
-PROBLEM_ROWS = 20
-#: Most rows shown per section for actions that are not problems.
-OTHER_ROWS = 10
 #: Most error-message rows per kind of problem.
 MESSAGE_ROWS = 10
-#: Loaded keys are listed row by row only when they fold into at most this many rows.
-LOAD_ROWS = 6
-#: Most skip patterns a suggestion lists before it falls back to a broader option.
-SKIP_PATTERNS = 8
-#: Above this many problem keys, skip patterns are not computed (a broader option is suggested).
-SKIP_SEARCH_LIMIT = 5000
-
-
-# --------------------------------------------------------------------------------------------------- cells
-
-
-def _name(text: str) -> str:
-    """A name for a table cell: escaped, and cut in the middle past :data:`NAME_LIMIT` characters."""
-    text = printable(text)
-    if len(text) <= NAME_LIMIT:
-        return text
-    keep = NAME_LIMIT - 3
-    return text[: keep - keep // 3] + "..." + text[-(keep // 3) :]
-
-
-def _shape(shape: tuple[int, ...] | None) -> str:
-    return "?" if shape is None else str(tuple(shape))
-
-
-def _numel(shape: tuple[int, ...] | None) -> int:
-    n = 1
-    for d in shape or ():
-        n *= d
-    return n
-
-
-def _more(count: int, indent: str = "  ") -> str:
-    return f"{indent}... and {count} more"
-
-
-def _fold_rows(items: Iterable[tuple[str, tuple[str, ...]]]) -> list[tuple[str, int, tuple[str, ...]]]:
-    """Fold names whose other columns are identical: ``(name, columns)`` -> ``(pattern, count, columns)``.
-
-    Rows come in the order of their first member.
-    """
-    groups: dict[tuple[str, ...], list[str]] = {}
-    order: dict[str, int] = {}
-    for name, cols in items:
-        order.setdefault(name, len(order))
-        groups.setdefault(cols, []).append(name)
-    rows: list[tuple[int, str, int, tuple[str, ...]]] = []
-    for cols, names in groups.items():
-        for pattern, members in fold_names(names):
-            rows.append((order[members[0]], pattern, len(members), cols))
-    rows.sort(key=lambda r: r[0])
-    return [(pattern, count, cols) for _, pattern, count, cols in rows]
-
-
-def _wrap(text: str, indent: str = "  ", width: int = WIDTH) -> list[str]:
-    return textwrap.wrap(
-        text, width=width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
-    ) or [indent.rstrip()]
-
-
-def _and(parts: Sequence[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    if len(parts) <= 1:
-        return "".join(parts)
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _strict(value: object) -> str:
-    return repr(value)
 
 
 # --------------------------------------------------------------------------------------------------- render
@@ -118,40 +42,19 @@ def _strict(value: object) -> str:
 def render(report: LoadReport) -> str:
     """The terminal report: header, then one section per kind of action, problems first (ends with a newline)."""
     plan = report.plan
-    lines = _table(_header(report), indent="", sep="  ")
-    for section in (
-        _meta_section,
-        _mismatch_section,
-        _missing_section,
-        _unexpected_section,
-        _skip_section,
-        _default_section,
-        _init_section,
-        _tied_section,
-        _extra_section,
-        _cast_section,
-        _rename_section,
-        _load_section,
-        _ignored_section,
-    ):
-        body = section(report)
-        if body:
-            lines += ["", *body]
+    lines = table_rows(_header(report), indent="", sep="  ")
+    lines += sections(report)
     if report.problems or report.left_on_meta or plan.suggestion is not None:
-        advice = _advise(plan)
-        if advice.hints or advice.kwargs:
+        advice = advise(plan)
+        if advice.hints or advice.changes:
             lines += ["", "to fix"]
-            for sentence in advice.hints:
-                lines += _wrap(sentence)
-            if advice.kwargs:
-                lines += _wrap(advice.sentence(call=False) + ":")
-                lines += _wrap(advice.call(), indent="    ")
-                lines += _wrap("CLI: " + " ".join(advice.flags), indent="    ")
+            for hint in advice.hints:
+                lines += wrap(_hint_text(hint, plan))
+            if advice.changes:
+                lines += wrap(_sentence(advice, call=False) + ":")
+                lines += wrap(_call(advice), indent="    ")
+                lines += wrap("CLI: " + " ".join(_flags(advice)), indent="    ")
     return "\n".join(lines) + "\n"
-
-
-def _table(rows: Sequence[Sequence[str]], indent: str = "  ", sep: str = "  ", right: Iterable[int] = ()) -> list[str]:
-    return table(rows, right=right, indent=indent, sep=sep)
 
 
 def _header(report: LoadReport) -> list[list[str]]:
@@ -232,7 +135,7 @@ def headline(report: LoadReport) -> str:
     """The result line: what happened, e.g. ``OK: loaded 26 of 28; 2 left as initialised (skipped)``."""
     plan = report.plan
     problems = report.problems
-    strict = f"strict={_strict(plan.rules.strict)}"
+    strict = f"strict={strict_text(plan.rules.strict)}"
     total, loaded, fates = _fates(report)
     outside = [a for a in plan.actions if a.target is None and a.kind in ("unexpected", "skip")]
     if problems:
@@ -307,7 +210,7 @@ def _options(plan: Plan) -> str:
     rules = plan.rules
     parts = []
     if rules.strict is not True:
-        parts.append(f"strict={_strict(rules.strict)}")
+        parts.append(f"strict={strict_text(rules.strict)}")
     if rules.container != "auto":
         parts.append(f"container={quote(rules.container)}")
     if rules.prefix != "auto":
@@ -335,7 +238,7 @@ def _keys(plan: Plan) -> str:
 
 def _totals(report: LoadReport) -> str:
     loaded = report.loaded
-    params = sum(_numel(a.dst_shape) for a in loaded)
+    params = sum(numel(a.dst_shape) for a in loaded)
     text = f"{plural(len(loaded), 'tensor')}, {human_count(params)} parameters"
     if report.applied:
         return f"{text}, {human_bytes(report.bytes_read)} read in {report.seconds:.2f} s"
@@ -348,7 +251,7 @@ def _planned_bytes(loaded: Sequence[Action]) -> int:
     total = 0
     for a in loaded:
         try:
-            total += _numel(a.src_shape) * dtypes.itemsize(a.src_dtype or "float32")
+            total += numel(a.src_shape) * dtypes.itemsize(a.src_dtype or "float32")
         except KeyError:  # a dtype this version does not know: counted as unknown size
             continue
     return total
@@ -364,293 +267,11 @@ def _fallback(report: LoadReport) -> str:
     return ""
 
 
-def _section(title: str, rows: list[list[str]], limit: int, right: Iterable[int] = ()) -> list[str]:
-    lines = [title, *_table(rows[:limit], right=right)]
-    if len(rows) > limit:
-        lines.append(_more(len(rows) - limit))
-    return lines
-
-
-def _hoist(actions: Sequence[Action], reason: Callable[[Action], str]) -> str | None:
-    """The reason shared by every action, or None when they differ."""
-    reasons = {reason(a) for a in actions}
-    return reasons.pop() if len(reasons) == 1 else None
-
-
-def _title(label: str, count: int, note: str = "") -> str:
-    return f"{label} ({count})" + (f": {note}" if note else "")
-
-
-def _meta_section(report: LoadReport) -> list[str]:
-    names = report.left_on_meta
-    if not names:
-        return []
-    plan = report.plan
-    by_target = {a.target: a for a in plan.actions if a.target is not None}
-    method = {name: init.method for init in plan.initialise for name in init.tensors}
-    items = []
-    for name in names:
-        action = by_target.get(name)
-        if action is None:
-            why = "not saved by state_dict() (persistent=False)"
-        else:
-            why = {"skip": "skipped", "missing": "missing", "mismatch": "shape mismatch"}.get(action.kind, action.kind)
-        if name in method:
-            how = f"{method[name]}() can initialise it" if method[name] else "its module has no reset_parameters()"
-        elif action is None:
-            how = "no checkpoint holds it: compute it after loading, or build it off the meta device"
-        else:
-            how = ""
-        items.append((name, (why, how) if how else (why,)))
-    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-    verb = "left" if report.applied else "would stay"
-    note = "no values: the model cannot run until they have some"
-    return _section(_title(f"{verb} on the meta device", len(names), note), rows, PROBLEM_ROWS)
-
-
-def _init_section(report: LoadReport) -> list[str]:
-    plan = report.plan
-    if not plan.rules.init_missing:
-        return []
-    inits = [i for i in plan.initialise if i.method]
-    if not inits:
-        return []
-    items = [(name, (f"{i.method}() of {quote(i.module or '<root>')}",)) for i in inits for name in i.tensors]
-    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-    verb = "initialised" if report.applied else "to initialise"
-    return _section(_title(verb, len(items), "no tensor in the checkpoint (init_missing=True)"), rows, OTHER_ROWS)
-
-
-def _mismatch_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("mismatch")
-    if not actions:
-        return []
-    note = "" if any(a.kind == "mismatch" for a in report.problems) else "not loaded (strict=False)"
-    rows = _mismatch_rows(actions)
-    return _section(_title("shape mismatch", len(actions), note), rows, PROBLEM_ROWS)
-
-
-def _mismatch_rows(actions: Sequence[Action]) -> list[list[str]]:
-    items = [(a.target or "", (f"checkpoint {_shape(a.src_shape)}", f"model {_shape(a.dst_shape)}")) for a in actions]
-    return [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-
-
-def _missing_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("missing")
-    if not actions:
-        return []
-    note = "no tensor in the checkpoint"
-    meta = set(report.left_on_meta) | set(report.plan.initialised)
-    if not any(a.kind == "missing" for a in report.problems) and not any(a.target in meta for a in actions):
-        note += f"; kept as initialised (strict={_strict(report.plan.rules.strict)})"
-    return _section(_title("missing", len(actions), note), _missing_rows(actions), PROBLEM_ROWS)
-
-
-def _missing_rows(actions: Sequence[Action]) -> list[list[str]]:
-    items = [
-        (a.target or "", (f"model {_shape(a.dst_shape)}" if a.dst_shape is not None else "extra state",))
-        for a in actions
-    ]
-    return [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-
-
-def _unexpected_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("unexpected")
-    if not actions:
-        return []
-    note = "no model key matches"
-    if not any(a.kind == "unexpected" for a in report.problems):
-        note += f"; not loaded (strict={_strict(report.plan.rules.strict)})"
-    return _section(_title("unexpected", len(actions), note), _unexpected_rows(actions), PROBLEM_ROWS)
-
-
-def _unexpected_rows(actions: Sequence[Action]) -> list[list[str]]:
-    items = [(a.key or a.source or "", (f"checkpoint {_shape(a.src_shape)}",)) for a in actions]
-    return [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-
-
-def _reasoned_section(label: str, actions: Sequence[Action], note: str = "") -> list[str]:
-    """Rows of ``name  reason [shapes]``; a reason shared by every row moves into the title."""
-    if not actions:
-        return []
-    shared = _hoist(actions, lambda a: a.reason)
-    items = []
-    for a in actions:
-        cols: tuple[str, ...] = () if shared is not None else (printable(a.reason),)
-        if a.src_shape is not None and a.dst_shape is not None and a.src_shape != a.dst_shape:
-            cols += (f"checkpoint {_shape(a.src_shape)}", f"model {_shape(a.dst_shape)}")
-        items.append((a.target or a.key or a.source or "", cols))
-    rows = [[_name(p), *cols] for p, _, cols in _fold_rows(items)]
-    title_note = "; ".join(x for x in (note, printable(shared) if shared else "") if x)
-    return _section(_title(label, len(actions), title_note), rows, OTHER_ROWS)
-
-
-def _skip_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("skipped", report.plan.by_kind("skip"))
-
-
-def _default_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("default", report.plan.by_kind("default"))
-
-
-def _tied_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("tied", report.plan.by_kind("tied"))
-
-
-def _extra_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("extra state restored", report.plan.by_kind("extra"))
-
-
-def _cast_section(report: LoadReport) -> list[str]:
-    casts = [a for a in report.loaded if a.cast]
-    if not casts:
-        return []
-    counts = Counter((a.src_dtype or "?", a.dst_dtype or "?") for a in casts)
-    rows = [[f"{src} -> {dst}", plural(n, "tensor")] for (src, dst), n in counts.items()]
-    return _section(_title("cast", len(casts)), rows, OTHER_ROWS)
-
-
-def _rename_label(a: Action) -> str:
-    labels = [v for v in a.via if v not in ("prefix", "reshape")]
-    return "; ".join("user rename" if v == "rename" else v.replace("legacy rename: ", "legacy: ") for v in labels)
-
-
-def _rename_section(report: LoadReport) -> list[str]:
-    renamed = [a for a in report.plan.actions if a.target and a.key and _rename_label(a)]
-    if not renamed:
-        return []
-    shared = _hoist(renamed, _rename_label)
-    # Fold the model names, then check that the checkpoint names of each folded row fold into one pattern too.
-    by_cols: dict[str, list[Action]] = {}
-    for a in renamed:
-        by_cols.setdefault("" if shared is not None else _rename_label(a), []).append(a)
-    rows: list[tuple[int, list[str]]] = []
-    order = {id(a): i for i, a in enumerate(renamed)}
-    for label, group in by_cols.items():
-        key_of = {a.target: a.key for a in group}
-        first = {a.target: order[id(a)] for a in group}
-        for pattern, members in fold_names(a.target or "" for a in group):
-            keys = fold_names(key_of[m] or "" for m in members)
-            pairs = [(keys[0][0], pattern)] if len(keys) == 1 else [(key_of[m] or "", m) for m in members]
-            for key, target in pairs:
-                rows.append((first[members[0]], [_name(key), "->", _name(target), *([label] if label else [])]))
-    rows.sort(key=lambda r: r[0])
-    return _section(_title("renamed", len(renamed), shared or ""), [r for _, r in rows], OTHER_ROWS)
-
-
-def _load_section(report: LoadReport) -> list[str]:
-    loaded = report.loaded
-    if not loaded:
-        return []
-    label = "loaded" if report.applied else "to load"
-    items = []
-    for a in loaded:
-        dtype = a.dst_dtype or "?" if not a.cast else f"{a.src_dtype} -> {a.dst_dtype}"
-        items.append((a.target or "", (_shape(a.dst_shape), dtype)))
-    folded = _fold_rows(items)
-    if len(folded) <= LOAD_ROWS:
-        return _section(_title(label, len(loaded)), [[_name(p), *cols] for p, _, cols in folded], LOAD_ROWS)
-    lines = [_title(label, len(loaded))]
-    wrapped = _wrap(", ".join(_top_groups([a.target or "" for a in loaded])))
-    return lines + (wrapped if len(wrapped) <= 4 else [*wrapped[:4], "  ..."])
-
-
-def _top_groups(names: Sequence[str]) -> list[str]:
-    """``blocks.{0..11} (144)``, ``patch_embed (2)``, ``cls_token``: counts per top-level name, with the layer
-    indices right below a name folded. A name holding most keys is opened one level (``model.layers.{0..31}``,
-    ``model.norm``, ``lm_head`` rather than ``model (290)``, ``lm_head``)."""
-    split = [tuple(name.split(".")) for name in names]
-    total = len(split)
-
-    def children(prefix: tuple[str, ...]) -> list[str]:
-        n = len(prefix)
-        return [parts[n] for parts in split if len(parts) > n and parts[:n] == prefix]
-
-    groups: list[tuple[str, ...]] = list(dict.fromkeys(parts[:1] for parts in split))
-    for _ in range(3):
-        counts = Counter(next(g for g in groups if parts[: len(g)] == g) for parts in split)
-        big = max(groups, key=lambda g: counts[g])
-        below = children(big)
-        if counts[big] * 2 <= total or len(set(below)) < 2 or all(is_index(c) for c in below):
-            break
-        at = groups.index(big)
-        opened = list(dict.fromkeys((*big, c) for c in below))
-        if big in split:  # a key named exactly like the group stays a row of its own
-            opened.insert(0, big)
-        groups[at : at + 1] = opened
-    counts = Counter(next(g for g in groups if parts[: len(g)] == g) for parts in split)
-    out = []
-    for group in groups:
-        n = counts[group]
-        if n == 1:  # one key: its whole name says more than a count
-            out.append(printable(".".join(next(parts for parts in split if parts[: len(group)] == group))))
-            continue
-        label = printable(".".join(group))
-        below = children(group)
-        if below and len(below) == n and all(is_index(c) for c in below):
-            label += "." + format_indices(int(c) for c in below)
-        out.append(f"{label} ({n})")
-    return out
-
-
-def _ignored_section(report: LoadReport) -> list[str]:
-    actions = report.plan.by_kind("ignored")
-    if not actions:
-        return []
-    groups: dict[str, list[str]] = {}
-    for a in actions:
-        name = a.source or ""
-        groups.setdefault(name.split(".", 1)[0], []).append(name)
-    rows = []
-    for members in groups.values():
-        if len(members) == 1:
-            rows.append([plural(1, "tensor"), quote(_name(members[0]))])
-        else:
-            rows.append([plural(len(members), "tensor"), f"under {quote(_name(_common_prefix(members)))}"])
-    note = _hoist(actions, lambda a: a.reason) or ""
-    return _section(_title("ignored", len(actions), printable(note)), rows, OTHER_ROWS, right=[0])
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    """The dotted components all ``names`` share, index components compared as wildcards and shown folded."""
-    split = [n.split(".") for n in names]
-    shortest = min(len(parts) for parts in split)
-    out: list[str] = []
-    for i in range(shortest):
-        column = [parts[i] for parts in split]
-        if all(is_index(c) for c in column):
-            out.append(format_indices(int(c) for c in column))
-        elif len(set(column)) == 1:
-            out.append(column[0])
-        else:
-            break
-    if len(out) == shortest and len(set(names)) > 1:
-        out = out[:-1]  # every name is the prefix of another: show their parent
-    return ".".join(out) or names[0].split(".", 1)[0]
-
-
 # --------------------------------------------------------------------------------------------------- advice
+# The decisions are :func:`~torchweights.report.advice.advise`'s; what follows only words them.
 
-
-@dataclass
-class _Advice:
-    """What to do about a plan's problems: evidence-based hints, then one call that loads the rest."""
-
-    hints: list[str] = field(default_factory=list)
-    kwargs: list[str] = field(default_factory=list)
-    flags: list[str] = field(default_factory=list)
-    does: list[str] = field(default_factory=list)  # "keep 'head.*' as initialised", "ignore the 2 unexpected tensors"
-    lead: str = "To load the rest"
-
-    def call(self) -> str:
-        return f"tw.load_into(..., {', '.join(self.kwargs)})"
-
-    def sentence(self, call: bool = True) -> str:
-        if len(self.does) == 1:
-            text = f"{self.lead} and {self.does[0]}"
-        else:
-            text = f"{self.lead}, {_and(self.does)}" if self.does else self.lead
-        return f"{text}: {self.call()}" if call else text
+#: The lead of the fix sentence when no option changes what "the rest" means.
+_LEAD = "To load the rest"
 
 
 def _py(text: str) -> str:
@@ -658,290 +279,142 @@ def _py(text: str) -> str:
     return json.dumps(text)
 
 
-def _advise(plan: Plan) -> _Advice:
-    """The advice for a plan: the renames that pair missing and unexpected keys first (they load trained
-    weights), then what the plan with them applied still needs (skips, ``init_missing``, strictness)."""
-    suggestion = plan.suggestion
-    if suggestion is None:
-        advice = _advise_keys(plan)
-        _advise_meta(plan, advice)
-        return advice
-    inner = _advise(suggestion)
-    new = suggestion.rules.rename[len(plan.rules.rename) :]
-    unused = {(use.pattern, use.replacement) for use in plan.renames if use.matched == 0}
-    pairs = [pair for pair in suggestion.rules.rename if pair not in unused]  # not a rename that matched nothing
-    gained = sum(1 for a in suggestion.actions if a.kind == "load") - sum(1 for a in plan.actions if a.kind == "load")
-    shown = _and([f"{quote(p)} -> {quote(r)}" for p, r in new])
-    advice = _Advice(lead="To load them under their model names")
-    advice.hints.append(
-        f"{plural(gained, 'missing key')} and as many unexpected tensors pair up one to one (same names below "
-        f"their module, same shapes): rename {shown} loads them."
-    )
-    advice.hints += inner.hints
-    advice.kwargs = ["rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "}"]
-    advice.kwargs += [k for k in inner.kwargs if not k.startswith("rename=")]
-    advice.flags = [f"--rename {shlex.quote(f'{p}={r}')}" for p, r in pairs]
-    advice.flags += [f for f in inner.flags if not f.startswith("--rename ")]
-    advice.does = list(inner.does)
-    return advice
-
-
-def _advise_meta(plan: Plan, advice: _Advice) -> None:
-    """Advice for tensors left on the meta device: ``init_missing=True`` where their modules can initialise them;
-    what to do where they cannot."""
-    meta = plan.left_on_meta
-    if not meta:
-        return
-    keys = {a.target for a in plan.actions if a.target is not None}
-    owner = {name: init for init in plan.initialise for name in init.tensors}
-    fixable = [n for n in meta if n in owner and owner[n].method]
-    stuck = sorted({owner[n].module or "<root>" for n in meta if n in owner and not owner[n].method})
-    unsaved = [n for n in meta if n not in keys]
-    if fixable and not plan.rules.init_missing:
-        advice.kwargs.append("init_missing=True")
-        advice.flags.append("--init-missing")
-        advice.does.append(
-            f"initialise the {plural(len(fixable), 'key')} on the meta device with their modules' reset_parameters()"
+def _hint_text(hint: Hint, plan: Plan) -> str:
+    """One hint as a sentence (``plan`` names the source and the model)."""
+    kind, n = hint.kind, hint.count
+    are = "is" if n == 1 else "are"
+    if kind is HintKind.RENAME:
+        shown = and_list([f"{quote(p)} -> {quote(r)}" for p, r in hint.pairs])
+        return (
+            f"{plural(n, 'missing key')} and as many unexpected tensors pair up one to one (same names below "
+            f"their module, same shapes): rename {shown} loads them."
         )
-    if stuck:
-        advice.hints.append(
-            f"{_and([quote(m) for m in stuck[:4]])}{' and others' if len(stuck) > 4 else ''} "
+    if kind is HintKind.STRIP_PREFIX:
+        return (
+            f"{plural(n, 'missing key')} {are} in the checkpoint as {quote(hint.name + '<key>')}: "
+            f"prefix={_py(hint.name)} strips it."
+        )
+    if kind is HintKind.ADD_PREFIX:
+        return (
+            f"{plural(n, 'missing key')} {are} in the checkpoint without {quote(hint.name)}: "
+            f"prefix={_py('+' + hint.name)} adds it."
+        )
+    if kind is HintKind.OTHER_CONTAINER:
+        return (
+            f"{plural(n, 'missing key')} {are} in the file under {quote(hint.name)}, "
+            f"outside the chosen container {quote(hint.current)}: "
+            f"container={_py(hint.option)} loads that part instead."
+        )
+    if kind is HintKind.RUNNER_UP:
+        return (
+            f"{quote(hint.name)} in the same file also matches {plural(n, 'model key')}: "
+            f"container={_py(hint.name)} loads it instead."
+        )
+    if kind is HintKind.AUTO_CONTAINER:
+        return 'container="auto" lets torchweights pick the part of the file that fits best.'
+    if kind is HintKind.AUTO_PREFIX:
+        return 'prefix="auto" infers the prefix to strip or add from the keys.'
+    inspect = f"`torchweights inspect {shlex.quote(printable(plan.source))}` lists what it holds."
+    if kind is HintKind.NO_TENSORS:
+        return f"{quote(plan.source)} holds no tensors. {inspect}"
+    if kind is HintKind.NOT_FOR_MODEL:
+        return (
+            f"{n} of {plural(hint.total, 'model key')} have no tensor: is this checkpoint "
+            f"for {printable(plan.model)}? {inspect}"
+        )
+    if kind is HintKind.ALL_MISMATCHED:
+        return (
+            f"None of the {plural(n, 'tensor')} matched by name has the model's shape: is this checkpoint for "
+            f"this configuration of {printable(plan.model)}?"
+        )
+    if kind is HintKind.NO_RESET:
+        stuck = hint.names
+        return (
+            f"{and_list([quote(m) for m in stuck[:4]])}{' and others' if len(stuck) > 4 else ''} "
             f"{'has' if len(stuck) == 1 else 'have'} no reset_parameters() (nor _reset_parameters(), "
             "reset_running_stats()): init_missing=True cannot give their tensors values. Load them from a checkpoint "
             "that has them, or build the model off the meta device."
         )
-    if unsaved:
-        one = len(unsaved) == 1
-        advice.hints.append(
-            f"{plural(len(unsaved), 'buffer')} on the meta device ({_few(unsaved)}) {'is' if one else 'are'}"
-            " not saved by state_dict() (persistent=False), so no checkpoint fills "
-            f"{'it' if one else 'them'}: compute {'it' if one else 'them'} after "
-            "loading, or keep buffers off the meta device when building the model (as accelerate's "
-            "init_empty_weights() does)."
-        )
+    unsaved = hint.names  # HintKind.UNSAVED_BUFFERS
+    one = len(unsaved) == 1
+    return (
+        f"{plural(len(unsaved), 'buffer')} on the meta device ({_few(unsaved)}) {'is' if one else 'are'}"
+        " not saved by state_dict() (persistent=False), so no checkpoint fills "
+        f"{'it' if one else 'them'}: compute {'it' if one else 'them'} after "
+        "loading, or keep buffers off the meta device when building the model (as accelerate's "
+        "init_empty_weights() does)."
+    )
 
 
-def _advise_keys(plan: Plan) -> _Advice:
-    advice = _Advice()
-    problems = plan.problems
-    kinds = {a.kind for a in problems}
-    if not kinds:
-        return advice
-    rules = plan.rules
-    universe = [a.target for a in plan.actions if a.target is not None]
-    mismatched = [a.target or "" for a in problems if a.kind == "mismatch"]
-    missing = [a.target or "" for a in problems if a.kind == "missing"]
-    if missing:
-        hints, evidence = _missing_hints(plan)
-        advice.hints += hints
-        if evidence or 2 * len(missing) > len(universe):
-            # The keys are elsewhere, or most are absent: align the key spaces first; skipping would load little.
-            inspect = f"`torchweights inspect {shlex.quote(printable(plan.source))}` lists what it holds."
-            if not any(a.source is not None for a in plan.actions):
-                advice.hints.append(f"{quote(plan.source)} holds no tensors. {inspect}")
-            elif not hints:
-                advice.hints.append(
-                    f"{len(missing)} of {plural(len(universe), 'model key')} have no tensor: is this checkpoint "
-                    f"for {printable(plan.model)}? {inspect}"
-                )
-            return advice
-    paired = sum(1 for a in plan.actions if a.source is not None and a.target is not None)
-    if mismatched and len(mismatched) == paired:
-        advice.hints.append(
-            f"None of the {plural(paired, 'tensor')} matched by name has the model's shape: is this checkpoint for "
-            f"this configuration of {printable(plan.model)}?"
-        )
-        return advice
-    mismatch_skip = _skip_patterns(mismatched, universe) if mismatched else []
-    missing_skip = _skip_patterns(missing, universe) if missing else []
-    if missing_skip is None or len(missing_skip or ()) > SKIP_PATTERNS:
-        advice.kwargs = ["strict=False"]
-        advice.flags = ["--strict false"]
-        advice.lead = "To load whatever fits and keep every other model key as initialised"
-        return advice
-    new: list[str] = []
-    if mismatch_skip is None or len(mismatch_skip) > SKIP_PATTERNS:
-        advice.kwargs.append('on_mismatch="skip"')
-        advice.flags.append("--on-mismatch skip")
-        advice.does.append(f"keep the {len(mismatched)} mismatched keys as initialised")
-    else:
-        new += mismatch_skip
-    new += [p for p in missing_skip if p not in new]
-    if new:
-        kept = [use.pattern for use in plan.skips if use.matched] if plan.skips else list(rules.skip)
-        skip = [*kept, *(p for p in new if p not in kept)]
-        advice.kwargs.insert(0, "skip=[" + ", ".join(_py(p) for p in skip) + "]")
-        advice.flags[:0] = [f"--skip {shlex.quote(p)}" for p in skip]
-        shown = _and([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
-        advice.does.insert(0, f"keep {shown} as initialised")
-    if "unexpected" in kinds:
-        n = sum(1 for a in problems if a.kind == "unexpected")
-        advice.kwargs.append('strict="model"')
-        advice.flags.append("--strict model")
-        advice.does.append(
-            f"leave out the {plural(n, 'unexpected tensor')}" if n > 1 else "leave out the unexpected tensor"
-        )
-    return advice
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-class _Cover:
-    """Which model keys a skip pattern would catch, with a prefix index for the common ``module.*`` case."""
-
-    def __init__(self, universe: Sequence[str]) -> None:
-        self.universe = list(universe)
-        self.below: dict[str, set[str]] = {}
-        for name in self.universe:
-            parts = name.split(".")
-            for i in range(1, len(parts)):
-                self.below.setdefault(".".join(parts[:i]), set()).add(name)
-
-    def __call__(self, pattern: str) -> frozenset[str]:
-        plain = pattern[:-2] if pattern.endswith(".*") else pattern
-        if not any(c in plain for c in "*?["):
-            found = set(self.below.get(plain, ()))
-            if plain == pattern and plain in self.universe:
-                found.add(plain)
-            return frozenset(found)
-        return frozenset(n for n in self.universe if matches_any(n, [pattern]) is not None)
-
-
-def _skip_patterns(names: Sequence[str], universe: Sequence[str]) -> list[str] | None:
-    """The fewest skip globs that catch every key of ``names`` and, beyond them, only other keys of the same
-    modules (``head.*`` for a mismatched ``head.weight``: the head is kept as initialised as a whole).
-
-    Whole subtrees collapse upwards (``decoder.*``) and per-layer patterns fold into one glob
-    (``blocks.*.ls1.*``) when that catches exactly the same keys. None when there are too many keys to search.
-    """
-    if len(names) > SKIP_SEARCH_LIMIT:
-        return None
-    cover = _Cover(universe)
-    wanted = set(names)
-    by_module: dict[str, list[str]] = {}
-    for name in names:
-        by_module.setdefault(name.rpartition(".")[0], []).append(name)
-    units: dict[str, frozenset[str]] = {}  # pattern -> keys it catches
-    bases: dict[str, str] = {}  # pattern -> the dotted name it stands for
-    for module, members in by_module.items():
-        if module:
-            pattern = _glob_escape(module) + ".*"
-            caught = cover(pattern)
-            if all(n in wanted or n.rpartition(".")[0] == module for n in caught):
-                units[pattern], bases[pattern] = caught, module
-                continue
-        for name in members:
-            pattern = _glob_escape(name)
-            units[pattern], bases[pattern] = cover(pattern) | {name}, name
-    allowed = frozenset().union(*units.values())
-    # Collapse upwards: the shortest ancestor whose whole subtree is already caught.
-    collapsed: dict[str, frozenset[str]] = {}
-    for pattern, caught in units.items():
-        parts = bases[pattern].split(".")
-        chosen, chosen_caught = pattern, caught
-        for i in range(1, len(parts)):
-            candidate = _glob_escape(".".join(parts[:i])) + ".*"
-            got = cover(candidate)
-            if got and got <= allowed:
-                chosen, chosen_caught = candidate, got
-                break
-        collapsed.setdefault(chosen, chosen_caught)
-    # Fold per-layer patterns into one glob when it catches exactly the same keys.
-    out: list[str] = []
-    for folded, members in fold_names(collapsed):
-        if len(members) > 1:
-            glob = ".".join("*" if part.startswith("{") else part for part in _components(folded))
-            union = frozenset().union(*(collapsed[m] for m in members))
-            if glob.count("*") <= 3 and cover(glob) == union:
-                out.append(glob)
-                continue
-        out.extend(members)
-    if not wanted <= frozenset().union(*(cover(p) for p in out)):  # pragma: no cover - a safety net
-        return [_glob_escape(n) for n in names]
+def _kwargs(advice: Advice) -> list[str]:
+    """The advised options as keyword arguments, in the order of the call."""
+    out = []
+    if advice.rename is not None:
+        out.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in advice.rename) + "}")
+    if advice.skip:
+        out.append("skip=[" + ", ".join(_py(p) for p in advice.skip) + "]")
+    if advice.on_mismatch is not None:
+        out.append(f"on_mismatch={_py(advice.on_mismatch)}")
+    if advice.strict is not None:
+        out.append(f"strict={_py(advice.strict)}" if advice.strict else "strict=False")
+    if advice.init_missing:
+        out.append("init_missing=True")
     return out
 
 
-def _components(pattern: str) -> list[str]:
-    """The dotted components of a folded pattern (dots inside ``{0..11}`` do not split)."""
-    return re.split(r"\.(?![^{}]*\})", pattern)
+def _flags(advice: Advice) -> list[str]:
+    """The advised options as command-line flags, in the same order."""
+    out = []
+    if advice.rename is not None:
+        out += [f"--rename {shlex.quote(f'{p}={r}')}" for p, r in advice.rename]
+    out += [f"--skip {shlex.quote(p)}" for p in advice.skip]
+    if advice.on_mismatch is not None:
+        out.append(f"--on-mismatch {advice.on_mismatch}")
+    if advice.strict is not None:
+        out.append(f"--strict {advice.strict or 'false'}")
+    if advice.init_missing:
+        out.append("--init-missing")
+    return out
 
 
-def _missing_hints(plan: Plan) -> tuple[list[str], bool]:
-    """Why model keys may be missing, from evidence in the plan: the keys exist under another prefix or in
-    another part of the file, or a container/prefix was forced. The flag says whether the checkpoint itself shows
-    where the missing keys are (most of them)."""
-    rules = plan.rules
-    missing = [a.target for a in plan.by_kind("missing") if a.target]
-    hints: list[str] = []
-    unexpected = [a.key or a.source or "" for a in plan.by_kind("unexpected")]
-    strip, add = _prefix_evidence(missing, unexpected)
-    if strip is not None:
-        prefix, n = strip
-        hints.append(
-            f"{plural(n, 'missing key')} {'is' if n == 1 else 'are'} in the checkpoint as {quote(prefix + '<key>')}: "
-            f"prefix={_py(prefix)} strips it."
+def _effects(advice: Advice) -> list[str]:
+    """What the advised options do, e.g. ``keep 'head.*' as initialised``."""
+    out = []
+    if advice.new_skips:
+        new = advice.new_skips
+        shown = and_list([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
+        out.append(f"keep {shown} as initialised")
+    if advice.on_mismatch is not None:
+        out.append(f"keep the {advice.mismatched} mismatched keys as initialised")
+    if advice.strict == "model":
+        n = advice.unexpected
+        out.append(f"leave out the {plural(n, 'unexpected tensor')}" if n > 1 else "leave out the unexpected tensor")
+    if advice.init_missing:
+        out.append(
+            f"initialise the {plural(advice.init_missing, 'key')} on the meta device with their modules' "
+            "reset_parameters()"
         )
-    elif add is not None:
-        prefix, n = add
-        hints.append(
-            f"{plural(n, 'missing key')} {'is' if n == 1 else 'are'} in the checkpoint without {quote(prefix)}: "
-            f"prefix={_py('+' + prefix)} adds it."
-        )
-    ignored = [a.source or "" for a in plan.by_kind("ignored")]
-    elsewhere, _ = _prefix_evidence(missing, ignored)
-    if elsewhere is not None:
-        outer, n = elsewhere
-        container = outer.split(".", 1)[0]
-        hints.append(
-            f"{plural(n, 'missing key')} {'is' if n == 1 else 'are'} in the file under {quote(outer.rstrip('.'))}, "
-            f"outside the chosen container {quote(plan.container.name or '<root>')}: "
-            f"container={_py(container)} loads that part instead."
-        )
-    elif plan.container.runner_up is not None and plan.container.runner_up_matched:
-        runner = ".".join(plan.container.runner_up) or "<root>"
-        hints.append(
-            f"{quote(runner)} in the same file also matches {plural(plan.container.runner_up_matched, 'model key')}: "
-            f"container={_py(runner)} loads it instead."
-        )
-    if not hints and rules.container != "auto":
-        hints.append('container="auto" lets torchweights pick the part of the file that fits best.')
-    if strip is None and add is None and rules.prefix != "auto":
-        hints.append('prefix="auto" infers the prefix to strip or add from the keys.')
-    return hints, strip is not None or add is not None or elsewhere is not None
+    return out
 
 
-def _prefix_evidence(
-    missing: Sequence[str], others: Sequence[str]
-) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    """The prefix that, stripped from ``others`` (or added to them), explains most missing keys, with the count;
-    only when it explains at least half of them."""
-    if not missing or not others:
-        return None, None
-    suffixes: dict[str, set[str]] = {}
-    for key in others:
-        parts = key.split(".")
-        for i in range(1, len(parts)):
-            suffixes.setdefault(".".join(parts[i:]), set()).add(".".join(parts[:i]) + ".")
-    strip: Counter[str] = Counter()
-    for name in missing:
-        for prefix in suffixes.get(name, ()):
-            strip[prefix] += 1
-    others_set = set(others)
-    add: Counter[str] = Counter()
-    for name in missing:
-        parts = name.split(".")
-        for i in range(1, len(parts)):
-            if ".".join(parts[i:]) in others_set:
-                add[".".join(parts[:i]) + "."] += 1
-    need = max(1, (len(missing) + 1) // 2)
-    best_strip = strip.most_common(1)[0] if strip else None
-    best_add = add.most_common(1)[0] if add else None
-    return (
-        best_strip if best_strip and best_strip[1] >= need else None,
-        best_add if best_add and best_add[1] >= need else None,
-    )
+def _call(advice: Advice) -> str:
+    return f"tw.load_into(..., {', '.join(_kwargs(advice))})"
+
+
+def _sentence(advice: Advice, call: bool = True, lead: str | None = None) -> str:
+    """The fix as a sentence: its lead (``lead`` replaces the plain one), what it does, then the call."""
+    if advice.rename is not None:
+        text = "To load them under their model names"
+    elif advice.strict is False:
+        text = "To load whatever fits and keep every other model key as initialised"
+    else:
+        text = lead or _LEAD
+    does = _effects(advice)
+    if len(does) == 1:
+        text = f"{text} and {does[0]}"
+    elif does:
+        text = f"{text}, {and_list(does)}"
+    return f"{text}: {_call(advice)}" if call else text
 
 
 # --------------------------------------------------------------------------------------------------- message
@@ -957,7 +430,7 @@ def problem_summary(report: LoadReport) -> str:
     source, model = quote(plan.source), printable(plan.model)
     kinds = [k for k in ("mismatch", "missing", "unexpected", "skip") if any(a.kind == k for a in problems)]
     by_kind = {k: [a for a in problems if a.kind == k] for k in kinds}
-    advice = _advise(plan)
+    advice = advise(plan)
     paired = sum(1 for a in plan.actions if a.source is not None and a.target is not None)
     model_keys = sum(1 for a in plan.actions if a.target is not None)
     lines: list[str] = []
@@ -965,17 +438,17 @@ def problem_summary(report: LoadReport) -> str:
     def rows(actions: list[Action], indent: str) -> list[str]:
         kind = actions[0].kind
         made = {
-            "mismatch": _mismatch_rows,
-            "missing": _missing_rows,
-            "unexpected": _unexpected_rows,
-            "skip": _missing_rows,
+            "mismatch": mismatch_rows,
+            "missing": missing_rows,
+            "unexpected": unexpected_rows,
+            "skip": missing_rows,
         }[kind](actions)
-        out = _table(made[:MESSAGE_ROWS], indent=indent, sep="   ")
+        out = table_rows(made[:MESSAGE_ROWS], indent=indent, sep="   ")
         if len(made) > MESSAGE_ROWS:
-            out.append(_more(len(made) - MESSAGE_ROWS, indent))
+            out.append(more(len(made) - MESSAGE_ROWS, indent))
         return out
 
-    tail: list[str] = [*advice.hints]
+    tail: list[str] = [_hint_text(hint, plan) for hint in advice.hints]
     if len(kinds) == 1:
         kind = kinds[0]
         actions = by_kind[kind]
@@ -984,26 +457,26 @@ def problem_summary(report: LoadReport) -> str:
             lines.append(f"{n} of {plural(paired, 'tensor')} in {source} {_does(n)} not fit {model}:")
             lines += rows(actions, "  ")
             others = paired - n
-            if advice.kwargs:
+            if advice.changes:
                 lead = f"The other {others} fit. To load them" if others != 1 else "The other one fits. To load it"
-                tail.append(_with_lead(advice, lead))
+                tail.append(_sentence(advice, lead=lead))
         elif kind == "missing":
             lines.append(f"{n} of {plural(model_keys, 'key')} of {model} {_has(n)} no tensor in {source}:")
             lines += rows(actions, "  ")
-            if advice.kwargs:
-                tail.append(_with_lead(advice, "To load the others"))
+            if advice.changes:
+                tail.append(_sentence(advice, lead="To load the others"))
         elif kind == "unexpected":
             lines.append(f"{plural(n, 'tensor')} in {source} {_match(n)} no key of {model}:")
             lines += rows(actions, "  ")
             lines.append(f"  Every key of {model} has a tensor.")
-            if advice.kwargs:
-                tail.append(_with_lead(advice, "To load it"))
+            if advice.changes:
+                tail.append(_sentence(advice, lead="To load it"))
         else:
             lines.append(f"{n} of {plural(model_keys, 'key')} of {model} would stay on the meta device, skipped:")
             lines += rows(actions, "  ")
             lines.append("  A tensor on the meta device has no values: skipping it leaves nothing to keep.")
-            if advice.kwargs:
-                tail.append(_with_lead(advice, "To load the others"))
+            if advice.changes:
+                tail.append(_sentence(advice, lead="To load the others"))
     else:
         parts = {
             "mismatch": lambda n: f"{plural(n, 'tensor')} with other shapes",
@@ -1026,8 +499,8 @@ def problem_summary(report: LoadReport) -> str:
                     f"  {n} skipped {'key stays' if n == 1 else 'keys stay'} on the meta device, without values:"
                 )
             lines += rows(actions, "    ")
-        if advice.kwargs:  # the call on a line of its own: this sentence is long
-            tail += [advice.sentence(call=False) + ":", f"  {advice.call()}"]
+        if advice.changes:  # the call on a line of its own: this sentence is long
+            tail += [_sentence(advice, call=False) + ":", f"  {_call(advice)}"]
     meta = set(plan.left_on_meta)
     on_meta = sum(1 for a in problems if a.kind != "skip" and a.target in meta)
     if on_meta:
@@ -1041,11 +514,6 @@ def problem_summary(report: LoadReport) -> str:
     lines += [f"  {text}: check its pattern." for text in unused]
     lines += [f"  {sentence}" for sentence in tail]
     return "\n".join(lines)
-
-
-def _with_lead(advice: _Advice, lead: str) -> str:
-    advice.lead = lead if advice.lead == "To load the rest" else advice.lead
-    return advice.sentence()
 
 
 def _does(n: int) -> str:

@@ -11,7 +11,7 @@ from ...text import plural, printable
 from ...text import table as _table
 
 if TYPE_CHECKING:
-    from .scanner import Finding, ScanReport
+    from .report import Finding, ScanReport
 
 __all__ = ["TEXT_FINDING_LIMIT", "closing_line", "render_text"]
 
