@@ -11,8 +11,10 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
-from torchweights.plan.reconcile import Plan, SourceKey, reconcile
+from torchweights.plan.model import Plan
+from torchweights.plan.reconcile import reconcile
 from torchweights.plan.rules import Rules
+from torchweights.plan.sources import SourceKey
 from torchweights.plan.spec import ModelSpec
 from torchweights.report.advice import SKIP_PATTERNS, Advice, Hint, HintKind, advise, prefix_evidence, skip_patterns
 

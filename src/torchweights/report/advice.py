@@ -20,7 +20,7 @@ from ..plan.rules import matches_any
 from ..text import StrEnum
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..plan.reconcile import Plan
+    from ..plan.model import Plan
 
 __all__ = [
     "SKIP_PATTERNS",

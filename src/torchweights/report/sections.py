@@ -12,7 +12,7 @@ from ..fold import fold_names, format_indices, is_index
 from ..text import plural, printable, quote
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..plan.reconcile import Action
+    from ..plan.model import Action
     from .load import LoadReport
 from .cells import fold_rows, more, name_cell, shape_cell, strict_text, table_rows, wrap
 
