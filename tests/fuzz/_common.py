@@ -27,6 +27,18 @@ def fuzz_settings(default_examples: int, *, deadline_factor: int = 1) -> setting
     )
 
 
+def coverage_settings(examples: int) -> settings:
+    """Settings for a test that checks what a generator reaches: always the same ``examples`` examples (not
+    changed by ``TW_FUZZ_EXAMPLES``), so its assertions are about a fixed set."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
+
+
 #: Every call of :func:`trip` or construction of :class:`Trap`; the tests name ``fuzz._trap.trip`` (this module's
 #: import name under pytest) in their pickles and check this list stays empty: the loader never imports or calls
 #: anything a pickle names.

@@ -43,10 +43,10 @@ from _samples import bounded, damaged, damaged_pickle, pkl_name, rezip
 from torchweights.errors import TorchWeightsError, UnsafeCheckpointError
 
 from . import _common
-from ._common import fuzz_settings
+from ._common import coverage_settings, fuzz_settings
 
-_NOISE = fuzz_settings(30, deadline_factor=3)
-_FUZZ = fuzz_settings(60, deadline_factor=3)
+_NOISE = fuzz_settings(20, deadline_factor=3)
+_FUZZ = fuzz_settings(40, deadline_factor=3)
 _MUTATED = fuzz_settings(40, deadline_factor=3)
 
 # --------------------------------------------------------------------------------------------------------------
@@ -169,7 +169,15 @@ _ATOMS = [
     b"N", b"\x88", b"\x89", b"K\x00", b"K\x07", b"M\xff\xff", b"J\xff\xff\xff\xff", b"\x8a\x09" + b"\x00" * 8 + b"\x01",
     b"G" + struct.pack(">d", 0.5), b"G" + struct.pack(">d", float("nan")), _string("a"), _string("weight"),
     b"\x8c\x03cpu", b"C\x03abc", b"B\x02\x00\x00\x00\x80\x02", b"\x8e\x01" + b"\x00" * 7 + b"x",
-    b"\x96\x01" + b"\x00" * 7 + b"y", b"}", b"]", b")", b"\x8f", b"(\x91", b"h\x00", b"h\x01", b"j\x05\x00\x00\x00",
+    b"\x96\x01" + b"\x00" * 7 + b"y", b"}", b"]", b")", b"\x8f", b"(\x91",
+]
+_RARE = [b"h\x00", b"h\x01", b"j\x05\x00\x00\x00", b"\x82\x01", b"\x83\xff\xff", b"\x84\x00\x00\x00\x80"]  # GET, EXT
+_VIEWS = [
+    ([b"K\x03", b"K\x04"], [b"K\x04", b"K\x01"]),
+    ([b"K\x04", b"K\x03"], [b"K\x01", b"K\x04"]),
+    ([b"K\x03"], [b"K\x01"]),
+    ([], []),
+    ([b"K\x00", b"K\x05"], [b"K\x05", b"K\x01"]),
 ]
 _STORAGES = ["FloatStorage", "LongStorage", "HalfStorage", "ByteStorage", "BoolStorage", "DoubleStorage"]
 
@@ -178,6 +186,8 @@ _STORAGES = ["FloatStorage", "LongStorage", "HalfStorage", "ByteStorage", "BoolS
 def _storage_ref(draw: st.DrawFn) -> bytes:
     """``BINPERSID(('storage', torch.<X>Storage, key, 'cpu', count))``: keys of the sample zip's storages (0-8)
     and others, element counts from empty to huge."""
+    if draw(st.booleans()):  # the sample's storage 0: 12 floats
+        return b"(" + _string("storage") + _global("torch", "FloatStorage", False) + _string("0") + b"X\x03\x00\x00\x00cpuK\x0ctQ"
     key = draw(st.sampled_from(["0", "1", "8", "99", "../0", ""]))
     cls = _global("torch", draw(st.sampled_from(_STORAGES)), stacked=False)
     count = draw(st.sampled_from([b"K\x00", b"K\x03", b"K\x0c", b"J\xff\xff\xff\x7f", b"\x8a\x08" + b"\xff" * 8]))
@@ -192,10 +202,14 @@ def _tuple_of(draw: st.DrawFn, items: list[bytes]) -> bytes:
 
 
 @st.composite
-def _value(draw: st.DrawFn, depth: int = 0) -> bytes:
+def _value(draw: st.DrawFn, depth: int = 0, kind: str | None = None) -> bytes:
     """The opcodes of one value: atoms, containers, calls, objects, memo, persistent ids, tensors."""
-    deep = ["tuple", "list", "dict", "call", "object", "memo", "persid", "tensor", "ext"] if depth < 4 else []
-    kind = draw(st.sampled_from(["atom", "atom", "atom", *deep]))
+    deep = ["tuple", "list", "dict", "call", "object", "memo", "persid", "tensor", "tensor"] if depth < 4 else []
+    kind = kind or draw(st.sampled_from(["atom"] * 8 + ["rare"] + deep * 2))
+    if kind == "state-dict":  # {name: tensor or anything}: what a checkpoint's pickle mostly is
+        items = draw(st.lists(st.sampled_from(["tensor", "tensor", None]).flatmap(lambda k: _value(depth + 1, k)), max_size=3))
+        keys = [_string(f"k{i}") for i in range(len(items))]
+        return b"}(" + b"".join(k + v for k, v in zip(keys, items)) + b"u"
     if kind == "atom":
         return draw(st.sampled_from(_ATOMS))
     children = st.lists(_value(depth + 1), max_size=4)
@@ -220,21 +234,25 @@ def _value(draw: st.DrawFn, depth: int = 0) -> bytes:
         return draw(_storage_ref()) if draw(st.booleans()) else draw(_value(depth + 1)) + b"Q"
     if kind == "tensor":  # _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)
         storage = draw(_storage_ref()) if draw(st.integers(0, 3)) else draw(_value(depth + 1))
-        dims = draw(st.lists(st.sampled_from([b"K\x00", b"K\x01", b"K\x03", b"K\x04", b"J\xff\xff\xff\xff"]), max_size=3))
-        size = draw(_tuple_of(dims))
-        stride = draw(_tuple_of(draw(st.permutations(dims))))
-        offset = draw(st.sampled_from([b"K\x00", b"K\x02", b"J\xff\xff\xff\x7f"]))
+        if draw(st.booleans()):  # a view that fits the sample's storages (12 or 3 elements)
+            size, stride = draw(st.sampled_from(_VIEWS))
+            size, stride = draw(_tuple_of(size)), draw(_tuple_of(stride))
+        else:
+            dims = draw(st.lists(st.sampled_from([b"K\x00", b"K\x01", b"K\x03", b"J\xff\xff\xff\xff"]), max_size=3))
+            size = draw(_tuple_of(dims))
+            stride = draw(_tuple_of(draw(st.permutations(dims))))
+        offset = draw(st.sampled_from([b"K\x00", b"K\x00", b"K\x02", b"J\xff\xff\xff\x7f"]))
         hooks = _global("collections", "OrderedDict", stacked=False) + b")R"
         head = _global("torch._utils", "_rebuild_tensor_v2", stacked=draw(st.booleans()))
         return head + b"(" + storage + offset + size + stride + b"\x89" + hooks + b"tR"
-    return draw(st.sampled_from([b"\x82\x01", b"\x83\xff\xff", b"\x84\x00\x00\x00\x80"]))  # EXT1/2/4
+    return draw(st.sampled_from(_RARE))  # memo lookups (valid or not), extension codes
 
 
 @st.composite
 def well_formed_pickles(draw: st.DrawFn) -> bytes:
     """A stack-consistent pickle (PROTO 2, 4 or 5, one value, STOP) built by :func:`_value`, sometimes damaged
     by a random opcode stream spliced in."""
-    body = draw(_value())
+    body = draw(_value(kind=draw(st.sampled_from([None, None, "state-dict"]))))
     if draw(st.integers(0, 3)) == 0:
         at = draw(st.integers(0, len(body)))
         body = body[:at] + draw(opcode_streams(max_ops=4).map(lambda s: s[2:] if s[:1] == b"\x80" else s)) + body[at:]
@@ -315,7 +333,9 @@ def _check(path: Path, label: str) -> None:
     ckpt, open_error = bounded(lambda: tw.open(path), size, f"tw.open ({label})")
     load_error = None
     if ckpt is not None:
-        _, load_error = bounded(lambda: tw.load(ckpt), size, f"tw.load ({label})")
+        tensors, load_error = bounded(lambda: tw.load(ckpt), size, f"tw.load ({label})")
+        if tensors:
+            event(f"{label}: tensors loaded")
     report, _ = bounded(lambda: tw.scan(path), size, f"tw.scan ({label})", catch=False)
     assert report is not None and report.verdict in ("clean", "dangerous", "unreadable")
     assert not _common.CALLS, f"a pickle's global was called ({label}): {_common.CALLS}"
@@ -395,7 +415,7 @@ def test_the_pickles_reach_deep_into_the_machine(corpus: _Corpus, workdir: Path)
 
     archive = corpus["state-dict.pt"]
 
-    @fuzz_settings(200)
+    @coverage_settings(100)
     @given(stream=well_formed_pickles())
     def run(stream: bytes) -> None:
         path = workdir / "probe.pt"

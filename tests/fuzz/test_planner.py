@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 import torchweights as tw
 from torchweights.errors import LoadError, RuleError
 
-from ._common import fuzz_settings
+from ._common import coverage_settings, fuzz_settings
 
 _FUZZ = fuzz_settings(30, deadline_factor=5)
 
@@ -290,7 +290,7 @@ def test_the_cases_cover_every_outcome(workdir: Path) -> None:
     """The generator reaches complete loads, partial loads, LoadErrors, renames that load keys and meta models."""
     seen: Counter[str] = Counter()
 
-    @fuzz_settings(40)
+    @coverage_settings(40)
     @given(case=cases())
     def run(case: Case) -> None:
         model = build(case.layers, seed=0, meta=case.meta)
