@@ -166,10 +166,28 @@ def _string(text: str) -> bytes:
 
 
 _ATOMS = [
-    b"N", b"\x88", b"\x89", b"K\x00", b"K\x07", b"M\xff\xff", b"J\xff\xff\xff\xff", b"\x8a\x09" + b"\x00" * 8 + b"\x01",
-    b"G" + struct.pack(">d", 0.5), b"G" + struct.pack(">d", float("nan")), _string("a"), _string("weight"),
-    b"\x8c\x03cpu", b"C\x03abc", b"B\x02\x00\x00\x00\x80\x02", b"\x8e\x01" + b"\x00" * 7 + b"x",
-    b"\x96\x01" + b"\x00" * 7 + b"y", b"}", b"]", b")", b"\x8f", b"(\x91",
+    b"N",
+    b"\x88",
+    b"\x89",
+    b"K\x00",
+    b"K\x07",
+    b"M\xff\xff",
+    b"J\xff\xff\xff\xff",
+    b"\x8a\x09" + b"\x00" * 8 + b"\x01",
+    b"G" + struct.pack(">d", 0.5),
+    b"G" + struct.pack(">d", float("nan")),
+    _string("a"),
+    _string("weight"),
+    b"\x8c\x03cpu",
+    b"C\x03abc",
+    b"B\x02\x00\x00\x00\x80\x02",
+    b"\x8e\x01" + b"\x00" * 7 + b"x",
+    b"\x96\x01" + b"\x00" * 7 + b"y",
+    b"}",
+    b"]",
+    b")",
+    b"\x8f",
+    b"(\x91",
 ]
 _RARE = [b"h\x00", b"h\x01", b"j\x05\x00\x00\x00", b"\x82\x01", b"\x83\xff\xff", b"\x84\x00\x00\x00\x80"]  # GET, EXT
 _VIEWS = [
@@ -187,7 +205,13 @@ def _storage_ref(draw: st.DrawFn) -> bytes:
     """``BINPERSID(('storage', torch.<X>Storage, key, 'cpu', count))``: keys of the sample zip's storages (0-8)
     and others, element counts from empty to huge."""
     if draw(st.booleans()):  # the sample's storage 0: 12 floats
-        return b"(" + _string("storage") + _global("torch", "FloatStorage", False) + _string("0") + b"X\x03\x00\x00\x00cpuK\x0ctQ"
+        return (
+            b"("
+            + _string("storage")
+            + _global("torch", "FloatStorage", False)
+            + _string("0")
+            + b"X\x03\x00\x00\x00cpuK\x0ctQ"
+        )
     key = draw(st.sampled_from(["0", "1", "8", "99", "../0", ""]))
     cls = _global("torch", draw(st.sampled_from(_STORAGES)), stacked=False)
     count = draw(st.sampled_from([b"K\x00", b"K\x03", b"K\x0c", b"J\xff\xff\xff\x7f", b"\x8a\x08" + b"\xff" * 8]))
@@ -207,7 +231,9 @@ def _value(draw: st.DrawFn, depth: int = 0, kind: str | None = None) -> bytes:
     deep = ["tuple", "list", "dict", "call", "object", "memo", "persid", "tensor", "tensor"] if depth < 4 else []
     kind = kind or draw(st.sampled_from(["atom"] * 8 + ["rare"] + deep * 2))
     if kind == "state-dict":  # {name: tensor or anything}: what a checkpoint's pickle mostly is
-        items = draw(st.lists(st.sampled_from(["tensor", "tensor", None]).flatmap(lambda k: _value(depth + 1, k)), max_size=3))
+        items = draw(
+            st.lists(st.sampled_from(["tensor", "tensor", None]).flatmap(lambda k: _value(depth + 1, k)), max_size=3)
+        )
         keys = [_string(f"k{i}") for i in range(len(items))]
         return b"}(" + b"".join(k + v for k, v in zip(keys, items)) + b"u"
     if kind == "atom":

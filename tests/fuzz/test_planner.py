@@ -105,13 +105,17 @@ def build(layers: tuple[Layer, ...], seed: int, meta: bool = False) -> Net:
 def recipes(draw: st.DrawFn) -> tuple[Layer, ...]:
     paths = draw(
         st.lists(
-            st.builds(lambda g, leaf: f"{g}.{leaf}" if g else leaf, st.sampled_from(["", *_GROUPS]), st.sampled_from(_LEAVES)),
+            st.builds(
+                lambda g, leaf: f"{g}.{leaf}" if g else leaf, st.sampled_from(["", *_GROUPS]), st.sampled_from(_LEAVES)
+            ),
             min_size=1,
             max_size=6,
             unique=True,
         )
     )
-    return tuple(Layer(p, draw(st.sampled_from(_KINDS)), draw(st.integers(1, 4)), draw(st.integers(1, 4))) for p in paths)
+    return tuple(
+        Layer(p, draw(st.sampled_from(_KINDS)), draw(st.integers(1, 4)), draw(st.integers(1, 4))) for p in paths
+    )
 
 
 @dataclass

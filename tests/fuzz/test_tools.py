@@ -38,7 +38,16 @@ from ._common import fuzz_settings
 
 _FUZZ = fuzz_settings(25, deadline_factor=5)
 
-_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.int8]
+_DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.uint8,
+    torch.int8,
+]
 _FORMATS = ["zip", "safetensors", "legacy"]
 
 
@@ -57,7 +66,9 @@ def _state(seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for i in range(int(torch.randint(1, 5, (1,), generator=gen))):
-        shape = tuple(int(d) for d in torch.randint(1, 5, (int(torch.randint(0, 3, (1,), generator=gen)),), generator=gen))
+        shape = tuple(
+            int(d) for d in torch.randint(1, 5, (int(torch.randint(0, 3, (1,), generator=gen)),), generator=gen)
+        )
         dtype = _DTYPES[int(torch.randint(0, len(_DTYPES), (1,), generator=gen))]
         out[f"layer{i}.weight"] = random_bits(shape, dtype, seed * 31 + i)
     return out
@@ -182,7 +193,9 @@ def test_convert_diff_verify_on_damaged_files(workdir: Path, data: st.DataObject
         if original.fmt == "zip":
             assert diff_error is not None and diff_error.code == "bad-crc", diff_error
     error = load_error or verify_error
-    event(f"{label}: {'loaded' if error is None else error.code}; convert {convert_error.code if convert_error else 'ok'}")
+    event(
+        f"{label}: {'loaded' if error is None else error.code}; convert {convert_error.code if convert_error else 'ok'}"
+    )
 
 
 def test_undamaged_files_pass_every_tool(workdir: Path) -> None:
