@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from hypothesis import HealthCheck, settings
 
 from _samples import DEADLINE_MS, EXAMPLES_OVERRIDE
@@ -37,6 +38,14 @@ def coverage_settings(examples: int) -> settings:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
+
+
+def bits(t: torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
+    """A tensor's dtype, shape and bytes in row-major order, whatever its strides (a size-1 dimension may have any
+    stride, which ``contiguous()`` keeps)."""
+    dense = torch.empty(t.shape, dtype=t.dtype).copy_(t.detach()) if t.numel() else t.detach()
+    data = dense.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return str(t.dtype), tuple(t.shape), data
 
 
 #: Every call of :func:`trip` or construction of :class:`Trap`; the tests name ``fuzz._trap.trip`` (this module's

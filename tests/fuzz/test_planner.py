@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 import torchweights as tw
 from torchweights.errors import LoadError, RuleError
 
-from ._common import coverage_settings, fuzz_settings
+from ._common import bits, coverage_settings, fuzz_settings
 
 _FUZZ = fuzz_settings(30, deadline_factor=5)
 
@@ -128,14 +128,10 @@ class Case:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _bits(t: torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
-    return str(t.dtype), tuple(t.shape), t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
 def _snapshot(model: torch.nn.Module) -> dict[str, Any]:
     """Every persistent tensor's dtype, shape and bits (meta tensors: dtype and shape)."""
     return {
-        k: (str(v.dtype), tuple(v.shape), "meta") if v.is_meta else _bits(v)
+        k: (str(v.dtype), tuple(v.shape), "meta") if v.is_meta else bits(v)
         for k, v in model.state_dict(keep_vars=True).items()
     }
 
@@ -235,7 +231,7 @@ def _expected(case: Case, before: torch.nn.Module, report: tw.LoadReport) -> dic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected.load_state_dict(pairs, strict=False, assign=case.options.get("dtype") == "checkpoint")
-    return {k: _bits(v) for k, v in expected.state_dict().items() if k in pairs or not case.meta}
+    return {k: bits(v) for k, v in expected.state_dict().items() if k in pairs or not case.meta}
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +281,8 @@ def test_load_into_random_models_and_checkpoints(workdir: Path, case: Case) -> N
         assert kinds["missing"] + kinds["mismatch"] == 0, kinds
     expected = _expected(case, before, report)
     after = _snapshot(model)
-    for key, bits in expected.items():
-        assert after[key] == bits, f"{key}: torchweights {after[key][:2]}, torch {bits[:2]} (or other values)"
+    for key, want in expected.items():
+        assert after[key] == want, f"{key}: torchweights {after[key][:2]}, torch {want[:2]} (or other values)"
     event(f"loaded {kinds['load']} of {len(model_keys)}" if kinds["load"] == len(model_keys) else "partial load")
 
 

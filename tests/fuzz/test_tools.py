@@ -34,7 +34,7 @@ import torchweights as tw
 from _samples import damaged, random_bits
 from torchweights.errors import TorchWeightsError
 
-from ._common import fuzz_settings
+from ._common import bits, fuzz_settings
 
 _FUZZ = fuzz_settings(25, deadline_factor=5)
 
@@ -121,10 +121,7 @@ def _try(call: Any) -> tuple[Any, TorchWeightsError | None]:
 
 
 def _bits(sd: dict[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
-    return {
-        k: (str(v.dtype), tuple(v.shape), v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        for k, v in sd.items()
-    }
+    return {k: bits(v) for k, v in sd.items()}
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import torchweights as tw
 from _samples import random_bits
 from torchweights.errors import TorchWeightsError
 
-from ._common import fuzz_settings
+from ._common import bits, fuzz_settings
 
 _FUZZ = fuzz_settings(30, deadline_factor=5)
 
@@ -76,14 +76,8 @@ def state_dicts(draw: st.DrawFn, dtypes: list[torch.dtype]) -> dict[str, torch.T
     return out
 
 
-def _bits(t: torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
-    raw = t.detach().contiguous().reshape(-1)
-    data = raw.view(torch.uint8).numpy().tobytes() if raw.numel() else b""
-    return str(t.dtype), tuple(t.shape), data
-
-
 def _bits_of(sd: dict[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
-    return {k: _bits(v) for k, v in sd.items()}
+    return {k: bits(v) for k, v in sd.items()}
 
 
 @pytest.fixture(scope="module")
