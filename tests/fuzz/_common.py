@@ -1,7 +1,9 @@
-"""Settings shared by the fuzz tests of this folder, and a tripwire that proves nothing a pickle names was called."""
+"""Shared by the fuzz tests of this folder: Hypothesis settings, a tensor comparison, and a tripwire that proves
+nothing a pickle names was called."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -43,7 +45,9 @@ def coverage_settings(examples: int) -> settings:
 def bits(t: torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
     """A tensor's dtype, shape and bytes in row-major order, whatever its strides (a size-1 dimension may have any
     stride, which ``contiguous()`` keeps)."""
-    dense = torch.empty(t.shape, dtype=t.dtype).copy_(t.detach()) if t.numel() else t.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # complex32 is "experimental"
+        dense = torch.empty(t.shape, dtype=t.dtype).copy_(t.detach()) if t.numel() else t.detach()
     data = dense.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     return str(t.dtype), tuple(t.shape), data
 
