@@ -132,3 +132,17 @@ def test_safetensors_refuses_what_it_cannot_hold(workdir: Path, sd: dict[str, to
         tw.convert(source, out / "model.safetensors")
     assert "unholdable" in str(info.value)
     assert not out.exists() or not list(out.rglob("*")), list(out.rglob("*"))
+
+
+def test_an_empty_view_past_its_storage_end_loads_as_torch_loads_it(tmp_path: Path) -> None:
+    """Found by the round trips above: ``torch.empty(2, 0)[1:]`` is an empty tensor at storage offset 1 of a
+    0-byte storage. ``torch.save`` writes it and ``torch.load(weights_only=True)`` reads it (an empty tensor reads
+    no bytes), so ``tw.load`` must too, in both torch formats; it refused the file as ``bad-record`` ("starts at
+    byte 8 of a 0-byte storage")."""
+    state = {"empty": torch.empty(2, 0, dtype=torch.float64)[1:], "rows": torch.empty(5, 0, dtype=torch.int8)[3:]}
+    for zip_format in (True, False):
+        path = tmp_path / f"empty-{zip_format}.pt"
+        torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+        theirs = torch.load(path, weights_only=True)
+        ours = tw.load(path)
+        assert _bits_of(ours) == _bits_of(theirs) == _bits_of(state)
