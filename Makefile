@@ -42,10 +42,12 @@ test-latest:
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-# Longer fuzzing (about half an hour on 2 cores): the Hypothesis fuzz suites with 2000 examples per test, then
-# atheris over the readers and the scanner if it installs (fuzz/requirements.txt; skipped with a note otherwise).
+# Longer fuzzing (about 45 minutes on 2 cores): the Hypothesis fuzz suites of the readers with 2000 examples per
+# test, the pipeline's (tests/fuzz: pickle machine, load_into, convert/diff/verify, CLI, writers) with 500 at random
+# seeds, then atheris over the readers and the scanner if it installs (fuzz/requirements.txt; skipped otherwise).
 fuzz: $(STAMP)
 	TW_FUZZ_EXAMPLES=2000 $(BIN)/pytest tests/test_properties.py tests/test_fuzz_formats.py -q
+	TW_FUZZ_EXAMPLES=500 TW_FUZZ_DEADLINE_MS=0 $(BIN)/pytest tests/fuzz -q
 	$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install -q -r fuzz/requirements.txt || true
 	if $(BIN)/python -c "import atheris" 2>/dev/null; then $(BIN)/python fuzz/atheris_scan.py -runs=20000; \
 	else echo "atheris is not installed: skipped the coverage-guided run (see fuzz/atheris_scan.py)"; fi
