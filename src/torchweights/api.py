@@ -44,7 +44,38 @@ def open(
     if isinstance(allow_globals, str):
         allow_globals = [allow_globals]
     options = ReadOptions(allow_globals=frozenset(allow_globals), limits=limits)
-    return open_path(os.fspath(path), options)
+    ckpt = open_path(os.fspath(path), options)
+    ckpt.reader = _reader_of(ckpt)
+    return ckpt
+
+
+def _reader_of(ckpt: Checkpoint) -> Callable[..., dict[str, Any]]:
+    """``ckpt.reader``: :func:`load` of selected names of this checkpoint (exact names, no patterns)."""
+
+    def read(names: Iterable[str], **options: Any) -> dict[str, Any]:
+        return load(ckpt, select=[_exact(ckpt, name) for name in names], **options)
+
+    return read
+
+
+def _exact(ckpt: Checkpoint, name: str) -> str:
+    """``name`` as a select pattern that matches that tensor only; RuleError ``no-such-tensor`` when absent."""
+    if name not in ckpt.records:
+        from .errors import RuleError
+        from .text import close_names_hint
+
+        raise RuleError(
+            f"{ckpt.path!r} has no tensor named {name!r}{close_names_hint(name, ckpt.records)}. "
+            "Fix: use a name from tw.open(path).records (torchweights inspect PATH lists them).",
+            code="no-such-tensor",
+            path=ckpt.path,
+        )
+    return glob_escape(name)
+
+
+def glob_escape(name: str) -> str:
+    """A glob pattern that matches exactly ``name`` (``[`` -> ``[[]``, ``*`` -> ``[*]``, ``?`` -> ``[?]``)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def load(
@@ -56,8 +87,9 @@ def load(
     check_crc: bool = True,
     mmap: bool = False,
     unsupported: str = "error",
+    select: Iterable[str] | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Read every tensor of a checkpoint into memory, executing nothing from the file.
+    """Read every tensor of a checkpoint (or those ``select`` names) into memory, executing nothing from the file.
 
     Args:
         source: a path (as for :func:`open`) or an already opened :class:`Checkpoint`.
@@ -78,12 +110,16 @@ def load(
             wrapper subclasses, ...; listed in ``Checkpoint.warnings``): ``"error"`` (default) raises
             ``UnsupportedCheckpointError`` (code ``unsupported-tensor``) naming every one; ``"skip"`` returns the
             others without them.
+        select: glob patterns of the tensors to read (``["encoder.*", "lm_head.weight"]``; a pattern without
+            wildcards also selects everything below it, as ``skip`` patterns do); only their storages are read.
+            A pattern that selects nothing is ``RuleError`` code ``nothing-selected``. None: every tensor.
 
     Returns:
         ``{dotted name: tensor}`` in file order; tensors that shared a storage in the file share it here.
 
     Raises:
         UnsupportedCheckpointError: the file holds tensors that cannot be rebuilt (see ``unsupported``).
+        RuleError: ``select`` is not a list of strings (``bad-select``) or a pattern selects nothing.
     """
     from .errors import RuleError
     from .formats.tree import refuse_unreadable
@@ -92,9 +128,39 @@ def load(
     if unsupported not in ("error", "skip"):
         raise RuleError(f"unsupported={unsupported!r}: pass 'error' or 'skip'.", code="bad-rule")
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
+    records, extras = ckpt.records, ckpt.extras
+    if select is not None:
+        records, extras = _selected(ckpt, select)
     if unsupported == "error":
-        refuse_unreadable(ckpt.path, ckpt.extras)
-    return materialize(builtins.list(ckpt.records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
+        refuse_unreadable(ckpt.path, extras)
+    return materialize(builtins.list(records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
+
+
+def _selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records and extras ``select`` picks; every pattern must pick at least one tensor."""
+    from .errors import RuleError
+    from .plan.rules import matches_any
+    from .text import close_names_hint, quote
+
+    patterns = [select] if isinstance(select, str) else builtins.list(select)
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    if bad:
+        raise RuleError(
+            f"select= takes glob patterns of tensor names (strings such as 'encoder.*'), not {bad[0]!r}.",
+            code="bad-select",
+        )
+    records = {n: r for n, r in ckpt.records.items() if matches_any(n, patterns)}
+    extras = {n: v for n, v in ckpt.extras.items() if matches_any(n, patterns)}
+    unused = [p for p in patterns if not any(matches_any(n, [p]) for n in (*records, *extras))]
+    if unused:
+        raise RuleError(
+            f"select pattern {quote(unused[0])} matches no tensor of {quote(ckpt.path)}"
+            f"{close_names_hint(unused[0], ckpt.records)}. Fix: use names from tw.open(path).records "
+            "(torchweights inspect PATH lists them); patterns are globs ('encoder.*').",
+            code="nothing-selected",
+            path=ckpt.path,
+        )
+    return records, extras
 
 
 #: Where :func:`load_into` reports loads that are not clean (one warning per load; ``print(report)`` has the rest).

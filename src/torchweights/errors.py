@@ -339,7 +339,9 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "bad-strict": (RuleError, "strict= is not one of its values"),
     "bad-tolerance": (RuleError, "a diff tolerance is not a non-negative number"),
     "needs-torch": (RuleError, "the request needs torch, which is not installed"),
-    "nothing-selected": (RuleError, "the options select no tensor at all"),
+    "nothing-selected": (RuleError, "the options (or a select= pattern) select no tensor at all"),
+    "bad-select": (RuleError, "select= is not a list of glob patterns"),
+    "no-such-tensor": (RuleError, "Checkpoint.get_tensor of a name the checkpoint does not hold"),
     "rename-collision": (RuleError, "renames map two keys onto one name"),
     "unsupported-output-dtype": (RuleError, "a dtype the output format cannot store"),
     # the checkpoint does not fit the model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +184,30 @@ class Checkpoint:
     globals: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: reads selected tensors (``names -> {name: tensor}``, keyword options as :func:`torchweights.load`); set by
+    #: :func:`torchweights.open`, so that this module (records only, no torch) never imports the read engine
+    reader: Callable[..., dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    def get_tensor(self, name: str, **options: Any) -> Any:
+        """One tensor, reading only the bytes of its own storage (like safetensors' ``safe_open().get_tensor``).
+
+        Args:
+            name: the dotted name, as in :attr:`records`.
+            options: as for :func:`torchweights.load` (``map_location``, ``check_crc``, ``mmap``).
+
+        Raises:
+            RuleError: code ``no-such-tensor`` when the checkpoint has no tensor of that name (close names are
+                suggested).
+        """
+        if self.reader is None:
+            from .errors import RuleError
+
+            raise RuleError(
+                "this Checkpoint was not made by torchweights.open, so it cannot read tensors. "
+                "Fix: open it with tw.open(path) and call get_tensor on the result.",
+                code="bad-rule",
+            )
+        return self.reader([name], **options)[name]
 
     def __len__(self) -> int:
         return len(self.records)

@@ -103,3 +103,11 @@ def table(rows: Sequence[Sequence[str]], right: Iterable[int] = (), indent: str 
         cells = [cell.rjust(w) if i in right_set else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
         lines.append((indent + sep.join(cells)).rstrip())
     return lines
+
+
+def close_names_hint(name: str, candidates: Iterable[str]) -> str:
+    """``" (did you mean 'a' or 'b'?)"`` for up to three candidates close to ``name``, or ``""``."""
+    import difflib  # only on error paths: not worth its import time otherwise
+
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(quote(c) for c in close)}?)" if close else ""
