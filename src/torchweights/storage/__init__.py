@@ -8,6 +8,6 @@ sparse tensors from records), :mod:`~torchweights.storage.contents` (logical byt
 ``torchweights.storage.io_settings`` is public: how many threads, how much scratch memory a read uses.
 """
 
-from .files import IOSettings, io_settings
+from .settings import IOSettings, io_settings
 
 __all__ = ["IOSettings", "io_settings"]

@@ -1,14 +1,13 @@
 """Tensors from records: torch views over loaded (or mapped) storages, quantized tensors, and the checks that turn
 torch's refusals into corrupt-file errors.
 
-Split out of :mod:`torchweights.storage.read`. Used by the read engine (:mod:`torchweights.storage.engine`, for views
-that are
-not contiguous), the mappings (:mod:`torchweights.storage.mapping`) and :func:`torchweights.storage.read.materialize`.
-torch is
-imported inside the functions, never at import time.
+Used by the read engine (:mod:`torchweights.storage.engine`, for views that are not contiguous), the mappings
+(:mod:`torchweights.storage.mapping`) and :func:`torchweights.storage.read.materialize`. torch is imported inside the
+functions, never at import time.
 
-Per-channel scales and zero points saved as tensors are records of their own: :func:`_qparams` loads them with
-:func:`torchweights.storage.read.materialize`, imported when called (a module-level import would be a cycle).
+Per-channel scales and zero points saved as tensors are records of their own, a few numbers each: :func:`_qparams`
+reads them whole on the CPU through :func:`torchweights.storage.raw.read_storage_bytes` (CRC-checked), below the
+engine, so building a tensor never needs the engine that builds tensors.
 """
 
 from __future__ import annotations
@@ -20,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 from .. import dtypes
 from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from ..records import TensorRecord
+from .contents import swap_unit, to_little_endian
+from .raw import read_storage_bytes
+from .results import not_whole_elements
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -302,10 +304,24 @@ def _qparams(value: Any, dtype: torch.dtype) -> torch.Tensor:
     """Per-channel scales or zero points: read from their own record, or made from the numbers an old file held."""
     import torch
 
-    from .read import materialize  # a lazy import: storage -> _engine -> this module
-
     if isinstance(value, TensorRecord):
-        return materialize([value])[value.name]
+        return _read_small(value)
     if any(isinstance(v, float) for v in value):
         dtype = torch.float64
     return torch.tensor(value, dtype=dtype)
+
+
+def _read_small(record: TensorRecord) -> torch.Tensor:
+    """A small tensor of its own storage, read whole onto the CPU and checked against its CRC-32, as
+    :func:`torchweights.storage.read.materialize` would build it (big-endian storages swapped)."""
+    import torch
+
+    ref = record.storage
+    if ref is None:
+        return build_tensor(record, None)
+    unit = swap_unit(record.dtype)
+    if ref.byteorder == "big" and unit > 1 and ref.nbytes % unit:
+        raise not_whole_elements(ref, unit)
+    data = to_little_endian(read_storage_bytes(ref, tensors=(record.name,)), ref, record.dtype)
+    storage = torch.frombuffer(data, dtype=torch.uint8).untyped_storage() if data else torch.UntypedStorage(0)
+    return build_tensor(record, storage)

@@ -54,7 +54,7 @@ from ...formats.legacy import MAGIC_NUMBER
 from ...formats.tree import refuse_unreadable
 from ...limits import DEFAULT_LIMITS, Limits
 from ...records import Checkpoint, StorageRef
-from ...storage.read import read_byte_range
+from ...storage.raw import read_byte_range
 from ...text import StrEnum, plural, printable, quote
 from ...unpickle.machine import (
     FIRST_OPCODES,
