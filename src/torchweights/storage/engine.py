@@ -42,7 +42,7 @@ from .scratch import Buffer, Scratch
 from .settings import IOSettings
 from .stamps import check_unchanged
 from .targets import Group, Target, deliver, memory_of, swap_in_place
-from .tensors import build_tensor
+from .tensors import stored_view
 
 #: Largest hole between two plain reads that one vectored read still spans (zip local headers and alignment
 #: padding between members, read into a junk buffer).
@@ -306,7 +306,7 @@ class Engine:
                 base = int(raw.storage_offset())
                 for t in targets:
                     if t.record is not None and t.dst is not None:
-                        view = build_tensor(t.record, storage, base)
+                        view = stored_view(t.record, storage, base)  # stored values: fill applies the bits
                         if tuple(view.shape) != tuple(t.dst.shape):
                             view = view.reshape(t.dst.shape)
                         t.dst.detach().copy_(view)

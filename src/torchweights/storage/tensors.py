@@ -152,10 +152,20 @@ def _refused(record: TensorRecord, what: str, layout: str, exc: Exception) -> Co
 
 
 def build_tensor(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
-    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors.
+    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors,
+    as ``torch.load`` returns it: conjugate and negative bits set, saved Python attributes set.
 
     ``base``: byte offset of the file storage's first byte inside ``storage`` (a multiple of the element size).
     """
+    tensor = stored_view(record, storage, base)
+    if storage is None or record.quantization is not None:
+        return tensor
+    return _finish(record, tensor)
+
+
+def stored_view(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
+    """:func:`build_tensor` without the conjugate and negative bits and the saved attributes: the record's view of
+    the values as stored, for a destination that receives them as stored and then :func:`apply_flags_in_place`."""
     import torch
 
     if record.quantization is not None:  # quantized tensors: see _build_quantized at the end of this module
@@ -172,7 +182,7 @@ def build_tensor(record: TensorRecord, storage: torch.UntypedStorage | None, bas
         raise _refused(
             record, "tensor", f"size {record.shape}, stride {record.stride}, offset {record.storage_offset}", exc
         ) from None
-    return _finish(record, tensor)
+    return tensor
 
 
 def _finish(record: TensorRecord, tensor: torch.Tensor) -> torch.Tensor:
@@ -198,11 +208,15 @@ def _finish(record: TensorRecord, tensor: torch.Tensor) -> torch.Tensor:
 
 def apply_flags_in_place(record: TensorRecord, tensor: torch.Tensor) -> None:
     """Turn the stored values just read into ``tensor`` into the tensor's values: conjugate and negate them in
-    place where the record's bits say so (for destinations that must hold plain values, such as parameters)."""
-    if record.neg:
-        tensor.neg_()
-    if record.conj and tensor.is_complex():
-        tensor.conj_physical_()
+    place where the record's bits say so (for destinations that must hold plain values, such as parameters; not
+    recorded by autograd, as the read itself is not)."""
+    import torch
+
+    with torch.no_grad():
+        if record.neg:
+            tensor.neg_()
+        if record.conj and tensor.is_complex():
+            tensor.conj_physical_()
 
 
 def needs_flags(record: TensorRecord) -> bool:
