@@ -5,6 +5,7 @@ callables in torch's form, and CRC checks the reader cannot make reported in ``C
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -365,3 +366,26 @@ def test_a_location_that_is_not_a_string_is_a_warning(tmp_path: Path) -> None:
     assert "4 storages record a location that is not a device name" in warning and "(7)" in warning
     assert all(r.storage.crc32 is not None for r in ckpt.records.values())  # the CRC is still checked
     assert torch.equal(tw.load(ckpt)["head.weight"], _weights()["head.weight"])
+
+
+def test_per_channel_quantization_scales_are_read_and_checked(tmp_path: Path) -> None:
+    """Per-channel scales and zero points are tensors of their own storages, read whole (and CRC-checked) when the
+    quantized tensor is built."""
+    with warnings.catch_warnings():  # torch deprecates quantized tensor creation (warned once per process)
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(
+            torch.randn(4, 6), torch.tensor([0.5, 0.25, 0.125, 1.0]), torch.tensor([0, 3, 1, 2]), 0, torch.quint8
+        )
+    path = tmp_path / "q.pt"
+    torch.save({"q": q}, path)
+    got = tw.load(path)["q"]
+    assert torch.equal(got.int_repr(), q.int_repr()) and got.q_per_channel_axis() == 0
+    assert torch.equal(got.q_per_channel_scales(), q.q_per_channel_scales())
+    assert torch.equal(got.q_per_channel_zero_points(), q.q_per_channel_zero_points())
+    scales = tw.open(path).records["q"].quantization["scales"]  # type: ignore[index]
+    data = bytearray(path.read_bytes())
+    data[scales.storage.offset + 1] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load(path)
+    assert info.value.code == "bad-crc" and f"'{scales.name}'" in info.value.message

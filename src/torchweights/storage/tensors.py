@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
+from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError, pass_through
 from ..records import TensorRecord
 from .contents import swap_unit, to_little_endian
 from .raw import read_storage_bytes
@@ -309,6 +309,7 @@ def _build_quantized(record: TensorRecord, storage: torch.UntypedStorage | None,
         tensor.set_(storage, record.storage_offset + base // record.itemsize, record.shape, record.stride)
         return tensor
     except (RuntimeError, TypeError, ValueError, OverflowError, KeyError) as exc:
+        pass_through(exc)  # reading the per-channel scales (bad-crc, truncated...) is not torch refusing
         raise _refused(
             record, "quantized tensor", f"size {record.shape}, quantization {quant.get('qscheme')}", exc
         ) from None
