@@ -318,7 +318,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torchweights.formats.safetensors
     import torchweights.formats.sharded
     import torchweights.formats.torch_zip  # noqa: F401 - imported before the clock starts
-    from torchweights.storage.read import io_settings
+    from torchweights.storage import io_settings
 
     settings = spec.get("settings", {})
     meta = case in ("tw-meta", "tw-mmap", "tw-mmap-nocrc", "torch-mmap-assign")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import torchweights as tw
-from torchweights.storage.read import io_settings
+from torchweights.storage import io_settings
 
 SHAPES = [(4096, 4096)] * 30 + [(4096,)] * 30 + [(1024, 1024)] * 32  # about 1.07 GB of bf16
 

@@ -285,9 +285,6 @@ def test_the_cycle_finder_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 #: docstring), as the strongly connected components they form. Issue 12 asks for these to go too; this list may only
 #: shrink: a new deferred cycle fails the test, and so does breaking one of these without removing it here.
 KNOWN_DEFERRED_CYCLES = [
-    # storage.tensors._qparams reads per-channel quantization scales through storage.read.materialize;
-    # storage.contents.read_range reads through storage.read too.
-    {"storage.contents", "storage.engine", "storage.mapping", "storage.tensors", "storage.read"},
     # unpickle.machine reads an old embedded checkpoint through formats.legacy.read_embedded.
     {"formats.tree", "detect.content", "formats", "formats._pickled", "formats.legacy", "unpickle.machine"},
 ]

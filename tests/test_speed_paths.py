@@ -23,10 +23,13 @@ import torch
 
 import torchweights as tw
 from torchweights import records
+from torchweights.storage import compression, io_settings
+from torchweights.storage import crc as _crc32
 from torchweights.storage import engine as _engine
 from torchweights.storage import files as _io
 from torchweights.storage import read as storage
-from torchweights.storage.read import io_settings
+from torchweights.storage import scratch as _scratch
+from torchweights.storage.targets import memory_of
 
 
 class Net(torch.nn.Module):
@@ -327,13 +330,13 @@ def test_compressed_members_are_inflated_in_bounded_pieces(tmp_path: Path, monke
 
 def _record_allocations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     sizes: list[tuple[int, str]] = []
-    real = _engine._allocate
+    real = _scratch._allocate
 
     def spy(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> torch.Tensor:
         sizes.append((nbytes, kind))
         return real(nbytes, pinned=pinned, kind=kind)
 
-    monkeypatch.setattr(_engine, "_allocate", spy)
+    monkeypatch.setattr(_scratch, "_allocate", spy)
     return sizes
 
 
@@ -575,37 +578,37 @@ def test_crc_pieces_combine_like_zlib() -> None:
     for _ in range(100):
         a = rng.randbytes(rng.randint(0, 5000))
         b = rng.randbytes(rng.randint(0, 5000))
-        assert _io.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+        assert _crc32.crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     data = torch.randint(0, 256, (100_000,), dtype=torch.uint8)
-    mem = _engine.memory_of(data)
-    assert _io.crc32(mem, 0, data.data_ptr()) == zlib.crc32(mem) == _io.crc32(mem)
-    assert _io.crc32_backend() in _io.CRC32_BACKENDS
+    mem = memory_of(data)
+    assert _crc32.crc32(mem, 0, data.data_ptr()) == zlib.crc32(mem) == _crc32.crc32(mem)
+    assert _crc32.crc32_backend() in _crc32.CRC32_BACKENDS
 
 
-@pytest.mark.parametrize("name", _io.CRC32_BACKENDS)
+@pytest.mark.parametrize("name", _crc32.CRC32_BACKENDS)
 def test_every_crc_backend_agrees_with_zlib(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = _io._load_backend(name)
+    loaded = _crc32._load_backend(name)
     if loaded is None:
         pytest.skip(f"{name} is not installed here")
-    monkeypatch.setattr(_io, "_crc", (name, *loaded))
-    assert _io.crc32_backend() == name
+    monkeypatch.setattr(_crc32, "_crc", (name, *loaded))
+    assert _crc32.crc32_backend() == name
     data = torch.randint(0, 256, (3 << 20,), dtype=torch.uint8)
-    mem = _engine.memory_of(data)
+    mem = memory_of(data)
     whole = zlib.crc32(mem)
-    assert _io.crc32(mem, 0, data.data_ptr()) == whole
-    assert _io.crc32(mem) == whole  # no address: still right, whichever backend
-    head = _io.crc32(mem[:1000], 0, data.data_ptr())
-    assert _io.crc32(mem[1000:], head, data.data_ptr() + 1000) == whole  # continued from a value
-    assert _io.crc32(mem[:0], 7, data.data_ptr()) == 7
+    assert _crc32.crc32(mem, 0, data.data_ptr()) == whole
+    assert _crc32.crc32(mem) == whole  # no address: still right, whichever backend
+    head = _crc32.crc32(mem[:1000], 0, data.data_ptr())
+    assert _crc32.crc32(mem[1000:], head, data.data_ptr() + 1000) == whole  # continued from a value
+    assert _crc32.crc32(mem[:0], 7, data.data_ptr()) == 7
 
 
 def test_crc_backend_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_io, "_crc", None)
+    monkeypatch.setattr(_crc32, "_crc", None)
     monkeypatch.setenv("TORCHWEIGHTS_CRC32", "zlib")
-    assert _io.crc32_backend() == "zlib"
-    monkeypatch.setattr(_io, "_crc", None)
+    assert _crc32.crc32_backend() == "zlib"
+    monkeypatch.setattr(_crc32, "_crc", None)
     monkeypatch.setenv("TORCHWEIGHTS_CRC32", "no-such-backend")  # unknown: the fastest installed one
-    assert _io.crc32_backend() == next(n for n in _io.CRC32_BACKENDS if _io._load_backend(n) is not None)
+    assert _crc32.crc32_backend() == next(n for n in _crc32.CRC32_BACKENDS if _crc32._load_backend(n) is not None)
 
 
 def test_inflate_is_bounded_and_exact() -> None:
@@ -617,12 +620,12 @@ def test_inflate_is_bounded_and_exact() -> None:
     fh = io.BytesIO(b"junk" + data)
     out = memoryview(bytearray(4096))
     got = bytearray()
-    for n in _io.inflate(fh, 4, len(data), len(raw), out):
+    for n in compression.inflate(fh, 4, len(data), len(raw), out):
         assert n <= 4096
         got += out[:n]
     assert bytes(got) == raw
     with pytest.raises(EOFError):
-        list(_io.inflate(io.BytesIO(data), 0, len(data), len(raw) + 1, out))
+        list(compression.inflate(io.BytesIO(data), 0, len(data), len(raw) + 1, out))
 
 
 def test_stored_member_crc_is_checked_per_storage(tmp_path: Path) -> None:

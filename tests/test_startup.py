@@ -41,6 +41,8 @@ HEAVY = (
     "torchweights.apply",
     "torchweights.storage.read",
     "torchweights.storage.engine",
+    "torchweights.storage.targets",
+    "torchweights.storage.scratch",
     "torchweights.storage.mapping",
     "torchweights.storage.results",
     "torchweights.storage.tensors",

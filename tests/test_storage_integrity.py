@@ -5,6 +5,7 @@ callables in torch's form, and CRC checks the reader cannot make reported in ``C
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,11 @@ import pytest
 import torch
 
 import torchweights as tw
-from torchweights.storage import read as storage
+from torchweights.records import StorageRef
+from torchweights.storage import raw
 from torchweights.storage.contents import logical_bytes
+from torchweights.storage.mapping import mapped_tensors
+from torchweights.storage.read import fill
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -127,11 +131,11 @@ def test_storage_bytes_are_checked_by_default(tmp_path: Path) -> None:
     _flip(src, "encoder.bias")
     rec = tw.open(src).records["encoder.bias"]
     with pytest.raises(tw.CorruptCheckpointError) as info:
-        storage.read_storage_bytes(rec.storage)
+        raw.read_storage_bytes(rec.storage)
     assert info.value.code == "bad-crc"
     with pytest.raises(tw.CorruptCheckpointError):
         logical_bytes(rec)
-    assert len(storage.read_storage_bytes(rec.storage, check_crc=False)) == rec.storage.nbytes
+    assert len(raw.read_storage_bytes(rec.storage, check_crc=False)) == rec.storage.nbytes
     flipped = logical_bytes(rec, check_crc=False)
     assert flipped != bytes(_weights()["encoder.bias"].numpy().tobytes())
 
@@ -166,9 +170,9 @@ def _reads(ckpt: tw.Checkpoint) -> dict[str, Any]:
         "load-mmap": lambda: tw.load(ckpt, mmap=True),
         "load-no-crc": lambda: tw.load(ckpt, check_crc=False),
         "load_into": lambda: tw.load_into(model, ckpt, strict=False),
-        "fill": lambda: storage.fill([(rec, torch.empty(16, 8))]),
-        "mapped": lambda: storage.mapped_tensors([rec]),
-        "byte-range": lambda: storage.read_byte_range(rec.storage, 0, 8),
+        "fill": lambda: fill([(rec, torch.empty(16, 8))]),
+        "mapped": lambda: mapped_tensors([rec]),
+        "byte-range": lambda: raw.read_byte_range(rec.storage, 0, 8),
         "logical": lambda: logical_bytes(rec, check_crc=False),
         "convert": lambda: tw.convert(ckpt, ckpt.path + ".safetensors", force=True),
     }
@@ -219,8 +223,8 @@ def test_a_changed_file_with_compressed_members_is_refused(tmp_path: Path, compr
     os.replace(tmp_path / "z2.pt", path)
     for read in (
         lambda: tw.load(ckpt),
-        lambda: storage.read_byte_range(rec.storage, 0, 8),
-        lambda: storage.storage_crc(rec.storage),
+        lambda: raw.read_byte_range(rec.storage, 0, 8),
+        lambda: raw.storage_crc(rec.storage),
     ):
         with pytest.raises(tw.CorruptCheckpointError) as info:
             read()
@@ -245,7 +249,7 @@ def test_shards_and_safetensors_are_stamped_per_file(tmp_path: Path) -> None:
     assert info.value.code == "file-changed" and "m-2.safetensors" in info.value.message
     assert "replaced by another file" in info.value.message
     # a ref made by hand has no stamp and is read as it is
-    assert storage.StorageRef("k", str(tmp_path / "m-1.safetensors"), 0, 4).stamp is None
+    assert StorageRef("k", str(tmp_path / "m-1.safetensors"), 0, 4).stamp is None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -362,3 +366,26 @@ def test_a_location_that_is_not_a_string_is_a_warning(tmp_path: Path) -> None:
     assert "4 storages record a location that is not a device name" in warning and "(7)" in warning
     assert all(r.storage.crc32 is not None for r in ckpt.records.values())  # the CRC is still checked
     assert torch.equal(tw.load(ckpt)["head.weight"], _weights()["head.weight"])
+
+
+def test_per_channel_quantization_scales_are_read_and_checked(tmp_path: Path) -> None:
+    """Per-channel scales and zero points are tensors of their own storages, read whole (and CRC-checked) when the
+    quantized tensor is built."""
+    with warnings.catch_warnings():  # torch deprecates quantized tensor creation (warned once per process)
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(
+            torch.randn(4, 6), torch.tensor([0.5, 0.25, 0.125, 1.0]), torch.tensor([0, 3, 1, 2]), 0, torch.quint8
+        )
+    path = tmp_path / "q.pt"
+    torch.save({"q": q}, path)
+    got = tw.load(path)["q"]
+    assert torch.equal(got.int_repr(), q.int_repr()) and got.q_per_channel_axis() == 0
+    assert torch.equal(got.q_per_channel_scales(), q.q_per_channel_scales())
+    assert torch.equal(got.q_per_channel_zero_points(), q.q_per_channel_zero_points())
+    scales = tw.open(path).records["q"].quantization["scales"]  # type: ignore[index]
+    data = bytearray(path.read_bytes())
+    data[scales.storage.offset + 1] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(tw.CorruptCheckpointError) as info:
+        tw.load(path)
+    assert info.value.code == "bad-crc" and f"'{scales.name}'" in info.value.message

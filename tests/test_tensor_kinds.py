@@ -104,6 +104,38 @@ def test_flags_are_applied_by_load_into_and_never_mapped_raw(tmp_path: Path) -> 
         assert torch.equal(got, value.resolve_conj().resolve_neg()), name
 
 
+def test_flags_of_strided_views_and_into_parameters_are_applied_once(tmp_path: Path) -> None:
+    """Views that are not contiguous are rebuilt from a copy of their storage; their bits are applied once (they
+    were applied twice: the stored values landed), and parameters that require grad take flagged values too (the
+    in-place conjugate or negation raised torch's leaf-variable error)."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(3, 4, dtype=torch.complex64, generator=g)
+    sd = {
+        "conj_t": torch.conj(z).t(),
+        "neg_t": torch._neg_view(torch.randn(3, 5, generator=g)).t(),
+        "conj_neg_t": torch.conj(torch._neg_view(z)).t(),
+        "conj": torch.conj(z),
+        "neg": torch._neg_view(torch.randn(5, generator=g)),
+    }
+    path = _save(sd, tmp_path / "flags.pt", "zip")
+    records = tw.open(path).records
+    assert not records["conj_t"].is_contiguous and records["conj_t"].conj and records["neg_t"].neg
+    for as_parameter in (False, True):
+        model = torch.nn.Module()
+        for name, value in sd.items():
+            empty = torch.zeros(value.shape, dtype=value.dtype)
+            if as_parameter:
+                model.register_parameter(name, torch.nn.Parameter(empty))
+            else:
+                model.register_buffer(name, empty)
+        assert tw.load_into(model, path).ok
+        for name, value in sd.items():
+            got = getattr(model, name)
+            assert not got.is_conj() and not got.is_neg(), name
+            assert torch.equal(got.detach(), value.resolve_conj().resolve_neg()), (name, as_parameter)
+            assert got.requires_grad == as_parameter
+
+
 def test_cast_of_a_negative_view_keeps_its_sign(tmp_path: Path) -> None:
     model = torch.nn.Module()
     model.register_buffer("neg", torch.zeros(5, dtype=torch.float64))

@@ -203,7 +203,9 @@ def _apply_checkpoint(
     import torch
 
     from . import dtypes
-    from .storage import read as storage
+    from .storage.mapping import mapped_tensors
+    from .storage.read import fill, materialize
+    from .storage.results import crc_error
 
     records = checkpoint.records
     empty = [
@@ -227,7 +229,7 @@ def _apply_checkpoint(
     fallback_sources = sorted({a.source for acts in fallback_actions.values() for a in acts if a.source is not None})
     states = _fallback_states(
         fallback_actions,
-        storage.materialize([records[n] for n in fallback_sources], check_crc=check_crc) if fallback_sources else {},
+        materialize([records[n] for n in fallback_sources], check_crc=check_crc) if fallback_sources else {},
         spec,
     )
 
@@ -236,11 +238,11 @@ def _apply_checkpoint(
     extra_values: dict[str, Any] = extra_state_values(checkpoint)
     if extra_records:
         bytes_read += sum(r.nbytes for r in extra_records)
-        extra_values.update(storage.materialize(extra_records, check_crc=check_crc))
+        extra_values.update(materialize(extra_records, check_crc=check_crc))
 
     mapped: dict[str, torch.Tensor] = {}
     if mmap:
-        mapped = storage.mapped_tensors(_mappable(own, records, model), check_crc=check_crc)
+        mapped = mapped_tensors(_mappable(own, records, model), check_crc=check_crc)
 
     requests: list[tuple[TensorRecord, torch.Tensor]] = []
     replaced: dict[str, torch.Tensor] = {}
@@ -265,9 +267,9 @@ def _apply_checkpoint(
         requests.append((record, new))
         replaced[action.target] = new
 
-    result = storage.fill(requests, check_crc=check_crc)
+    result = fill(requests, check_crc=check_crc)
     if result.bad_crc:
-        raise storage.crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
+        raise crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
 
     _initialise(plan, model)
     _defaults(plan, model, spec)

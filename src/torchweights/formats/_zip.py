@@ -22,14 +22,13 @@ findings. Nothing is ever extracted to disk: member names are data, never paths.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO
 
-from ..errors import CorruptCheckpointError, ResourceLimitError, pass_through
+from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..limits import Limits
-from ..storage import files as _io
+from ..storage.compression import METHODS, decode
 from ..text import plural, printable
 
 __all__ = [
@@ -54,7 +53,6 @@ _MAX_ENTRIES = 1_000_000
 DEFLATE_MAX_RATIO = 1032
 _KNOWN_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800  # deflate options, data descriptor, UTF-8 names
 _ENCRYPTED_FLAGS = 0x0001 | 0x0040 | 0x2000  # traditional, strong, central directory encryption
-_METHODS = {0: "stored", 8: "deflate", 12: "bzip2", 14: "lzma"}
 # A data descriptor follows the data when flag 0x8 is set: CRC and two sizes, 4- or 8-byte, with or without its
 # optional signature.
 _DESCRIPTOR_SIZES = frozenset({12, 16, 20, 24})
@@ -358,7 +356,7 @@ def _check_member(d: ZipDirectory, m: ZipMember, max_inflated: int, inflated: li
         d.problem("zip-encrypted", f"member {_quote_name(m.name)} is encrypted, which torch.save never does", m.name)
     elif m.flags & ~_KNOWN_FLAGS & 0xFFFF:
         d.problem("zip-flags", f"member {_quote_name(m.name)} sets unknown zip flag bits 0x{m.flags:04x}", m.name)
-    if m.compress_type not in _METHODS:
+    if m.compress_type not in METHODS:
         d.problem(
             "zip-compression", f"member {_quote_name(m.name)} uses unknown compression method {m.compress_type}", m.name
         )
@@ -549,92 +547,14 @@ def check_member_inflation(m: ZipMember, path: str, limits: Limits, size: int | 
 
 
 def inflate(fh: IO[bytes], m: ZipMember, limit: int) -> bytes:
-    """The first ``limit`` bytes of a member's content (inflated when compressed), never more than it declares.
-
-    Stored and deflated members (all torch writes) are read here, deflate through :func:`_io.inflate`; bzip2 and
-    lzma members, which only other tools write, through :mod:`bz2` and :mod:`lzma`. The CRC is the caller's to
-    check.
+    """The first ``limit`` bytes of a member's content (inflated when compressed), never more than it declares,
+    decoded by :func:`torchweights.storage.compression.decode` (stored, deflate, bzip2, lzma). The CRC is the
+    caller's to check.
 
     Raises:
         CorruptCheckpointError: the member cannot be read or inflated (code ``bad-member``, ``truncated`` or
             ``zip-compression``).
     """
-    want = min(limit, m.size)
     if m.data_offset < 0:
         raise CorruptCheckpointError(f"member {_quote_name(m.name)} has no readable local header", code="truncated")
-    if m.compress_type == 0:
-        fh.seek(m.data_offset)
-        data = fh.read(want)
-    elif m.compress_type == 8:
-        out = bytearray(want)
-        try:
-            for _ in _io.inflate(fh, m.data_offset, m.compressed_size, want, memoryview(out)):
-                pass  # one piece: the buffer holds all ``want`` bytes
-        except zlib.error as exc:
-            raise CorruptCheckpointError(f"member '{m.name}' does not inflate: {exc}", code="bad-member") from None
-        except EOFError as exc:
-            raise CorruptCheckpointError(f"member '{m.name}' is cut short: {exc}", code="truncated") from None
-        data = bytes(out)
-    elif m.compress_type in (12, 14):
-        data = _inflate_other(fh, m, want)
-    else:
-        raise CorruptCheckpointError(
-            f"member {_quote_name(m.name)} uses {_METHODS.get(m.compress_type, m.compress_type)} compression, which "
-            "no zip reader here supports; only stored, deflated, bzip2 and lzma members are read",
-            code="zip-compression",
-        )
-    if len(data) != want:
-        raise CorruptCheckpointError(
-            f"member {_quote_name(m.name)} holds {len(data)} bytes, {want} expected", code="truncated"
-        )
-    return data
-
-
-def _decompressor(fh: IO[bytes], m: ZipMember) -> tuple[Any, int]:
-    """A decompressor for a bzip2 or lzma member, and where its stream starts (lzma members open with a header)."""
-    import bz2
-    import lzma
-
-    if m.compress_type == 12:
-        return bz2.BZ2Decompressor(), m.data_offset
-    # zip's lzma: version (2 bytes), properties size (2 bytes), LZMA1 properties (5 bytes), then the raw stream
-    fh.seek(m.data_offset)
-    head = fh.read(4)
-    size = int.from_bytes(head[2:4], "little") if len(head) == 4 else 0
-    props = fh.read(size) if size == 5 else b""
-    if len(props) != 5 or props[0] >= 9 * 5 * 5:
-        raise CorruptCheckpointError(f"member {_quote_name(m.name)} has no valid lzma header", code="bad-member")
-    lc, rest = props[0] % 9, props[0] // 9
-    dict_size = int.from_bytes(props[1:5], "little")
-    filters = [{"id": lzma.FILTER_LZMA1, "lc": lc, "lp": rest % 5, "pb": rest // 5, "dict_size": dict_size}]
-    return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters), m.data_offset + 9
-
-
-def _inflate_other(fh: IO[bytes], m: ZipMember, want: int) -> bytes:
-    """The first ``want`` bytes of a bzip2 or lzma member (never written by torch), inflated in bounded steps."""
-    import lzma
-
-    try:
-        decompressor, start = _decompressor(fh, m)
-        out = bytearray()
-        fh.seek(start)
-        remaining = m.data_end - start
-        while len(out) < want:
-            if decompressor.needs_input:
-                if remaining <= 0:
-                    break
-                piece = fh.read(min(1 << 20, remaining))
-                if not piece:
-                    break
-                remaining -= len(piece)
-            else:
-                piece = b""
-            out += decompressor.decompress(piece, max_length=want - len(out))
-            if decompressor.eof:
-                break
-    except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
-        pass_through(exc)  # the member's own header check
-        raise CorruptCheckpointError(
-            f"member {_quote_name(m.name)} does not inflate: {type(exc).__name__}: {exc}", code="bad-member"
-        ) from None
-    return bytes(out)
+    return decode(fh, m.compress_type, m.data_offset, m.compressed_size, min(limit, m.size), _quote_name(m.name))

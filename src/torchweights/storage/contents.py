@@ -1,7 +1,7 @@
 """A tensor's logical contents as little-endian bytes in C order, read in bounded chunks, without torch.
 
 ``convert``, ``diff`` and ``verify`` need the bytes a tensor *means* (its elements in row-major order), not the bytes
-of its storage. All reading goes through :func:`torchweights.storage.read.read_byte_range` (only the byte range
+of its storage. All reading goes through :func:`torchweights.storage.raw.read_byte_range` (only the byte range
 the tensor spans, in chunks of at most :data:`CHUNK_BYTES`), so peak memory is one chunk for contiguous tensors and
 one view span for strided views, never the checkpoint.
 
@@ -26,10 +26,11 @@ from typing import Literal
 
 from .. import dtypes
 from ..records import StorageRef, TensorRecord
-from .files import crc32
+from .crc import crc32
+from .raw import read_byte_range, storage_crc
 from .results import CrcMismatch, crc_error
 
-__all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "read_range", "span", "swap_unit", "to_little_endian"]
+__all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "span", "swap_unit", "to_little_endian"]
 
 #: Largest piece read at once for a contiguous tensor (a multiple of every element size).
 CHUNK_BYTES = 16 << 20
@@ -70,14 +71,6 @@ def span(record: TensorRecord) -> tuple[int, int]:
         return first, first
     last = record.storage_offset + sum((n - 1) * s for n, s in zip(record.shape, record.stride))
     return first, (last + 1) * size
-
-
-def read_range(ref: StorageRef, first: int, end: int) -> bytearray:
-    """Bytes ``[first, end)`` of storage ``ref`` as stored (through
-    :func:`torchweights.storage.read.read_byte_range`)."""
-    from .read import read_byte_range
-
-    return read_byte_range(ref, first, end)
 
 
 def _layout(record: TensorRecord) -> tuple[list[int], list[int], int]:
@@ -166,7 +159,7 @@ def logical_chunks(
     Raises:
         ValueError: the record has no storage (a meta tensor saved without data).
         CorruptCheckpointError: ``bad-crc``: the storage does not match its CRC-32.
-        TorchWeightsError: the bytes cannot be read (see :func:`torchweights.storage.read.read_storage_bytes`).
+        TorchWeightsError: the bytes cannot be read (see :func:`torchweights.storage.raw.read_byte_range`).
     """
     ref = record.storage
     if ref is None:
@@ -176,12 +169,10 @@ def logical_chunks(
     first, end = span(record)
     crc = check_crc and ref.crc32 is not None
     if crc and (first, end) != (0, ref.nbytes):  # the CRC covers bytes outside the tensor: one pass over them all
-        from .read import storage_crc
-
         _check(ref, storage_crc(ref), record)
         crc = False
     if not record.is_contiguous or ref.compression:  # one read (one inflation) of the span
-        data = read_range(ref, first, end)
+        data = read_byte_range(ref, first, end)
         if crc:
             _check(ref, crc32(memoryview(data)), record)
         if not record.is_contiguous:
@@ -195,7 +186,7 @@ def logical_chunks(
     step = max(size, chunk_bytes - chunk_bytes % size)
     value = 0
     for at in range(first, end, step):
-        piece = read_range(ref, at, min(end, at + step))
+        piece = read_byte_range(ref, at, min(end, at + step))
         if crc:
             value = crc32(memoryview(piece), value)
             if at + step >= end:

@@ -1,64 +1,48 @@
 """The read engine: the only code that reads tensor bytes, straight into the memory of the tensors that will hold
 them.
 
-Split out of :mod:`torchweights.storage.read`, whose :func:`~torchweights.storage.read.fill`,
-:func:`~torchweights.storage.read.materialize` and :func:`~torchweights.storage.read.read_storage_bytes` describe each
-storage to read as a :class:`Group` of :class:`Target` destinations and hand the groups to one :class:`Engine`.
+:func:`~torchweights.storage.read.fill` and :func:`~torchweights.storage.read.materialize` describe each storage to
+read as a :class:`~torchweights.storage.targets.Group` of :class:`~torchweights.storage.targets.Target` destinations
+and hand the groups to one :class:`Engine`.
 
 - The engine plans each storage's reads in file order (:meth:`Engine.jobs`) and runs them over a small thread
   pool; bytes that can land as they are go with ``preadv`` directly into their destination, and consecutive plain
   reads of one file become one vectored read per piece (:class:`_Read`).
 - What cannot land as it is (a dtype cast, a big-endian file, a compressed zip member, a GPU destination, bytes
-  read only for the CRC check) goes through bounded scratch buffers (:class:`_Scratch`:
-  :class:`IOSettings.scratch_bytes <torchweights.storage.files.IOSettings>`, 64 MiB by default, shared by the threads;
-  pinned
-  when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are not contiguous are
-  rebuilt from a copy of their storage (:meth:`Engine.whole`), never from a copy of the checkpoint.
+  read only for the CRC check) goes through bounded scratch buffers (:mod:`torchweights.storage.scratch`:
+  :class:`IOSettings.scratch_bytes <torchweights.storage.settings.IOSettings>`, 64 MiB by default, shared by the
+  threads; pinned when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are
+  not contiguous are rebuilt from a copy of their storage (:meth:`Engine.whole`), never from a copy of the
+  checkpoint.
 - Integrity: whenever a whole storage is read, its CRC-32 is computed on the bytes as they are read (per piece, in
   the reading thread, then combined) and compared with the one its zip member records (:meth:`Engine.check`);
   mismatches are collected in :class:`~torchweights.storage.results.FillResult`, for the caller to raise.
 
-Every buffer the engine allocates for itself comes from :func:`_allocate`. torch is imported inside the functions,
-never at import time.
+torch is imported inside the functions, never at import time.
 """
 
 from __future__ import annotations
 
-import ctypes
-import io
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .. import dtypes
-from ..errors import CheckpointReadError, CorruptCheckpointError
-from ..records import StorageRef, TensorRecord
-from ..text import quote
-from .contents import swap_unit
-from .files import (
-    MAX_VECTORS,
-    IOSettings,
-    crc32,
-    crc32_combine,
-    hint,
-    inflate,
-    open_fd,
-    read_ahead,
-    read_exact,
-)
+from ..records import StorageRef
+from .compression import inflate
+from .crc import crc32, crc32_combine
+from .files import MAX_VECTORS, hint, open_fd, read_ahead, read_exact
+from .raw import DEFLATED, bad_member, open_checked, read_member
 from .results import CrcMismatch, FillResult, not_whole_elements, storage_label
+from .scratch import Buffer, Scratch
+from .settings import IOSettings
 from .stamps import check_unchanged
-from .tensors import build_tensor
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-_DEFLATED = 8
+from .targets import Group, Target, deliver, memory_of, swap_in_place
+from .tensors import stored_view
 
 #: Largest hole between two plain reads that one vectored read still spans (zip local headers and alignment
 #: padding between members, read into a junk buffer).
@@ -93,199 +77,6 @@ _Job = tuple["_Read | Callable[[], tuple[int, int] | None]", int]
 _Outcome = tuple[int, int] | None
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Destinations
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _allocate(nbytes: int, *, pinned: bool = False, kind: str = "scratch") -> torch.Tensor:
-    """Every buffer the engine allocates for itself (scratch or a temporary storage copy) comes from here."""
-    import torch
-
-    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
-
-
-def memory_of(raw: torch.Tensor) -> memoryview:
-    """A writable memoryview over a contiguous CPU uint8 tensor (kept alive by the caller)."""
-    return _memory_at(raw.data_ptr(), raw.numel())
-
-
-def _memory_at(address: int, nbytes: int) -> memoryview:
-    """A writable memoryview over ``nbytes`` of CPU memory at ``address`` (kept alive by the caller)."""
-    if nbytes == 0:
-        return memoryview(bytearray(0))
-    return memoryview((ctypes.c_ubyte * nbytes).from_address(address)).cast("B")
-
-
-def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
-    """A flat uint8 view of a contiguous tensor's bytes, for any dtype (no autograd)."""
-    import torch
-
-    t = tensor.detach()
-    nbytes = t.numel() * t.element_size()
-    out = torch.empty(0, dtype=torch.uint8, device=t.device)
-    out.set_(t.untyped_storage(), t.storage_offset() * t.element_size(), (nbytes,), (1,))
-    return out
-
-
-@dataclass
-class Target:
-    """Where the bytes ``[start, end)`` of one storage go.
-
-    ``raw`` (with ``mem``) is set when the bytes can land as they are in CPU memory (same dtype, contiguous):
-    they are read straight into it, then byte-swapped in place if ``swap`` > 1. Otherwise ``flat`` (contiguous,
-    any device and dtype) receives converted pieces; ``record`` + ``dst`` are set for views that are not
-    contiguous on either side, rebuilt from a copy of the whole storage.
-    """
-
-    start: int
-    end: int
-    src_dtype: torch.dtype
-    itemsize: int
-    swap: int
-    name: str
-    raw: torch.Tensor | None = None
-    mem: memoryview | None = None
-    flat: torch.Tensor | None = None
-    record: TensorRecord | None = None
-    dst: torch.Tensor | None = None
-    ptr: int = 0  # address of the destination's first byte, when ``mem`` is set
-
-    @property
-    def contiguous(self) -> bool:
-        return self.mem is not None or self.raw is not None or self.flat is not None
-
-    def byte_dst(self) -> torch.Tensor | None:
-        """The destination's bytes as a flat uint8 tensor, when they can land as they are (made on first use:
-        plain reads need only ``mem``)."""
-        if self.raw is None and self.mem is not None and self.dst is not None:
-            self.raw = _raw_bytes(self.dst)
-        return self.raw
-
-
-@dataclass
-class Group:
-    """One file storage and every target it feeds (``pending``: requests whose targets are made just in time)."""
-
-    ref: StorageRef
-    targets: list[Target] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    pending: list[tuple[TensorRecord, torch.Tensor]] = field(default_factory=list)
-
-    def prepare(self) -> None:
-        for record, dst in self.pending:
-            self.targets.append(_target_for(record, dst, bool(self.ref.compression)))
-        self.pending.clear()
-
-
-def _target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> Target:
-    ref = record.storage
-    assert ref is not None
-    src_dtype = dtypes.to_torch(record.dtype)
-    size = record.itemsize
-    swap = swap_unit(record.dtype) if ref.byteorder == "big" else 1
-    start = record.storage_offset * size
-    if record.is_contiguous and dst.is_contiguous():
-        end = start + record.nbytes
-        target = Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
-        if dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed:
-            target.ptr = dst.data_ptr()
-            target.mem = _memory_at(target.ptr, record.nbytes)
-        else:
-            target.flat = dst.detach().view(-1)
-        return target
-    return Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Scratch buffers
-# --------------------------------------------------------------------------------------------------------------
-
-
-class _Buffer:
-    def __init__(self, raw: torch.Tensor) -> None:
-        self.raw = raw
-        self.mem = memory_of(raw)
-        self.fence: Any = None  # a CUDA event the next user must wait for
-
-    def wait(self) -> None:
-        if self.fence is not None:
-            self.fence.synchronize()
-            self.fence = None
-
-
-class _Scratch:
-    """At most ``count`` buffers of ``size`` bytes, allocated on first use and recycled."""
-
-    def __init__(self, size: int, count: int, pinned: bool) -> None:
-        self.size = size
-        self.count = count
-        self.pinned = pinned
-        self.free: list[_Buffer] = []
-        self.made = 0
-        self.cond = threading.Condition()
-
-    def take(self) -> _Buffer:
-        with self.cond:
-            while not self.free and self.made >= self.count:
-                self.cond.wait()
-            if self.free:
-                buf = self.free.pop()
-            else:
-                self.made += 1
-                buf = None
-        if buf is None:
-            buf = _Buffer(_allocate(self.size, pinned=self.pinned, kind="scratch"))
-        buf.wait()
-        return buf
-
-    def give(self, buf: _Buffer) -> None:
-        with self.cond:
-            self.free.append(buf)
-            self.cond.notify()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Moving bytes
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _swap_in_place(raw: torch.Tensor, unit: int) -> None:
-    rows = raw.view(-1, unit)
-    rows.copy_(rows.flip(1))
-
-
-def _deliver(target: Target, a: int, b: int, src: torch.Tensor, buf: _Buffer | None) -> None:
-    """Give ``target`` its part of the storage bytes ``[a, b)``, held in the uint8 tensor ``src``."""
-    lo, hi = max(a, target.start), min(b, target.end)
-    if lo >= hi:
-        return
-    piece = src[lo - a : hi - a]
-    raw = target.byte_dst()
-    if raw is not None:
-        dst = raw[lo - target.start : hi - target.start]
-        dst.copy_(piece)
-        if target.swap > 1:
-            _swap_in_place(dst, target.swap)
-        return
-    assert target.flat is not None
-    if target.swap > 1:
-        piece = piece.view(-1, target.swap).flip(1).reshape(-1)
-        buf = None  # no longer the pinned buffer
-    size = target.itemsize
-    values = piece.view(target.src_dtype)
-    dst = target.flat[(lo - target.start) // size : (hi - target.start) // size]
-    if dst.device.type == "cuda" and buf is not None and buf.raw.is_pinned():
-        import torch
-
-        dst.copy_(values, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        buf.fence = event
-    else:
-        dst.copy_(values)
-
-
 class Engine:
     """Runs the reads of a list of groups over a thread pool; collects CRC results per storage."""
 
@@ -312,7 +103,7 @@ class Engine:
             pinned = torch.cuda.is_available()
         self.cuda = cuda
         self.torch_work = torch_work  # some target needs torch ops (casts, swaps, copies), not only reads
-        self.scratch = _Scratch(settings.chunk_bytes(), settings.worker_count(), pinned)
+        self.scratch = Scratch(settings.chunk_bytes(), settings.worker_count(), pinned)
 
     def fd(self, path: str) -> int:
         fd = self.fds.get(path)
@@ -454,9 +245,9 @@ class Engine:
                 src = raw[off : off + n]
                 value = crc32(mem, 0, src.data_ptr()) if crc else None
                 for t in others:
-                    _deliver(t, a, b, src, None)
+                    deliver(t, a, b, src, None)
                 if direct.swap > 1:
-                    _swap_in_place(src, direct.swap)
+                    swap_in_place(src, direct.swap)
             else:
                 buf = self.scratch.take()
                 try:
@@ -464,7 +255,7 @@ class Engine:
                     self.read(fd, mem, ref.offset + a, ref, ahead)
                     value = crc32(mem, 0, buf.raw.data_ptr()) if crc else None
                     for t in others:
-                        _deliver(t, a, b, buf.raw[:n], buf)
+                        deliver(t, a, b, buf.raw[:n], buf)
                 finally:
                     self.scratch.give(buf)
         with self.lock:
@@ -493,14 +284,14 @@ class Engine:
         crc = self.wants_crc(ref)
         strided = any(not t.contiguous for t in targets)
         with torch.no_grad():
-            if ref.compression and not strided and ref.compression == _DEFLATED:
+            if ref.compression and not strided and ref.compression == DEFLATED:
                 return self.inflate_streaming(ref, targets, crc)
-            temp: _Buffer | None = None
+            temp: Buffer | None = None
             if ref.nbytes <= self.scratch.size:
                 temp = self.scratch.take()
                 raw = temp.raw[: ref.nbytes]
             else:
-                raw = _allocate(ref.nbytes, kind="temp")
+                raw = self.scratch.temporary(ref.nbytes)
             try:
                 mem = memory_of(raw)
                 value = self.read_whole(ref, mem, raw.data_ptr())
@@ -510,12 +301,12 @@ class Engine:
                 if unit > 1:
                     if ref.nbytes % unit:
                         raise not_whole_elements(ref, unit)
-                    _swap_in_place(raw, unit)
+                    swap_in_place(raw, unit)
                 storage = raw.untyped_storage()
                 base = int(raw.storage_offset())
                 for t in targets:
                     if t.record is not None and t.dst is not None:
-                        view = build_tensor(t.record, storage, base)
+                        view = stored_view(t.record, storage, base)  # stored values: fill applies the bits
                         if tuple(view.shape) != tuple(t.dst.shape):
                             view = view.reshape(t.dst.shape)
                         t.dst.detach().copy_(view)
@@ -539,14 +330,14 @@ class Engine:
         if ref.compression == 0:
             read_exact(self.fd(ref.file), mem, ref.offset, ref.file, storage_label(ref))
             return None
-        if ref.compression == _DEFLATED:
+        if ref.compression == DEFLATED:
             value = 0
-            with _open(ref) as fh:
+            with open_checked(ref) as fh:
                 try:
                     for n in inflate(fh, ref.offset, ref.compressed_size, ref.nbytes, mem):
                         value = crc32(mem[:n], value, address)
                 except (zlib.error, EOFError) as exc:
-                    raise _bad_member(ref, exc) from None
+                    raise bad_member(ref, exc) from None
             return value
         mem[:] = read_member(ref)  # bzip2 / lzma: rare enough to inflate whole
         return crc32(mem, 0, address)
@@ -558,17 +349,17 @@ class Engine:
         value = 0
         pos = 0
         try:
-            with _open(ref) as fh:
+            with open_checked(ref) as fh:
                 try:
                     for n in inflate(fh, ref.offset, ref.compressed_size, hi, buf.mem):
                         if crc:
                             value = crc32(buf.mem[:n], value, buf.raw.data_ptr())
                         for t in targets:
-                            _deliver(t, pos, pos + n, buf.raw[:n], buf)
+                            deliver(t, pos, pos + n, buf.raw[:n], buf)
                         buf.wait()
                         pos += n
                 except (zlib.error, EOFError) as exc:
-                    raise _bad_member(ref, exc) from None
+                    raise bad_member(ref, exc) from None
         finally:
             self.scratch.give(buf)
         with self.lock:
@@ -653,79 +444,3 @@ class Engine:
         self.result.crc_checked += 1
         if value != ref.crc32:
             self.result.bad_crc.append(CrcMismatch(ref, ref.crc32, value, tuple(group.names)))
-
-
-def _open(ref: StorageRef) -> io.BufferedReader:
-    """A buffered handle on ``ref``'s file (for inflating), refused if the file changed since it was opened."""
-    try:
-        fh = open(ref.file, "rb")  # noqa: SIM115 - returned, closed by the caller
-    except OSError as exc:
-        raise CheckpointReadError(f"cannot read {quote(ref.file)}: {exc.strerror or exc}", path=ref.file) from None
-    try:
-        check_unchanged(fh.fileno(), ref)
-    except BaseException:
-        fh.close()
-        raise
-    return fh
-
-
-def _bad_member(ref: StorageRef, exc: BaseException) -> CorruptCheckpointError:
-    return CorruptCheckpointError(
-        f"{quote(ref.file)}: compressed member {quote(ref.member or ref.key)} cannot be inflated "
-        f"({type(exc).__name__}: {exc}). "
-        "The file changed since it was opened or is damaged; re-download or re-save it.",
-        code="bad-member",
-        path=ref.file,
-    )
-
-
-def member_pieces(ref: StorageRef, mem: memoryview) -> Iterator[int]:
-    """Every decoded byte of a storage (inflating a compressed member), through ``mem`` piece by piece, without
-    torch: yields the number of bytes placed at the start of ``mem`` each time; the caller consumes them before the
-    next iteration overwrites them. The CRC is the caller's to check."""
-    if ref.compression == 0:
-        fd = open_fd(ref.file)
-        try:
-            check_unchanged(fd, ref)
-            for at in range(0, ref.nbytes, len(mem)):
-                n = min(len(mem), ref.nbytes - at)
-                read_exact(fd, mem[:n], ref.offset + at, ref.file, storage_label(ref))
-                yield n
-        finally:
-            os.close(fd)
-    elif ref.compression == _DEFLATED:
-        with _open(ref) as fh:
-            try:
-                yield from inflate(fh, ref.offset, ref.compressed_size, ref.nbytes, mem)
-            except (zlib.error, EOFError) as exc:
-                raise _bad_member(ref, exc) from None
-    else:  # bzip2 / lzma: rare enough to inflate whole
-        whole = memoryview(read_member(ref))
-        for at in range(0, len(whole), len(mem)):
-            n = min(len(mem), len(whole) - at)
-            mem[:n] = whole[at : at + n]
-            yield n
-
-
-def read_member(ref: StorageRef, nbytes: int | None = None) -> bytes:
-    """The first ``nbytes`` (default: all ``ref.nbytes``) inflated bytes of a compressed storage's zip member, read
-    whole (bzip2 and lzma members, byte ranges of compressed ones). The CRC is the caller's to check."""
-    from ..formats._zip import ZipMember, inflate
-
-    want = ref.nbytes if nbytes is None else nbytes
-    member = ZipMember(
-        name=ref.member or ref.key,
-        index=-1,
-        header_offset=-1,
-        data_offset=ref.offset,
-        compress_type=ref.compression,
-        compressed_size=ref.compressed_size,
-        size=want,
-        crc32=ref.crc32 or 0,
-        flags=0,
-    )
-    with _open(ref) as handle:
-        try:
-            return inflate(handle, member, want)
-        except CorruptCheckpointError as exc:
-            raise _bad_member(ref, exc) from None

@@ -1,10 +1,11 @@
 """Zero-copy tensors over private (copy-on-write) mappings of checkpoint files: ``tw.load(mmap=True)`` and the
 mapped path of ``load_into``.
 
-Split out of :mod:`torchweights.storage.read`, which re-exports :func:`mapped_tensors`. A storage is mapped when it is
-stored uncompressed, little-endian (or one byte per element) and aligned; the file's size is checked first, so a file
-truncated since it was opened is an error, not a SIGBUS. The CRC-32 of mapped storages is computed in parallel over
-the mapping (:meth:`Mapper.check`). torch is imported inside the functions, never at import time.
+Used by :func:`torchweights.storage.read.materialize` (``mmap=True``) and by ``load_into`` directly. A storage is
+mapped when it is stored uncompressed, little-endian (or one byte per element) and aligned; the file's size is
+checked first, so a file truncated since it was opened is an error, not a SIGBUS. The CRC-32 of mapped storages is
+computed in parallel over the mapping (:meth:`Mapper.check`). torch is imported inside the functions, never at
+import time.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from ..errors import CheckpointReadError, CorruptCheckpointError
 from ..records import StorageRef, TensorRecord
 from ..text import quote
 from .contents import swap_unit
-from .files import crc32, current_settings, open_fd
+from .crc import crc32
+from .files import open_fd
 from .results import CrcMismatch, crc_error, storage_label
+from .settings import current_settings
 from .stamps import check_unchanged
 from .tensors import build_tensor, check_record_view, needs_flags
 

@@ -1,40 +1,29 @@
-"""Reading tensor bytes: the public face of the read engine, straight into the memory of the tensors that will hold
-them.
+"""Reading tensor bytes: the entry points of the read engine, straight into the memory of the tensors that will
+hold them.
 
-Two entry points share one engine:
+Two entry points share one engine (:mod:`torchweights.storage.engine`):
 
 - :func:`fill` writes checkpoint records into existing tensors (``load_into``'s copy and meta paths): each
   tensor's bytes are read with ``preadv`` directly into its memory, in file order, over a small thread pool, with
   no intermediate state dict and no second copy. What cannot land as it is (a dtype cast, a big-endian file,
   a compressed zip member, a GPU destination, bytes read only for the CRC check) goes through bounded scratch
-  buffers (:class:`IOSettings.scratch_bytes <torchweights.storage.files.IOSettings>`, 64 MiB by default, shared by the
-  threads; pinned when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are
-  not contiguous are rebuilt from a copy of their storage, never from a copy of the checkpoint.
+  buffers (:class:`IOSettings.scratch_bytes <torchweights.storage.settings.IOSettings>`, 64 MiB by default, shared
+  by the threads; pinned when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that
+  are not contiguous are rebuilt from a copy of their storage, never from a copy of the checkpoint.
 - :func:`materialize` builds new tensors (``tw.load``), one storage per file storage, so views and tied weights
-  share memory exactly as they were saved; with ``mmap=True`` they are views of a private mapping of the file.
+  share memory exactly as they were saved; with ``mmap=True`` they are views of a private mapping of the file
+  (:mod:`torchweights.storage.mapping`).
 
 Integrity: a zip member records the CRC-32 of its bytes (``StorageRef.crc32``). Whenever a whole storage is read
 its CRC is computed and compared; a mismatch is a :class:`~torchweights.errors.CorruptCheckpointError` with code
 ``bad-crc`` naming the member and its tensors. ``check_crc=False`` skips it for trusted files.
 
-Where each part lives (every name in ``__all__`` is importable from here, as before the split):
-
-- this module: the entry points :func:`fill`, :func:`materialize`, :func:`read_storage_bytes` and
-  :func:`read_byte_range` (bytes of a storage without torch, for ``convert``, ``diff`` and ``verify``);
-- :mod:`torchweights.storage.results`: :class:`CrcMismatch`, :class:`FillResult` and :func:`crc_error` (re-exported
-here);
-- :mod:`torchweights.storage.engine`: the read engine: destinations, scratch buffers, the threaded and vectored reads,
-  the CRC checks, inflating zip members;
-- :mod:`torchweights.storage.mapping`: :func:`mapped_tensors` (re-exported here), the private mappings behind
-  ``mmap=True``;
-- :mod:`torchweights.storage.tensors`: tensors built from records (views, quantized tensors) and their checks;
-- :mod:`torchweights.storage.files`: the file-level pieces, :class:`IOSettings` and :func:`io_settings` (re-exported
-here).
+A storage's bytes without torch (for ``convert``, ``diff``, ``verify`` and ``scan``) are
+:mod:`torchweights.storage.raw`'s.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +32,11 @@ from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointErr
 from ..records import StorageRef, TensorRecord
 from ..text import quote
 from .contents import swap_unit
-from .engine import Engine, Group, Target, member_pieces, memory_of, read_member
-from .files import IOSettings, crc32, current_settings, io_settings, open_fd, read_exact
-from .mapping import Mapper, mapped_tensors
-from .results import CrcMismatch, FillResult, crc_error, not_whole_elements, storage_label
-from .stamps import check_unchanged
+from .engine import Engine
+from .mapping import Mapper
+from .results import FillResult, crc_error, not_whole_elements, storage_label
+from .settings import IOSettings, current_settings
+from .targets import Group, Target, memory_of
 from .tensors import (
     apply_flags_in_place,
     build_sparse,
@@ -60,19 +49,7 @@ from .tensors import (
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = [
-    "CrcMismatch",
-    "FillResult",
-    "IOSettings",
-    "crc_error",
-    "fill",
-    "io_settings",
-    "mapped_tensors",
-    "materialize",
-    "read_byte_range",
-    "read_storage_bytes",
-    "storage_crc",
-]
+__all__ = ["fill", "materialize"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -186,27 +163,6 @@ def _written(tensors: list[torch.Tensor]) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_storage_bytes(ref: StorageRef, files: object = None, *, check_crc: bool = True) -> bytearray:
-    """Read one storage's bytes (inflating a compressed zip member) into a new writable buffer.
-
-    The bytes are compared with the CRC-32 their zip member records (``bad-crc`` on mismatch); pass
-    ``check_crc=False`` for a trusted file, or for a narrowed ``ref`` (a byte range of a storage, whose bytes the
-    member's CRC does not describe). ``files`` is accepted for compatibility and unused.
-    """
-    import torch
-
-    out = bytearray(ref.nbytes)
-    if ref.nbytes:
-        view = torch.frombuffer(out, dtype=torch.uint8)
-        target = Target(0, ref.nbytes, torch.uint8, 1, 1, ref.key, raw=view, mem=memoryview(out), ptr=view.data_ptr())
-        if ref.compression:
-            target.mem = None
-        result = Engine([Group(ref, [target], [ref.key])], check_crc, current_settings()).run()
-        if result.bad_crc:
-            raise crc_error(result.bad_crc, "Nothing was loaded.")
-    return out
-
-
 def materialize(
     records: Iterable[TensorRecord],
     *,
@@ -293,53 +249,3 @@ def materialize(
             storage, base = storages[(ref.file, ref.key)]
             built[record.name] = build_tensor(record, storage, base)
     return {r.name: build_sparse(r, built) if r.sparse else built[r.name] for r in records}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Byte ranges without torch (for convert, diff and verify: torchweights/_bytes.py)
-# --------------------------------------------------------------------------------------------------------------
-
-#: Most bytes :func:`storage_crc` holds at once.
-_CRC_PIECE = 16 << 20
-
-
-def storage_crc(ref: StorageRef) -> int:
-    """The CRC-32 of one whole storage as decoded (a compressed member inflated), streamed through one buffer of at
-    most 16 MiB, without torch; compare it with ``ref.crc32``.
-
-    Raises:
-        CorruptCheckpointError, CheckpointReadError: the bytes cannot be read.
-    """
-    value = 0
-    if ref.nbytes:
-        mem = memoryview(bytearray(min(ref.nbytes, _CRC_PIECE)))
-        for n in member_pieces(ref, mem):
-            value = crc32(mem[:n], value)
-    return value
-
-
-def read_byte_range(ref: StorageRef, start: int, end: int) -> bytearray:
-    """Bytes ``[start, end)`` of one storage as stored (no byte swap, no CRC check), without importing torch.
-
-    The file is refused (``file-changed``) when it is not the one the checkpoint was opened from.
-
-    A stored member or plain file is read with one positioned read of exactly that range; a compressed member is
-    inflated up to ``end``.
-
-    Raises:
-        ValueError: the range is not inside the storage.
-        CorruptCheckpointError, CheckpointReadError: the bytes cannot be read.
-    """
-    if not 0 <= start <= end <= ref.nbytes:
-        raise ValueError(f"byte range [{start}, {end}) is outside storage {ref.key!r} of {ref.nbytes} bytes")
-    if ref.compression:
-        return bytearray(read_member(ref, end)[start:end])
-    out = bytearray(end - start)
-    if out:
-        fd = open_fd(ref.file)
-        try:
-            check_unchanged(fd, ref)
-            read_exact(fd, memoryview(out), ref.offset + start, ref.file, f"storage {quote(ref.key)}")
-        finally:
-            os.close(fd)
-    return out

@@ -1,9 +1,8 @@
 """What a read reports: per-storage CRC-32 results, and how errors name a storage.
 
-Split out of :mod:`torchweights.storage.read`, which re-exports the public names (:class:`CrcMismatch`,
-:class:`FillResult`, :func:`crc_error`). The read engine (:mod:`torchweights.storage.engine`), the mappings
-(:mod:`torchweights.storage.mapping`) and the public entry points all report through here; it imports neither torch nor
-the engine.
+The read engine (:mod:`torchweights.storage.engine`), the mappings (:mod:`torchweights.storage.mapping`), the
+torch-free reads (:mod:`torchweights.storage.raw`) and the entry points all report through here; it imports neither
+torch nor the engine.
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """Tensors from records: torch views over loaded (or mapped) storages, quantized tensors, and the checks that turn
 torch's refusals into corrupt-file errors.
 
-Split out of :mod:`torchweights.storage.read`. Used by the read engine (:mod:`torchweights.storage.engine`, for views
-that are
-not contiguous), the mappings (:mod:`torchweights.storage.mapping`) and :func:`torchweights.storage.read.materialize`.
-torch is
-imported inside the functions, never at import time.
+Used by the read engine (:mod:`torchweights.storage.engine`, for views that are not contiguous), the mappings
+(:mod:`torchweights.storage.mapping`) and :func:`torchweights.storage.read.materialize`. torch is imported inside the
+functions, never at import time.
 
-Per-channel scales and zero points saved as tensors are records of their own: :func:`_qparams` loads them with
-:func:`torchweights.storage.read.materialize`, imported when called (a module-level import would be a cycle).
+Per-channel scales and zero points saved as tensors are records of their own, a few numbers each: :func:`_qparams`
+reads them whole on the CPU through :func:`torchweights.storage.raw.read_storage_bytes` (CRC-checked), below the
+engine, so building a tensor never needs the engine that builds tensors.
 """
 
 from __future__ import annotations
@@ -18,8 +17,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
-from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
+from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError, pass_through
 from ..records import TensorRecord
+from .contents import swap_unit, to_little_endian
+from .raw import read_storage_bytes
+from .results import not_whole_elements
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -150,10 +152,20 @@ def _refused(record: TensorRecord, what: str, layout: str, exc: Exception) -> Co
 
 
 def build_tensor(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
-    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors.
+    """One tensor over its loaded storage (or on the meta device), with torch's refusals as corrupt-file errors,
+    as ``torch.load`` returns it: conjugate and negative bits set, saved Python attributes set.
 
     ``base``: byte offset of the file storage's first byte inside ``storage`` (a multiple of the element size).
     """
+    tensor = stored_view(record, storage, base)
+    if storage is None or record.quantization is not None:
+        return tensor
+    return _finish(record, tensor)
+
+
+def stored_view(record: TensorRecord, storage: torch.UntypedStorage | None, base: int = 0) -> torch.Tensor:
+    """:func:`build_tensor` without the conjugate and negative bits and the saved attributes: the record's view of
+    the values as stored, for a destination that receives them as stored and then :func:`apply_flags_in_place`."""
     import torch
 
     if record.quantization is not None:  # quantized tensors: see _build_quantized at the end of this module
@@ -170,7 +182,7 @@ def build_tensor(record: TensorRecord, storage: torch.UntypedStorage | None, bas
         raise _refused(
             record, "tensor", f"size {record.shape}, stride {record.stride}, offset {record.storage_offset}", exc
         ) from None
-    return _finish(record, tensor)
+    return tensor
 
 
 def _finish(record: TensorRecord, tensor: torch.Tensor) -> torch.Tensor:
@@ -196,11 +208,15 @@ def _finish(record: TensorRecord, tensor: torch.Tensor) -> torch.Tensor:
 
 def apply_flags_in_place(record: TensorRecord, tensor: torch.Tensor) -> None:
     """Turn the stored values just read into ``tensor`` into the tensor's values: conjugate and negate them in
-    place where the record's bits say so (for destinations that must hold plain values, such as parameters)."""
-    if record.neg:
-        tensor.neg_()
-    if record.conj and tensor.is_complex():
-        tensor.conj_physical_()
+    place where the record's bits say so (for destinations that must hold plain values, such as parameters; not
+    recorded by autograd, as the read itself is not)."""
+    import torch
+
+    with torch.no_grad():
+        if record.neg:
+            tensor.neg_()
+        if record.conj and tensor.is_complex():
+            tensor.conj_physical_()
 
 
 def needs_flags(record: TensorRecord) -> bool:
@@ -293,6 +309,7 @@ def _build_quantized(record: TensorRecord, storage: torch.UntypedStorage | None,
         tensor.set_(storage, record.storage_offset + base // record.itemsize, record.shape, record.stride)
         return tensor
     except (RuntimeError, TypeError, ValueError, OverflowError, KeyError) as exc:
+        pass_through(exc)  # reading the per-channel scales (bad-crc, truncated...) is not torch refusing
         raise _refused(
             record, "quantized tensor", f"size {record.shape}, quantization {quant.get('qscheme')}", exc
         ) from None
@@ -302,10 +319,24 @@ def _qparams(value: Any, dtype: torch.dtype) -> torch.Tensor:
     """Per-channel scales or zero points: read from their own record, or made from the numbers an old file held."""
     import torch
 
-    from .read import materialize  # a lazy import: storage -> _engine -> this module
-
     if isinstance(value, TensorRecord):
-        return materialize([value])[value.name]
+        return _read_small(value)
     if any(isinstance(v, float) for v in value):
         dtype = torch.float64
     return torch.tensor(value, dtype=dtype)
+
+
+def _read_small(record: TensorRecord) -> torch.Tensor:
+    """A small tensor of its own storage, read whole onto the CPU and checked against its CRC-32, as
+    :func:`torchweights.storage.read.materialize` would build it (big-endian storages swapped)."""
+    import torch
+
+    ref = record.storage
+    if ref is None:
+        return build_tensor(record, None)
+    unit = swap_unit(record.dtype)
+    if ref.byteorder == "big" and unit > 1 and ref.nbytes % unit:
+        raise not_whole_elements(ref, unit)
+    data = to_little_endian(read_storage_bytes(ref, tensors=(record.name,)), ref, record.dtype)
+    storage = torch.frombuffer(data, dtype=torch.uint8).untyped_storage() if data else torch.UntypedStorage(0)
+    return build_tensor(record, storage)

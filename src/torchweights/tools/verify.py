@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, TorchWeightsError
 from ..limits import DEFAULT_LIMITS, Limits
-from ..storage.files import crc32
+from ..storage.crc import crc32
 from ..text import format_bytes, plural, quote, shorten_list
 
 __all__ = ["Check", "VerifyReport", "parse_manifest", "sha256_file", "verify"]

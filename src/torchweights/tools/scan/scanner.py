@@ -43,7 +43,7 @@ from ...formats import ReadOptions, open_path
 from ...formats.tree import refuse_unreadable
 from ...limits import DEFAULT_LIMITS, Limits
 from ...records import Checkpoint, StorageRef
-from ...storage.read import read_byte_range
+from ...storage.raw import read_byte_range
 from ...text import printable
 from ...unpickle.machine import (
     FIRST_OPCODES,
