@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ... import dtypes
-from ...detect.content import looks_safetensors
+from ...detect.sniff import looks_safetensors
 from ...errors import ResourceLimitError, TorchWeightsError
 from ...formats import ReadOptions, open_path
 from ...formats._files import mapped
