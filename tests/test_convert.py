@@ -24,7 +24,7 @@ from torchweights import dtypes
 from torchweights.errors import RuleError, WriteError
 from torchweights.writers import safetensors as st_writer
 
-convert_module = importlib.import_module("torchweights.tools.convert")
+convert_module = importlib.import_module("torchweights.tools.convert.plan")
 
 SAFETENSORS_DTYPES = [
     d

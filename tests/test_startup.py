@@ -26,7 +26,7 @@ LAZY_NAMES = [n for n in tw.__all__ if n != "__version__" and not n.endswith("Er
 VERB_MODULES = {
     "scan": "torchweights.tools.scan.scanner",
     "diff": "torchweights.tools.diff",
-    "convert": "torchweights.tools.convert",
+    "convert": "torchweights.tools.convert.run",
     "verify": "torchweights.tools.verify",
 }
 

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from .limits import Limits
     from .records import Checkpoint, StorageRef, TensorRecord
     from .report.load import LoadReport
-    from .tools.convert import ConvertReport, convert
+    from .tools.convert.report import ConvertReport
+    from .tools.convert.run import convert
     from .tools.diff import DiffReport, diff
     from .tools.scan.report import Finding, ScanReport
     from .tools.scan.scanner import scan
@@ -92,8 +93,8 @@ _LAZY: dict[str, str] = {
     "load": "api",
     "load_into": "api",
     "open": "api",
-    "convert": "tools.convert",
-    "ConvertReport": "tools.convert",
+    "convert": "tools.convert.run",
+    "ConvertReport": "tools.convert.report",
     "diff": "tools.diff",
     "DiffReport": "tools.diff",
     "Limits": "limits",

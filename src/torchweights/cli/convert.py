@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     """Convert and print the report; return the exit code."""
     import json
 
-    from ..tools.convert import convert
+    from ..tools.convert.run import convert
 
     report = convert(
         args.src,

@@ -431,7 +431,9 @@ def _layout(d: ZipDirectory) -> None:
             d.problem("zip-hidden-data", f"{gap} bytes before the central directory belong to no member", previous.name)
 
 
-def read_directory(fh: IO[bytes], path: str, file_size: int, *, max_inflated: int = 16 << 30) -> ZipDirectory:
+def read_directory(
+    fh: IO[bytes], path: str, file_size: int, *, max_inflated: int = 16 << 30, local_headers: bool = True
+) -> ZipDirectory:
     """Parse and check the archive in ``fh``; every problem is listed in the result, none is raised.
 
     Args:
@@ -439,6 +441,9 @@ def read_directory(fh: IO[bytes], path: str, file_size: int, *, max_inflated: in
         path: its name, for messages.
         file_size: its size in bytes.
         max_inflated: budget for the total inflated size of compressed members.
+        local_headers: False reads the end records and the central directory only (the same parse, so the same
+            members, names and directory problems), leaving every local header unread (``data_offset`` -1) and
+            the members' own checks undone: what format detection needs, at the cost of one directory read.
     """
     d = ZipDirectory(path, file_size)
     found = _end_record(d, fh)
@@ -462,7 +467,7 @@ def read_directory(fh: IO[bytes], path: str, file_size: int, *, max_inflated: in
     for entry in _entries(d, fh, count, size, offset):
         if shift:
             entry = replace(entry, header_offset=entry.header_offset + shift)
-        member = _local(d, fh, entry)
+        member = _local(d, fh, entry) if local_headers else entry
         d.members.append(member)
         if member.name in seen:
             d.problem(
@@ -473,8 +478,9 @@ def read_directory(fh: IO[bytes], path: str, file_size: int, *, max_inflated: in
             )
         else:
             seen[member.name] = member
-        _check_member(d, member, max_inflated, inflated)
-    if len(d.members) != count:
+        if local_headers:
+            _check_member(d, member, max_inflated, inflated)
+    if len(d.members) != count or not local_headers:
         return d
     _layout(d)
     return d

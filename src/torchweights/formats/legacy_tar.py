@@ -14,9 +14,10 @@ The file is an uncompressed tar archive (PAX format) of four members, written in
   little-endian; later releases end the member with a pickle of the storage views
   ``[(view_key, root_key, element_offset, numel), ...]``.
 
-The archive is parsed from its raw 512-byte headers; nothing is extracted and member names are never used as
-paths. Every pickle runs in the safe machine, every count, size and offset is checked against the member and the
-file, and the storages' byte positions are absolute offsets into the file, so tensor bytes are read in place.
+The archive is parsed from its raw 512-byte headers by :func:`._tar.walk` (the walk detection uses too); nothing
+is extracted and member names are never used as paths. Every pickle runs in the safe machine, every count, size
+and offset is checked against the member and the file, and the storages' byte positions are absolute offsets into
+the file, so tensor bytes are read in place.
 
 Pre-0.4 torch had no 0-dimensional tensors: ``nDimension == 0`` meant an empty tensor, so such a tensor is read as
 shape ``(0,)``.
@@ -24,7 +25,6 @@ shape ``(0,)``.
 
 from __future__ import annotations
 
-import posixpath
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,181 +36,22 @@ from ..text import plural, problem_list, quote, quote_list
 from ..unpickle.machine import Global, PickledStorage, PickledTensor, StorageType, Stub
 from ._files import mapped
 from ._pickled import assemble, run_pickle
+from ._tar import FIX, MEMBERS, REGULAR_KINDS, TarEntry, fail, walk
 from .tree import check_view, short_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["MEMBERS", "read"]
-
-MEMBERS = ("sys_info", "pickle", "tensors", "storages")
-"""The members torch wrote, in the order it wrote them."""
+__all__ = ["read"]
 
 _REQUIRED = ("storages", "tensors", "pickle")
-_BLOCK = 512
-_MAX_HEADERS = 4096  # a torch tar has 4 members; this bounds the walk over a crafted archive
-_MAX_EXTENDED = 1 << 20  # largest pax / GNU long-name header accepted
-_EXTENDED_KINDS = (b"x", b"g", b"L", b"K")
-_REGULAR_KINDS = (b"0", b"\0", b"7")
 _MIN_STORAGE_ENTRY = 2 + 8  # smallest pickle, then the int64 element count
 _MIN_TENSOR_ENTRY = 2 + 8 + 8  # smallest pickle, then nDimension and the storage offset
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
-_FIX = "The file is corrupt or was crafted; re-download it, or re-save it from an old torch if you trust it."
 
 
-# ------------------------------------------------------------------------------------------------------ the tar
-
-
-@dataclass(frozen=True)
-class _Member:
-    name: str
-    start: int  # absolute offset of the member's data
-    size: int
-    kind: bytes  # tar type flag
-
-    @property
-    def end(self) -> int:
-        return self.start + self.size
-
-
-def _fail(path: str, message: str, code: str) -> CorruptCheckpointError:
-    return CorruptCheckpointError(f"{quote(path)} {message}", code=code, path=path)
-
-
-def _tar_number(raw: bytes, what: str, path: str, at: int) -> int:
-    """A numeric header field: NUL/space-terminated octal text, or GNU base-256 (high bit set)."""
-    if raw[:1] == b"\x80":
-        return int.from_bytes(raw[1:], "big")
-    if raw[:1] == b"\xff":
-        raise _fail(path, f"has a tar header at byte {at} with a negative {what}. {_FIX}", "tar-bad-header")
-    text = raw.split(b"\0", 1)[0].strip()
-    if not text:
-        return 0
-    if not all(48 <= c <= 55 for c in text):
-        raise _fail(
-            path, f"has a tar header at byte {at} whose {what} {text[:16]!r} is not a number. {_FIX}", "tar-bad-header"
-        )
-    return int(text, 8)
-
-
-def _check_checksum(block: bytes, path: str, at: int) -> None:
-    stored = _tar_number(block[148:156], "checksum", path, at)
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
-    if stored not in (unsigned, signed):
-        raise _fail(
-            path,
-            f"has a damaged tar header at byte {at}: its checksum is {stored} but its bytes sum to {unsigned}. {_FIX}",
-            "tar-bad-header",
-        )
-
-
-def _pax_records(raw: bytes, path: str, at: int) -> dict[str, str]:
-    """The ``length key=value\\n`` records of a pax extended header."""
-    records: dict[str, str] = {}
-    pos = 0
-    while pos < len(raw):
-        if not raw[pos:].strip(b"\0"):
-            break
-        space = raw.find(b" ", pos, pos + 24)
-        length_text = raw[pos:space] if space > pos else b""
-        length = int(length_text) if length_text.isdigit() else 0
-        record = raw[pos : pos + length]
-        if length <= space - pos or len(record) != length or not record.endswith(b"\n") or b"=" not in record:
-            raise _fail(path, f"has a malformed pax extended header at byte {at}. {_FIX}", "tar-bad-header")
-        key, _, value = record[space - pos + 1 : -1].partition(b"=")
-        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        pos += length
-    return records
-
-
-def _header_name(block: bytes) -> str:
-    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-    if block[257:262] == b"ustar":
-        prefix = block[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-        if prefix:
-            name = f"{prefix}/{name}"
-    return name
-
-
-def _normalize(name: str) -> str:
-    # A string operation only (as tarfile compares names): the name is never used to touch the file system.
-    return posixpath.normpath(name) if name else name
-
-
-def _scan_tar(buf: memoryview, path: str) -> list[_Member]:
-    """Every entry of the archive, from its raw headers, each checked to lie inside the file."""
-    size = len(buf)
-    entries: list[_Member] = []
-    pending: dict[str, str] = {}
-    long_name: str | None = None
-    pos = 0
-    headers = 0
-    while pos + _BLOCK <= size:
-        block = bytes(buf[pos : pos + _BLOCK])
-        if not block.strip(b"\0"):
-            break  # end-of-archive marker
-        headers += 1
-        if headers > _MAX_HEADERS:
-            raise ResourceLimitError(
-                f"{quote(path)} is a tar archive of more than {_MAX_HEADERS} entries; a torch tar checkpoint has 4. "
-                "The file is not a torch checkpoint, or was crafted.",
-                code="limit-tar-members",
-                path=path,
-            )
-        _check_checksum(block, path, pos)
-        kind = block[156:157]
-        own_size = _tar_number(block[124:136], "size", path, pos)
-        data = pos + _BLOCK
-        if kind in _EXTENDED_KINDS:
-            if own_size > _MAX_EXTENDED:
-                raise ResourceLimitError(
-                    f"{quote(path)} has a {own_size}-byte tar extended header at byte {pos}, more than the "
-                    f"{_MAX_EXTENDED} bytes accepted. The file is not a torch checkpoint, or was crafted.",
-                    code="limit-tar-header",
-                    path=path,
-                )
-            if data + own_size > size:
-                raise _truncated(path, "a tar extended header", data, own_size, size)
-            raw = bytes(buf[data : data + own_size])
-            if kind == b"x":
-                pending = _pax_records(raw, path, pos)
-            elif kind == b"L":
-                long_name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-            pos = data + _round_up(own_size)
-            continue
-        name = pending.get("path", long_name if long_name is not None else _header_name(block))
-        length = own_size
-        if "size" in pending:
-            text = pending["size"]
-            if not text.isdigit():
-                raise _fail(path, f"has a pax header giving member size {text[:20]!r}. {_FIX}", "tar-bad-header")
-            length = int(text)
-        pending, long_name = {}, None
-        if kind not in _REGULAR_KINDS:
-            length = 0 if kind in (b"1", b"2", b"5") else length  # links and folders have no data
-        if data + length > size:
-            raise _truncated(path, f"tar member {quote(name)}", data, length, size)
-        entries.append(_Member(_normalize(name), data, length, kind))
-        pos = data + _round_up(length)
-    return entries
-
-
-def _round_up(n: int) -> int:
-    return (n + _BLOCK - 1) // _BLOCK * _BLOCK
-
-
-def _truncated(path: str, what: str, start: int, length: int, size: int) -> CorruptCheckpointError:
-    return CorruptCheckpointError(
-        f"{quote(path)} is truncated: {what} needs {length} bytes from byte {start} but the file has {size} bytes. "
-        "An incomplete download or copy is the usual cause; re-download the file.",
-        code="truncated",
-        path=path,
-    )
-
-
-def _members(entries: list[_Member], path: str) -> dict[str, _Member]:
+def _members(entries: list[TarEntry], path: str) -> dict[str, TarEntry]:
     """The torch members by name, refusing duplicates, missing members and members that are not plain files."""
     problems: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
@@ -232,7 +73,7 @@ def _members(entries: list[_Member], path: str) -> dict[str, _Member]:
         problems.append(("tar-missing-member", f"member {quote_list(missing)} is missing (the archive holds {found})"))
     for name in MEMBERS:
         member = by_name.get(name)
-        if member is not None and member.kind not in _REGULAR_KINDS:
+        if member is not None and member.kind not in REGULAR_KINDS:
             problems.append(
                 (
                     "tar-bad-member",
@@ -243,7 +84,7 @@ def _members(entries: list[_Member], path: str) -> dict[str, _Member]:
     if problems:
         raise CorruptCheckpointError(
             f"{quote(path)} is not a valid torch tar checkpoint ({plural(len(problems), 'problem')}):\n"
-            f"{problem_list(problems)}\n{_FIX}",
+            f"{problem_list(problems)}\n{FIX}",
             code=problems[0][0],
             path=path,
         )
@@ -258,7 +99,7 @@ class _Cursor:
     """Reads one member front to back; every read is bounded by the member's end."""
 
     buf: memoryview
-    member: _Member
+    member: TarEntry
     path: str
     options: ReadOptions
     globals: set[str]
@@ -276,7 +117,7 @@ class _Cursor:
         return self.member.end - self.pos
 
     def fail(self, message: str, code: str = "bad-record") -> CorruptCheckpointError:
-        return CorruptCheckpointError(f"{self.where} {message}. {_FIX}", code=code, path=self.path)
+        return CorruptCheckpointError(f"{self.where} {message}. {FIX}", code=code, path=self.path)
 
     def pickle(self, what: str) -> Any:
         if self.left <= 0:
@@ -501,10 +342,10 @@ class _Objects:
         if isinstance(pid, tuple):  # (nn.Module class, source file, source): the class itself
             if pid and isinstance(pid[0], (Global, Stub)):
                 return pid[0]
-            raise _fail(self.path, f"member 'pickle' has the persistent id {short_repr(pid, 80)}. {_FIX}", "bad-record")
+            raise fail(self.path, f"member 'pickle' has the persistent id {short_repr(pid, 80)}. {FIX}", "bad-record")
         key = _parse_key(pid)
         if key is None:
-            raise _fail(self.path, f"member 'pickle' has the persistent id {short_repr(pid, 80)}. {_FIX}", "bad-record")
+            raise fail(self.path, f"member 'pickle' has the persistent id {short_repr(pid, 80)}. {FIX}", "bad-record")
         tensor = self.contents.tensors.get(key)
         if tensor is not None:
             return tensor
@@ -554,7 +395,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a torch tar checkpoint: locate every storage and tensor and unpickle the object; no tensor bytes are
     read and no code from the file runs."""
     with mapped(path) as buf:
-        entries = _scan_tar(buf, path)
+        entries = list(walk(lambda at, n: bytes(buf[at : at + n]), len(buf), path))
         members = _members(entries, path)
         seen: set[str] = set()
         info: Any = None
@@ -576,7 +417,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
             _safety_check(buf, pickle_member, options, main_where)
             raise CorruptCheckpointError(
                 f"{quote(path)} has {plural(len(problems), 'tensor')} that do not fit their storages:\n"
-                f"{problem_list(problems)}\n{_FIX}",
+                f"{problem_list(problems)}\n{FIX}",
                 code=problems[0][0],
                 path=path,
             )
@@ -588,7 +429,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         raise CorruptCheckpointError(
             f"{main_where} refers to {plural(len(set(objects.unknown)), 'tensor or storage')} "
             f"({quote_list(sorted(set(objects.unknown)))}) that neither the 'tensors' nor the 'storages' member "
-            f"defines. {_FIX}",
+            f"defines. {FIX}",
             code="missing-storage",
             path=path,
         )
@@ -612,7 +453,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     )
 
 
-def _safety_check(buf: memoryview, member: _Member, options: ReadOptions, where: str) -> None:
+def _safety_check(buf: memoryview, member: TarEntry, options: ReadOptions, where: str) -> None:
     """Run the main pickle only to find dangerous globals (raises UnsafeCheckpointError); other errors are moot."""
     try:
         run_pickle(buf, options, where, start=member.start, end=member.end, persistent_load=_null_objects)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ...detect.content import looks_safetensors
+from ...detect.sniff import looks_safetensors
 from ...errors import TorchWeightsError
 from ...formats._files import mapped
 from ...formats._zip import read_directory
