@@ -288,8 +288,6 @@ KNOWN_DEFERRED_CYCLES = [
     # storage.tensors._qparams reads per-channel quantization scales through storage.read.materialize;
     # storage.contents.read_range reads through storage.read too.
     {"storage.contents", "storage.engine", "storage.mapping", "storage.tensors", "storage.read"},
-    # unpickle.machine reads an old embedded checkpoint through formats.legacy.read_embedded.
-    {"formats.tree", "detect.content", "formats", "formats._pickled", "formats.legacy", "unpickle.machine"},
 ]
 
 

@@ -17,7 +17,7 @@ import torch
 
 import torchweights as tw
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 warnings.filterwarnings("ignore", message=".*(TypedStorage|Sparse|sparse).*")
 

@@ -35,7 +35,7 @@ import torch
 import torchweights.api as tw
 from torchweights.errors import NotACheckpointError
 from torchweights.tools.scan.scanner import Finding, scan
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import (
     Reduce,

@@ -259,7 +259,8 @@ def _sniff_pickle(s: _Sample) -> str | None:
 def _sniff_text_pickle(s: _Sample) -> str | None:
     """A protocol 0 or 1 pickle (no PROTO opcode; ``pickle.dumps(obj, protocol=0)`` is text): its first 4 KiB
     parse as pickle opcodes up to STOP, or up to the end of the sample for a longer file. Text never does."""
-    from ..unpickle.machine import FIRST_OPCODES, scan_stream
+    from ..unpickle.machine import FIRST_OPCODES
+    from ..unpickle.stream import scan_stream
 
     if not s.head or s.head[0] not in FIRST_OPCODES:
         return None

@@ -1,4 +1,9 @@
-"""What every pickle-based reader shares: run the pickle, name the tensors, assemble the Checkpoint."""
+"""What every pickle-based reader shares: run the pickle, name the tensors, assemble the Checkpoint.
+
+A pickle of any format may hold storages pickled on their own (``pickle.dumps(tensor)``:
+``torch.storage._load_from_bytes(<legacy torch.save stream>)``): :func:`read_embedded` reads such a stream for the
+unpickler (which is handed it, as it sits below the readers), and :func:`assemble` finds its bytes in the file.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnsupportedCheckpointError
 from ..records import Checkpoint, StorageRef
-from ..unpickle.machine import EmbeddedStorage, PickledTensor, UnpickleResult, scan_stream, unpickle
+from ..unpickle.stream import scan_stream, unpickle
+from ..unpickle.values import EmbeddedStorage, PickledTensor, UnpickleResult
+from . import _legacy_stream
 from .tree import flatten, record_maker
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["assemble", "run_pickle"]
+__all__ = ["assemble", "read_embedded", "run_pickle"]
 
 
 class _Embedded:
@@ -58,6 +65,16 @@ class _Embedded:
             self.view.close()
 
 
+def read_embedded(blob: Any) -> EmbeddedStorage:
+    """The unpickler's hook for ``torch.storage._load_from_bytes(blob)``
+    (:data:`~torchweights.unpickle.guards.EmbeddedReader`): the storage in ``blob``, a legacy ``torch.save`` stream
+    whose pickles are read with the default options whatever the caller's (no global allowed)."""
+    from . import ReadOptions
+
+    options = ReadOptions()
+    return _legacy_stream.read_embedded(blob, lambda data, where, **at: run_pickle(data, options, where, **at))
+
+
 def run_pickle(
     data: bytes | memoryview,
     options: ReadOptions,
@@ -77,6 +94,7 @@ def run_pickle(
             max_bytes=options.limits.max_pickle_bytes,
             where=where,
             max_opcodes=options.limits.max_pickle_opcodes,
+            read_embedded=read_embedded,
         )
         options.observer(where, start, seen)
         if seen.error is not None:
@@ -92,6 +110,7 @@ def run_pickle(
         max_bytes=options.limits.max_pickle_bytes,
         where=where,
         max_opcodes=options.limits.max_pickle_opcodes,
+        read_embedded=read_embedded,
     )
 
 

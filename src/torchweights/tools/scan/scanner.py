@@ -2,7 +2,7 @@
 called, in any format.
 
 Every pickle the file holds is read by the same machine and the same table that loading uses
-(:func:`~torchweights.unpickle.machine.scan_stream`), so ``tw.load`` never runs what scan calls safe and never
+(:func:`~torchweights.unpickle.stream.scan_stream`), so ``tw.load`` never runs what scan calls safe and never
 refuses, for
 safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weight damaged after saving, which
 ``tw.load`` catches by its CRC-32, is not scan's to see.) What is walked:
@@ -22,7 +22,7 @@ safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weigh
   every other dtype are data and are never read.
 
 A global the pickle calls as a function with arguments that nobody vetted (neither in the reconstructor table nor
-one of torch's own classes) is a ``dangerous-call``: see ``_Machine.call`` in :mod:`~torchweights.unpickle.machine`.
+one of torch's own classes) is a ``dangerous-call``: see :meth:`~torchweights.unpickle.record.Recorder.call`.
 
 The file is opened the way ``tw.load`` opens it first (the members that hold storages, and what ``tw.load`` does
 with the file, are then known: :attr:`ScanReport.loads`, :attr:`ScanReport.load_refuses`). The verdict is
@@ -49,23 +49,17 @@ from ...detect.content import looks_safetensors
 from ...errors import ResourceLimitError, TorchWeightsError
 from ...formats import ReadOptions, open_path
 from ...formats._files import mapped
+from ...formats._legacy_stream import MAGIC_NUMBER
+from ...formats._pickled import read_embedded
 from ...formats._zip import ZipDirectory, ZipMember, check_member_inflation, inflate, read_directory
-from ...formats.legacy import MAGIC_NUMBER
 from ...formats.tree import refuse_unreadable
 from ...limits import DEFAULT_LIMITS, Limits
 from ...records import Checkpoint, StorageRef
 from ...storage.read import read_byte_range
 from ...text import StrEnum, plural, printable, quote
-from ...unpickle.machine import (
-    FIRST_OPCODES,
-    Global,
-    PickledStorage,
-    Reference,
-    StorageType,
-    StreamScan,
-    Stub,
-    scan_stream,
-)
+from ...unpickle.machine import FIRST_OPCODES
+from ...unpickle.stream import StreamScan, scan_stream
+from ...unpickle.values import Global, PickledStorage, Reference, StorageType, Stub
 from .tscode import analyse as analyse_torchscript
 from .tscode import is_code_member
 
@@ -439,6 +433,7 @@ class _Scanner:
             max_bytes=self.limits.max_pickle_bytes,
             where=where,
             max_opcodes=self.limits.max_pickle_opcodes,
+            read_embedded=read_embedded,
         )
         if not required and not _is_pickle(bytes(data[start : start + 2]), seen):
             return None
@@ -801,7 +796,12 @@ class _Scanner:
             return True  # a zip's directory is at its end
         return _worth_reading(
             probe[:2],
-            scan_stream(probe, persistent_load=_lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes),
+            scan_stream(
+                probe,
+                persistent_load=_lenient_persistent,
+                max_opcodes=self.limits.max_pickle_opcodes,
+                read_embedded=read_embedded,
+            ),
         )
 
     def npy(self, data: bytes, file: str, where: str | None) -> None:
@@ -833,7 +833,10 @@ class _Scanner:
             return
         with open(metadata, "rb") as fh:
             root = scan_stream(
-                fh.read(), persistent_load=_lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes
+                fh.read(),
+                persistent_load=_lenient_persistent,
+                max_opcodes=self.limits.max_pickle_opcodes,
+                read_embedded=read_embedded,
             ).value
         covered: set[str] = set()
         for fqn, relative, offset, length in _dcp_items(root):
@@ -971,7 +974,12 @@ class _Scanner:
             if nbytes > _PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
                 if not _worth_reading(
                     probe[:2],
-                    scan_stream(probe, persistent_load=_lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes),
+                    scan_stream(
+                        probe,
+                        persistent_load=_lenient_persistent,
+                        max_opcodes=self.limits.max_pickle_opcodes,
+                        read_embedded=read_embedded,
+                    ),
                 ):
                     return
             blob = probe if nbytes <= _PROBE_BYTES else bytes(read_byte_range(ref, start, ref.nbytes))
