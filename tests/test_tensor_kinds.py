@@ -17,7 +17,9 @@ import torch
 
 import torchweights as tw
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
-from torchweights.unpickle.stream import unpickle
+from torchweights.formats._pickled import read_embedded
+from torchweights.unpickle.stream import scan_stream, unpickle
+from torchweights.unpickle.values import EmbeddedStorage, PickledTensor
 
 warnings.filterwarnings("ignore", message=".*(TypedStorage|Sparse|sparse).*")
 
@@ -373,6 +375,23 @@ def test_load_from_bytes_of_a_zip_payload_is_a_dangerous_call() -> None:
     with pytest.raises(tw.UnsafeCheckpointError) as info:
         unpickle(data)
     assert "torch.storage._load_from_bytes" in info.value.names
+
+
+def test_a_storage_pickled_on_its_own_is_read_through_the_readers_hook() -> None:
+    """The unpickler sits below the format readers, so a reader hands it the hook that reads the legacy stream
+    ``torch.storage._load_from_bytes`` holds (``formats._pickled.read_embedded``). Without the hook nothing vets
+    the bytes, so the call is refused (load) and reported dangerous (scan), never passed over as harmless."""
+    data = pickle.dumps(torch.arange(3, dtype=torch.float32), protocol=4)
+    with pytest.raises(tw.UnsafeCheckpointError) as info:
+        unpickle(data)
+    assert info.value.names == ("torch.storage._load_from_bytes",)
+    assert scan_stream(data).dangerous == ["torch.storage._load_from_bytes"]
+    tensor = unpickle(data, read_embedded=read_embedded).value
+    assert isinstance(tensor, PickledTensor) and isinstance(tensor.storage, EmbeddedStorage)
+    assert (tensor.dtype, tensor.shape, tensor.stride) == ("float32", (3,), (1,))
+    assert tensor.storage.blob in data
+    seen = scan_stream(data, read_embedded=read_embedded)
+    assert seen.error is None and seen.dangerous == [] and seen.calls == []
 
 
 class _Call:
