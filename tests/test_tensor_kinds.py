@@ -368,6 +368,17 @@ def test_plain_pickle_protocol_2_storages_are_refused_clearly(tmp_path: Path) ->
     assert info.value.code == "unsupported-embedded-storage" and "protocol 3" in str(info.value)
 
 
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_plain_pickle_text_protocol_storages_are_detected_and_refused_clearly(tmp_path: Path, protocol: int) -> None:
+    """A protocol 0/1 pickle has no PROTO opcode: the detector reads its head with the machine, storages included
+    (through the reader's hook), so it is a pickle whose storages are refused clearly, not an unknown format."""
+    path = tmp_path / f"p{protocol}.pkl"
+    path.write_bytes(pickle.dumps({"w": torch.ones(3)}, protocol=protocol))
+    with pytest.raises(UnsupportedCheckpointError) as info:
+        tw.open(path)
+    assert info.value.code == "unsupported-embedded-storage"
+
+
 def test_load_from_bytes_of_a_zip_payload_is_a_dangerous_call() -> None:
     buf = io.BytesIO()
     torch.save({"x": 1}, buf)  # a zip: torch never puts one there; torch.load(weights_only=False) would run it

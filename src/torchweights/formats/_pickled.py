@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnsupportedCheckpointError
+from ..limits import DEFAULT_LIMITS
 from ..records import Checkpoint, StorageRef
 from ..unpickle.stream import scan_stream, unpickle
 from ..unpickle.values import EmbeddedStorage, PickledTensor, UnpickleResult
@@ -68,11 +69,22 @@ class _Embedded:
 def read_embedded(blob: Any) -> EmbeddedStorage:
     """The unpickler's hook for ``torch.storage._load_from_bytes(blob)``
     (:data:`~torchweights.unpickle.guards.EmbeddedReader`): the storage in ``blob``, a legacy ``torch.save`` stream
-    whose pickles are read with the default options whatever the caller's (no global allowed)."""
-    from . import ReadOptions
+    whose pickles are read with the default options whatever the caller's (no global allowed, default limits, as
+    :func:`run_pickle` reads them with ``ReadOptions()``). It needs nothing from above ``formats._pickled``, so the
+    detector may hand it to the unpickler too."""
 
-    options = ReadOptions()
-    return _legacy_stream.read_embedded(blob, lambda data, where, **at: run_pickle(data, options, where, **at))
+    def run(data: bytes | memoryview, where: str, **at: Any) -> UnpickleResult:
+        limits = DEFAULT_LIMITS
+        return unpickle(
+            data,
+            where=where,
+            max_bytes=limits.max_pickle_bytes,
+            max_opcodes=limits.max_pickle_opcodes,
+            read_embedded=read_embedded,
+            **at,
+        )
+
+    return _legacy_stream.read_embedded(blob, run)
 
 
 def run_pickle(
