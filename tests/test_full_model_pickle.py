@@ -21,7 +21,8 @@ import torchweights.api as tw
 from security._helpers import MarkerModule
 from torchweights.formats import ReadOptions, torch_zip
 from torchweights.records import StorageRef
-from torchweights.unpickle.machine import PickledStorage, Stub, unpickle
+from torchweights.unpickle.stream import unpickle
+from torchweights.unpickle.values import PickledStorage, Stub
 
 MODULE = "twfull_model_defs"
 

@@ -284,19 +284,7 @@ def test_the_cycle_finder_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 #: Cycles closed only by imports inside functions (deferred, so they cannot fail at import time; see the module
 #: docstring), as the strongly connected components they form. Issue 12 asks for these to go too; this list may only
 #: shrink: a new deferred cycle fails the test, and so does breaking one of these without removing it here.
-KNOWN_DEFERRED_CYCLES = [
-    # unpickle.machine reads an old embedded checkpoint through formats.legacy.read_embedded; formats.open_path
-    # detects through detect.content, whose sniffers (detect.sniff) recognise text pickles with unpickle.machine.
-    {
-        "formats.tree",
-        "detect.content",
-        "detect.sniff",
-        "formats",
-        "formats._pickled",
-        "formats.legacy",
-        "unpickle.machine",
-    },
-]
+KNOWN_DEFERRED_CYCLES = []
 
 
 def test_deferred_import_cycles_only_shrink(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,9 @@ import torch
 
 import torchweights as tw
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
-from torchweights.unpickle.machine import unpickle
+from torchweights.formats._pickled import read_embedded
+from torchweights.unpickle.stream import scan_stream, unpickle
+from torchweights.unpickle.values import EmbeddedStorage, PickledTensor
 
 warnings.filterwarnings("ignore", message=".*(TypedStorage|Sparse|sparse).*")
 
@@ -398,6 +400,17 @@ def test_plain_pickle_protocol_2_storages_are_refused_clearly(tmp_path: Path) ->
     assert info.value.code == "unsupported-embedded-storage" and "protocol 3" in str(info.value)
 
 
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_plain_pickle_text_protocol_storages_are_detected_and_refused_clearly(tmp_path: Path, protocol: int) -> None:
+    """A protocol 0/1 pickle has no PROTO opcode: the detector reads its head with the machine, storages included
+    (through the reader's hook), so it is a pickle whose storages are refused clearly, not an unknown format."""
+    path = tmp_path / f"p{protocol}.pkl"
+    path.write_bytes(pickle.dumps({"w": torch.ones(3)}, protocol=protocol))
+    with pytest.raises(UnsupportedCheckpointError) as info:
+        tw.open(path)
+    assert info.value.code == "unsupported-embedded-storage"
+
+
 def test_load_from_bytes_of_a_zip_payload_is_a_dangerous_call() -> None:
     buf = io.BytesIO()
     torch.save({"x": 1}, buf)  # a zip: torch never puts one there; torch.load(weights_only=False) would run it
@@ -405,6 +418,23 @@ def test_load_from_bytes_of_a_zip_payload_is_a_dangerous_call() -> None:
     with pytest.raises(tw.UnsafeCheckpointError) as info:
         unpickle(data)
     assert "torch.storage._load_from_bytes" in info.value.names
+
+
+def test_a_storage_pickled_on_its_own_is_read_through_the_readers_hook() -> None:
+    """The unpickler sits below the format readers, so a reader hands it the hook that reads the legacy stream
+    ``torch.storage._load_from_bytes`` holds (``formats._pickled.read_embedded``). Without the hook nothing vets
+    the bytes, so the call is refused (load) and reported dangerous (scan), never passed over as harmless."""
+    data = pickle.dumps(torch.arange(3, dtype=torch.float32), protocol=4)
+    with pytest.raises(tw.UnsafeCheckpointError) as info:
+        unpickle(data)
+    assert info.value.names == ("torch.storage._load_from_bytes",)
+    assert scan_stream(data).dangerous == ["torch.storage._load_from_bytes"]
+    tensor = unpickle(data, read_embedded=read_embedded).value
+    assert isinstance(tensor, PickledTensor) and isinstance(tensor.storage, EmbeddedStorage)
+    assert (tensor.dtype, tensor.shape, tensor.stride) == ("float32", (3,), (1,))
+    assert tensor.storage.blob in data
+    seen = scan_stream(data, read_embedded=read_embedded)
+    assert seen.error is None and seen.dangerous == [] and seen.calls == []
 
 
 class _Call:

@@ -32,15 +32,8 @@ from torchweights.errors import CorruptCheckpointError, ResourceLimitError, Torc
 from torchweights.formats.tree import flatten, record_maker, short_repr
 from torchweights.limits import DEFAULT_LIMITS, Limits
 from torchweights.records import StorageRef
-from torchweights.unpickle.machine import (
-    Global,
-    PickledStorage,
-    PickledTensor,
-    Stub,
-    TorchValue,
-    UnpickleResult,
-    unpickle,
-)
+from torchweights.unpickle.stream import unpickle
+from torchweights.unpickle.values import Global, PickledStorage, PickledTensor, Stub, TorchValue, UnpickleResult
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 

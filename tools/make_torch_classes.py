@@ -312,7 +312,7 @@ def saved_objects(skipped: list[str] | None = None) -> Iterator[Any]:
 
 def collect() -> tuple[dict[str, str], list[str]]:
     """The table, and the module classes that could not be built or saved (their pickles were not looked at)."""
-    from torchweights.unpickle.machine import SAFE_GLOBALS
+    from torchweights.unpickle.table import SAFE_GLOBALS
 
     table: dict[str, str] = {}
     skipped: list[str] = []
@@ -341,7 +341,8 @@ def functions() -> dict[str, str]:
     import torch
     import torch.nn.functional as F
 
-    from torchweights.unpickle.machine import SAFE_GLOBALS, scan_stream
+    from torchweights.unpickle.stream import scan_stream
+    from torchweights.unpickle.table import SAFE_GLOBALS
 
     namespaces = (torch._C._nn, torch._C._VariableFunctionsClass, F)
     prefixes = ("torch._C._nn.", "torch._C._VariableFunctionsClass", "torch.nn.functional.")

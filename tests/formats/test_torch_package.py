@@ -295,7 +295,8 @@ def test_calling_unpackage_script_module_makes_a_stub(tmp_path: Path) -> None:
     payload = b"\x80\x02ctorch.jit._script\nunpackage_script_module\nX\x01\x00\x00\x000\x85R."
     path = tmp_path / "call.pkl"
     path.write_bytes(payload)
-    from torchweights.unpickle.machine import Stub, unpickle
+    from torchweights.unpickle.stream import unpickle
+    from torchweights.unpickle.values import Stub
 
     value = unpickle(payload).value
     assert isinstance(value, Stub) and value.cls == "torch.jit._script.unpackage_script_module"

@@ -29,7 +29,7 @@ from torch import nn
 
 import torchweights as tw
 from torchweights.formats.torchscript import parse_declarations
-from torchweights.unpickle.machine import classify_global
+from torchweights.unpickle.policy import classify_global
 
 # torch.ao.quantization and quantized tensor constructors warn that they are deprecated; they still write the files.
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning", "ignore:.*deprecated:UserWarning")

@@ -18,7 +18,8 @@ import pytest
 
 import torchweights.api as tw
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import classify_global, unpickle
+from torchweights.unpickle.policy import classify_global
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import (
     CALL_OPS,

@@ -23,7 +23,7 @@ import torch
 import torchweights.api as tw
 from torchweights.errors import CorruptCheckpointError
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import (
     Reduce,

@@ -36,7 +36,7 @@ import torchweights.api as tw
 from torchweights.errors import NotACheckpointError
 from torchweights.tools.scan.report import Finding
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import (
     Reduce,

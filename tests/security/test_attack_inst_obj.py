@@ -18,7 +18,7 @@ import pytest
 import torchweights.api as tw
 from torchweights.errors import NotACheckpointError, UnsafeCheckpointError
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import (
     Reduce,

@@ -25,7 +25,8 @@ import torchweights.api as tw
 from torchweights.errors import ResourceLimitError, TorchWeightsError
 from torchweights.tools.scan.report import ScanReport
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import Stub, unpickle
+from torchweights.unpickle.stream import unpickle
+from torchweights.unpickle.values import Stub
 
 from ._helpers import torch_zip_members, write_zip
 

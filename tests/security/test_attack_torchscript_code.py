@@ -459,7 +459,7 @@ def test_closing_line_names_the_loader_that_runs_the_code(
 def test_torchscript_types_are_known(benign_archives: dict[str, Path]) -> None:
     """``__torch__.*`` names are the archive's compiled types: no Python package is imported for them, so no
     "unknown class, trust the package" warning; custom C++ classes and dunder attributes keep their handling."""
-    from torchweights.unpickle.machine import classify_global
+    from torchweights.unpickle.policy import classify_global
 
     for path in benign_archives.values():
         report = scan(path)

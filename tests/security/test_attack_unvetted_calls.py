@@ -29,7 +29,8 @@ import torch
 import torchweights.api as tw
 from torchweights.cli import main as cli_main
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import Stub, classify_global
+from torchweights.unpickle.policy import classify_global
+from torchweights.unpickle.values import Stub
 
 from ._helpers import (
     Reduce,

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import Global, Stub, unpickle
+from torchweights.unpickle.stream import unpickle
+from torchweights.unpickle.values import Global, Stub
 
 from ._helpers import CALL_OPS, FORMATS, Benign, load_benign, opcodes, save_benign
 

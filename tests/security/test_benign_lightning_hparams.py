@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import Stub, unpickle
+from torchweights.unpickle.stream import unpickle
+from torchweights.unpickle.values import Stub
 
 from ._helpers import FORMATS, Benign, alarms, load_benign, save_benign
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import torchweights.api as tw
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import FORMATS, Benign, assert_clean_scan, load_benign, save_benign
 

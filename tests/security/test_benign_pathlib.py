@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import FORMATS, Benign, assert_clean_scan, load_benign, save_benign
 

@@ -18,7 +18,7 @@ import torch
 
 import torchweights.api as tw
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import unpickle
+from torchweights.unpickle.stream import unpickle
 
 from ._helpers import alarms, assert_clean_scan, assert_same_tensor, tensors_of
 

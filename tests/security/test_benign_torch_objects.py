@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import torchweights as tw
-from torchweights.unpickle.machine import classify_global
+from torchweights.unpickle.policy import classify_global
 from torchweights.unpickle.torch_classes import TORCH_CLASSES
 
 from ._helpers import assert_clean_scan, torch_zip_members, write_zip

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from torchweights.tools.scan.scanner import scan
-from torchweights.unpickle.machine import classify_global
+from torchweights.unpickle.policy import classify_global
 from torchweights.unpickle.torch_classes import TORCH_CLASSES, TORCH_CLASSES_VERSION
 
 from ._helpers import torch_zip_members, write_zip

@@ -16,7 +16,9 @@ import torch
 
 import torchweights.api as tw
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
-from torchweights.unpickle.machine import Global, Stub, classify_global, unpickle
+from torchweights.unpickle.policy import classify_global
+from torchweights.unpickle.stream import unpickle
+from torchweights.unpickle.values import Global, Stub
 
 from ._helpers import Reduce, assert_refused, qualname, refusal
 from ._helpers import u as _u

@@ -87,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _classifier() -> Callable[[str], str]:
-    """``torchweights.unpickle.machine.classify_global``, or a stand-in answering ``"unknown"`` when it is
+    """``torchweights.unpickle.policy.classify_global``, or a stand-in answering ``"unknown"`` when it is
     unavailable."""
     try:
-        from ..unpickle.machine import classify_global
+        from ..unpickle.policy import classify_global
     except ImportError:  # pragma: no cover - only while the unpickler is missing
         return lambda name: "unknown"
     return classify_global

@@ -83,7 +83,9 @@ def _sniff_pickle(s: Sample) -> str | None:
 def _sniff_text_pickle(s: Sample) -> str | None:
     """A protocol 0 or 1 pickle (no PROTO opcode; ``pickle.dumps(obj, protocol=0)`` is text): its first 4 KiB
     parse as pickle opcodes up to STOP, or up to the end of the sample for a longer file. Text never does."""
-    from ..unpickle.machine import FIRST_OPCODES, scan_stream
+    from ..formats._pickled import read_embedded
+    from ..unpickle.machine import FIRST_OPCODES
+    from ..unpickle.stream import scan_stream
 
     if not s.head or s.head[0] not in FIRST_OPCODES:
         return None
@@ -91,7 +93,7 @@ def _sniff_text_pickle(s: Sample) -> str | None:
     # pickle reads to the cut and stops there as truncated (text fails within a few bytes)
     cut = s.size > len(s.head)
     head = s.head[: s.head.rfind(b"\n") + 1] if cut and b"\n" in s.head else s.head
-    seen = scan_stream(head, max_bytes=len(head))
+    seen = scan_stream(head, max_bytes=len(head), read_embedded=read_embedded)
     read_to_cut = cut and seen.error is not None and seen.error.code == "truncated" and len(head) >= 1024
     return "pickle" if seen.end is not None or read_to_cut else None
 

@@ -15,7 +15,7 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..unpickle.machine import StreamScan
+    from ..unpickle.stream import StreamScan
 
 __all__ = ["READERS", "ReadOptions", "open_path", "reader_for"]
 
@@ -28,7 +28,7 @@ class ReadOptions:
         allow_globals: pickle globals (``module.qualname``) the user explicitly allowed to be imported and called.
         limits: resource bounds.
         observer: set by ``scan`` only: every pickle stream a reader runs is read with
-            :func:`~torchweights.unpickle.machine.scan_stream` (nothing allowed, nothing imported, dangerous references
+            :func:`~torchweights.unpickle.stream.scan_stream` (nothing allowed, nothing imported, dangerous references
             reported instead of refused) and handed to ``observer(where, start, stream)``.
     """
 

@@ -1,4 +1,9 @@
-"""What every pickle-based reader shares: run the pickle, name the tensors, assemble the Checkpoint."""
+"""What every pickle-based reader shares: run the pickle, name the tensors, assemble the Checkpoint.
+
+A pickle of any format may hold storages pickled on their own (``pickle.dumps(tensor)``:
+``torch.storage._load_from_bytes(<legacy torch.save stream>)``): :func:`read_embedded` reads such a stream for the
+unpickler (which is handed it, as it sits below the readers), and :func:`assemble` finds its bytes in the file.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnsupportedCheckpointError
+from ..limits import DEFAULT_LIMITS
 from ..records import Checkpoint, StorageRef
-from ..unpickle.machine import EmbeddedStorage, PickledTensor, UnpickleResult, scan_stream, unpickle
+from ..unpickle.stream import scan_stream, unpickle
+from ..unpickle.values import EmbeddedStorage, PickledTensor, UnpickleResult
+from . import _legacy_stream
 from .tree import flatten, record_maker
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["assemble", "run_pickle"]
+__all__ = ["assemble", "read_embedded", "run_pickle"]
 
 
 class _Embedded:
@@ -58,6 +66,27 @@ class _Embedded:
             self.view.close()
 
 
+def read_embedded(blob: Any) -> EmbeddedStorage:
+    """The unpickler's hook for ``torch.storage._load_from_bytes(blob)``
+    (:data:`~torchweights.unpickle.guards.EmbeddedReader`): the storage in ``blob``, a legacy ``torch.save`` stream
+    whose pickles are read with the default options whatever the caller's (no global allowed, default limits, as
+    :func:`run_pickle` reads them with ``ReadOptions()``). It needs nothing from above ``formats._pickled``, so the
+    detector may hand it to the unpickler too."""
+
+    def run(data: bytes | memoryview, where: str, **at: Any) -> UnpickleResult:
+        limits = DEFAULT_LIMITS
+        return unpickle(
+            data,
+            where=where,
+            max_bytes=limits.max_pickle_bytes,
+            max_opcodes=limits.max_pickle_opcodes,
+            read_embedded=read_embedded,
+            **at,
+        )
+
+    return _legacy_stream.read_embedded(blob, run)
+
+
 def run_pickle(
     data: bytes | memoryview,
     options: ReadOptions,
@@ -77,6 +106,7 @@ def run_pickle(
             max_bytes=options.limits.max_pickle_bytes,
             where=where,
             max_opcodes=options.limits.max_pickle_opcodes,
+            read_embedded=read_embedded,
         )
         options.observer(where, start, seen)
         if seen.error is not None:
@@ -92,6 +122,7 @@ def run_pickle(
         max_bytes=options.limits.max_pickle_bytes,
         where=where,
         max_opcodes=options.limits.max_pickle_opcodes,
+        read_embedded=read_embedded,
     )
 
 

@@ -33,7 +33,7 @@ from .. import dtypes
 from ..errors import CorruptCheckpointError, ResourceLimitError, UnsafeCheckpointError, UnsupportedCheckpointError
 from ..records import Checkpoint, StorageRef
 from ..text import plural, problem_list, quote, quote_list
-from ..unpickle.machine import Global, PickledStorage, PickledTensor, StorageType, Stub
+from ..unpickle.values import Global, PickledStorage, PickledTensor, StorageType, Stub
 from ._files import mapped
 from ._pickled import assemble, run_pickle
 from ._tar import FIX, MEMBERS, REGULAR_KINDS, TarEntry, fail, walk

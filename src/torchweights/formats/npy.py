@@ -4,7 +4,7 @@ Read with ``numpy.load(path, allow_pickle=False)`` semantics, without numpy: the
 parsed with :func:`ast.literal_eval`, as numpy does, and each array becomes a :class:`TensorRecord` over the bytes
 that follow it (C or Fortran order, either byte order). An ``.npy`` file's array is named ``array``; a member
 ``<key>.npy`` of an ``.npz`` is named by its key, as ``numpy.load(path)[key]``. Object arrays hold a pickle: they
-are listed (an inert :class:`~torchweights.unpickle.machine.Stub` in ``extras``) and refused by ``tw.load``; dtypes
+are listed (an inert :class:`~torchweights.unpickle.values.Stub` in ``extras``) and refused by ``tw.load``; dtypes
 torch
 has no equivalent for (strings, structured and datetime dtypes, ``float128``) are refused with the array named.
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 from ..records import Checkpoint, StorageRef, TensorRecord
-from ..unpickle.machine import Stub
+from ..unpickle.values import Stub
 from ._zip import ZipMember
 
 if TYPE_CHECKING:  # pragma: no cover

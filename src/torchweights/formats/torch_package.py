@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..records import Checkpoint, TensorRecord
 from ..text import quote
-from ..unpickle.machine import PickledStorage, Stub
+from ..unpickle.values import PickledStorage, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
 from .torch_zip import Archive, ZipStorages, check_byteorder, open_archive, read_text_members

@@ -18,7 +18,7 @@ from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitE
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef
 from ..text import plural, quote, shorten_list
-from ..unpickle.machine import PickledStorage, StorageType
+from ..unpickle.values import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
 from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_member_inflation, inflate, read_directory
 from .tree import short_repr

@@ -39,7 +39,7 @@ from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..limits import Limits
 from ..records import Checkpoint
 from ..text import plural, quote, quote_list
-from ..unpickle.machine import PickledTensor, Stub
+from ..unpickle.values import PickledTensor, Stub
 from ._pickled import run_pickle
 from ._zip import ZipMember
 from .torch_zip import Archive, ZipStorages, check_byteorder, open_archive, read_text_members

@@ -25,7 +25,7 @@ from .. import dtypes
 from ..errors import CorruptCheckpointError, ResourceLimitError, pass_through
 from ..records import Checkpoint, StorageRef
 from ..text import plural, quote, quote_list, shorten_list
-from ..unpickle.machine import PickledQTensor, PickledStorage, PickledTensor, Stub
+from ..unpickle.values import PickledQTensor, PickledStorage, PickledTensor, Stub
 from ._pickled import run_pickle
 from .torch_zip import Archive, missing_storage
 from .tree import flatten, record_maker, short_repr

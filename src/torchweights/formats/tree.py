@@ -24,7 +24,7 @@ from .. import dtypes
 from ..errors import CorruptCheckpointError, ResourceLimitError, UnsupportedCheckpointError
 from ..limits import Limits
 from ..records import StorageRef, TensorRecord
-from ..unpickle.machine import PickledQTensor, PickledSparse, PickledTensor, Stub, bounded_repr
+from ..unpickle.values import PickledQTensor, PickledSparse, PickledTensor, Stub, bounded_repr
 
 __all__ = [
     "Flattened",

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from typing import IO
 
 from ...errors import ResourceLimitError, TorchWeightsError
+from ...formats._pickled import read_embedded
 from ...formats._zip import ZipDirectory, ZipMember, check_member_inflation, inflate, read_directory
-from ...unpickle.machine import (
-    FIRST_OPCODES,
-    scan_stream,
-)
+from ...unpickle.machine import FIRST_OPCODES
+from ...unpickle.stream import scan_stream
 from .messages import short_quote, within
 from .probe import MAX_LATENT_DEPTH, PROBE_BYTES, is_pickle_head, lenient_persistent, worth_reading
 from .report import Finding, Severity
@@ -164,7 +163,12 @@ class ArchiveWalk(Walk):
             return True  # a zip's directory is at its end
         return worth_reading(
             probe[:2],
-            scan_stream(probe, persistent_load=lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes),
+            scan_stream(
+                probe,
+                persistent_load=lenient_persistent,
+                max_opcodes=self.limits.max_pickle_opcodes,
+                read_embedded=read_embedded,
+            ),
         )
 
     def npy(self, data: bytes, file: str, where: str | None) -> None:

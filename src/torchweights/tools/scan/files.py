@@ -14,14 +14,13 @@ from typing import Any
 from ...detect.sniff import looks_safetensors
 from ...errors import TorchWeightsError
 from ...formats._files import mapped
+from ...formats._legacy_stream import MAGIC_NUMBER
+from ...formats._pickled import read_embedded
 from ...formats._zip import read_directory
-from ...formats.legacy import MAGIC_NUMBER
 from ...text import plural
-from ...unpickle.machine import (
-    FIRST_OPCODES,
-    Stub,
-    scan_stream,
-)
+from ...unpickle.machine import FIRST_OPCODES
+from ...unpickle.stream import scan_stream
+from ...unpickle.values import Stub
 from .archives import ArchiveWalk
 from .messages import short_quote
 from .probe import is_pickle_head, lenient_persistent
@@ -173,7 +172,10 @@ class FileWalk(ArchiveWalk):
             return
         with open(metadata, "rb") as fh:
             root = scan_stream(
-                fh.read(), persistent_load=lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes
+                fh.read(),
+                persistent_load=lenient_persistent,
+                max_opcodes=self.limits.max_pickle_opcodes,
+                read_embedded=read_embedded,
             ).value
         covered: set[str] = set()
         for fqn, relative, offset, length in _dcp_items(root):

@@ -5,7 +5,7 @@ where a member sits, and what a dangerous reference, a dangerous call or an unkn
 from __future__ import annotations
 
 from ...text import printable
-from ...unpickle.machine import Reference
+from ...unpickle.values import Reference
 
 __all__ = ["call_text", "dangerous_text", "short_quote", "unknown_text", "within"]
 

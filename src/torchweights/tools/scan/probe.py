@@ -12,15 +12,9 @@ from typing import Any
 from ... import dtypes
 from ...records import StorageRef
 from ...text import printable
-from ...unpickle.machine import (
-    FIRST_OPCODES,
-    Global,
-    PickledStorage,
-    Reference,
-    StorageType,
-    StreamScan,
-    Stub,
-)
+from ...unpickle.machine import FIRST_OPCODES
+from ...unpickle.stream import StreamScan
+from ...unpickle.values import Global, PickledStorage, Reference, StorageType, Stub
 from .messages import short_quote
 
 __all__ = [

@@ -2,7 +2,7 @@
 called, in any format.
 
 Every pickle the file holds is read by the same machine and the same table that loading uses
-(:func:`~torchweights.unpickle.machine.scan_stream`), so ``tw.load`` never runs what scan calls safe and never
+(:func:`~torchweights.unpickle.stream.scan_stream`), so ``tw.load`` never runs what scan calls safe and never
 refuses, for
 safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weight damaged after saving, which
 ``tw.load`` catches by its CRC-32, is not scan's to see.) What is walked:
@@ -22,7 +22,7 @@ safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weigh
   every other dtype are data and are never read.
 
 A global the pickle calls as a function with arguments that nobody vetted (neither in the reconstructor table nor
-one of torch's own classes) is a ``dangerous-call``: see ``_Machine.call`` in :mod:`~torchweights.unpickle.machine`.
+one of torch's own classes) is a ``dangerous-call``: see :func:`~torchweights.unpickle.policy.vetted_call`.
 
 The file is opened the way ``tw.load`` opens it first (the members that hold storages, and what ``tw.load`` does
 with the file, are then known: :attr:`ScanReport.loads`, :attr:`ScanReport.load_refuses`). The verdict is
@@ -40,16 +40,14 @@ from typing import Any
 
 from ...errors import TorchWeightsError
 from ...formats import ReadOptions, open_path
+from ...formats._pickled import read_embedded
 from ...formats.tree import refuse_unreadable
 from ...limits import DEFAULT_LIMITS, Limits
 from ...records import Checkpoint, StorageRef
 from ...storage.raw import read_byte_range
 from ...text import printable
-from ...unpickle.machine import (
-    FIRST_OPCODES,
-    StreamScan,
-    scan_stream,
-)
+from ...unpickle.machine import FIRST_OPCODES
+from ...unpickle.stream import StreamScan, scan_stream
 from .files import FileWalk
 from .messages import short_quote
 from .probe import BYTE_DTYPES, PROBE_BYTES, lenient_persistent, worth_reading
@@ -237,7 +235,12 @@ class Scanner(FileWalk):
             if nbytes > PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
                 if not worth_reading(
                     probe[:2],
-                    scan_stream(probe, persistent_load=lenient_persistent, max_opcodes=self.limits.max_pickle_opcodes),
+                    scan_stream(
+                        probe,
+                        persistent_load=lenient_persistent,
+                        max_opcodes=self.limits.max_pickle_opcodes,
+                        read_embedded=read_embedded,
+                    ),
                 ):
                     return
             blob = probe if nbytes <= PROBE_BYTES else bytes(read_byte_range(ref, start, ref.nbytes))

@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...formats._pickled import read_embedded
 from ...limits import Limits
-from ...unpickle.machine import (
-    StreamScan,
-    scan_stream,
-)
+from ...unpickle.stream import StreamScan, scan_stream
 from .messages import call_text, dangerous_text, unknown_text
 from .probe import BYTE_DTYPES, MAX_LATENT_DEPTH, blobs, is_pickle, lenient_persistent
 from .report import Finding, PickleStream, ScanReport, Severity
@@ -87,6 +85,7 @@ class Walk:
             max_bytes=self.limits.max_pickle_bytes,
             where=where,
             max_opcodes=self.limits.max_pickle_opcodes,
+            read_embedded=read_embedded,
         )
         if not required and not is_pickle(bytes(data[start : start + 2]), seen):
             return None
