@@ -5,8 +5,7 @@ parsed with :func:`ast.literal_eval`, as numpy does, and each array becomes a :c
 that follow it (C or Fortran order, either byte order). An ``.npy`` file's array is named ``array``; a member
 ``<key>.npy`` of an ``.npz`` is named by its key, as ``numpy.load(path)[key]``. Object arrays hold a pickle: they
 are listed (an inert :class:`~torchweights.unpickle.values.Stub` in ``extras``) and refused by ``tw.load``; dtypes
-torch
-has no equivalent for (strings, structured and datetime dtypes, ``float128``) are refused with the array named.
+torch has no equivalent for (strings, structured and datetime dtypes, ``float128``) are refused with the array named.
 
 npz archives go through the checked zip directory (:mod:`._zip`); a compressed member's storage is the whole
 inflated member (its CRC-32 is then checked as it is read), with the array starting after the header.
