@@ -3,8 +3,8 @@ called, in any format.
 
 Every pickle the file holds is read by the same machine and the same table that loading uses
 (:func:`~torchweights.unpickle.stream.scan_stream`), so ``tw.load`` never runs what scan calls safe and never
-refuses, for safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weight damaged after saving, which
-``tw.load`` catches by its CRC-32, is not scan's to see.) What is walked:
+refuses, for safety or structure, what scan calls clean. (Scan reads no tensor bytes: a weight damaged after
+saving, which ``tw.load`` catches by its CRC-32, is not scan's to see.) What is walked:
 
 * zip archives (torch.save, TorchScript, torch.package, .npz, or any zip): every member whose content is a pickle,
   whatever its name, duplicates included, plus the structural problems of :mod:`~torchweights.formats._zip`
