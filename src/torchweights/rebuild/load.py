@@ -20,12 +20,13 @@ import io
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..api import open as open_checkpoint
 from ..errors import CorruptCheckpointError, RuleError, UnsafeCheckpointError, UnsupportedCheckpointError
 from ..formats import ReadOptions
-from ..formats.torch_zip import data_pickle
+from ..formats.legacy import storage_refs
+from ..formats.torch_zip import model_pickle
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef, TensorRecord
 from ..text import quote
@@ -69,12 +70,15 @@ def _rules(trust: Any, allow_globals: Any, rename_classes: Mapping[str, str] | N
     return TrustRules(_names(trust, "trust"), frozenset(_names(allow_globals, "allow_globals")), renames)
 
 
-def untrusted_error(path: str, names: list[str]) -> UnsafeCheckpointError:
-    """The one refusal listing every global that needs trust, by package, with the ``trust=[...]`` to pass."""
+def untrusted_error(path: str, names: list[str], rules: TrustRules | None = None) -> UnsafeCheckpointError:
+    """The one refusal listing every global that needs trust, by package (after ``rules.rename_classes``), with the
+    ``trust=[...]`` to pass."""
     groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(package_of(name), []).append(name)
-    lines = "\n".join(f"  {pkg}: {', '.join(quote(n) for n in group)}" for pkg, group in sorted(groups.items()))
+        target = rules.target(name) if rules is not None else name
+        shown = quote(name) if target == name else f"{quote(name)} (renamed to {quote(target)})"
+        groups.setdefault(package_of(target), []).append(shown)
+    lines = "\n".join(f"  {pkg}: {', '.join(group)}" for pkg, group in sorted(groups.items()))
     main = (
         " ('__main__' classes were defined in the script that saved the file; trust=['__main__'] looks them up in "
         "the script that loads it)"
@@ -118,20 +122,10 @@ def _refuse_format(ckpt: Checkpoint) -> None:
         )
 
 
-def _storage_records(ckpt: Checkpoint) -> list[TensorRecord]:
-    """One record per distinct storage, covering it whole (raw bytes; elements when they must be byte-swapped)."""
-    found: dict[str, tuple[StorageRef, str]] = {}
-    stack = list(ckpt.records.values())
-    while stack:
-        record = stack.pop()
-        stack.extend(record.parts)
-        for value in (record.quantization or {}).values():
-            if isinstance(value, TensorRecord):
-                stack.append(value)
-        if record.storage is not None:
-            found.setdefault(record.storage.key, (record.storage, record.dtype))
+def _storage_records(storages: dict[str, tuple[StorageRef, str]]) -> list[TensorRecord]:
+    """One record per storage, covering it whole (raw bytes; elements when they must be byte-swapped)."""
     out = []
-    for key, (ref, dtype) in found.items():
+    for key, (ref, dtype) in storages.items():
         if ref.byteorder == "little":
             dtype = "uint8"
         size = TensorRecord(key, (), dtype, (1,), (1,), 0, None).itemsize
@@ -199,18 +193,28 @@ def _persistent_load(path: str, storages: dict[str, torch.UntypedStorage], legac
     return load
 
 
-def _unpickle(ckpt: Checkpoint, rules: TrustRules, limits: Limits, load: Callable[[Any], Any]) -> Any:
+def _source(ckpt: Checkpoint, limits: Limits) -> tuple[Callable[[], IO[bytes]], dict[str, tuple[StorageRef, str]]]:
+    """How to open the model pickle (positioned at its first opcode) and every storage it uses, by key."""
+    options = ReadOptions(limits=limits)
+    if ckpt.format == "torch-zip":
+        data, found = model_pickle(ckpt.path, options)
+        return lambda: io.BytesIO(data), {key: (s.ref, s.dtype) for key, s in found.items()}
+    start, refs = storage_refs(ckpt.path, options)
+
+    def at_main() -> IO[bytes]:
+        fh = builtin_open(ckpt.path)
+        fh.seek(start)
+        return fh
+
+    return at_main, {key: (ref, "uint8") for key, ref in refs.items()}
+
+
+def _unpickle(path: str, opener: Callable[[], IO[bytes]], rules: TrustRules, load: Callable[[Any], Any]) -> Any:
     import torch
 
     try:
-        if ckpt.format == "torch-zip":
-            data = data_pickle(ckpt.path, ReadOptions(limits=limits))
-            return RebuildUnpickler(io.BytesIO(data), rules, ckpt.path, load).load()
-        with builtin_open(ckpt.path) as fh:
-            unpickler = RebuildUnpickler(fh, rules, ckpt.path, load)
-            for _ in range(3):  # magic number, protocol version, sys_info: checked by pass 1
-                unpickler.load()
-            return unpickler.load()
+        with opener() as fh:
+            return RebuildUnpickler(fh, rules, path, load).load()
     finally:
         torch._utils._validate_loaded_sparse_tensors()
 
@@ -293,10 +297,11 @@ def load_model(
             path=ckpt.path,
         )
     if untrusted:
-        raise untrusted_error(ckpt.path, untrusted)
+        raise untrusted_error(ckpt.path, untrusted, rules)
     from ..storage.read import materialize
 
-    tensors = materialize(_storage_records(ckpt), map_location=map_location, check_crc=True)
+    opener, found = _source(ckpt, limits)
+    tensors = materialize(_storage_records(found), map_location=map_location, check_crc=True)
     storages = {key: tensor.untyped_storage() for key, tensor in tensors.items()}
     load = _persistent_load(ckpt.path, storages, legacy=ckpt.format == "torch-legacy")
-    return _module_of(_unpickle(ckpt, rules, limits, load), ckpt.path)
+    return _module_of(_unpickle(ckpt.path, opener, rules, load), ckpt.path)
