@@ -164,7 +164,11 @@ def assert_same_model(got: nn.Module, want: nn.Module, x: Any) -> None:
 def torch_models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[Any, ...]]]]:
     def cnn() -> nn.Module:
         model = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(4, 2),
         )
         model(torch.randn(2, 3, 8, 8))  # running statistics that differ from the defaults
@@ -191,7 +195,9 @@ def torch_models() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], tupl
         "lstm": (lambda: nn.LSTM(4, 8, num_layers=2, batch_first=True), lambda: (torch.randn(2, 5, 4),)),
         "transformer": (
             lambda: nn.TransformerEncoder(
-                nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, activation="gelu"), 2, enable_nested_tensor=False
+                nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, activation="gelu"),
+                2,
+                enable_nested_tensor=False,
             ).eval(),
             lambda: (torch.randn(2, 5, 16),),
         ),
@@ -333,6 +339,7 @@ def test_tw_load_allowing_a_module_class_points_to_load_model(package: ModuleTyp
 
 
 # -- every torch.nn module class --------------------------------------------------------------------------------------
+
 
 def outcome(fn: Callable[[], Any]) -> Any:
     """``fn()``, or the text of the error it raises."""

@@ -351,7 +351,6 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     return ckpt
 
 
-
 def model_pickle(path: str, options: ReadOptions) -> tuple[bytes, dict[str, PickledStorage]]:
     """The bytes of a torch zip checkpoint's ``data.pkl`` (CRC-32 checked, within ``limits.max_pickle_bytes``) and
     every storage it uses, by key (each checked against its member as :func:`read` checks it), for a loader that

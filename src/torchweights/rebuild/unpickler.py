@@ -26,7 +26,7 @@ import importlib
 import pickle
 import types
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from ..errors import UnsafeCheckpointError, UnsupportedCheckpointError
 from ..text import quote
@@ -74,7 +74,11 @@ def _refuse(path: str, what: str, why: str) -> UnsafeCheckpointError:
     )
 
 
-class RebuildUnpickler(pickle._Unpickler):
+#: Python's pure-Python unpickler, whose opcode table this module changes (typeshed declares little of it)
+_PurePythonUnpickler: Any = pickle._Unpickler
+
+
+class RebuildUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
     """A pure-Python unpickler that imports, calls and instantiates only what ``rules`` approves (module docstring).
 
     Args:
@@ -84,7 +88,7 @@ class RebuildUnpickler(pickle._Unpickler):
         persistent_load: ``pid -> object`` (the loaded storages).
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(_PurePythonUnpickler.dispatch)
 
     def __init__(self, file: IO[bytes], rules: TrustRules, path: str, persistent_load: Callable[[Any], Any]) -> None:
         super().__init__(file, encoding="latin1")
@@ -135,7 +139,9 @@ class RebuildUnpickler(pickle._Unpickler):
         except ImportError as exc:
             raise missing_class(target, f"{type(exc).__name__}: {exc}", self.path) from None
         except AttributeError:
-            raise missing_class(target, f"module {quote(module)} has no attribute {quote(qualname)}", self.path) from None
+            raise missing_class(
+                target, f"module {quote(module)} has no attribute {quote(qualname)}", self.path
+            ) from None
         return obj
 
     def _table(self, name: str, module: str, qualname: str) -> Any:
@@ -311,4 +317,3 @@ _GUARDED: dict[str, Callable[..., Any]] = {
     "torch._utils._rebuild_parameter_with_state": _with_state,
     "torch._utils._rebuild_wrapper_subclass": _wrapper_subclass,
 }
-
