@@ -120,6 +120,22 @@ def main() -> int:
         banner("8. torchweights scan: is it safe to load? (static; the clean file, then the exploit)")
         cli(["scan", str(path), str(evil)])
         print(f"marker file created: {marker.exists()}")
+
+        banner("9. A whole pickled model back as an nn.Module (torch.save(model)); the same model with a payload")
+        whole = folder / "whole.pt"
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2)).eval()
+        torch.save(net, whole)
+        model = tw.load_model(whole)  # torch.nn classes only: no trust needed
+        x = torch.randn(3, 4)
+        print(model)
+        print(f"same output as the original: {torch.equal(model(x), net(x))}")
+        net.payload = Evil()
+        torch.save(net, whole)
+        try:
+            tw.load_model(whole, trust=["torch"])
+        except tw.UnsafeCheckpointError as exc:
+            print(textwrap.fill(str(exc), 100))
+        print(f"marker file created: {marker.exists()}")
     return 0
 
 

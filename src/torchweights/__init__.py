@@ -42,6 +42,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-
 if TYPE_CHECKING:
     from .api import load, load_into, open
     from .limits import Limits
+    from .rebuild.load import load_model
     from .records import Checkpoint, StorageRef, TensorRecord
     from .report.load import LoadReport
     from .tools.convert.report import ConvertReport
@@ -81,6 +82,7 @@ __all__ = [
     "diff",
     "load",
     "load_into",
+    "load_model",
     "open",
     "scan",
     "verify",
@@ -92,6 +94,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "load": "api",
     "load_into": "api",
+    "load_model": "rebuild.load",
     "open": "api",
     "convert": "tools.convert.run",
     "ConvertReport": "tools.convert.report",

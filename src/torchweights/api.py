@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .plan.spec import ModelSpec
 
-__all__ = ["load", "load_into", "open"]
+__all__ = ["load", "load_into", "open", "refuse_allowed_modules"]
 
 
 def open(
@@ -128,12 +128,37 @@ def load(
     if unsupported not in ("error", "skip"):
         raise RuleError(f"unsupported={unsupported!r}: pass 'error' or 'skip'.", code="bad-rule")
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
+    refuse_allowed_modules(ckpt)
     records, extras = ckpt.records, ckpt.extras
     if select is not None:
         records, extras = _selected(ckpt, select)
     if unsupported == "error":
         refuse_unreadable(ckpt.path, extras)
     return materialize(builtins.list(records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
+
+
+def refuse_allowed_modules(ckpt: Checkpoint) -> None:
+    """RuleError ``module-allowed`` when an allowed global rebuilt an ``nn.Module`` object: its tensors are inside
+    an object :func:`load` does not return, so the result would silently miss them (an empty dict for a model)."""
+    import sys
+
+    from .errors import RuleError
+
+    torch = sys.modules.get("torch")  # an allowed module class imported it; otherwise there is no module object
+    if torch is None:
+        return
+    found = [(name, v) for name, v in ckpt.extras.items() if isinstance(v, torch.nn.Module)]
+    if found:
+        name, module = found[0]
+        cls = f"{type(module).__module__}.{type(module).__qualname__}"
+        raise RuleError(
+            f"allow_globals let tw.load rebuild {name or 'the root object'!r} of {ckpt.path!r} as a real {cls} "
+            "module, but tw.load returns tensors, and those inside a module object rebuilt this way would be "
+            f"missing from the result. Fix: tw.load_model(path, trust=[{cls.split('.')[0]!r}]) for the model "
+            "itself; or tw.load(path) without allowing the class, for its tensors named as state_dict() names them.",
+            code="module-allowed",
+            path=ckpt.path,
+        )
 
 
 def _selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, Any], dict[str, Any]]:

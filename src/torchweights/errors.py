@@ -27,7 +27,7 @@ catches ``ValueError`` or ``OSError`` around ``torch.load`` keeps working::
     │   └── ResourceLimitError                                 [limit-* (limit-inflate: zip bombs;
     │                                                           limit-pickle-opcodes: a pickle asking for more
     │                                                           CPU than Limits.max_pickle_opcodes)]
-    ├── UnsafeCheckpointError              ValueError          [unsafe-global]
+    ├── UnsafeCheckpointError              ValueError          [unsafe-global, untrusted-global, unsafe-call]
     ├── UnsupportedCheckpointError         ValueError          [unsupported-* (unsupported-tensor: tensors tw.load
     │                                                           cannot rebuild, named; unsupported-tensor-flag: a
     │                                                           rebuild argument or metadata key not known;
@@ -308,6 +308,8 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "limit-zip-entries": (ResourceLimitError, "more zip members than Limits.max_zip_entries"),
     # code torchweights will not run
     "unsafe-global": (UnsafeCheckpointError, "the file names globals that can run code; nothing was executed"),
+    "untrusted-global": (UnsafeCheckpointError, "load_model: globals of packages not in trust=; nothing was imported"),
+    "unsafe-call": (UnsafeCheckpointError, "load_model: the pickle calls what it may only reference (a function)"),
     # valid files torchweights does not read (yet)
     "unsupported": (UnsupportedCheckpointError, "a valid checkpoint using a feature torchweights cannot read"),
     "unsupported-dcp": (UnsupportedCheckpointError, "a torch.distributed.checkpoint folder (scanned, not loaded)"),
@@ -324,6 +326,11 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "unsupported-tensor-flag": (UnsupportedCheckpointError, "a tensor rebuild argument or metadata key not known"),
     "unsupported-tensor-state": (UnsupportedCheckpointError, "a saved tensor attribute that would shadow torch's"),
     "allowed-global-missing": (UnsupportedCheckpointError, "a global the caller allowed cannot be imported here"),
+    "missing-class": (UnsupportedCheckpointError, "load_model: a trusted class cannot be imported here"),
+    "unsupported-model-format": (
+        UnsupportedCheckpointError,
+        "load_model: TorchScript, torch.package or plain-pickle files are not rebuilt",
+    ),
     # the caller's options
     "bad-rule": (RuleError, "an option passed to torchweights cannot be followed"),
     "bad-container": (RuleError, "the container= named is not in the checkpoint"),
@@ -343,6 +350,8 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "bad-select": (RuleError, "select= is not a list of glob patterns"),
     "no-such-tensor": (RuleError, "Checkpoint.get_tensor of a name the checkpoint does not hold"),
     "rename-collision": (RuleError, "renames map two keys onto one name"),
+    "not-a-model": (RuleError, "load_model: the file holds no pickled nn.Module"),
+    "module-allowed": (RuleError, "tw.load allowed a module class: whole models come from load_model"),
     "unsupported-output-dtype": (RuleError, "a dtype the output format cannot store"),
     # the checkpoint does not fit the model
     "load-failed": (LoadError, "the checkpoint does not fit the model (generic); the model is untouched"),

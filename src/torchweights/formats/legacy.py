@@ -18,7 +18,7 @@ from ._pickled import assemble, run_pickle
 if TYPE_CHECKING:  # pragma: no cover
     from . import ReadOptions
 
-__all__ = ["read"]
+__all__ = ["read", "storage_refs"]
 
 
 def read(path: str, options: ReadOptions) -> Checkpoint:
@@ -47,3 +47,11 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         globals_seen=stream.magic.globals | stream.info.globals | stream.keys.globals,
         resolve=resolve,
     )
+
+
+def storage_refs(path: str, options: ReadOptions) -> tuple[int, dict[str, StorageRef]]:
+    """Where the main pickle of a legacy stream starts, and every storage of the stream by key (for a loader that
+    runs that pickle itself: :func:`torchweights.load_model`, after :func:`read` accepted the file)."""
+    with mapped(path) as view:
+        stream = read_stream(view, path, f"'{path}'", lambda data, where, **at: run_pickle(data, options, where, **at))
+    return stream.info.end, dict(stream.refs)

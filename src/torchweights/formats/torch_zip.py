@@ -31,6 +31,7 @@ __all__ = [
     "ZipStorages",
     "check_byteorder",
     "check_version",
+    "model_pickle",
     "missing_storage",
     "open_archive",
     "read",
@@ -348,3 +349,25 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     ckpt = assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)
     ckpt.warnings.extend(storages.warnings)
     return ckpt
+
+
+def model_pickle(path: str, options: ReadOptions) -> tuple[bytes, dict[str, PickledStorage]]:
+    """The bytes of a torch zip checkpoint's ``data.pkl`` (CRC-32 checked, within ``limits.max_pickle_bytes``) and
+    every storage it uses, by key (each checked against its member as :func:`read` checks it), for a loader that
+    runs that pickle itself (:func:`torchweights.load_model`, after :func:`read` accepted the file)."""
+    with open_archive(path, options) as archive:
+        root = _find_root(archive.names(), path)
+        byteorder = check_byteorder(read_text_members(archive, root, ("byteorder",)), path)
+        pkl = archive.get(root + "data.pkl")
+        assert pkl is not None  # _find_root found it
+        if pkl.size > options.limits.max_pickle_bytes:
+            raise ResourceLimitError(
+                f"'{path}': data.pkl is {pkl.size} bytes, over the {options.limits.max_pickle_bytes}-byte "
+                "limit. If you trust the file: limits=Limits(max_pickle_bytes=...).",
+                code="limit-pickle-size",
+                path=path,
+            )
+        data = archive.read(pkl)
+        storages = ZipStorages(archive, root, byteorder)
+        run_pickle(data, options, f"'{path}' member '{pkl.name}'", persistent_load=storages)
+        return data, dict(storages.seen)

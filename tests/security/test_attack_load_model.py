@@ -1,0 +1,199 @@
+"""tw.load_model on hostile whole-model pickles: payloads beside or inside the module state, look-alike packages,
+dotted-attribute escapes, getattr chains, calls of torch functions and of trusted functions. Loaded with
+trust=["torch"] and trust=[the test's package]: the marker file is never created and the error names the global."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import torchweights as tw
+
+from ._helpers import Reduce, assert_no_markers, qualname, torch_zip_members, touch, u, write_zip
+
+PKG = "twm_attack"
+
+MODEL = """
+import torch
+from torch import nn
+
+def make_marker(path):
+    open(path, "w").close()
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    @staticmethod
+    def marker(path):
+        open(path, "w").close()
+
+    def forward(self, x):
+        return self.fc(x)
+"""
+
+#: a look-alike package whose import alone creates a marker: it must never be imported
+LOOKALIKE = """
+open({marker!r}, "w").close()
+from torch import nn
+
+class Linear(nn.Linear):
+    pass
+"""
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    src = tmp_path / "src"
+    (src / PKG).mkdir(parents=True)
+    (src / PKG / "__init__.py").write_text("")
+    (src / PKG / "model.py").write_text(MODEL)
+    for name in ("torch_fake", f"{PKG}_evil"):
+        (src / name).mkdir()
+        (src / name / "__init__.py").write_text(LOOKALIKE.format(marker=str(tmp_path / f"MARKER_{name}")))
+    monkeypatch.syspath_prepend(str(src))
+    importlib.invalidate_caches()
+    yield importlib.import_module(f"{PKG}.model")
+    for name in [n for n in sys.modules if n.startswith((PKG, "torch_fake"))]:
+        del sys.modules[name]
+
+
+TRUSTS = (["torch"], [PKG])
+
+
+def refused(path: Path, trust: list[str], *names: str, code: str | None = None) -> tw.UnsafeCheckpointError:
+    with pytest.raises(tw.UnsafeCheckpointError) as info:
+        tw.load_model(path, trust=trust)
+    for name in names:
+        assert name in str(info.value), str(info.value)
+    if code is not None:
+        assert info.value.code == code, info.value.code
+    assert_no_markers(path.parent)
+    return info.value
+
+
+def saved(model: nn.Module, path: Path, **kwargs: Any) -> Path:
+    torch.save(model, path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize(
+    "fn",
+    [os.system, subprocess.Popen, builtins.eval, builtins.exec, torch.load],
+    ids=["os.system", "Popen", "eval", "exec", "torch.load"],
+)
+def test_a_payload_beside_the_module_state_is_refused(
+    fn: Any, legacy: bool, package: ModuleType, tmp_path: Path
+) -> None:
+    marker = tmp_path / "MARKER_beside"
+    args: tuple[Any, ...] = {
+        "system": (touch(marker),),
+        "Popen": (["touch", str(marker)],),
+        "eval": (f"open({str(marker)!r}, 'w')",),
+        "exec": (f"open({str(marker)!r}, 'w')",),
+        "load": (str(marker),),
+    }[fn.__name__]
+    model = package.Model()
+    model.payload = Reduce(fn, *args)
+    path = saved(model, tmp_path / "beside.pt", _use_new_zipfile_serialization=not legacy)
+    for trust in TRUSTS:
+        refused(path, trust, qualname(fn).replace("builtins.", ""), code="unsafe-global")
+
+
+def test_a_payload_inside_the_state_dict_is_refused(package: ModuleType, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER_inside"
+    model = package.Model()
+    model.fc._buffers["hidden"] = Reduce(os.system, touch(marker))  # where state_dict() would look
+    model.fc.__dict__["_forward_hooks"][0] = Reduce(os.system, touch(marker))
+    path = saved(model, tmp_path / "inside.pt")
+    for trust in TRUSTS:
+        refused(path, trust, qualname(os.system))
+
+
+def test_look_alike_packages_are_not_trusted_and_never_imported(package: ModuleType, tmp_path: Path) -> None:
+    for name, trust in (("torch_fake", ["torch"]), (f"{PKG}_evil", [PKG])):
+        lookalike = importlib.import_module(name)  # imported here only to pickle it: its marker goes now
+        (tmp_path / f"MARKER_{name}").unlink()
+        model = package.Model()
+        model.fc = lookalike.Linear(2, 2)
+        path = saved(model, tmp_path / f"{name}.pt")
+        del sys.modules[name]
+        err = refused(path, trust, f"{name}.Linear", code="untrusted-global")
+        assert f"'{name}'" in str(err).split("pass trust=")[1].split("]")[0]
+        assert name not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "attribute", ["Model.__init__.__globals__", "Model.__dict__", "os.system", "Model.forward.__code__"]
+)
+def test_dotted_attribute_escapes_are_refused(attribute: str, package: ModuleType, tmp_path: Path) -> None:
+    pkl = b"\x80\x04" + u(f"{PKG}.model") + u(attribute) + b"\x93" + b"."
+    path = write_zip(tmp_path / "dotted.pt", torch_zip_members(pkl))
+    for trust in TRUSTS:
+        refused(path, trust, f"{PKG}.model.{attribute}", code="unsafe-global")
+
+
+def test_calling_a_torch_function_is_refused(tmp_path: Path) -> None:
+    model = nn.Linear(2, 2)
+    model.act = Reduce(torch._C._nn.gelu, torch.ones(2))  # a reference is fine; a call is not
+    path = saved(model, tmp_path / "call.pt")
+    for trust in (["torch"], []):
+        refused(path, trust, "torch._C._nn.gelu", code="unsafe-call")
+
+
+def test_a_trusted_function_is_never_called(package: ModuleType, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER_trusted_function"
+    model = package.Model()
+    model.payload = Reduce(package.make_marker, str(marker))
+    path = saved(model, tmp_path / "fn.pt")
+    refused(path, [PKG], f"{PKG}.model.make_marker", code="unsafe-call")
+    assert tw.load_model(path, trust=[PKG], allow_globals=[f"{PKG}.model.make_marker"]) is not None  # named: called
+    assert marker.exists()  # the one way to run a function: name it exactly
+    marker.unlink()
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_getattr_chains_are_refused(protocol: int, package: ModuleType, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER_getattr"
+    model = package.Model()
+    model.payload = Reduce(Reduce(getattr, package.Model, "marker"), str(marker))  # a static method, then called
+    path = saved(model, tmp_path / "getattr.pt", pickle_protocol=protocol)
+    refused(path, [PKG], "getattr", code="unsafe-call")
+    model = package.Model()
+    model.payload = Reduce(Reduce(getattr, package.Model, "__init__"), model)
+    path = saved(model, tmp_path / "dunder.pt", pickle_protocol=protocol)
+    refused(path, [PKG], "__init__")
+
+
+def test_trust_never_covers_dangerous_names(tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER_trust"
+    model = nn.Linear(2, 2)
+    model.payload = Reduce(os.system, touch(marker))
+    path = saved(model, tmp_path / "trust.pt")
+    for trust in (["posix"], ["os"], ["builtins", "posix", "subprocess"]):
+        refused(path, trust, qualname(os.system), code="unsafe-global")
+    rename = {"torch.nn.modules.linear.Linear": "posix.system"}
+    with pytest.raises(tw.UnsafeCheckpointError) as info:
+        tw.load_model(saved(nn.Linear(2, 2), tmp_path / "rename.pt"), rename_classes=rename, trust=["posix"])
+    assert "posix.system" in str(info.value)
+    assert_no_markers(tmp_path)
+
+
+def test_build_cannot_set_dunder_attributes(package: ModuleType, tmp_path: Path) -> None:
+    model = package.Model()
+    model.__dict__["__class__"] = "x"  # pickled into the instance state that BUILD applies
+    path = saved(model, tmp_path / "build.pt")
+    refused(path, [PKG], "__class__", code="unsafe-call")
