@@ -342,6 +342,7 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "nothing-selected": (RuleError, "the options (or a select= pattern) select no tensor at all"),
     "bad-select": (RuleError, "select= is not a list of glob patterns"),
     "no-such-tensor": (RuleError, "Checkpoint.get_tensor of a name the checkpoint does not hold"),
+    "nested-select": (RuleError, "tw.load(nested=True) was also given select="),
     "rename-collision": (RuleError, "renames map two keys onto one name"),
     "unsupported-output-dtype": (RuleError, "a dtype the output format cannot store"),
     # the checkpoint does not fit the model

@@ -11,9 +11,10 @@ cannot be known).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .modules import ModuleNode
+if TYPE_CHECKING:  # pragma: no cover
+    from .modules import ModuleNode
 
 __all__ = ["EXTRA_REPR", "extra_repr", "render"]
 
