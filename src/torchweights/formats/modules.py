@@ -240,12 +240,12 @@ def module_trees(root: Any, limits: Limits) -> dict[str, ModuleNode]:
     stack: list[tuple[Any, tuple[str, ...]]] = [(root, ())]
     while stack:
         obj, path = stack.pop()
+        if is_module_stub(obj):  # a model saved twice ({"model": m, "ema": m}) is listed twice, as one node
+            found.setdefault(".".join(path), builder.node(obj, 0))
+            continue
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if is_module_stub(obj):
-            found.setdefault(".".join(path), builder.node(obj, 0))
-            continue
         if isinstance(obj, PickledTensor) or len(path) >= limits.max_depth:
             continue
         children = contents(obj)
