@@ -6,7 +6,7 @@ import builtins
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .formats import ReadOptions, open_path
 from .limits import DEFAULT_LIMITS, Limits
@@ -78,6 +78,36 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
+@overload
+def load(
+    source: str | os.PathLike[str] | Checkpoint,
+    *,
+    map_location: str | torch.device | Mapping[str, Any] | Callable[..., Any] | None = ...,
+    allow_globals: Iterable[str] = ...,
+    limits: Limits = ...,
+    check_crc: bool = ...,
+    mmap: bool = ...,
+    unsupported: str = ...,
+    select: Iterable[str] | str | None = ...,
+    nested: Literal[False] = ...,
+) -> dict[str, torch.Tensor]: ...
+
+
+@overload
+def load(
+    source: str | os.PathLike[str] | Checkpoint,
+    *,
+    map_location: str | torch.device | Mapping[str, Any] | Callable[..., Any] | None = ...,
+    allow_globals: Iterable[str] = ...,
+    limits: Limits = ...,
+    check_crc: bool = ...,
+    mmap: bool = ...,
+    unsupported: str = ...,
+    select: None = ...,
+    nested: Literal[True],
+) -> Any: ...
+
+
 def load(
     source: str | os.PathLike[str] | Checkpoint,
     *,
@@ -88,7 +118,8 @@ def load(
     mmap: bool = False,
     unsupported: str = "error",
     select: Iterable[str] | str | None = None,
-) -> dict[str, torch.Tensor]:
+    nested: bool = False,
+) -> Any:
     """Read every tensor of a checkpoint (or those ``select`` names) into memory, executing nothing from the file.
 
     Args:
@@ -113,9 +144,16 @@ def load(
         select: glob patterns of the tensors to read (``["encoder.*", "lm_head.weight"]``; a pattern without
             wildcards also selects everything below it, as ``skip`` patterns do); only their storages are read.
             A pattern that selects nothing is ``RuleError`` code ``nothing-selected``. None: every tensor.
+        nested: return the file's original structure instead of flat names: for a pickle-based checkpoint (torch
+            zip, legacy, legacy tar, plain pickle) the object ``torch.load(path, weights_only=True)`` would give
+            (dicts, lists, tuples, extras such as ``epoch``, tensors where they were; objects of classes not
+            allowed as inert stubs: see :mod:`torchweights.nested`), so ``ckpt["optimizer"]`` can go straight to
+            ``optimizer.load_state_dict``. Other formats (safetensors, sharded, npz, TorchScript, torch.package)
+            give the flat dict. Cannot be combined with ``select`` (``RuleError`` code ``nested-select``).
 
     Returns:
-        ``{dotted name: tensor}`` in file order; tensors that shared a storage in the file share it here.
+        ``{dotted name: tensor}`` in file order (or, with ``nested=True``, the file's structure); tensors that
+        shared a storage in the file share it here.
 
     Raises:
         UnsupportedCheckpointError: the file holds tensors that cannot be rebuilt (see ``unsupported``).
@@ -127,8 +165,20 @@ def load(
 
     if unsupported not in ("error", "skip"):
         raise RuleError(f"unsupported={unsupported!r}: pass 'error' or 'skip'.", code="bad-rule")
+    if nested and select is not None:
+        raise RuleError(
+            "tw.load(nested=True) returns the whole file's structure, so it takes no select=. Fix: drop select= "
+            "and index the result (ckpt['model']), or drop nested=True to read the selected tensors by name.",
+            code="nested-select",
+        )
     ckpt = source if isinstance(source, Checkpoint) else open(source, allow_globals=allow_globals, limits=limits)
     refuse_allowed_modules(ckpt)
+    if nested and ckpt.structure is not None:
+        if unsupported == "error":
+            refuse_unreadable(ckpt.path, ckpt.extras)
+        from .nested import read_nested
+
+        return read_nested(ckpt.structure, map_location=map_location, check_crc=check_crc, mmap=mmap)
     records, extras = ckpt.records, ckpt.extras
     if select is not None:
         records, extras = _selected(ckpt, select)

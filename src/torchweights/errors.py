@@ -349,6 +349,7 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "nothing-selected": (RuleError, "the options (or a select= pattern) select no tensor at all"),
     "bad-select": (RuleError, "select= is not a list of glob patterns"),
     "no-such-tensor": (RuleError, "Checkpoint.get_tensor of a name the checkpoint does not hold"),
+    "nested-select": (RuleError, "tw.load(nested=True) was also given select="),
     "rename-collision": (RuleError, "renames map two keys onto one name"),
     "not-a-model": (RuleError, "load_model: the file holds no pickled nn.Module"),
     "module-allowed": (RuleError, "tw.load allowed a module class: whole models come from load_model"),

@@ -187,6 +187,18 @@ class Checkpoint:
     #: reads selected tensors (``names -> {name: tensor}``, keyword options as :func:`torchweights.load`); set by
     #: :func:`torchweights.open`, so that this module (records only, no torch) never imports the read engine
     reader: Callable[..., dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+    #: the unpickled root of a pickle-based checkpoint (torch zip, legacy, legacy tar, plain pickle) with a record
+    #: for every tensor in it (:class:`torchweights.formats.structure.PickleTree`); None for other formats
+    structure: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def modules(self) -> dict[str, Any]:
+        """The module tree of every pickled ``nn.Module`` the file holds, as data, read from the inert stubs
+        (nothing imported): ``{where: ModuleNode}``, ``""`` for a file that is a model (``torch.save(model)``),
+        ``"model"`` for ``{"model": model, ...}``. Empty for a state dict and for formats without a pickled
+        root. ``str(node)`` prints it as ``print(model)`` does; ``node.to_dict()`` is plain data.
+        """
+        return self.structure.modules() if self.structure is not None else {}
 
     def get_tensor(self, name: str, **options: Any) -> Any:
         """One tensor, reading only the bytes of its own storage (like safetensors' ``safe_open().get_tensor``).

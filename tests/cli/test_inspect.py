@@ -261,6 +261,7 @@ def test_json_schema(ckpt: Checkpoint, capsys: pytest.CaptureFixture[str]) -> No
         "extras",
         "globals",
         "warnings",
+        "modules",
     ]
     assert data["path"] == ckpt.path
     assert data["format"] == "torch-zip"

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # The reader, the unpickler and the report helpers are imported by the functions that use them, not here: every
 # subcommand module is imported to build the parser, and ``torchweights --help`` should not pay for them.
 
-__all__ = ["register", "render_text", "run", "summarize"]
+__all__ = ["register", "render_modules", "render_text", "run", "summarize"]
 
 #: Extras values in ``--json`` that are not JSON scalars become their ``repr``, cut to this many characters.
 JSON_REPR_LIMIT = 200
@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=3,
         help="levels of the name tree to show (default 3; 0 hides the tree)",
     )
+    parser.add_argument(
+        "--modules",
+        action="store_true",
+        help="print the module tree of a pickled model the way print(model) does (read from the file, nothing "
+        "imported)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -77,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt = api.open(args.path, allow_globals=args.allow_globals)
     if args.json:
         sys.stdout.write(json.dumps(summarize(ckpt), allow_nan=False) + "\n")
+    elif getattr(args, "modules", False):
+        sys.stdout.write(render_modules(ckpt))
     else:
         sys.stdout.write(render_text(ckpt, depth=args.depth))
     sys.stdout.flush()
@@ -171,7 +179,29 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         "extras": {str(key): _json_extra(value) for key, value in ckpt.extras.items()},
         "globals": [{"name": name, "verdict": classify(name)} for name in ckpt.globals],
         "warnings": [str(w) for w in ckpt.warnings],
+        "modules": {where: node.to_dict() for where, node in ckpt.modules.items()},
     }
+
+
+def render_modules(ckpt: Checkpoint) -> str:
+    """``inspect --modules``: each pickled model's tree as ``print(model)`` prints it, under where it is in the
+    file; one line saying so when the file holds no pickled module."""
+    trees = ckpt.modules
+    if not trees:
+        if ckpt.format.startswith("torchscript"):
+            why = "a TorchScript archive keeps its modules as code, which is not read here (torch.jit.load runs it)"
+        elif ckpt.format == "torch-package":
+            why = "the module trees of torch.package archives are not read yet"
+        elif ckpt.structure is None:
+            why = f"a {ckpt.format} file stores tensors by name only"
+        else:
+            why = "it is a state dict (tensors by name), not a pickled nn.Module"
+        return f"{ckpt.path}: no module tree: {why}. `torchweights inspect PATH` lists its tensors.\n"
+    parts = []
+    for where, node in trees.items():
+        head = f"{where} = " if where else ""
+        parts.append(f"{head}{node}\n")
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------- text

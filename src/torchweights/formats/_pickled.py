@@ -18,6 +18,7 @@ from ..records import Checkpoint, StorageRef
 from ..unpickle.stream import scan_stream, unpickle
 from ..unpickle.values import EmbeddedStorage, PickledTensor, UnpickleResult
 from . import _legacy_stream
+from .structure import keep_tree
 from .tree import flatten, record_maker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,13 +150,10 @@ def assemble(
         assert tensor.storage is not None
         return tensor.storage.ref, 0
 
+    make = record_maker(where, locate)
     try:
-        flat = flatten(
-            result.value,
-            record_maker(where, locate),
-            limits=options.limits,
-            budget=4 * result.opcodes + 10_000,
-        )
+        flat = flatten(result.value, make, limits=options.limits, budget=4 * result.opcodes + 10_000)
+        kept = keep_tree(result.value, flat.names, flat.records, make, options.limits)
     finally:
         embedded.close()
     return Checkpoint(
@@ -167,4 +165,5 @@ def assemble(
         globals=tuple(sorted(result.globals | (globals_seen or set()))),
         metadata=metadata,
         warnings=flat.warnings,
+        structure=kept,
     )

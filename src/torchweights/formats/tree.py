@@ -47,6 +47,9 @@ class Flattened:
     records: dict[str, TensorRecord] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: ``id(pickled tensor) -> name of its record`` (the first name of a tensor reachable by several), for
+    #: rebuilding the tree with tensors in place (:mod:`torchweights.formats.structure`)
+    names: dict[int, str] = field(default_factory=dict)
 
 
 def is_module_stub(obj: Any) -> bool:
@@ -364,6 +367,7 @@ class _Walker:
             self.out.warnings.append(f"two tensors are both named '{name}'; the second is listed as '{name}#{n}'")
             name = f"{name}#{n}"
         self.out.records[name] = self.make_record(name, path, tensor)
+        self.out.names.setdefault(id(tensor), name)
 
 
 def flatten(
