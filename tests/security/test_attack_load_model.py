@@ -197,3 +197,40 @@ def test_build_cannot_set_dunder_attributes(package: ModuleType, tmp_path: Path)
     model.__dict__["__class__"] = "x"  # pickled into the instance state that BUILD applies
     path = saved(model, tmp_path / "build.pt")
     refused(path, [PKG], "__class__", code="unsafe-call")
+
+
+class _Writer:
+    """A class whose construction writes a file (as ``SummaryWriter`` or ``logging.FileHandler`` do)."""
+
+    def __init__(self, path: str) -> None:
+        Path(path).write_text("written")
+
+
+@pytest.mark.parametrize("library", ["torch", "numpy", "logging"])
+def test_trust_never_covers_torch_numpy_or_the_standard_library(
+    library: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``trust=["torch"]`` (or numpy, or a stdlib module) must not make every class of that library callable: some
+    write files or start processes when built (``torch.utils.tensorboard.SummaryWriter``, ``logging.FileHandler``
+    are neither torch's module classes nor dangerous by name). Such names need an exact ``allow_globals`` entry,
+    and the message says so instead of suggesting a trust that would not work."""
+    from torchweights.unpickle.trust import trust_verdict
+
+    module = ModuleType(f"{library}.twm_writer")
+    module.Writer = _Writer  # type: ignore[attr-defined]
+    _Writer.__module__, _Writer.__qualname__ = module.__name__, "Writer"
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    name = f"{library}.twm_writer.Writer"
+    model = nn.Linear(2, 2)
+    model.payload = Reduce(_Writer, str(tmp_path / "MARKER_writer"))
+    path = saved(model, tmp_path / "library.pt")
+    error = refused(path, [library], name, code="untrusted-global")
+    assert "allow_globals" in str(error) and f"trust={[library]!r}" not in str(error), str(error)
+    assert trust_verdict(name, [library]) == "untrusted" and trust_verdict(name, [library], [name]) == "trusted"
+    # the real logging.FileHandler, trusted by package, is refused the same way
+    assert trust_verdict("logging.FileHandler", ["logging"]) == "untrusted"
+    assert trust_verdict("__main__.Net", ["__main__"]) == "trusted"
+    # named exactly, the user's choice is honoured: the class is built (and writes its file)
+    tw.load_model(path, allow_globals=[name])
+    assert (tmp_path / "MARKER_writer").read_text() == "written"
+    (tmp_path / "MARKER_writer").unlink()

@@ -30,7 +30,7 @@ from ..formats.torch_zip import model_pickle
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef, TensorRecord
 from ..text import quote
-from ..unpickle.trust import TrustRules, package_of
+from ..unpickle.trust import TrustRules, package_of, prefix_trustable
 from .unpickler import RebuildUnpickler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,12 +72,16 @@ def _rules(trust: Any, allow_globals: Any, rename_classes: Mapping[str, str] | N
 
 def untrusted_error(path: str, names: list[str], rules: TrustRules | None = None) -> UnsafeCheckpointError:
     """The one refusal listing every global that needs trust, by package (after ``rules.rename_classes``), with the
-    ``trust=[...]`` to pass."""
+    ``trust=[...]`` to pass (and ``allow_globals=[...]`` for names of torch, numpy or the standard library, which
+    ``trust`` never covers)."""
     groups: dict[str, list[str]] = {}
+    exact: list[str] = []
     for name in names:
         target = rules.target(name) if rules is not None else name
         shown = quote(name) if target == name else f"{quote(name)} (renamed to {quote(target)})"
         groups.setdefault(package_of(target), []).append(shown)
+        if not prefix_trustable(target):
+            exact.append(target)
     lines = "\n".join(f"  {pkg}: {', '.join(group)}" for pkg, group in sorted(groups.items()))
     main = (
         " ('__main__' classes were defined in the script that saved the file; trust=['__main__'] looks them up in "
@@ -85,11 +89,21 @@ def untrusted_error(path: str, names: list[str], rules: TrustRules | None = None
         if "__main__" in groups
         else ""
     )
+    packages = sorted(pkg for pkg in groups if prefix_trustable(pkg))
+    fixes = []
+    if packages:
+        fixes.append(f"pass trust={packages!r}{main}")
+    if exact:
+        fixes.append(
+            f"name each of {', '.join(quote(n) for n in sorted(set(exact)))} exactly in allow_globals=[...] "
+            "(trust= never covers torch, numpy or the standard library: torch's own module classes need no trust, "
+            "and their other classes can write files or start processes when built)"
+        )
     return UnsafeCheckpointError(
         f"{quote(path)} needs code from {len(groups)} package(s) you have not trusted, so load_model imported "
-        f"nothing and ran nothing:\n{lines}\nFix: if you trust the code of these packages as installed here, pass "
-        f"trust={sorted(groups)!r}{main}. To read only the weights, without any of their code: tw.load(path), or "
-        "build the model in code and call tw.load_into(model, path).",
+        f"nothing and ran nothing:\n{lines}\nFix: if you trust this code as installed here, {' and '.join(fixes)}. "
+        "To read only the weights, without any of their code: tw.load(path), or build the model in code and call "
+        "tw.load_into(model, path).",
         code="untrusted-global",
         path=path,
     )

@@ -13,6 +13,10 @@ One rule, built on the vocabulary scan and load share (:func:`~.policy.classify_
   ``torch._C._nn.gelu``): a reference only, never called while loading.
 * ``"trusted"``: inside a package named in ``trust`` (whole dotted components: ``"ultralytics"`` covers
   ``ultralytics.nn.tasks.DetectionModel``, not ``ultralytics_evil.X``) or named exactly in ``allow_globals``.
+  ``trust`` never covers torch, numpy or the standard library (:func:`prefix_trustable`): torch's own classes need
+  no trust, and the rest of those hold classes whose construction writes files or starts processes
+  (``torch.utils.tensorboard.SummaryWriter``, ``numpy.memmap``, ``tempfile.NamedTemporaryFile``), so each needs
+  its exact name in ``allow_globals``.
   A trusted class may be instantiated and called; a trusted function is a reference only, unless
   ``allow_globals`` names it exactly.
 * ``"untrusted"``: anything else; the load is refused before anything is imported, naming every such global
@@ -23,6 +27,7 @@ Plain data: no torch, nothing imported.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -30,7 +35,10 @@ from .policy import classify_global
 from .table import SAFE_GLOBALS
 from .torch_classes import TORCH_CLASSES
 
-__all__ = ["TrustRules", "package_of", "trust_verdict"]
+__all__ = ["TrustRules", "package_of", "prefix_trustable", "trust_verdict"]
+
+#: Top-level packages ``trust`` never covers by prefix (see :func:`prefix_trustable`).
+_EXACT_ONLY = frozenset({"torch", "numpy", "builtins", "__builtin__"}) | frozenset(sys.stdlib_module_names)
 
 
 def _covers(package: str, name: str) -> bool:
@@ -41,6 +49,13 @@ def _covers(package: str, name: str) -> bool:
 def package_of(name: str) -> str:
     """The top-level package of a global (``ultralytics.nn.tasks.DetectionModel`` -> ``ultralytics``)."""
     return name.split(".", 1)[0]
+
+
+def prefix_trustable(name: str) -> bool:
+    """Whether ``trust=[package]`` can cover ``name``: not for torch, numpy or the standard library, whose names are
+    judged one by one (torch's classes need no trust; anything else of theirs needs its exact ``allow_globals``
+    name). ``__main__`` (the script that saved the file) can be trusted."""
+    return package_of(name) not in _EXACT_ONLY
 
 
 def trust_verdict(name: str, trust: Iterable[str] = (), allow_globals: Iterable[str] = ()) -> str:
@@ -57,7 +72,9 @@ def trust_verdict(name: str, trust: Iterable[str] = (), allow_globals: Iterable[
     kind = TORCH_CLASSES.get(name)
     if kind is not None:
         return "torch-function" if kind == "function" else "torch-class"
-    if name in set(allow_globals) or any(_covers(p, name) for p in trust if p):
+    if name in set(allow_globals):
+        return "trusted"
+    if prefix_trustable(name) and any(_covers(p, name) for p in trust if p):
         return "trusted"
     return "untrusted"
 
