@@ -234,3 +234,28 @@ def test_trust_never_covers_torch_numpy_or_the_standard_library(
     tw.load_model(path, allow_globals=[name])
     assert (tmp_path / "MARKER_writer").read_text() == "written"
     (tmp_path / "MARKER_writer").unlink()
+
+
+def test_a_trusted_package_data_global_is_never_resolved(package: ModuleType, tmp_path: Path) -> None:
+    """A pickle may name any attribute of a trusted package; a module-level dict named so could then be changed in
+    place (SETITEM on the package's own registry). Pass 1 already refuses mutating a named global (bad-pickle);
+    pass 2 on its own resolves only classes and functions, never data."""
+    import io
+
+    from torchweights.rebuild.unpickler import RebuildUnpickler
+    from torchweights.unpickle.trust import TrustRules
+
+    registry: dict[str, Any] = {}
+    package.REGISTRY = registry  # type: ignore[attr-defined]
+    name = package.__name__.encode()
+    mutate = b"\x80\x02c" + name + b"\nREGISTRY\nX\x04\x00\x00\x00evilX\x03\x00\x00\x00yess."
+    path = write_zip(tmp_path / "registry.pt", torch_zip_members(mutate, root="registry"))
+    with pytest.raises(tw.TorchWeightsError):
+        tw.load_model(path, trust=[PKG])
+    rules = TrustRules(trust=(PKG,))
+    for data in (mutate, b"\x80\x02c" + name + b"\nREGISTRY\n."):
+        unpickler = RebuildUnpickler(io.BytesIO(data), rules, str(path), persistent_load=lambda pid: None)
+        with pytest.raises(tw.UnsafeCheckpointError) as info:
+            unpickler.load()
+        assert info.value.code == "unsafe-call" and "REGISTRY" in str(info.value)
+    assert registry == {}

@@ -117,6 +117,12 @@ class RebuildUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
         if verdict == "table":
             return self._table(target, module, name)
         obj = self._import(target, module if target == full else None, name if target == full else None)
+        if verdict == "trusted" and not callable(obj):
+            # pickle names classes and functions, never data; a trusted package's module-level dict or list named
+            # here could only be there to be changed in place (SETITEM, APPEND, BUILD on the package's own state)
+            raise _refuse(
+                self.path, f"references {quote(full)}, a {type(obj).__name__}", "only classes and functions are named"
+            )
         self.names[id(obj)] = (obj, full)
         if isinstance(obj, type):
             from torch.nn import Module
