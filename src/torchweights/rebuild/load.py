@@ -299,7 +299,23 @@ def load_model(
         RuleError: the file holds no model (``not-a-model``), or an option is malformed.
     """
     rules = _rules(trust, allow_globals, rename_classes)
-    ckpt = open_checkpoint(path, limits=limits)  # pass 1: inert, allows nothing
+    try:
+        ckpt = open_checkpoint(path, limits=limits)  # pass 1: inert, allows nothing
+    except UnsafeCheckpointError as exc:
+        if exc.code != "unsafe-global":
+            raise
+        # tw.open's message offers allow_globals for a file you wrote yourself; load_model never runs these
+        names = ", ".join(quote(n) for n in exc.names) or "them"
+        raise UnsafeCheckpointError(
+            f"{quote(exc.path or os.fspath(path))} references globals that can run code or touch the system: "
+            f"{names}. load_model never imports or calls these, whatever trust= or allow_globals= say, and nothing "
+            "was executed. A model file has no reason to name them: do not load it with torch.load either. If you "
+            "only need the weights of a file you trust, re-save them from the code that made it (model.state_dict() "
+            "and torch.save, or safetensors).",
+            names=exc.names,
+            code="unsafe-global",
+            path=exc.path,
+        ) from exc
     _refuse_format(ckpt)
     dangerous, untrusted = rules.refused(ckpt.globals)
     if dangerous:
