@@ -113,4 +113,5 @@ def test_readme_lists_the_registry() -> None:
     readme = readme[readme.index("<summary>All error codes</summary>") :]
     readme = readme[: readme.index("</details>")]
     rows = re.findall(r"^\| `([a-z0-9-]+)` \| (\w+) \| (.+) \|$", readme, flags=re.MULTILINE)
-    assert rows == [(code, cls.__name__, meaning) for code, (cls, meaning) in CODES.items()]
+    want = [(code, cls.__name__, meaning) for code, (cls, meaning) in CODES.items()]
+    assert rows == want, "run tools/make_error_table.py to rewrite the README table from errors.CODES"

@@ -347,6 +347,7 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "bad-tolerance": (RuleError, "a diff tolerance is not a non-negative number"),
     "needs-torch": (RuleError, "the request needs torch, which is not installed"),
     "nothing-selected": (RuleError, "the options (or a select= pattern) select no tensor at all"),
+    "dangerous-allowed": (RuleError, "an allow list names a global that can run code by itself: never allowed"),
     "bad-select": (RuleError, "select= is not a list of glob patterns"),
     "no-such-tensor": (RuleError, "Checkpoint.get_tensor of a name the checkpoint does not hold"),
     "nested-select": (RuleError, "tw.load(nested=True) was also given select="),

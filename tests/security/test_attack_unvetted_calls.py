@@ -28,6 +28,7 @@ import torch
 
 import torchweights.api as tw
 from torchweights.cli import main as cli_main
+from torchweights.errors import RuleError, UnsafeCheckpointError
 from torchweights.tools.scan.scanner import scan
 from torchweights.unpickle.policy import classify_global
 from torchweights.unpickle.values import Stub
@@ -181,11 +182,27 @@ def test_a_trusted_name_is_allowed(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_allowing_a_dangerous_name_does_not_silence_it(tmp_path: Path) -> None:
+    """Allowing a name that runs code by itself is refused by every verb (it was honoured by tw.load and tw.open,
+    which then ran the payload, while scan still called the file dangerous); without the option scan flags it."""
+    from torchweights.rebuild.load import load_model
+    from torchweights.unpickle.stream import unpickle
+
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.ones(1), "x": Reduce(os.system, f"touch {tmp_path / 'MARKER'}")}, path)
     system = f"{os.system.__module__}.system"
-    report = scan(path, allow_globals=[system])
-    flagged(report, "dangerous-global", name=system)
+    for verb in (scan, tw.load, tw.open, load_model, lambda p, **kw: tw.load_into(torch.nn.Linear(1, 1), p, **kw)):
+        for allowed in ([system], ["builtins.exec", "torch.nn.modules.linear.Linear"], ["subprocess.Popen"]):
+            with pytest.raises(RuleError) as info:
+                verb(path, allow_globals=allowed)
+            assert info.value.code == "dangerous-allowed" and repr(allowed[0]) in str(info.value)
+    flagged(scan(path), "dangerous-global", name=system)
+    with pytest.raises(UnsafeCheckpointError) as refused:
+        tw.load(path)
+    assert "allow_globals" not in str(refused.value)  # no advice to allow what is never allowed
+    # the machine itself never imports an allowed dangerous name, even if a caller skipped the option check
+    data = pickle.dumps(Reduce(os.system, f"touch {tmp_path / 'MARKER'}"), protocol=2)
+    with pytest.raises(UnsafeCheckpointError):
+        unpickle(data, allow_globals=frozenset([system]))
     assert_no_markers(tmp_path)
 
 

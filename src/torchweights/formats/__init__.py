@@ -36,6 +36,12 @@ class ReadOptions:
     limits: Limits = DEFAULT_LIMITS
     observer: Callable[[str, int, StreamScan], None] | None = None
 
+    def __post_init__(self) -> None:
+        if self.allow_globals:
+            from ..unpickle.policy import refuse_dangerous_allowed
+
+            refuse_dangerous_allowed(self.allow_globals)
+
 
 Reader = Callable[[str, ReadOptions], Checkpoint]
 

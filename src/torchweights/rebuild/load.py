@@ -30,6 +30,7 @@ from ..formats.torch_zip import model_pickle
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef, TensorRecord
 from ..text import quote
+from ..unpickle.policy import refuse_dangerous_allowed
 from ..unpickle.trust import TrustRules, package_of, prefix_trustable
 from .unpickler import RebuildUnpickler
 
@@ -67,7 +68,9 @@ def _rules(trust: Any, allow_globals: Any, rename_classes: Mapping[str, str] | N
             f"rename_classes= maps old class names to new ones ({{'old.module.Class': 'new.module.Class'}}), not "
             f"{bad[0]!r}."
         )
-    return TrustRules(_names(trust, "trust"), frozenset(_names(allow_globals, "allow_globals")), renames)
+    allowed = frozenset(_names(allow_globals, "allow_globals"))
+    refuse_dangerous_allowed(allowed)
+    return TrustRules(_names(trust, "trust"), allowed, renames)
 
 
 def untrusted_error(path: str, names: list[str], rules: TrustRules | None = None) -> UnsafeCheckpointError:

@@ -33,6 +33,7 @@ from typing import Any
 
 from .calls import apply_build, import_allowed, instantiate
 from .guards import Nesting, StreamState, check_key, over_budget
+from .policy import classify_global
 from .record import Recorder
 from .table import SAFE_GLOBALS
 from .values import Ctor, Global, Pending, Refused, Stub, UnpickleResult, bad_pickle, bounded_repr
@@ -167,8 +168,9 @@ class Machine(Recorder):
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
         qual = f"{module}.{name}"
-        self.refer(qual, verdict="allowed" if qual in self.allow_globals else None)
-        if qual in self.allow_globals:
+        is_allowed = qual in self.allow_globals and classify_global(qual) != "dangerous"  # never one that runs code
+        self.refer(qual, verdict="allowed" if is_allowed else None)
+        if is_allowed:
             allowed = import_allowed(module, name, self.created)
             return allowed if callable(allowed.obj) else allowed.obj
         entry = SAFE_GLOBALS.get(qual)

@@ -10,7 +10,7 @@ and scan alike, so the two never disagree.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .known_enums import KNOWN_ENUMS
@@ -18,7 +18,7 @@ from .table import SAFE_GLOBALS
 from .torch_classes import TORCH_CLASSES
 from .values import Global, Stub
 
-__all__ = ["LAUNDERING_ATTRIBUTES", "classify_global", "vetted_call"]
+__all__ = ["LAUNDERING_ATTRIBUTES", "classify_global", "refuse_dangerous_allowed", "vetted_call"]
 
 
 _DANGEROUS_MODULES = frozenset(
@@ -264,3 +264,24 @@ def vetted_call(name: str, args: tuple[Any, ...]) -> bool:
             or (name in KNOWN_ENUMS and _enum_lookup(args))  # an Enum member by value: a lookup, nothing else
         )
     )
+
+
+def refuse_dangerous_allowed(names: Iterable[str], option: str = "allow_globals") -> None:
+    """Refuse an allow list that names a global that can run code by itself (``posix.system``, ``builtins.exec``,
+    ``subprocess.Popen``...): allowing a name never silences one of those, in any verb.
+
+    Raises:
+        RuleError: code ``dangerous-allowed``, naming every such global.
+    """
+    dangerous = sorted(n for n in names if isinstance(n, str) and classify_global(n) == "dangerous")
+    if dangerous:
+        from ..errors import RuleError
+
+        listed = ", ".join(repr(n) for n in dangerous)
+        raise RuleError(
+            f"{option} names {listed}, which can run code or touch the system by itself: torchweights never imports "
+            f"or calls such a global, whatever the options say. Fix: remove it from {option}. A file that needs it "
+            "to load is not a weights file; if you wrote it yourself, re-save the weights from the code that made "
+            "it (model.state_dict() with torch.save, or safetensors).",
+            code="dangerous-allowed",
+        )

@@ -123,8 +123,9 @@ def unpickle(
         raise UnsafeCheckpointError(
             f"{where or 'the pickle'} references {plural(len(machine.dangerous), 'global')} that can run code or "
             f"touch the system: {names}. Nothing was executed. A weights file has no reason to call these; do not "
-            "load it with torch.load either. If you wrote this file yourself and trust it, allow exactly these: "
-            f"tw.load(path, allow_globals=[...])  (CLI: --allow-global NAME){also}",
+            "load it with torch.load either. torchweights never runs these, whatever the options say; if you wrote "
+            "this file yourself, re-save the weights from the code that made it (model.state_dict() with "
+            f"torch.save, or safetensors){also}",
             code="unsafe-global",
             names=tuple(machine.dangerous),
         ) from None

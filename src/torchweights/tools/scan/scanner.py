@@ -46,6 +46,7 @@ from ...records import Checkpoint, StorageRef
 from ...storage.raw import read_byte_range
 from ...text import printable
 from ...unpickle.machine import FIRST_OPCODES
+from ...unpickle.policy import refuse_dangerous_allowed
 from ...unpickle.stream import StreamScan, scan_stream
 from .files import FileWalk
 from .messages import short_quote
@@ -65,12 +66,15 @@ def scan(
         path: a checkpoint file, sharded index or folder, or any file to check.
         limits: resource bounds (the same as loading's).
         allow_globals: ``module.qualname`` names you trust, as ``tw.load(allow_globals=...)`` takes them: their
-            calls and references are not reported (verdict ``allowed``). Nothing is imported either way. Names
-            that can run code or touch the system (``posix.system``) stay dangerous findings.
+            calls and references are not reported (verdict ``allowed``). Nothing is imported either way. A name
+            that can run code or touch the system by itself (``posix.system``) is never allowed, here as in
+            ``tw.load``: ``RuleError`` code ``dangerous-allowed``.
 
     Returns:
         A :class:`ScanReport`; it never raises for a bad file: unreadable parts make the verdict ``unreadable``.
     """
+    allow_globals = frozenset(allow_globals)
+    refuse_dangerous_allowed(allow_globals)
     started = time.perf_counter()
     scanner = Scanner(os.fspath(path), limits, frozenset(allow_globals))
     scanner.run()
