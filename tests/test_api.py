@@ -173,3 +173,22 @@ def test_allow_globals_accepts_a_single_string(tmp_path: Path) -> None:
     path = tmp_path / "z.pt"
     torch.save({"w": torch.ones(2)}, path)
     assert list(tw.open(path, allow_globals="collections.OrderedDict").records) == ["w"]
+
+
+@pytest.mark.parametrize("map_location", ["bogus", torch.float16, {"cpu": "nope:1"}, 3.5])
+def test_a_map_location_that_is_no_device_is_a_rule_error(tmp_path: Path, map_location: object) -> None:
+    """Not torch's bare RuntimeError / TypeError from the first allocation: bad-map-location, naming the value."""
+    path = tmp_path / "m.pt"
+    torch.save({"a": torch.ones(2)}, path)
+    with pytest.raises(tw.RuleError) as info:
+        tw.load(path, map_location=map_location)
+    assert info.value.code == "bad-map-location" and "not a device" in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_map_location_this_machine_lacks_is_a_rule_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    torch.save({"a": torch.ones(2)}, path)
+    with pytest.raises(tw.RuleError) as info:
+        tw.load(path, map_location="cuda:0")
+    assert info.value.code == "bad-map-location" and "no cuda device" in str(info.value)

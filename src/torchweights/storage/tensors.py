@@ -64,11 +64,11 @@ def device_resolver(map_location: Any) -> Callable[[str], Any]:
             something else.
     """
     if map_location is None:
-        return lambda location: location
+        return _checked(lambda location: location, "None (the saved location)")
     if isinstance(map_location, Mapping):
-        return lambda location: map_location.get(location, location)
+        return _checked(lambda location: map_location.get(location, location), "(a mapping)")
     if not callable(map_location) or isinstance(map_location, type):
-        return lambda location: map_location
+        return _checked(lambda location: map_location, repr(map_location)[:60])
     import torch
 
     try:
@@ -107,7 +107,33 @@ def device_resolver(map_location: Any) -> Callable[[str], Any]:
         cache[location] = device
         return device
 
-    return resolve
+    return _checked(resolve, _name(map_location))
+
+
+def _checked(resolve: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """``resolve``, whose every answer must be a device torch knows and this machine has: anything else is
+    ``bad-map-location`` (not torch's bare RuntimeError, TypeError or AssertionError from the first allocation)."""
+    import torch
+
+    def check(location: str) -> Any:
+        device = resolve(location)
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise _bad_map_location(
+                f"{what} gives {repr(device)[:60]} for saved location {location!r}, which is not a device "
+                f"({str(exc).splitlines()[0][:120]})"
+            ) from None
+        backend = getattr(torch, parsed.type, None) if parsed.type not in ("cpu", "meta") else None
+        available = getattr(backend, "is_available", None)
+        if callable(available) and not available():  # a backend torch knows but this machine lacks (cuda, mps...)
+            raise _bad_map_location(
+                f"{what} gives device {str(parsed)!r} for saved location {location!r}, and this machine has no "
+                f"{parsed.type} device (torch {torch.__version__}); map_location='cpu' keeps every tensor on the CPU"
+            )
+        return device
+
+    return check
 
 
 _INT64_MAX = (1 << 63) - 1
