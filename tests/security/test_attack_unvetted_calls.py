@@ -178,6 +178,9 @@ def test_a_trusted_name_is_allowed(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 1 and "--allow-global logging.FileHandler" in out
     capsys.readouterr()
     assert cli_main(["scan", "--allow-global", "logging.FileHandler", str(path)]) == 0
+    # the closing line says tw.load would call it, not "nothing in it runs code"
+    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "except the globals you allowed (logging.FileHandler)" in closing, closing
     assert_no_markers(tmp_path)
 
 

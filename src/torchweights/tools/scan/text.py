@@ -59,14 +59,23 @@ _VERDICTS = ("safe", "known", "allowed", "unknown", "dangerous")
 def closing_line(report: ScanReport) -> str:
     """What to do, following the real outcome of ``tw.load`` on the file (read, refused for safety, unreadable)."""
 
+    allowed = [n for n, verdict in report.globals.items() if verdict == "allowed"]
+    # globals the caller allowed are imported by tw.load, and called where the file calls them: say so
+    named = ", ".join(printable(n) for n in allowed[:3]) + (", ..." if len(allowed) > 3 else "")
+    with_allowed = f", except the globals you allowed ({named})" if allowed else ""
     if report.load_refuses:
         load = f"tw.load refuses it ({', '.join(printable(n) for n in report.load_refuses[:3])}), running nothing."
     elif report.load_error is not None:
         load = f"tw.load cannot read it [{report.load_error.code}]."
     else:
-        load = "tw.load reads it as data, running none of it."
+        load = f"tw.load reads it as data, running none of it{with_allowed}."
     if report.load_error is not None and report.load_error.code == "not-found":
         return "There is no such file or folder: nothing was scanned."
+    if report.verdict == "clean" and allowed:
+        return (
+            f"Nothing in it runs code except the globals you allowed ({named}): tw.load imports them and calls "
+            "them where the file does."
+        )
     if report.verdict == "clean":
         return "Nothing in it runs code: tw.load reads it as data."
     if report.verdict == "dangerous":
