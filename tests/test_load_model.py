@@ -400,3 +400,14 @@ def test_every_nn_module_torch_save_can_pickle_loads_without_trust(tmp_path: Pat
         sys.modules.pop(spec.name, None)
     assert not problems, problems[:5]
     assert loaded > 500
+
+
+def test_a_compiled_model_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """torch.save(torch.compile(model)) pickles torch._dynamo's compiler state: refused, saying what it is and how
+    to save the model instead (the original module, or its state dict)."""
+    path = tmp_path / "compiled.pt"
+    torch.save(torch.compile(nn.Linear(3, 4)), path)
+    for load in (tw.load, tw.load_model):
+        with pytest.raises(tw.UnsafeCheckpointError) as info:
+            load(path)
+        assert "torch.compile'd model" in str(info.value) and "model._orig_mod" in str(info.value)

@@ -31,6 +31,7 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef, TensorRecord
 from ..text import quote
 from ..unpickle.policy import refuse_dangerous_allowed
+from ..unpickle.stream import compiled_model_hint
 from ..unpickle.trust import TrustRules, package_of, prefix_trustable
 from .unpickler import RebuildUnpickler
 
@@ -314,7 +315,7 @@ def load_model(
             f"{names}. load_model never imports or calls these, whatever trust= or allow_globals= say, and nothing "
             "was executed. A model file has no reason to name them: do not load it with torch.load either. If you "
             "only need the weights of a file you trust, re-save them from the code that made it (model.state_dict() "
-            "and torch.save, or safetensors).",
+            "and torch.save, or safetensors)." + compiled_model_hint(exc.names),
             names=exc.names,
             code="unsafe-global",
             path=exc.path,

@@ -11,7 +11,7 @@ the format reader passes ``read_embedded`` to read it; without it such a call is
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,20 @@ from .guards import STREAM, EmbeddedReader, StreamState
 from .machine import Machine
 from .values import Reference, UnpickleResult, bad_pickle, bounded_repr
 
-__all__ = ["StreamScan", "scan_stream", "unpickle"]
+__all__ = ["StreamScan", "compiled_model_hint", "scan_stream", "unpickle"]
+
+
+def compiled_model_hint(names: Iterable[str]) -> str:
+    """A sentence for refusals of a ``torch.compile``'d model (``torch.save`` of it pickles torch._dynamo's compiler
+    state beside the module), or ``""`` when ``names`` are not that."""
+    if "torch._dynamo.eval_frame.OptimizedModule" not in names:
+        return ""
+    return (
+        " This is a torch.compile'd model (OptimizedModule): its pickle carries torch._dynamo's compiler state, which "
+        "a weights file does not need. Fix: save the original module or its weights from the code that compiled it: "
+        "torch.save(model._orig_mod, path), or torch.save(model.state_dict(), path) (tw.load_into strips the "
+        "'_orig_mod.' prefix)."
+    )
 
 
 def _execute(
@@ -120,6 +133,7 @@ def unpickle(
         # Refusing for safety takes precedence over any other problem: it is the one the user must know about.
         names = ", ".join(quote(n) for n in machine.dangerous)
         also = f" (The stream is also malformed: {failure.message})" if failure is not None else ""
+        also = compiled_model_hint(machine.dangerous) + also
         raise UnsafeCheckpointError(
             f"{where or 'the pickle'} references {plural(len(machine.dangerous), 'global')} that can run code or "
             f"touch the system: {names}. Nothing was executed. A weights file has no reason to call these; do not "
