@@ -316,6 +316,20 @@ def test_rename_classes_loads_a_moved_package(tmp_path: Path, monkeypatch: pytes
     assert type(got).__module__ == "twm_new.model"
     for key, value in want.state_dict().items():
         assert torch.equal(got.state_dict()[key], value)
+    # the package gone: the refusal says so and how to rename all of it; one package-wide entry does
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "old")])
+    importlib.invalidate_caches()
+    with pytest.raises(tw.UnsafeCheckpointError) as info:
+        tw.load_model(path, trust=["twm_new"])
+    assert "'twm_old' is not installed here" in str(info.value) and "rename_classes={'twm_old'" in str(info.value)
+    whole = tw.load_model(path, trust=["twm_new"], rename_classes={"twm_old": "twm_new"})
+    assert type(whole).__module__ == "twm_new.model" and type(whole.blocks[0]).__module__ == "twm_new.blocks"
+    x = torch.randn(2, 8)
+    assert torch.equal(whole(x), got(x))
+    # a rename the file does not need is a misspelt old name: said, with the file's own class names
+    with pytest.raises(tw.RuleError) as rule:
+        tw.load_model(path, trust=["twm_new"], rename_classes={"twm_olde": "twm_new"})
+    assert rule.value.code == "bad-rename" and "'twm_old.model.Model'" in str(rule.value)
     for name in [n for n in sys.modules if n.startswith(("twm_old", "twm_new"))]:
         del sys.modules[name]
 

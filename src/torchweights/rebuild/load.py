@@ -16,6 +16,7 @@ Three steps:
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import warnings
@@ -74,6 +75,12 @@ def _rules(trust: Any, allow_globals: Any, rename_classes: Mapping[str, str] | N
     return TrustRules(_names(trust, "trust"), allowed, renames)
 
 
+def _classes_of(names: Iterable[str]) -> list[str]:
+    """The globals of a file that are neither the safe table nor torch's: what rename_classes could rename."""
+    rules = TrustRules()
+    return [n for n in names if rules.verdict(n) == "untrusted"] or list(names)
+
+
 def untrusted_error(path: str, names: list[str], rules: TrustRules | None = None) -> UnsafeCheckpointError:
     """The one refusal listing every global that needs trust, by package (after ``rules.rename_classes``), with the
     ``trust=[...]`` to pass (and ``allow_globals=[...]`` for names of torch, numpy or the standard library, which
@@ -97,6 +104,15 @@ def untrusted_error(path: str, names: list[str], rules: TrustRules | None = None
     fixes = []
     if packages:
         fixes.append(f"pass trust={packages!r}{main}")
+    # find_spec of a top-level name only searches sys.path: nothing is imported or run
+    missing = [pkg for pkg in packages if pkg != "__main__" and importlib.util.find_spec(pkg) is None]
+    note = (
+        f" {', '.join(quote(m) for m in missing)} {'is' if len(missing) == 1 else 'are'} not installed here: if the "
+        f"package was renamed, rename_classes={{{missing[0]!r}: 'new_package'}} maps all its classes (then trust "
+        "the new package)."
+        if missing
+        else ""
+    )
     if exact:
         fixes.append(
             f"name each of {', '.join(quote(n) for n in sorted(set(exact)))} exactly in allow_globals=[...] "
@@ -107,7 +123,7 @@ def untrusted_error(path: str, names: list[str], rules: TrustRules | None = None
         f"{quote(path)} needs code from {len(groups)} package(s) you have not trusted, so load_model imported "
         f"nothing and ran nothing:\n{lines}\nFix: if you trust this code as installed here, {' and '.join(fixes)}. "
         "To read only the weights, without any of their code: tw.load(path), or build the model in code and call "
-        "tw.load_into(model, path).",
+        f"tw.load_into(model, path).{note}",
         code="untrusted-global",
         path=path,
     )
@@ -321,6 +337,15 @@ def load_model(
             path=exc.path,
         ) from exc
     _refuse_format(ckpt)
+    unused = rules.unused_renames(ckpt.globals)
+    if unused:
+        raise RuleError(
+            f"rename_classes renames {', '.join(quote(k) for k in unused)}, which {quote(ckpt.path)} does not name "
+            f"(its classes: {', '.join(quote(n) for n in _classes_of(ckpt.globals)[:8])}). Fix: use the old names "
+            "the file holds, exactly, or an old module or package name ({'oldpkg': 'newpkg'} renames all of it).",
+            code="bad-rename",
+            path=ckpt.path,
+        )
     dangerous, untrusted = rules.refused(ckpt.globals)
     if dangerous:
         shown = ", ".join(f"{quote(n)} (renamed to {quote(rules.target(n))})" for n in dangerous)

@@ -116,7 +116,10 @@ class RebuildUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
         target = self.rules.target(full)
         if verdict == "table":
             return self._table(target, module, name)
-        obj = self._import(target, module if target == full else None, name if target == full else None)
+        if full in self.rules.rename_classes:  # an exact rename: "new.module.Class" or "new.module:Outer.Inner"
+            obj = self._import(target, None, None)
+        else:  # unchanged, or its module renamed as a prefix ({"oldpkg": "newpkg"}): the qualname stays
+            obj = self._import(target, self.rules.target(module), name)
         if verdict == "trusted" and not callable(obj):
             # pickle names classes and functions, never data; a trusted package's module-level dict or list named
             # here could only be there to be changed in place (SETITEM, APPEND, BUILD on the package's own state)

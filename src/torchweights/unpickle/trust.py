@@ -94,8 +94,18 @@ class TrustRules:
     rename_classes: Mapping[str, str] = field(default_factory=dict)
 
     def target(self, name: str) -> str:
-        """The name the load imports for ``name`` (its rename, if any)."""
-        return self.rename_classes.get(name, name)
+        """The name the load imports for ``name``: its exact rename, else the rename of its longest renamed module
+        or package (``{"oldpkg": "newpkg"}`` maps ``oldpkg.models.GPT`` to ``newpkg.models.GPT``), else itself."""
+        exact = self.rename_classes.get(name)
+        if exact is not None:
+            return exact
+        prefix = max((k for k in self.rename_classes if name.startswith(k + ".")), key=len, default=None)
+        return name if prefix is None else self.rename_classes[prefix] + name[len(prefix) :]
+
+    def unused_renames(self, names: Iterable[str]) -> list[str]:
+        """The ``rename_classes`` keys that rename none of ``names`` (a misspelt old name, most likely)."""
+        names = list(names)
+        return [k for k in self.rename_classes if not any(n == k or n.startswith(k + ".") for n in names)]
 
     def verdict(self, name: str) -> str:
         """:func:`trust_verdict` of ``name`` after renaming."""
