@@ -92,3 +92,15 @@ def test_select_skips_unreadable_tensors_it_does_not_select(tmp_path: Path) -> N
     with pytest.raises(tw.UnsupportedCheckpointError):
         tw.load(path)
     assert torch.equal(tw.load(path, select=["plain"])["plain"], torch.full((2,), 5.0))
+
+
+def test_a_pattern_below_a_container_prefix_gets_the_full_pattern(tmp_path: Path) -> None:
+    path = _save(tmp_path / "nested.pt", "zip", {"a": torch.ones(1)})
+    torch.save({"state_dict": _state(), "epoch": 3}, path)
+    with pytest.raises(RuleError) as err:
+        tw.load(path, select=["encoder.*"])
+    assert "select 'state_dict.encoder.*'" in str(err.value)
+    assert set(tw.load(path, select=["state_dict.encoder.*"])) == {
+        "state_dict.encoder.layer.0.weight",
+        "state_dict.encoder.layer.0.bias",
+    }

@@ -211,6 +211,21 @@ def refuse_allowed_modules(ckpt: Checkpoint) -> None:
         )
 
 
+def _nested_hint(pattern: str, names: Iterable[str]) -> str:
+    """`` (names here start with 'state_dict.': select 'state_dict.encoder.*')`` when ``pattern`` matches the names
+    below a container prefix, or ``""``."""
+    from .plan.rules import matches_any
+    from .text import quote
+
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            if matches_any(".".join(parts[i:]), [pattern]):
+                prefix = ".".join(parts[:i]) + "."
+                return f" (names here start with {quote(prefix)}: select {quote(prefix + pattern)})"
+    return ""
+
+
 def _selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The records and extras ``select`` picks; every pattern must pick at least one tensor."""
     from .errors import RuleError
@@ -228,9 +243,10 @@ def _selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, 
     extras = {n: v for n, v in ckpt.extras.items() if matches_any(n, patterns)}
     unused = [p for p in patterns if not any(matches_any(n, [p]) for n in (*records, *extras))]
     if unused:
+        hint = _nested_hint(unused[0], ckpt.records) or close_names_hint(unused[0], ckpt.records)
         raise RuleError(
             f"select pattern {quote(unused[0])} matches no tensor of {quote(ckpt.path)}"
-            f"{close_names_hint(unused[0], ckpt.records)}. Fix: use names from tw.open(path).records "
+            f"{hint}. Fix: use names from tw.open(path).records "
             "(torchweights inspect PATH lists them); patterns are globs ('encoder.*').",
             code="nothing-selected",
             path=ckpt.path,
