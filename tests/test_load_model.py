@@ -425,3 +425,12 @@ def test_a_compiled_model_is_refused_with_the_fix(tmp_path: Path) -> None:
         with pytest.raises(tw.UnsafeCheckpointError) as info:
             load(path)
         assert "torch.compile'd model" in str(info.value) and "model._orig_mod" in str(info.value)
+
+
+def test_a_dict_of_several_models_says_which_came_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "two.pt"
+    torch.save({"ema": nn.Linear(2, 3), "model": nn.Linear(2, 2), "epoch": 1}, path)
+    with caplog.at_level("WARNING", logger="torchweights"):
+        got = tw.load_model(path)
+    assert isinstance(got, nn.Linear) and got.out_features == 2
+    assert "returns 'model'" in caplog.text and "'ema'" in caplog.text

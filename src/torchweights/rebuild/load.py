@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -264,10 +265,20 @@ def _module_of(obj: Any, path: str) -> torch.nn.Module:
     if isinstance(obj, Module):
         return obj
     if isinstance(obj, dict):
+        modules = [k for k, v in obj.items() if isinstance(v, Module)]
         for key in _MODEL_KEYS:
             if isinstance(obj.get(key), Module):
+                others = [str(k) for k in modules if k != key]
+                if others:  # {"model": m, "ema": e}: say which one came back
+                    logging.getLogger("torchweights").warning(
+                        "%s holds %d models (%s); load_model returns %r. For another, load the dict's weights into "
+                        "a model you build: tw.load_into(model, path, container=NAME).",
+                        path,
+                        len(modules),
+                        ", ".join(map(repr, [key, *others])),
+                        key,
+                    )
                 return obj[key]  # type: ignore[no-any-return]
-        modules = [k for k, v in obj.items() if isinstance(v, Module)]
         if len(modules) == 1:
             return obj[modules[0]]  # type: ignore[no-any-return]
         what = f"a dict with keys {sorted(map(str, obj))[:8]}"
