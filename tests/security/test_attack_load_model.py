@@ -159,7 +159,8 @@ def test_a_trusted_function_is_never_called(package: ModuleType, tmp_path: Path)
     model = package.Model()
     model.payload = Reduce(package.make_marker, str(marker))
     path = saved(model, tmp_path / "fn.pt")
-    refused(path, [PKG], f"{PKG}.model.make_marker", code="unsafe-call")
+    error = refused(path, [PKG], f"{PKG}.model.make_marker", code="unsafe-call")
+    assert f"allow_globals=['{PKG}.model.make_marker']" in str(error)  # the exact opt-in, copyable
     assert tw.load_model(path, trust=[PKG], allow_globals=[f"{PKG}.model.make_marker"]) is not None  # named: called
     assert marker.exists()  # the one way to run a function: name it exactly
     marker.unlink()

@@ -188,12 +188,18 @@ class RebuildUnpickler(_PurePythonUnpickler):  # type: ignore[misc]
         """``func(*args)`` if ``func`` may be called; UnsafeCheckpointError naming it otherwise."""
         entry = self.callables.get(id(func))
         if entry is None or entry[0] is not func:
+            name = self.name_of(func)
+            named = self.names.get(id(func))
+            exact = (
+                f"; if you trust this call, allow exactly it: allow_globals=[{name!r}]"
+                if named is not None and named[0] is func and self.rules.verdict(name) == "trusted"
+                else " (allow_globals=[name] calls one function of a trusted package you name)"
+            )
             raise _refuse(
                 self.path,
-                f"calls {quote(self.name_of(func))} ({op})",
+                f"calls {quote(name)} ({op})",
                 "a function kept as an attribute is a reference only, and only torch's types, the safe "
-                "reconstructors and trusted classes are ever called (allow_globals=[name] calls one function you "
-                "name)",
+                f"reconstructors and trusted classes are ever called{exact}",
             )
         return entry[1](*args)
 
