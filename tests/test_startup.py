@@ -251,3 +251,66 @@ def test_inspect_safetensors_does_not_import_torch(tmp_path: Path) -> None:
     modules = _cli_modules(["inspect", str(path)])
     assert "torchweights.api" in modules
     assert _heavy(modules) == []
+
+
+# ------------------------------------------------------------------------------------------- what one load imports
+
+_COMMON_LOAD_MODULES = {
+    *("torchweights", "api", "apply", "dtypes", "errors", "fold", "limits", "records", "text"),
+    *("detect", "detect.content", "detect.sample", "detect.sniff", "formats"),
+    *("plan", "plan.container", "plan.match", "plan.model", "plan.prefix", "plan.reconcile", "plan.renames"),
+    *("plan.rules", "plan.sources", "plan.spec", "plan.verdicts", "report", "report.load"),
+    *("storage", "storage.compression", "storage.contents", "storage.crc", "storage.engine", "storage.files"),
+    *("storage.mapping", "storage.raw", "storage.read", "storage.results", "storage.scratch", "storage.settings"),
+    *("storage.stamps", "storage.targets", "storage.tensors"),
+}
+
+#: Every module the first ``tw.load_into`` of a file imports, after ``import torch``: torchweights' modules by their
+#: name in the package, others (stdlib) with a leading ``/``; the CRC backend (zlib_ng...) is not counted. Issue 14
+#: (start-up time) works on shrinking these: a module that is no longer imported must be taken out here, and one
+#: that starts being imported must be added here, on purpose.
+LOAD_IMPORTS: dict[str, set[str]] = {
+    "safetensors": _COMMON_LOAD_MODULES | {"formats._files", "formats.safetensors"},
+    "torch-zip": _COMMON_LOAD_MODULES
+    | {"detect.archive", "formats._legacy_stream", "formats._pickled", "formats._tar", "formats._zip"}
+    | {"formats.modules", "formats.structure", "formats.torch_zip", "formats.tree"}
+    | {"unpickle", "unpickle.calls", "unpickle.guards", "unpickle.known_enums", "unpickle.machine"}
+    | {"unpickle.policy", "unpickle.record", "unpickle.stream", "unpickle.table", "unpickle.table_jit"}
+    | {"unpickle.table_numpy", "unpickle.table_stdlib", "unpickle.table_torch", "unpickle.torch_classes"}
+    | {"unpickle.values", "/decimal", "/_decimal", "/fractions"},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(LOAD_IMPORTS))
+def test_what_a_load_imports(fmt: str, tmp_path: Path) -> None:
+    """The first load in a fresh process imports exactly the listed modules (none that the list lacks, and every one
+    it has), so that an import added to the load path shows here, and one removed is recorded."""
+    path = tmp_path / ("m.safetensors" if fmt == "safetensors" else "m.pt")
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        import torch
+        from torch import nn
+        model = nn.ModuleDict({{f"l{{i}}": nn.Linear(8, 8) for i in range(30)}})
+        state = model.state_dict()
+        path = {str(path)!r}
+        if path.endswith(".safetensors"):
+            from safetensors.torch import save_file
+            save_file(state, path)
+        else:
+            torch.save(state, path)
+        before = set(sys.modules)
+        import torchweights as tw
+        report = tw.load_into(model, path)
+        assert report.clean and report.applied
+        print(json.dumps(sorted(set(sys.modules) - before)))
+        """
+    )
+    new = json.loads(_python(code).splitlines()[-1])
+    got = {n[len("torchweights.") :] if n.startswith("torchweights.") else n for n in new}
+    got = {n if n.startswith("torchweights") or ("." in n and n.split(".")[0] != "torchweights") else n for n in got}
+    want = {n[1:] if n.startswith("/") else n for n in LOAD_IMPORTS[fmt]}
+    others = {n for n in got if n not in want and not n.startswith(("zlib_ng", "isal", "deflate"))}
+    assert not others, f"the load now also imports {sorted(others)}: add them to LOAD_IMPORTS on purpose"
+    gone = want - got
+    assert not gone, f"the load no longer imports {sorted(gone)}: take them out of LOAD_IMPORTS"
