@@ -12,12 +12,10 @@ from collections.abc import Callable
 from typing import IO
 
 from ...errors import ResourceLimitError, TorchWeightsError
-from ...formats._pickled import read_embedded
 from ...formats._zip import ZipDirectory, ZipMember, check_member_inflation, inflate, read_directory
 from ...unpickle.machine import FIRST_OPCODES
-from ...unpickle.stream import scan_stream
 from .messages import short_quote, within
-from .probe import MAX_LATENT_DEPTH, PROBE_BYTES, is_pickle_head, lenient_persistent, worth_reading
+from .probe import MAX_LATENT_DEPTH, PROBE_BYTES, is_pickle_head
 from .report import Finding, Severity
 from .tscode import analyse as analyse_torchscript
 from .tscode import is_code_member
@@ -161,15 +159,7 @@ class ArchiveWalk(Walk):
         probe = inflate(fh, member, PROBE_BYTES)
         if probe.startswith(b"PK\x03\x04"):
             return True  # a zip's directory is at its end
-        return worth_reading(
-            probe[:2],
-            scan_stream(
-                probe,
-                persistent_load=lenient_persistent,
-                max_opcodes=self.limits.max_pickle_opcodes,
-                read_embedded=read_embedded,
-            ),
-        )
+        return self.worth_reading(probe)
 
     def npy(self, data: bytes, file: str, where: str | None) -> None:
         """A .npy array: an object array's data is a pickle."""

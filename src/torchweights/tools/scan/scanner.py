@@ -39,7 +39,6 @@ from typing import Any
 
 from ...errors import TorchWeightsError
 from ...formats import ReadOptions, open_path
-from ...formats._pickled import read_embedded
 from ...formats.tree import refuse_unreadable
 from ...limits import DEFAULT_LIMITS, Limits
 from ...records import Checkpoint, StorageRef
@@ -47,10 +46,10 @@ from ...storage.raw import read_byte_range
 from ...text import printable
 from ...unpickle.machine import FIRST_OPCODES
 from ...unpickle.policy import refuse_dangerous_allowed
-from ...unpickle.stream import StreamScan, scan_stream
+from ...unpickle.stream import StreamScan
 from .files import FileWalk
 from .messages import short_quote
-from .probe import BYTE_DTYPES, PROBE_BYTES, lenient_persistent, worth_reading
+from .probe import BYTE_DTYPES, PROBE_BYTES
 from .report import SEVERITIES, Finding, ScanReport, Severity
 from .walk import StorageMember
 
@@ -236,15 +235,7 @@ class Scanner(FileWalk):
             if not probe[:1] or (probe[0] not in FIRST_OPCODES and not probe.startswith(b"PK\x03\x04")):
                 return
             if nbytes > PROBE_BYTES and not probe.startswith(b"PK\x03\x04"):
-                if not worth_reading(
-                    probe[:2],
-                    scan_stream(
-                        probe,
-                        persistent_load=lenient_persistent,
-                        max_opcodes=self.limits.max_pickle_opcodes,
-                        read_embedded=read_embedded,
-                    ),
-                ):
+                if not self.worth_reading(probe):
                     return
             blob = probe if nbytes <= PROBE_BYTES else bytes(read_byte_range(ref, start, ref.nbytes))
         except TorchWeightsError:

@@ -14,7 +14,7 @@ from ...formats._pickled import read_embedded
 from ...limits import Limits
 from ...unpickle.stream import StreamScan, scan_stream
 from .messages import call_text, dangerous_text, unknown_text
-from .probe import BYTE_DTYPES, MAX_LATENT_DEPTH, blobs, is_pickle, lenient_persistent
+from .probe import BYTE_DTYPES, MAX_LATENT_DEPTH, blobs, is_pickle, lenient_persistent, worth_reading
 from .report import Finding, PickleStream, ScanReport, Severity
 
 __all__ = ["StorageMember", "Walk"]
@@ -136,6 +136,17 @@ class Walk:
         elif seen.value is not None and latent < MAX_LATENT_DEPTH:
             for blob_where, blob in blobs(seen.value, seen.opcodes):
                 self.latent(blob, file, f"{where}, {blob_where}", latent + 1)
+
+    def worth_reading(self, probe: bytes) -> bool:
+        """Whether bytes that only start like a pickle (their first ``PROBE_BYTES``) are worth reading whole: see
+        :func:`~.probe.worth_reading`. Tensor bytes fail at once."""
+        seen = scan_stream(
+            probe,
+            persistent_load=lenient_persistent,
+            max_opcodes=self.limits.max_pickle_opcodes,
+            read_embedded=read_embedded,
+        )
+        return worth_reading(probe[:2], seen)
 
     def latent(self, blob: bytes, file: str, where: str, depth: int) -> None:
         """Bytes inside a value or a byte tensor that may be a pickle or a zip (see
