@@ -325,6 +325,21 @@ def check_version(archive: Archive, root: str, records: dict[str, str], path: st
     return version
 
 
+def _data_pkl(archive: Archive, root: str, path: str, options: ReadOptions) -> tuple[bytes, str]:
+    """``<root>/data.pkl`` read whole (CRC-checked by the archive), within ``limits.max_pickle_bytes``, and how
+    messages name it."""
+    pkl = archive.get(root + "data.pkl")
+    assert pkl is not None  # _find_root found it
+    if pkl.size > options.limits.max_pickle_bytes:
+        raise ResourceLimitError(
+            f"'{path}': data.pkl is {pkl.size} bytes, over the {options.limits.max_pickle_bytes}-byte "
+            "limit. If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
+            code="limit-pickle-size",
+            path=path,
+        )
+    return archive.read(pkl), f"'{path}' member '{pkl.name}'"
+
+
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a torch zip checkpoint's pickle and locate every storage; no tensor bytes are read."""
     with open_archive(path, options) as archive:
@@ -332,17 +347,7 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
         records = read_text_members(archive, root, _RECORDS)
         byteorder = check_byteorder(records, path)
         check_version(archive, root, records, path)
-        pkl = archive.get(root + "data.pkl")
-        assert pkl is not None  # _find_root found it
-        if pkl.size > options.limits.max_pickle_bytes:
-            raise ResourceLimitError(
-                f"'{path}': data.pkl is {pkl.size} bytes, over the {options.limits.max_pickle_bytes}-byte "
-                "limit. If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
-                code="limit-pickle-size",
-                path=path,
-            )
-        data = archive.read(pkl)
-        where = f"'{path}' member '{pkl.name}'"
+        data, where = _data_pkl(archive, root, path, options)
         storages = ZipStorages(archive, root, byteorder)
         result = run_pickle(data, options, where, persistent_load=storages)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
@@ -358,16 +363,7 @@ def model_pickle(path: str, options: ReadOptions) -> tuple[bytes, dict[str, Pick
     with open_archive(path, options) as archive:
         root = _find_root(archive.names(), path)
         byteorder = check_byteorder(read_text_members(archive, root, ("byteorder",)), path)
-        pkl = archive.get(root + "data.pkl")
-        assert pkl is not None  # _find_root found it
-        if pkl.size > options.limits.max_pickle_bytes:
-            raise ResourceLimitError(
-                f"'{path}': data.pkl is {pkl.size} bytes, over the {options.limits.max_pickle_bytes}-byte "
-                "limit. If you trust the file: limits=Limits(max_pickle_bytes=...).",
-                code="limit-pickle-size",
-                path=path,
-            )
-        data = archive.read(pkl)
+        data, where = _data_pkl(archive, root, path, options)
         storages = ZipStorages(archive, root, byteorder)
-        run_pickle(data, options, f"'{path}' member '{pkl.name}'", persistent_load=storages)
+        run_pickle(data, options, where, persistent_load=storages)
         return data, dict(storages.seen)
