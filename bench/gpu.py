@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run as cpu_bench  # the generator and model of bench/run.py
+import model as bench_model  # the generator and model of the bench (bench/model.py)
 
 CASES = {
     "torch-zip": ["tw-copy-cuda", "tw-load-cuda", "torch-load-cuda"],
@@ -51,10 +51,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             model.load_state_dict(load_file(target, device="cuda"))
 
     with tempfile.TemporaryDirectory() as tmp:  # one-time costs first, on a small model
-        small = cpu_bench.build_model(64, info["dtype"], "cpu")
-        paths, _ = cpu_bench.write_all(Path(tmp), "warmup", small.state_dict())
+        small = bench_model.build_model(64, info["dtype"], "cpu")
+        paths, _ = bench_model.write_all(Path(tmp), "warmup", small.state_dict())
         once(small.cuda(), paths[fmt])
-    model = cpu_bench.build_model(info["width"], info["dtype"], "cuda")
+    model = bench_model.build_model(info["width"], info["dtype"], "cuda")
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     once(model, path)
@@ -76,10 +76,10 @@ def main() -> int:
     try:
         for size in sizes:
             for dtype in ("float32", "bfloat16"):
-                info = cpu_bench.generate(root, size, dtype)
+                info = bench_model.generate(root, size, dtype)
                 for fmt, cases in CASES.items():
                     for case in cases:
-                        cpu_bench.warm(info["files"][fmt])
+                        bench_model.warm(info["files"][fmt])
                         proc = subprocess.run(
                             [
                                 sys.executable,
@@ -111,7 +111,7 @@ def main() -> int:
                             }
                         rows.append(row)
                         print(row)
-                cpu_bench._cleanup(info, keep=False)
+                bench_model.remove(info)
     finally:
         if not given:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,154 @@
+"""The bench's model and checkpoints: a transformer-like model of a given size (32 blocks, ~290 tensors from 3 KiB
+norms to ~100 MiB embeddings) and its weights as a torch zip file, a safetensors file and a 3-shard safetensors set.
+Shared by ``bench/run.py`` (warm mode), ``bench/fresh.py`` (first call in a fresh process), ``bench/scale.py`` and
+``bench/gpu.py``. Imports only the standard library and torch, so that a fresh-process case imports nothing else
+before its clock starts."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+GB = 1 << 30
+LAYERS = 32
+VOCAB = 32000
+
+
+def width_for(nbytes: int, itemsize: int) -> int:
+    """Hidden size so that the model holds about ``nbytes`` (32 blocks of 4 d^2 attention + 3 d (8/3 d) MLP)."""
+    params = nbytes / itemsize
+    a, b = 12 * LAYERS, 2 * VOCAB
+    d = (-b + math.sqrt(b * b + 4 * a * params)) / (2 * a)
+    return max(64, int(round(d / 64)) * 64)
+
+
+def build_model(width: int, dtype: str, device: str) -> Any:
+    import torch
+    from torch import nn
+
+    ffn = (8 * width // 3 + 63) // 64 * 64
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn_norm = nn.RMSNorm(width)
+            self.q = nn.Linear(width, width, bias=False)
+            self.k = nn.Linear(width, width, bias=False)
+            self.v = nn.Linear(width, width, bias=False)
+            self.o = nn.Linear(width, width, bias=False)
+            self.mlp_norm = nn.RMSNorm(width)
+            self.gate = nn.Linear(width, ffn, bias=False)
+            self.up = nn.Linear(width, ffn, bias=False)
+            self.down = nn.Linear(ffn, width, bias=False)
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, width)
+            self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+            self.norm = nn.RMSNorm(width)
+            self.lm_head = nn.Linear(width, VOCAB, bias=False)
+
+    with torch.device("meta"):
+        model = LM().to(getattr(torch, dtype))
+    if device != "meta":
+        model = model.to_empty(device=device)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()  # written memory, as after a real initialisation
+    return model
+
+
+def generate(folder: Path, size_gb: int, dtype: str) -> dict[str, Any]:
+    """Write the three checkpoints of one size and dtype; returns their description."""
+    import torch
+
+    itemsize = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+    width = width_for(size_gb * GB, itemsize)
+    model = build_model(width, dtype, "meta")
+    gen = torch.Generator().manual_seed(0)
+    sd = {}
+    for name, p in model.state_dict().items():
+        sd[name] = torch.randn(p.shape, generator=gen).to(p.dtype)
+    nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+    paths, files = write_all(folder, f"{size_gb}g-{dtype}", sd)
+    del sd
+    gc.collect()
+    for group in files.values():
+        for p in group:
+            with open(p, "rb+") as fh:
+                os.fsync(fh.fileno())  # clean pages, so that eviction works
+    return {
+        "size_gb": size_gb,
+        "dtype": dtype,
+        "width": width,
+        "nbytes": nbytes,
+        "tensors": len(model.state_dict()),
+        "paths": paths,
+        "files": files,
+    }
+
+
+def write_all(folder: Path, tag: str, sd: dict[str, Any]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """``sd`` as a torch zip file, a safetensors file and a 3-shard safetensors set (with its index)."""
+    import torch
+    from safetensors.torch import save_file
+
+    nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+    zip_path = folder / f"{tag}.pt"
+    st_path = folder / f"{tag}.safetensors"
+    shard_dir = folder / f"{tag}-sharded"
+    shard_dir.mkdir(exist_ok=True)
+    torch.save(sd, zip_path)
+    save_file(sd, str(st_path))
+    shards: list[list[str]] = [[], [], []]
+    acc = 0
+    for name, t in sd.items():
+        shards[min(2, int(3 * acc / nbytes))].append(name)
+        acc += t.numel() * t.element_size()
+    weight_map = {}
+    for i, part in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-00003.safetensors"
+        save_file({n: sd[n] for n in part}, str(shard_dir / file))
+        weight_map.update(dict.fromkeys(part, file))
+    index = {"metadata": {"total_size": nbytes}, "weight_map": weight_map}
+    (shard_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    paths = {"torch-zip": str(zip_path), "safetensors": str(st_path), "sharded-3": str(shard_dir)}
+    files = {
+        "torch-zip": [str(zip_path)],
+        "safetensors": [str(st_path)],
+        "sharded-3": sorted(str(p) for p in shard_dir.glob("*.safetensors")),
+    }
+    return paths, files
+
+
+def evict(files: list[str]) -> None:
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm(files: list[str]) -> None:
+    buf = bytearray(64 << 20)
+    for path in files:
+        with open(path, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+
+
+def remove(info: dict[str, Any]) -> None:
+    """Delete the checkpoints that ``generate`` wrote."""
+    import shutil
+
+    for fmt, path in info["paths"].items():
+        if fmt == "sharded-3":
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            Path(path).unlink(missing_ok=True)
