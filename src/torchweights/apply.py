@@ -48,7 +48,17 @@ __all__ = ["apply_plan"]
 
 def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
     module_name, _, attr = name.rpartition(".")
-    return (model.get_submodule(module_name) if module_name else model), attr
+    if not module_name:
+        return model, attr
+    module = model
+    try:
+        for atom in module_name.split("."):
+            module = module._modules[atom]  # type: ignore[assignment] # what get_submodule walks, minus its checks
+    except (KeyError, AttributeError):
+        module = model.get_submodule(module_name)  # its own error for a path that does not exist
+    if module is None:
+        module = model.get_submodule(module_name)
+    return module, attr
 
 
 def _outermost_custom(name: str, custom: tuple[str, ...]) -> str | None:

@@ -92,6 +92,9 @@ _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values() if d.safetensors}
 
 def get(name: str) -> DType:
     """The :class:`DType` for a torch dtype name (``"bfloat16"``, ``"torch.float"``, ``"half"``)."""
+    found = DTYPES.get(name)  # the canonical name: the common case, one dict look-up
+    if found is not None:
+        return found
     key = name.removeprefix("torch.")
     key = _ALIASES.get(key, key)
     try:
@@ -115,8 +118,15 @@ def dtype_from_safetensors(code: str) -> DType | None:
     return _BY_SAFETENSORS.get(code)
 
 
+#: torch dtype objects already looked up, by the name they were asked for.
+_TORCH: dict[str, torch.dtype] = {}
+
+
 def to_torch(name: str) -> torch.dtype:
     """The torch dtype object for ``name``; imports torch."""
+    found = _TORCH.get(name)
+    if found is not None:
+        return found
     import torch
 
     result: Any = getattr(torch, get(name).name, None)
@@ -128,4 +138,5 @@ def to_torch(name: str) -> torch.dtype:
             "Upgrade torch to materialise these tensors, or read them with tw.open() as records.",
             code="unsupported-dtype",
         )
+    _TORCH[name] = result
     return result

@@ -5,12 +5,35 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from . import dtypes
 from .storage.stamps import FileStamp, stamp_for
 
 __all__ = ["Checkpoint", "StorageRef", "TensorRecord"]
+
+_T = TypeVar("_T")
+
+
+class _once(Generic[_T]):  # noqa: N801 - used as a decorator, like property
+    """A read-only property computed on first access and kept in the instance's ``__dict__`` (records are frozen
+    and their derived sizes are read many times per load; ``functools.cached_property`` takes a lock per first
+    access on Python 3.11, which costs more than the computation)."""
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, obj: None, cls: type) -> _once[_T]: ...
+    @overload
+    def __get__(self, obj: object, cls: type) -> _T: ...
+    def __get__(self, obj: object | None, cls: type) -> _T | _once[_T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 
 @dataclass(frozen=True)
@@ -105,17 +128,17 @@ class TensorRecord:
             return ()
         return tuple(v for v in self.sparse.values() if isinstance(v, TensorRecord))
 
-    @property
+    @_once
     def numel(self) -> int:
         """Number of elements (of the dense shape, for a sparse tensor)."""
         return math.prod(self.shape)
 
-    @property
+    @_once
     def itemsize(self) -> int:
         """Bytes per element."""
         return dtypes.itemsize(self.dtype)
 
-    @property
+    @_once
     def nbytes(self) -> int:
         """Bytes of the tensor's elements (``numel * itemsize``), not of its whole storage; for a sparse tensor, the
         bytes of its components."""
@@ -135,7 +158,7 @@ class TensorRecord:
         last = self.storage_offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride))
         return (self.storage.offset + self.storage_offset * size, self.storage.offset + (last + 1) * size)
 
-    @property
+    @_once
     def is_contiguous(self) -> bool:
         """True when the elements are laid out densely in C order (as torch says: empty tensors are)."""
         if self.numel == 0:

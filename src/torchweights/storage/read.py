@@ -60,9 +60,13 @@ __all__ = ["fill", "materialize"]
 def _check_fits(record: TensorRecord, ref: StorageRef) -> None:
     """Refuse a record whose elements reach past its storage (readers check this; a crafted record must not
     make a read run into the next storage)."""
-    if not record.numel:
+    numel = record.numel
+    if not numel:
         return
-    last = record.storage_offset + sum((n - 1) * s for n, s in zip(record.shape, record.stride))
+    if record.is_contiguous:
+        last = record.storage_offset + numel - 1
+    else:
+        last = record.storage_offset + sum((n - 1) * s for n, s in zip(record.shape, record.stride))
     if (last + 1) * record.itemsize > ref.nbytes:
         raise CorruptCheckpointError(
             f"tensor {quote(record.name)} (size {record.shape}, stride {record.stride}, offset "
@@ -110,33 +114,35 @@ def fill(
                 code="unsupported-sparse",
                 path=record.parts[0].storage.file if record.parts and record.parts[0].storage else None,
             )
-        if ref is None or record.numel == 0:
+        numel = record.numel
+        if ref is None or numel == 0:
             continue
         if needs_flags(record):
             flagged.append((record, dst))
         check_record_view(record)
         _check_fits(record, ref)
-        if dst.numel() != record.numel:
-            raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {record.numel}")
-        group = groups.get((ref.file, ref.key))
+        if dst.numel() != numel:
+            raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {numel}")
+        key = (ref.file, ref.key)
+        group = groups.get(key)
         if group is None:
-            group = groups[(ref.file, ref.key)] = Group(ref)
+            group = groups[key] = Group(ref)
         elif not torch_work:
             torch_work = True  # a storage feeding several tensors: copies between them
-        group.pending.append((record, dst))
+        device = dst.device.type
+        plain = (
+            device == "cpu"
+            and not ref.compression
+            and record.is_contiguous
+            and dst.dtype == dtypes.to_torch(record.dtype)
+            and dst.is_contiguous()
+        )
+        group.pending.append((record, dst, plain))
         group.names.append(record.name)
         written.append(dst)
-        device = dst.device.type
         cuda = cuda or device == "cuda"
         if not torch_work:
-            torch_work = (
-                device != "cpu"
-                or ref.compression != 0
-                or (ref.byteorder == "big" and record.itemsize > 1)
-                or dst.dtype != dtypes.to_torch(record.dtype)
-                or not record.is_contiguous
-                or not dst.is_contiguous()
-            )
+            torch_work = not plain or (ref.byteorder == "big" and record.itemsize > 1)
     ordered = sorted(groups.values(), key=lambda g: (g.ref.file, g.ref.offset))
     try:
         result = Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()

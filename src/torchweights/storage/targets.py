@@ -88,29 +88,38 @@ class Group:
     ref: StorageRef
     targets: list[Target] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
-    pending: list[tuple[TensorRecord, torch.Tensor]] = field(default_factory=list)
+    #: ``(record, destination, plain)``; plain: the bytes land as they are (a contiguous CPU destination of the
+    #: record's dtype, from a contiguous record of an uncompressed storage), as :func:`target_for` finds it
+    pending: list[tuple[TensorRecord, torch.Tensor, bool | None]] = field(default_factory=list)
 
     def prepare(self) -> None:
-        for record, dst in self.pending:
-            self.targets.append(target_for(record, dst, bool(self.ref.compression)))
+        compressed = bool(self.ref.compression)
+        self.targets += [target_for(record, dst, compressed, plain) for record, dst, plain in self.pending]
         self.pending.clear()
 
 
-def target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool) -> Target:
+def target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool, plain: bool | None = None) -> Target:
+    """The target of ``record``'s bytes in ``dst``; ``plain`` (when the caller already knows it): whether they can
+    land as they are, which saves asking torch again."""
     ref = record.storage
     assert ref is not None
     src_dtype = dtypes.to_torch(record.dtype)
     size = record.itemsize
     swap = swap_unit(record.dtype) if ref.byteorder == "big" else 1
     start = record.storage_offset * size
-    if record.is_contiguous and dst.is_contiguous():
+    if plain or (plain is None and record.is_contiguous and dst.is_contiguous()):
         end = start + record.nbytes
         target = Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
-        if dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed:
+        if plain or (plain is None and dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed):
             target.ptr = dst.data_ptr()
             target.mem = _memory_at(target.ptr, record.nbytes)
         else:
             target.flat = dst.detach().view(-1)
+        return target
+    if record.is_contiguous and dst.is_contiguous():  # contiguous, but converted on the way (plain is False)
+        end = start + record.nbytes
+        target = Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+        target.flat = dst.detach().view(-1)
         return target
     return Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
 
