@@ -256,7 +256,7 @@ def test_inspect_safetensors_does_not_import_torch(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- what one load imports
 
 _COMMON_LOAD_MODULES = {
-    *("torchweights", "api", "apply", "dtypes", "errors", "fold", "limits", "records", "text"),
+    *("torchweights", "api", "apply", "dtypes", "errors", "fold", "limits", "records", "structs", "text"),
     *("detect", "detect.content", "detect.sample", "detect.sniff", "formats"),
     *("plan", "plan.container", "plan.match", "plan.model", "plan.prefix", "plan.reconcile", "plan.renames"),
     *("plan.rules", "plan.sources", "plan.spec", "plan.verdicts", "report", "report.load"),

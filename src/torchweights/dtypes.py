@@ -7,8 +7,9 @@ and torch dtype objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from .structs import structure
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class DType:
     """One dtype: torch name, element size in bytes, and its names in file formats."""
 

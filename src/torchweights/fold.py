@@ -11,7 +11,9 @@ Only whole dotted components written as canonical non-negative integers (``0``, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from .structs import structure
 
 __all__ = [
     "TreeRow",
@@ -126,7 +128,7 @@ def fold_names(names: Iterable[str]) -> list[tuple[str, list[str]]]:
 # --------------------------------------------------------------------------------------------------- prefix tree
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class TreeRow:
     """One node of a prefix-tree summary.
 
@@ -148,7 +150,7 @@ class TreeRow:
     path: str = ""
 
 
-@dataclass
+@structure
 class _Node:
     """Mutable trie node used while building the tree."""
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .structs import structure
 
 __all__ = ["DEFAULT_LIMITS", "Limits"]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Limits:
     """Caps on what one checkpoint may ask of a reader.
 

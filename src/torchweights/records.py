@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Generic, TypeVar, overload
 
 from . import dtypes
 from .storage.stamps import FileStamp, stamp_for
+from .structs import structure
 
 __all__ = ["Checkpoint", "StorageRef", "TensorRecord"]
 
 _T = TypeVar("_T")
 
 
-class _once(Generic[_T]):  # noqa: N801 - used as a decorator, like property
+class _once(Generic[_T]):
     """A read-only property computed on first access and kept in the instance's ``__dict__`` (records are frozen
     and their derived sizes are read many times per load; ``functools.cached_property`` takes a lock per first
     access on Python 3.11, which costs more than the computation)."""
@@ -36,7 +37,7 @@ class _once(Generic[_T]):  # noqa: N801 - used as a decorator, like property
         return value
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class StorageRef:
     """Where the bytes of one storage live.
 
@@ -73,7 +74,7 @@ class StorageRef:
         object.__setattr__(self, "stamp", stamp_for(self.file))  # frozen: set once, here
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class TensorRecord:
     """One tensor of a checkpoint, described without reading its bytes.
 
@@ -183,7 +184,7 @@ class TensorRecord:
         }
 
 
-@dataclass
+@structure
 class Checkpoint:
     """Everything known about a checkpoint without reading tensor bytes.
 

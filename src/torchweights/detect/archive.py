@@ -10,12 +10,13 @@ all is refused here with the reader's diagnosis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from ..errors import CorruptCheckpointError, NotACheckpointError, ResourceLimitError, TorchWeightsError
 from ..fold import human_bytes
 from ..formats._tar import MEMBERS, header_name, normalize, walk
 from ..formats._zip import ZipDirectory, ZipProblem, read_directory
+from ..structs import structure
 from ..text import quote, shorten_list
 from .sample import Sample, read_at, read_failed
 
@@ -49,7 +50,7 @@ def classify_zip(s: Sample) -> str:
     return _classify(s, summary, directory)
 
 
-@dataclass
+@structure
 class _ZipSummary:
     """What the member names of the central directory say about the archive."""
 

@@ -3,15 +3,14 @@ operating-system errors into :class:`~torchweights.errors.CheckpointReadError`."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..errors import CheckpointReadError
+from ..structs import structure
 from ..text import quote
 
 __all__ = ["Sample", "read_at", "read_failed"]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Sample:
     """What every sniffer sees: the path, its size and its first 4 KiB."""
 

@@ -7,12 +7,12 @@ policy and never reads tensor bytes. :func:`open_path` detects the format from c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UnsupportedCheckpointError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint
+from ..structs import structure
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..unpickle.stream import StreamScan
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["READERS", "ReadOptions", "open_path", "reader_for"]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class ReadOptions:
     """Options every reader receives.
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .. import dtypes
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from ..records import StorageRef
+from ..structs import structure
 from ..unpickle.values import EmbeddedStorage, Global, PickledStorage, StorageType, Stub, UnpickleResult
 from .tree import short_repr
 
@@ -36,7 +36,7 @@ _I64 = struct.Struct("<q")
 _EMBEDDED_HEAD = b"\x80\x02\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
 
 
-@dataclass
+@structure
 class _Declared:
     dtype: str
     numel: int
@@ -125,7 +125,7 @@ def _locate(
     return refs, pos
 
 
-@dataclass
+@structure
 class Stream:
     """The pickles of one legacy stream and where its storages are (offsets relative to the buffer it was read from).
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from ..errors import CorruptCheckpointError, ResourceLimitError
+from ..structs import structure
 from ..text import quote
 
 __all__ = ["FIX", "MEMBERS", "REGULAR_KINDS", "TarEntry", "fail", "header_name", "normalize", "walk"]
@@ -31,7 +31,7 @@ _EXTENDED_KINDS = (b"x", b"g", b"L", b"K")
 REGULAR_KINDS = (b"0", b"\0", b"7")
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class TarEntry:
     """One member of the archive: its name (normalised), where its data starts, its size and its tar type flag."""
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import IO
 
 from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..limits import Limits
 from ..storage.compression import METHODS, decode
+from ..structs import structure
 from ..text import plural, printable
 
 __all__ = [
@@ -59,7 +60,7 @@ _DESCRIPTOR_SIZES = frozenset({12, 16, 20, 24})
 _MAX_VERSION = 63  # "version needed to extract" of the newest zip specification (6.3), as zipfile checks it
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class ZipMember:
     """One central directory entry, with the position of its data as the local header gives it.
 
@@ -91,7 +92,7 @@ class ZipMember:
         return self.data_offset + self.compressed_size
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class ZipProblem:
     """Something wrong with an archive: a stable ``code``, a sentence, and the member it is about."""
 
@@ -100,7 +101,7 @@ class ZipProblem:
     member: str | None = None
 
 
-@dataclass
+@structure
 class ZipDirectory:
     """What the central directory says, and every problem found checking it against the file.
 

@@ -26,12 +26,13 @@ shape ``(0,)``.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..errors import CorruptCheckpointError, ResourceLimitError, UnsafeCheckpointError, UnsupportedCheckpointError
 from ..records import Checkpoint, StorageRef
+from ..structs import structure
 from ..text import plural, problem_list, quote, quote_list
 from ..unpickle.values import Global, PickledStorage, PickledTensor, StorageType, Stub
 from ._files import mapped
@@ -94,7 +95,7 @@ def _members(entries: list[TarEntry], path: str) -> dict[str, TarEntry]:
 # ------------------------------------------------------------------------------------------- member contents
 
 
-@dataclass
+@structure
 class _Cursor:
     """Reads one member front to back; every read is bounded by the member's end."""
 
@@ -154,7 +155,7 @@ def _key(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class _Storage:
     ref: StorageRef
     dtype: str
@@ -162,7 +163,7 @@ class _Storage:
     numel: int = 0
 
 
-@dataclass
+@structure
 class _Contents:
     storages: dict[int, _Storage] = field(default_factory=dict)
     tensors: dict[int, PickledTensor] = field(default_factory=dict)

@@ -13,11 +13,12 @@ import argparse
 import collections
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..errors import ResourceLimitError
 from ..limits import Limits
+from ..structs import structure
 from ..unpickle.values import PickledTensor, Stub, TorchValue
 from .tree import is_module_stub, short_repr
 
@@ -86,7 +87,7 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class TensorInfo:
     """A parameter, buffer or tensor attribute of a module, as the file describes it (no bytes read)."""
 
@@ -105,7 +106,7 @@ def _info(value: Any) -> TensorInfo | None:
     return None
 
 
-@dataclass(eq=False)
+@structure(eq=False)
 class ModuleNode:
     """One pickled ``nn.Module``, from its saved ``__dict__``.
 

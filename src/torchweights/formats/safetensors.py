@@ -17,7 +17,7 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .. import dtypes
@@ -26,6 +26,7 @@ from ..errors import (
     ResourceLimitError,
 )
 from ..records import Checkpoint, StorageRef, TensorRecord
+from ..structs import structure
 from ..text import format_bytes, format_shape, is_are, plural, problem_list, quote, quote_list
 from ._files import JsonDecodeProblem, JsonObject, decode_json, file_size, read_prefix
 
@@ -59,7 +60,7 @@ def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class _Entry:
     """One header entry with valid data offsets; ``dtype``/``shape`` are None when invalid (already reported)."""
 

@@ -13,12 +13,13 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import CheckpointNotFoundError, ResourceLimitError, ShardIndexError, TorchWeightsError
 from ..fold import fold_names
 from ..records import Checkpoint, TensorRecord
+from ..structs import structure
 from ..text import format_bytes, is_are, plural, problem_list, quote, quote_list, shorten_list
 from ._files import JsonDecodeProblem, JsonObject, decode_json, file_size, read_prefix
 
@@ -33,7 +34,7 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 _ACTIVE_INDEX: ContextVar[str | None] = ContextVar("torchweights_active_shard_index", default=None)
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class _Shard:
     """One shard file named by the index."""
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from .. import dtypes
 from ..errors import CheckpointReadError, CorruptCheckpointError, ResourceLimitError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef
+from ..structs import structure
 from ..text import plural, quote, shorten_list
 from ..unpickle.values import PickledStorage, StorageType
 from ._pickled import assemble, run_pickle
@@ -81,7 +81,7 @@ def _bad_member(path: str, m: ZipMember, why: str, code: str = "bad-member") -> 
     )
 
 
-@dataclass
+@structure
 class Archive:
     """An open zip checkpoint whose directory passed every check of :mod:`._zip`: members by name, and their bytes.
 

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptCheckpointError, ResourceLimitError
 from ..limits import Limits
 from ..records import Checkpoint
+from ..structs import structure
 from ..text import plural, quote, quote_list
 from ..unpickle.values import PickledTensor, Stub
 from ._pickled import run_pickle
@@ -107,7 +107,7 @@ def _listing(archive: Archive, prefix: str) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class _ClassDecl:
     """What a ``class X(Module):`` block of TorchScript source declares."""
 
@@ -429,7 +429,7 @@ class ScriptStorages:
         return self.inner(pid)
 
 
-@dataclass
+@structure
 class ScriptModule:
     """One TorchScript module read from its ``data.pkl`` and ``constants.pkl``, nothing run.
 

@@ -17,13 +17,14 @@ import collections
 import math
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any
 
 from .. import dtypes
 from ..errors import CorruptCheckpointError, ResourceLimitError, UnsupportedCheckpointError
 from ..limits import Limits
 from ..records import StorageRef, TensorRecord
+from ..structs import structure
 from ..unpickle.values import PickledQTensor, PickledSparse, PickledTensor, Stub, bounded_repr
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
 _MODULE_KEYS = ("_parameters", "_buffers", "_modules")
 
 
-@dataclass
+@structure
 class Flattened:
     """Records and extras found in one object tree."""
 

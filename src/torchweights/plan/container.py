@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from ..structs import structure
 from ..text import plural, quote, shorten_list
 from .model import PrefixChoice, RenameUse
 from .prefix import ModelIndex, choose_prefix, choose_prefix_with_renames, transform
@@ -31,7 +32,7 @@ __all__ = ["Fit", "RunnerUp", "best_container"]
 RunnerUp = tuple[tuple[str, ...], int, int]
 
 
-@dataclass
+@structure
 class _Candidate:
     """A dict of tensors inside the checkpoint: its path, how many tensors lie below it, and an upper bound on how
     many of them can match a model key (those whose last dotted part is also the last part of some model key)."""
@@ -101,7 +102,7 @@ def _rank(path: tuple[str, ...], names: int, exact: int, size: int, strip: str =
     return (-names, -exact, training, is_ema(parts), size, -len(path), usual, path)
 
 
-@dataclass
+@structure
 class Fit:
     """One container fitted to the model: its keys, what the user's renames and the prefix transform make of them,
     and how many then match a model key by name (``names``) and by name and shape (``exact``).

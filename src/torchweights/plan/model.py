@@ -10,9 +10,10 @@ plan, :mod:`torchweights.report` renders one.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from ..structs import structure
 from ..text import StrEnum, plural, quote
 from .rules import Rules
 
@@ -47,7 +48,7 @@ class ActionKind(StrEnum):
 KINDS: tuple[ActionKind, ...] = tuple(ActionKind)
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Action:
     """The verdict for one key (or one model key and its checkpoint source).
 
@@ -112,7 +113,7 @@ class Action:
         return out
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class ContainerChoice:
     """Which part of the checkpoint was taken as the state dict, and why."""
 
@@ -128,7 +129,7 @@ class ContainerChoice:
         return ".".join(self.path)
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class PrefixChoice:
     """The prefix transform applied to the container's keys: strip ``strip``, then add ``add``."""
 
@@ -151,7 +152,7 @@ class PrefixChoice:
         return f"{' and '.join(parts)} on {self.changed}/{self.total} keys; {self.collisions} collisions"
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class RenameUse:
     """What one of the user's renames did: how many keys it matched, and in which names.
 
@@ -176,7 +177,7 @@ class RenameUse:
         return text
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class SkipUse:
     """What one of the user's ``skip`` patterns did.
 
@@ -201,7 +202,7 @@ class SkipUse:
         return text
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class ModuleInit:
     """A module whose tensors on the meta device no checkpoint tensor fills, and how ``init_missing=True``
     initialises them.
@@ -218,7 +219,7 @@ class ModuleInit:
     tensors: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Plan:
     """Everything :func:`~torchweights.plan.reconcile.reconcile` decided, as frozen data.
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
 from ..errors import RuleError
+from ..structs import structure
 
 __all__ = [
     "CONTAINER_NAMES",
@@ -96,7 +97,7 @@ WRAPPER_PARTS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class LegacyRename:
     """A built-in rename, applied to a checkpoint key only when it turns a mismatch into a match."""
 
@@ -149,7 +150,7 @@ LEGACY_RENAMES: tuple[LegacyRename, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Rules:
     """What ``load_into`` was asked to do; see :func:`torchweights.load_into` for each field."""
 

@@ -21,9 +21,10 @@ change), exactly the keys ``load_into(..., container=NAME)`` would see.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from ..records import Checkpoint, TensorRecord
+from ..structs import structure
 from ..text import plural, quote, shorten_list
 from .reconcile import reconcile
 from .rules import CONTAINER_NAMES, EMA_NAMES, OPTIMIZER_NAMES, Rules, is_training_state, matches_any
@@ -36,7 +37,7 @@ __all__ = ["Selection", "choose_container", "select_weights"]
 _BESIDE_WEIGHTS = frozenset({*OPTIMIZER_NAMES, "callbacks", "loops"})
 
 
-@dataclass
+@structure
 class Selection:
     """The tensors taken from a checkpoint, by their key inside the chosen container.
 

@@ -6,16 +6,16 @@ modules' extra state saved as values that are not tensors.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..records import Checkpoint
+from ..structs import structure
 from .spec import EXTRA_STATE
 
 __all__ = ["SourceKey", "extra_state_values", "mapping_tensors", "source_keys"]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class SourceKey:
     """One tensor of the checkpoint as the planner sees it."""
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TYPE_CHECKING, Any
+
+from ..structs import structure
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -20,7 +22,7 @@ __all__ = ["ModelEntry", "ModelSpec"]
 _BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class ModelEntry:
     """One key of the model's state dict.
 
@@ -43,7 +45,7 @@ class ModelEntry:
     meta: bool = False
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class ModelSpec:
     """The model side of a reconciliation.
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Literal
 
 from ..fold import fold_names
 from ..plan.rules import matches_any
+from ..structs import structure
 from ..text import StrEnum
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,7 +70,7 @@ class HintKind(StrEnum):
     UNSAVED_BUFFERS = "unsaved-buffers"
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Hint:
     """One piece of evidence about a plan's problems; :attr:`kind` says which, the other fields carry its data.
 
@@ -94,7 +95,7 @@ class Hint:
     pairs: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass
+@structure
 class Advice:
     """What to do about a plan's problems: evidence first (:attr:`hints`), then the options of one call that loads
     the rest. An option left at its default (None, empty, 0) is not advised.

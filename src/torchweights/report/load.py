@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
+from ..structs import structure
 from ..text import printable, quote
 
 if TYPE_CHECKING:  # annotations only: importing the planner here would slow every ``tw.open`` (api imports this)
@@ -15,7 +16,7 @@ if TYPE_CHECKING:  # annotations only: importing the planner here would slow eve
 __all__ = ["LoadReport"]
 
 
-@dataclass
+@structure
 class LoadReport:
     """What :func:`torchweights.load_into` did (or, for a dry run or a failed plan, would do).
 

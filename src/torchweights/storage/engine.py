@@ -28,11 +28,11 @@ import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 from ..records import StorageRef
+from ..structs import structure
 from .compression import inflate
 from .crc import crc32, crc32_combine
 from .files import MAX_VECTORS, hint, open_fd, read_ahead, read_exact
@@ -49,7 +49,7 @@ from .tensors import stored_view
 _MAX_GAP = 4096
 
 
-@dataclass
+@structure
 class _Read:
     """The common unit of work: file bytes ``[offset, offset + len(mem))`` straight into destination memory.
 

@@ -8,16 +8,17 @@ torch nor the engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from ..errors import CorruptCheckpointError
 from ..records import StorageRef
+from ..structs import structure
 from ..text import plural, quote, shorten_list
 
 __all__ = ["CrcMismatch", "FillResult", "crc_error", "not_whole_elements", "storage_label"]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class CrcMismatch:
     """One storage whose bytes do not match the CRC-32 its zip member records."""
 
@@ -36,7 +37,7 @@ class CrcMismatch:
         )
 
 
-@dataclass
+@structure
 class FillResult:
     """What one :func:`fill` did.
 

@@ -9,15 +9,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
+
+from ..structs import structure
 
 __all__ = ["IOSettings", "current_settings", "io_settings"]
 
 _MiB = 1 << 20
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class IOSettings:
     """How :mod:`torchweights.storage.read` reads tensor bytes.
 

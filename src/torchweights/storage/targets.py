@@ -8,11 +8,12 @@ host-to-device copy from a pinned scratch buffer). torch is imported inside the 
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from .. import dtypes
 from ..records import StorageRef, TensorRecord
+from ..structs import structure
 from .contents import swap_unit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,7 @@ def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@dataclass
+@structure
 class Target:
     """Where the bytes ``[start, end)`` of one storage go.
 
@@ -81,7 +82,7 @@ class Target:
         return self.raw
 
 
-@dataclass
+@structure
 class Group:
     """One file storage and every target it feeds (``pending``: requests whose targets are made just in time)."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from .. import dtypes
@@ -31,6 +31,7 @@ from ..plan.selection import select_weights
 from ..plan.spec import ModelSpec
 from ..records import Checkpoint, TensorRecord
 from ..storage.contents import CHUNK_BYTES, logical_chunks
+from ..structs import structure
 from ..text import StrEnum, format_shape, plural, quote, table
 
 __all__ = ["DiffReport", "Status", "TensorDiff", "diff"]
@@ -55,7 +56,7 @@ _LAYOUT = frozenset({Status.ONLY_A, Status.ONLY_B, Status.SHAPE, Status.DTYPE})
 TEXT_ROW_LIMIT = 60
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class TensorDiff:
     """How one tensor differs.
 
@@ -117,7 +118,7 @@ class TensorDiff:
         return out
 
 
-@dataclass
+@structure
 class DiffReport:
     """Everything :func:`diff` found.
 

@@ -24,12 +24,13 @@ import os
 import re
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, TorchWeightsError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..storage.crc import crc32
+from ..structs import structure
 from ..text import format_bytes, plural, quote, shorten_list
 
 __all__ = ["Check", "VerifyReport", "parse_manifest", "sha256_file", "verify"]
@@ -39,7 +40,7 @@ _READ_BYTES = 1 << 20
 _ZIP_FORMATS = frozenset({"torch-zip", "torchscript", "torch-package"})
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Check:
     """One check: what was checked, whether it passed, and the detail (the problem, when it failed)."""
 
@@ -58,7 +59,7 @@ class Check:
         return out
 
 
-@dataclass
+@structure
 class VerifyReport:
     """Every check :func:`verify` ran on one checkpoint.
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..errors import CorruptCheckpointError, ResourceLimitError, TorchWeightsError, UnsafeCheckpointError
 from ..limits import DEFAULT_LIMITS
+from ..structs import structure
 from ..text import plural, quote
 from .calls import CALL_ERRORS
 from .guards import STREAM, EmbeddedReader, StreamState
@@ -149,7 +150,7 @@ def unpickle(
     return result
 
 
-@dataclass
+@structure
 class StreamScan:
     """What :func:`scan_stream` saw in one pickle stream.
 

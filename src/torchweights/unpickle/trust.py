@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from ..structs import structure
 from .policy import classify_global
 from .table import SAFE_GLOBALS
 from .torch_classes import TORCH_CLASSES
@@ -79,7 +80,7 @@ def trust_verdict(name: str, trust: Iterable[str] = (), allow_globals: Iterable[
     return "untrusted"
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class TrustRules:
     """The options of one whole-model load, as one verdict per global.
 

@@ -12,11 +12,12 @@ part of the machine rejects and describes what a stream gave it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..errors import CorruptCheckpointError
 from ..records import StorageRef
+from ..structs import structure
 
 __all__ = [
     "Ctor",
@@ -97,7 +98,7 @@ class Stub:
         return f"<stub {self.cls}>"
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class TorchValue:
     """A torch constant named by the file (``torch.float32``, ``torch.device('cuda:0')``, ``torch.strided``)."""
 
@@ -108,7 +109,7 @@ class TorchValue:
         return f"torch.device({self.value!r})" if self.kind == "device" else f"torch.{self.value}"
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class StorageType:
     """A storage class named by the file: ``torch.FloatStorage`` (dtype ``float32``) or untyped (dtype None)."""
 
@@ -116,7 +117,7 @@ class StorageType:
     dtype: str | None
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class PickledStorage:
     """A storage as the format reader located it: bytes, element dtype, and element offset for legacy views."""
 
@@ -125,7 +126,7 @@ class PickledStorage:
     offset: int = 0
 
 
-@dataclass
+@structure
 class PickledTensor:
     """A tensor described by the pickle: which storage, and the view of it."""
 
@@ -142,7 +143,7 @@ class PickledTensor:
     attributes: dict[str, Any] | None = None
 
 
-@dataclass
+@structure
 class PickledSparse(PickledTensor):
     """A sparse tensor (``torch._utils._rebuild_sparse_tensor``): its layout, dense size and component tensors.
 
@@ -156,7 +157,7 @@ class PickledSparse(PickledTensor):
     is_coalesced: bool | None = None
 
 
-@dataclass
+@structure
 class PickledQTensor(PickledTensor):
     """A quantized tensor (``torch._utils._rebuild_qtensor``): its integer view and quantization parameters.
 
@@ -168,7 +169,7 @@ class PickledQTensor(PickledTensor):
     quantization: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class EmbeddedStorage(PickledStorage):
     """A storage pickled on its own (``pickle.dumps(tensor)``: ``torch.storage._load_from_bytes(b)``), where ``b``
     is a legacy ``torch.save`` stream. ``ref.offset`` is the offset of the elements inside ``blob``; the format
@@ -178,7 +179,7 @@ class EmbeddedStorage(PickledStorage):
     blob: bytes = b""
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Reference:
     """One place where a pickle stream names a global, or sets attributes the way an exploit would.
 
@@ -202,7 +203,7 @@ class Reference:
     arguments: str | None = None
 
 
-@dataclass
+@structure
 class UnpickleResult:
     """What one pickle stream held.
 
@@ -249,7 +250,7 @@ class Pending:
         return f"<incomplete {self.what}>"
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Refused:
     """What a reconstructor returns for a call it will not make: the machine records ``names`` as dangerous
     references at the calling opcode (refused by loading once the stream is read, reported by scan) and keeps an

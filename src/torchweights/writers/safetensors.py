@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO
 
 from .. import dtypes
 from ..errors import WriteError
+from ..structs import structure
 from ..text import quote
 from . import write_exactly
 
@@ -26,7 +26,7 @@ __all__ = ["Entry", "header_bytes", "layout", "write_file"]
 ALIGNMENT = 8
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Entry:
     """One tensor to write.
 

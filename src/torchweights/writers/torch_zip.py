@@ -14,10 +14,10 @@ from __future__ import annotations
 import struct
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import IO
 
 from .. import dtypes
+from ..structs import structure
 from ..text import quote
 from . import write_exactly
 
@@ -27,7 +27,7 @@ _DATA_ALIGNMENT = 64
 _DATE = (1980, 1, 1, 0, 0, 0)
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Storage:
     """One storage to write: its key (member ``data/<key>``), dtype, size and a callable yielding its bytes."""
 
@@ -37,7 +37,7 @@ class Storage:
     chunks: Callable[[], Iterable[bytes | bytearray | memoryview]]
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Tensor:
     """One entry of the state dict: a view of ``storage`` (offset and strides in elements)."""
 

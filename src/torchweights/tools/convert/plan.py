@@ -14,13 +14,13 @@ import os
 import re
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ... import dtypes
 from ...errors import RuleError
 from ...plan.selection import Selection
 from ...records import Checkpoint, TensorRecord
+from ...structs import structure
 from ...text import plural, quote, quote_list, shorten_list
 
 __all__ = [
@@ -82,7 +82,7 @@ def parse_size(value: int | str) -> int:
     return size
 
 
-@dataclass
+@structure
 class Item:
     """One tensor to write: its output name, its source record, and its output dtype."""
 
@@ -210,7 +210,7 @@ def refuse_unwritable(items: list[Item], path: str, to: str) -> None:
     )
 
 
-@dataclass
+@structure
 class Destination:
     """Where the outputs go: the folder, the file stem, the single-file name, and the shard, index and extras
     names derived from them."""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from ...structs import structure
 from ...text import format_bytes, plural, quote, shorten_list
 
 __all__ = ["ConvertReport"]
 
 
-@dataclass
+@structure
 class ConvertReport:
     """What :func:`convert` wrote and why.
 

@@ -7,10 +7,11 @@ and the :class:`Verdict` it comes to). Plain data; the walk that fills them is i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ...errors import TorchWeightsError
+from ...structs import structure
 from ...text import StrEnum, plural, quote
 
 __all__ = ["Finding", "PickleStream", "ScanReport", "SEVERITIES", "Severity", "Verdict", "to_json"]
@@ -39,7 +40,7 @@ SEVERITIES: tuple[Severity, ...] = tuple(Severity)
 _ALARMS = frozenset({Severity.DANGEROUS, Severity.SUSPICIOUS})
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class Finding:
     """One thing scan found.
 
@@ -85,7 +86,7 @@ class Finding:
         }
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class PickleStream:
     """One pickle stream that was read.
 
@@ -120,7 +121,7 @@ class PickleStream:
         }
 
 
-@dataclass
+@structure
 class ScanReport:
     """Everything :func:`scan` found in one path.
 

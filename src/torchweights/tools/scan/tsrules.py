@@ -6,7 +6,7 @@ references and says what each finding code means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ...structs import structure
 
 __all__ = [
     "ATTRIBUTE_FUNCTIONS",
@@ -239,7 +239,7 @@ ATTRIBUTE_FUNCTIONS = frozenset({"getattr", "setattr", "hasattr", "delattr"})
 NAMESPACE_ROOTS = frozenset({"torch", "ops", "classes", "__torch__"})
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class CodeFinding:
     """One reference in TorchScript source that reaches outside the module's tensors.
 
@@ -260,7 +260,7 @@ class CodeFinding:
     message: str
 
 
-@dataclass(frozen=True)
+@structure(frozen=True)
 class CodeReference:
     """A name the code uses: ``kind`` is ``chain`` (a dotted name), ``free`` (an unbound bare name), ``import``,
     ``dynamic`` (attribute access by a computed name on ``name``) or ``dunder``."""

@@ -7,11 +7,11 @@ families of files are walked by the subclasses: :mod:`~torchweights.tools.scan.a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ...formats._pickled import read_embedded
 from ...limits import Limits
+from ...structs import structure
 from ...unpickle.stream import StreamScan, scan_stream
 from .messages import call_text, dangerous_text, unknown_text
 from .probe import BYTE_DTYPES, MAX_LATENT_DEPTH, blobs, is_pickle, lenient_persistent, worth_reading
@@ -24,7 +24,7 @@ __all__ = ["StorageMember", "Walk"]
 _MAX_FINDINGS = 1000
 
 
-@dataclass
+@structure
 class StorageMember:
     """A zip member that holds the bytes of a storage: the first tensor that uses it and every dtype it is read as."""
 
