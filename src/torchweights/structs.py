@@ -82,32 +82,39 @@ def structure(cls: _C | None = None, /, *, frozen: bool = False, eq: bool = True
 
 def _make_init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Callable[..., None]:
     names = tuple(f.name for f in fields if f.init)
-    known = frozenset(names)
+    position = {name: i for i, name in enumerate(names)}
     defaults = {f.name: f.default for f in fields if f.default is not MISSING}
     factories = tuple((f.name, f.default_factory) for f in fields if f.default_factory is not MISSING)
-    required = tuple(f.name for f in fields if f.init and f.default is MISSING and f.default_factory is MISSING)
+    required = frozenset(f.name for f in fields if f.init and f.default is MISSING and f.default_factory is MISSING)
     count = len(names)
     post_init = hasattr(cls, "__post_init__")
     where = f"{cls.__qualname__}.__init__()"
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+    def refuse(args: tuple[Any, ...], kwargs: dict[str, Any], values: dict[str, Any]) -> TypeError:
         if len(args) > count:
-            raise TypeError(f"{where} takes {count + 1} positional arguments but {len(args) + 1} were given")
+            return TypeError(f"{where} takes {count + 1} positional arguments but {len(args) + 1} were given")
+        for key in kwargs:
+            if key not in position:
+                return TypeError(f"{where} got an unexpected keyword argument {key!r}")
+            if position[key] < len(args):
+                return TypeError(f"{where} got multiple values for argument {key!r}")
+        missing = [name for name in names if name in required and name not in values]
+        return TypeError(f"{where} missing {len(missing)} required argument(s): {', '.join(map(repr, missing))}")
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         values = self.__dict__
         if defaults:
             values.update(defaults)
-        values.update(zip(names, args))
+        if args:
+            if len(args) > count:
+                raise refuse(args, kwargs, values)
+            values.update(zip(names, args))
         if kwargs:
-            for key in kwargs:
-                if key not in known:
-                    raise TypeError(f"{where} got an unexpected keyword argument {key!r}")
-                if names.index(key) < len(args):
-                    raise TypeError(f"{where} got multiple values for argument {key!r}")
+            if not position.keys() >= kwargs.keys() or (args and min(map(position.__getitem__, kwargs)) < len(args)):
+                raise refuse(args, kwargs, values)
             values.update(kwargs)
-        if len(args) < len(required) or kwargs:
-            missing = [name for name in required if name not in values]
-            if missing:
-                raise TypeError(f"{where} missing {len(missing)} required argument(s): {', '.join(map(repr, missing))}")
+        if not values.keys() >= required:
+            raise refuse(args, kwargs, values)
         for name, factory in factories:
             if name not in values:
                 values[name] = factory()  # type: ignore[misc]

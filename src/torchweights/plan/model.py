@@ -83,7 +83,8 @@ class Action:
     fallback: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", ActionKind(self.kind))  # a plain string names the same kind
+        if type(self.kind) is not ActionKind:
+            object.__setattr__(self, "kind", ActionKind(self.kind))  # a plain string names the same kind
 
     @property
     def cast(self) -> bool:

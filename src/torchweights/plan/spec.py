@@ -129,10 +129,19 @@ class ModelSpec:
         init_methods: dict[str, str] = {}
         extra_states: list[str] = []
         on_meta = False
+        by_class: dict[type, tuple[bool, bool]] = {}  # per class, once a call: (overrides loading, extra state)
+        dtype_names: dict[Any, str] = {}
         for module_name, module in model.named_modules(remove_duplicate=False):
-            if _has_custom_loading(module) and module_name not in custom:
+            module_class = type(module)
+            traits = by_class.get(module_class)
+            if traits is None:
+                traits = by_class[module_class] = (_overrides_loading(module), has_extra_state(module))
+            hooks = getattr(module, "_load_state_dict_pre_hooks", None) or getattr(
+                module, "_load_state_dict_post_hooks", None
+            )
+            if (hooks or traits[0]) and module_name not in custom:
                 custom.append(module_name)
-            if has_extra_state(module):
+            if traits[1]:
                 extra_states.append(f"{module_name}.{EXTRA_STATE}" if module_name else EXTRA_STATE)
             non_persistent: set[str] = getattr(module, "_non_persistent_buffers_set", set())
             owns_meta = False
@@ -151,24 +160,28 @@ class ModelSpec:
                     if tensor is None:
                         continue
                     name = f"{module_name}.{local}" if module_name else local
-                    owns_meta = owns_meta or tensor.is_meta
+                    meta = tensor.is_meta
+                    owns_meta = owns_meta or meta
                     if name in entries:
                         continue
-                    on_meta = on_meta or tensor.is_meta
+                    on_meta = on_meta or meta
                     tied_to = None
-                    if tensor.numel() and not tensor.is_meta:
+                    shape = tuple(tensor.shape)
+                    if meta:
+                        tied_to = seen.setdefault(("meta", id(tensor)), name)
+                        tied_to = None if tied_to == name else tied_to
+                    elif tensor.numel():
                         try:
                             ptr = tensor.untyped_storage().data_ptr()
                         except (RuntimeError, NotImplementedError):  # sparse, quantized...: no plain storage
                             ptr = None
                         if ptr is not None:
-                            key = (ptr, tensor.storage_offset(), tuple(tensor.shape))
-                            tied_to = seen.setdefault(key, name)
+                            tied_to = seen.setdefault((ptr, tensor.storage_offset(), shape), name)
                             tied_to = None if tied_to == name else tied_to
-                    elif tensor.is_meta:
-                        tied_to = seen.setdefault(("meta", id(tensor)), name)
-                        tied_to = None if tied_to == name else tied_to
-                    entries[name] = _entry(name, tensor, kind, tied_to, module_name)
+                    dtype = dtype_names.get(tensor.dtype)
+                    if dtype is None:
+                        dtype = dtype_names[tensor.dtype] = str(tensor.dtype).removeprefix("torch.")
+                    entries[name] = ModelEntry(name, shape, dtype, kind, tied_to, module_name, meta)
             if owns_meta:
                 method = init_method(module)
                 if method is not None:
@@ -222,19 +235,12 @@ def init_method(module: torch.nn.Module) -> str | None:
     return None
 
 
-def _has_custom_loading(module: torch.nn.Module) -> bool:
-    """Whether ``module`` loads its state its own way (overridden ``_load_from_state_dict`` or hooks).
+def _overrides_loading(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s class overrides ``_load_from_state_dict`` outside ``torch.nn.modules`` (a module with
+    load hooks, or whose class does, loads its state its own way).
 
     A user subclass of BatchNorm2d inherits torch's loader, which only handles version upgrades and is fine to
     bypass; an override anywhere outside ``torch.nn.modules`` is not."""
-    hooks = bool(getattr(module, "_load_state_dict_pre_hooks", None)) or bool(
-        getattr(module, "_load_state_dict_post_hooks", None)
-    )
-    return hooks or _overrides_loading(module)
-
-
-def _overrides_loading(module: torch.nn.Module) -> bool:
-    """Whether ``module``'s class overrides ``_load_from_state_dict`` outside ``torch.nn.modules``."""
     import torch
 
     owner = next((k for k in type(module).__mro__ if "_load_from_state_dict" in vars(k)), torch.nn.Module)
