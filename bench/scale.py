@@ -396,7 +396,7 @@ def bench(info: dict[str, Any], cases: list[tuple[str, str]], limiter: Limiter, 
         res = limiter.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)], env, limit)
         wall = time.perf_counter() - t0
         row: dict[str, Any] = {"format": fmt, "case": case, "limit": limit, "group_peak": res.get("group_peak")}
-        row["wall"] = wall
+        row.update(wall=wall, by=limiter.kind)
         if res["rc"] == 0:
             row.update(json.loads(res["stdout"].strip().splitlines()[-1]))
             row["gbps"] = info["nbytes"] / row["seconds"] / 1e9
@@ -411,7 +411,8 @@ def bench(info: dict[str, Any], cases: list[tuple[str, str]], limiter: Limiter, 
 
 def _cell(r: dict[str, Any]) -> str:
     if r.get("killed"):
-        return f"killed (OOM at limit {r['limit'] / GIB:.1f} GiB)"
+        how = "OOM" if r.get("by", "").startswith("cgroup") else "by the VmRSS watchdog"
+        return f"killed ({how} at limit {r['limit'] / GIB:.1f} GiB)"
     if "error" in r:
         return f"error: {r['error']}"
     extra = "-" if r.get("extra") is None else f"{r['extra']:.3f}x"
