@@ -23,8 +23,10 @@ first case and after the last.
 
 Memory limit: a cgroup v1 memory group below this process's own (``memory.limit_in_bytes``, and
 ``memory.memsw.limit_in_bytes`` where present), else a cgroup v2 group (``memory.max``), else a watchdog that polls
-the child's VmRSS every 10 ms and kills it above the limit. The child joins the group before it runs Python (so
-everything it allocates counts) and asks to be the first one a machine-wide OOM kill picks (oom_score_adj 1000).
+the child's VmRSS every 10 ms and kills it above the limit (stricter: VmRSS counts mapped file pages, such as
+the mmap-backed tensors of safetensors' ``load_file``, which a cgroup reclaims under its limit instead). The child
+joins the group before it runs Python (so everything it allocates counts) and asks to be the first one a
+machine-wide OOM kill picks (oom_score_adj 1000).
 The limit is MemTotal less 2 GiB, lowered to MemAvailable less 1 GiB when the machine holds less at the time of a
 case (the machine may be shared): each row says which limit it ran under.
 
@@ -373,12 +375,14 @@ def bound(files: list[str]) -> float:
     return seconds
 
 
-def bench(info: dict[str, Any], cases: list[tuple[str, str]], limiter: Limiter, limit_req: int | None, intra: int):
+def bench(
+    info: dict[str, Any], cases: list[tuple[str, str]], limiter: Limiter, limit_req: int | None, intra: int
+) -> list[dict[str, Any]]:
     from model import evict
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["OMP_NUM_THREADS"] = str(intra)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fmt, case in cases:
         files = info["files"][fmt]
         spec = {
