@@ -53,10 +53,12 @@ fuzz: $(STAMP)
 	else echo "atheris is not installed: skipped the coverage-guided run (see fuzz/atheris_scan.py)"; fi
 
 # Load speed against torch.load, safetensors and the hardware (minutes; not a test). TW_BENCH_SIZES=1 for 1 GB only,
-# TW_BENCH_DIR for where the generated checkpoints go. See bench/run.py.
+# TW_BENCH_DIR for where the generated checkpoints go. See bench/run.py. TW_BENCH_SCALE=1 adds the scale case
+# (bench/scale.py: a checkpoint of 60% of RAM, each load in a memory-limited child; writes ~2x that to disk).
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	if [ "$$TW_BENCH_SCALE" = 1 ]; then $(BIN)/python bench/scale.py; fi
 
 clean:
 	rm -rf $(VENV) $(LATEST) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
