@@ -52,12 +52,14 @@ fuzz: $(STAMP)
 	if $(BIN)/python -c "import atheris" 2>/dev/null; then $(BIN)/python fuzz/atheris_scan.py -runs=20000; \
 	else echo "atheris is not installed: skipped the coverage-guided run (see fuzz/atheris_scan.py)"; fi
 
-# Load speed against torch.load, safetensors and the hardware (minutes; not a test). TW_BENCH_SIZES=1 for 1 GB only,
-# TW_BENCH_DIR for where the generated checkpoints go. See bench/run.py. TW_BENCH_SCALE=1 adds the scale case
+# Load speed against torch.load, safetensors and the hardware (minutes; not a test). Two modes: warm (bench/run.py:
+# one-time imports paid before the clock) and fresh (bench/fresh.py: import torchweights + the first call timed, as a
+# script meets it). TW_BENCH_SIZES=1 for 1 GB only, TW_BENCH_DIR for where the generated checkpoints go. TW_BENCH_SCALE=1 adds the scale case
 # (bench/scale.py: a checkpoint of 60% of RAM, each load in a memory-limited child; writes ~2x that to disk).
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/fresh.py
 	if [ "$$TW_BENCH_SCALE" = 1 ]; then $(BIN)/python bench/scale.py; fi
 
 clean:
