@@ -277,7 +277,7 @@ LOAD_IMPORTS: dict[str, set[str]] = {
     | {"unpickle", "unpickle.calls", "unpickle.guards", "unpickle.known_enums", "unpickle.machine"}
     | {"unpickle.policy", "unpickle.record", "unpickle.stream", "unpickle.table", "unpickle.table_jit"}
     | {"unpickle.table_numpy", "unpickle.table_stdlib", "unpickle.table_torch", "unpickle.torch_classes"}
-    | {"unpickle.values", "/decimal", "/_decimal", "/fractions"},
+    | {"unpickle.values"},
 }
 
 

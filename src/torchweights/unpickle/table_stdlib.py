@@ -12,9 +12,9 @@ import argparse
 import codecs
 import collections
 import datetime
-import decimal
-import fractions
+import importlib
 import pathlib
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
@@ -40,9 +40,20 @@ _VALUE_TYPES: tuple[type, ...] = (
     datetime.time,
     datetime.timedelta,
     datetime.tzinfo,
-    decimal.Decimal,
-    fractions.Fraction,
 )
+
+#: Value classes of modules imported only when a file names them (``decimal`` and ``fractions`` cost ~2 ms to import,
+#: on every load otherwise): ``(module, class)``.
+_LAZY_VALUE_TYPES = (("decimal", "Decimal"), ("fractions", "Fraction"))
+
+
+def _lazy_value(value: Any) -> bool:
+    """Whether ``value`` is a ``Decimal`` or ``Fraction`` (its module imported already, or it could not exist)."""
+    for module, name in _LAZY_VALUE_TYPES:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(value, getattr(loaded, name)):
+            return True
+    return False
 
 
 # Containers whose iteration runs no code from the file (a ``range`` could make ``list`` allocate without bound).
@@ -50,7 +61,7 @@ _CONCRETE = (str, bytes, bytearray, tuple, list, set, frozenset, dict)
 
 
 def _primitive(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, _VALUE_TYPES):
+    if isinstance(value, _VALUE_TYPES) or _lazy_value(value):
         return True
     if isinstance(value, (tuple, list, frozenset, set)) and depth < 4:
         return all(_primitive(v, depth + 1) for v in value)
@@ -79,10 +90,10 @@ _MAX_NUMBER_TEXT = 10_000
 _MAX_NUMBER_BITS = 8192
 
 
-def _bounded_number(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+def _bounded_number(module: str, attr: str, name: str) -> Callable[..., Any]:
     """``Decimal`` / ``Fraction``: pickle writes them from their text; arithmetic on integers of any size (a
-    ``Fraction`` reduces by their gcd) would make a few megabytes of pickle take minutes."""
-    pure = _pure(fn, name)
+    ``Fraction`` reduces by their gcd) would make a few megabytes of pickle take minutes. The class's module is
+    imported on the first call (a file that names it), not with the table."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
         for value in (*args, *kwargs.values()):
@@ -90,7 +101,7 @@ def _bounded_number(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
             too_big = type(value) is int and value.bit_length() > _MAX_NUMBER_BITS
             if too_long or too_big:
                 raise bad_pickle(f"{name} of a number {bounded_repr(value)} larger than pickle ever writes for one")
-        return pure(*args, **kwargs)
+        return _pure(getattr(importlib.import_module(module), attr), name)(*args, **kwargs)
 
     return call
 
@@ -312,7 +323,7 @@ def entries() -> dict[str, Any]:
     )
     for name, value_cls in value_classes:
         add(name, _pure(value_cls, name))
-    for name, value_cls in (("decimal.Decimal", decimal.Decimal), ("fractions.Fraction", fractions.Fraction)):
-        add(name, _bounded_number(value_cls, name))
+    for module, attr in _LAZY_VALUE_TYPES:
+        add(f"{module}.{attr}", _bounded_number(module, attr, f"{module}.{attr}"))
     add("datetime.timezone", _timezone)
     return table
