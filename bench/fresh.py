@@ -257,7 +257,9 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     tw_st, st = get("safetensors", "tw-copy"), get("safetensors", "st-load-file")
     if tw_st and st:
         r = st["seconds"] / tw_st["seconds"]
-        out.append(f"  .safetensors load_into vs load_file + load_state_dict: {r:.2f}x (>= 1.2: {verdict(r >= 1.2)})")
+        out.append(
+            f"  .safetensors load_into vs load_file + load_state_dict: {r:.2f}x (>= 1.2: {verdict(r >= 1.2)})"
+        )
     for fmt in ("safetensors", "torch-zip"):
         c = get(fmt, "tw-copy")
         if c:
