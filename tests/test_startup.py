@@ -261,8 +261,8 @@ _COMMON_LOAD_MODULES = {
     *("plan", "plan.container", "plan.match", "plan.model", "plan.prefix", "plan.reconcile", "plan.renames"),
     *("plan.rules", "plan.sources", "plan.spec", "plan.verdicts", "report", "report.load"),
     *("storage", "storage.compression", "storage.contents", "storage.crc", "storage.engine", "storage.files"),
-    *("storage.mapping", "storage.raw", "storage.read", "storage.results", "storage.scratch", "storage.settings"),
-    *("storage.stamps", "storage.targets", "storage.tensors"),
+    *("storage.mapping", "storage.prefault", "storage.raw", "storage.read", "storage.results", "storage.scratch"),
+    *("storage.settings", "storage.stamps", "storage.targets", "storage.tensors"),
 }
 
 #: Every module the first ``tw.load_into`` of a file imports, after ``import torch``: torchweights' modules by their

@@ -214,6 +214,7 @@ def _apply_checkpoint(
 
     from . import dtypes
     from .storage.mapping import mapped_tensors
+    from .storage.prefault import fresh
     from .storage.read import fill, materialize
     from .storage.results import crc_error
 
@@ -273,7 +274,7 @@ def _apply_checkpoint(
             in_place.append(action.target)
             continue
         device = "cpu" if current is None or current.is_meta else current.device
-        new = torch.empty(shape, dtype=dst_dtype, device=device)
+        new = fresh(torch.empty(shape, dtype=dst_dtype, device=device))
         requests.append((record, new))
         replaced[action.target] = new
 

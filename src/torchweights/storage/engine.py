@@ -14,6 +14,8 @@ and hand the groups to one :class:`Engine`.
   threads; pinned when a CUDA tensor is filled, so host-to-device copies overlap the next reads). Views that are
   not contiguous are rebuilt from a copy of their storage (:meth:`Engine.whole`), never from a copy of the
   checkpoint.
+- Fresh destination memory (tensors the load allocated) is backed just before each piece is read into it, by the
+  thread that reads it (:mod:`torchweights.storage.prefault`), instead of one page fault per 4 KiB inside the read.
 - Integrity: whenever a whole storage is read, its CRC-32 is computed on the bytes as they are read (per piece, in
   the reading thread, then combined) and compared with the one its zip member records (:meth:`Engine.check`);
   mismatches are collected in :class:`~torchweights.storage.results.FillResult`, for the caller to raise.
@@ -36,6 +38,7 @@ from ..structs import structure
 from .compression import inflate
 from .crc import crc32, crc32_combine
 from .files import MAX_VECTORS, hint, open_fd, read_ahead, read_exact
+from .prefault import populate
 from .raw import DEFLATED, bad_member, open_checked, read_member
 from .results import CrcMismatch, FillResult, not_whole_elements, storage_label
 from .scratch import Buffer, Scratch
@@ -216,6 +219,9 @@ class Engine:
             if len(reads) == 1
             else f"{storage_label(first.ref)} and the {len(reads) - 1} storages after it"
         )
+        if self.settings.prefault:
+            for r in reads:
+                populate(r.ptr, len(r.mem))
         self.read(self.fd(first.ref.file), bufs, first.offset, first.ref, self.lookahead(), what)
         n = sum(len(r.mem) for r in reads)
         with self.lock:
@@ -241,6 +247,8 @@ class Engine:
                 assert direct.mem is not None and raw is not None
                 off = a - direct.start
                 mem = direct.mem[off : off + n]
+                if self.settings.prefault:
+                    populate(direct.ptr + off, n)
                 self.read(fd, mem, ref.offset + a, ref, ahead)
                 src = raw[off : off + n]
                 value = crc32(mem, 0, src.data_ptr()) if crc else None

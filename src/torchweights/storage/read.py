@@ -34,6 +34,7 @@ from ..text import quote
 from .contents import swap_unit
 from .engine import Engine
 from .mapping import Mapper
+from .prefault import fresh
 from .results import FillResult, crc_error, not_whole_elements, storage_label
 from .settings import IOSettings, current_settings
 from .targets import Group, Target, memory_of
@@ -222,7 +223,7 @@ def materialize(
             if mapped is not None:
                 storages[key] = (mapped, 0)
                 continue
-        buf = torch.empty(ref.nbytes, dtype=torch.uint8, device=device)
+        buf = fresh(torch.empty(ref.nbytes, dtype=torch.uint8, device=device))
         storages[key] = (buf.untyped_storage(), 0)
         if not ref.nbytes:
             continue
