@@ -260,8 +260,8 @@ _COMMON_LOAD_MODULES = {
     *("detect", "detect.content", "detect.sample", "detect.sniff", "formats"),
     *("plan", "plan.container", "plan.match", "plan.model", "plan.prefix", "plan.reconcile", "plan.renames"),
     *("plan.rules", "plan.sources", "plan.spec", "plan.verdicts", "report", "report.load"),
-    *("storage", "storage.compression", "storage.contents", "storage.crc", "storage.engine", "storage.files"),
-    *("storage.mapping", "storage.prefault", "storage.raw", "storage.read", "storage.results", "storage.scratch"),
+    *("storage", "storage.crc", "storage.engine", "storage.files"),
+    *("storage.prefault", "storage.read", "storage.results", "storage.scratch"),
     *("storage.settings", "storage.stamps", "storage.targets", "storage.tensors"),
 }
 
@@ -273,6 +273,7 @@ LOAD_IMPORTS: dict[str, set[str]] = {
     "safetensors": _COMMON_LOAD_MODULES | {"formats._files", "formats.safetensors"},
     "torch-zip": _COMMON_LOAD_MODULES
     | {"detect.archive", "formats._legacy_stream", "formats._pickled", "formats._tar", "formats._zip"}
+    | {"storage.compression"}
     | {"formats.modules", "formats.structure", "formats.torch_zip", "formats.tree"}
     | {"unpickle", "unpickle.calls", "unpickle.guards", "unpickle.known_enums", "unpickle.machine"}
     | {"unpickle.policy", "unpickle.record", "unpickle.stream", "unpickle.table", "unpickle.table_jit"}

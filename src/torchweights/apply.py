@@ -213,7 +213,6 @@ def _apply_checkpoint(
     import torch
 
     from . import dtypes
-    from .storage.mapping import mapped_tensors
     from .storage.prefault import fresh
     from .storage.read import fill, materialize
     from .storage.results import crc_error
@@ -253,6 +252,8 @@ def _apply_checkpoint(
 
     mapped: dict[str, torch.Tensor] = {}
     if mmap:
+        from .storage.mapping import mapped_tensors  # only for mmap=True
+
         mapped = mapped_tensors(_mappable(own, records, model), check_crc=check_crc)
 
     requests: list[tuple[TensorRecord, torch.Tensor]] = []

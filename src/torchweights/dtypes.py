@@ -109,6 +109,13 @@ def itemsize(name: str) -> int:
     return get(name).itemsize
 
 
+def swap_unit(name: str) -> int:
+    """Bytes per byte-swapped unit of dtype ``name``: the element size, or half of it for complex numbers (two
+    floats)."""
+    info = get(name)
+    return info.itemsize // 2 if info.kind == "complex" else info.itemsize
+
+
 def dtype_from_storage_class(class_name: str) -> DType | None:
     """The dtype of a legacy typed storage class (``"FloatStorage"``), or None if it is not one."""
     return _BY_STORAGE.get(class_name)

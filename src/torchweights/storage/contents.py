@@ -30,7 +30,7 @@ from .crc import crc32
 from .raw import read_byte_range, storage_crc
 from .results import CrcMismatch, crc_error
 
-__all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "span", "swap_unit", "to_little_endian"]
+__all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "span", "to_little_endian"]
 
 #: Largest piece read at once for a contiguous tensor (a multiple of every element size).
 CHUNK_BYTES = 16 << 20
@@ -39,15 +39,9 @@ _FORMATS: dict[int, Literal["B", "H", "I", "Q"]] = {1: "B", 2: "H", 4: "I", 8: "
 _ARRAY_CODES = {2: "H", 4: "I", 8: "Q"}
 
 
-def swap_unit(dtype: str) -> int:
-    """Bytes per byte-swapped unit: the element size, or half of it for complex numbers (two floats)."""
-    info = dtypes.get(dtype)
-    return info.itemsize // 2 if info.kind == "complex" else info.itemsize
-
-
 def to_little_endian(data: bytearray, ref: StorageRef, dtype: str) -> bytearray:
     """``data`` (whole elements of ``dtype`` from storage ``ref``) in little-endian order, swapped in place."""
-    unit = swap_unit(dtype)
+    unit = dtypes.swap_unit(dtype)
     if ref.byteorder != "big" or unit == 1 or not data:
         return data
     code = _ARRAY_CODES.get(unit)

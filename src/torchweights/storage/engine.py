@@ -35,11 +35,9 @@ from typing import Any
 
 from ..records import StorageRef
 from ..structs import structure
-from .compression import inflate
 from .crc import crc32, crc32_combine
 from .files import MAX_VECTORS, hint, open_fd, read_ahead, read_exact
 from .prefault import populate
-from .raw import DEFLATED, bad_member, open_checked, read_member
 from .results import CrcMismatch, FillResult, not_whole_elements, storage_label
 from .scratch import Buffer, Scratch
 from .settings import IOSettings
@@ -288,6 +286,8 @@ class Engine:
         """Storages read as a whole: compressed members, and storages feeding views that are not contiguous."""
         import torch
 
+        from .raw import DEFLATED  # this path and the zip member readers: imported when a load needs them
+
         ref = group.ref
         crc = self.wants_crc(ref)
         strided = any(not t.contiguous for t in targets)
@@ -335,6 +335,9 @@ class Engine:
 
     def read_whole(self, ref: StorageRef, mem: memoryview, address: int) -> int | None:
         """Fill ``mem`` with the whole decoded storage; returns the CRC-32 when inflating (computed on the way)."""
+        from .compression import inflate
+        from .raw import DEFLATED, bad_member, open_checked, read_member
+
         if ref.compression == 0:
             read_exact(self.fd(ref.file), mem, ref.offset, ref.file, storage_label(ref))
             return None
@@ -352,6 +355,9 @@ class Engine:
 
     def inflate_streaming(self, ref: StorageRef, targets: list[Target], crc: bool) -> tuple[int, int] | None:
         """Inflate a deflated member through one scratch buffer, handing each piece to the targets it covers."""
+        from .compression import inflate
+        from .raw import bad_member, open_checked
+
         hi = ref.nbytes if crc else max((t.end for t in targets), default=0)
         buf = self.scratch.take()
         value = 0

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .. import dtypes
 from ..errors import CheckpointReadError, CorruptCheckpointError
 from ..records import StorageRef, TensorRecord
 from ..text import quote
-from .contents import swap_unit
 from .crc import crc32
 from .files import open_fd
 from .results import CrcMismatch, crc_error, storage_label
@@ -141,7 +141,7 @@ def mapped_tensors(records: Iterable[TensorRecord], *, check_crc: bool = True) -
         if ref is None or needs_flags(record):
             continue  # flagged tensors are read with fill, which applies their bits to the values
         check_record_view(record)
-        storage = mapper.storage(ref, record.itemsize, swap_unit(record.dtype))
+        storage = mapper.storage(ref, record.itemsize, dtypes.swap_unit(record.dtype))
         if storage is None:
             continue
         out[record.name] = build_tensor(record, storage)

@@ -31,9 +31,7 @@ from .. import dtypes
 from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError
 from ..records import StorageRef, TensorRecord
 from ..text import quote
-from .contents import swap_unit
 from .engine import Engine
-from .mapping import Mapper
 from .prefault import fresh
 from .results import FillResult, crc_error, not_whole_elements, storage_label
 from .settings import IOSettings, current_settings
@@ -205,12 +203,16 @@ def materialize(
             names.setdefault(key, []).append(r.name)
     storages: dict[tuple[str, str], tuple[torch.UntypedStorage, int]] = {}
     groups: list[Group] = []
-    mapper = Mapper() if mmap else None
+    mapper = None
+    if mmap:
+        from .mapping import Mapper  # only for mmap=True
+
+        mapper = Mapper()
     resolve = device_resolver(map_location)
     for key, record in sorted(first.items(), key=lambda kv: (kv[0][0], kv[1].storage.offset if kv[1].storage else 0)):
         ref = record.storage
         assert ref is not None
-        unit = swap_unit(record.dtype)
+        unit = dtypes.swap_unit(record.dtype)
         device = resolve(ref.location)
         if mapper is not None:
             if torch.device(device).type != "cpu":

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from .. import dtypes
 from ..records import StorageRef, TensorRecord
 from ..structs import structure
-from .contents import swap_unit
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -106,7 +105,7 @@ def target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool, plain:
     assert ref is not None
     src_dtype = dtypes.to_torch(record.dtype)
     size = record.itemsize
-    swap = swap_unit(record.dtype) if ref.byteorder == "big" else 1
+    swap = dtypes.swap_unit(record.dtype) if ref.byteorder == "big" else 1
     start = record.storage_offset * size
     if plain or (plain is None and record.is_contiguous and dst.is_contiguous()):
         end = start + record.nbytes

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 from .. import dtypes
 from ..errors import CorruptCheckpointError, RuleError, UnsupportedCheckpointError, pass_through
 from ..records import TensorRecord
-from .contents import swap_unit, to_little_endian
-from .raw import read_storage_bytes
 from .results import not_whole_elements
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -360,7 +358,10 @@ def _read_small(record: TensorRecord) -> torch.Tensor:
     ref = record.storage
     if ref is None:
         return build_tensor(record, None)
-    unit = swap_unit(record.dtype)
+    from .contents import to_little_endian  # rare (a big-endian file): imported when needed
+    from .raw import read_storage_bytes
+
+    unit = dtypes.swap_unit(record.dtype)
     if ref.byteorder == "big" and unit > 1 and ref.nbytes % unit:
         raise not_whole_elements(ref, unit)
     data = to_little_endian(read_storage_bytes(ref, tensors=(record.name,)), ref, record.dtype)
