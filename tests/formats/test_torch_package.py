@@ -226,9 +226,11 @@ def test_embedded_torchscript_modules_are_read_as_weights(tmp_path: Path, monkey
     assert ckpt.extras == {"models/both.pkl/epoch": 7}
     assert ckpt.metadata["torchscript_modules"] == {"models/scripted.pkl": ["0"], "models/both.pkl": ["1"]}
     code = ckpt.metadata["code_files"]
-    assert ".data/ts_code/code/__torch__/torch/nn/modules/linear.py" in code
     with zipfile.ZipFile(path) as zf:
-        assert all(zf.getinfo(f"ts/{name}").file_size == size for name, size in code.items())
+        # every TorchScript code file the package holds, by its size (where TorchScript puts nn.Linear's code
+        # depends on what the process scripted before: a test must not rely on the path)
+        in_zip = {i.filename[len("ts/") :]: i.file_size for i in zf.infolist() if "/ts_code/code/" in i.filename}
+    assert code == in_zip and any(name.endswith(".py") for name in code)
     assert not ckpt.warnings
 
     loaded = tw.load(ckpt)
