@@ -24,7 +24,7 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptCheckpointError, ResourceLimitError
+from ..errors import CorruptCheckpointError
 from ..records import Checkpoint, TensorRecord
 from ..text import quote
 from ..unpickle.values import PickledStorage, Stub
@@ -226,17 +226,10 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
             if not _is_pickle(archive, info):
                 resources[resource] = info.size
                 continue
-            if info.size > options.limits.max_pickle_bytes:
-                raise ResourceLimitError(
-                    f"{quote(path)}: pickle resource {quote(resource)} is {info.size} bytes, over the "
-                    f"{options.limits.max_pickle_bytes}-byte limit. If you trust the file: "
-                    "tw.open(path, limits=Limits(max_pickle_bytes=...)).",
-                    code="limit-pickle-size",
-                    path=path,
-                )
+            data = archive.read_parsed(info, f"pickle resource {quote(resource)}")
             where = f"{quote(path)} resource {quote(resource)}"
             scripts.resource, scripts.budget = resource, 0
-            result = run_pickle(archive.read(info), options, where, persistent_load=loader)
+            result = run_pickle(data, options, where, persistent_load=loader)
             globals_seen |= result.globals
             budget = 4 * result.opcodes + 10_000 + scripts.budget
             flat = flatten(result.value, record_maker(where), limits=options.limits, budget=budget)

@@ -128,6 +128,20 @@ class Archive:
             raise _bad_member(self.path, m, "its bytes do not match their CRC-32 checksum", "bad-crc")
         return data
 
+    def read_parsed(self, m: ZipMember, what: str) -> bytes:
+        """The whole bytes of member ``m``, which the caller parses whole (a pickle, ``model.json``): refused over
+        ``limits.max_pickle_bytes`` before anything is read. ``what`` names the member in the message
+        (``"data.pkl"``, ``"pickle resource 'x'"``)."""
+        limit = self.limits.max_pickle_bytes
+        if m.size > limit:
+            raise ResourceLimitError(
+                f"{quote(self.path)}: {what} is {m.size} bytes, over the {limit}-byte limit. If you trust the file: "
+                "tw.open(path, limits=Limits(max_pickle_bytes=...)).",
+                code="limit-pickle-size",
+                path=self.path,
+            )
+        return self.read(m)
+
 
 class ZipStorages:
     """persistent_load for torch zip files: ``('storage', type, key, location, numel)`` -> PickledStorage.
@@ -330,14 +344,7 @@ def _data_pkl(archive: Archive, root: str, path: str, options: ReadOptions) -> t
     messages name it."""
     pkl = archive.get(root + "data.pkl")
     assert pkl is not None  # _find_root found it
-    if pkl.size > options.limits.max_pickle_bytes:
-        raise ResourceLimitError(
-            f"'{path}': data.pkl is {pkl.size} bytes, over the {options.limits.max_pickle_bytes}-byte "
-            "limit. If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
-            code="limit-pickle-size",
-            path=path,
-        )
-    return archive.read(pkl), f"'{path}' member '{pkl.name}'"
+    return archive.read_parsed(pkl, "data.pkl"), f"'{path}' member '{pkl.name}'"
 
 
 def read(path: str, options: ReadOptions) -> Checkpoint:

@@ -84,19 +84,6 @@ def _find_root(names: list[str], path: str) -> tuple[str, str]:
     )
 
 
-def _read_pickle(archive: Archive, info: ZipMember, options: ReadOptions) -> bytes:
-    path = archive.path
-    if info.size > options.limits.max_pickle_bytes:
-        raise ResourceLimitError(
-            f"{quote(path)}: {quote(info.name)} is {info.size} bytes, over the "
-            f"{options.limits.max_pickle_bytes}-byte limit. If you trust the file: "
-            "tw.open(path, limits=Limits(max_pickle_bytes=...)).",
-            code="limit-pickle-size",
-            path=path,
-        )
-    return archive.read(info)
-
-
 def _listing(archive: Archive, prefix: str) -> dict[str, int]:
     """``{name below prefix: size}`` of the members under ``prefix``."""
     return {m.name[len(prefix) :]: m.size for m in archive.members() if m.name.startswith(prefix)}
@@ -470,11 +457,11 @@ def read_script_module(
     decls = _declarations(archive, code_prefix, options.limits, warnings)
     where = f"{quote(path)} member {quote(data.name)}"
     result = run_pickle(
-        _read_pickle(archive, data, options), options, where, persistent_load=ScriptStorages(storages, path)
+        archive.read_parsed(data, quote(data.name)), options, where, persistent_load=ScriptStorages(storages, path)
     )
     const_where = f"{quote(path)} member {quote(constants.name)}"
     const_result = run_pickle(
-        _read_pickle(archive, constants, options),
+        archive.read_parsed(constants, quote(constants.name)),
         options,
         const_where,
         persistent_load=ScriptStorages(constant_storages, path),

@@ -260,15 +260,8 @@ def read_model_json(archive: Archive, root: str, records: dict[str, str], option
     reader = _Reader(archive, root, options)
     info = archive.get(root + "model.json")
     assert info is not None  # the caller found it
-    if info.size > options.limits.max_pickle_bytes:
-        raise ResourceLimitError(
-            f"{quote(path)}: model.json is {info.size} bytes, over the {options.limits.max_pickle_bytes}-byte limit. "
-            "If you trust the file: tw.open(path, limits=Limits(max_pickle_bytes=...)).",
-            code="limit-pickle-size",
-            path=path,
-        )
     try:
-        model = json.loads(archive.read(info).decode("utf-8"))
+        model = json.loads(archive.read_parsed(info, "model.json").decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         pass_through(exc)  # the member could not be read (bad-crc, limit-inflate...)
         raise reader.bad(f"is not JSON ({type(exc).__name__})") from None
