@@ -108,24 +108,25 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The ``tw.load_into`` cases and their options.
+LOAD_INTO = {
+    "tw-copy": {},
+    "tw-meta": {},
+    "fixed": {},
+    "fixed-dry": {"dry_run": True},
+    "tw-copy-nocrc": {"check_crc": False},
+}
+
+
 def run_case(case: str, model: Any, path: str, files: list[str]) -> Any:
-    """One load the way the case does it, imports included; returns what must outlive the clock."""
-    if case in ("tw-copy", "tw-meta", "fixed"):
+    """One load the way the case does it, imports included (torchweights only in its own cases, so that an anchor
+    does not pay for it); returns what must outlive the clock."""
+    if case in LOAD_INTO or case == "tw-load":
         import torchweights as tw
 
-        tw.load_into(model, path)
-    elif case == "fixed-dry":
-        import torchweights as tw
-
-        tw.load_into(model, path, dry_run=True)
-    elif case == "tw-copy-nocrc":
-        import torchweights as tw
-
-        tw.load_into(model, path, check_crc=False)
-    elif case == "tw-load":
-        import torchweights as tw
-
-        return tw.load(path)
+        if case == "tw-load":
+            return tw.load(path)
+        tw.load_into(model, path, **LOAD_INTO[case])
     elif case in ("st-load-file", "st-assign", "st-fixed"):
         from safetensors.torch import load_file
 
@@ -390,10 +391,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0)
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(json.loads(sys.argv[2]))))
-        sys.exit(0)
-    sys.exit(main())
+    from model import script_entry
+
+    script_entry(__doc__, main, child, "--child")

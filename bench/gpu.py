@@ -127,7 +127,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
-        sys.exit(0)
-    sys.exit(main())
+    bench_model.script_entry(__doc__, main, worker, "--worker")

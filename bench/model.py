@@ -1,8 +1,10 @@
 """The bench's model and checkpoints: a transformer-like model of a given size (32 blocks, ~290 tensors from 3 KiB
 norms to ~100 MiB embeddings) and its weights as a torch zip file, a safetensors file and a 3-shard safetensors set.
 Shared by ``bench/run.py`` (warm mode), ``bench/fresh.py`` (first call in a fresh process), ``bench/scale.py`` and
-``bench/gpu.py``. Imports only the standard library and torch, so that a fresh-process case imports nothing else
-before its clock starts."""
+``bench/gpu.py``, with what every script's child process needs: the resident-memory figures of ``/proc/self``
+(:func:`memory_status`, :func:`reset_peak`) and the command line of a script that is also its own child
+(:func:`script_entry`). Imports only the standard library and torch, so that a fresh-process case imports nothing
+else before its clock starts."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import json
 import math
 import os
 import struct
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +253,38 @@ def remove(info: dict[str, Any]) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             Path(path).unlink(missing_ok=True)
+
+
+def memory_status() -> dict[str, int]:
+    """This process's resident memory from ``/proc/self/status``, in bytes: VmHWM (peak), VmRSS, RssAnon, RssFile,
+    RssShmem."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def reset_peak() -> bool:
+    """Reset this process's VmHWM to its current RSS (``/proc/self/clear_refs``); whether the kernel allowed it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def script_entry(doc: str | None, main: Callable[[], int], child: Callable[[Any], Any], flag: str) -> None:
+    """The command line of a bench script that is also its own child process: ``-h`` prints ``doc``; ``flag SPEC``
+    runs ``child`` on the JSON ``SPEC`` and prints its result as JSON (the parent reads the last line); anything
+    else runs ``main``."""
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print(doc)
+        sys.exit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == flag:
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+        sys.exit(0)
+    sys.exit(main())

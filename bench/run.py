@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model import build_model, evict, generate, remove, warm, write_all
+from model import build_model, evict, generate, memory_status, remove, reset_peak, script_entry, warm, write_all
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,25 +46,6 @@ HERE = Path(__file__).resolve().parent
 # --------------------------------------------------------------------------------------------------------------
 # Worker: one case in a fresh process
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _read_files(files: list[str], buf: Any, threads: int, piece: int = 16 << 20) -> int:
@@ -202,13 +183,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             del model, small
         model = None if case == "tw-load" else build_model(info["width"], info["dtype"], "meta" if meta else "cpu")
         gc.collect()
-        peak_ok = _reset_peak()
-        before = _status()
+        peak_ok = reset_peak()
+        before = memory_status()
         t0 = time.perf_counter()
         keep = _run(case, model, path, files)
         seconds = time.perf_counter() - t0
     gc.collect()
-    after = _status()
+    after = memory_status()
     # The model's own memory added by the load: new anonymous pages (meta path, tw.load's result) plus file pages
     # it keeps mapped (mmap paths); whatever else the peak held was extra.
     own = max(0, after["RssAnon"] - before["RssAnon"]) + max(0, after["RssFile"] - before["RssFile"])
@@ -516,10 +497,4 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0)
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
-        sys.exit(0)
-    sys.exit(main())
+    script_entry(__doc__, main, worker, "--worker")

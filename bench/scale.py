@@ -82,30 +82,11 @@ META = {"tw-meta"}
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(int(spec["intra"]))
-    from model import build_model
+    from model import build_model, memory_status, reset_peak
 
     case, path, files = spec["case"], spec["path"], spec["files"]
     if case.startswith("tw-"):
@@ -117,13 +98,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     model = build_model(spec["width"], spec["dtype"], "meta" if case in META else "cpu")
     gc.collect()
-    peak_ok = _reset_peak()
-    before = _status()
+    peak_ok = reset_peak()
+    before = memory_status()
     t0 = time.perf_counter()
     run_case(case, model, path, files)
     seconds = time.perf_counter() - t0
     gc.collect()
-    after = _status()
+    after = memory_status()
     # The model's own memory that the load adds: all of it for a meta model, none for an allocated one. Taken from
     # the model, not from RSS after the load: freed memory that the allocator keeps would count as the model's.
     nbytes = spec["nbytes"]
@@ -534,10 +515,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0)
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(json.loads(sys.argv[2]))))
-        sys.exit(0)
-    sys.exit(main())
+    from model import script_entry
+
+    script_entry(__doc__, main, child, "--child")
