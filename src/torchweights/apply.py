@@ -51,13 +51,11 @@ def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
     if not module_name:
         return model, attr
     module = model
-    try:
-        for atom in module_name.split("."):
-            module = module._modules[atom]  # type: ignore[assignment] # what get_submodule walks, minus its checks
-    except (KeyError, AttributeError):
-        module = model.get_submodule(module_name)  # its own error for a path that does not exist
-    if module is None:
-        module = model.get_submodule(module_name)
+    for atom in module_name.split("."):  # what get_submodule walks, minus its per-step checks
+        child = module._modules.get(atom)
+        if child is None:
+            return model.get_submodule(module_name), attr  # its own answer (or error) for any other path
+        module = child
     return module, attr
 
 

@@ -236,8 +236,9 @@ def init_method(module: torch.nn.Module) -> str | None:
 
 
 def _overrides_loading(module: torch.nn.Module) -> bool:
-    """Whether ``module``'s class overrides ``_load_from_state_dict`` outside ``torch.nn.modules`` (a module with
-    load hooks, or whose class does, loads its state its own way).
+    """Whether ``module``'s class overrides ``_load_from_state_dict`` outside ``torch.nn.modules``: with load hooks
+    on the module itself (which :meth:`ModelSpec.from_module` checks per module), the ways a module loads its state
+    its own way.
 
     A user subclass of BatchNorm2d inherits torch's loader, which only handles version upgrades and is fine to
     bypass; an override anywhere outside ``torch.nn.modules`` is not."""

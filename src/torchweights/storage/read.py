@@ -35,7 +35,7 @@ from .engine import Engine
 from .prefault import fresh
 from .results import FillResult, crc_error, not_whole_elements, storage_label
 from .settings import IOSettings, current_settings
-from .targets import Group, Target, memory_of
+from .targets import Group, Target, lands_as_is, memory_of
 from .tensors import (
     apply_flags_in_place,
     build_sparse,
@@ -129,13 +129,7 @@ def fill(
         elif not torch_work:
             torch_work = True  # a storage feeding several tensors: copies between them
         device = dst.device.type
-        plain = (
-            device == "cpu"
-            and not ref.compression
-            and record.is_contiguous
-            and dst.dtype == dtypes.to_torch(record.dtype)
-            and dst.is_contiguous()
-        )
+        plain = lands_as_is(record, ref, dst)
         group.pending.append((record, dst, plain))
         group.names.append(record.name)
         written.append(dst)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .scratch import Buffer
 
-__all__ = ["Group", "Target", "deliver", "memory_of", "swap_in_place", "target_for"]
+__all__ = ["Group", "Target", "deliver", "lands_as_is", "memory_of", "swap_in_place", "target_for"]
 
 
 def memory_of(raw: torch.Tensor) -> memoryview:
@@ -88,40 +88,44 @@ class Group:
     ref: StorageRef
     targets: list[Target] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
-    #: ``(record, destination, plain)``; plain: the bytes land as they are (a contiguous CPU destination of the
-    #: record's dtype, from a contiguous record of an uncompressed storage), as :func:`target_for` finds it
-    pending: list[tuple[TensorRecord, torch.Tensor, bool | None]] = field(default_factory=list)
+    #: ``(record, destination, plain)``, plain as :func:`lands_as_is` says (the caller asked torch once)
+    pending: list[tuple[TensorRecord, torch.Tensor, bool]] = field(default_factory=list)
 
     def prepare(self) -> None:
-        compressed = bool(self.ref.compression)
-        self.targets += [target_for(record, dst, compressed, plain) for record, dst, plain in self.pending]
+        self.targets += [target_for(record, dst, plain) for record, dst, plain in self.pending]
         self.pending.clear()
 
 
-def target_for(record: TensorRecord, dst: torch.Tensor, compressed: bool, plain: bool | None = None) -> Target:
-    """The target of ``record``'s bytes in ``dst``; ``plain`` (when the caller already knows it): whether they can
-    land as they are, which saves asking torch again."""
+def lands_as_is(record: TensorRecord, ref: StorageRef, dst: torch.Tensor) -> bool:
+    """Whether ``record``'s bytes can be read straight into ``dst``: a contiguous CPU destination of the record's
+    dtype, from a contiguous record of an uncompressed storage (a big-endian file's are byte-swapped in place
+    after)."""
+    return (
+        dst.device.type == "cpu"
+        and not ref.compression
+        and record.is_contiguous
+        and dst.dtype == dtypes.to_torch(record.dtype)
+        and dst.is_contiguous()
+    )
+
+
+def target_for(record: TensorRecord, dst: torch.Tensor, plain: bool) -> Target:
+    """The target of ``record``'s bytes in ``dst``; ``plain``: :func:`lands_as_is` of the pair."""
     ref = record.storage
     assert ref is not None
     src_dtype = dtypes.to_torch(record.dtype)
     size = record.itemsize
     swap = dtypes.swap_unit(record.dtype) if ref.byteorder == "big" else 1
     start = record.storage_offset * size
-    if plain or (plain is None and record.is_contiguous and dst.is_contiguous()):
-        end = start + record.nbytes
-        target = Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
-        if plain or (plain is None and dst.device.type == "cpu" and dst.dtype == src_dtype and not compressed):
-            target.ptr = dst.data_ptr()
-            target.mem = _memory_at(target.ptr, record.nbytes)
-        else:
-            target.flat = dst.detach().view(-1)
-        return target
-    if record.is_contiguous and dst.is_contiguous():  # contiguous, but converted on the way (plain is False)
-        end = start + record.nbytes
-        target = Target(start, end, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+    if not plain and not (record.is_contiguous and dst.is_contiguous()):  # a view: rebuilt from its whole storage
+        return Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+    target = Target(start, start + record.nbytes, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+    if plain:
+        target.ptr = dst.data_ptr()
+        target.mem = _memory_at(target.ptr, record.nbytes)
+    else:  # contiguous, converted on the way (a cast, another device, a compressed member)
         target.flat = dst.detach().view(-1)
-        return target
-    return Target(start, start, src_dtype, size, max(swap, 1), record.name, record=record, dst=dst)
+    return target
 
 
 def swap_in_place(raw: torch.Tensor, unit: int) -> None:
