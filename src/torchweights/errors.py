@@ -346,6 +346,7 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "bad-strict": (RuleError, "strict= is not one of its values"),
     "bad-tolerance": (RuleError, "a diff tolerance is not a non-negative number"),
     "needs-torch": (RuleError, "the request needs torch, which is not installed"),
+    "needs-matplotlib": (RuleError, "the HTML report's plots need matplotlib: pip install 'torchweights[report]'"),
     "nothing-selected": (RuleError, "the options (or a select= pattern) select no tensor at all"),
     "dangerous-allowed": (RuleError, "an allow list names a global that can run code by itself: never allowed"),
     "bad-select": (RuleError, "select= is not a list of glob patterns"),

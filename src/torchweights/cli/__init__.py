@@ -22,7 +22,7 @@ from ..errors import TorchWeightsError
 __all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_UNREADABLE", "build_parser", "main"]
 
 #: Subcommand modules under ``torchweights.cli``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("inspect", "scan", "check", "diff", "convert", "verify")
+COMMANDS: tuple[str, ...] = ("inspect", "scan", "check", "diff", "convert", "verify", "report")
 
 EXIT_OK = 0
 EXIT_UNREADABLE = 2

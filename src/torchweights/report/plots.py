@@ -1,0 +1,141 @@
+"""The plots of the HTML report, drawn with matplotlib (the optional extra ``torchweights[report]``) as inline SVG.
+
+Each function returns one ``<svg>`` element as text, ready to sit in a page: text is drawn as paths (no font is
+fetched), nothing refers to anything outside the element, and every label that comes from a file is made plain
+text first (control characters escaped, ``$`` kept from starting mathtext); matplotlib escapes the rest of the
+markup. matplotlib is imported only here, inside the functions, through :func:`pyplot`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import RuleError
+from ..fold import human_bytes
+from ..text import printable
+from .html import STATE_COLOURS
+
+__all__ = ["INSTALL_HINT", "LABEL_LIMIT", "breakdown_plot", "change_plot", "layer_stats_plot", "pyplot"]
+
+#: The exact command that installs what the plots need.
+INSTALL_HINT = "pip install 'torchweights[report]'"
+
+#: Characters of a tensor name shown in a plot label (the page's tables have the whole name).
+LABEL_LIMIT = 48
+
+#: Flagged layers named next to their marks; the rest are marked only (the page text names them all).
+NAMED_FLAGS = 12
+
+
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the non-interactive SVG backend.
+
+    Raises:
+        RuleError: code ``needs-matplotlib`` when matplotlib is not installed, with the command that installs it.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("svg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuleError(
+            f"the HTML report draws its plots with matplotlib, which is not installed here ({e}). "
+            f"Fix: {INSTALL_HINT}",
+            code="needs-matplotlib",
+        ) from e
+    return plt
+
+
+def _label(name: str) -> str:
+    text = printable(name)
+    if len(text) > LABEL_LIMIT:
+        text = "…" + text[-(LABEL_LIMIT - 1) :]
+    return text.replace("$", r"\$")
+
+
+def _svg(plt: Any, fig: Any) -> str:
+    """The figure as one ``<svg>`` element (the XML prolog and doctype removed), and the figure closed."""
+    buffer = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "path", "svg.hashsalt": "torchweights"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def layer_stats_plot(
+    names: Sequence[str], std: Sequence[float], abs_max: Sequence[float], flagged: Sequence[int]
+) -> str:
+    """Standard deviation and largest magnitude of each tensor in file order, on a log scale: layers left at zero
+    sit at the floor, exploded ones stand out on top. ``flagged`` (indices) are marked in red and the first
+    :data:`NAMED_FLAGS` of them named. Zero and non-finite values are drawn at the floor and the ceiling."""
+    plt = pyplot()
+    finite = [v for v in (*std, *abs_max) if math.isfinite(v) and v > 0]
+    floor = min(finite) / 10 if finite else 1e-8
+    ceiling = max(finite) * 10 if finite else 1.0
+
+    def clamp(values: Sequence[float]) -> list[float]:
+        return [ceiling if not math.isfinite(v) else v if v > 0 else floor for v in values]
+
+    xs = list(range(len(names)))
+    width = min(14.0, max(7.0, len(names) * 0.06))
+    fig, ax = plt.subplots(figsize=(width, 3.8))
+    ax.plot(xs, clamp(abs_max), ".-", color="#8250df", linewidth=0.8, markersize=3, label="abs max")
+    ax.plot(xs, clamp(std), ".-", color="#0969da", linewidth=0.8, markersize=3, label="std")
+    if flagged:
+        marked = clamp([abs_max[i] for i in flagged])
+        ax.scatter(list(flagged), marked, s=60, marker="x", color=STATE_COLOURS["bad"], zorder=3, label="flagged")
+        for i in list(flagged)[:NAMED_FLAGS]:
+            ax.annotate(_label(names[i]), (i, clamp([abs_max[i]])[0]), fontsize=7, color=STATE_COLOURS["bad"],
+                        xytext=(3, 4), textcoords="offset points", rotation=20)
+    ax.set_yscale("log")
+    ax.set_xlabel("tensor, in file order")
+    ax.set_ylabel("value (log scale)")
+    ax.set_title("Per-layer weight statistics")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _svg(plt, fig)
+
+
+def breakdown_plot(by_dtype: dict[str, int], by_group: dict[str, int]) -> str:
+    """Two bar charts side by side: bytes per dtype, and bytes per top-level module (largest first)."""
+    plt = pyplot()
+    groups = sorted(by_group.items(), key=lambda kv: -kv[1])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(2.2, 0.32 * max(len(by_dtype), len(groups)) + 1)))
+    for ax, items, title in ((left, sorted(by_dtype.items(), key=lambda kv: -kv[1]), "bytes by dtype"),
+                             (right, groups, "bytes by top-level module")):
+        labels = [_label(k or "(root)") for k, _ in items][::-1]
+        values = [v for _, v in items][::-1]
+        bars = ax.barh(range(len(values)), values, color="#0969da")
+        ax.set_yticks(range(len(values)), labels, fontsize=8)
+        ax.bar_label(bars, [human_bytes(v) for v in values], fontsize=7, padding=2)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.margins(x=0.25)
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return _svg(plt, fig)
+
+
+def change_plot(names: Sequence[str], change: Sequence[float], against: str) -> str:
+    """The relative change ``||a - b|| / ||b||`` of each tensor against the reference, in file order, log scale:
+    what fine-tuning moved. Unchanged tensors sit at the floor."""
+    plt = pyplot()
+    positive = [v for v in change if math.isfinite(v) and v > 0]
+    floor = min(positive) / 10 if positive else 1e-8
+    ceiling = max(positive) * 10 if positive else 1.0
+    values = [ceiling if not math.isfinite(v) else v if v > 0 else floor for v in change]
+    width = min(14.0, max(7.0, len(names) * 0.06))
+    fig, ax = plt.subplots(figsize=(width, 3.4))
+    ax.bar(range(len(values)), values, color="#bf3989", width=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("tensor, in file order")
+    ax.set_ylabel("||a - b|| / ||b||")
+    ax.set_title(f"Relative change against {_label(against)}")
+    ax.grid(True, axis="y", alpha=0.3)
+    return _svg(plt, fig)
