@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from .tools.scan.report import Finding, ScanReport
     from .tools.scan.scanner import scan
     from .tools.verify import VerifyReport, verify
+    from .values.file import stats
+    from .values.stats import StatsReport
 
 __version__ = "0.1.0"
 
@@ -70,6 +72,7 @@ __all__ = [
     "RuleError",
     "ScanReport",
     "ShardIndexError",
+    "StatsReport",
     "StorageRef",
     "TensorRecord",
     "TorchWeightsError",
@@ -85,6 +88,7 @@ __all__ = [
     "load_model",
     "open",
     "scan",
+    "stats",
     "verify",
 ]
 
@@ -108,6 +112,8 @@ _LAZY: dict[str, str] = {
     "scan": "tools.scan.scanner",
     "Finding": "tools.scan.report",
     "ScanReport": "tools.scan.report",
+    "stats": "values.file",
+    "StatsReport": "values.stats",
     "verify": "tools.verify",
     "VerifyReport": "tools.verify",
 }
