@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from .tools.scan.report import Finding, ScanReport
     from .tools.scan.scanner import scan
     from .tools.verify import VerifyReport, verify
+    from .values.file import stats
+    from .values.stats import StatsReport
 
 __version__ = "0.1.0"
 
@@ -72,6 +74,7 @@ __all__ = [
     "RuleError",
     "ScanReport",
     "ShardIndexError",
+    "StatsReport",
     "StorageRef",
     "TensorRecord",
     "TorchWeightsError",
@@ -88,6 +91,7 @@ __all__ = [
     "load_model",
     "open",
     "scan",
+    "stats",
     "verify",
 ]
 
@@ -113,6 +117,8 @@ _LAZY: dict[str, str] = {
     "scan": "tools.scan.scanner",
     "Finding": "tools.scan.report",
     "ScanReport": "tools.scan.report",
+    "stats": "values.file",
+    "StatsReport": "values.stats",
     "verify": "tools.verify",
     "VerifyReport": "tools.verify",
 }

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .plan.spec import ModelSpec
 
-__all__ = ["load", "load_into", "open", "refuse_allowed_modules"]
+__all__ = ["load", "load_into", "open", "refuse_allowed_modules", "selected"]
 
 
 def open(
@@ -181,7 +181,7 @@ def load(
         return read_nested(ckpt.structure, map_location=map_location, check_crc=check_crc, mmap=mmap)
     records, extras = ckpt.records, ckpt.extras
     if select is not None:
-        records, extras = _selected(ckpt, select)
+        records, extras = selected(ckpt, select)
     if unsupported == "error":
         refuse_unreadable(ckpt.path, extras)
     return materialize(builtins.list(records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
@@ -226,7 +226,7 @@ def _nested_hint(pattern: str, names: Iterable[str]) -> str:
     return ""
 
 
-def _selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, Any], dict[str, Any]]:
+def selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The records and extras ``select`` picks; every pattern must pick at least one tensor."""
     from .errors import RuleError
     from .plan.rules import matches_any

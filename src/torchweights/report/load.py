@@ -12,6 +12,7 @@ from ..text import printable, quote
 
 if TYPE_CHECKING:  # annotations only: importing the planner here would slow every ``tw.open`` (api imports this)
     from ..plan.model import Action, Plan
+    from ..values.findings import ValueFinding
 
 __all__ = ["LoadReport"]
 
@@ -29,6 +30,10 @@ class LoadReport:
         notes: anything else worth knowing (checkpoint warnings, ...).
         meta_after: after the load, every parameter and buffer of the model still on the meta device, as found
             on the model (None before a load: :attr:`left_on_meta` then says what the plan leaves there).
+        value_findings: what ``load_into(..., check_values=True)`` found in the loaded values (NaN, Inf, all-zero
+            or constant weights) and the tensors left at their initial values, by tensor name; warnings only:
+            :attr:`ok` does not depend on them (see :mod:`torchweights.values.checks`).
+        checked_values: whether the value checks ran.
     """
 
     plan: Plan
@@ -38,6 +43,8 @@ class LoadReport:
     fallback_modules: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     meta_after: tuple[str, ...] | None = None
+    value_findings: tuple[ValueFinding, ...] = ()
+    checked_values: bool = False
 
     @property
     def ok(self) -> bool:
