@@ -17,7 +17,19 @@ from collections.abc import Iterable, Sequence
 from ..structs import structure
 from ..text import printable
 
-__all__ = ["CARD_ROWS", "STATE_COLOURS", "STYLE", "Table", "card", "details", "esc", "facts", "headline", "page", "table"]
+__all__ = [
+    "CARD_ROWS",
+    "STATE_COLOURS",
+    "STYLE",
+    "Table",
+    "card",
+    "details",
+    "esc",
+    "facts",
+    "headline",
+    "page",
+    "table",
+]
 
 #: Rows a notebook card shows per table before the rest folds into a collapsed ``<details>``.
 CARD_ROWS = 12
@@ -38,7 +50,7 @@ STYLE = """
 .tw tr.flag td{background:#ffebe9}.tw code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 .tw dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:4px 0}.tw dt{color:#59636e}
 .tw dd{margin:0}.tw details{margin:4px 0}.tw summary{cursor:pointer;color:#0969da}
-.tw .plot svg{max-width:100%;height:auto}.tw .muted{color:#59636e}
+.tw .plot svg{width:100%;max-width:1100px;height:auto}.tw .muted{color:#59636e}
 """
 
 

@@ -233,8 +233,13 @@ class LoadReport:
             "LoadReport",
             "bad" if not self.ok else "ok" if self.clean else "warn",
             self.headline(),
-            [("source", plan.source), ("model", plan.model), ("container", plan.container.name or "the root")]
-            + [("prefix", plan.prefix.evidence), ("bytes read", self.bytes_read)],
+            [
+                ("source", plan.source),
+                ("model", plan.model),
+                ("container", plan.container.name or "the root"),
+                ("prefix", plan.prefix.evidence),
+                ("bytes read", self.bytes_read),
+            ],
             [Table("actions", ("kind", "model key", "checkpoint key", "detail"), rows)],
             self.notes,
         )

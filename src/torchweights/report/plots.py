@@ -57,14 +57,19 @@ def _label(name: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _svg(plt: Any, fig: Any) -> str:
-    """The figure as one ``<svg>`` element (the XML prolog and doctype removed), and the figure closed."""
+def _svg(plt: Any, fig: Any, name: str) -> str:
+    """The figure as one ``<svg>`` element (the XML prolog and doctype removed), and the figure closed. Every id
+    in it (glyphs, clip paths) and every reference to one starts with ``name``, so that several plots on one page
+    never share an id."""
     buffer = io.StringIO()
     with plt.rc_context({"svg.fonttype": "path", "svg.hashsalt": "torchweights"}):
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     text = buffer.getvalue()
-    return text[text.index("<svg") :]
+    text = text[text.index("<svg") :]
+    for old, new in (('id="', f'id="{name}-'), ('href="#', f'href="#{name}-'), ("url(#", f"url(#{name}-")):
+        text = text.replace(old, new)
+    return text
 
 
 def layer_stats_plot(
@@ -90,15 +95,21 @@ def layer_stats_plot(
         marked = clamp([abs_max[i] for i in flagged])
         ax.scatter(list(flagged), marked, s=60, marker="x", color=STATE_COLOURS["bad"], zorder=3, label="flagged")
         for i in list(flagged)[:NAMED_FLAGS]:
-            ax.annotate(_label(names[i]), (i, clamp([abs_max[i]])[0]), fontsize=7, color=STATE_COLOURS["bad"],
-                        xytext=(3, 4), textcoords="offset points", rotation=20)
+            ax.annotate(
+                _label(names[i]),
+                (i, clamp([abs_max[i]])[0]),
+                fontsize=7,
+                color=STATE_COLOURS["bad"],
+                xytext=(6, -10),
+                textcoords="offset points",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("tensor, in file order")
     ax.set_ylabel("value (log scale)")
     ax.set_title("Per-layer weight statistics")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _svg(plt, fig)
+    return _svg(plt, fig, "layers")
 
 
 def breakdown_plot(by_dtype: dict[str, int], by_group: dict[str, int]) -> str:
@@ -106,8 +117,10 @@ def breakdown_plot(by_dtype: dict[str, int], by_group: dict[str, int]) -> str:
     plt = pyplot()
     groups = sorted(by_group.items(), key=lambda kv: -kv[1])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(2.2, 0.32 * max(len(by_dtype), len(groups)) + 1)))
-    for ax, items, title in ((left, sorted(by_dtype.items(), key=lambda kv: -kv[1]), "bytes by dtype"),
-                             (right, groups, "bytes by top-level module")):
+    for ax, items, title in (
+        (left, sorted(by_dtype.items(), key=lambda kv: -kv[1]), "bytes by dtype"),
+        (right, groups, "bytes by top-level module"),
+    ):
         labels = [_label(k or "(root)") for k, _ in items][::-1]
         values = [v for _, v in items][::-1]
         bars = ax.barh(range(len(values)), values, color="#0969da")
@@ -119,12 +132,12 @@ def breakdown_plot(by_dtype: dict[str, int], by_group: dict[str, int]) -> str:
         for side in ("top", "right", "bottom"):
             ax.spines[side].set_visible(False)
     fig.tight_layout()
-    return _svg(plt, fig)
+    return _svg(plt, fig, "sizes")
 
 
 def change_plot(names: Sequence[str], change: Sequence[float], against: str) -> str:
     """The relative change ``||a - b|| / ||b||`` of each tensor against the reference, in file order, log scale:
-    what fine-tuning moved. Unchanged tensors sit at the floor."""
+    what fine-tuning moved. Unchanged tensors sit at the floor; NaN or infinite changes stand at the ceiling, red."""
     plt = pyplot()
     positive = [v for v in change if math.isfinite(v) and v > 0]
     floor = min(positive) / 10 if positive else 1e-8
@@ -132,10 +145,11 @@ def change_plot(names: Sequence[str], change: Sequence[float], against: str) -> 
     values = [ceiling if not math.isfinite(v) else v if v > 0 else floor for v in change]
     width = min(14.0, max(7.0, len(names) * 0.06))
     fig, ax = plt.subplots(figsize=(width, 3.4))
-    ax.bar(range(len(values)), values, color="#bf3989", width=0.8)
+    colours = ["#bf3989" if math.isfinite(v) else STATE_COLOURS["bad"] for v in change]
+    ax.bar(range(len(values)), values, color=colours, width=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("tensor, in file order")
     ax.set_ylabel("||a - b|| / ||b||")
     ax.set_title(f"Relative change against {_label(against)}")
     ax.grid(True, axis="y", alpha=0.3)
-    return _svg(plt, fig)
+    return _svg(plt, fig, "change")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
@@ -236,7 +236,9 @@ def render(report: HtmlReport, ckpt: Checkpoint) -> str:
     if report.changes:
         body.append(_change_section(report))
     body.append(_tensor_section(report, ckpt))
-    body.append(f'<p class="muted">made by torchweights {esc(__version__)}; nothing here is fetched from elsewhere.</p>')
+    body.append(
+        f'<p class="muted">made by torchweights {esc(__version__)}; nothing here is fetched from elsewhere.</p>'
+    )
     return page(f"torchweights report: {printable(ckpt.path)}", "\n".join(body))
 
 
@@ -259,8 +261,10 @@ def _file_section(ckpt: Checkpoint) -> str:
 def _findings_section(report: HtmlReport) -> str:
     if not report.flagged:
         return "<h2>Findings</h2><p>No value findings: no NaN or Inf in the file" + (
-            ", and the load's value checks found nothing.</p>" if report.load is not None else
-            " (pass a model for the load's checks: all-zero and constant weights, tensors left as initialised).</p>"
+            ", and the load's value checks found nothing.</p>"
+            if report.load is not None
+            else " (pass a model for the load's checks: all-zero and constant weights, tensors left as "
+            "initialised).</p>"
         )
     rows = [[name, "; ".join(words)] for name, words in report.flagged.items()]
     return "<h2>Findings</h2>" + table(Table(f"{plural(len(rows), 'flagged tensor')}", ("tensor", "finding"), rows))
@@ -349,10 +353,19 @@ def _tensor_section(report: HtmlReport, ckpt: Checkpoint) -> str:
     flagged: set[int] = set()
     for i, (name, record) in enumerate(ckpt.records.items()):
         s = by_name.get(name)
-        cells = [stat_cell(getattr(s, attr)) if s is not None else "-" for _, attr in STAT_COLUMNS]
+        cells = [_cell(s, attr, stat_cell) for _, attr in STAT_COLUMNS]
         rows.append([name, human_bytes(record.nbytes), *cells])
         if name in report.flagged:
             flagged.add(i)
     numeric = frozenset(range(1, len(headers)))
     t = Table(f"every tensor ({len(rows)})", headers, rows, numeric=numeric, flagged=frozenset(flagged))
     return "<h2>Tensors</h2>" + table(t, TABLE_ROWS)
+
+
+def _cell(s: TensorStats | None, attr: str, stat_cell: Callable[[object], str]) -> str:
+    """One statistic of the tensor table (``-`` without statistics; the zero fraction in percent, as the text
+    table has it)."""
+    if s is None:
+        return "-"
+    value = getattr(s, attr)
+    return f"{100 * value:.3g}%" if attr == "zero_fraction" and value is not None else stat_cell(value)

@@ -88,8 +88,12 @@ class ConvertReport:
             "ConvertReport",
             "ok" if self.verified else "warn",
             self.summary,
-            [("source", f"{self.source} ({self.source_format})"), ("container", self.container or "the root")]
-            + [("sha256", self.source_sha256), ("tied tensors written once", len(self.aliases))],
+            [
+                ("source", f"{self.source} ({self.source_format})"),
+                ("container", self.container or "the root"),
+                ("sha256", self.source_sha256),
+                ("tied tensors written once", len(self.aliases)),
+            ],
             [Table("files written", ("file",), [[f] for f in self.files])],
             self.notes,
         )
