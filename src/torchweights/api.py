@@ -275,6 +275,7 @@ def load_into(
     check_crc: bool = True,
     mmap: bool = False,
     init_missing: bool = False,
+    check_values: bool = False,
 ) -> LoadReport:
     """Load a checkpoint into ``model``: reconcile every key first, then copy, and report what happened.
 
@@ -313,11 +314,16 @@ def load_into(
             ``_reset_parameters()`` / ``reset_running_stats()``), as transformers initialises missing weights.
             Modules without such a method stay on meta, and the report says so. No effect on tensors that have
             values.
+        check_values: after the copy, check the loaded tensors' values (one at a time, in bounded chunks, from the
+            model: nothing is read again) for NaN, Inf, all-zero and constant weight matrices and kernels, and list
+            the tensors left at their initial values: ``report.value_findings``. Warnings only (``report.ok`` does
+            not change); the rules are in :mod:`torchweights.values.checks`. With ``dry_run=True``, the checkpoint's
+            tensors the plan would load are checked instead, read from the file one at a time.
 
     Returns:
         A :class:`~torchweights.report.load.LoadReport` accounting for every key. A load that is not clean (keys
-        missing, skipped, left as initialised or on meta, cast with precision loss, unexpected tensors not loaded)
-        is also logged as one warning on the ``torchweights`` logger.
+        missing, skipped, left as initialised or on meta, cast with precision loss, unexpected tensors not loaded,
+        value findings) is also logged as one warning on the ``torchweights`` logger.
 
     Raises:
         LoadError: the checkpoint does not fit under ``strict`` (and ``dry_run`` is False), including keys that
@@ -381,6 +387,15 @@ def load_into(
         )
         report.applied = True
         report.meta_after = _on_meta(model)
+    if check_values:  # (a plan with problems raised above unless this is a dry run)
+        from .values import checks
+
+        report.value_findings = (
+            checks.check_planned(checkpoint, plan, spec)
+            if dry_run
+            else checks.check_values(model, plan, report.meta_after or ())  # type: ignore[arg-type]
+        )
+        report.checked_values = True
     report.seconds = time.perf_counter() - started
     if report.applied and not report.clean:
         logger.warning("%s", report.log_line())

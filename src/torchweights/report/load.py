@@ -72,7 +72,8 @@ class LoadReport:
     def clean(self) -> bool:
         """True when every model key was loaded (or kept at a default torch also keeps, such as an absent
         ``num_batches_tracked``), nothing was left on meta, no cast lost precision, no tensor of the chosen
-        container was left out and every rename and skip pattern matched something.
+        container was left out, every rename and skip pattern matched something and the value checks (when they
+        ran) found no NaN, Inf, all-zero or constant weight.
         :func:`~torchweights.load_into` logs a warning for every load that is not clean."""
         plan = self.plan
         unfilled = any(a.kind in ("skip", "missing", "mismatch") and a.target for a in plan.actions)
@@ -83,6 +84,7 @@ class LoadReport:
             or any(a.kind in ("unexpected", "skip") and a.target is None for a in plan.actions)
             or any(use.matched == 0 for use in plan.renames)
             or any(use.matched == 0 for use in plan.skips)
+            or any(f.in_values for f in self.value_findings)
         )
 
     def log_line(self) -> str:
@@ -142,6 +144,8 @@ class LoadReport:
             "seconds": round(self.seconds, 6),
             "fallback_modules": list(self.fallback_modules),
             "notes": list(self.notes),
+            "checked_values": self.checked_values,
+            "value_findings": [f.to_dict() for f in self.value_findings],
             "actions": [a.to_dict() for a in plan.actions],
         }
 
