@@ -13,6 +13,7 @@ passes without having rendered the page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import io
 import json
@@ -119,10 +120,8 @@ class Browser:
         )
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, EOFError, TimeoutError, AssertionError):  # it may be gone already
             self.send("Browser.close", session=False)
-        except (OSError, EOFError, TimeoutError, AssertionError):
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -109,7 +109,7 @@ def test_long_tables_fold_but_keep_every_row() -> None:
 
 
 def test_esc_escapes_markup_quotes_and_control_characters() -> None:
-    assert esc('a<b>&"\'') == "a&lt;b&gt;&amp;&quot;&#x27;"
+    assert esc("a<b>&\"'") == "a&lt;b&gt;&amp;&quot;&#x27;"
     assert esc("a\x00b\x1b[31m") == "a\\x00b\\x1b[31m"
     assert 'title="x&quot; onclick=&quot;y"' in f'title="{esc(chr(120) + chr(34) + " onclick=" + chr(34) + "y")}"'
 

@@ -67,6 +67,9 @@ def _svg(plt: Any, fig: Any, name: str) -> str:
     plt.close(fig)
     text = buffer.getvalue()
     text = text[text.index("<svg") :]
+    start, end = text.find("<metadata>"), text.find("</metadata>")
+    if 0 <= start < end:  # RDF boilerplate naming vocabularies by address: nothing a page needs
+        text = text[:start] + text[end + len("</metadata>") :].lstrip("\n")
     for old, new in (('id="', f'id="{name}-'), ('href="#', f'href="#{name}-'), ("url(#", f"url(#{name}-")):
         text = text.replace(old, new)
     return text

@@ -59,7 +59,9 @@ class HtmlReport:
         out: where it was written (None when not written).
         load: the report of the load into the model (None without a model).
         stats: the statistics of every tensor.
-        flagged: tensor name -> the findings about it, in words (value findings of the load, NaN or Inf counts).
+        flagged: tensor name -> the findings about it, in words: the value findings of the load, and the same
+            rules (:mod:`torchweights.values.checks`) on the file's statistics for every other tensor (a file does
+            not say which tensors are buffers: every tensor of two or more dimensions counts as a weight there).
         changes: with ``against``: tensor name -> ``||a - b|| / ||b||`` (floating-point tensors of equal shape).
         against: the reference checkpoint, if any.
     """
@@ -130,6 +132,7 @@ def html_report(
     """
     from .. import api
     from ..report.plots import pyplot
+    from ..values.checks import findings_of, is_weight
     from ..values.file import stats as file_stats
 
     pyplot()  # refuse early, before reading anything, when the plots cannot be drawn
@@ -146,11 +149,11 @@ def html_report(
             name = source.get(finding.name, finding.name)
             where = "" if name == finding.name else f" (model key {quote(finding.name)})"
             report.flagged.setdefault(name, []).append(f"{finding.kind}: {finding.detail}{where}")
-    for s in stats.nonfinite:
+    for s in stats.tensors:  # the load's rules on the file's own statistics, for tensors the load did not flag
         if s.name not in report.flagged:
-            counts = [plural(s.nan_count, "NaN value"), plural(s.inf_count, "infinite value")]
-            words = " and ".join(c for c, n in zip(counts, (s.nan_count, s.inf_count)) if n)
-            report.flagged[s.name] = [f"{words} in the file"]
+            found = findings_of(s, is_weight(s.name, len(s.shape), parameter=True))
+            if found:
+                report.flagged[s.name] = [f"{f.kind}: {f.detail} (in the file)" for f in found]
     if against is not None:
         report.against = str(against)
         reference = api.open(against, allow_globals=allow_globals, limits=limits)
@@ -260,11 +263,10 @@ def _file_section(ckpt: Checkpoint) -> str:
 
 def _findings_section(report: HtmlReport) -> str:
     if not report.flagged:
-        return "<h2>Findings</h2><p>No value findings: no NaN or Inf in the file" + (
-            ", and the load's value checks found nothing.</p>"
+        return "<h2>Findings</h2><p>No value findings: no NaN or Inf, no all-zero or constant weights" + (
+            ", nothing left as initialised.</p>"
             if report.load is not None
-            else " (pass a model for the load's checks: all-zero and constant weights, tensors left as "
-            "initialised).</p>"
+            else " (pass a model to see the tensors a load would leave as initialised).</p>"
         )
     rows = [[name, "; ".join(words)] for name, words in report.flagged.items()]
     return "<h2>Findings</h2>" + table(Table(f"{plural(len(rows), 'flagged tensor')}", ("tensor", "finding"), rows))
