@@ -80,8 +80,8 @@ def test_the_page_is_one_self_contained_file(files: dict[str, Path], tmp_path: P
     csp = [a["content"] for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
     assert csp == ["default-src 'none'; style-src 'unsafe-inline'; img-src data:"]
     ids = re.findall(r'\bid="([^"]+)"', markup)
-    assert len(ids) == len(set(ids))  # three plots, no id shared between them
-    assert markup.count("<svg") == 3
+    assert len(ids) == len(set(ids))  # four plots, no id shared between them
+    assert markup.count("<svg") == 4  # per-layer statistics, dtypes, modules, change
 
 
 def test_names_from_the_file_are_escaped_everywhere(files: dict[str, Path]) -> None:

@@ -50,7 +50,8 @@ STYLE = """
 .tw tr.flag td{background:#ffebe9}.tw code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
 .tw dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:4px 0}.tw dt{color:#59636e}
 .tw dd{margin:0}.tw details{margin:4px 0}.tw summary{cursor:pointer;color:#0969da}
-.tw .plot svg{width:100%;max-width:1100px;height:auto}.tw .muted{color:#59636e}
+.tw .plot svg{width:100%;max-width:1100px;height:auto}
+.tw .plot .half{display:inline-block;vertical-align:top;width:49%}.tw .muted{color:#59636e}
 """
 
 

@@ -18,13 +18,24 @@ from ..fold import human_bytes
 from ..text import printable
 from .html import STATE_COLOURS
 
-__all__ = ["INSTALL_HINT", "LABEL_LIMIT", "breakdown_plot", "change_plot", "layer_stats_plot", "pyplot"]
+__all__ = [
+    "BREAKDOWN_BARS",
+    "INSTALL_HINT",
+    "LABEL_LIMIT",
+    "breakdown_plot",
+    "change_plot",
+    "layer_stats_plot",
+    "pyplot",
+]
 
 #: The exact command that installs what the plots need.
 INSTALL_HINT = "pip install 'torchweights[report]'"
 
 #: Characters of a tensor name shown in a plot label (the page's tables have the whole name).
 LABEL_LIMIT = 48
+
+#: Bars of the per-module size chart (the smallest modules past it share one bar).
+BREAKDOWN_BARS = 16
 
 #: Flagged layers named next to their marks; the rest are marked only (the page text names them all).
 NAMED_FLAGS = 12
@@ -78,7 +89,8 @@ def _svg(plt: Any, fig: Any, name: str) -> str:
 def layer_stats_plot(
     names: Sequence[str], std: Sequence[float], abs_max: Sequence[float], flagged: Sequence[int]
 ) -> str:
-    """Standard deviation and largest magnitude of each tensor in file order, on a log scale: layers left at zero
+    """Standard deviation and largest magnitude of each tensor (the caller picks them: the weight matrices and
+    kernels) in file order, on a log scale: layers left at zero
     sit at the floor, exploded ones stand out on top. ``flagged`` (indices) are marked in red and the first
     :data:`NAMED_FLAGS` of them named. Zero and non-finite values are drawn at the floor and the ceiling."""
     plt = pyplot()
@@ -90,8 +102,7 @@ def layer_stats_plot(
         return [ceiling if not math.isfinite(v) else v if v > 0 else floor for v in values]
 
     xs = list(range(len(names)))
-    width = min(14.0, max(7.0, len(names) * 0.06))
-    fig, ax = plt.subplots(figsize=(width, 3.8))
+    fig, ax = plt.subplots(figsize=(11, 3.8))
     ax.plot(xs, clamp(abs_max), ".-", color="#8250df", linewidth=0.8, markersize=3, label="abs max")
     ax.plot(xs, clamp(std), ".-", color="#0969da", linewidth=0.8, markersize=3, label="std")
     if flagged:
@@ -103,8 +114,9 @@ def layer_stats_plot(
                 (i, clamp([abs_max[i]])[0]),
                 fontsize=7,
                 color=STATE_COLOURS["bad"],
-                xytext=(6, -10),
+                xytext=(8, 0),
                 textcoords="offset points",
+                va="center",
             )
     ax.set_yscale("log")
     ax.set_xlabel("tensor, in file order")
@@ -116,26 +128,32 @@ def layer_stats_plot(
 
 
 def breakdown_plot(by_dtype: dict[str, int], by_group: dict[str, int]) -> str:
-    """Two bar charts side by side: bytes per dtype, and bytes per top-level module (largest first)."""
+    """Two bar charts side by side, each as tall as its bars need: bytes per dtype, and bytes per top-level module
+    (the :data:`BREAKDOWN_BARS` largest, the rest summed in one bar)."""
     plt = pyplot()
     groups = sorted(by_group.items(), key=lambda kv: -kv[1])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(2.2, 0.32 * max(len(by_dtype), len(groups)) + 1)))
-    for ax, items, title in (
-        (left, sorted(by_dtype.items(), key=lambda kv: -kv[1]), "bytes by dtype"),
-        (right, groups, "bytes by top-level module"),
-    ):
+    if len(groups) > BREAKDOWN_BARS:
+        rest = groups[BREAKDOWN_BARS - 1 :]
+        groups = [*groups[: BREAKDOWN_BARS - 1], (f"({len(rest)} others)", sum(v for _, v in rest))]
+    charts = (
+        (sorted(by_dtype.items(), key=lambda kv: -kv[1]), "bytes by dtype"),
+        (groups, "bytes by top-level module"),
+    )
+    svgs = []
+    for items, title in charts:
+        fig, ax = plt.subplots(figsize=(5.4, 0.8 + 0.28 * len(items)))
         labels = [_label(k or "(root)") for k, _ in items][::-1]
         values = [v for _, v in items][::-1]
-        bars = ax.barh(range(len(values)), values, color="#0969da")
+        bars = ax.barh(range(len(values)), values, color="#0969da", height=0.7)
         ax.set_yticks(range(len(values)), labels, fontsize=8)
         ax.bar_label(bars, [human_bytes(v) for v in values], fontsize=7, padding=2)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.set_xticks([])
-        ax.margins(x=0.25)
+        ax.margins(x=0.2)
         for side in ("top", "right", "bottom"):
             ax.spines[side].set_visible(False)
-    fig.tight_layout()
-    return _svg(plt, fig, "sizes")
+        svgs.append(_svg(plt, fig, "dtypes" if title.endswith("dtype") else "modules"))
+    return "".join(f'<div class="half">{svg}</div>' for svg in svgs)
 
 
 def change_plot(names: Sequence[str], change: Sequence[float], against: str) -> str:
@@ -146,8 +164,7 @@ def change_plot(names: Sequence[str], change: Sequence[float], against: str) -> 
     floor = min(positive) / 10 if positive else 1e-8
     ceiling = max(positive) * 10 if positive else 1.0
     values = [ceiling if not math.isfinite(v) else v if v > 0 else floor for v in change]
-    width = min(14.0, max(7.0, len(names) * 0.06))
-    fig, ax = plt.subplots(figsize=(width, 3.4))
+    fig, ax = plt.subplots(figsize=(11, 3.4))
     colours = ["#bf3989" if math.isfinite(v) else STATE_COLOURS["bad"] for v in change]
     ax.bar(range(len(values)), values, color=colours, width=0.8)
     ax.set_yscale("log")

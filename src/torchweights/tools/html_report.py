@@ -3,10 +3,10 @@
 What the page holds: the file summary (format, files, tensors, bytes, dtypes); with a model, the report of a real
 :func:`~torchweights.load_into` into it (``strict=False``, ``check_values=True``, ``init_missing=True``: every key
 accounted for and the value findings of the load); the flagged tensors named in the text; plots of the per-layer
-statistics (std and abs-max of every floating-point tensor, in file order, log scale, flagged ones marked), of the
-bytes per dtype and per top-level module, and with ``against`` the relative change ``||a - b|| / ||b||`` of every
-common tensor (what fine-tuning moved); then a table of every tensor with its statistics (folded past
-:data:`TABLE_ROWS` rows).
+statistics (std and abs-max of every floating-point weight matrix and kernel, in file order, log scale, flagged
+ones marked), of the bytes per dtype and per top-level module, and with ``against`` the relative change
+``||a - b|| / ||b||`` of every common tensor (what fine-tuning moved); then a table of every tensor with its
+statistics (folded past :data:`TABLE_ROWS` rows).
 
 Statistics come from :func:`torchweights.stats` (one tensor at a time); the change against a reference reads one
 tensor pair at a time, after :func:`torchweights.diff` has paired the tensors (same container and prefix handling)
@@ -277,11 +277,12 @@ def _load_section(load: LoadReport) -> str:
     plan = load.plan
     shown = sorted(plan.actions, key=lambda a: a.kind == "load")
     rows = [[a.kind, a.target or "", a.source or "", a.reason or ", ".join(a.via)] for a in shown]
+    unusual = sum(1 for a in shown if a.kind != "load")  # what is not a plain load shows; the loads fold
     return (
         f"<h2>Load into {esc(plan.model)}</h2>"
         + headline(state, load.headline())
         + facts([("container", plan.container.name or "the root"), ("prefix", plan.prefix.evidence)])
-        + table(Table("every key", ("kind", "model key", "checkpoint key", "detail"), rows), TABLE_ROWS)
+        + table(Table("every key", ("kind", "model key", "checkpoint key", "detail"), rows), max(10, unusual))
         + details("the text report", f"<pre>{esc(str(load))}</pre>", escaped=True)
     )
 
@@ -289,8 +290,8 @@ def _load_section(load: LoadReport) -> str:
 def _plots_section(report: HtmlReport, ckpt: Checkpoint) -> str:
     from ..report.plots import breakdown_plot, layer_stats_plot
 
-    plotted = [s for s in (report.stats.tensors if report.stats else ()) if s.std is not None or s.nan_count]
-    plotted = [s for s in plotted if _floating(s.dtype)]
+    described = [s for s in (report.stats.tensors if report.stats else ()) if _floating(s.dtype) and s.numel > 1]
+    plotted = [s for s in described if len(s.shape) >= 2] or described  # weight matrices and kernels, if any
     parts = ["<h2>Plots</h2>"]
     if plotted:
         flagged = [i for i, s in enumerate(plotted) if s.name in report.flagged]
