@@ -23,7 +23,7 @@ from torchweights.tools.html_report import TABLE_ROWS, relative_change
 HOSTILE = "<script>alert(1)</script>.weight"
 
 
-class _Page(HTMLParser):
+class Page(HTMLParser):
     """Every tag with its attributes, and the text, of a page."""
 
     def __init__(self) -> None:
@@ -38,8 +38,9 @@ class _Page(HTMLParser):
         self.text.append(data)
 
 
-def _parse(markup: str) -> _Page:
-    page = _Page()
+def parse_page(markup: str) -> Page:
+    """The tags and text of ``markup`` (also used by test_reprs)."""
+    page = Page()
     page.feed(markup)
     page.close()
     return page
@@ -69,7 +70,7 @@ def test_the_page_is_one_self_contained_file(files: dict[str, Path], tmp_path: P
     report = tw.html_report(files["planted"], tmp_path / "r.html", against=files["clean"])
     markup = (tmp_path / "r.html").read_text()
     assert markup == report.html and report.out == str(tmp_path / "r.html")
-    page = _parse(markup)
+    page = parse_page(markup)
     tags = {tag for tag, _ in page.tags}
     assert not tags & {"script", "link", "iframe", "object", "embed", "img", "base"}
     for tag, attrs in page.tags:
@@ -86,7 +87,7 @@ def test_the_page_is_one_self_contained_file(files: dict[str, Path], tmp_path: P
 
 def test_names_from_the_file_are_escaped_everywhere(files: dict[str, Path]) -> None:
     markup = tw.html_report(files["hostile"]).html
-    page = _parse(markup)
+    page = parse_page(markup)
     assert not any(tag == "script" for tag, _ in page.tags)
     assert not any(name.startswith("on") for _, attrs in page.tags for name in attrs)
     text = "".join(page.text)
@@ -101,7 +102,7 @@ def test_findings_are_named_in_the_text_and_marked(files: dict[str, Path]) -> No
     assert report.flagged["blocks.1.weight"] == ["zero: all 256 values are zero (in the file)"]
     assert report.flagged["blocks.4.weight"] == ["inf: 1 of 256 values are infinite (in the file)"]
     assert not report.ok and "2 flagged ('blocks.1.weight', 'blocks.4.weight')" in report.summary
-    page = _parse(report.html)
+    page = parse_page(report.html)
     text = "".join(page.text)
     assert "2 flagged tensors" in text and "all 256 values are zero" in text
     rows = re.findall(r'<tr class="flag"><td>([^<]*)</td>', report.html)
@@ -115,7 +116,7 @@ def test_every_tensor_is_in_the_table_with_its_statistics(tmp_path: Path) -> Non
     sd = {f"layer.{i}.weight": torch.full((2, 3), float(i + 1)) for i in range(TABLE_ROWS + 7)}
     torch.save(sd, tmp_path / "many.pt")
     report = tw.html_report(tmp_path / "many.pt")
-    text = "".join(_parse(report.html).text)
+    text = "".join(parse_page(report.html).text)
     assert all(name in text for name in sd)
     assert "7 more rows" in report.html  # folded past TABLE_ROWS, still in the page
     stats = report.stats
@@ -150,7 +151,7 @@ def test_the_change_against_a_reference(tmp_path: Path) -> None:
         / torch.linalg.norm(base["c.bias"].double())
     )
     assert report.changes["c.bias"] == pytest.approx(expected, rel=1e-12)
-    text = "".join(_parse(report.html).text)
+    text = "".join(parse_page(report.html).text)
     assert "2 tensors of 3 compared changed." in text and "Change against" in text
 
 
@@ -202,7 +203,7 @@ def test_the_load_report_and_its_value_findings(tmp_path: Path) -> None:
     assert set(report.flagged) == {"state_dict.model.0.weight", "state_dict.model.1.weight", "2.weight", "2.bias"}
     assert "(model key '1.weight')" in report.flagged["state_dict.model.1.weight"][0]
     assert torch.isnan(model[0].weight[0, 0])  # the load was real
-    text = "".join(_parse(report.html).text)
+    text = "".join(parse_page(report.html).text)
     assert "Load into" in text and report.load.headline() in text and "2.weight" in text
 
 
