@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from ..structs import structure
 from ..text import printable
+
+if TYPE_CHECKING:  # annotations only
+    from .load import LoadReport
 
 __all__ = [
     "CARD_ROWS",
@@ -158,3 +162,17 @@ def page(title: str, body: str) -> str:
         f"<title>{esc(title)}</title><style>body{{margin:24px;max-width:1200px}}{STYLE}</style></head>\n"
         f'<body class="tw">\n{body}\n</body></html>\n'
     )
+
+
+def load_state(report: LoadReport) -> str:
+    """The state a load report is shown in: ``bad`` when it does not fit, ``warn`` when it loads but is not
+    clean (value findings included), ``ok`` otherwise."""
+    return "bad" if not report.ok else "ok" if report.clean else "warn"
+
+
+def action_table(report: LoadReport) -> tuple[Table, int]:
+    """Every action of a load as a table, the ones that are not a plain load first, and how many those are."""
+    shown = sorted(report.plan.actions, key=lambda a: a.kind == "load")
+    rows = [[a.kind, a.target or "", a.source or "", a.reason or ", ".join(a.via)] for a in shown]
+    unusual = sum(1 for a in shown if a.kind != "load")
+    return Table("every key", ("kind", "model key", "checkpoint key", "detail"), rows), unusual

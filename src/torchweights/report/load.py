@@ -228,14 +228,12 @@ class LoadReport:
     def _repr_html_(self) -> str:
         """The report as a notebook shows it: the result line coloured by outcome, the choices made and every
         action that is not a plain load first (escaped: names come from the file)."""
-        from .html import Table, card
+        from .html import action_table, card, load_state
 
         plan = self.plan
-        shown = sorted(plan.actions, key=lambda a: a.kind == "load")
-        rows = [[a.kind, a.target or "", a.source or "", a.reason or ", ".join(a.via)] for a in shown]
         return card(
             "LoadReport",
-            "bad" if not self.ok else "ok" if self.clean else "warn",
+            load_state(self),
             self.headline(),
             [
                 ("source", plan.source),
@@ -244,7 +242,7 @@ class LoadReport:
                 ("prefix", plan.prefix.evidence),
                 ("bytes read", self.bytes_read),
             ],
-            [Table("actions", ("kind", "model key", "checkpoint key", "detail"), rows)],
+            [action_table(self)[0]],
             self.notes,
         )
 

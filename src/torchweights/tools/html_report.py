@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..fold import human_bytes, human_count
 from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint
-from ..report.html import Table, details, esc, facts, headline, page, table
+from ..report.html import Table, action_table, details, esc, facts, headline, load_state, page, table
 from ..structs import structure
 from ..text import plural, printable, quote
 
@@ -224,9 +224,7 @@ def render(report: HtmlReport, ckpt: Checkpoint) -> str:
     """The page of ``report`` about ``ckpt`` (plots drawn here)."""
     from .. import __version__
 
-    state = "bad" if report.flagged or (report.load is not None and not report.load.ok) else "ok"
-    if state == "ok" and report.load is not None and not report.load.clean:
-        state = "warn"
+    state = "bad" if report.flagged else "ok" if report.load is None else load_state(report.load)
     body = [
         f"<h1>{esc(ckpt.path)}</h1>",
         headline(state, report.summary.split(": ", 1)[1]),
@@ -273,16 +271,13 @@ def _findings_section(report: HtmlReport) -> str:
 
 
 def _load_section(load: LoadReport) -> str:
-    state = "bad" if not load.ok else "ok" if load.clean else "warn"
     plan = load.plan
-    shown = sorted(plan.actions, key=lambda a: a.kind == "load")
-    rows = [[a.kind, a.target or "", a.source or "", a.reason or ", ".join(a.via)] for a in shown]
-    unusual = sum(1 for a in shown if a.kind != "load")  # what is not a plain load shows; the loads fold
+    actions, unusual = action_table(load)  # what is not a plain load shows; the loads fold
     return (
         f"<h2>Load into {esc(plan.model)}</h2>"
-        + headline(state, load.headline())
+        + headline(load_state(load), load.headline())
         + facts([("container", plan.container.name or "the root"), ("prefix", plan.prefix.evidence)])
-        + table(Table("every key", ("kind", "model key", "checkpoint key", "detail"), rows), max(10, unusual))
+        + table(actions, max(10, unusual))
         + details("the text report", f"<pre>{esc(str(load))}</pre>", escaped=True)
     )
 
