@@ -86,6 +86,8 @@ def test_integers_bool_empty_scalar_complex() -> None:
     assert empty.numel == 0 and empty.zero_fraction is None and empty.min is None and empty.shape == (0, 4)
     scalar = tensor_stats("s", torch.tensor(-2.5))
     assert (scalar.min, scalar.max, scalar.mean, scalar.std, scalar.abs_max) == (-2.5, -2.5, -2.5, None, 2.5)
+    ranges = tensor_stats("r", torch.tensor([[1.0, float("nan")], [-3.0, 0.0]]), moments=False)
+    assert (ranges.min, ranges.max, ranges.abs_max, ranges.mean, ranges.std) == (-3.0, 1.0, 3.0, None, None)
     z = torch.tensor([3 + 4j, 0j, complex("nan")], dtype=torch.complex64)
     c = tensor_stats("c", z)
     assert (c.abs_max, c.nan_count, c.min) == (5.0, 1, None)
@@ -183,10 +185,8 @@ def test_inspect_stats_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["inspect", str(files["pt"]), "--stats"]) == 0
     out = capsys.readouterr().out
     section = out[out.index("statistics (5 tensors, 2.5K values; 1 with NaN or Inf)") :].splitlines()
-    assert section[1].split() == ["name", "dtype", "shape", "min", "max", "mean", "std", "abs_max", "zeros"] + [
-        "nan",
-        "inf",
-    ]
+    header = ["name", "dtype", "shape", "min", "max", "mean", "std", "abs_max", "zeros", "nan", "inf"]
+    assert section[1].split() == header
     bad = next(line for line in section if line.strip().startswith("bad.weight"))
     assert bad.split()[-2:] == ["1", "1"]
     assert next(line for line in section if line.strip().startswith("enc.bias")).split()[-3] == "100%"

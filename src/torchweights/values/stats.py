@@ -301,6 +301,8 @@ def _reduce_float(tensor: torch.Tensor, elements: int, acc: _Acc, moments: bool)
         if moments:
             mean = chunk.mean()
             acc.add_moments(n, float(mean), float(chunk.sub_(mean).square_().sum()))
+        else:
+            acc.count += n
 
 
 def _reduce_int(tensor: torch.Tensor, elements: int, acc: _Acc, moments: bool) -> None:
