@@ -285,7 +285,7 @@ def _reduce_float(tensor: torch.Tensor, elements: int, acc: _Acc, moments: bool)
     import torch
 
     for piece in _chunks(tensor, elements):
-        chunk = piece.to(torch.float64)
+        chunk = piece.to(torch.float64, copy=True)  # a copy also from float64: it is changed in place below
         acc.zeros += int((chunk == 0).sum())
         finite = torch.isfinite(chunk)
         n = int(finite.sum())
@@ -301,6 +301,8 @@ def _reduce_float(tensor: torch.Tensor, elements: int, acc: _Acc, moments: bool)
         if moments:
             mean = chunk.mean()
             acc.add_moments(n, float(mean), float(chunk.sub_(mean).square_().sum()))
+        else:
+            acc.count += n
 
 
 def _reduce_int(tensor: torch.Tensor, elements: int, acc: _Acc, moments: bool) -> None:
@@ -311,7 +313,7 @@ def _reduce_int(tensor: torch.Tensor, elements: int, acc: _Acc, moments: bool) -
         exact = piece.to(torch.int64) if piece.dtype != torch.uint64 else piece
         acc.add_range(int(exact.min()), int(exact.max()))
         if moments:
-            chunk = piece.to(torch.float64)
+            chunk = piece.to(torch.float64, copy=True)
             mean = chunk.mean()
             acc.add_moments(chunk.numel(), float(mean), float(chunk.sub_(mean).square_().sum()))
         else:
