@@ -95,9 +95,9 @@ def test_integers_bool_empty_scalar_complex() -> None:
 
 
 def test_chunks_bound_the_scratch_memory() -> None:
-    """A tensor far larger than a chunk: the memory allocated while reducing stays near one chunk, not the tensor
-    in float64 (torch's CPU allocations are traced by tracemalloc through its allocator hooks? not always: so
-    the bound is checked on torch's own accounting of the largest temporary, via a chunk size far below it)."""
+    """A tensor far larger than a chunk: every float64 copy the reduction makes is one chunk, never the whole
+    tensor (torch's CPU allocations are not seen by tracemalloc, so they are counted at ``Tensor.to``, where each
+    chunk's scratch starts), and the Python-side memory (tracemalloc) stays below one chunk."""
     t = torch.randn(4_000_000)  # 16 MB float32; 32 MB as float64
     chunk = 1 << 20  # 1 MiB of scratch a chunk
     seen: list[int] = []
