@@ -153,7 +153,7 @@ def _parse(parser: CommandParser, argv: list[str]) -> argparse.Namespace:
     return args
 
 
-class _Discard(io.TextIOBase):
+class _Discard(io.StringIO):
     """A text stream that drops what is written to it (stdout under ``-q``)."""
 
     def write(self, text: str) -> int:
