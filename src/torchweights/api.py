@@ -327,7 +327,7 @@ def load_into(
     """
     import time
 
-    from .apply import apply_plan
+    from .apply import apply_plan, bytes_to_read
     from .errors import RuleError
     from .plan.reconcile import reconcile
     from .plan.rules import Rules
@@ -381,6 +381,8 @@ def load_into(
         )
         report.applied = True
         report.meta_after = _on_meta(model)
+    else:  # what the load would read
+        report.bytes_read = bytes_to_read(plan, checkpoint)
     report.seconds = time.perf_counter() - started
     if report.applied and not report.clean:
         logger.warning("%s", report.log_line())

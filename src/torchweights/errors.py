@@ -93,6 +93,17 @@ class TorchWeightsError(Exception):
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"
 
+    @property
+    def fix(self) -> str | None:
+        """The exact fix the message names (its text after ``Fix:``), or None when the message names none."""
+        return _split_fix(self.message)[1]
+
+    def to_dict(self) -> dict[str, str | None]:
+        """``{"code", "type", "message", "fix"}``: the error as plain data (``torchweights CMD --json`` prints it
+        under ``"error"``); ``message`` is what happened and why, without the fix, which is ``fix``."""
+        what, fix = _split_fix(self.message)
+        return {"code": self.code, "type": type(self).__name__, "message": what, "fix": fix}
+
     def in_context(self: _E, context: str, *, path: str | None = None) -> _E:
         """A copy of this error whose message starts with ``context`` (``"shard 'a.bin' of 'index.json'"``), for
         re-raising ``from`` this one where the error is seen from further out.
@@ -108,6 +119,20 @@ class TorchWeightsError(Exception):
         if copy.path is None:
             copy.path = path
         return copy
+
+
+#: Where a message names its fix, after a space or a line break: ``"... Nothing was loaded. Fix: run ..."``.
+_FIX_MARK = "Fix: "
+
+
+def _split_fix(message: str) -> tuple[str, str | None]:
+    """``(what happened and why, the fix)`` of a message; the fix is None when the message names none."""
+    at = message.find(_FIX_MARK)
+    while at > 0 and not message[at - 1].isspace():
+        at = message.find(_FIX_MARK, at + 1)
+    if at <= 0 or not message[at + len(_FIX_MARK) :].strip():
+        return message, None
+    return message[:at].rstrip(), message[at + len(_FIX_MARK) :].strip()
 
 
 def pass_through(exc: BaseException) -> None:
@@ -352,6 +377,8 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "no-such-tensor": (RuleError, "Checkpoint.get_tensor of a name the checkpoint does not hold"),
     "nested-select": (RuleError, "tw.load(nested=True) was also given select="),
     "rename-collision": (RuleError, "renames map two keys onto one name"),
+    "usage": (RuleError, "the command line is invalid: an unknown command or option, a missing or bad argument"),
+    "bad-factory": (RuleError, "check --model: the factory cannot be imported or called, or builds no nn.Module"),
     "not-a-model": (RuleError, "load_model: the file holds no pickled nn.Module"),
     "module-allowed": (RuleError, "tw.load allowed a module class: whole models come from load_model"),
     "unsupported-output-dtype": (RuleError, "a dtype the output format cannot store"),

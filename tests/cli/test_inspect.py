@@ -327,16 +327,17 @@ def test_error_subclass_uses_its_own_name(monkeypatch: pytest.MonkeyPatch, capsy
         raise CorruptCheckpointError("the zip ends early", code="truncated")
 
     monkeypatch.setattr(torchweights.api, "open", fail)
+    error = {"code": "truncated", "type": "CorruptCheckpointError", "message": "the zip ends early", "fix": None}
     assert run_main(["inspect", "model.pt", "--json"], capsys) == (
         2,
-        "",
+        json.dumps({"error": error}) + "\n",
         "CorruptCheckpointError [truncated]: the zip ends early\n",
     )
 
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["inspect"], ["frobnicate"], ["inspect", "x", "--depth", "-1"], ["inspect", "x", "--depth", "two"]],
+    [["inspect"], ["frobnicate"], ["inspect", "x", "--depth", "-1"], ["inspect", "x", "--depth", "two"]],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

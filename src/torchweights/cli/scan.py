@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ._options import add_allow_global
+from ._options import add_allow_global, add_verb
 
 if TYPE_CHECKING:
     from ..tools.scan.report import ScanReport
@@ -20,21 +20,39 @@ if TYPE_CHECKING:
 # ``..scan`` and ``..scan_text`` are imported by the functions that use them: every subcommand module is imported to
 # build the parser, and ``torchweights --help`` should not pay for the scanner.
 
-__all__ = ["register", "run"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "register", "run"]
+
+#: What each exit code of ``scan`` means (its ``--help`` lists them).
+EXIT_CODES = {
+    0: "every file is clean (warnings such as unknown classes do not count)",
+    1: "at least one file has a dangerous or suspicious finding",
+    2: "otherwise, a file could not be fully read or would be refused by tw.load",
+}
+#: ``(command line, what it does)`` for ``scan --help``.
+EXAMPLES = (
+    ("torchweights scan pytorch_model.bin", "is it safe to load? the verdict and every finding"),
+    ("torchweights scan -q downloads/*.pt || echo unsafe", "in a script or CI: only the exit code"),
+    ("torchweights scan --allow-global mylib.Config model.pt", "trust a class you know"),
+    ("torchweights scan --json model.pt", "the findings as JSON"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``scan`` subcommand to the top-level parser."""
-    parser = subparsers.add_parser(
+    parser = add_verb(
+        subparsers,
         "scan",
         help="is it safe to load? find pickle code and hostile structures without running anything",
         description="Statically analyse every pickle in each file (zip members, legacy streams, tar members, "
         "nested pickles) and say whether loading it would run code. Nothing from the files is imported or "
-        "called. Exit 0 clean, 1 dangerous findings, 2 could not be fully read.",
+        "called.",
+        exit_codes=EXIT_CODES,
+        examples=EXAMPLES,
     )
     parser.add_argument("paths", metavar="FILE", nargs="+", help="checkpoint files, sharded indexes or folders")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    parser.add_argument("--all", action="store_true", help="list every finding, not only the first 50 per file")
+    parser.add_argument(
+        "--all", action="store_true", help="list every finding, not only the first 50 per file (as -v does)"
+    )
     add_allow_global(parser)
     parser.set_defaults(handler=run)
 
@@ -49,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(to_json(reports) + "\n")
     else:
-        limit = None if args.all else TEXT_FINDING_LIMIT
+        limit = None if args.all or args.verbose else TEXT_FINDING_LIMIT
         sys.stdout.write("\n".join(render_text(r, limit=limit) for r in reports))
     sys.stdout.flush()
     return exit_code(reports)
