@@ -319,7 +319,9 @@ def test_error_exit_code_and_message(monkeypatch: pytest.MonkeyPatch, capsys: py
     code, out, err = run_main(["inspect", "model.bin"], capsys)
     assert code == 2
     assert out == ""
-    assert err == "NotACheckpointError [lfs-pointer]: x\n"
+    assert err == (
+        "NotACheckpointError [lfs-pointer]: x\nmore: https://torchweights.readthedocs.io/en/latest/errors/#lfs-pointer\n"
+    )
 
 
 def test_error_subclass_uses_its_own_name(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -330,7 +332,8 @@ def test_error_subclass_uses_its_own_name(monkeypatch: pytest.MonkeyPatch, capsy
     assert run_main(["inspect", "model.pt", "--json"], capsys) == (
         2,
         "",
-        "CorruptCheckpointError [truncated]: the zip ends early\n",
+        "CorruptCheckpointError [truncated]: the zip ends early\n"
+        "more: https://torchweights.readthedocs.io/en/latest/errors/#truncated\n",
     )
 
 

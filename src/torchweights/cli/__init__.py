@@ -6,7 +6,7 @@ Each subcommand module defines ``register(subparsers)``, which adds its parser a
 
 Exit codes: 0 success; 1 the command ran but found a problem (``check``: the checkpoint does not fit the model);
 2 the checkpoint could not be read (a :class:`~torchweights.errors.TorchWeightsError`,
-printed to stderr as ``ClassName [code]: message``) or the command line was invalid (argparse's own usage error).
+printed to stderr as ``ClassName [code]: message`` and a ``more: <url>`` line, its errors reference entry) or the command line was invalid (argparse's own usage error).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except TorchWeightsError as e:
         sys.stdout.flush()
         print(f"{type(e).__name__} [{e.code}]: {e.message}", file=sys.stderr)
+        print(f"more: {e.docs_url}", file=sys.stderr)
         return EXIT_UNREADABLE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
