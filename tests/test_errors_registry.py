@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 import torchweights
+from _tools import load_tool
 from torchweights import errors
 from torchweights.errors import CODES, ErrorCode, TorchWeightsError, describe
-
-from _tools import load_tool
 
 SRC = Path(torchweights.__file__).parent
 _CODE_SHAPE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -127,7 +126,7 @@ def test_the_documentation_url_is_the_projects() -> None:
     import tomllib
 
     urls = tomllib.loads((SRC.parent.parent / "pyproject.toml").read_text())["project"]["urls"]
-    assert errors.DOCS_URL == urls["Documentation"].rstrip("/") + "/errors/"
+    assert urls["Documentation"].rstrip("/") + "/errors/" == errors.DOCS_URL
 
 
 def test_describe_refuses_unknown_codes() -> None:
@@ -149,7 +148,7 @@ def test_errors_page_is_the_registry() -> None:
     ``docs_url`` of the code points to) for every code."""
     make_error_table = load_tool("make_error_table")
     page = make_error_table.PAGE.read_text()
-    assert page == make_error_table.render(), "run tools/make_error_table.py to rewrite docs/errors.md from errors.CODES"
+    assert page == make_error_table.render(), "run tools/make_error_table.py: docs/errors.md is not errors.CODES"
     headings = re.findall(r"^### `([a-z0-9-]+)`$", page, flags=re.MULTILINE)
     assert sorted(headings) == sorted(CODES)  # each code once
     assert "Common causes:** a download that needed a login" in page  # the html-page entry, as written

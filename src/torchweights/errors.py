@@ -130,8 +130,9 @@ class TorchWeightsError(Exception):
         copy.__dict__.update(self.__dict__)
         copy.message = f"{context}: {self.message}"
         copy.args = (copy.message,)
-        if "__notes__" in copy.__dict__:  # its own list: a note added to the copy must not appear on the original
-            copy.__notes__ = list(copy.__notes__)
+        notes = copy.__dict__.get("__notes__")
+        if notes is not None:  # its own list: a note added to the copy must not appear on the original
+            copy.__dict__["__notes__"] = list(notes)
         if copy.path is None:
             copy.path = path
         return copy

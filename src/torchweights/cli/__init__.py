@@ -5,8 +5,9 @@ Each subcommand module defines ``register(subparsers)``, which adds its parser a
 ``convert``) means adding its module and its name to :data:`COMMANDS`.
 
 Exit codes: 0 success; 1 the command ran but found a problem (``check``: the checkpoint does not fit the model);
-2 the checkpoint could not be read (a :class:`~torchweights.errors.TorchWeightsError`,
-printed to stderr as ``ClassName [code]: message`` and a ``more: <url>`` line, its errors reference entry) or the command line was invalid (argparse's own usage error).
+2 the checkpoint could not be read (a :class:`~torchweights.errors.TorchWeightsError`, printed to stderr as
+``ClassName [code]: message`` and ``more: <url>``, its errors reference entry) or the command line was invalid
+(argparse's own usage error).
 """
 
 from __future__ import annotations
