@@ -71,7 +71,8 @@ def render() -> str:
     parts += [f"| [`{code}`](#{code}) | {e.cls.__name__} | {e.meaning} |\n" for code, e in CODES.items()]
     for cls, codes in by_class.items():
         parents = " < ".join(b.__name__ for b in cls.__mro__[1:] if issubclass(b, TorchWeightsError))
-        parts.append(f"\n## {cls.__name__}\n\n{_summary(cls)} Also a `{_builtin(cls)}`; derives from {parents}.\n")
+        builtin = _builtin(cls)
+        parts.append(f"\n## {cls.__name__}\n\n{_summary(cls)} Also a builtin `{builtin}`; derives from {parents}.\n")
         for code in codes:
             e = CODES[code]
             parts.append(
