@@ -195,7 +195,8 @@ def test_json_on_failure_is_one_error_object(
         assert report["verdict"] == "unreadable" and report["load_error"]["code"] == want
         return
     error = data["error"]
-    assert set(error) == {"code", "type", "message", "fix"}
+    assert set(error) == {"code", "type", "message", "fix", "docs_url"}
+    assert error["docs_url"].endswith("#" + error["code"])
     assert error["code"] == want
     assert error["type"] == ("CheckpointNotFoundError" if which == "missing" else "NotACheckpointError")
     assert "Fix:" not in error["message"] and error["fix"]  # the fix split from the message
@@ -392,6 +393,7 @@ def test_error_fix_and_to_dict() -> None:
         "type": "CorruptCheckpointError",
         "message": "the zip ends early (cut at 10 of 20 bytes).",
         "fix": "download it again.",
+        "docs_url": "https://torchweights.readthedocs.io/en/latest/errors/#truncated",
     }
     assert CorruptCheckpointError("no fix named; see Fix:this").fix is None
     assert (

@@ -319,7 +319,9 @@ def test_error_exit_code_and_message(monkeypatch: pytest.MonkeyPatch, capsys: py
     code, out, err = run_main(["inspect", "model.bin"], capsys)
     assert code == 2
     assert out == ""
-    assert err == "NotACheckpointError [lfs-pointer]: x\n"
+    assert err == (
+        "NotACheckpointError [lfs-pointer]: x\nmore: https://torchweights.readthedocs.io/en/latest/errors/#lfs-pointer\n"
+    )
 
 
 def test_error_subclass_uses_its_own_name(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -328,10 +330,12 @@ def test_error_subclass_uses_its_own_name(monkeypatch: pytest.MonkeyPatch, capsy
 
     monkeypatch.setattr(torchweights.api, "open", fail)
     error = {"code": "truncated", "type": "CorruptCheckpointError", "message": "the zip ends early", "fix": None}
+    error["docs_url"] = "https://torchweights.readthedocs.io/en/latest/errors/#truncated"
     assert run_main(["inspect", "model.pt", "--json"], capsys) == (
         2,
         json.dumps({"error": error}) + "\n",
-        "CorruptCheckpointError [truncated]: the zip ends early\n",
+        "CorruptCheckpointError [truncated]: the zip ends early\n"
+        "more: https://torchweights.readthedocs.io/en/latest/errors/#truncated\n",
     )
 
 

@@ -7,10 +7,10 @@ command means adding its module and its name to :data:`COMMANDS`.
 
 Exit codes: 0 success; 1 the command ran but found a problem (``check``: the checkpoint does not fit the model);
 2 the checkpoint could not be read (a :class:`~torchweights.errors.TorchWeightsError`, printed to stderr as
-``ClassName [code]: message``, and with ``--json`` also on stdout as ``{"error": {"code", "type", "message",
-"fix"}}``) or the command line was invalid (argparse's usage error, which raises ``SystemExit(2)``); 130
-interrupted. Bare ``torchweights`` prints the help and exits 0, as pip and cargo do (git exits 1: a bare command
-is a request for help here, not a mistake).
+``ClassName [code]: message`` then ``more: <url>``, its errors reference entry, and with ``--json`` also on stdout
+as ``{"error": {"code", "type", "message", "fix", "docs_url"}}``) or the command line was invalid (argparse's
+usage error, which raises ``SystemExit(2)``); 130 interrupted. Bare ``torchweights`` prints the help and exits 0,
+as pip and cargo do (git exits 1: a bare command is a request for help here, not a mistake).
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def build_parser() -> CommandParser:
 
 def print_error(error: TorchWeightsError, *, json_output: bool, lead: str | None = None) -> None:
     """Report ``error``: ``ClassName [code]: message`` (or ``lead: message``) on stderr, and with ``json_output``
-    ``{"error": {"code", "type", "message", "fix"}}`` as one line on stdout."""
+    ``{"error": {"code", "type", "message", "fix", "docs_url"}}`` as one line on stdout; then ``more: <url>``, the
+    code's entry in the errors reference."""
     if json_output:
         import json
 
@@ -108,6 +109,7 @@ def print_error(error: TorchWeightsError, *, json_output: bool, lead: str | None
     sys.stdout.flush()
     head = lead if lead is not None else f"{type(error).__name__} [{error.code}]"
     print(f"{head}: {error.message}", file=sys.stderr)
+    print(f"more: {error.docs_url}", file=sys.stderr)
 
 
 def _command_word(argv: Sequence[str]) -> str | None:

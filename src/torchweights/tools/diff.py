@@ -309,7 +309,8 @@ def diff(
     Args:
         a: the checkpoint to compare (path or opened :class:`Checkpoint`).
         b: the reference.
-        rtol / atol: tolerances: values ``|a - b| <= atol + rtol * |b|`` count as equal (``close``).
+        rtol: relative tolerance: values with ``|a - b| <= atol + rtol * |b|`` count as equal (``close``).
+        atol: absolute tolerance, in the same rule.
         container: ``"auto"`` (weights found in each), or a dotted path used on both sides.
         allow_globals: pickle globals you trust (see :func:`torchweights.open`).
         limits: resource bounds for hostile files.

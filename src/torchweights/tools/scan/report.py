@@ -57,7 +57,7 @@ class Finding:
         offset: byte offset of the opcode in the pickle's buffer (the member, or the file).
         name: the global referenced, as ``module.qualname`` (for TorchScript code, the operator or name used).
         line: the 1-based line of a TorchScript source file (``ts-*`` findings, see
-        :mod:`~torchweights.tools.scan.tscode`).
+            :mod:`~torchweights.tools.scan.tscode`).
     """
 
     severity: Severity
