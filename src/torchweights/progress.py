@@ -43,11 +43,11 @@ _CURRENT: ContextVar[Meter | None] = ContextVar("torchweights_progress", default
 class Meter:
     """Counts work done and calls a :data:`ProgressCallback`, throttled; call it from one thread only."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int = 0, *, interval: float = INTERVAL) -> None:
+    def __init__(self, callback: ProgressCallback | None, total: int = 0, *, interval: float | None = None) -> None:
         self.callback = callback
         self.total = total
         self.done = 0
-        self.interval = interval
+        self.interval = INTERVAL if interval is None else interval
         self.last = 0.0  # when the callback was last called (time.monotonic)
         self.finished = False
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+
 from ._options import add_allow_global
 
 # ``..scan`` and ``..scan_text`` are imported by the functions that use them: every subcommand module is imported to
