@@ -181,6 +181,10 @@ def test_cli_lines_summary_and_fail_on(tree: Path, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exc:
         main(["scan", str(tree), "--fail-on", "warnings"])
     assert exc.value.code == 2 and "choose from dangerous, unknown, unreadable" in capsys.readouterr().err
+    with pytest.raises(tw.RuleError, match="fail_on=\\['warnings'\\] names no condition") as error:
+        tw.scan_tree(tree / "a.pt").exit_code(["dangerous", "warnings"])
+    assert error.value.code == "bad-fail-on"
+    assert tw.scan_tree(tree / "sub" / "deep").exit_code("unreadable") == 0
 
 
 def test_cli_json_has_every_report_and_the_summary(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -336,6 +336,7 @@ CODES: dict[str, tuple[type[TorchWeightsError], str]] = {
     "bad-container": (RuleError, "the container= named is not in the checkpoint"),
     "bad-dtype": (RuleError, "a dtype option names no dtype"),
     "bad-format": (RuleError, "an output format that convert cannot write"),
+    "bad-fail-on": (RuleError, "scan's fail_on names a condition other than dangerous, unknown, unreadable"),
     "bad-map-location": (RuleError, "a map_location that fails or returns no device"),
     "bad-model": (RuleError, "a ModelSpec where a real model is needed (outside a dry run)"),
     "bad-on-mismatch": (RuleError, "on_mismatch= is not one of its values"),

@@ -74,10 +74,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _fail_on(value: str) -> list[str]:
     """``--fail-on``'s value: one word or a comma list of :data:`~torchweights.tools.scan.tree.FAIL_ON`."""
+    from ..tools.scan.tree import FAIL_ON
+
     words = [w.strip().lower() for w in value.split(",") if w.strip()]
-    wrong = [w for w in words if w not in ("dangerous", "unknown", "unreadable")]
-    if wrong or not words:
-        raise argparse.ArgumentTypeError(f"{value!r}: choose from dangerous, unknown, unreadable")
+    if not words or any(w not in FAIL_ON for w in words):
+        raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(FAIL_ON)}")
     return words
 
 

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import field
 from typing import Any
 
+from ...errors import RuleError
 from ...limits import DEFAULT_LIMITS, Limits
 from ...progress import Meter, ProgressCallback
 from ...structs import structure
@@ -144,11 +145,19 @@ def _short(finding: Finding) -> str:
 
 def exit_code(tree: TreeScan, fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> int:
     """1 when ``dangerous`` (or ``unknown``) is in ``fail_on`` and a file is so, else 2 when ``unreadable`` is and a
-    file is, else 0. The default is the exit code of ``torchweights scan`` without ``--fail-on``."""
-    wanted = set(fail_on)
-    unknown_words = wanted - set(FAIL_ON)
-    if unknown_words:
-        raise ValueError(f"fail_on takes {', '.join(FAIL_ON)}, not {', '.join(sorted(unknown_words))}")
+    file is, else 0. The default is the exit code of ``torchweights scan`` without ``--fail-on``.
+
+    Raises:
+        RuleError: ``fail_on`` names something else (code ``bad-fail-on``).
+    """
+    wanted = {fail_on} if isinstance(fail_on, str) else set(fail_on)
+    wrong = wanted - set(FAIL_ON)
+    if wrong:
+        raise RuleError(
+            f"fail_on={sorted(wrong)!r} names no condition scan reports. Fix: pass some of "
+            f"{', '.join(map(repr, FAIL_ON))}.",
+            code="bad-fail-on",
+        )
     counts = tree.counts()
     if "dangerous" in wanted and counts["dangerous"]:
         return FAIL_ON["dangerous"]
