@@ -13,16 +13,8 @@ import pytest
 import torch
 
 import torchweights as tw
+from security._helpers import Reduce
 from torchweights.cli import main
-
-
-class _Reduce:
-    def __init__(self, fn: Any, *args: Any) -> None:
-        self.fn = fn
-        self.args = args
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return self.fn, self.args
 
 
 class Unknown:
@@ -30,7 +22,7 @@ class Unknown:
 
 
 def _evil(path: Path) -> None:
-    torch.save({"w": torch.ones(2), "x": _Reduce(os.system, "true")}, path)
+    torch.save({"w": torch.ones(2), "x": Reduce(os.system, "true")}, path)
 
 
 def _clean(path: Path) -> None:

@@ -19,6 +19,8 @@ and hand the groups to one :class:`Engine`.
 - Integrity: whenever a whole storage is read, its CRC-32 is computed on the bytes as they are read (per piece, in
   the reading thread, then combined) and compared with the one its zip member records (:meth:`Engine.check`);
   mismatches are collected in :class:`~torchweights.storage.results.FillResult`, for the caller to raise.
+- Progress: the current :class:`~torchweights.progress.Meter` (``progress=`` of the API) is told the bytes of each
+  batch once it completes, by the thread that runs the engine, never by the workers.
 
 torch is imported inside the functions, never at import time.
 """
