@@ -119,7 +119,7 @@ def test_scan_tree_counts_files(big: Path, tmp_path: Path) -> None:
     calls = Calls()
     tw.scan_tree(tmp_path, progress=calls)
     assert calls.check() == 1
-    assert calls.calls == [(1, 1), (1, 1)]  # after the file, then the end
+    assert calls.calls == [(0, 1), (1, 1), (1, 1)]  # the total first, after the file, then the end
 
 
 def test_no_bar_no_tqdm(tmp_path: Path) -> None:
@@ -182,3 +182,5 @@ def test_cli_bar_on_a_terminal_only(big: Path, tmp_path: Path) -> None:
 def test_cli_scan_of_a_folder_shows_files(big: Path, tmp_path: Path) -> None:
     _, terminal = _on_terminal(["scan", str(tmp_path)])
     assert "scan" in terminal and "file" in terminal and "%" in terminal
+    out, terminal = _on_terminal(["scan", str(big)])  # one file: no bar
+    assert terminal == "" and ": CLEAN" in out

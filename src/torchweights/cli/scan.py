@@ -85,12 +85,14 @@ def _fail_on(value: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Scan every path (folders recursively) and print the reports; return the exit code."""
     import json
+    import os
 
     from ..progress import cli_enabled, terminal_bar
     from ..tools.scan.text import TEXT_FINDING_LIMIT, render_text
     from ..tools.scan.tree import DEFAULT_FAIL_ON, scan_tree
 
-    with terminal_bar("scan", unit="file", enabled=cli_enabled(args)) as bar:
+    several = len(args.paths) > 1 or os.path.isdir(args.paths[0])  # a bar for one file would only flash
+    with terminal_bar("scan", unit="file", enabled=cli_enabled(args) and several) as bar:
         tree = scan_tree(
             args.paths,
             include=args.include,

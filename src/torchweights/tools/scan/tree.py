@@ -200,6 +200,7 @@ def scan_tree(
     allowed = frozenset(allow_globals)
     tree = TreeScan(skipped=walk.skipped, walked=walk.walked)
     meter = Meter(progress, len(walk.units))
+    meter.advance(0)  # the total, before the first file (which may take a while)
     covered: set[tuple[int, int]] = set()
     # sharded sets and distributed checkpoints first: the files they cover are not scanned again
     order = sorted(range(len(walk.units)), key=lambda i: not walk.units[i][1])
