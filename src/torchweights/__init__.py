@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .tools.diff import DiffReport, diff
     from .tools.scan.report import Finding, ScanReport
     from .tools.scan.scanner import scan
+    from .tools.scan.tree import TreeScan, scan_tree
     from .tools.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
@@ -73,6 +74,7 @@ __all__ = [
     "StorageRef",
     "TensorRecord",
     "TorchWeightsError",
+    "TreeScan",
     "UnsafeCheckpointError",
     "UnsupportedCheckpointError",
     "VerifyReport",
@@ -85,6 +87,7 @@ __all__ = [
     "load_model",
     "open",
     "scan",
+    "scan_tree",
     "verify",
 ]
 
@@ -108,6 +111,8 @@ _LAZY: dict[str, str] = {
     "scan": "tools.scan.scanner",
     "Finding": "tools.scan.report",
     "ScanReport": "tools.scan.report",
+    "scan_tree": "tools.scan.tree",
+    "TreeScan": "tools.scan.tree",
     "verify": "tools.verify",
     "VerifyReport": "tools.verify",
 }

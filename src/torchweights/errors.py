@@ -981,6 +981,12 @@ CODES: dict[str, ErrorCode] = {
         causes='`to=` (`--to`) is not `"safetensors"` or `"torch"`',
         fix='pass `to="safetensors"` or `to="torch"`',
     ),
+    "bad-fail-on": ErrorCode(
+        RuleError,
+        "scan's fail_on names a condition other than dangerous, unknown, unreadable",
+        causes="`--fail-on` (or `TreeScan.exit_code(fail_on)`) given a word other than dangerous, unknown, unreadable",
+        fix="pass one or more of `dangerous`, `unknown`, `unreadable` (repeat the option or separate them with commas)",
+    ),
     "bad-map-location": ErrorCode(
         RuleError,
         "a map_location that fails or returns no device",

@@ -79,21 +79,24 @@ def run(args: argparse.Namespace) -> int:
     """Convert and print the report; return the exit code."""
     import json
 
+    from ..progress import cli_enabled, terminal_bar
     from ..tools.convert.run import convert
 
-    report = convert(
-        args.src,
-        args.dst,
-        to=args.to,
-        max_shard_size=args.max_shard_size,
-        dtype=args.dtype,
-        select=args.select,
-        container=args.container,
-        force=args.force,
-        verify=args.verify,
-        extras=args.extras,
-        allow_globals=args.allow_globals,
-    )
+    with terminal_bar("convert", enabled=cli_enabled(args)) as bar:  # on a terminal only
+        report = convert(
+            args.src,
+            args.dst,
+            to=args.to,
+            max_shard_size=args.max_shard_size,
+            dtype=args.dtype,
+            select=args.select,
+            container=args.container,
+            force=args.force,
+            verify=args.verify,
+            extras=args.extras,
+            allow_globals=args.allow_globals,
+            progress=bar,
+        )
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
     sys.stdout.flush()
     return EXIT_OK

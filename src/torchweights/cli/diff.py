@@ -70,11 +70,19 @@ def run(args: argparse.Namespace) -> int:
     """Compare and print the report; return the exit code."""
     import json
 
+    from ..progress import cli_enabled, terminal_bar
     from ..tools.diff import diff
 
-    report = diff(
-        args.a, args.b, rtol=args.rtol, atol=args.atol, container=args.container, allow_globals=args.allow_globals
-    )
+    with terminal_bar("diff", enabled=cli_enabled(args)) as bar:  # on a terminal only
+        report = diff(
+            args.a,
+            args.b,
+            rtol=args.rtol,
+            atol=args.atol,
+            container=args.container,
+            allow_globals=args.allow_globals,
+            progress=bar,
+        )
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
     sys.stdout.flush()
     return EXIT_OK if report.equal else EXIT_DIFFERENT

@@ -63,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     """Verify and print the report; return the exit code."""
     import json
 
+    from ..progress import cli_enabled, terminal_bar
     from ..tools.verify import verify
 
-    report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals)
+    with terminal_bar("verify", enabled=cli_enabled(args)) as bar:  # on a terminal only
+        report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals, progress=bar)
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
     sys.stdout.flush()
     return EXIT_OK if report.ok else EXIT_PROBLEMS
