@@ -399,6 +399,8 @@ def test_json_round_trips_with_the_documented_keys(name: str) -> None:
         "seconds",
         "fallback_modules",
         "notes",
+        "checked_values",
+        "value_findings",
         "actions",
     }
     assert data == json.loads(json.dumps(report.to_dict()))

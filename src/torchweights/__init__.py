@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from .tools.scan.scanner import scan
     from .tools.scan.tree import TreeScan, scan_tree
     from .tools.verify import VerifyReport, verify
+    from .values.file import stats
+    from .values.stats import StatsReport
 
 __version__ = "0.1.0"
 
@@ -71,6 +73,7 @@ __all__ = [
     "RuleError",
     "ScanReport",
     "ShardIndexError",
+    "StatsReport",
     "StorageRef",
     "TensorRecord",
     "TorchWeightsError",
@@ -88,6 +91,7 @@ __all__ = [
     "open",
     "scan",
     "scan_tree",
+    "stats",
     "verify",
 ]
 
@@ -113,6 +117,8 @@ _LAZY: dict[str, str] = {
     "ScanReport": "tools.scan.report",
     "scan_tree": "tools.scan.tree",
     "TreeScan": "tools.scan.tree",
+    "stats": "values.file",
+    "StatsReport": "values.stats",
     "verify": "tools.verify",
     "VerifyReport": "tools.verify",
 }

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .plan.spec import ModelSpec
 
-__all__ = ["load", "load_into", "open", "refuse_allowed_modules"]
+__all__ = ["load", "load_into", "open", "refuse_allowed_modules", "selected"]
 
 
 def open(
@@ -188,7 +188,7 @@ def load(
             return read_nested(ckpt.structure, map_location=map_location, check_crc=check_crc, mmap=mmap)
     records, extras = ckpt.records, ckpt.extras
     if select is not None:
-        records, extras = _selected(ckpt, select)
+        records, extras = selected(ckpt, select)
     if unsupported == "error":
         refuse_unreadable(ckpt.path, extras)
     with metered(progress):
@@ -234,7 +234,7 @@ def _nested_hint(pattern: str, names: Iterable[str]) -> str:
     return ""
 
 
-def _selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, Any], dict[str, Any]]:
+def selected(ckpt: Checkpoint, select: Iterable[str] | str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The records and extras ``select`` picks; every pattern must pick at least one tensor."""
     from .errors import RuleError
     from .plan.rules import matches_any
@@ -284,6 +284,7 @@ def load_into(
     mmap: bool = False,
     init_missing: bool = False,
     progress: ProgressCallback | None = None,
+    check_values: bool = False,
 ) -> LoadReport:
     """Load a checkpoint into ``model``: reconcile every key first, then copy, and report what happened.
 
@@ -324,11 +325,16 @@ def load_into(
             values.
         progress: ``progress(done_bytes, total_bytes)``, told from this thread as tensor bytes are read
             (throttled; last with ``done == total``; not called by a dry run). See :mod:`torchweights.progress`.
+        check_values: after the copy, check the loaded tensors' values (one at a time, in bounded chunks, from the
+            model: nothing is read again) for NaN, Inf, all-zero and constant weight matrices and kernels, and list
+            the tensors left at their initial values: ``report.value_findings``. Warnings only (``report.ok`` does
+            not change); the rules are in :mod:`torchweights.values.checks`. With ``dry_run=True``, the checkpoint's
+            tensors the plan would load are checked instead, read from the file one at a time.
 
     Returns:
         A :class:`~torchweights.report.load.LoadReport` accounting for every key. A load that is not clean (keys
-        missing, skipped, left as initialised or on meta, cast with precision loss, unexpected tensors not loaded)
-        is also logged as one warning on the ``torchweights`` logger.
+        missing, skipped, left as initialised or on meta, cast with precision loss, unexpected tensors not loaded,
+        value findings) is also logged as one warning on the ``torchweights`` logger.
 
     Raises:
         LoadError: the checkpoint does not fit under ``strict`` (and ``dry_run`` is False), including keys that
@@ -395,6 +401,15 @@ def load_into(
         report.meta_after = _on_meta(model)
     else:  # what the load would read
         report.bytes_read = bytes_to_read(plan, checkpoint)
+    if check_values:  # (a plan with problems raised above unless this is a dry run)
+        from .values import checks
+
+        report.value_findings = (
+            checks.check_planned(checkpoint, plan, spec)
+            if dry_run
+            else checks.check_values(model, plan, report.meta_after or ())  # type: ignore[arg-type]
+        )
+        report.checked_values = True
     report.seconds = time.perf_counter() - started
     if report.applied and not report.clean:
         logger.warning("%s", report.log_line())

@@ -149,6 +149,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "checkpoint): tensors no checkpoint fills stay on meta, as load_into would leave them",
     )
     add_allow_global(parser)
+    parser.add_argument(
+        "--check-values",
+        action="store_true",
+        help="also read the tensors the plan loads, one at a time, and report NaN, Inf, all-zero and constant "
+        "weights (warnings: the exit code does not change)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -340,6 +346,7 @@ def run(args: argparse.Namespace) -> int:
         allow_globals=args.allow_globals,
         dry_run=True,
         init_missing=args.init_missing,
+        check_values=args.check_values,
     )
     report.notes.extend(notes)
     text = report.to_json(indent=2) + "\n" if args.json else str(report)

@@ -5,7 +5,9 @@ indices folded, non-tensor extras, the pickle globals the file references (with 
 warnings. ``--json`` prints the same facts as one JSON object.
 
 Inspect never reads tensor bytes, never prints tensor values and never imports torch: it works from the
-:class:`~torchweights.records.Checkpoint` that :func:`torchweights.api.open` returns.
+:class:`~torchweights.records.Checkpoint` that :func:`torchweights.api.open` returns. The one exception is
+``--stats``, which asks for values: it reads every tensor, one at a time (:func:`torchweights.stats`), and adds a
+"statistics" table (text) or a ``"stats"`` object per tensor (``--json``).
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="print the module tree of a pickled model the way print(model) does (read from the file, nothing "
         "imported)",
     )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="read every tensor, one at a time, and show min, max, mean, std, abs-max, zero fraction and NaN/Inf "
+        'counts per tensor (imports torch; with --json, each tensor gets a "stats" object)',
+    )
     parser.set_defaults(handler=run)
 
 
@@ -93,8 +101,25 @@ def run(args: argparse.Namespace) -> int:
     from .. import api
 
     ckpt = api.open(args.path, allow_globals=args.allow_globals)
+    stats = None
+    if getattr(args, "stats", False):
+        from ..values.file import stats as read_stats
+
+        stats = read_stats(args.path, allow_globals=args.allow_globals)
     if args.json:
-        sys.stdout.write(json.dumps(summarize(ckpt), allow_nan=False) + "\n")
+        facts = summarize(ckpt)
+        if stats is not None:
+            by_name = {s.name: s.to_dict() for s in stats.tensors}
+            for tensor in facts["tensors"]:
+                tensor["stats"] = by_name.get(tensor["name"])
+        sys.stdout.write(json.dumps(facts, allow_nan=False) + "\n")
+    elif stats is not None:
+        from ..values.stats import stats_table
+
+        lines = stats_table(stats.tensors)
+        sys.stdout.write(
+            render_text(ckpt, depth=args.depth) + f"\nstatistics ({stats.summary})\n" + "\n".join(lines) + "\n"
+        )
     elif getattr(args, "modules", False):
         sys.stdout.write(render_modules(ckpt))
     else:

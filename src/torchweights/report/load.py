@@ -12,6 +12,7 @@ from ..text import printable, quote
 
 if TYPE_CHECKING:  # annotations only: importing the planner here would slow every ``tw.open`` (api imports this)
     from ..plan.model import Action, Plan
+    from ..values.findings import ValueFinding
 
 __all__ = ["LoadReport"]
 
@@ -29,6 +30,10 @@ class LoadReport:
         notes: anything else worth knowing (checkpoint warnings, ...).
         meta_after: after the load, every parameter and buffer of the model still on the meta device, as found
             on the model (None before a load: :attr:`left_on_meta` then says what the plan leaves there).
+        value_findings: what ``load_into(..., check_values=True)`` found in the loaded values (NaN, Inf, all-zero
+            or constant weights) and the tensors left at their initial values, by tensor name; warnings only:
+            :attr:`ok` does not depend on them (see :mod:`torchweights.values.checks`).
+        checked_values: whether the value checks ran.
     """
 
     plan: Plan
@@ -38,6 +43,8 @@ class LoadReport:
     fallback_modules: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     meta_after: tuple[str, ...] | None = None
+    value_findings: tuple[ValueFinding, ...] = ()
+    checked_values: bool = False
 
     @property
     def ok(self) -> bool:
@@ -65,7 +72,8 @@ class LoadReport:
     def clean(self) -> bool:
         """True when every model key was loaded (or kept at a default torch also keeps, such as an absent
         ``num_batches_tracked``), nothing was left on meta, no cast lost precision, no tensor of the chosen
-        container was left out and every rename and skip pattern matched something.
+        container was left out, every rename and skip pattern matched something and the value checks (when they
+        ran) found no NaN, Inf, all-zero or constant weight.
         :func:`~torchweights.load_into` logs a warning for every load that is not clean."""
         plan = self.plan
         unfilled = any(a.kind in ("skip", "missing", "mismatch") and a.target for a in plan.actions)
@@ -76,6 +84,7 @@ class LoadReport:
             or any(a.kind in ("unexpected", "skip") and a.target is None for a in plan.actions)
             or any(use.matched == 0 for use in plan.renames)
             or any(use.matched == 0 for use in plan.skips)
+            or any(f.in_values for f in self.value_findings)
         )
 
     def log_line(self) -> str:
@@ -135,6 +144,8 @@ class LoadReport:
             "seconds": round(self.seconds, 6),
             "fallback_modules": list(self.fallback_modules),
             "notes": list(self.notes),
+            "checked_values": self.checked_values,
+            "value_findings": [f.to_dict() for f in self.value_findings],
             "actions": [a.to_dict() for a in plan.actions],
         }
 

@@ -44,6 +44,10 @@ def render(report: LoadReport) -> str:
     plan = report.plan
     lines = table_rows(_header(report), indent="", sep="  ")
     lines += sections(report)
+    if report.checked_values:
+        from .values import values_section
+
+        lines += ["", *values_section(report.value_findings)]
     if report.problems or report.left_on_meta or plan.suggestion is not None:
         advice = advise(plan)
         if advice.hints or advice.changes:
@@ -160,7 +164,11 @@ def headline(report: LoadReport) -> str:
         parts.append(f"{plural(len(unsaved), 'buffer')} {verb} on the meta device ({why})")
     if outside:
         parts.append(f"{plural(len(outside), 'checkpoint tensor')} not loaded")
-    text = "; ".join(parts)
+    if report.value_findings:
+        from .values import values_phrase
+
+        parts.append(values_phrase(report.value_findings))
+    text = "; ".join(p for p in parts if p)
     if not report.applied:
         return f"DRY RUN ({strict}): {text}; the model was not changed"
     if report.left_on_meta:
@@ -169,7 +177,8 @@ def headline(report: LoadReport) -> str:
     lenient = plan.rules.strict is not True and any(
         a.kind in ("missing", "mismatch", "unexpected") for a in plan.actions
     )
-    return f"OK ({strict}): {text}" if lenient else f"OK: {text}"
+    verdict = "WARN" if any(f.in_values for f in report.value_findings) else "OK"  # loaded, values suspicious
+    return f"{verdict} ({strict}): {text}" if lenient else f"{verdict}: {text}"
 
 
 def log_line(report: LoadReport) -> str:
@@ -193,6 +202,10 @@ def log_line(report: LoadReport) -> str:
         parts.append(f"cast with precision loss: {casts}")
     parts += [use.describe() for use in plan.renames if use.matched == 0]
     parts += [use.describe() for use in plan.skips if use.matched == 0]
+    if report.value_findings:
+        from .values import values_log
+
+        parts += [f"{label} ({_few(names)})" for label, names in values_log(report.value_findings)]
     if plan.suggestion is not None:
         pairs = plan.suggestion.rules.rename[len(plan.rules.rename) :]
         parts.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "} would load more")
