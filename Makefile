@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LATEST := .venv-latest
 
-.PHONY: venv test test-latest lint typecheck unit demo clean fuzz
+.PHONY: venv test test-latest lint typecheck unit demo clean fuzz docs
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-latest:
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# The docs site (mkdocs.yml, docs/) into site/, offline, warnings as errors; `$(BIN)/mkdocs serve` to preview.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # Longer fuzzing (about 45 minutes on 2 cores): the Hypothesis fuzz suites of the readers with 2000 examples per
 # test, the pipeline's (tests/fuzz: pickle machine, load_into, convert/diff/verify, CLI, writers) with 500 at random
 # seeds, then atheris over the readers and the scanner if it installs (fuzz/requirements.txt; skipped otherwise).
@@ -63,4 +67,4 @@ bench: $(STAMP)
 	if [ "$$TW_BENCH_SCALE" = 1 ]; then $(BIN)/python bench/scale.py; fi
 
 clean:
-	rm -rf $(VENV) $(LATEST) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) build site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

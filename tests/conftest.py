@@ -25,10 +25,10 @@ def _every_error_code_is_registered() -> Iterator[None]:
     def checked(self: TorchWeightsError, *args: object, **kwargs: object) -> None:
         original(self, *args, **kwargs)  # type: ignore[arg-type]
         entry = CODES.get(self.code)
-        if entry is None or not isinstance(self, entry[0]):
+        if entry is None or not isinstance(self, entry.cls):
             raise UnregisteredCodeError(
                 f"{type(self).__name__} raised with code {self.code!r}, which torchweights.errors.CODES "
-                + ("does not list" if entry is None else f"lists under {entry[0].__name__}")
+                + ("does not list" if entry is None else f"lists under {entry.cls.__name__}")
             )
 
     TorchWeightsError.__init__ = checked  # type: ignore[method-assign]

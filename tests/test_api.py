@@ -35,7 +35,7 @@ def test_every_error_is_a_builtin_and_has_a_code() -> None:
     for cls in errors:
         assert issubclass(cls, tw.TorchWeightsError)
         assert issubclass(cls, (ValueError, OSError)), cls
-        code = [c for c, (owner, _) in tw.errors.CODES.items() if owner is cls][-1]  # registered for this class
+        code = [c for c, entry in tw.errors.CODES.items() if entry.cls is cls][-1]  # registered for this class
         err = cls("what happened", code=code)
         assert err.code == code and str(err) == f"[{code}] what happened"
         assert cls("x").code == cls.default_code

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import torchweights
+from _tools import load_tool
 from torchweights import errors
-from torchweights.errors import CODES, TorchWeightsError, describe
+from torchweights.errors import CODES, ErrorCode, TorchWeightsError, describe
 
 SRC = Path(torchweights.__file__).parent
 _CODE_SHAPE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -82,15 +83,50 @@ def test_every_registered_code_is_raised_somewhere() -> None:
     assert not dead, f"registered codes nothing raises: {dead}"
 
 
+def _one_line(text: str) -> bool:
+    return bool(text) and text == text.strip() and "\n" not in text and not text.endswith(".")
+
+
 def test_registry_entries_are_well_formed() -> None:
-    for code, (cls, meaning) in CODES.items():
+    for code, entry in CODES.items():
         assert _CODE_SHAPE.match(code), code
-        assert issubclass(cls, TorchWeightsError) and cls is not TorchWeightsError, code
-        assert meaning and meaning == meaning.strip() and "\n" not in meaning and not meaning.endswith("."), code
-        assert describe(code) == meaning
+        assert isinstance(entry, ErrorCode), code
+        assert issubclass(entry.cls, TorchWeightsError) and entry.cls is not TorchWeightsError, code
+        assert describe(code) == entry.meaning
+        for text in (entry.meaning, entry.causes, entry.fix):
+            assert _one_line(text), (code, text)
     for cls in vars(errors).values():
         if isinstance(cls, type) and issubclass(cls, TorchWeightsError) and cls is not TorchWeightsError:
-            assert CODES[cls.default_code][0] is cls, cls  # every class's default code is its own
+            assert CODES[cls.default_code].cls is cls, cls  # every class's default code is its own
+
+
+def test_every_entry_has_its_own_causes_and_fix() -> None:
+    """Causes and fix are written for each code: no entry repeats its meaning as its causes, and no two codes share
+    both causes and fix (a copied entry)."""
+    for code, entry in CODES.items():
+        assert entry.causes != entry.meaning and len(entry.causes) >= 20 and len(entry.fix) >= 15, code
+    pairs = [(entry.causes, entry.fix) for entry in CODES.values()]
+    assert len(set(pairs)) == len(pairs)
+
+
+def test_an_error_says_where_to_read_more() -> None:
+    """``docs_url`` is the code's anchor on the errors page; the traceback note carries it; the message does not."""
+    err = errors.CorruptCheckpointError("the bytes differ", code="bad-crc")
+    assert err.docs_url == errors.docs_url("bad-crc") == errors.DOCS_URL + "#bad-crc"
+    assert str(err) == "[bad-crc] the bytes differ" and err.message == "the bytes differ"
+    assert err.__notes__ == [f"more: {err.docs_url}"]
+    outer = err.in_context("shard 'a.bin'")
+    assert outer.docs_url == err.docs_url and outer.__notes__ == err.__notes__
+    outer.add_note("another")
+    assert err.__notes__ == [f"more: {err.docs_url}"]  # the copy's notes are its own
+
+
+def test_the_documentation_url_is_the_projects() -> None:
+    """One base URL: the errors page lies under the Documentation URL of pyproject.toml."""
+    import tomllib
+
+    urls = tomllib.loads((SRC.parent.parent / "pyproject.toml").read_text())["project"]["urls"]
+    assert urls["Documentation"].rstrip("/") + "/errors/" == errors.DOCS_URL
 
 
 def test_describe_refuses_unknown_codes() -> None:
@@ -107,11 +143,17 @@ def test_the_suite_hook_refuses_an_unregistered_code() -> None:
         errors.CorruptCheckpointError("x", code="bad-strict")
 
 
-def test_readme_lists_the_registry() -> None:
-    """The README's table of codes is the registry, row for row."""
+def test_errors_page_is_the_registry() -> None:
+    """docs/errors.md is what tools/make_error_table.py writes from the registry now, with an entry (an anchor the
+    ``docs_url`` of the code points to) for every code."""
+    make_error_table = load_tool("make_error_table")
+    page = make_error_table.PAGE.read_text()
+    assert page == make_error_table.render(), "run tools/make_error_table.py: docs/errors.md is not errors.CODES"
+    headings = re.findall(r"^### `([a-z0-9-]+)`$", page, flags=re.MULTILINE)
+    assert sorted(headings) == sorted(CODES)  # each code once
+    assert "Common causes:** a download that needed a login" in page  # the html-page entry, as written
+
+
+def test_readme_links_the_errors_page() -> None:
     readme = (SRC.parent.parent / "README.md").read_text()
-    readme = readme[readme.index("<summary>All error codes</summary>") :]
-    readme = readme[: readme.index("</details>")]
-    rows = re.findall(r"^\| `([a-z0-9-]+)` \| (\w+) \| (.+) \|$", readme, flags=re.MULTILINE)
-    want = [(code, cls.__name__, meaning) for code, (cls, meaning) in CODES.items()]
-    assert rows == want, "run tools/make_error_table.py to rewrite the README table from errors.CODES"
+    assert "](docs/errors.md)" in readme and errors.DOCS_URL in readme

@@ -4,6 +4,7 @@ the value findings, the plots and the change against a reference; the verb's exi
 from __future__ import annotations
 
 import builtins
+import json
 import math
 import re
 import sys
@@ -236,7 +237,19 @@ def test_help_names_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["report", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "Exit 0: written, nothing flagged; 1: written, tensors flagged" in text and "--against OTHER" in text
+    assert "0 the page was written and nothing is flagged" in text and "--against OTHER" in text
+    assert "pip install 'torchweights[report]'" in text
+
+
+def test_the_verb_as_json(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.html"
+    assert main(["report", str(files["planted"]), "--html", str(out), "--against", str(files["clean"]), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["out"] == str(out) and data["ok"] is False and data["load"] is None
+    assert data["flagged"]["blocks.1.weight"] == ["zero: all 256 values are zero (in the file)"]
+    assert data["changes"]["blocks.4.weight"] == "inf"  # an infinite value in A: as a string in JSON
+    assert main(["report", str(tmp_path / "nope.pt"), "--html", str(out), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "not-found"
 
 
 def _block_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from torchweights.dtypes import itemsize
 from torchweights.errors import LoadError
 from torchweights.plan.reconcile import reconcile
 from torchweights.plan.rules import Rules
@@ -115,6 +116,8 @@ def report_for(
     report = LoadReport(plan, applied=applied, seconds=0.0)
     if applied:
         report.bytes_read = sum(4 * _numel(a.src_shape) for a in report.loaded)
+    else:  # what load_into's dry run fills in: the bytes the load would read
+        report.bytes_read = sum(_numel(a.src_shape) * itemsize(a.src_dtype or "float32") for a in report.loaded)
     return report
 
 

@@ -260,6 +260,7 @@ _COMMON_LOAD_MODULES = {
     *("detect", "detect.content", "detect.sample", "detect.sniff", "formats"),
     *("plan", "plan.container", "plan.match", "plan.model", "plan.prefix", "plan.reconcile", "plan.renames"),
     *("plan.rules", "plan.sources", "plan.spec", "plan.verdicts", "report", "report.load"),
+    "progress",  # the progress= callback's meter (api and the read engine); stdlib only, never tqdm
     *("storage", "storage.crc", "storage.engine", "storage.files"),
     *("storage.prefault", "storage.read", "storage.results", "storage.scratch"),
     *("storage.settings", "storage.stamps", "storage.targets", "storage.tensors"),

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .tools.html_report import HtmlReport, html_report
     from .tools.scan.report import Finding, ScanReport
     from .tools.scan.scanner import scan
+    from .tools.scan.tree import TreeScan, scan_tree
     from .tools.verify import VerifyReport, verify
     from .values.file import stats
     from .values.stats import StatsReport
@@ -78,6 +79,7 @@ __all__ = [
     "StorageRef",
     "TensorRecord",
     "TorchWeightsError",
+    "TreeScan",
     "UnsafeCheckpointError",
     "UnsupportedCheckpointError",
     "VerifyReport",
@@ -91,6 +93,7 @@ __all__ = [
     "load_model",
     "open",
     "scan",
+    "scan_tree",
     "stats",
     "verify",
 ]
@@ -117,6 +120,8 @@ _LAZY: dict[str, str] = {
     "scan": "tools.scan.scanner",
     "Finding": "tools.scan.report",
     "ScanReport": "tools.scan.report",
+    "scan_tree": "tools.scan.tree",
+    "TreeScan": "tools.scan.tree",
     "stats": "values.file",
     "StatsReport": "values.stats",
     "verify": "tools.verify",

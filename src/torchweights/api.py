@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .formats import ReadOptions, open_path
 from .limits import DEFAULT_LIMITS, Limits
+from .progress import ProgressCallback, metered
 from .records import Checkpoint
 from .report.load import LoadReport
 
@@ -90,6 +91,7 @@ def load(
     unsupported: str = ...,
     select: Iterable[str] | str | None = ...,
     nested: Literal[False] = ...,
+    progress: ProgressCallback | None = ...,
 ) -> dict[str, torch.Tensor]: ...
 
 
@@ -105,6 +107,7 @@ def load(
     unsupported: str = ...,
     select: None = ...,
     nested: Literal[True],
+    progress: ProgressCallback | None = ...,
 ) -> Any: ...
 
 
@@ -119,6 +122,7 @@ def load(
     unsupported: str = "error",
     select: Iterable[str] | str | None = None,
     nested: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> Any:
     """Read every tensor of a checkpoint (or those ``select`` names) into memory, executing nothing from the file.
 
@@ -150,6 +154,8 @@ def load(
             allowed as inert stubs: see :mod:`torchweights.nested`), so ``ckpt["optimizer"]`` can go straight to
             ``optimizer.load_state_dict``. Other formats (safetensors, sharded, npz, TorchScript, torch.package)
             give the flat dict. Cannot be combined with ``select`` (``RuleError`` code ``nested-select``).
+        progress: ``progress(done_bytes, total_bytes)``, told from this thread as the bytes are read, throttled,
+            last with ``done == total`` (see :mod:`torchweights.progress`).
 
     Returns:
         ``{dotted name: tensor}`` in file order (or, with ``nested=True``, the file's structure); tensors that
@@ -178,13 +184,15 @@ def load(
             refuse_unreadable(ckpt.path, ckpt.extras)
         from .nested import read_nested
 
-        return read_nested(ckpt.structure, map_location=map_location, check_crc=check_crc, mmap=mmap)
+        with metered(progress):
+            return read_nested(ckpt.structure, map_location=map_location, check_crc=check_crc, mmap=mmap)
     records, extras = ckpt.records, ckpt.extras
     if select is not None:
         records, extras = selected(ckpt, select)
     if unsupported == "error":
         refuse_unreadable(ckpt.path, extras)
-    return materialize(builtins.list(records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
+    with metered(progress):
+        return materialize(builtins.list(records.values()), map_location=map_location, check_crc=check_crc, mmap=mmap)
 
 
 def refuse_allowed_modules(ckpt: Checkpoint) -> None:
@@ -275,6 +283,7 @@ def load_into(
     check_crc: bool = True,
     mmap: bool = False,
     init_missing: bool = False,
+    progress: ProgressCallback | None = None,
     check_values: bool = False,
 ) -> LoadReport:
     """Load a checkpoint into ``model``: reconcile every key first, then copy, and report what happened.
@@ -314,6 +323,8 @@ def load_into(
             ``_reset_parameters()`` / ``reset_running_stats()``), as transformers initialises missing weights.
             Modules without such a method stay on meta, and the report says so. No effect on tensors that have
             values.
+        progress: ``progress(done_bytes, total_bytes)``, told from this thread as tensor bytes are read
+            (throttled; last with ``done == total``; not called by a dry run). See :mod:`torchweights.progress`.
         check_values: after the copy, check the loaded tensors' values (one at a time, in bounded chunks, from the
             model: nothing is read again) for NaN, Inf, all-zero and constant weight matrices and kernels, and list
             the tensors left at their initial values: ``report.value_findings``. Warnings only (``report.ok`` does
@@ -333,7 +344,7 @@ def load_into(
     """
     import time
 
-    from .apply import apply_plan
+    from .apply import apply_plan, bytes_to_read
     from .errors import RuleError
     from .plan.reconcile import reconcile
     from .plan.rules import Rules
@@ -382,11 +393,14 @@ def load_into(
         if plan.problems:
             report.seconds = time.perf_counter() - started
             report.raise_if_problems()
-        report.bytes_read, report.fallback_modules = apply_plan(
-            plan, model, checkpoint, spec, check_crc=check_crc, mmap=mmap
-        )
+        with metered(progress):
+            report.bytes_read, report.fallback_modules = apply_plan(
+                plan, model, checkpoint, spec, check_crc=check_crc, mmap=mmap
+            )
         report.applied = True
         report.meta_after = _on_meta(model)
+    else:  # what the load would read
+        report.bytes_read = bytes_to_read(plan, checkpoint)
     if check_values:  # (a plan with problems raised above unless this is a dry run)
         from .values import checks
 

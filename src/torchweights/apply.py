@@ -43,7 +43,7 @@ from .text import plural, quote, shorten_list
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["apply_plan"]
+__all__ = ["apply_plan", "bytes_to_read"]
 
 
 def _owner(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
@@ -113,6 +113,18 @@ def apply_plan(
     if isinstance(checkpoint, Checkpoint):
         return _apply_checkpoint(plan, model, checkpoint, spec, own, fallback_actions, check_crc, mmap)
     return _apply_mapping(plan, model, checkpoint, spec, own, fallback_actions)
+
+
+def bytes_to_read(plan: Plan, checkpoint: Checkpoint | Mapping[str, Any]) -> int:
+    """The tensor bytes applying ``plan`` reads from ``checkpoint``: each loaded source once, and the tensor
+    records of modules' extra state (what :func:`apply_plan` returns, and what a dry run reports it would read)."""
+    sources = {a.source for a in plan.actions if a.kind == "load" and a.target is not None and a.source is not None}
+    if isinstance(checkpoint, Checkpoint):
+        records = checkpoint.records
+        sources.update(a.source for a in plan.by_kind("extra") if a.source is not None and a.source in records)
+        return sum(records[name].nbytes for name in sources)
+    flat = mapping_tensors(checkpoint)
+    return sum(flat[name][1].numel() * flat[name][1].element_size() for name in sources)
 
 
 def _fallback_states(
@@ -228,10 +240,7 @@ def _apply_checkpoint(
             code="no-data",
             path=checkpoint.path,
         )
-    wanted = {a.source for a in own if a.source is not None}
-    for actions in fallback_actions.values():
-        wanted.update(a.source for a in actions if a.source is not None)
-    bytes_read = sum(records[name].nbytes for name in wanted)
+    bytes_read = bytes_to_read(plan, checkpoint)
 
     # Modules with their own loading code get real tensors through torch's path (read before anything is written).
     fallback_sources = sorted({a.source for acts in fallback_actions.values() for a in acts if a.source is not None})
@@ -245,7 +254,6 @@ def _apply_checkpoint(
     extra_records = [records[a.source] for a in extra if a.source in records]
     extra_values: dict[str, Any] = extra_state_values(checkpoint)
     if extra_records:
-        bytes_read += sum(r.nbytes for r in extra_records)
         extra_values.update(materialize(extra_records, check_crc=check_crc))
 
     mapped: dict[str, torch.Tensor] = {}
@@ -368,7 +376,7 @@ def _apply_mapping(
     for actions in fallback_actions.values():
         wanted.update(a.source for a in actions if a.source is not None)
     tensors = {name: flat[name][1] for name in wanted}
-    bytes_read = sum(t.numel() * t.element_size() for t in tensors.values())
+    bytes_read = bytes_to_read(plan, checkpoint)
     states = _fallback_states(fallback_actions, tensors, spec)
     replaced: dict[str, torch.Tensor] = {}
     _initialise(plan, model)

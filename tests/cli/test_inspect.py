@@ -319,7 +319,9 @@ def test_error_exit_code_and_message(monkeypatch: pytest.MonkeyPatch, capsys: py
     code, out, err = run_main(["inspect", "model.bin"], capsys)
     assert code == 2
     assert out == ""
-    assert err == "NotACheckpointError [lfs-pointer]: x\n"
+    assert err == (
+        "NotACheckpointError [lfs-pointer]: x\nmore: https://torchweights.readthedocs.io/en/latest/errors/#lfs-pointer\n"
+    )
 
 
 def test_error_subclass_uses_its_own_name(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -327,16 +329,19 @@ def test_error_subclass_uses_its_own_name(monkeypatch: pytest.MonkeyPatch, capsy
         raise CorruptCheckpointError("the zip ends early", code="truncated")
 
     monkeypatch.setattr(torchweights.api, "open", fail)
+    error = {"code": "truncated", "type": "CorruptCheckpointError", "message": "the zip ends early", "fix": None}
+    error["docs_url"] = "https://torchweights.readthedocs.io/en/latest/errors/#truncated"
     assert run_main(["inspect", "model.pt", "--json"], capsys) == (
         2,
-        "",
-        "CorruptCheckpointError [truncated]: the zip ends early\n",
+        json.dumps({"error": error}) + "\n",
+        "CorruptCheckpointError [truncated]: the zip ends early\n"
+        "more: https://torchweights.readthedocs.io/en/latest/errors/#truncated\n",
     )
 
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["inspect"], ["frobnicate"], ["inspect", "x", "--depth", "-1"], ["inspect", "x", "--depth", "two"]],
+    [["inspect"], ["frobnicate"], ["inspect", "x", "--depth", "-1"], ["inspect", "x", "--depth", "two"]],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

@@ -28,19 +28,46 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import EXIT_OK, EXIT_UNREADABLE
-from ._options import add_allow_global
+from ..errors import RuleError
+from . import EXIT_OK, EXIT_UNREADABLE, print_error
+from ._options import add_allow_global, add_verb
 
-__all__ = ["EXIT_DOES_NOT_FIT", "ModelFactoryError", "build_model", "factory_spec", "register", "run"]
+__all__ = [
+    "EXAMPLES",
+    "EXIT_CODES",
+    "EXIT_DOES_NOT_FIT",
+    "ModelFactoryError",
+    "build_model",
+    "factory_spec",
+    "register",
+    "run",
+]
 
 #: The checkpoint was read but does not fit the model under the options given.
 EXIT_DOES_NOT_FIT = 1
 
+#: What each exit code of ``check`` means (its ``--help`` lists them).
+EXIT_CODES = {
+    0: "the checkpoint loads into the model under the options given",
+    1: "it does not (the report says why and which option fixes it)",
+    2: "the checkpoint cannot be read, an option cannot be followed, or the model factory cannot be imported or "
+    "called",
+}
+#: ``(command line, what it does)`` for ``check --help``.
+EXAMPLES = (
+    ("torchweights check model.pt --model my_project.models:build", "would it load? every key accounted for"),
+    ("torchweights check ckpt.pt --model models.py:Net --skip 'head.*'", "a new head: keep it as initialised"),
+    ("torchweights check dp.pt --model models.py:Net --strict false", "load what fits, report the rest"),
+    ("torchweights check -q model.pt --model models.py:Net && echo fits", "in a script: only the exit code"),
+)
+
 _STRICT: dict[str, bool | str] = {"true": True, "false": False, "model": "model"}
 
 
-class ModelFactoryError(Exception):
+class ModelFactoryError(RuleError):
     """``--model`` could not be turned into a model: the message says what, why and what to do."""
+
+    default_code = "bad-factory"
 
 
 # --------------------------------------------------------------------------------------------------- argparse
@@ -65,13 +92,17 @@ def factory_spec(text: str) -> str:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``check`` subcommand to the top-level parser."""
-    parser = subparsers.add_parser(
+    parser = add_verb(
+        subparsers,
         "check",
         help="dry-run a load: would CKPT load into the model a factory builds, and what would happen to every key",
         description=(
             "Plan loading CKPT into the model that FACTORY builds, without changing anything, and report what "
-            "would happen to every key. Exit 0: it loads; 1: it does not; 2: unreadable file, bad option or factory."
+            "would happen to every key."
         ),
+        exit_codes=EXIT_CODES,
+        examples=EXAMPLES,
+        json="print the report as one JSON object",
     )
     parser.add_argument("path", metavar="CKPT", help="checkpoint file, sharded index (*.index.json) or folder")
     parser.add_argument(
@@ -134,7 +165,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also read the tensors the plan loads, one at a time, and report NaN, Inf, all-zero and constant "
         "weights (warnings: the exit code does not change)",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
 
 
@@ -287,8 +317,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, on_meta, factory = _build(args.model)
     except ModelFactoryError as e:
-        sys.stdout.flush()
-        print(f"cannot build the model: {e}", file=sys.stderr)
+        print_error(e, json_output=args.json, lead="cannot build the model")  # stdout is dropped under -q
         return EXIT_UNREADABLE
     target = model
     notes: list[str] = []

@@ -14,14 +14,28 @@ import argparse
 import sys
 
 from . import EXIT_OK
-from ._options import add_allow_global
+from ._options import add_allow_global, add_verb
 
-__all__ = ["register", "run"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "register", "run"]
+
+#: What each exit code of ``convert`` means (its ``--help`` lists them).
+EXIT_CODES = {
+    0: "written and verified",
+    2: "the source cannot be read, an option cannot be followed, or an output cannot be written (nothing was kept)",
+}
+#: ``(command line, what it does)`` for ``convert --help``.
+EXAMPLES = (
+    ("torchweights convert runs/epoch=9.ckpt export/", "the weights as export/model.safetensors, verified"),
+    ("torchweights convert model.pth out/ --max-shard-size 2GB", "shards with model.safetensors.index.json"),
+    ("torchweights convert model.pt half/ --dtype bfloat16", "cast floating-point tensors (needs torch)"),
+    ("torchweights convert old.pt clean.pt --to torch", "a plain state dict for torch.load(weights_only=True)"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``convert`` subcommand to the top-level parser."""
-    parser = subparsers.add_parser(
+    parser = add_verb(
+        subparsers,
         "convert",
         help="write a checkpoint's weights as safetensors (sharded with an index) or a plain torch file, verified",
         description=(
@@ -29,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "shards model-00001-of-0000N.safetensors with model.safetensors.index.json), or --to torch. Streaming, "
             "atomic, verified bit for bit; nothing from SRC is executed."
         ),
+        exit_codes=EXIT_CODES,
+        examples=EXAMPLES,
+        json="print the report as one JSON object",
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint file, sharded index (*.index.json) or folder")
     parser.add_argument(
@@ -55,7 +72,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip re-reading the outputs")
     parser.add_argument("--no-extras", dest="extras", action="store_false", help="do not write <stem>.extras.json")
     add_allow_global(parser)
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
 
 
@@ -63,21 +79,24 @@ def run(args: argparse.Namespace) -> int:
     """Convert and print the report; return the exit code."""
     import json
 
+    from ..progress import cli_enabled, terminal_bar
     from ..tools.convert.run import convert
 
-    report = convert(
-        args.src,
-        args.dst,
-        to=args.to,
-        max_shard_size=args.max_shard_size,
-        dtype=args.dtype,
-        select=args.select,
-        container=args.container,
-        force=args.force,
-        verify=args.verify,
-        extras=args.extras,
-        allow_globals=args.allow_globals,
-    )
+    with terminal_bar("convert", enabled=cli_enabled(args)) as bar:  # on a terminal only
+        report = convert(
+            args.src,
+            args.dst,
+            to=args.to,
+            max_shard_size=args.max_shard_size,
+            dtype=args.dtype,
+            select=args.select,
+            container=args.container,
+            force=args.force,
+            verify=args.verify,
+            extras=args.extras,
+            allow_globals=args.allow_globals,
+            progress=bar,
+        )
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
     sys.stdout.flush()
     return EXIT_OK

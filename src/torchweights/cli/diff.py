@@ -13,12 +13,22 @@ import argparse
 import sys
 
 from . import EXIT_OK
-from ._options import add_allow_global
+from ._options import add_allow_global, add_verb
 
-__all__ = ["EXIT_DIFFERENT", "register", "run"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "EXIT_DIFFERENT", "register", "run"]
 
 #: Both checkpoints were read, and they differ.
 EXIT_DIFFERENT = 1
+
+#: What each exit code of ``diff`` means (its ``--help`` lists them).
+EXIT_CODES = {0: "identical (or equal within --rtol/--atol)", 1: "they differ", 2: "a checkpoint cannot be read"}
+#: ``(command line, what it does)`` for ``diff --help``.
+EXAMPLES = (
+    ("torchweights diff finetuned.safetensors base.safetensors", "what changed: names, shapes, dtypes, values"),
+    ("torchweights diff dp_model.pt model.safetensors", "a conversion kept every value ('module.' is handled)"),
+    ("torchweights diff -q a.pt b.pt --atol 1e-6 || echo differs", "in a script: only the exit code"),
+    ("torchweights diff --json a.pt b.pt", "every difference as JSON"),
+)
 
 
 def _tolerance(text: str) -> float:
@@ -33,13 +43,17 @@ def _tolerance(text: str) -> float:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``diff`` subcommand to the top-level parser."""
-    parser = subparsers.add_parser(
+    parser = add_verb(
+        subparsers,
         "diff",
         help="compare two checkpoints: names, shapes, dtypes and values (exit 0 identical, 1 differs)",
         description=(
             "Compare checkpoint A with B (any formats) tensor by tensor, after the same container and prefix "
-            "handling as load_into. Exit 0: identical (or within tolerance); 1: they differ; 2: unreadable."
+            "handling as load_into."
         ),
+        exit_codes=EXIT_CODES,
+        examples=EXAMPLES,
+        json="print the report as one JSON object",
     )
     parser.add_argument("a", metavar="A", help="checkpoint to compare")
     parser.add_argument("b", metavar="B", help="reference checkpoint")
@@ -49,7 +63,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--container", metavar="NAME", default="auto", help="dict inside both files to compare (default: auto)"
     )
     add_allow_global(parser)
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
 
 
@@ -57,11 +70,19 @@ def run(args: argparse.Namespace) -> int:
     """Compare and print the report; return the exit code."""
     import json
 
+    from ..progress import cli_enabled, terminal_bar
     from ..tools.diff import diff
 
-    report = diff(
-        args.a, args.b, rtol=args.rtol, atol=args.atol, container=args.container, allow_globals=args.allow_globals
-    )
+    with terminal_bar("diff", enabled=cli_enabled(args)) as bar:  # on a terminal only
+        report = diff(
+            args.a,
+            args.b,
+            rtol=args.rtol,
+            atol=args.atol,
+            container=args.container,
+            allow_globals=args.allow_globals,
+            progress=bar,
+        )
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
     sys.stdout.flush()
     return EXIT_OK if report.equal else EXIT_DIFFERENT

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._options import add_allow_global
+from ._options import add_allow_global, add_verb
 
 if TYPE_CHECKING:
     from ..records import Checkpoint
@@ -27,7 +27,17 @@ if TYPE_CHECKING:
 # The reader, the unpickler and the report helpers are imported by the functions that use them, not here: every
 # subcommand module is imported to build the parser, and ``torchweights --help`` should not pay for them.
 
-__all__ = ["register", "render_modules", "render_text", "run", "summarize"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "register", "render_modules", "render_text", "run", "summarize"]
+
+#: What each exit code of ``inspect`` means (its ``--help`` lists them).
+EXIT_CODES = {0: "the checkpoint was read and described", 2: "it cannot be read (missing, not a checkpoint, damaged)"}
+#: ``(command line, what it does)`` for ``inspect --help``.
+EXAMPLES = (
+    ("torchweights inspect model.safetensors", "what the file holds: format, tensors, dtypes, name tree"),
+    ("torchweights inspect --depth 1 runs/epoch=9.ckpt", "only the top level of the name tree"),
+    ("torchweights inspect --modules model.pt", "the module tree of a pickled model, as print(model) shows it"),
+    ("torchweights inspect --json model.pt | jq .totals", "the facts as JSON, for scripts"),
+)
 
 #: Extras values in ``--json`` that are not JSON scalars become their ``repr``, cut to this many characters.
 JSON_REPR_LIMIT = 200
@@ -52,13 +62,15 @@ def _depth(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``inspect`` subcommand to the top-level parser."""
-    parser = subparsers.add_parser(
+    parser = add_verb(
+        subparsers,
         "inspect",
         help="describe a checkpoint: format, tensors, dtypes, layout, extras, globals",
         description="Describe a checkpoint without reading tensor data, executing pickle code or importing torch.",
+        exit_codes=EXIT_CODES,
+        examples=EXAMPLES,
     )
     parser.add_argument("path", metavar="PATH", help="checkpoint file, sharded index (*.index.json) or folder")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     add_allow_global(parser)
     parser.add_argument(
         "--depth",

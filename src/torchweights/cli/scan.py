@@ -1,61 +1,134 @@
-"""``torchweights scan FILE...``: is it safe to load? Static analysis only; nothing from the files is run.
+"""``torchweights scan PATH...``: is it safe to load? Static analysis only; nothing from the files is run.
 
-Prints, per file, the verdict and every finding (worst first) with where it is (member, opcode offset), what and
-why; ``--json`` prints one JSON object. Exit codes: 0 every file is clean (warnings such as unknown classes do not
-count), 1 at least one file has a dangerous or suspicious finding, 2 otherwise when a file could not be fully read
-or would be refused by ``tw.load``. Never imports torch.
+Folders are walked recursively (:func:`~torchweights.tools.scan.tree.scan_tree`: ``--include``/``--exclude``
+globs; a sharded set or a distributed-checkpoint folder is one checkpoint). One checkpoint: its verdict and every
+finding (worst first) with where it is (member, opcode offset), what and why. Several: one line per file
+(``verdict  path  (first finding)``) and a summary (``300 files: 297 clean, 2 dangerous, 1 unreadable``), with a
+progress bar on stderr when it is a terminal. ``--json`` prints one JSON object (every report and the summary).
+Exit codes, by default: 0 every file is clean (warnings such as unknown classes do not count), 1 at least one file
+has a dangerous or suspicious finding, 2 otherwise when a file could not be fully read or would be refused by
+``tw.load``. ``--fail-on`` names the conditions that fail instead (``dangerous`` 1, ``unknown`` 1: a class scan
+does not know, ``unreadable`` 2). Never imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
-from ._options import add_allow_global
-
-if TYPE_CHECKING:
-    from ..tools.scan.report import ScanReport
+from ._options import add_allow_global, add_verb
 
 # ``..scan`` and ``..scan_text`` are imported by the functions that use them: every subcommand module is imported to
 # build the parser, and ``torchweights --help`` should not pay for the scanner.
 
-__all__ = ["register", "run"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "register", "run"]
+
+#: What each exit code of ``scan`` means (its ``--help`` lists them).
+EXIT_CODES = {
+    0: "every file is clean (warnings such as unknown classes do not count)",
+    1: "at least one file has a dangerous or suspicious finding (with --fail-on unknown: or names a class scan does "
+    "not know)",
+    2: "otherwise, a file could not be fully read or would be refused by tw.load (unless --fail-on leaves out "
+    "unreadable)",
+}
+#: ``(command line, what it does)`` for ``scan --help``.
+EXAMPLES = (
+    ("torchweights scan pytorch_model.bin", "is it safe to load? the verdict and every finding"),
+    ("torchweights scan -q downloads/*.pt || echo unsafe", "in a script or CI: only the exit code"),
+    ("torchweights scan --allow-global mylib.Config model.pt", "trust a class you know"),
+    ("torchweights scan --json model.pt", "the findings as JSON"),
+    ("torchweights scan models/ --exclude 'runs/*' --fail-on dangerous", "a folder in CI: fail only on danger"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``scan`` subcommand to the top-level parser."""
-    parser = subparsers.add_parser(
+    parser = add_verb(
+        subparsers,
         "scan",
         help="is it safe to load? find pickle code and hostile structures without running anything",
         description="Statically analyse every pickle in each file (zip members, legacy streams, tar members, "
         "nested pickles) and say whether loading it would run code. Nothing from the files is imported or "
-        "called. Exit 0 clean, 1 dangerous findings, 2 could not be fully read.",
+        "called. Folders are walked recursively.",
+        exit_codes=EXIT_CODES,
+        examples=EXAMPLES,
     )
-    parser.add_argument("paths", metavar="FILE", nargs="+", help="checkpoint files, sharded indexes or folders")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    parser.add_argument("--all", action="store_true", help="list every finding, not only the first 50 per file")
+    parser.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help="checkpoint files (read by content, whatever their name) and folders (walked recursively; a sharded "
+        "set or a distributed-checkpoint folder is one checkpoint)",
+    )
+    parser.add_argument(
+        "--include",
+        metavar="GLOB",
+        action="append",
+        default=None,
+        help="in folders, scan the files matching GLOB (repeatable; replaces the default: *.pt *.pth *.pt2 *.bin "
+        "*.ckpt *.safetensors *.index.json *.pkl *.pickle *.joblib *.npy *.npz *.tar *.mar); a GLOB with / matches "
+        "the path inside the folder",
+    )
+    parser.add_argument(
+        "--exclude",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="in folders, leave out the files and folders matching GLOB (repeatable)",
+    )
+    parser.add_argument(
+        "--fail-on",
+        metavar="WHAT",
+        action="append",
+        type=_fail_on,
+        default=None,
+        help="exit non-zero only for these: dangerous (exit 1), unknown (exit 1: a class scan does not know), "
+        "unreadable (exit 2); repeatable or comma-separated; default dangerous,unreadable",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="list every finding, not only the first 50 per file (as -v does)"
+    )
     add_allow_global(parser)
     parser.set_defaults(handler=run)
 
 
+def _fail_on(value: str) -> list[str]:
+    """``--fail-on``'s value: one word or a comma list of :data:`~torchweights.tools.scan.tree.FAIL_ON`."""
+    from ..tools.scan.tree import FAIL_ON
+
+    words = [w.strip().lower() for w in value.split(",") if w.strip()]
+    if not words or any(w not in FAIL_ON for w in words):
+        raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(FAIL_ON)}")
+    return words
+
+
 def run(args: argparse.Namespace) -> int:
-    """Scan every path and print the reports; return the exit code."""
-    from ..tools.scan.report import to_json
-    from ..tools.scan.scanner import scan
+    """Scan every path (folders recursively) and print the reports; return the exit code."""
+    import json
+    import os
+
+    from ..progress import cli_enabled, terminal_bar
     from ..tools.scan.text import TEXT_FINDING_LIMIT, render_text
+    from ..tools.scan.tree import DEFAULT_FAIL_ON, scan_tree
 
-    reports = [scan(path, allow_globals=args.allow_globals) for path in args.paths]
+    several = len(args.paths) > 1 or os.path.isdir(args.paths[0])  # a bar for one file would only flash
+    with terminal_bar("scan", unit="file", enabled=cli_enabled(args) and several) as bar:
+        tree = scan_tree(
+            args.paths,
+            include=args.include,
+            exclude=args.exclude,
+            allow_globals=args.allow_globals,
+            progress=bar,
+        )
     if args.json:
-        sys.stdout.write(to_json(reports) + "\n")
+        sys.stdout.write(json.dumps(tree.to_dict(), allow_nan=False) + "\n")
+    elif not tree.walked:  # files named one by one: their full reports, as before folders were walked
+        limit = None if args.all or args.verbose else TEXT_FINDING_LIMIT
+        sys.stdout.write("\n".join(render_text(r, limit=limit) for r in tree.reports))
+        if len(tree.reports) > 1:
+            sys.stdout.write(tree.summary + "\n")
     else:
-        limit = None if args.all else TEXT_FINDING_LIMIT
-        sys.stdout.write("\n".join(render_text(r, limit=limit) for r in reports))
+        sys.stdout.write(str(tree))
     sys.stdout.flush()
-    return exit_code(reports)
-
-
-def exit_code(reports: list[ScanReport]) -> int:
-    """1 when any report is dangerous, else 2 when any is unreadable, else 0."""
-    verdicts = {r.verdict for r in reports}
-    return 1 if "dangerous" in verdicts else 2 if "unreadable" in verdicts else 0
+    fail_on = DEFAULT_FAIL_ON if args.fail_on is None else [w for words in args.fail_on for w in words]
+    return tree.exit_code(fail_on)

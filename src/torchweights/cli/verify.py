@@ -14,31 +14,48 @@ import argparse
 import sys
 
 from . import EXIT_OK
-from ._options import add_allow_global
+from ._options import add_allow_global, add_verb
 
-__all__ = ["EXIT_PROBLEMS", "register", "run"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "EXIT_PROBLEMS", "register", "run"]
 
 #: The checkpoint was checked and at least one check failed.
 EXIT_PROBLEMS = 1
 
+#: What each exit code of ``verify`` means (its ``--help`` lists them).
+EXIT_CODES = {
+    0: "every check passed",
+    1: "a check failed (each is listed, problems marked FAIL with their code)",
+    2: "nothing to verify: a missing file, not a checkpoint, a format torchweights does not read, an unreadable "
+    "manifest",
+}
+#: ``(command line, what it does)`` for ``verify --help``.
+EXAMPLES = (
+    ("torchweights verify model.safetensors", "header and sizes consistent with the file"),
+    ("torchweights verify model.safetensors.index.json", "a sharded set: the index against every shard"),
+    ("torchweights verify model.pt --manifest SHA256SUMS", "also every file's sha256 against a manifest"),
+    ("torchweights verify -q model.pt && echo intact", "in a script: only the exit code"),
+)
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``verify`` subcommand to the top-level parser."""
-    parser = subparsers.add_parser(
+    parser = add_verb(
+        subparsers,
         "verify",
         help="check a checkpoint's integrity: headers, sizes, shard index, zip CRCs, sha256 manifest",
         description=(
             "Check the integrity of PATH without loading it: safetensors headers and sizes, sharded indexes and "
-            "their shards, zip CRC-32 of every member of torch files, and optionally a SHA256SUMS manifest. "
-            "Exit 0: all checks pass; 1: a check failed; 2: nothing to verify."
+            "their shards, zip CRC-32 of every member of torch files, and optionally a SHA256SUMS manifest."
         ),
+        exit_codes=EXIT_CODES,
+        examples=EXAMPLES,
+        json="print the report as one JSON object",
     )
     parser.add_argument("path", metavar="PATH", help="checkpoint file, sharded index (*.index.json) or folder")
     parser.add_argument(
         "--manifest", metavar="SHA256SUMS", default=None, help="check every file's sha256 against this manifest"
     )
     add_allow_global(parser)
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(handler=run)
 
 
@@ -46,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     """Verify and print the report; return the exit code."""
     import json
 
+    from ..progress import cli_enabled, terminal_bar
     from ..tools.verify import verify
 
-    report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals)
+    with terminal_bar("verify", enabled=cli_enabled(args)) as bar:  # on a terminal only
+        report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals, progress=bar)
     sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
     sys.stdout.flush()
     return EXIT_OK if report.ok else EXIT_PROBLEMS

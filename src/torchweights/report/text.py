@@ -255,19 +255,7 @@ def _totals(report: LoadReport) -> str:
     text = f"{plural(len(loaded), 'tensor')}, {human_count(params)} parameters"
     if report.applied:
         return f"{text}, {human_bytes(report.bytes_read)} read in {report.seconds:.2f} s"
-    return f"{text}, {human_bytes(_planned_bytes(loaded))} to read; planned in {report.seconds:.2f} s"
-
-
-def _planned_bytes(loaded: Sequence[Action]) -> int:
-    from .. import dtypes
-
-    total = 0
-    for a in loaded:
-        try:
-            total += numel(a.src_shape) * dtypes.itemsize(a.src_dtype or "float32")
-        except KeyError:  # a dtype this version does not know: counted as unknown size
-            continue
-    return total
+    return f"{text}, {human_bytes(report.bytes_read)} to read; planned in {report.seconds:.2f} s"
 
 
 def _fallback(report: LoadReport) -> str:

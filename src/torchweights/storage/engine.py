@@ -19,6 +19,8 @@ and hand the groups to one :class:`Engine`.
 - Integrity: whenever a whole storage is read, its CRC-32 is computed on the bytes as they are read (per piece, in
   the reading thread, then combined) and compared with the one its zip member records (:meth:`Engine.check`);
   mismatches are collected in :class:`~torchweights.storage.results.FillResult`, for the caller to raise.
+- Progress: the current :class:`~torchweights.progress.Meter` (``progress=`` of the API) is told the bytes of each
+  batch once it completes, by the thread that runs the engine, never by the workers.
 
 torch is imported inside the functions, never at import time.
 """
@@ -33,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import pairwise
 from typing import Any
 
+from .. import progress
 from ..records import StorageRef
 from ..structs import structure
 from .crc import crc32, crc32_combine
@@ -76,6 +79,22 @@ def _plain_read(ref: StorageRef, target: Target, a: int, b: int, crc: bool) -> _
 #: bytes it read (or None).
 _Job = tuple["_Read | Callable[[], tuple[int, int] | None]", int]
 _Outcome = tuple[int, int] | None
+
+
+def _batches(items: list[tuple[int, int, Any]], sizes: list[int], target: int) -> list[tuple[list[Any], int]]:
+    """``items`` cut into runs of about ``target`` bytes (``sizes[i]`` is item i's), each with its bytes."""
+    runs: list[tuple[list[Any], int]] = []
+    run: list[Any] = []
+    nbytes = 0
+    for item, n in zip(items, sizes):
+        run.append(item)
+        nbytes += n
+        if nbytes >= target:
+            runs.append((run, nbytes))
+            run, nbytes = [], 0
+    if run:
+        runs.append((run, nbytes))
+    return runs
 
 
 class Engine:
@@ -390,15 +409,27 @@ class Engine:
         try:
             small = sum(g.ref.nbytes for g in self.groups) <= settings.piece_size()  # not worth threads
             outcomes: list[list[_Outcome]] = []
+            meter = progress.current()
             if small or settings.worker_count() == 1:
                 items: list[tuple[int, int, Any]] = []
+                sizes: list[int] = []
                 for g, group in enumerate(self.groups):
                     group.prepare()
                     jobs = self.jobs(group)
                     outcomes.append([None] * len(jobs))
                     items += [(g, j, job) for j, (job, _) in enumerate(jobs)]
-                for g, j, value in self.execute(items):
-                    outcomes[g][j] = value
+                    sizes += [n for _, n in jobs]
+                if meter is None or small:
+                    runs = [(items, sum(sizes))]
+                else:  # in pieces, so that progress is told between them (a run merges only its own reads)
+                    runs = _batches(items, sizes, settings.piece_size())
+                if meter is not None:
+                    meter.grow(sum(sizes))
+                for run, nbytes in runs:
+                    for g, j, value in self.execute(run):
+                        outcomes[g][j] = value
+                    if meter is not None:
+                        meter.advance(nbytes)
             else:
                 outcomes = self.run_pool(settings.worker_count())
             if self.cuda and torch.cuda.is_available():
@@ -422,6 +453,8 @@ class Engine:
         target = self.settings.piece_size()
         run_batch = self.execute
 
+        meter = progress.current()  # told by this thread as batches complete, never by the workers
+        sizes: list[int] = []
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="torchweights-read") as pool:
             try:
                 for g, group in enumerate(self.groups):
@@ -433,12 +466,18 @@ class Engine:
                         size += n
                         if size >= target:
                             futures.append(pool.submit(run_batch, batch))
+                            sizes.append(size)
                             batch, size = [], 0
                 if batch:
                     futures.append(pool.submit(run_batch, batch))
-                for future in futures:
+                    sizes.append(size)
+                if meter is not None:
+                    meter.grow(sum(sizes))
+                for future, nbytes in zip(futures, sizes):
                     for g, j, value in future.result():
                         outcomes[g][j] = value
+                    if meter is not None:
+                        meter.advance(nbytes)
                 return outcomes
             except BaseException:
                 for future in futures:

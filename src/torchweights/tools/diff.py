@@ -29,6 +29,7 @@ from ..plan.reconcile import reconcile
 from ..plan.rules import Rules
 from ..plan.selection import select_weights
 from ..plan.spec import ModelSpec
+from ..progress import ProgressCallback, current, metered
 from ..records import Checkpoint, TensorRecord
 from ..storage.contents import CHUNK_BYTES, logical_chunks
 from ..structs import structure
@@ -318,16 +319,20 @@ def diff(
     container: str = "auto",
     allow_globals: Iterable[str] = (),
     limits: Limits = DEFAULT_LIMITS,
+    progress: ProgressCallback | None = None,
 ) -> DiffReport:
     """Compare two checkpoints of any readable formats, tensor by tensor.
 
     Args:
         a: the checkpoint to compare (path or opened :class:`Checkpoint`).
         b: the reference.
-        rtol / atol: tolerances: values ``|a - b| <= atol + rtol * |b|`` count as equal (``close``).
+        rtol: relative tolerance: values with ``|a - b| <= atol + rtol * |b|`` count as equal (``close``).
+        atol: absolute tolerance, in the same rule.
         container: ``"auto"`` (weights found in each), or a dotted path used on both sides.
         allow_globals: pickle globals you trust (see :func:`torchweights.open`).
         limits: resource bounds for hostile files.
+        progress: ``progress(done_bytes, total_bytes)`` for the tensor bytes compared (both sides); see
+            :mod:`torchweights.progress`.
 
     Returns:
         A :class:`DiffReport`; ``report.summary`` says it at a glance.
@@ -358,7 +363,7 @@ def diff(
         atol=float(atol),
         ignored_b=len(weights_b.left_out),
     )
-    common: list[TensorDiff] = []
+    pairs: list[tuple[TensorRecord, TensorRecord, str]] = []
     only_a: list[TensorDiff] = []
     only_b: list[TensorDiff] = []
     for action in plan.actions:
@@ -373,7 +378,10 @@ def diff(
             rb = weights_b.tensors[action.target]
             only_b.append(TensorDiff(action.target, Status.ONLY_B, b=rb.name, shape_b=rb.shape, dtype_b=rb.dtype))
         elif action.kind in ("load", "mismatch") and action.source is not None and action.target is not None:
-            common.append(_compare(ca.records[action.source], weights_b.tensors[action.target], action.target, report))
+            pairs.append((ca.records[action.source], weights_b.tensors[action.target], action.target))
+    total = sum(ra.nbytes + rb.nbytes for ra, rb, _ in pairs if ra.shape == rb.shape and ra.storage and rb.storage)
+    with metered(progress, total):
+        common = [_compare(ra, rb, name, report) for ra, rb, name in pairs]
     report.tensors = [*common, *only_a, *only_b]
     return report
 
@@ -397,7 +405,10 @@ def _compare(ra: TensorRecord, rb: TensorRecord, name: str, report: DiffReport) 
         return TensorDiff(name, Status.DIFFERENT if ra.dtype == rb.dtype else Status.DTYPE, **layout)
     stats = _Stats(report.rtol, report.atol)
     same_dtype = ra.dtype == rb.dtype
+    meter = current()
     for block_a, block_b in zip(_blocks(ra), _blocks(rb)):
+        if meter is not None:
+            meter.advance(len(block_a) + len(block_b))
         if same_dtype and block_a == block_b:
             continue
         stats.add(block_a, ra.dtype, block_b, rb.dtype, same_dtype)

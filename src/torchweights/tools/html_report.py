@@ -95,6 +95,20 @@ class HtmlReport:
             text += f"; load: {self.load.headline()}"
         return text
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: where the page is, the summary, the flagged tensors, the load's report and the
+        changes (non-finite ones as the strings ``"inf"`` and ``"nan"``); not the page itself."""
+        return {
+            "path": self.path,
+            "out": self.out,
+            "ok": self.ok,
+            "summary": self.summary,
+            "flagged": {name: list(words) for name, words in self.flagged.items()},
+            "load": None if self.load is None else self.load.to_dict(),
+            "against": self.against,
+            "changes": {k: v if math.isfinite(v) else str(v) for k, v in self.changes.items()},
+        }
+
     def __str__(self) -> str:
         return self.summary + "\n"
 

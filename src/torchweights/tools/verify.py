@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, TorchWeightsError
 from ..limits import DEFAULT_LIMITS, Limits
+from ..progress import ProgressCallback, current, metered
 from ..storage.crc import crc32
 from ..structs import structure
 from ..text import format_bytes, plural, quote, shorten_list
@@ -141,6 +142,7 @@ def sha256_file(path: str) -> str:
         CheckpointNotFoundError, CheckpointReadError: the file cannot be read.
     """
     digest = hashlib.sha256()
+    meter = current()
     try:
         with open(path, "rb") as fh:
             while True:
@@ -148,6 +150,8 @@ def sha256_file(path: str) -> str:
                 if not piece:
                     break
                 digest.update(piece)
+                if meter is not None:
+                    meter.advance(len(piece))
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"{quote(path)} does not exist.", path=path) from None
     except OSError as exc:
@@ -199,6 +203,7 @@ def verify(
     manifest: str | os.PathLike[str] | None = None,
     allow_globals: Iterable[str] = (),
     limits: Limits = DEFAULT_LIMITS,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Check a checkpoint's integrity (see the module docstring); problems are reported, not raised.
 
@@ -207,6 +212,9 @@ def verify(
         manifest: a ``SHA256SUMS`` file to check every file of the checkpoint against.
         allow_globals: pickle globals you trust, for reading the records of pickle-based files.
         limits: resource bounds for hostile files.
+        progress: ``progress(done_bytes, total_bytes)`` for the bytes read (zip members checked against their
+            CRC-32, files hashed for the manifest); the total grows as each file is reached. See
+            :mod:`torchweights.progress`.
 
     Returns:
         A :class:`VerifyReport`; ``report.ok`` is True when every check passed.
@@ -222,12 +230,13 @@ def verify(
     fmt = detect(name)
     options = ReadOptions(allow_globals=frozenset(allow_globals), limits=limits)
     report = VerifyReport(name, fmt)
-    if fmt == "sharded":
-        _verify_sharded(report, name, options)
-    else:
-        _verify_file(report, name, fmt, options)
-    if manifest is not None:
-        _verify_manifest(report, os.fspath(manifest))
+    with metered(progress):
+        if fmt == "sharded":
+            _verify_sharded(report, name, options)
+        else:
+            _verify_file(report, name, fmt, options)
+        if manifest is not None:
+            _verify_manifest(report, os.fspath(manifest))
     return report
 
 
@@ -271,8 +280,11 @@ def _verify_zip(report: VerifyReport, path: str, where: str) -> None:
             report.add(f"{where}: zip structure", True, f"{plural(len(directory.members), 'member')}")
         bad: list[str] = []
         checked = 0
+        meter = current()
+        if meter is not None:
+            meter.grow(sum(m.compressed_size for m in directory.members if _checkable(m, size)))
         for member in directory.members:
-            if member.data_offset < 0 or member.data_end > size or member.compress_type not in (0, 8):
+            if not _checkable(member, size):
                 continue  # already reported as a structure problem
             checked += 1
             mismatch = _member_crc_problem(fh, member)
@@ -283,12 +295,18 @@ def _verify_zip(report: VerifyReport, path: str, where: str) -> None:
             report.add(f"{where}: member CRC-32", True, f"{plural(checked, 'member')} match their recorded CRC-32")
 
 
+def _checkable(member: Any, size: int) -> bool:
+    """Whether a member's bytes lie in the file and are stored or deflated: their CRC-32 can be checked."""
+    return member.data_offset >= 0 and member.data_end <= size and member.compress_type in (0, 8)
+
+
 def _member_crc_problem(fh: Any, member: Any) -> str | None:
     """Why a member's bytes do not match its recorded CRC-32 and size, or None."""
     fh.seek(member.data_offset)
     remaining = member.compressed_size
     crc = 0
     produced = 0
+    meter = current()
     inflater = zlib.decompressobj(-15) if member.compress_type == 8 else None
     try:
         while remaining > 0:
@@ -296,6 +314,8 @@ def _member_crc_problem(fh: Any, member: Any) -> str | None:
             if not piece:
                 return f"cut off after {member.compressed_size - remaining:,} of {member.compressed_size:,} bytes"
             remaining -= len(piece)
+            if meter is not None:
+                meter.advance(len(piece))
             if inflater is not None:
                 piece = inflater.decompress(piece)
                 if produced + len(piece) > member.size:
@@ -399,6 +419,9 @@ def _verify_manifest(report: VerifyReport, manifest: str) -> None:
         if expected is None:
             report.add(label, False, f"not listed in {quote(manifest)}", "not-in-manifest")
             continue
+        meter = current()
+        if meter is not None and os.path.isfile(path):
+            meter.grow(os.path.getsize(path))
         actual = sha256_file(path)
         if actual == expected:
             report.add(label, True, actual)

@@ -31,12 +31,15 @@ from typing import Any
 
 from ...errors import RuleError
 from ...limits import DEFAULT_LIMITS, Limits
-from ...plan.selection import select_weights
+from ...plan.selection import Selection, select_weights
+from ...progress import ProgressCallback, metered
 from ...records import Checkpoint
 from ...text import quote
 from ...writers.atomic import Outputs
 from .plan import (
     META_PREFIX,
+    Destination,
+    Item,
     destination,
     json_extras,
     parse_size,
@@ -65,6 +68,7 @@ def convert(
     extras: bool = True,
     allow_globals: Iterable[str] = (),
     limits: Limits = DEFAULT_LIMITS,
+    progress: ProgressCallback | None = None,
 ) -> ConvertReport:
     """Write the weights of ``src`` to ``dst`` as safetensors (or a plain torch file), streaming and verified.
 
@@ -87,6 +91,8 @@ def convert(
         extras: save non-tensor data that is plain (epoch, hyper-parameters) as ``<stem>.extras.json``.
         allow_globals: pickle globals you trust (see :func:`torchweights.open`).
         limits: resource bounds for hostile files.
+        progress: ``progress(done_bytes, total_bytes)``: the sources hashed (sha256, recorded in the output), the
+            tensor bytes written, and with ``verify`` read again; see :mod:`torchweights.progress`.
 
     Returns:
         A :class:`ConvertReport`.
@@ -99,7 +105,6 @@ def convert(
         TorchWeightsError: the source cannot be read.
     """
     from ...api import open as open_checkpoint
-    from ..verify import sha256_file
 
     started = time.perf_counter()
     if to not in ("safetensors", "torch"):
@@ -121,6 +126,32 @@ def convert(
         _need_torch()
     dest = destination(os.fspath(dst), to)
     sources = [os.path.abspath(f) for f in (ckpt.files or (ckpt.path,))]
+    nbytes = sum(item.nbytes for item in items)
+    hashed = sum(os.path.getsize(f) for f in sources if os.path.isfile(f))
+    with metered(progress, hashed + nbytes * (2 if verify else 1)):
+        return _convert(
+            ckpt, selection, notes, items, aliases, dest, sources, to, limit, verify, force, extras, started
+        )
+
+
+def _convert(
+    ckpt: Checkpoint,
+    selection: Selection,
+    notes: list[str],
+    items: list[Item],
+    aliases: dict[str, str],
+    dest: Destination,
+    sources: list[str],
+    to: str,
+    limit: int,
+    verify: bool,
+    force: bool,
+    extras: bool,
+    started: float,
+) -> ConvertReport:
+    """The conversion itself, once checked and planned (see :func:`convert`), under the progress meter."""
+    from ..verify import sha256_file
+
     digests = {os.path.basename(f): sha256_file(f) for f in sources if os.path.isfile(f)}
     source_sha = next(iter(digests.values()), "")
     report = ConvertReport(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from ... import dtypes
+from ... import dtypes, progress
 from ...errors import WriteError
 from ...records import Checkpoint, TensorRecord
 from ...storage.contents import CHUNK_BYTES, logical_chunks
@@ -27,10 +27,15 @@ def _as_bytes(tensor: Any) -> bytearray:
 
 
 def chunks(item: Item, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytearray]:
-    """The output bytes of ``item``: the source's logical bytes, cast piece by piece when asked."""
+    """The output bytes of ``item``: the source's logical bytes, cast piece by piece when asked (each piece told
+    to the current progress meter)."""
     if not item.cast:
-        yield from logical_chunks(item.record, chunk_bytes)
+        yield from _told(logical_chunks(item.record, chunk_bytes))
         return
+    yield from _told(_cast(item, chunk_bytes))
+
+
+def _cast(item: Item, chunk_bytes: int) -> Iterator[bytearray]:
     import torch
 
     source, target = dtypes.to_torch(item.record.dtype), dtypes.to_torch(item.dtype)
@@ -48,7 +53,16 @@ def span_source(record: TensorRecord, lo: int, hi: int) -> Callable[[], Iterator
     """Bytes ``[lo, hi)`` of ``record``'s storage, little-endian, in chunks."""
     size = record.itemsize
     whole = replace(record, shape=((hi - lo) // size,), stride=(1,), storage_offset=lo // size)
-    return lambda: logical_chunks(whole)
+    return lambda: _told(logical_chunks(whole))
+
+
+def _told(pieces: Iterator[bytearray]) -> Iterator[bytearray]:
+    """``pieces``, each told to the current progress meter once it was used."""
+    meter = progress.current()
+    for piece in pieces:
+        yield piece
+        if meter is not None:
+            meter.advance(len(piece))
 
 
 def _same_bytes(a: Iterable[bytes | bytearray | memoryview], b: Iterable[bytes | bytearray | memoryview]) -> bool:

@@ -57,7 +57,7 @@ class Finding:
         offset: byte offset of the opcode in the pickle's buffer (the member, or the file).
         name: the global referenced, as ``module.qualname`` (for TorchScript code, the operator or name used).
         line: the 1-based line of a TorchScript source file (``ts-*`` findings, see
-        :mod:`~torchweights.tools.scan.tscode`).
+            :mod:`~torchweights.tools.scan.tscode`).
     """
 
     severity: Severity
@@ -138,6 +138,8 @@ class ScanReport:
         load_refuses: the globals ``tw.load`` refuses the file for (dangerous names in the pickles it reads);
             empty when it reads the file, or when ``load_error`` already says why it cannot.
         seconds: time taken.
+        files: the files loading reads for this path (a sharded set's index and shards, a distributed
+            checkpoint's ``.distcp`` files); empty when loading refuses it.
     """
 
     path: str
@@ -150,6 +152,7 @@ class ScanReport:
     load_error: TorchWeightsError | None = None
     load_refuses: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
 
     @property
     def loads(self) -> bool:

@@ -162,6 +162,7 @@ class Scanner(FileWalk):
             self.add(Finding(Severity.ERROR, "scan-failed", f"opening it failed: {type(exc).__name__}", self.path))
             return None
         self.report.format = checkpoint.format
+        self.report.files = list(checkpoint.files)
         for record in checkpoint.records.values():
             ref = record.storage
             if ref is not None and ref.member is not None:

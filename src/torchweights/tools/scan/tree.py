@@ -1,0 +1,324 @@
+"""``tw.scan_tree``: scan every checkpoint under folders (``torchweights scan DIR``), with one summary.
+
+What is one checkpoint, and so one :class:`~.report.ScanReport`:
+
+* a file named on its own (any name: it is read by its content, as ``tw.scan`` reads it);
+* in a folder walked, every file whose name matches an ``include`` glob (default :data:`DEFAULT_INCLUDE`, the names
+  checkpoints are saved under) and no ``exclude`` glob;
+* a sharded set, under its index (``*.index.json``): the shards the index names are scanned with it and not again on
+  their own (a shard the index does not name, or every shard when the index cannot be read, is scanned on its own);
+* a torch.distributed.checkpoint folder (one holding a ``.metadata`` file): the folder is one checkpoint, its
+  ``.distcp`` files are not scanned again; other files in it still are.
+
+Globs (``fnmatch``: ``*``, ``?``, ``[abc]``) match case-insensitively; one without ``/`` matches the name of a file
+or folder, one with ``/`` its path relative to the folder walked (``sub/*.bin``). ``exclude`` also prunes folders
+(``--exclude .git``). ``include`` replaces the default list.
+
+Links: a symbolic link to a file is scanned (the file a loader would open through that name; a Hugging Face cache
+snapshot is links into ``../../blobs``), each real file once. A link to a folder is followed only when the folder
+lies inside the tree being walked and was not walked already: no loops, nothing outside the tree; the others are
+listed in :attr:`TreeScan.skipped`. A folder that cannot be listed is a report of its own, verdict ``unreadable``
+(never silently clean).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import field
+from typing import Any
+
+from ...errors import RuleError
+from ...limits import DEFAULT_LIMITS, Limits
+from ...progress import Meter, ProgressCallback
+from ...structs import structure
+from ...text import plural, printable, quote
+from .report import Finding, ScanReport, Severity, Verdict
+from .scanner import scan
+
+__all__ = ["DEFAULT_INCLUDE", "FAIL_ON", "TreeScan", "exit_code", "scan_tree"]
+
+#: The file names a folder walk scans by default: those PyTorch, Hugging Face, NumPy and pickle checkpoints are
+#: saved under. ``include=["*"]`` scans every file (each by its content).
+DEFAULT_INCLUDE: tuple[str, ...] = (
+    "*.pt",
+    "*.pth",
+    "*.pt2",
+    "*.bin",
+    "*.ckpt",
+    "*.safetensors",
+    "*.index.json",
+    "*.pkl",
+    "*.pickle",
+    "*.joblib",
+    "*.npy",
+    "*.npz",
+    "*.tar",
+    "*.mar",
+)
+
+#: What ``--fail-on`` can name, and the exit code each gives: a dangerous file, a file with unknown classes (an
+#: ``unknown-global`` warning: loading makes them inert stubs), a file that could not be fully read.
+FAIL_ON: dict[str, int] = {"dangerous": 1, "unknown": 1, "unreadable": 2}
+
+#: ``--fail-on``'s default, which is the exit code of a scan without it: 1 dangerous, else 2 unreadable, else 0.
+DEFAULT_FAIL_ON: tuple[str, ...] = ("dangerous", "unreadable")
+
+_DCP_METADATA = ".metadata"
+
+
+@structure
+class TreeScan:
+    """Every report of a scan of files and folders, and their summary.
+
+    Attributes:
+        reports: one :class:`~.report.ScanReport` per checkpoint, in the order found (folders walked in name order).
+        skipped: ``(path, reason)`` for each link not followed.
+        walked: whether a folder was walked (not only files and checkpoint folders named).
+    """
+
+    reports: list[ScanReport] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    walked: bool = False
+
+    def counts(self) -> dict[str, int]:
+        """Reports per verdict, every verdict present (``{"clean": 297, "dangerous": 2, "unreadable": 1}``)."""
+        counts = dict.fromkeys(Verdict, 0)
+        for report in self.reports:
+            counts[report.verdict] += 1
+        return {str(v): n for v, n in counts.items()}
+
+    @property
+    def unknown(self) -> list[ScanReport]:
+        """The reports that name a class scan does not know (an ``unknown-global`` finding, latent or not)."""
+        return [r for r in self.reports if any(f.code.endswith("unknown-global") for f in r.findings)]
+
+    @property
+    def summary(self) -> str:
+        """One line: ``300 files: 297 clean, 2 dangerous, 1 unreadable`` (verdicts with no file left out)."""
+        counts = [f"{n} {verdict}" for verdict, n in self.counts().items() if n]
+        unknown = len(self.unknown)
+        if unknown:
+            counts.append(f"{unknown} with unknown classes")
+        return f"{plural(len(self.reports), 'file')}: " + (", ".join(counts) if counts else "nothing to scan")
+
+    def exit_code(self, fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> int:
+        """The command line's exit code: see :func:`exit_code`."""
+        return exit_code(self, fail_on)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: every report, the summary (its line and the counts), and the links skipped."""
+        return {
+            "reports": [r.to_dict() for r in self.reports],
+            "summary": {
+                "files": len(self.reports),
+                **self.counts(),
+                "unknown": len(self.unknown),
+                "text": self.summary,
+            },
+            "skipped": [{"path": p, "reason": why} for p, why in self.skipped],
+        }
+
+    def __str__(self) -> str:
+        """One line per file (``verdict  path  (first finding)``), the links skipped, then the summary."""
+        rows = []
+        for report in self.reports:
+            # load-refused restates another finding (the reader's own error) when there is one: show that one
+            telling = [f for f in report.findings if f.code != "load-refused"] or report.findings
+            first = telling[0] if telling else None
+            rows.append(f"{report.verdict:<10}  {printable(report.path)}" + (f"  ({_short(first)})" if first else ""))
+        rows += [f"{'skipped':<10}  {printable(path)}  ({why})" for path, why in self.skipped]
+        return "\n".join([*rows, self.summary]) + "\n"
+
+    def __repr__(self) -> str:
+        return f"<TreeScan: {self.summary}>"
+
+
+def _short(finding: Finding) -> str:
+    """A finding in a few words: its code, the global it names, and where."""
+    text = finding.code + (f" {printable(finding.name)}" if finding.name else "")
+    if finding.member:
+        member = printable(finding.member)
+        text += f" in {member if len(member) <= 40 else member[:37] + '...'}"
+    return text
+
+
+def exit_code(tree: TreeScan, fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> int:
+    """1 when ``dangerous`` (or ``unknown``) is in ``fail_on`` and a file is so, else 2 when ``unreadable`` is and a
+    file is, else 0. The default is the exit code of ``torchweights scan`` without ``--fail-on``.
+
+    Raises:
+        RuleError: ``fail_on`` names something else (code ``bad-fail-on``).
+    """
+    wanted = {fail_on} if isinstance(fail_on, str) else set(fail_on)
+    wrong = wanted - set(FAIL_ON)
+    if wrong:
+        raise RuleError(
+            f"fail_on={sorted(wrong)!r} names no condition scan reports. Fix: pass some of "
+            f"{', '.join(map(repr, FAIL_ON))}.",
+            code="bad-fail-on",
+        )
+    counts = tree.counts()
+    if "dangerous" in wanted and counts["dangerous"]:
+        return FAIL_ON["dangerous"]
+    if "unknown" in wanted and tree.unknown:
+        return FAIL_ON["unknown"]
+    if "unreadable" in wanted and counts["unreadable"]:
+        return FAIL_ON["unreadable"]
+    return 0
+
+
+def scan_tree(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
+    allow_globals: Iterable[str] = (),
+    progress: ProgressCallback | None = None,
+) -> TreeScan:
+    """Scan files and every checkpoint under folders, recursively (see the module docstring for what one
+    checkpoint is, the globs and the links).
+
+    Args:
+        paths: one path or several: files (scanned whatever their name), folders (walked; a distributed checkpoint
+            folder is one checkpoint).
+        include: globs of the files to scan in folders; default :data:`DEFAULT_INCLUDE`.
+        exclude: globs of files and folders to leave out.
+        limits: resource bounds, as :func:`~.scanner.scan` takes them.
+        allow_globals: names you trust, as :func:`~.scanner.scan` takes them.
+        progress: ``progress(done_files, total_files)``, see :mod:`torchweights.progress`.
+
+    Returns:
+        A :class:`TreeScan`; like :func:`~.scanner.scan` it never raises for a bad file or folder.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    walk = _Walk(tuple(include if include is not None else DEFAULT_INCLUDE), tuple(exclude))
+    for path in paths:
+        walk.top(os.fspath(path))
+    allowed = frozenset(allow_globals)
+    tree = TreeScan(skipped=walk.skipped, walked=walk.walked)
+    meter = Meter(progress, len(walk.units))
+    meter.advance(0)  # the total, before the first file (which may take a while)
+    covered: set[tuple[int, int]] = set()
+    # sharded sets and distributed checkpoints first: the files they cover are not scanned again
+    order = sorted(range(len(walk.units)), key=lambda i: not walk.units[i][1])
+    results: dict[int, ScanReport] = {}
+    for i in order:
+        path, is_set, failure = walk.units[i]
+        if failure is not None:
+            results[i] = failure
+        elif not is_set and _identity(path) in covered:
+            meter.advance(1)
+            continue
+        else:
+            results[i] = scan(path, limits=limits, allow_globals=allowed)
+            if is_set:
+                covered.update(_identity(f) for f in results[i].files)
+        meter.advance(1)
+    tree.reports = [results[i] for i in sorted(results)]
+    meter.finish()
+    return tree
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """The real file behind ``path`` (through links), or a value matching nothing when it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (-1, id(path))
+    return (info.st_dev, info.st_ino)
+
+
+class _Walk:
+    """Finds the checkpoints under the paths: :attr:`units` is ``(path, is_set, failure)`` for each, ``is_set``
+    True for a sharded index or a distributed-checkpoint folder, ``failure`` a ready report for a folder that could
+    not be listed."""
+
+    def __init__(self, include: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+        self.include = include
+        self.exclude = exclude
+        self.units: list[tuple[str, bool, ScanReport | None]] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.seen_files: set[tuple[int, int]] = set()
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.walked = False
+
+    def top(self, path: str) -> None:
+        if not os.path.isdir(path):
+            self.units.append((path, False, None))  # a file, or nothing: scan says what it is
+            return
+        if os.path.isfile(os.path.join(path, _DCP_METADATA)):
+            self.units.append((path, True, None))
+            return
+        self.walked = True
+        self.directory(path, os.path.realpath(path), "")
+
+    def directory(self, path: str, root: str, relative: str) -> None:
+        info = os.stat(path)
+        self.seen_dirs.add((info.st_dev, info.st_ino))
+        try:
+            with os.scandir(path) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            report = ScanReport(path, complete=False)
+            report.findings.append(
+                Finding(
+                    Severity.ERROR,
+                    "scan-failed",
+                    f"the folder could not be listed ({exc.strerror or type(exc).__name__}), so what it holds was not "
+                    "scanned. Fix: make it readable, or --exclude it.",
+                    path,
+                )
+            )
+            self.units.append((path, False, report))
+            return
+        names = {e.name for e in entries}
+        dcp = _DCP_METADATA in names and os.path.isfile(os.path.join(path, _DCP_METADATA))
+        if dcp:
+            self.units.append((path, True, None))
+        for entry in entries:
+            child = f"{relative}/{entry.name}" if relative else entry.name
+            if self.matches(self.exclude, child):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                self.directory(entry.path, root, child)
+            elif entry.is_symlink() and entry.is_dir():
+                self.linked_directory(entry.path, root, child)
+            elif dcp and (entry.name == _DCP_METADATA or entry.name.endswith(".distcp")):
+                continue  # the folder's scan reads them
+            elif self.matches(self.include, child) and self.new_file(entry.path):
+                self.units.append((entry.path, entry.name.lower().endswith(".index.json"), None))
+
+    def linked_directory(self, path: str, root: str, relative: str) -> None:
+        target = os.path.realpath(path)
+        info = os.stat(target)
+        if os.path.commonpath([root, target]) != root:
+            self.skipped.append((path, f"a link to {quote(target)}, outside the folder scanned: not followed"))
+        elif (info.st_dev, info.st_ino) in self.seen_dirs:
+            self.skipped.append((path, f"a link to {quote(target)}, a folder already scanned"))
+        else:
+            self.directory(path, root, relative)
+
+    def new_file(self, path: str) -> bool:
+        """False for a file reached before under another name (a link); a broken link is new (scan reports it)."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return True
+        if not stat.S_ISREG(info.st_mode):
+            return False  # a pipe, device or socket: nothing a checkpoint is saved as
+        key = (info.st_dev, info.st_ino)
+        if key in self.seen_files:
+            return False
+        self.seen_files.add(key)
+        return True
+
+    @staticmethod
+    def matches(globs: tuple[str, ...], relative: str) -> bool:
+        name = relative.rsplit("/", 1)[-1].lower()
+        lowered = relative.lower()
+        return any(fnmatch.fnmatchcase(lowered if "/" in g else name, g.lower()) for g in globs)

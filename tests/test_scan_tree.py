@@ -1,0 +1,204 @@
+"""``tw.scan_tree`` and ``torchweights scan DIR``: recursion, include/exclude globs, sharded sets and distributed
+checkpoints as one checkpoint, links (loops, outside the tree), the summary, ``--fail-on`` and the JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import torchweights as tw
+from security._helpers import Reduce
+from torchweights.cli import main
+
+
+class Unknown:
+    """A class no table knows: scan warns (unknown-global), the verdict stays clean."""
+
+
+def _evil(path: Path) -> None:
+    torch.save({"w": torch.ones(2), "x": Reduce(os.system, "true")}, path)
+
+
+def _clean(path: Path) -> None:
+    torch.save({"w": torch.arange(4.0)}, path)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """root/{a.pt, notes.txt, broken.bin, sub/{b.pth, deep/evil.pt, data.npy}, unknown.pkl, set/ (a sharded set)}."""
+    root = tmp_path / "root"
+    (root / "sub" / "deep").mkdir(parents=True)
+    _clean(root / "a.pt")
+    (root / "notes.txt").write_text("not a checkpoint, not scanned by default")
+    (root / "broken.bin").write_bytes(b"\x80\x02}q\x00")  # a pickle cut short
+    _clean(root / "sub" / "b.pth")
+    _evil(root / "sub" / "deep" / "evil.pt")
+    with (root / "unknown.pkl").open("wb") as f:
+        pickle.dump({"x": Unknown()}, f)
+    import numpy as np
+
+    np.save(root / "sub" / "data.npy", np.arange(3))
+    shards = root / "set"
+    shards.mkdir()
+    torch.save({"a": torch.ones(2)}, shards / "pytorch_model-00001-of-00002.bin")
+    torch.save({"b": torch.ones(2)}, shards / "pytorch_model-00002-of-00002.bin")
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin"},
+    }
+    (shards / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    _clean(shards / "training_args.bin")  # next to the set, not in it: scanned on its own
+    return root
+
+
+def _names(result: tw.TreeScan, root: Path) -> dict[str, str]:
+    return {os.path.relpath(r.path, root): str(r.verdict) for r in result.reports}
+
+
+def test_recursion_finds_every_checkpoint_once(tree: Path) -> None:
+    done: list[tuple[int, int]] = []
+    result = tw.scan_tree(tree, progress=lambda d, t: done.append((d, t)))
+    assert _names(result, tree) == {
+        "a.pt": "clean",
+        "broken.bin": "unreadable",
+        "set/pytorch_model.bin.index.json": "clean",
+        "set/training_args.bin": "clean",
+        "sub/b.pth": "clean",
+        "sub/data.npy": "clean",
+        "sub/deep/evil.pt": "dangerous",
+        "unknown.pkl": "clean",
+    }
+    shards = next(r for r in result.reports if r.path.endswith("index.json")).files
+    assert sum(f.endswith("-of-00002.bin") for f in shards) == 2  # the set is one checkpoint, shards inside it
+    assert result.summary == "8 files: 6 clean, 1 dangerous, 1 unreadable, 1 with unknown classes"
+    assert result.walked and not result.skipped
+    # progress: files, never decreasing, ending at the total (the two shards count, as files skipped)
+    assert done[-1] == (10, 10) and [d for d, _ in done] == sorted(d for d, _ in done)
+
+
+def test_include_and_exclude_globs(tree: Path) -> None:
+    only = tw.scan_tree(tree, include=["*.PTH", "deep/*"])  # case-insensitive; with a slash: the relative path
+    assert sorted(_names(only, tree)) == ["sub/b.pth"]  # "deep/*" is relative to the root: sub/deep/... is not
+    only = tw.scan_tree(tree, include=["*.pth", "sub/deep/*"])
+    assert sorted(_names(only, tree)) == ["sub/b.pth", "sub/deep/evil.pt"]
+    pruned = tw.scan_tree(tree, exclude=["deep", "*.bin", "set"])
+    assert sorted(_names(pruned, tree)) == ["a.pt", "sub/b.pth", "sub/data.npy", "unknown.pkl"]
+    everything = tw.scan_tree(tree, include=["*"], exclude=["set"])
+    assert _names(everything, tree)["notes.txt"] == "unreadable"  # every file by its content
+
+
+def test_without_the_index_each_shard_is_its_own_checkpoint(tree: Path) -> None:
+    result = tw.scan_tree(tree / "set", include=["*.bin"])
+    assert sorted(_names(result, tree / "set")) == [
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "training_args.bin",
+    ]
+
+
+def test_links_loops_and_outside_the_tree(tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _evil(outside / "far.pt")
+    (tree / "sub" / "deep" / "loop").symlink_to(tree)  # a loop back to the root
+    (tree / "elsewhere").symlink_to(outside)  # a folder outside the tree: not followed
+    (tree / "alias.pt").symlink_to(tree / "a.pt")  # the same file twice: scanned once
+    (tree / "far.pt").symlink_to(outside / "far.pt")  # a file link: scanned (what a loader opens by that name)
+    (tree / "dangling.pt").symlink_to(tmp_path / "gone.pt")
+    result = tw.scan_tree(tree)
+    names = _names(result, tree)
+    assert names["far.pt"] == "dangerous" and names["dangling.pt"] == "unreadable"
+    assert ("alias.pt" in names) != ("a.pt" in names)
+    assert not any(n.startswith(("elsewhere", "sub/deep/loop")) for n in names)
+    skipped = {os.path.relpath(p, tree): why for p, why in result.skipped}
+    assert "outside the folder scanned" in skipped["elsewhere"]
+    assert "already scanned" in skipped["sub/deep/loop"]
+
+
+def test_distributed_checkpoint_folder_is_one_checkpoint(tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    root = tmp_path / "runs"
+    dcp.save({"w": torch.ones(3)}, checkpoint_id=str(root / "step1"))
+    _clean(root / "step1" / "extra.pt")
+    result = tw.scan_tree(root)
+    # one report for the folder (unreadable: tw.load does not read these folders yet), none per .distcp file
+    assert _names(result, root) == {"step1": "unreadable", "step1/extra.pt": "clean"}
+    assert not tw.scan_tree(root / "step1").walked  # named directly: one checkpoint, as tw.scan reads it
+
+
+def test_unlistable_folder_is_unreadable(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tree / "locked"
+    locked.mkdir()
+    real = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = tw.scan_tree(tree, include=["*.pt"])
+    names = _names(result, tree)
+    assert names["locked"] == "unreadable" and names["a.pt"] == "clean"
+    (report,) = [r for r in result.reports if r.path == str(locked)]
+    assert "could not be listed (Permission denied)" in report.findings[0].message
+
+
+def test_cli_lines_summary_and_fail_on(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(tree)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    evil = next(line for line in out if "evil.pt" in line)
+    assert evil.startswith("dangerous ") and "(dangerous-global " in evil and "system" in evil
+    broken = next(line for line in out if "broken.bin" in line)
+    # the reader's own code, not load-refused (which restates it)
+    assert broken.startswith("unreadable ") and "(load-refused)" not in broken and broken.endswith(")")
+    assert out[-1] == "8 files: 6 clean, 1 dangerous, 1 unreadable, 1 with unknown classes"
+    assert len(out) == 9
+    codes = {
+        ("--fail-on", "unreadable"): 2,
+        ("--fail-on", "dangerous", "--exclude", "broken.bin"): 1,
+        ("--fail-on", "unknown", "--exclude", "evil.pt"): 1,
+        ("--fail-on", "dangerous,unreadable", "--exclude", "evil.pt"): 2,
+        ("--fail-on", "dangerous", "--exclude", "evil.pt"): 0,
+        ("--exclude", "evil.pt", "--exclude", "broken.bin"): 0,
+    }
+    for options, expected in codes.items():
+        assert main(["scan", str(tree), *options]) == expected, options
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["scan", str(tree), "--fail-on", "warnings"])
+    assert exc.value.code == 2 and "choose from dangerous, unknown, unreadable" in capsys.readouterr().err
+    with pytest.raises(tw.RuleError, match="fail_on=\\['warnings'\\] names no condition") as error:
+        tw.scan_tree(tree / "a.pt").exit_code(["dangerous", "warnings"])
+    assert error.value.code == "bad-fail-on"
+    assert tw.scan_tree(tree / "sub" / "deep").exit_code("unreadable") == 0
+
+
+def test_cli_json_has_every_report_and_the_summary(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", "--json", str(tree), "--exclude", "set"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["reports"]) == 6 and doc["skipped"] == []
+    assert doc["summary"] == {
+        "files": 6,
+        "clean": 4,
+        "dangerous": 1,
+        "unreadable": 1,
+        "unknown": 1,
+        "text": "6 files: 4 clean, 1 dangerous, 1 unreadable, 1 with unknown classes",
+    }
+
+
+def test_cli_files_named_keep_their_full_reports(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(tree / "a.pt"), str(tree / "sub" / "b.pth")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": CLEAN") == 2 and out.rstrip().endswith("2 files: 2 clean")
+    assert main(["scan", str(tree / "a.pt")]) == 0
+    out = capsys.readouterr().out
+    assert ": CLEAN" in out and "files:" not in out
