@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .tools.convert.report import ConvertReport
     from .tools.convert.run import convert
     from .tools.diff import DiffReport, diff
+    from .tools.html_report import HtmlReport, html_report
     from .tools.scan.report import Finding, ScanReport
     from .tools.scan.scanner import scan
     from .tools.scan.tree import TreeScan, scan_tree
@@ -65,6 +66,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DiffReport",
     "Finding",
+    "HtmlReport",
     "LoadError",
     "LoadReport",
     "Limits",
@@ -85,6 +87,7 @@ __all__ = [
     "__version__",
     "convert",
     "diff",
+    "html_report",
     "load",
     "load_into",
     "load_model",
@@ -107,6 +110,8 @@ _LAZY: dict[str, str] = {
     "ConvertReport": "tools.convert.report",
     "diff": "tools.diff",
     "DiffReport": "tools.diff",
+    "html_report": "tools.html_report",
+    "HtmlReport": "tools.html_report",
     "Limits": "limits",
     "Checkpoint": "records",
     "StorageRef": "records",

@@ -1049,6 +1049,12 @@ CODES: dict[str, ErrorCode] = {
         causes="an option that builds tensors (`dtype=` in convert, `tw.load`) without torch installed",
         fix="`pip install torchweights[torch]`, or leave out the option that needs it",
     ),
+    "needs-matplotlib": ErrorCode(
+        RuleError,
+        "the HTML report's plots need matplotlib, which is not installed",
+        causes="`torchweights report --html` or `tw.html_report` where only `pip install torchweights` was installed",
+        fix="`pip install 'torchweights[report]'` (matplotlib), then run the report again",
+    ),
     "nothing-selected": ErrorCode(
         RuleError,
         "the options (or a select= pattern) select no tensor at all",

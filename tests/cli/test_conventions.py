@@ -104,6 +104,11 @@ CASES: dict[str, dict[int, list[str]]] = {
         2: ["verify", "{bad}"],
     },
     "completion": {0: ["completion", "bash"]},
+    "report": {
+        0: ["report", "{fits}", "--html", "{out}"],
+        1: ["report", "{wide}", "--model", "{models}:build", "--html", "{out}"],  # 1.weight left as initialised
+        2: ["report", "{missing}", "--html", "{out}"],
+    },
 }
 
 
@@ -177,6 +182,7 @@ BROKEN: dict[str, tuple[list[str], list[str]]] = {
     "diff": (["diff", "{missing}", "{fits}"], ["diff", "{fits}", "{bad}"]),
     "convert": (["convert", "{missing}", "{out}"], ["convert", "{bad}", "{out}"]),
     "verify": (["verify", "{missing}"], ["verify", "{bad}"]),
+    "report": (["report", "{missing}", "--html", "{out}"], ["report", "{bad}", "--html", "{out}"]),
 }
 
 

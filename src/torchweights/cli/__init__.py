@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Subcommand modules under ``torchweights.cli``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("inspect", "scan", "check", "diff", "convert", "verify", "completion")
+COMMANDS: tuple[str, ...] = ("inspect", "scan", "check", "diff", "convert", "verify", "report", "completion")
 
 EXIT_OK = 0
 EXIT_UNREADABLE = 2

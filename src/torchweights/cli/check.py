@@ -32,7 +32,16 @@ from ..errors import RuleError
 from . import EXIT_OK, EXIT_UNREADABLE, print_error
 from ._options import add_allow_global, add_verb
 
-__all__ = ["EXAMPLES", "EXIT_CODES", "EXIT_DOES_NOT_FIT", "ModelFactoryError", "build_model", "register", "run"]
+__all__ = [
+    "EXAMPLES",
+    "EXIT_CODES",
+    "EXIT_DOES_NOT_FIT",
+    "ModelFactoryError",
+    "build_model",
+    "factory_spec",
+    "register",
+    "run",
+]
 
 #: The checkpoint was read but does not fit the model under the options given.
 EXIT_DOES_NOT_FIT = 1
@@ -71,7 +80,8 @@ def _rename(text: str) -> tuple[str, str]:
     return pattern, replacement
 
 
-def _factory_spec(text: str) -> str:
+def factory_spec(text: str) -> str:
+    """``--model`` as argparse checks it: ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY``."""
     module, sep, attr = text.rpartition(":")
     if not sep or not module or not attr:
         raise argparse.ArgumentTypeError(
@@ -99,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--model",
         metavar="MODULE:FACTORY",
         required=True,
-        type=_factory_spec,
+        type=factory_spec,
         help="a callable returning the nn.Module, called without arguments: 'pkg.models:build' or 'models.py:Net'",
     )
     parser.add_argument(

@@ -225,6 +225,27 @@ class LoadReport:
     def __repr__(self) -> str:
         return f"<LoadReport {quote(self.plan.source)} into {printable(self.plan.model)}: {self.headline()}>"
 
+    def _repr_html_(self) -> str:
+        """The report as a notebook shows it: the result line coloured by outcome, the choices made and every
+        action that is not a plain load first (escaped: names come from the file)."""
+        from .html import action_table, card, load_state
+
+        plan = self.plan
+        return card(
+            "LoadReport",
+            load_state(self),
+            self.headline(),
+            [
+                ("source", plan.source),
+                ("model", plan.model),
+                ("container", plan.container.name or "the root"),
+                ("prefix", plan.prefix.evidence),
+                ("bytes read", self.bytes_read),
+            ],
+            [action_table(self)[0]],
+            self.notes,
+        )
+
 
 #: Bits of a value each integer dtype holds, and bits of mantissa (with the implicit one) of each float dtype.
 _INT_BITS = {"bool": 1, "uint8": 8, "int8": 7, "uint16": 16, "int16": 15, "uint32": 32, "int32": 31}

@@ -230,6 +230,21 @@ class DiffReport:
     def __repr__(self) -> str:
         return f"<DiffReport {quote(self.a)} vs {quote(self.b)}: {self.summary}>"
 
+    def _repr_html_(self) -> str:
+        """The report as a notebook shows it: the summary and every tensor that is not identical (escaped)."""
+        from ..report.html import Table, card
+
+        rows = [_row(t) for t in self.tensors if t.status != "identical"]
+        return card(
+            "DiffReport",
+            "ok" if self.identical else "warn" if self.equal else "bad",
+            self.summary,
+            [("A", self.a), ("B (reference)", self.b), ("prefix", self.prefix)]
+            + [(status, n) for status, n in self.counts().items() if n],
+            [Table("tensors that differ", ("status", "name", "detail"), rows)],
+            self.notes,
+        )
+
     def __str__(self) -> str:
         lines = [
             f"A {quote(self.a)}  ({_container(self.container_a)}; {self.prefix})",

@@ -111,6 +111,20 @@ class VerifyReport:
     def __repr__(self) -> str:
         return f"<VerifyReport {quote(self.path)} ({self.format}): {self.summary}>"
 
+    def _repr_html_(self) -> str:
+        """The report as a notebook shows it: the summary and every check, failed ones highlighted."""
+        from ..report.html import Table, card
+
+        rows = [["ok" if c.ok else "FAIL", c.name, c.detail] for c in self.checks]
+        failed = frozenset(i for i, c in enumerate(self.checks) if not c.ok)
+        return card(
+            "VerifyReport",
+            "ok" if self.ok else "bad",
+            self.summary,
+            [("path", self.path), ("format", self.format), ("files", len(self.files))],
+            [Table("checks", ("result", "check", "detail"), rows, flagged=failed)],
+        )
+
     def __str__(self) -> str:
         lines = [f"{self.path} ({self.format}): {self.summary}"]
         for check in self.checks:

@@ -80,6 +80,24 @@ class ConvertReport:
     def __repr__(self) -> str:
         return f"<ConvertReport {quote(self.source)} ({self.source_format}): {self.summary}>"
 
+    def _repr_html_(self) -> str:
+        """The report as a notebook shows it: the summary, the files written and the notes (escaped)."""
+        from ...report.html import Table, card
+
+        return card(
+            "ConvertReport",
+            "ok" if self.verified else "warn",
+            self.summary,
+            [
+                ("source", f"{self.source} ({self.source_format})"),
+                ("container", self.container or "the root"),
+                ("sha256", self.source_sha256),
+                ("tied tensors written once", len(self.aliases)),
+            ],
+            [Table("files written", ("file",), [[f] for f in self.files])],
+            self.notes,
+        )
+
     def __str__(self) -> str:
         lines = [
             f"{quote(self.source)} ({self.source_format}) -> {self.summary}",

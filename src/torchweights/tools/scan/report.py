@@ -222,6 +222,23 @@ class ScanReport:
         where = f" ({self.format})" if self.format else ""
         return f"<ScanReport {quote(self.path)}{where}: {self.summary}>"
 
+    def _repr_html_(self) -> str:
+        """The report as a notebook shows it: the verdict coloured, every finding and every global (escaped)."""
+        from ...report.html import Table, card
+
+        findings = [[f.severity, f.code, f.name or f.member or "", f.message] for f in self.findings]
+        globals_ = [[name, verdict] for name, verdict in sorted(self.globals.items())]
+        return card(
+            "ScanReport",
+            {"clean": "ok", "dangerous": "bad"}.get(self.verdict, "warn"),
+            self.summary,
+            [("path", self.path), ("format", self.format or "not loadable")],
+            [
+                Table("findings", ("severity", "code", "where", "message"), findings),
+                Table("globals", ("global", "verdict"), globals_),
+            ],
+        )
+
 
 def to_json(reports: list[ScanReport]) -> str:
     """The reports as one JSON document."""
