@@ -136,6 +136,25 @@ def main() -> int:
         except tw.UnsafeCheckpointError as exc:
             print(textwrap.fill(str(exc), 100))
         print(f"marker file created: {marker.exists()}")
+
+        banner("10. Values: a NaN and an all-zero layer load 'OK' with torch; check_values=True names them")
+        reference = folder / "pretrained.pt"
+        torch.save(pretrained().state_dict(), reference)
+        damaged = folder / "damaged.pt"
+        state = torch.load(reference, weights_only=True)
+        state["blocks.1.weight"][3, 5] = float("nan")  # a NaN from a diverged step
+        state["blocks.2.weight"].zero_()  # a layer that was never initialised
+        torch.save(state, damaged)
+        model = pretrained()
+        print("torch: load_state_dict(...) ->", model.load_state_dict(torch.load(damaged, weights_only=True)))
+        print()
+        print(tw.load_into(pretrained(), damaged, check_values=True))
+
+        banner("11. An HTML report with plots: torchweights report FILE --model M:F --against OTHER --html OUT")
+        page = Path(__file__).resolve().parent.parent / "build" / "demo-report.html"
+        options = ["--model", f"{models}:pretrained", "--against", str(reference), "--html", str(page)]
+        code = cli(["report", str(damaged), *options])
+        print(f"(exit code {code}: tensors flagged; open {page} in a browser)")
     return 0
 
 

@@ -88,7 +88,16 @@ def run(args: argparse.Namespace) -> int:
         except ModelFactoryError as e:
             print_error(e, json_output=args.json, lead="cannot build the model")
             return EXIT_UNREADABLE
-    report = html_report(args.path, args.html, model=model, against=args.against, allow_globals=args.allow_globals)
+    import logging
+
+    logger = logging.getLogger("torchweights")
+    level = logger.level
+    if not args.verbose:  # the summary below says what the load's warning would: say it once
+        logger.setLevel(logging.ERROR)
+    try:
+        report = html_report(args.path, args.html, model=model, against=args.against, allow_globals=args.allow_globals)
+    finally:
+        logger.setLevel(level)
     if args.json:
         import json
 

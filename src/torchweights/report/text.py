@@ -205,7 +205,7 @@ def log_line(report: LoadReport) -> str:
     if report.value_findings:
         from .values import values_log
 
-        parts += [f"{label} ({_few(names)})" for label, names in values_log(report.value_findings)]
+        parts += [f"{label}: {_few(names)}" for label, names in values_log(report.value_findings)]
     if plan.suggestion is not None:
         pairs = plan.suggestion.rules.rename[len(plan.rules.rename) :]
         parts.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in pairs) + "} would load more")

@@ -19,6 +19,8 @@ SECTION_ROWS = 40
 
 #: Per finding kind: the noun for the tensors it names.
 _WORDS = {"nan": "NaN tensor", "inf": "Inf tensor", "zero": "all-zero weight", "constant": "constant weight"}
+#: Per finding kind: the label of its names in the log line (the result line before it has the counts).
+_LABELS = {"nan": "NaN in", "inf": "Inf in", "zero": "all zero", "constant": "constant"}
 
 
 def _by_kind(findings: Sequence[ValueFinding]) -> dict[str, list[str]]:
@@ -31,14 +33,14 @@ def _by_kind(findings: Sequence[ValueFinding]) -> dict[str, list[str]]:
 
 
 def values_log(findings: Sequence[ValueFinding]) -> list[tuple[str, list[str]]]:
-    """``[("1 NaN tensor", names), ("2 all-zero weights", names)]``: per kind of value finding (``initial`` left
-    out: the report accounts for those as keys left as initialised), for the result line and the log line."""
-    return [(plural(len(names), _WORDS[kind]), names) for kind, names in _by_kind(findings).items()]
+    """``[("NaN in", names), ("all zero", names)]``: per kind of value finding (``initial`` left out: the report
+    accounts for those as keys left as initialised), the names for the log line, whose result part counts them."""
+    return [(_LABELS[kind], names) for kind, names in _by_kind(findings).items()]
 
 
 def values_phrase(findings: Sequence[ValueFinding]) -> str:
     """``values: 1 NaN tensor, 2 all-zero weights`` for the result line, or ``""`` when the values are clean."""
-    parts = [label for label, _ in values_log(findings)]
+    parts = [plural(len(names), _WORDS[kind]) for kind, names in _by_kind(findings).items()]
     return "values: " + ", ".join(parts) if parts else ""
 
 
