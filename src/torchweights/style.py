@@ -23,7 +23,7 @@ import contextlib
 import contextvars
 import dataclasses
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TextIO
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "current",
     "for_stream",
     "marked",
+    "render_for",
     "status",
     "using",
     "wants_colour",
@@ -194,3 +195,10 @@ def for_stream(stream: TextIO, when: str = "auto", environ: Mapping[str, str] | 
     """The style of text written to ``stream``: its width and whether it is coloured (module docstring)."""
     env = os.environ if environ is None else environ
     return Style(width=_width(stream, env), colour=wants_colour(stream, when, env))
+
+
+def render_for(stream: TextIO, render: Callable[[], str], when: str = "auto") -> str:
+    """What ``render()`` returns when it lays its text out for ``stream`` (``render_for(sys.stdout, report.__str__)``:
+    the command line's text; ``str(report)`` stays :data:`PLAIN`)."""
+    with using(for_stream(stream, when)):
+        return render()

@@ -9,7 +9,6 @@ import enum
 import textwrap
 from collections.abc import Iterable, Sequence
 
-from . import style
 from .fold import human_bytes
 
 __all__ = [
@@ -115,6 +114,8 @@ def wrap(text: str, indent: str = "  ", hang: str | None = None, width: int | No
     words only (never at hyphens, never inside a word: a word longer than a line overflows it), the first line
     indented by ``indent`` and the others by ``hang`` (``indent`` when None: a hanging indent aligns them under the
     text after a label or bullet)."""
+    from . import style  # laying text out is not on the load path (tests/test_startup.py)
+
     limit = style.current().width if width is None else width
     hang = indent if hang is None else hang
     text = printable(text)
@@ -151,6 +152,8 @@ def table(
     """
     if not rows:
         return []
+    from . import style  # laying text out is not on the load path (tests/test_startup.py)
+
     look = style.current()
     limit = look.width if width is None else width
     ncols = max(len(row) for row in rows)

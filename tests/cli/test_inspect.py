@@ -276,7 +276,8 @@ def test_json_schema(ckpt: Checkpoint, capsys: pytest.CaptureFixture[str]) -> No
     }
     assert data["tensors"][-1] == {"name": "step", "dtype": "int64", "shape": [], "nbytes": 8}
     assert [t["name"] for t in data["tensors"]] == list(ckpt.records)
-    assert data["totals"] == {"tensors": 51, "numel": ckpt.numel, "nbytes": ckpt.nbytes}
+    assert data["totals"] == {"tensors": 51, "numel": ckpt.numel, "nbytes": ckpt.nbytes, "tied": 0}
+    assert data["tied"] == {}
     assert data["dtypes"] == {
         "bfloat16": {"tensors": 48, "numel": 21504, "nbytes": 43008},
         "float32": {"tensors": 2, "numel": 3200, "nbytes": 12800},
@@ -424,7 +425,7 @@ def test_e2e_safetensors_json(safetensors_file: Path, capsys: pytest.CaptureFixt
         "layers.2.weight": ("float32", [4, 3], 48),
         "head.bias": ("float16", [5], 10),
     }
-    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154}
+    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154, "tied": 0}
     assert data["dtypes"] == {
         "float32": {"tensors": 3, "numel": 36, "nbytes": 144},
         "float16": {"tensors": 1, "numel": 5, "nbytes": 10},

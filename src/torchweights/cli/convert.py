@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     """Convert and print the report; return the exit code."""
     import json
 
+    from ..style import render_for
     from ..tools.convert.run import convert
 
     report = convert(
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         extras=args.extras,
         allow_globals=args.allow_globals,
     )
-    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
+    sys.stdout.write(
+        json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
+    )
     sys.stdout.flush()
     return EXIT_OK

@@ -57,11 +57,14 @@ def run(args: argparse.Namespace) -> int:
     """Compare and print the report; return the exit code."""
     import json
 
+    from ..style import render_for
     from ..tools.diff import diff
 
     report = diff(
         args.a, args.b, rtol=args.rtol, atol=args.atol, container=args.container, allow_globals=args.allow_globals
     )
-    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
+    sys.stdout.write(
+        json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
+    )
     sys.stdout.flush()
     return EXIT_OK if report.equal else EXIT_DIFFERENT

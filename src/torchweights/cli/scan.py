@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Scan every path and print the reports; return the exit code."""
+    from ..style import render_for
     from ..tools.scan.report import to_json
     from ..tools.scan.scanner import scan
     from ..tools.scan.text import TEXT_FINDING_LIMIT, render_text
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(to_json(reports) + "\n")
     else:
         limit = None if args.all else TEXT_FINDING_LIMIT
-        sys.stdout.write("\n".join(render_text(r, limit=limit) for r in reports))
+        sys.stdout.write(render_for(sys.stdout, lambda: "\n".join(render_text(r, limit=limit) for r in reports)))
     sys.stdout.flush()
     return exit_code(reports)
 

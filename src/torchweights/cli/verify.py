@@ -46,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
     """Verify and print the report; return the exit code."""
     import json
 
+    from ..style import render_for
     from ..tools.verify import verify
 
     report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals)
-    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
+    sys.stdout.write(
+        json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
+    )
     sys.stdout.flush()
     return EXIT_OK if report.ok else EXIT_PROBLEMS
