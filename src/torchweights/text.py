@@ -14,6 +14,7 @@ from .fold import human_bytes
 __all__ = [
     "FOLD_MIN",
     "TEXT_MIN",
+    "TEXT_ROOM",
     "StrEnum",
     "fold_middle",
     "format_bytes",
@@ -33,6 +34,8 @@ __all__ = [
 FOLD_MIN = 24
 #: Narrowest a wrapped text column gets, however wide the columns before it are.
 TEXT_MIN = 24
+#: Where a table's text column must wrap whatever names fold, names fold only until it has this many columns.
+TEXT_ROOM = 40
 
 
 class StrEnum(str, enum.Enum):
@@ -147,7 +150,8 @@ def table(
     Rows shorter than the longest are padded with empty cells, and every cell is escaped (:func:`printable`). When
     the lines would be wider than ``width`` (the current style's width when None), the columns listed in ``shrink``
     (names) are folded in the middle (:func:`fold_middle`), widest first, down to :data:`FOLD_MIN` characters;
-    then, with ``wrap_last``, the last column (text) wraps between words, its lines hanging under its first.
+    then, with ``wrap_last``, the last column (text) wraps between words, its lines hanging under its first. Where
+    folding cannot spare the text from wrapping, names fold only until it has :data:`TEXT_ROOM` columns.
     Cells marked by :func:`~torchweights.style.status` have their status word coloured where the style colours.
     """
     if not rows:
@@ -163,6 +167,9 @@ def table(
     last = ncols - 1
     if limit is not None:
         over = len(indent) + sum(widths) + len(sep) * last - limit
+        foldable = sum(max(widths[i] - FOLD_MIN, 0) for i in set(shrink))
+        if wrap_last and over > foldable:  # the text wraps anyway: fold names only to give it TEXT_ROOM columns
+            over -= widths[last] - min(widths[last], TEXT_ROOM)
         for i in sorted(set(shrink), key=lambda i: -widths[i]):
             cut = min(over, widths[i] - FOLD_MIN)
             if cut > 0:

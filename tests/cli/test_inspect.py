@@ -257,6 +257,7 @@ def test_json_schema(ckpt: Checkpoint, capsys: pytest.CaptureFixture[str]) -> No
         "metadata",
         "tensors",
         "totals",
+        "tied",
         "dtypes",
         "extras",
         "globals",
@@ -443,7 +444,7 @@ def test_e2e_torch_save(torch_file: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 0, err
     data = json.loads(out)
     assert data["format"] == "torch-zip"
-    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154}
+    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154, "tied": 0}
     assert data["extras"] == {"epoch": 3}
     assert all(g["verdict"] in ("safe", "dangerous", "unknown") for g in data["globals"])
 
