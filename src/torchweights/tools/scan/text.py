@@ -37,7 +37,7 @@ def render_text(report: ScanReport, *, limit: int | None = TEXT_FINDING_LIMIT) -
     lines = [f"{printable(report.path)}: {verdict}" + (f"  ({report.format})" if report.format else "")]
     findings = report.findings if limit is None else report.findings[:limit]
     rows = [[status(f.severity), f.code, _where(f), printable(f.name or "")] for f in findings]
-    for row, finding in zip(_table(rows, shrink=(2, 3)), findings):
+    for row, finding in zip(_table(rows, shrink=(3,)), findings):
         lines.append(row)
         lines += wrap(finding.message, indent="      ")
     if limit is not None and len(report.findings) > limit:
