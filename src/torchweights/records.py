@@ -148,6 +148,15 @@ class TensorRecord:
         return self.numel * self.itemsize
 
     @property
+    def view_key(self) -> tuple[Any, ...] | None:
+        """Equal for records that are the same tensor (tied weights: one storage, the same dtype, shape, strides
+        and offset); None for a tensor without data or without elements, which cannot be tied."""
+        ref = self.storage
+        if ref is None or self.numel == 0:
+            return None
+        return (ref.file, ref.key, self.dtype, self.shape, self.stride, self.storage_offset)
+
+    @property
     def byte_range(self) -> tuple[int, int] | None:
         """``(start, end)`` absolute file offsets spanned by this tensor's elements, or None without storage."""
         if self.storage is None:
@@ -256,6 +265,22 @@ class Checkpoint:
 
     def __contains__(self, name: object) -> bool:
         return name in self.records
+
+    @property
+    def tied(self) -> dict[str, str]:
+        """``{name: first name}`` for every tensor that is the same tensor as one listed before it (tied weights,
+        :attr:`TensorRecord.view_key`), in record order: ``{"lm_head.weight": "embed.weight"}``."""
+        first: dict[tuple[Any, ...], str] = {}
+        tied: dict[str, str] = {}
+        for name, record in self.records.items():
+            key = record.view_key
+            if key is None:
+                continue
+            if key in first:
+                tied[name] = first[key]
+            else:
+                first[key] = name
+        return tied
 
     @property
     def nbytes(self) -> int:

@@ -1,14 +1,22 @@
-"""Message formatting shared by every error and report: quoting names, lists, counts, sizes and shapes."""
+"""Message formatting shared by every error and report: quoting names, lists, counts, sizes and shapes, and the
+one layout of text every report uses: :func:`wrap` (words kept whole, hanging indents) and :func:`table` (name
+columns folded in the middle before the text column wraps), laid out for the width of the
+:class:`~torchweights.style.Style` in effect."""
 
 from __future__ import annotations
 
 import enum
+import textwrap
 from collections.abc import Iterable, Sequence
 
 from .fold import human_bytes
 
 __all__ = [
+    "FOLD_MIN",
+    "TEXT_MIN",
+    "TEXT_ROOM",
     "StrEnum",
+    "fold_middle",
     "format_bytes",
     "format_shape",
     "is_are",
@@ -19,7 +27,15 @@ __all__ = [
     "quote_list",
     "shorten_list",
     "table",
+    "wrap",
 ]
+
+#: Narrowest a name column is folded to (:func:`table`'s ``shrink``) before the text column wraps instead.
+FOLD_MIN = 24
+#: Narrowest a wrapped text column gets, however wide the columns before it are.
+TEXT_MIN = 24
+#: Where a table's text column must wrap whatever names fold, names fold only until it has this many columns.
+TEXT_ROOM = 40
 
 
 class StrEnum(str, enum.Enum):
@@ -87,21 +103,96 @@ def problem_list(problems: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"  - [{code}] {text}" for code, text in problems)
 
 
-def table(rows: Sequence[Sequence[str]], right: Iterable[int] = (), indent: str = "  ", sep: str = "  ") -> list[str]:
+def fold_middle(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters by replacing its middle with ``...`` (two thirds of what is kept from
+    the start, one third from the end: ``blocks.0.attn...proj.weight``); unchanged when it fits."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit - 3, 2)
+    return text[: keep - keep // 3] + "..." + text[len(text) - keep // 3 :]
+
+
+def wrap(text: str, indent: str = "  ", hang: str | None = None, width: int | None = None) -> list[str]:
+    """``text`` (escaped) as lines within ``width`` columns (the current style's width when None), broken between
+    words only (never at hyphens, never inside a word: a word longer than a line overflows it), the first line
+    indented by ``indent`` and the others by ``hang`` (``indent`` when None: a hanging indent aligns them under the
+    text after a label or bullet)."""
+    from . import style  # laying text out is not on the load path (tests/test_startup.py)
+
+    limit = style.current().width if width is None else width
+    hang = indent if hang is None else hang
+    text = printable(text)
+    if limit is None:
+        return [(indent + text).rstrip()]
+    lines = textwrap.wrap(
+        text,
+        width=max(limit, len(hang) + TEXT_MIN, len(indent) + TEXT_MIN),
+        initial_indent=indent,
+        subsequent_indent=hang,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    return lines or [indent.rstrip()]
+
+
+def table(
+    rows: Sequence[Sequence[str]],
+    right: Iterable[int] = (),
+    indent: str = "  ",
+    sep: str = "  ",
+    *,
+    shrink: Iterable[int] = (),
+    wrap_last: bool = False,
+    width: int | None = None,
+) -> list[str]:
     """Rows of cells as aligned lines (trailing spaces removed); columns listed in ``right`` are right-aligned.
 
-    Rows shorter than the longest are padded with empty cells.
+    Rows shorter than the longest are padded with empty cells, and every cell is escaped (:func:`printable`). When
+    the lines would be wider than ``width`` (the current style's width when None), the columns listed in ``shrink``
+    (names) are folded in the middle (:func:`fold_middle`), widest first, down to :data:`FOLD_MIN` characters;
+    then, with ``wrap_last``, the last column (text) wraps between words, its lines hanging under its first. Where
+    folding cannot spare the text from wrapping, names fold only until it has :data:`TEXT_ROOM` columns.
+    Cells marked by :func:`~torchweights.style.status` have their status word coloured where the style colours.
     """
     if not rows:
         return []
+    from . import style  # laying text out is not on the load path (tests/test_startup.py)
+
+    look = style.current()
+    limit = look.width if width is None else width
     ncols = max(len(row) for row in rows)
-    padded = [list(row) + [""] * (ncols - len(row)) for row in rows]
+    padded = [[printable(cell) for cell in row] + [""] * (ncols - len(row)) for row in rows]
     widths = [max(len(row[i]) for row in padded) for i in range(ncols)]
     right_set = set(right)
+    last = ncols - 1
+    if limit is not None:
+        over = len(indent) + sum(widths) + len(sep) * last - limit
+        foldable = sum(max(widths[i] - FOLD_MIN, 0) for i in set(shrink))
+        if wrap_last and over > foldable:  # the text wraps anyway: fold names only to give it TEXT_ROOM columns
+            over -= widths[last] - min(widths[last], TEXT_ROOM)
+        for i in sorted(set(shrink), key=lambda i: -widths[i]):
+            cut = min(over, widths[i] - FOLD_MIN)
+            if cut > 0:
+                widths[i] -= cut
+                over -= cut
+    start = len(indent) + sum(widths[:last]) + len(sep) * last  # where the last column starts
+    text_width = None if limit is None or not wrap_last else max(limit - start, TEXT_MIN)
     lines = []
     for row in padded:
-        cells = [cell.rjust(w) if i in right_set else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        lines.append((indent + sep.join(cells)).rstrip())
+        cells = [fold_middle(c, widths[i]) if len(c) > widths[i] else c for i, c in enumerate(row)]
+        tail = [cells[last]]
+        if text_width is not None and len(cells[last]) > text_width:
+            tail = wrap(cells[last], indent="", hang="", width=text_width)
+        cells[last] = tail[0]
+        line = indent
+        for i, (cell, w) in enumerate(zip(cells, widths)):
+            pad = " " * (w - len(cell)) if i < last or i in right_set else ""
+            shown = look.paint(row[i]) if cell is row[i] and isinstance(row[i], style.Marked) else cell
+            line += (pad + shown if i in right_set else shown + pad) + (sep if i < last else "")
+        if tail[0] is not row[last]:
+            line = look.paint_lead(line, start, row[last])
+        lines.append(line.rstrip())
+        lines += [(" " * start + part).rstrip() for part in tail[1:]]
     return lines
 
 

@@ -257,6 +257,7 @@ def test_json_schema(ckpt: Checkpoint, capsys: pytest.CaptureFixture[str]) -> No
         "metadata",
         "tensors",
         "totals",
+        "tied",
         "dtypes",
         "extras",
         "globals",
@@ -276,7 +277,8 @@ def test_json_schema(ckpt: Checkpoint, capsys: pytest.CaptureFixture[str]) -> No
     }
     assert data["tensors"][-1] == {"name": "step", "dtype": "int64", "shape": [], "nbytes": 8}
     assert [t["name"] for t in data["tensors"]] == list(ckpt.records)
-    assert data["totals"] == {"tensors": 51, "numel": ckpt.numel, "nbytes": ckpt.nbytes}
+    assert data["totals"] == {"tensors": 51, "numel": ckpt.numel, "nbytes": ckpt.nbytes, "tied": 0}
+    assert data["tied"] == {}
     assert data["dtypes"] == {
         "bfloat16": {"tensors": 48, "numel": 21504, "nbytes": 43008},
         "float32": {"tensors": 2, "numel": 3200, "nbytes": 12800},
@@ -429,7 +431,7 @@ def test_e2e_safetensors_json(safetensors_file: Path, capsys: pytest.CaptureFixt
         "layers.2.weight": ("float32", [4, 3], 48),
         "head.bias": ("float16", [5], 10),
     }
-    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154}
+    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154, "tied": 0}
     assert data["dtypes"] == {
         "float32": {"tensors": 3, "numel": 36, "nbytes": 144},
         "float16": {"tensors": 1, "numel": 5, "nbytes": 10},
@@ -447,7 +449,7 @@ def test_e2e_torch_save(torch_file: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 0, err
     data = json.loads(out)
     assert data["format"] == "torch-zip"
-    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154}
+    assert data["totals"] == {"tensors": 4, "numel": 41, "nbytes": 154, "tied": 0}
     assert data["extras"] == {"epoch": 3}
     assert all(g["verdict"] in ("safe", "dangerous", "unknown") for g in data["globals"])
 

@@ -13,6 +13,7 @@ import importlib
 import io
 import os
 import pickle
+import re
 import struct
 import textwrap
 from pathlib import Path
@@ -236,7 +237,8 @@ def test_a_real_looking_training_checkpoint_is_clean_without_a_warning(tmp_path:
 
 
 def _closing(out: str) -> str:
-    return out.strip().splitlines()[-1]
+    """The closing sentence(s), after the counts line that ends with the time taken (``0.012 s``), however wrapped."""
+    return re.split(r"\d\.\d{3} s ", " ".join(out.split()))[-1]
 
 
 def test_closing_line_of_a_file_tw_load_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -313,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the model, plan the load and print the report; return the exit code."""
     from .. import api
     from ..plan.spec import ModelSpec
+    from ..style import render_for
 
     try:
         model, on_meta, factory = _build(args.model)
@@ -359,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         check_values=args.check_values,
     )
     report.notes.extend(notes)
-    text = report.to_json(indent=2) + "\n" if args.json else str(report)
+    text = report.to_json(indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
     sys.stdout.write(text)
     sys.stdout.flush()
     return EXIT_OK if report.ok else EXIT_DOES_NOT_FIT

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..progress import cli_enabled, terminal_bar
+    from ..style import render_for
     from ..tools.convert.run import convert
 
     with terminal_bar("convert", enabled=cli_enabled(args)) as bar:  # on a terminal only
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             allow_globals=args.allow_globals,
             progress=bar,
         )
-    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
+    sys.stdout.write(
+        json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
+    )
     sys.stdout.flush()
     return EXIT_OK

@@ -1,6 +1,7 @@
 """``torchweights inspect PATH``: what a checkpoint holds, from its records alone.
 
-Prints the format, files, metadata, tensor and parameter totals, a dtype breakdown, a prefix tree with layer
+Prints the format, files, metadata, tensor and parameter totals (tied tensors, the same tensor under two names such as
+an embedding and the output layer tied to it, counted once and listed), a dtype breakdown, a prefix tree with layer
 indices folded, non-tensor extras, the pickle globals the file references (with a safety verdict each) and reader
 warnings. ``--json`` prints the same facts as one JSON object.
 
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from .. import api
+    from ..style import render_for
 
     ckpt = api.open(args.path, allow_globals=args.allow_globals)
     stats = None
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     elif getattr(args, "modules", False):
         sys.stdout.write(render_modules(ckpt))
     else:
-        sys.stdout.write(render_text(ckpt, depth=args.depth))
+        sys.stdout.write(render_for(sys.stdout, lambda: render_text(ckpt, depth=args.depth)))
     sys.stdout.flush()
     return 0
 
@@ -151,12 +153,28 @@ def _file_sizes(files: Iterable[str]) -> list[tuple[str, int | None]]:
     return out
 
 
+def _totals(ckpt: Checkpoint) -> dict[str, int]:
+    """``{"tensors", "numel", "nbytes", "tied"}``: every name counted, a tied tensor's elements and bytes once."""
+    tied = ckpt.tied
+    kept = [r for name, r in ckpt.records.items() if name not in tied]
+    return {
+        "tensors": len(ckpt.records),
+        "numel": sum(r.numel for r in kept),
+        "nbytes": sum(r.nbytes for r in kept),
+        "tied": len(tied),
+    }
+
+
 def _dtype_totals(ckpt: Checkpoint) -> dict[str, dict[str, int]]:
-    """``{dtype: {"tensors", "numel", "nbytes"}}``, largest by bytes first."""
+    """``{dtype: {"tensors", "numel", "nbytes"}}``, largest by bytes first; a tied tensor's elements and bytes
+    counted once."""
+    tied = ckpt.tied
     totals: dict[str, dict[str, int]] = {}
-    for record in ckpt.records.values():
+    for name, record in ckpt.records.items():
         entry = totals.setdefault(record.dtype, {"tensors": 0, "numel": 0, "nbytes": 0})
         entry["tensors"] += 1
+        if name in tied:
+            continue
         entry["numel"] += record.numel
         entry["nbytes"] += record.nbytes
     return dict(sorted(totals.items(), key=lambda kv: (-kv[1]["nbytes"], -kv[1]["tensors"], kv[0])))
@@ -211,7 +229,8 @@ def summarize(ckpt: Checkpoint) -> dict[str, Any]:
         "files": [{"path": path, "size": size} for path, size in _file_sizes(ckpt.files)],
         "metadata": _json_safe(ckpt.metadata),
         "tensors": [record.to_dict() for record in ckpt.records.values()],
-        "totals": {"tensors": len(ckpt.records), "numel": ckpt.numel, "nbytes": ckpt.nbytes},
+        "totals": _totals(ckpt),
+        "tied": ckpt.tied,
         "dtypes": _dtype_totals(ckpt),
         "extras": {str(key): _json_extra(value) for key, value in ckpt.extras.items()},
         "globals": [{"name": name, "verdict": classify(name)} for name in ckpt.globals],
@@ -300,14 +319,16 @@ def _extras_rows(extras: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
     """The terminal report of ``inspect`` (ends with a newline)."""
     from ..fold import human_bytes, human_count, prefix_tree
-    from ..text import printable
+    from ..style import status
+    from ..text import printable, wrap
     from ..text import table as _table
 
     lines: list[str] = []
     sizes = _file_sizes(ckpt.files)
     known = [s for _, s in sizes if s is not None]
     total_size = sum(known)
-    numel, nbytes = ckpt.numel, ckpt.nbytes
+    totals = _totals(ckpt)
+    numel, nbytes, tied = totals["numel"], totals["nbytes"], ckpt.tied
 
     head: list[tuple[str, str]] = [("path", printable(ckpt.path)), ("format", printable(ckpt.format))]
     if sizes:
@@ -317,7 +338,7 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
             size_text += f", {len(sizes) - len(known)} unreadable"
         head.append(("files", size_text))
     head += [
-        ("tensors", f"{len(ckpt.records):,}"),
+        ("tensors", f"{len(ckpt.records):,}" + (f" ({len(tied):,} tied, counted once)" if tied else "")),
         ("params", f"{human_count(numel)} ({numel:,})"),
         ("data", f"{human_bytes(nbytes)} ({nbytes:,} bytes)"),
     ]
@@ -326,14 +347,14 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
     if len(sizes) > 1 or (sizes and os.path.abspath(sizes[0][0]) != os.path.abspath(ckpt.path)):
         lines += ["", "files"]
         rows = [[printable(p), human_bytes(s) if s is not None else "?"] for p, s in sizes[:TEXT_ROW_LIMIT]]
-        lines += _table(rows, right=[1])
+        lines += _table(rows, right=[1], shrink=[0])
         if len(sizes) > TEXT_ROW_LIMIT:
             lines.append(_more(len(sizes) - TEXT_ROW_LIMIT))
 
     if ckpt.metadata:
         meta = _metadata_rows(ckpt.metadata)
         lines += ["", "metadata"]
-        lines += _table([[printable(k), v] for k, v in meta[:TEXT_ROW_LIMIT]])
+        lines += _table([[printable(k), v] for k, v in meta[:TEXT_ROW_LIMIT]], shrink=[0], wrap_last=True)
         if len(meta) > TEXT_ROW_LIMIT:
             lines.append(_more(len(meta) - TEXT_ROW_LIMIT))
 
@@ -359,12 +380,19 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
                 ]
                 for row in tree
             ]
-            lines += _table(rows, right=[1, 2, 3])
+            lines += _table(rows, right=[1, 2, 3], shrink=[0])
+
+    if tied:
+        lines += ["", f"tied ({len(tied)}): the same tensor under two names, stored once"]
+        rows = [[printable(alias), "=", printable(first)] for alias, first in list(tied.items())[:TEXT_ROW_LIMIT]]
+        lines += _table(rows, shrink=[0, 2])
+        if len(tied) > TEXT_ROW_LIMIT:
+            lines.append(_more(len(tied) - TEXT_ROW_LIMIT))
 
     if ckpt.extras:
         extras = _extras_rows(ckpt.extras)
         lines += ["", f"extras ({len(ckpt.extras)})"]
-        lines += _table([[printable(p), t, v] for p, t, v in extras[:TEXT_ROW_LIMIT]])
+        lines += _table([[printable(p), t, v] for p, t, v in extras[:TEXT_ROW_LIMIT]], shrink=[0], wrap_last=True)
         if len(extras) > TEXT_ROW_LIMIT:
             lines.append(_more(len(extras) - TEXT_ROW_LIMIT))
 
@@ -374,10 +402,11 @@ def render_text(ckpt: Checkpoint, depth: int = 3) -> str:
         counts = {v: sum(1 for verdict, _ in verdicts if verdict == v) for v in ("dangerous", "unknown", "safe")}
         summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
         lines += ["", f"globals ({len(verdicts)}: {summary})"]
-        lines += _table([[verdict, printable(name)] for verdict, name in verdicts])
+        lines += _table([[status(verdict), printable(name)] for verdict, name in verdicts])
 
     if ckpt.warnings:
         lines += ["", f"warnings ({len(ckpt.warnings)})"]
-        lines += [f"  - {printable(str(w))}" for w in ckpt.warnings]
+        for warning in ckpt.warnings:
+            lines += wrap(str(warning), indent="  - ", hang="    ")
 
     return "\n".join(lines) + "\n"

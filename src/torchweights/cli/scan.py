@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from ..progress import cli_enabled, terminal_bar
+    from ..style import render_for
     from ..tools.scan.text import TEXT_FINDING_LIMIT, render_text
     from ..tools.scan.tree import DEFAULT_FAIL_ON, scan_tree
 
@@ -124,11 +125,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(tree.to_dict(), allow_nan=False) + "\n")
     elif not tree.walked:  # files named one by one: their full reports, as before folders were walked
         limit = None if args.all or args.verbose else TEXT_FINDING_LIMIT
-        sys.stdout.write("\n".join(render_text(r, limit=limit) for r in tree.reports))
+        sys.stdout.write(render_for(sys.stdout, lambda: "\n".join(render_text(r, limit=limit) for r in tree.reports)))
         if len(tree.reports) > 1:
             sys.stdout.write(tree.summary + "\n")
     else:
-        sys.stdout.write(str(tree))
+        sys.stdout.write(render_for(sys.stdout, tree.__str__))
     sys.stdout.flush()
     fail_on = DEFAULT_FAIL_ON if args.fail_on is None else [w for words in args.fail_on for w in words]
     return tree.exit_code(fail_on)

@@ -64,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..progress import cli_enabled, terminal_bar
+    from ..style import render_for
     from ..tools.verify import verify
 
     with terminal_bar("verify", enabled=cli_enabled(args)) as bar:  # on a terminal only
         report = verify(args.path, manifest=args.manifest, allow_globals=args.allow_globals, progress=bar)
-    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else str(report))
+    sys.stdout.write(
+        json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
+    )
     sys.stdout.flush()
     return EXIT_OK if report.ok else EXIT_PROBLEMS

@@ -1,22 +1,16 @@
 """The cells and layout helpers of the load report's text (:mod:`~torchweights.report.text`): names escaped and
-cut for a table, shapes, folded rows, wrapped lines, tables.
+cut for a table, shapes, folded rows, tables (laid out by :func:`~torchweights.text.table`).
 """
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from ..fold import fold_names
-from ..text import printable, table
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
+from ..text import fold_middle, printable, table
 
 __all__ = [
     "NAME_LIMIT",
-    "WIDTH",
     "and_list",
     "fold_rows",
     "more",
@@ -25,22 +19,15 @@ __all__ = [
     "shape_cell",
     "strict_text",
     "table_rows",
-    "wrap",
 ]
 
-#: Width the report aims to stay within.
-WIDTH = 100
 #: Longest name shown in a table cell; longer ones keep their start and end.
 NAME_LIMIT = 72
 
 
 def name_cell(text: str) -> str:
     """A name for a table cell: escaped, and cut in the middle past :data:`NAME_LIMIT` characters."""
-    text = printable(text)
-    if len(text) <= NAME_LIMIT:
-        return text
-    keep = NAME_LIMIT - 3
-    return text[: keep - keep // 3] + "..." + text[-(keep // 3) :]
+    return fold_middle(printable(text), NAME_LIMIT)
 
 
 def shape_cell(shape: tuple[int, ...] | None) -> str:
@@ -79,13 +66,6 @@ def fold_rows(items: Iterable[tuple[str, tuple[str, ...]]]) -> list[tuple[str, i
     return [(pattern, count, cols) for _, pattern, count, cols in rows]
 
 
-def wrap(text: str, indent: str = "  ", width: int = WIDTH) -> list[str]:
-    """``text`` wrapped to ``width`` with every line indented (names are never cut at hyphens)."""
-    return textwrap.wrap(
-        text, width=width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
-    ) or [indent.rstrip()]
-
-
 def and_list(parts: Sequence[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     if len(parts) <= 1:
@@ -99,7 +79,13 @@ def strict_text(value: object) -> str:
 
 
 def table_rows(
-    rows: Sequence[Sequence[str]], indent: str = "  ", sep: str = "  ", right: Iterable[int] = ()
+    rows: Sequence[Sequence[str]],
+    indent: str = "  ",
+    sep: str = "  ",
+    right: Iterable[int] = (),
+    shrink: Iterable[int] = (0,),
+    wrap_last: bool = True,
 ) -> list[str]:
-    """Rows as aligned columns (see :func:`~torchweights.text.table`)."""
-    return table(rows, right=right, indent=indent, sep=sep)
+    """Rows as aligned columns (see :func:`~torchweights.text.table`): the report's rows start with a name, which
+    is folded first when the lines are too wide, and end with text, which wraps under itself."""
+    return table(rows, right=right, indent=indent, sep=sep, shrink=shrink, wrap_last=wrap_last)

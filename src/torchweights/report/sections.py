@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ..fold import fold_names, format_indices, is_index
-from ..text import plural, printable, quote
+from ..text import plural, printable, quote, wrap
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan.model import Action
     from .load import LoadReport
-from .cells import fold_rows, more, name_cell, shape_cell, strict_text, table_rows, wrap
+from .cells import fold_rows, more, name_cell, shape_cell, strict_text, table_rows
 
 __all__ = ["OTHER_ROWS", "PROBLEM_ROWS", "mismatch_rows", "missing_rows", "sections", "unexpected_rows"]
 

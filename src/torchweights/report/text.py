@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import json
 import shlex
-import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..fold import fold_names, human_bytes, human_count
-from ..text import plural, printable, quote
+from ..style import marked
+from ..text import plural, printable, quote, wrap
 from .advice import Advice, Hint, HintKind, advise
-from .cells import WIDTH, and_list, more, numel, strict_text, table_rows, wrap
+from .cells import and_list, more, numel, strict_text, table_rows
 from .sections import mismatch_rows, missing_rows, sections, unexpected_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +42,7 @@ MESSAGE_ROWS = 10
 def render(report: LoadReport) -> str:
     """The terminal report: header, then one section per kind of action, problems first (ends with a newline)."""
     plan = report.plan
-    lines = table_rows(_header(report), indent="", sep="  ")
+    lines = table_rows(_header(report), indent="", sep="  ", shrink=())
     lines += sections(report)
     if report.checked_values:
         from .values import values_section
@@ -64,29 +64,24 @@ def render(report: LoadReport) -> str:
 def _header(report: LoadReport) -> list[list[str]]:
     plan = report.plan
     rows: list[list[str]] = [["source", printable(plan.source)], ["model", printable(plan.model)]]
-    rows += _multiline("result", headline(report))
+    result = headline(report)
+    rows.append(["result", marked(result, result.split(":")[0].split(" (")[0])])
     options = _options(plan)
     if options:
         rows.append(["options", options])
-    rows += _multiline("container", plan.container.reason)
+    rows.append(["container", plan.container.reason])
     rows.append(["prefix", plan.prefix.evidence])
     applied = [a for a in plan.applied if a != plan.prefix.evidence]
     for i, item in enumerate(applied):
-        rows += _multiline("rules" if i == 0 else "", item)
+        rows.append(["rules" if i == 0 else "", item])
     rows.append(["keys", _keys(plan)])
     rows.append(["totals", _totals(report)])
     fallback = _fallback(report)
     if fallback:
-        rows += _multiline("fallback", fallback)
+        rows.append(["fallback", fallback])
     for i, note in enumerate(report.notes):
-        rows += _multiline("notes" if i == 0 else "", printable(str(note)))
+        rows.append(["notes" if i == 0 else "", printable(str(note))])
     return rows
-
-
-def _multiline(label: str, text: str) -> list[list[str]]:
-    """A header row whose value wraps onto continuation rows (values start after an 11-column label)."""
-    parts = textwrap.wrap(text, width=WIDTH - 11, break_on_hyphens=False) or [""]
-    return [[label if i == 0 else "", part] for i, part in enumerate(parts)]
 
 
 def _fates(report: LoadReport) -> tuple[int, int, list[tuple[str, Counter[str]]]]:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import field
 from typing import Any
 
-from .. import dtypes
+from .. import dtypes, style
 from ..limits import DEFAULT_LIMITS, Limits
 from ..plan.reconcile import reconcile
 from ..plan.rules import Rules
@@ -33,7 +33,7 @@ from ..progress import ProgressCallback, current, metered
 from ..records import Checkpoint, TensorRecord
 from ..storage.contents import CHUNK_BYTES, logical_chunks
 from ..structs import structure
-from ..text import StrEnum, format_shape, plural, quote, table
+from ..text import StrEnum, format_shape, plural, quote, table, wrap
 
 __all__ = ["DiffReport", "Status", "TensorDiff", "diff"]
 
@@ -249,22 +249,25 @@ class DiffReport:
         lines = [
             f"A {quote(self.a)}  ({_container(self.container_a)}; {self.prefix})",
             f"B {quote(self.b)}  ({_container(self.container_b)})",
-            f"{self.summary}",
         ]
+        lines += wrap(self.summary, indent="")
         counts = self.counts()
-        lines.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        lines += wrap(", ".join(f"{n} {s}" for s, n in counts.items() if n))
         rows = [_row(t) for t in self.tensors if t.status != "identical"]
         if rows:
             lines.append("")
-            lines.extend(table(rows[:TEXT_ROW_LIMIT]))
+            lines.extend(table(rows[:TEXT_ROW_LIMIT], shrink=(1,), wrap_last=True))
             if len(rows) > TEXT_ROW_LIMIT:
                 lines.append(f"  ... and {len(rows) - TEXT_ROW_LIMIT} more (--json lists every tensor)")
         if self.ignored_a or self.ignored_b:
-            lines.append(
+            lines += wrap(
                 f"not compared: {plural(self.ignored_a, 'tensor')} of A and {plural(self.ignored_b, 'tensor')} of B "
-                "outside the weights (optimizer state...)"
+                "outside the weights (optimizer state...)",
+                indent="",
+                hang="  ",
             )
-        lines.extend(f"note: {n}" for n in self.notes)
+        for note in self.notes:
+            lines += wrap(f"note: {note}", indent="", hang="      ")
         return "\n".join(lines) + "\n"
 
 
@@ -304,7 +307,7 @@ def _row(t: TensorDiff) -> list[str]:
     elif t.status in ("different", "dtype") and t.changed is None:
         detail += ("; " if detail else "") + "values differ (install torch for statistics)"
     name = t.name if t.a is None or t.b is None or t.a == t.b else f"{t.name} (A: {t.a})"
-    return [t.status, name, detail]
+    return [style.status(t.status), name, detail]
 
 
 # ---------------------------------------------------------------------------------------------------------- diff

@@ -32,7 +32,9 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..progress import ProgressCallback, current, metered
 from ..storage.crc import crc32
 from ..structs import structure
-from ..text import format_bytes, plural, quote, shorten_list
+from ..style import current as current_style
+from ..style import status
+from ..text import format_bytes, plural, quote, shorten_list, wrap
 
 __all__ = ["Check", "VerifyReport", "parse_manifest", "sha256_file", "verify"]
 
@@ -126,12 +128,14 @@ class VerifyReport:
         )
 
     def __str__(self) -> str:
-        lines = [f"{self.path} ({self.format}): {self.summary}"]
+        look = current_style()
+        lines = wrap(f"{self.path} ({self.format}): {self.summary}", indent="", hang="  ")
         for check in self.checks:
-            mark = "ok  " if check.ok else "FAIL"
+            mark = "ok" if check.ok else "FAIL"
             code = f" [{check.code}]" if check.code else ""
             detail = f": {check.detail}" if check.detail else ""
-            lines.append(f"  {mark} {check.name}{code}{detail}")
+            first, *rest = wrap(f"{mark:4} {check.name}{code}{detail}", indent="  ", hang="       ")
+            lines += [look.paint_lead(first, 2, status(mark)), *rest]
         return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,12 @@ Leaving the ``with`` block by any exception (``KeyboardInterrupt`` included) bef
 removes every temporary file, every output already renamed into place and every folder this transaction created.
 Without ``force``, a final name is claimed with a hard link, which fails if the name appeared meanwhile, so an
 existing file is never replaced; with ``force``, :func:`os.replace` replaces it atomically.
+
+Outputs get the mode any new file gets (``0o666`` less the process umask: ``0644`` under umask ``022``), as
+``open(path, "w")`` would give them; :func:`tempfile.mkstemp` creates its file ``0600``, so the temporary file is
+given that mode before anything is written into it. The umask is read from ``/proc/self/status`` (Linux 4.7 and
+later); elsewhere :func:`os.umask` is set and put back, which another thread creating a file in that instant could
+observe (see :func:`current_umask`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import IO
@@ -25,10 +32,38 @@ from typing import IO
 from ..errors import TorchWeightsError, WriteError
 from ..text import quote, quote_list
 
-__all__ = ["TEMP_SUFFIX", "Outputs"]
+__all__ = ["TEMP_SUFFIX", "Outputs", "current_umask", "new_file_mode"]
 
 #: Suffix of the temporary files (hidden, in the destination folder) while an output is being written.
 TEMP_SUFFIX = ".tw-partial"
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system says it (``Umask:`` in
+    ``/proc/self/status``, Linux 4.7 and later).
+
+    Elsewhere the only way to read it is to set it and set it back (:func:`os.umask` twice): the calls are
+    serialised here, but a file another thread creates between them gets mode bits under umask ``0o077``
+    (stricter, never looser) for that instant.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode a newly created file gets: ``0o666`` less the umask (``0o644`` under umask ``022``)."""
+    return 0o666 & ~current_umask()
 
 
 def _fsync_dir(folder: str) -> None:
@@ -55,6 +90,7 @@ class Outputs:
         self.created_dirs: list[str] = []
         self.reserved: list[str] = []
         self.done = False
+        self.mode = new_file_mode()  # read once per transaction: every output gets the same mode
 
     def __enter__(self) -> Outputs:
         return self
@@ -124,6 +160,8 @@ class Outputs:
         self.temps[final] = temp
         try:
             with os.fdopen(fd, "wb") as fh:
+                if hasattr(os, "fchmod"):  # not on Windows, where mkstemp's file is not private anyway
+                    os.fchmod(fh.fileno(), self.mode)
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -101,14 +101,6 @@ class Item:
         return self.dtype != self.record.dtype
 
 
-def _view_key(record: TensorRecord) -> tuple[Any, ...] | None:
-    """Records with equal keys are the same tensor (tied weights); None for tensors that cannot be tied."""
-    ref = record.storage
-    if ref is None or record.numel == 0:
-        return None
-    return (ref.file, ref.key, record.dtype, record.shape, record.stride, record.storage_offset)
-
-
 def target_dtype(dtype: Any) -> str | None:
     """The dtype name of ``dtype=`` (a string or a torch dtype), None to keep every dtype.
 
@@ -141,7 +133,7 @@ def plan_items(selection: Selection, target: str | None, notes: list[str]) -> tu
         if record.storage is None:
             meta.append(key)
             continue
-        view = _view_key(record)
+        view = record.view_key
         if view is not None and view in kept and key != "format" and not key.startswith(META_PREFIX):
             aliases[key] = kept[view]
             continue

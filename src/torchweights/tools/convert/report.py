@@ -6,7 +6,7 @@ from dataclasses import field
 from typing import Any
 
 from ...structs import structure
-from ...text import format_bytes, plural, quote, shorten_list
+from ...text import format_bytes, plural, quote, shorten_list, wrap
 
 __all__ = ["ConvertReport"]
 
@@ -99,17 +99,16 @@ class ConvertReport:
         )
 
     def __str__(self) -> str:
-        lines = [
-            f"{quote(self.source)} ({self.source_format}) -> {self.summary}",
-            f"  container: {self.container_reason}",
-        ]
+        lines = wrap(f"{quote(self.source)} ({self.source_format}) -> {self.summary}", indent="", hang="  ")
+        lines += wrap(f"container: {self.container_reason}", hang="             ")
         lines.extend(f"  wrote {quote(path)}" for path in self.files)
         if self.aliases:
             shown = shorten_list(f"{quote(a)} = {quote(k)}" for a, k in self.aliases.items())
             how = "aliases in __metadata__" if self.to == "safetensors" else "one storage"
-            lines.append(f"  tied, written once ({how}): {shown}")
+            lines += wrap(f"tied, written once ({how}): {shown}", hang="    ")
         if self.cast:
             lines.append(f"  cast {plural(self.cast, 'tensor')}")
-        lines.extend(f"  note: {note}" for note in self.notes)
+        for note in self.notes:
+            lines += wrap(f"note: {note}", hang="        ")
         lines.append(f"  source sha256 {self.source_sha256}")
         return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...text import plural, printable
+from ...style import current, status
+from ...text import plural, printable, wrap
 from ...text import table as _table
 
 if TYPE_CHECKING:
@@ -32,23 +33,23 @@ def _where(finding: Finding) -> str:
 def render_text(report: ScanReport, *, limit: int | None = TEXT_FINDING_LIMIT) -> str:
     """The human report for one file."""
 
-    verdict = report.verdict.upper()
+    verdict = current().paint(status(report.verdict.upper()))
     lines = [f"{printable(report.path)}: {verdict}" + (f"  ({report.format})" if report.format else "")]
     findings = report.findings if limit is None else report.findings[:limit]
-    rows = [[f.severity, f.code, _where(f), printable(f.name or "")] for f in findings]
-    for row, finding in zip(_table(rows), findings):
+    rows = [[status(f.severity), f.code, _where(f), printable(f.name or "")] for f in findings]
+    for row, finding in zip(_table(rows, shrink=(3,)), findings):
         lines.append(row)
-        lines.append(f"      {printable(finding.message)}")
+        lines += wrap(finding.message, indent="      ")
     if limit is not None and len(report.findings) > limit:
         lines.append(f"  ... and {len(report.findings) - limit} more findings (--all or --json lists them)")
     counts = {v: sum(1 for x in report.globals.values() if x == v) for v in _VERDICTS}
     shown = ", ".join(f"{n} {v}" for v, n in counts.items() if n or v in ("safe", "unknown", "dangerous"))
-    lines.append(
-        f"  {plural(len(report.globals), 'global')} ({shown}); {plural(len(report.streams), 'pickle stream')} read"
+    lines += wrap(
+        f"{plural(len(report.globals), 'global')} ({shown}); {plural(len(report.streams), 'pickle stream')} read"
         + (f"; {plural(len(report.code_files), 'source file')} carried, never run" if report.code_files else "")
         + f"; {report.seconds:.3f} s"
     )
-    lines.append("  " + closing_line(report))
+    lines += wrap(closing_line(report))
     return "\n".join(lines) + "\n"
 
 

@@ -123,12 +123,19 @@ class TreeScan:
 
     def __str__(self) -> str:
         """One line per file (``verdict  path  (first finding)``), the links skipped, then the summary."""
+        from ...style import current, status
+
+        paint = current().paint
         rows = []
         for report in self.reports:
             # load-refused restates another finding (the reader's own error) when there is one: show that one
             telling = [f for f in report.findings if f.code != "load-refused"] or report.findings
             first = telling[0] if telling else None
-            rows.append(f"{report.verdict:<10}  {printable(report.path)}" + (f"  ({_short(first)})" if first else ""))
+            verdict = str(report.verdict)
+            rows.append(
+                f"{paint(status(verdict))}{' ' * (10 - len(verdict))}  {printable(report.path)}"
+                + (f"  ({_short(first)})" if first else "")
+            )
         rows += [f"{'skipped':<10}  {printable(path)}  ({why})" for path, why in self.skipped]
         return "\n".join([*rows, self.summary]) + "\n"
 
