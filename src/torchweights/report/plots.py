@@ -168,7 +168,10 @@ def change_plot(names: Sequence[str], change: Sequence[float], against: str) -> 
     colours = ["#bf3989" if math.isfinite(v) else STATE_COLOURS["bad"] for v in change]
     ax.bar(range(len(values)), values, color=colours, width=0.8)
     ax.set_yscale("log")
-    ax.set_xlabel("tensor, in file order")
+    # the axis starts at the floor, so an unchanged tensor draws no bar (not one that reads as a small change)
+    ax.set_ylim(floor, ceiling)
+    unchanged = sum(1 for v in change if v == 0)
+    ax.set_xlabel("tensor, in file order" + (f" ({unchanged} unchanged: no bar)" if unchanged else ""))
     ax.set_ylabel("||a - b|| / ||b||")
     ax.set_title(f"Relative change against {_label(against)}")
     ax.grid(True, axis="y", alpha=0.3)
