@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from mynets import Net
 
 import torchweights as tw
@@ -7,6 +9,6 @@ import torchweights as tw
 page = tw.html_report("last.pt", "report.html", model=Net(), against="model.pt")
 print(page.summary)
 assert page.load is not None and page.load.ok
-assert open("report.html").read().startswith("<!DOCTYPE html>")
+assert Path("report.html").read_text().startswith("<!DOCTYPE html>")
 # The same from the command line:
 #   torchweights report last.pt --model mynets.py:Net --against model.pt --html report.html
