@@ -17,8 +17,8 @@ $(STAMP): requirements-dev.txt pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples fuzz bench tools
-	$(BIN)/ruff format --check src tests examples fuzz bench tools
+	$(BIN)/ruff check src tests examples fuzz bench tools docs/snippets
+	$(BIN)/ruff format --check src tests examples fuzz bench tools docs/snippets
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
