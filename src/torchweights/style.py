@@ -33,6 +33,7 @@ __all__ = [
     "STATUS_COLOURS",
     "Marked",
     "Style",
+    "colour_preference",
     "current",
     "for_stream",
     "marked",
@@ -155,6 +156,20 @@ def using(style: Style | None) -> Iterator[Style]:
         _CURRENT.reset(token)
 
 
+_WHEN: contextvars.ContextVar[str] = contextvars.ContextVar("torchweights_colour_when", default="auto")
+
+
+@contextlib.contextmanager
+def colour_preference(when: str) -> Iterator[None]:
+    """Colour ``"always"``, ``"never"`` or ``"auto"`` (the default: the environment and the stream decide) for every
+    :func:`wants_colour` asked ``"auto"`` inside the block: the command line's ``--color``."""
+    token = _WHEN.set(when)
+    try:
+        yield
+    finally:
+        _WHEN.reset(token)
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -164,7 +179,10 @@ def _isatty(stream: TextIO) -> bool:
 
 def wants_colour(stream: TextIO, when: str = "auto", environ: Mapping[str, str] | None = None) -> bool:
     """Whether to colour text written to ``stream``: ``when`` is ``"always"``, ``"never"`` or ``"auto"`` (the
-    environment and the stream decide, in the order the module docstring gives)."""
+    environment and the stream decide, in the order the module docstring gives; inside :func:`colour_preference`,
+    ``"auto"`` means its choice)."""
+    if when == "auto":
+        when = _WHEN.get()
     if when in ("always", "never"):
         return when == "always"
     env = os.environ if environ is None else environ

@@ -99,6 +99,14 @@ def test_no_color_turns_it_off_and_force_color_on(model_file: Path) -> None:
     assert ESC not in on_tty(["scan", str(model_file)], TERM="dumb")
 
 
+def test_color_option_wins_over_the_environment_and_the_stream(model_file: Path) -> None:
+    assert f"{ESC}32mCLEAN{ESC}0m" in on_pipe(["scan", "--color=always", str(model_file)], NO_COLOR="1")
+    assert ESC not in on_tty(["scan", "--color", "never", str(model_file)], FORCE_COLOR="1")
+    assert f"{ESC}32mCLEAN{ESC}0m" in on_tty(["scan", "--color=auto", str(model_file)])
+    tree = on_pipe(["scan", "--colour=always", str(model_file.parent)])  # a folder: one line per file
+    assert f"{ESC}32mclean{ESC}0m" in tree
+
+
 def test_names_from_the_file_are_never_coloured_and_control_characters_are_escaped(tmp_path: Path) -> None:
     names = ["FAIL", "dangerous", "different", "evil\x1b[31mred"]
     torch.save({n: torch.zeros(2) for n in names}, tmp_path / "a.pt")

@@ -165,11 +165,19 @@ class _Discard(io.StringIO):
 
 @contextmanager
 def _conventions(args: argparse.Namespace) -> Iterator[None]:
-    """Apply ``-q`` (stdout dropped, the ``torchweights`` logger at ERROR) and ``-v`` (the logger at INFO, ``-vv``
-    DEBUG, on stderr) while a command runs; the logger is restored afterwards."""
-    if not (args.quiet or args.verbose):
-        yield
-        return
+    """Apply ``--color``, ``-q`` (stdout dropped, the ``torchweights`` logger at ERROR) and ``-v`` (the logger at
+    INFO, ``-vv`` DEBUG, on stderr) while a command runs; the logger is restored afterwards."""
+    from ..style import colour_preference
+
+    with colour_preference(getattr(args, "color", "auto")):
+        if not (args.quiet or args.verbose):
+            yield
+            return
+        yield from _verbosity(args)
+
+
+def _verbosity(args: argparse.Namespace) -> Iterator[None]:
+    """The logger and stdout under ``-q`` / ``-v`` (see :func:`_conventions`)."""
     import logging
 
     logger = logging.getLogger("torchweights")

@@ -8,6 +8,8 @@ The conventions (README, "Command line"):
 - ``-v/--verbose``: nothing truncated (every finding, every row) and the ``torchweights`` logger at INFO on
   stderr; ``-vv`` at DEBUG.
 - ``--json``: one JSON object on stdout, also on failure: ``{"error": {"code", "type", "message", "fix"}}``.
+- ``--color=auto|always|never``: colour of status words; ``auto`` (the default) colours only on a terminal and
+  honours ``NO_COLOR``, ``FORCE_COLOR`` and ``TERM=dumb`` (:mod:`torchweights.style`), as ``ls`` and ``grep`` do.
 
 ``-q`` and ``-v`` are accepted before the verb too (``torchweights -q scan x.pt``), as git's global options are.
 """
@@ -106,6 +108,13 @@ def add_verb(
         formatter_class=HelpFormatter,
     )
     add_verbosity(parser)
+    parser.add_argument(
+        "--color",
+        "--colour",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour status words: auto (a terminal, unless NO_COLOR is set), always or never",
+    )
     if json is not None:
         parser.add_argument(
             "--json", action="store_true", help=json + ' (on failure: {"error": {"code", "type", "message", "fix"}})'
