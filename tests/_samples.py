@@ -78,12 +78,13 @@ def _maxrss_bytes() -> int:
 
 
 def bounded(
-    call: Callable[[], T], input_bytes: int, what: str, *, catch: bool = True
+    call: Callable[[], T], input_bytes: int, what: str, *, catch: bool = True, cpu_seconds: float = CPU_SECONDS
 ) -> tuple[T | None, TorchWeightsError | None]:
     """Run ``call()`` within bounds; returns ``(result, None)``, or ``(None, error)`` for a TorchWeightsError
     when ``catch`` (with ``catch=False`` it escapes like any other exception).
 
-    Asserts at most ``CPU_SECONDS`` of CPU time (and interrupts a hang after ``HANG_SECONDS`` of wall time).
+    Asserts at most ``cpu_seconds`` (``CPU_SECONDS``) of CPU time (and interrupts a hang after ``HANG_SECONDS`` of
+    wall time).
     Asserts that at most ``FLOOR`` + 20 x ``input_bytes`` were allocated (tracemalloc peak; torch's own
     allocator is not traced, so the growth of the process's peak RSS is bounded too, at twice that), and that an
     error carries a code and a message.
@@ -109,7 +110,7 @@ def bounded(
         tracemalloc.stop()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    assert cpu <= CPU_SECONDS, f"{what} took {cpu:.2f} s of CPU for {input_bytes:,} bytes of input ({error!r:.300})"
+    assert cpu <= cpu_seconds, f"{what} took {cpu:.2f} s of CPU for {input_bytes:,} bytes of input ({error!r:.300})"
     assert (
         peak <= budget
     ), f"{what} allocated {peak:,} bytes (traced) for {input_bytes:,} bytes of input ({error!r:.300})"
@@ -122,11 +123,17 @@ def bounded(
 
 
 def exercise(
-    path: Path, input_bytes: int, *, limits: Limits = DEFAULT_LIMITS, mmap: bool = False
+    path: Path,
+    input_bytes: int,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    mmap: bool = False,
+    cpu_seconds: float = CPU_SECONDS,
 ) -> TorchWeightsError | None:
     """``tw.load(tw.open(path))`` within the bounds of :func:`bounded` (open and load together); returns the
     TorchWeightsError raised, None on success; anything else escapes."""
-    return bounded(lambda: tw.load(tw.open(path, limits=limits), mmap=mmap), input_bytes, "tw.open/tw.load")[1]
+    load = lambda: tw.load(tw.open(path, limits=limits), mmap=mmap)  # noqa: E731
+    return bounded(load, input_bytes, "tw.open/tw.load", cpu_seconds=cpu_seconds)[1]
 
 
 # --------------------------------------------------------------------------------------------------------------
