@@ -45,6 +45,26 @@ def test_outputs_get_the_umask_mode(umask: int, tmp_path: Path) -> None:
     assert _mode(final) == {0o022: 0o644, 0o077: 0o600, 0o002: 0o664}[umask]
 
 
+@pytest.mark.parametrize("before", [0o600, 0o640, 0o755])
+def test_a_replaced_file_keeps_its_mode(before: int, tmp_path: Path) -> None:
+    """As ``open(path, "w")`` over it: a private file replaced with force stays private, whatever the umask."""
+    torch.save({"w": torch.randn(4, 4)}, tmp_path / "m.pt")
+    out = tmp_path / "o.safetensors"
+    tw.convert(tmp_path / "m.pt", out)
+    out.chmod(before)
+    old = os.umask(0o022)
+    try:
+        tw.convert(tmp_path / "m.pt", out, force=True)
+        assert _mode(out) == before
+        page = tmp_path / "page.html"
+        page.write_text("old")
+        page.chmod(before)
+        tw.html_report(tmp_path / "m.pt", page)
+        assert _mode(page) == before and page.read_text().startswith("<!DOCTYPE html>")
+    finally:
+        os.umask(old)
+
+
 @pytest.mark.parametrize("to", ["safetensors", "torch"])
 def test_convert_outputs_get_the_umask_mode(umask: int, to: str, tmp_path: Path) -> None:
     torch.save({"w": torch.randn(4, 4), "b": torch.zeros(4)}, tmp_path / "m.pt")

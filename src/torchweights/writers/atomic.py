@@ -14,9 +14,10 @@ existing file is never replaced; with ``force``, :func:`os.replace` replaces it 
 
 Outputs get the mode any new file gets (``0o666`` less the process umask: ``0644`` under umask ``022``), as
 ``open(path, "w")`` would give them; :func:`tempfile.mkstemp` creates its file ``0600``, so the temporary file is
-given that mode before anything is written into it. The umask is read from ``/proc/self/status`` (Linux 4.7 and
-later); elsewhere :func:`os.umask` is set and put back, which another thread creating a file in that instant could
-observe (see :func:`current_umask`).
+given that mode before anything is written into it. An output that replaces a file (``force``) keeps that file's
+permission bits, as ``open(path, "w")`` over it would: a private ``0600`` file stays private. The umask is read
+from ``/proc/self/status`` (Linux 4.7 and later); elsewhere :func:`os.umask` is set and put back, which another
+thread creating a file in that instant could observe (see :func:`current_umask`).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class Outputs:
         try:
             with os.fdopen(fd, "wb") as fh:
                 if hasattr(os, "fchmod"):  # not on Windows, where mkstemp's file is not private anyway
-                    os.fchmod(fh.fileno(), self.mode)
+                    os.fchmod(fh.fileno(), self._mode_for(final))
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -169,6 +170,16 @@ class Outputs:
             if isinstance(exc, TorchWeightsError):  # a source that cannot be read, or our own WriteError
                 raise
             raise self._failed(final, exc) from None
+
+    def _mode_for(self, final: str) -> int:
+        """The mode of the file replaced at ``final`` (its permission bits), or a new file's."""
+        import stat
+
+        try:
+            st = os.stat(final)
+        except OSError:
+            return self.mode
+        return stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else self.mode
 
     def temp_path(self, final: str) -> str:
         """Where ``final``'s content is while the transaction is open (to verify it before commit)."""
