@@ -153,6 +153,12 @@ def test_stats_of_a_file(fmt: str, tmp_path: Path) -> None:
     assert (report["bad.weight"].nan_count, report["bad.weight"].inf_count) == (1, 1)
     assert report["steps"].min == 7 and report["enc.bias"].zero_fraction == 1.0
     assert [s.name for s in report.nonfinite] == ["bad.weight"]
+    # a mapping of name -> TensorStats, as the state dict it describes
+    assert "bad.weight" in report and "nope" not in report and 0 not in report
+    assert list(report) == [s.name for s in report.tensors] and len(report) == 5
+    assert dict(report.items())["steps"] is report["steps"]
+    with pytest.raises(KeyError):
+        report["nope"]
     assert repr(report) == f"<StatsReport {str(files[fmt])!r}: 5 tensors, 2.5K values; 1 with NaN or Inf>"
     text = str(report)
     assert "bad.weight" in text and "abs_max" in text

@@ -299,7 +299,8 @@ def _load_section(load: LoadReport) -> str:
 def _plots_section(report: HtmlReport, ckpt: Checkpoint) -> str:
     from ..report.plots import breakdown_plot, layer_stats_plot
 
-    described = [s for s in (report.stats.tensors if report.stats else ()) if _floating(s.dtype) and s.numel > 1]
+    tensors = report.stats.tensors if report.stats is not None else ()
+    described = [s for s in tensors if _floating(s.dtype) and s.numel > 1]
     plotted = [s for s in described if len(s.shape) >= 2] or described  # weight matrices and kernels, if any
     parts = ["<h2>Plots</h2>"]
     if plotted:
@@ -359,7 +360,7 @@ def _change_section(report: HtmlReport) -> str:
 def _tensor_section(report: HtmlReport, ckpt: Checkpoint) -> str:
     from ..values.stats import STAT_COLUMNS, stat_cell
 
-    by_name: dict[str, TensorStats] = {s.name: s for s in (report.stats.tensors if report.stats else ())}
+    by_name: dict[str, TensorStats] = {s.name: s for s in (report.stats.tensors if report.stats is not None else ())}
     headers = ["name", "bytes", *(h for h, _ in STAT_COLUMNS)]
     rows: list[list[Any]] = []
     flagged: set[int] = set()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -98,11 +99,27 @@ class StatsReport:
     tensors: tuple[TensorStats, ...] = ()
     seconds: float = 0.0
 
+    # A read-only mapping of tensor name -> TensorStats, as a state dict is: ``report["fc.weight"]``,
+    # ``"fc.weight" in report``, ``for name in report``, ``len(report)``, ``report.items()``.
+
     def __getitem__(self, name: str) -> TensorStats:
         for stats in self.tensors:
             if stats.name == name:
                 return stats
         raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(stats.name == name for stats in self.tensors)
+
+    def __iter__(self) -> Iterator[str]:
+        return (stats.name for stats in self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def items(self) -> Iterator[tuple[str, TensorStats]]:
+        """``(name, TensorStats)`` per tensor, in file order."""
+        return ((stats.name, stats) for stats in self.tensors)
 
     @property
     def nonfinite(self) -> tuple[TensorStats, ...]:
