@@ -61,6 +61,13 @@ def pyplot() -> Any:
     return plt
 
 
+def ticker() -> Any:
+    """``matplotlib.ticker`` (after :func:`pyplot` has checked matplotlib is there)."""
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
 def _label(name: str) -> str:
     text = printable(name)
     if len(text) > LABEL_LIMIT:
@@ -103,8 +110,24 @@ def layer_stats_plot(
 
     xs = list(range(len(names)))
     fig, ax = plt.subplots(figsize=(11, 3.8))
-    ax.plot(xs, clamp(abs_max), ".-", color="#8250df", linewidth=0.8, markersize=3, label="abs max")
-    ax.plot(xs, clamp(std), ".-", color="#0969da", linewidth=0.8, markersize=3, label="std")
+
+    def line(values: Sequence[float]) -> list[float]:  # a gap where the value is NaN/Inf: its mark is at the top
+        return [math.nan if not math.isfinite(v) else v if v > 0 else floor for v in values]
+
+    ax.plot(xs, line(abs_max), ".-", color="#8250df", linewidth=0.8, markersize=3, label="abs max")
+    ax.plot(xs, line(std), ".-", color="#0969da", linewidth=0.8, markersize=3, label="std")
+    # values that have no place on a log axis are drawn at its edges, with their own marks and legend entries, so a
+    # point at the top is never read as a real magnitude
+    series = (*abs_max, *std)
+    top = sorted({i % len(xs) for i, v in enumerate(series) if not math.isfinite(v)})
+    bottom = sorted({i % len(xs) for i, v in enumerate(series) if math.isfinite(v) and v <= 0})
+    if top:
+        ax.scatter(top, [ceiling] * len(top), s=36, marker="^", color="#cf222e", zorder=3, label="NaN/Inf (at the top)")
+    if bottom:
+        ax.scatter(
+            bottom, [floor] * len(bottom), s=36, marker="v", color="#6e7781", zorder=3, label="zero (at the floor)"
+        )
+    ax.set_ylim(floor / 2, ceiling * 2)
     if flagged:
         marked = clamp([abs_max[i] for i in flagged])
         ax.scatter(list(flagged), marked, s=60, marker="x", color=STATE_COLOURS["bad"], zorder=3, label="flagged")
@@ -119,6 +142,7 @@ def layer_stats_plot(
                 va="center",
             )
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(ticker().MaxNLocator(integer=True))
     ax.set_xlabel("tensor, in file order")
     ax.set_ylabel("value (log scale)")
     ax.set_title("Per-layer weight statistics")
@@ -167,6 +191,19 @@ def change_plot(names: Sequence[str], change: Sequence[float], against: str) -> 
     fig, ax = plt.subplots(figsize=(11, 3.4))
     colours = ["#bf3989" if math.isfinite(v) else STATE_COLOURS["bad"] for v in change]
     ax.bar(range(len(values)), values, color=colours, width=0.8)
+    for i, v in enumerate(change):
+        if not math.isfinite(v):
+            ax.annotate(
+                "nan" if math.isnan(v) else "inf",
+                (i, ceiling),
+                fontsize=7,
+                color=STATE_COLOURS["bad"],
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+            )
+    ax.xaxis.set_major_locator(ticker().MaxNLocator(integer=True))
     ax.set_yscale("log")
     # the axis starts at the floor, so an unchanged tensor draws no bar (not one that reads as a small change)
     ax.set_ylim(floor, ceiling)
