@@ -203,3 +203,22 @@ def test_inspect_stats_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert math.isclose(by_name["enc.weight"]["std"], float(files["state"]["enc.weight"].std()), rel_tol=1e-6)  # type: ignore[index]
     assert main(["inspect", str(files["pt"]), "--json"]) == 0
     assert all("stats" not in t for t in json.loads(capsys.readouterr().out)["tensors"])
+
+
+@pytest.mark.parametrize("columns", [50, 70])
+def test_inspect_stats_fits_the_width(
+    columns: int, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Narrower than the table: columns leave (the least telling first) and a last line names them; nothing is cut
+    inside a number, and std, abs_max, nan and inf always stay."""
+    files = write_planted(tmp_path)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["inspect", str(files["pt"]), "--stats"]) == 0
+    section = capsys.readouterr().out.split("statistics (")[1].splitlines()[1:]
+    assert all(len(line) <= columns for line in section)
+    header = section[0].split()
+    assert header[0] == "name" and header[-4:] == ["std", "abs_max", "nan", "inf"] and "mean" not in header
+    text = " ".join(line.strip() for line in section)
+    assert "(mean, zeros" in text and f"left out to fit {columns} columns; --json has every value)" in text
+    bad = next(line for line in section if line.strip().startswith("bad.weight"))
+    assert bad.split()[-2:] == ["1", "1"]

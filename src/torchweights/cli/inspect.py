@@ -118,10 +118,13 @@ def run(args: argparse.Namespace) -> int:
     elif stats is not None:
         from ..values.stats import stats_table
 
-        lines = stats_table(stats.tensors)
-        sys.stdout.write(
-            render_text(ckpt, depth=args.depth) + f"\nstatistics ({stats.summary})\n" + "\n".join(lines) + "\n"
-        )
+        shown = stats  # (narrowed for the closure)
+
+        def text() -> str:
+            lines = stats_table(shown.tensors)
+            return render_text(ckpt, depth=args.depth) + f"\nstatistics ({shown.summary})\n" + "\n".join(lines) + "\n"
+
+        sys.stdout.write(render_for(sys.stdout, text))
     elif getattr(args, "modules", False):
         sys.stdout.write(render_modules(ckpt))
     else:

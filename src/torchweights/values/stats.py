@@ -188,10 +188,19 @@ def stat_cell(value: object) -> str:
     return str(value)
 
 
-def stats_table(tensors: tuple[TensorStats, ...] | list[TensorStats], indent: str = "  ") -> list[str]:
-    """Aligned lines: one row per tensor, a header row of :data:`STAT_COLUMNS`."""
-    from ..text import table
+#: The columns :func:`stats_table` leaves out, in this order, when the table is wider than the text's width (after
+#: folding the names): the ones the others imply least first; name, std, abs_max, nan and inf always stay.
+DROP_ORDER = ("mean", "zeros", "shape", "min", "max", "dtype")
 
+
+def stats_table(tensors: tuple[TensorStats, ...] | list[TensorStats], indent: str = "  ") -> list[str]:
+    """Aligned lines: one row per tensor, a header row of :data:`STAT_COLUMNS`. Wider than the current style's
+    width (the terminal's, or 100 columns), names fold first, then columns leave in :data:`DROP_ORDER` and a last
+    line names them (``--json`` has every value)."""
+    from .. import style
+    from ..text import table, wrap
+
+    limit = style.current().width
     rows = [["name", *(header for header, _ in STAT_COLUMNS)]]
     for s in tensors:
         cells = [printable(s.name)]
@@ -202,7 +211,18 @@ def stats_table(tensors: tuple[TensorStats, ...] | list[TensorStats], indent: st
             else:
                 cells.append(stat_cell(value))
         rows.append(cells)
-    return table(rows, right=range(3, len(STAT_COLUMNS) + 1), indent=indent)
+    dropped: list[str] = []
+    while True:
+        keep = [i for i, header in enumerate(rows[0]) if header not in dropped]
+        shown = [[row[i] for i in keep] for row in rows]
+        right = [j for j, i in enumerate(keep) if i >= 3]  # the numbers (min onwards)
+        lines = table(shown, right=right, indent=indent, shrink=[0])
+        if limit is None or max(map(len, lines)) <= limit or len(dropped) == len(DROP_ORDER):
+            break
+        dropped.append(DROP_ORDER[len(dropped)])
+    if dropped:
+        lines += wrap(f"({', '.join(dropped)} left out to fit {limit} columns; --json has every value)", indent)
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------- reduce
