@@ -229,6 +229,7 @@ def test_json_error_for_a_model_factory(files: dict[str, str], capsys: pytest.Ca
     ("argv", "says"),
     [
         (["inspec", "x.pt", "--json"], "unknown command 'inspec' (did you mean 'inspect'?)"),
+        (["--json", "inspekt", "x.pt"], "unknown command 'inspekt' (did you mean 'inspect'?)"),
         (["inspect", "--json"], "the following arguments are required: PATH"),
         (["diff", "a.pt", "b.pt", "--rtol", "-1", "--json"], "tolerance must be 0 or more"),
     ],

@@ -112,12 +112,12 @@ def print_error(error: TorchWeightsError, *, json_output: bool, lead: str | None
     print(f"more: {error.docs_url}", file=sys.stderr)
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The first word that is not a top-level option: the command (None when there is none)."""
+def _command_word(argv: Sequence[str], also: frozenset[str] = frozenset()) -> str | None:
+    """The first word that is not a top-level option (nor one of ``also``): the command (None when there is none)."""
     for word in argv:
         if word == "--":
             return None
-        if word not in _GLOBAL_FLAGS:
+        if word not in _GLOBAL_FLAGS and word not in also:
             return word
     return None
 
@@ -142,7 +142,7 @@ def _usage_error(error: UsageError, *, json_output: bool) -> NoReturn:
 
 def _parse(parser: CommandParser, argv: list[str]) -> argparse.Namespace:
     """``argv`` parsed; an unknown command gets "did you mean" (difflib), -q with -v is refused."""
-    word = _command_word(argv)
+    word = _command_word(argv, also=frozenset({"--json"}))  # `torchweights --json inspekt` gets the hint too
     if word is not None and not word.startswith("-") and word not in COMMANDS:
         from ..text import close_names_hint
 
