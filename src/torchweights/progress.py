@@ -110,7 +110,7 @@ class TerminalBar:
                 desc=self.description,
                 unit=self.unit,
                 unit_scale=scaled,
-                unit_divisor=1024 if scaled else 1000,
+                unit_divisor=1000,  # decimal, as the reports' kB/MB/GB
                 file=sys.stderr,
                 leave=False,
                 dynamic_ncols=True,
