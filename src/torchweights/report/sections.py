@@ -51,7 +51,10 @@ def sections(report: LoadReport) -> list[str]:
 
 
 def _section(title: str, rows: list[list[str]], limit: int, right: Iterable[int] = ()) -> list[str]:
-    lines = [title, *table_rows(rows[:limit], right=right)]
+    # a title with a hoisted reason can be long: it wraps with its continuation under the reason
+    label, colon, _ = title.partition(": ")
+    head = wrap(title, "", " " * (len(label) + len(colon))) if colon else [title]
+    lines = [*head, *table_rows(rows[:limit], right=right)]
     if len(rows) > limit:
         lines.append(more(len(rows) - limit))
     return lines
