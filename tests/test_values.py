@@ -204,11 +204,13 @@ def test_check_cli_check_values(tmp_path: Path, capsys: pytest.CaptureFixture[st
     state["1.weight"][0, 0] = float("inf")
     path = save(state, tmp_path, "pt")
     argv = ["check", str(path), "--model", f"{models}:build"]
-    assert main([*argv, "--check-values"]) == 0  # warnings do not change the exit code
+    assert main([*argv, "--check-values"]) == 1  # asked for, value findings fail the check (a CI job)
     out = capsys.readouterr().out
     assert "values (1 finding)" in out and "1.weight  inf  1 of 8 values are infinite" in out
-    assert main([*argv, "--check-values", "--json"]) == 0
+    assert main([*argv, "--check-values", "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["value_findings"] == [{"name": "1.weight", "kind": "inf", "detail": "1 of 8 values are infinite"}]
-    assert main(argv) == 0
+    assert main(argv) == 0  # not asked: the values are not read
     assert "values (" not in capsys.readouterr().out
+    state["1.weight"][0, 0] = 0.5
+    assert main(["check", str(save(state, tmp_path, "pt")), "--model", f"{models}:build", "--check-values"]) == 0

@@ -49,7 +49,8 @@ EXIT_DOES_NOT_FIT = 1
 #: What each exit code of ``check`` means (its ``--help`` lists them).
 EXIT_CODES = {
     0: "the checkpoint loads into the model under the options given",
-    1: "it does not (the report says why and which option fixes it)",
+    1: "it does not (the report says why and which option fixes it); with --check-values, also when a tensor holds "
+    "NaN or Inf or a weight is all zero or constant",
     2: "the checkpoint cannot be read, an option cannot be followed, or the model factory cannot be imported or "
     "called",
 }
@@ -163,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--check-values",
         action="store_true",
         help="also read the tensors the plan loads, one at a time, and report NaN, Inf, all-zero and constant "
-        "weights (warnings: the exit code does not change)",
+        "weights (exit 1 when there are any: asked for, they fail a CI job as a misfit does)",
     )
     parser.set_defaults(handler=run)
 
@@ -363,4 +364,5 @@ def run(args: argparse.Namespace) -> int:
     text = report.to_json(indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
     sys.stdout.write(text)
     sys.stdout.flush()
-    return EXIT_OK if report.ok else EXIT_DOES_NOT_FIT
+    flagged = any(f.in_values for f in report.value_findings)  # NaN/Inf/zero/constant (not "left as initialised")
+    return EXIT_OK if report.ok and not flagged else EXIT_DOES_NOT_FIT
