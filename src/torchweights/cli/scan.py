@@ -1,7 +1,8 @@
 """``torchweights scan PATH...``: is it safe to load? Static analysis only; nothing from the files is run.
 
 Folders are walked recursively (:func:`~torchweights.tools.scan.tree.scan_tree`: ``--include``/``--exclude``
-globs; a sharded set or a distributed-checkpoint folder is one checkpoint). One checkpoint: its verdict and every
+globs, repeatable or comma-separated; a sharded set or a distributed-checkpoint folder is one checkpoint; files that
+are no checkpoint at all are listed as ignored; links to folders and broken links as skipped). One checkpoint: its verdict and every
 finding (worst first) with where it is (member, opcode offset), what and why. Several: one line per file
 (``verdict  path  (first finding)``) and a summary (``300 files: 297 clean, 2 dangerous, 1 unreadable``), with a
 progress bar on stderr when it is a terminal. ``--json`` prints one JSON object (every report and the summary).
