@@ -90,7 +90,8 @@ def test_include_and_exclude_globs(tree: Path) -> None:
     pruned = tw.scan_tree(tree, exclude=["deep", "*.bin", "set"])
     assert sorted(_names(pruned, tree)) == ["a.pt", "sub/b.pth", "sub/data.npy", "unknown.pkl"]
     everything = tw.scan_tree(tree, include=["*"], exclude=["set"])
-    assert _names(everything, tree)["notes.txt"] == "unreadable"  # every file by its content
+    assert "notes.txt" not in _names(everything, tree)  # every file by its content: this one is no checkpoint
+    assert [os.path.relpath(r.path, tree) for r in everything.not_checkpoints] == ["notes.txt"]
 
 
 def test_without_the_index_each_shard_is_its_own_checkpoint(tree: Path) -> None:
@@ -113,12 +114,14 @@ def test_links_loops_and_outside_the_tree(tree: Path, tmp_path: Path) -> None:
     (tree / "dangling.pt").symlink_to(tmp_path / "gone.pt")
     result = tw.scan_tree(tree)
     names = _names(result, tree)
-    assert names["far.pt"] == "dangerous" and names["dangling.pt"] == "unreadable"
-    assert ("alias.pt" in names) != ("a.pt" in names)
+    assert names["far.pt"] == "dangerous" and "dangling.pt" not in names
+    assert "a.pt" in names and "alias.pt" not in names  # the real path wins over a link to it
     assert not any(n.startswith(("elsewhere", "sub/deep/loop")) for n in names)
     skipped = {os.path.relpath(p, tree): why for p, why in result.skipped}
     assert "outside the folder scanned" in skipped["elsewhere"]
-    assert "already scanned" in skipped["sub/deep/loop"]
+    assert skipped["sub/deep/loop"].endswith("a folder inside the tree, scanned at its own path")
+    assert skipped["dangling.pt"].startswith("broken link: a link to ")
+    assert list(skipped) == sorted(skipped)
 
 
 def test_distributed_checkpoint_folder_is_one_checkpoint(tmp_path: Path) -> None:
@@ -190,6 +193,7 @@ def test_cli_json_has_every_report_and_the_summary(tree: Path, capsys: pytest.Ca
         "clean": 4,
         "dangerous": 1,
         "unreadable": 1,
+        "not_checkpoints": 0,
         "unknown": 1,
         "text": "6 files: 4 clean, 1 dangerous, 1 unreadable, 1 with unknown classes",
     }
@@ -202,3 +206,145 @@ def test_cli_files_named_keep_their_full_reports(tree: Path, capsys: pytest.Capt
     assert main(["scan", str(tree / "a.pt")]) == 0
     out = capsys.readouterr().out
     assert ": CLEAN" in out and "files:" not in out
+
+
+def test_folder_links_inside_the_tree_never_hide_the_real_paths(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    for real in ("a_real", "z_real"):
+        (root / real).mkdir(parents=True)
+        _clean(root / real / "w.pt")
+    (root / "a_link").symlink_to("z_real")  # walked before its target
+    (root / "z_link").symlink_to("a_real")  # walked after it
+    (root / "loop").mkdir()
+    (root / "loop" / "up").symlink_to("..")
+    result = tw.scan_tree(root)
+    assert sorted(_names(result, root)) == ["a_real/w.pt", "z_real/w.pt"]
+    skipped = {os.path.relpath(p, root): why for p, why in result.skipped}
+    assert sorted(skipped) == ["a_link", "loop/up", "z_link"]
+    assert all(why.endswith("a folder inside the tree, scanned at its own path") for why in skipped.values())
+    # the order of the paths named does not matter either
+    again = tw.scan_tree([root / "a_link", root / "z_real"])
+    assert [r.path for r in again.reports] == [str(root / "z_real" / "w.pt")] and not again.skipped
+    # a real folder --exclude leaves out is not scanned through a link to it either
+    pruned = tw.scan_tree(root, exclude=["z_real"])
+    assert sorted(_names(pruned, root)) == ["a_real/w.pt"]
+    why = dict(pruned.skipped)[str(root / "a_link")]
+    assert why.endswith("a folder inside the tree that --exclude leaves out: not followed")
+
+
+def test_broken_links_are_skipped_once_in_a_walk_and_unreadable_when_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "t"
+    (root / "sub").mkdir(parents=True)
+    _clean(root / "sub" / "ok.pt")
+    (root / "sub" / "dangling.pt").symlink_to("nowhere")
+    (root / "sub" / "notes.txt").symlink_to("nowhere")  # not a name scanned: not listed either
+    (root / "sub2").symlink_to("sub")  # the same broken link by a second path
+    (root / "self.pt").symlink_to("self.pt")
+    result = tw.scan_tree(root)
+    assert _names(result, root) == {"sub/ok.pt": "clean"}
+    skipped = {os.path.relpath(p, root): why for p, why in result.skipped}
+    assert skipped == {
+        "self.pt": "broken link: a link that loops, no file to scan",
+        "sub/dangling.pt": "broken link: a link to 'nowhere', no file to scan",
+        "sub2": f"a link to {str(root / 'sub')!r}, a folder inside the tree, scanned at its own path",
+    }
+    assert result.summary == "1 file: 1 clean" and result.exit_code() == 0
+    assert main(["scan", str(root)]) == 0
+    assert "skipped     " + str(root / "sub" / "dangling.pt") in capsys.readouterr().out
+    # named on the command line, a missing file is what the user asked about: unreadable (not-found), exit 2
+    assert main(["scan", str(root / "sub" / "dangling.pt"), str(root)]) == 2
+    named = tw.scan_tree([root / "sub" / "dangling.pt", root])
+    assert [f.code for f in named.reports[0].findings] == ["not-found"] and len(named.reports) == 2
+
+
+def _hf_folder(root: Path) -> None:
+    root.mkdir()
+    _clean(root / "pytorch_model.bin")
+    (root / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 4}))
+    (root / "README.md").write_text("# A model\n\nSome words about it.\n")
+    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"vocab": {"a": 0}}}))
+    (root / "spiece.model").write_bytes(bytes(range(256)) * 4)  # a binary format detection does not know
+
+
+def test_files_that_are_no_checkpoint_do_not_fail_a_walk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "hf"
+    _hf_folder(root)
+    result = tw.scan_tree(root, include=["*"])
+    assert _names(result, root) == {"pytorch_model.bin": "clean"}
+    ignored = {os.path.basename(r.path): _code(r) for r in result.not_checkpoints}
+    assert ignored == {
+        "README.md": "text-file",
+        "config.json": "json-document",
+        "spiece.model": "unknown-format",
+        "tokenizer.json": "json-document",
+    }
+    assert result.summary == "5 files: 1 clean, 4 not checkpoints" and result.exit_code("unreadable") == 0
+    assert main(["scan", str(root), "--include", "*"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"ignored     {root / 'config.json'}  (not a checkpoint: json-document)" in out
+    assert main(["scan", "--json", str(root), "--include", "*"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["summary"]["files"] == 5 and doc["summary"]["not_checkpoints"] == 4 and len(doc["reports"]) == 1
+    assert {d["code"] for d in doc["not_checkpoints"]} == {"text-file", "json-document", "unknown-format"}
+    # under a checkpoint's name, the same content is a broken download: unreadable, exit 2
+    (root / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+    (root / "tf_model.bin").write_text("<!DOCTYPE html><html><body>Sign in to continue</body></html>")
+    (root / "empty.pt").write_bytes(b"")
+    broken = tw.scan_tree(root, include=["*"])
+    assert {n: v for n, v in _names(broken, root).items() if v != "clean"} == {
+        "empty.pt": "unreadable",
+        "model.safetensors": "unreadable",
+        "tf_model.bin": "unreadable",
+    }
+    assert len(broken.not_checkpoints) == 4 and broken.exit_code() == 2
+    # named on the command line, any file keeps tw.scan's verdict
+    assert main(["scan", str(root / "config.json")]) == 2
+    named = tw.scan_tree([root / "config.json", root / "README.md"])
+    assert [str(r.verdict) for r in named.reports] == ["unreadable", "unreadable"] and not named.not_checkpoints
+
+
+def _code(report: tw.ScanReport) -> str:
+    assert report.load_error is not None
+    return report.load_error.code
+
+
+def test_files_named_get_their_own_report_even_inside_a_folder_named(tree: Path) -> None:
+    shard = tree / "set" / "pytorch_model-00001-of-00002.bin"
+    result = tw.scan_tree([shard, tree / "set"])
+    assert [os.path.relpath(r.path, tree) for r in result.reports] == [
+        "set/pytorch_model-00001-of-00002.bin",
+        "set/pytorch_model.bin.index.json",
+        "set/training_args.bin",
+    ]
+    # a file named and found again by the walk: one report, the named one
+    twice = tw.scan_tree([tree / "sub" / "b.pth", tree / "sub"])
+    assert [os.path.relpath(r.path, tree) for r in twice.reports] == ["sub/b.pth", "sub/data.npy", "sub/deep/evil.pt"]
+    # a named index covers its shards: the walk does not scan them again, nor the index
+    index = tw.scan_tree([tree / "set" / "pytorch_model.bin.index.json", tree / "set"])
+    assert sorted(os.path.basename(r.path) for r in index.reports) == [
+        "pytorch_model.bin.index.json",
+        "training_args.bin",
+    ]
+
+
+def test_cli_globs_take_comma_lists(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", str(tree), "--exclude", "deep,set", "--exclude", "broken.bin"]) == 0
+    out = capsys.readouterr().out
+    assert "evil.pt" not in out and "set/" not in out and "broken.bin" not in out and "a.pt" in out
+    assert main(["scan", str(tree), "--include", "*.pth, *.npy"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 files: 2 clean"
+    _clean(tree / "a,b.pt")  # a literal comma: [,]
+    assert main(["scan", str(tree), "--include", "a[,]b.pt,a.pt"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 files: 2 clean"
+    with pytest.raises(SystemExit):
+        main(["scan", str(tree), "--include", ","])
+    assert "no glob in it" in capsys.readouterr().err
+
+
+def test_completion_offers_fail_on_words(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", "bash"]) == 0
+    assert '--fail-on) COMPREPLY=($(compgen -W "dangerous unknown unreadable"' in capsys.readouterr().out
+    assert main(["completion", "fish"]) == 0
+    assert "-l fail-on -x -a 'dangerous unknown unreadable'" in capsys.readouterr().out

@@ -75,7 +75,9 @@ def options(parser: argparse.ArgumentParser) -> list[Option]:
     for action in parser._actions:
         if not action.option_strings:
             continue
-        choices = tuple(str(c) for c in action.choices) if action.choices is not None else None
+        # a type that checks a list (``--fail-on a,b``) names its words in a ``choices`` attribute
+        listed = action.choices if action.choices is not None else getattr(action.type, "choices", None)
+        choices = tuple(str(c) for c in listed) if listed is not None else None
         help_text = (action.help or "").split(";")[0].split(" (")[0]
         out.append((tuple(action.option_strings), choices, action.nargs != 0, help_text))
     return out

@@ -1,7 +1,8 @@
 """``torchweights scan PATH...``: is it safe to load? Static analysis only; nothing from the files is run.
 
 Folders are walked recursively (:func:`~torchweights.tools.scan.tree.scan_tree`: ``--include``/``--exclude``
-globs; a sharded set or a distributed-checkpoint folder is one checkpoint). One checkpoint: its verdict and every
+globs, repeatable or comma-separated; a sharded set or a distributed-checkpoint folder is one checkpoint; files that
+are no checkpoint at all are listed as ignored; links to folders and broken links as skipped). One checkpoint: its verdict and every
 finding (worst first) with where it is (member, opcode offset), what and why. Several: one line per file
 (``verdict  path  (first finding)``) and a summary (``300 files: 297 clean, 2 dangerous, 1 unreadable``), with a
 progress bar on stderr when it is a terminal. ``--json`` prints one JSON object (every report and the summary).
@@ -21,7 +22,7 @@ from ._options import add_allow_global, add_verb
 # ``..scan`` and ``..scan_text`` are imported by the functions that use them: every subcommand module is imported to
 # build the parser, and ``torchweights --help`` should not pay for the scanner.
 
-__all__ = ["EXAMPLES", "EXIT_CODES", "register", "run"]
+__all__ = ["EXAMPLES", "EXIT_CODES", "FailOn", "globs", "register", "run"]
 
 #: What each exit code of ``scan`` means (its ``--help`` lists them).
 EXIT_CODES = {
@@ -64,23 +65,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--include",
         metavar="GLOB",
         action="append",
+        type=globs,
         default=None,
-        help="in folders, scan the files matching GLOB (repeatable; replaces the default: *.pt *.pth *.pt2 *.bin "
-        "*.ckpt *.safetensors *.index.json *.pkl *.pickle *.joblib *.npy *.npz *.tar *.mar); a GLOB with / matches "
-        "the path inside the folder",
+        help="in folders, scan the files matching GLOB (repeatable or comma-separated, a literal comma is [,]; "
+        "replaces the default: *.pt *.pth *.pt2 *.bin *.ckpt *.safetensors *.index.json *.pkl *.pickle *.joblib "
+        "*.npy *.npz *.tar *.mar); a GLOB with / matches the path inside the folder; files found that are no "
+        "checkpoint at all (config.json, README) are listed as ignored and do not fail the run",
     )
     parser.add_argument(
         "--exclude",
         metavar="GLOB",
         action="append",
+        type=globs,
         default=[],
-        help="in folders, leave out the files and folders matching GLOB (repeatable)",
+        help="in folders, leave out the files and folders matching GLOB (repeatable or comma-separated: "
+        "--exclude .git,runs)",
     )
     parser.add_argument(
         "--fail-on",
         metavar="WHAT",
         action="append",
-        type=_fail_on,
+        type=FailOn(),
         default=None,
         help="exit non-zero only for these: dangerous (exit 1), unknown (exit 1: a class scan does not know), "
         "unreadable (exit 2); repeatable or comma-separated; default dangerous,unreadable",
@@ -92,13 +97,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
-def _fail_on(value: str) -> list[str]:
-    """``--fail-on``'s value: one word or a comma list of :data:`~torchweights.tools.scan.tree.FAIL_ON`."""
-    from ..tools.scan.tree import FAIL_ON
+class FailOn:
+    """``--fail-on``'s type: one word or a comma list of :data:`~torchweights.tools.scan.tree.FAIL_ON`.
 
-    words = [w.strip().lower() for w in value.split(",") if w.strip()]
-    if not words or any(w not in FAIL_ON for w in words):
-        raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(FAIL_ON)}")
+    :attr:`choices` are the words, for ``torchweights completion`` (argparse's own ``choices`` cannot check a comma
+    list); the scanner is imported only when they are asked for.
+    """
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The words ``--fail-on`` takes."""
+        from ..tools.scan.tree import FAIL_ON
+
+        return tuple(FAIL_ON)
+
+    def __call__(self, value: str) -> list[str]:
+        words = [w.strip().lower() for w in value.split(",") if w.strip()]
+        if not words or any(w not in self.choices for w in words):
+            raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(self.choices)}")
+        return words
+
+
+def globs(value: str) -> list[str]:
+    """``--include``/``--exclude``'s value: globs separated by commas, except a comma inside ``[...]`` (``[,]``
+    matches a literal comma)."""
+    out = [""]
+    depth = 0
+    for char in value:
+        if char == "," and not depth:
+            out.append("")
+            continue
+        depth = 1 if char == "[" else 0 if char == "]" else depth
+        out[-1] += char
+    words = [w.strip() for w in out if w.strip()]
+    if not words:
+        raise argparse.ArgumentTypeError(f"{value!r}: no glob in it")
     return words
 
 
@@ -116,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
     with terminal_bar("scan", unit="file", enabled=cli_enabled(args) and several) as bar:
         tree = scan_tree(
             args.paths,
-            include=args.include,
-            exclude=args.exclude,
+            include=None if args.include is None else [g for group in args.include for g in group],
+            exclude=[g for group in args.exclude for g in group],
             allow_globals=args.allow_globals,
             progress=bar,
         )

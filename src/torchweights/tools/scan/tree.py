@@ -14,23 +14,33 @@ Globs (``fnmatch``: ``*``, ``?``, ``[abc]``) match case-insensitively; one witho
 or folder, one with ``/`` its path relative to the folder walked (``sub/*.bin``). ``exclude`` also prunes folders
 (``--exclude .git``). ``include`` replaces the default list.
 
+Files that are not checkpoints at all: in a folder walked, a file whose name is none of :data:`DEFAULT_INCLUDE`
+(found because ``include`` asks for more, ``include=["*"]``) and whose content detection says is no checkpoint (a
+:class:`~torchweights.errors.NotACheckpointError`: ``config.json``, a README, a tokenizer file) is listed in
+:attr:`TreeScan.not_checkpoints`, not as ``unreadable``: it does not fail the run. Under a checkpoint's name
+(``model.bin`` holding an HTML page or a Git LFS pointer, an empty ``model.pt``) it stays ``unreadable``: the
+download is broken. A file named on its own keeps the verdict ``tw.scan`` gives it, and always has a report of its
+own (the walk does not report it again).
+
 Links: a symbolic link to a file is scanned (the file a loader would open through that name; a Hugging Face cache
-snapshot is links into ``../../blobs``), each real file once. A link to a folder is followed only when the folder
-lies inside the tree being walked and was not walked already: no loops, nothing outside the tree; the others are
-listed in :attr:`TreeScan.skipped`. A folder that cannot be listed is a report of its own, verdict ``unreadable``
-(never silently clean).
+snapshot is links into ``../../blobs``), each real file once, under its real path when the walk finds it there too
+(whatever the order of the walk). A link to a folder is never followed: a folder inside the tree is scanned at its
+own path (or left out by ``exclude``), one outside is not scanned; such links are listed in :attr:`TreeScan.skipped`
+with the reason, and so are broken links (nothing to scan; a missing file named on its own is ``unreadable``,
+``not-found``). A folder that cannot be listed is a report of its own, verdict ``unreadable`` (never silently clean).
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import field
-from typing import Any
+from typing import Any, NamedTuple
 
-from ...errors import RuleError
+from ...errors import NotACheckpointError, RuleError
 from ...limits import DEFAULT_LIMITS, Limits
 from ...progress import Meter, ProgressCallback
 from ...structs import structure
@@ -75,13 +85,16 @@ class TreeScan:
 
     Attributes:
         reports: one :class:`~.report.ScanReport` per checkpoint, in the order found (folders walked in name order).
-        skipped: ``(path, reason)`` for each link not followed.
+        skipped: ``(path, reason)`` for each link not followed or broken, in path order.
         walked: whether a folder was walked (not only files and checkpoint folders named).
+        not_checkpoints: the reports of files a walk found that are no checkpoint at all (see the module
+            docstring): not in :attr:`reports`, not counted in the verdicts, never a reason to fail.
     """
 
     reports: list[ScanReport] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     walked: bool = False
+    not_checkpoints: list[ScanReport] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Reports per verdict, every verdict present (``{"clean": 297, "dangerous": 2, "unreadable": 1}``)."""
@@ -97,32 +110,42 @@ class TreeScan:
 
     @property
     def summary(self) -> str:
-        """One line: ``300 files: 297 clean, 2 dangerous, 1 unreadable`` (verdicts with no file left out)."""
+        """One line: ``300 files: 297 clean, 2 dangerous, 1 unreadable`` (verdicts with no file left out), and
+        ``, 3 not checkpoints`` when a walk found some."""
         counts = [f"{n} {verdict}" for verdict, n in self.counts().items() if n]
+        if self.not_checkpoints:
+            counts.append(plural(len(self.not_checkpoints), "not checkpoint"))
         unknown = len(self.unknown)
         if unknown:
             counts.append(f"{unknown} with unknown classes")
-        return f"{plural(len(self.reports), 'file')}: " + (", ".join(counts) if counts else "nothing to scan")
+        files = len(self.reports) + len(self.not_checkpoints)
+        return f"{plural(files, 'file')}: " + (", ".join(counts) if counts else "nothing to scan")
 
     def exit_code(self, fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> int:
         """The command line's exit code: see :func:`exit_code`."""
         return exit_code(self, fail_on)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON: every report, the summary (its line and the counts), and the links skipped."""
+        """Plain data for JSON: every report, the summary (its line and the counts), the links skipped, and the
+        files that are not checkpoints (``{"path", "code", "message"}``: detection's code and message)."""
         return {
             "reports": [r.to_dict() for r in self.reports],
             "summary": {
-                "files": len(self.reports),
+                "files": len(self.reports) + len(self.not_checkpoints),
                 **self.counts(),
+                "not_checkpoints": len(self.not_checkpoints),
                 "unknown": len(self.unknown),
                 "text": self.summary,
             },
             "skipped": [{"path": p, "reason": why} for p, why in self.skipped],
+            "not_checkpoints": [
+                {"path": r.path, "code": _why_not(r).code, "message": _why_not(r).message} for r in self.not_checkpoints
+            ],
         }
 
     def __str__(self) -> str:
-        """One line per file (``verdict  path  (first finding)``), the links skipped, then the summary."""
+        """One line per file (``verdict  path  (first finding)``), the files that are not checkpoints, the links
+        skipped, then the summary."""
         from ...style import current, status
 
         paint = current().paint
@@ -136,11 +159,31 @@ class TreeScan:
                 f"{paint(status(verdict))}{' ' * (10 - len(verdict))}  {printable(report.path)}"
                 + (f"  ({_short(first)})" if first else "")
             )
+        rows += [
+            f"{'ignored':<10}  {printable(r.path)}  (not a checkpoint: {_why_not(r).code})"
+            for r in self.not_checkpoints
+        ]
         rows += [f"{'skipped':<10}  {printable(path)}  ({why})" for path, why in self.skipped]
         return "\n".join([*rows, self.summary]) + "\n"
 
     def __repr__(self) -> str:
         return f"<TreeScan: {self.summary}>"
+
+
+def _why_not(report: ScanReport) -> NotACheckpointError:
+    """Why a report of :attr:`TreeScan.not_checkpoints` is no checkpoint (detection's error)."""
+    assert isinstance(report.load_error, NotACheckpointError)
+    return report.load_error
+
+
+def _not_a_checkpoint(report: ScanReport) -> bool:
+    """Detection says the file is no checkpoint at all, and that is all scan found wrong with it (nothing
+    dangerous, no other error)."""
+    return (
+        isinstance(report.load_error, NotACheckpointError)
+        and report.verdict == Verdict.UNREADABLE
+        and all(f.code == "load-refused" for f in report.findings if f.severity == Severity.ERROR)
+    )
 
 
 def _short(finding: Finding) -> str:
@@ -206,27 +249,34 @@ def scan_tree(
     walk = _Walk(tuple(include if include is not None else DEFAULT_INCLUDE), tuple(exclude))
     for path in paths:
         walk.top(os.fspath(path))
+    units = walk.finish()
     allowed = frozenset(allow_globals)
     tree = TreeScan(skipped=walk.skipped, walked=walk.walked)
-    meter = Meter(progress, len(walk.units))
+    meter = Meter(progress, len(units))
     meter.advance(0)  # the total, before the first file (which may take a while)
     covered: set[tuple[int, int]] = set()
     # sharded sets and distributed checkpoints first: the files they cover are not scanned again
-    order = sorted(range(len(walk.units)), key=lambda i: not walk.units[i][1])
+    order = sorted(range(len(units)), key=lambda i: not units[i].is_set)
     results: dict[int, ScanReport] = {}
     for i in order:
-        path, is_set, failure = walk.units[i]
-        if failure is not None:
-            results[i] = failure
-        elif not is_set and _identity(path) in covered:
+        unit = units[i]
+        if unit.failure is not None:
+            results[i] = unit.failure
+        elif not unit.named and not unit.is_set and _identity(unit.path) in covered:
             meter.advance(1)
             continue
         else:
-            results[i] = scan(path, limits=limits, allow_globals=allowed)
-            if is_set:
+            results[i] = scan(unit.path, limits=limits, allow_globals=allowed)
+            if unit.is_set:
                 covered.update(_identity(f) for f in results[i].files)
         meter.advance(1)
-    tree.reports = [results[i] for i in sorted(results)]
+    for i in sorted(results):
+        report = results[i]
+        walked_file = not units[i].named and not units[i].is_set and units[i].failure is None
+        if walked_file and _not_a_checkpoint(report) and not _Walk.matches(DEFAULT_INCLUDE, units[i].path):
+            tree.not_checkpoints.append(report)
+        else:
+            tree.reports.append(report)
     meter.finish()
     return tree
 
@@ -240,29 +290,74 @@ def _identity(path: str) -> tuple[int, int]:
     return (info.st_dev, info.st_ino)
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` leads to a folder; False for a link that loops or cannot be followed (a broken link)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+class _Unit(NamedTuple):
+    """One checkpoint to scan: a file, a sharded index or a distributed-checkpoint folder (``is_set``), or a
+    folder that could not be listed (``failure``, its report ready)."""
+
+    path: str
+    is_set: bool = False
+    failure: ScanReport | None = None
+    named: bool = False  # named on its own: always reported, whatever else covers it
+
+
 class _Walk:
-    """Finds the checkpoints under the paths: :attr:`units` is ``(path, is_set, failure)`` for each, ``is_set``
-    True for a sharded index or a distributed-checkpoint folder, ``failure`` a ready report for a folder that could
-    not be listed."""
+    """Finds the checkpoints under the paths: :meth:`top` for each path, then :meth:`finish` for the units."""
 
     def __init__(self, include: tuple[str, ...], exclude: tuple[str, ...]) -> None:
         self.include = include
         self.exclude = exclude
-        self.units: list[tuple[str, bool, ScanReport | None]] = []
+        self.units: list[_Unit] = []
         self.skipped: list[tuple[str, str]] = []
-        self.seen_files: set[tuple[int, int]] = set()
+        self.files: dict[tuple[int, int], list[int]] = {}  # real file -> the units a walk found it as
+        self.named: set[tuple[int, int]] = set()
         self.seen_dirs: set[tuple[int, int]] = set()
+        self.folder_links: list[tuple[str, str]] = []  # (link, root of the walk that found it)
         self.walked = False
 
     def top(self, path: str) -> None:
-        if not os.path.isdir(path):
-            self.units.append((path, False, None))  # a file, or nothing: scan says what it is
+        if not os.path.isdir(path):  # a file, or nothing: scan says what it is
+            self.units.append(_Unit(path, path.lower().endswith(".index.json"), named=True))
+            self.named.add(_identity(path))
             return
         if os.path.isfile(os.path.join(path, _DCP_METADATA)):
-            self.units.append((path, True, None))
+            self.units.append(_Unit(path, True, named=True))
             return
         self.walked = True
         self.directory(path, os.path.realpath(path), "")
+
+    def finish(self) -> list[_Unit]:
+        """The units, each real file once (named > found at its real path > first other path in walk order), and
+        the folder links in :attr:`skipped` with why, now that every folder was walked (the same whatever the order
+        of the paths and of the walk)."""
+        for path, root in self.folder_links:
+            target = os.path.realpath(path)
+            info = os.stat(target)
+            inside = os.path.commonpath([root, target]) == root
+            if (info.st_dev, info.st_ino) in self.seen_dirs:
+                where = "a folder inside the tree," if inside else "a folder"
+                why = f"a link to {quote(target)}, {where} scanned at its own path"
+            elif inside:
+                why = f"a link to {quote(target)}, a folder inside the tree that --exclude leaves out: not followed"
+            else:
+                why = f"a link to {quote(target)}, outside the folder scanned: not followed"
+            self.skipped.append((path, why))
+        self.skipped.sort()
+        dropped: set[int] = set()
+        for key, found in self.files.items():
+            at_real_path = (
+                i for i in found if os.path.realpath(self.units[i].path) == os.path.abspath(self.units[i].path)
+            )
+            keep = None if key in self.named else next(at_real_path, found[0]) if len(found) > 1 else found[0]
+            dropped.update(i for i in found if i != keep)
+        return [unit for i, unit in enumerate(self.units) if i not in dropped]
 
     def directory(self, path: str, root: str, relative: str) -> None:
         info = os.stat(path)
@@ -281,48 +376,40 @@ class _Walk:
                     path,
                 )
             )
-            self.units.append((path, False, report))
+            self.units.append(_Unit(path, failure=report))
             return
         names = {e.name for e in entries}
         dcp = _DCP_METADATA in names and os.path.isfile(os.path.join(path, _DCP_METADATA))
         if dcp:
-            self.units.append((path, True, None))
+            self.units.append(_Unit(path, True))
         for entry in entries:
             child = f"{relative}/{entry.name}" if relative else entry.name
             if self.matches(self.exclude, child):
                 continue
             if entry.is_dir(follow_symlinks=False):
                 self.directory(entry.path, root, child)
-            elif entry.is_symlink() and entry.is_dir():
-                self.linked_directory(entry.path, root, child)
+            elif entry.is_symlink() and _is_dir(entry):
+                self.folder_links.append((entry.path, root))  # classified once every folder is walked
             elif dcp and (entry.name == _DCP_METADATA or entry.name.endswith(".distcp")):
                 continue  # the folder's scan reads them
-            elif self.matches(self.include, child) and self.new_file(entry.path):
-                self.units.append((entry.path, entry.name.lower().endswith(".index.json"), None))
+            elif self.matches(self.include, child):
+                self.file(entry)
 
-    def linked_directory(self, path: str, root: str, relative: str) -> None:
-        target = os.path.realpath(path)
-        info = os.stat(target)
-        if os.path.commonpath([root, target]) != root:
-            self.skipped.append((path, f"a link to {quote(target)}, outside the folder scanned: not followed"))
-        elif (info.st_dev, info.st_ino) in self.seen_dirs:
-            self.skipped.append((path, f"a link to {quote(target)}, a folder already scanned"))
-        else:
-            self.directory(path, root, relative)
-
-    def new_file(self, path: str) -> bool:
-        """False for a file reached before under another name (a link); a broken link is new (scan reports it)."""
+    def file(self, entry: os.DirEntry[str]) -> None:
+        """A file the globs select: a unit, unless it is no regular file or a broken link (:attr:`skipped`)."""
         try:
-            info = os.stat(path)
-        except OSError:
-            return True
+            info = os.stat(entry.path)
+        except OSError as exc:
+            if not entry.is_symlink():  # gone since it was listed: scan says so
+                self.units.append(_Unit(entry.path))
+            else:
+                reason = "a link that loops" if exc.errno == errno.ELOOP else f"a link to {quote(os.readlink(entry))}"
+                self.skipped.append((entry.path, f"broken link: {reason}, no file to scan"))
+            return
         if not stat.S_ISREG(info.st_mode):
-            return False  # a pipe, device or socket: nothing a checkpoint is saved as
-        key = (info.st_dev, info.st_ino)
-        if key in self.seen_files:
-            return False
-        self.seen_files.add(key)
-        return True
+            return  # a pipe, device or socket: nothing a checkpoint is saved as
+        self.files.setdefault((info.st_dev, info.st_ino), []).append(len(self.units))
+        self.units.append(_Unit(entry.path, entry.name.lower().endswith(".index.json")))
 
     @staticmethod
     def matches(globs: tuple[str, ...], relative: str) -> bool:
