@@ -1,15 +1,15 @@
 """``torchweights scan PATH...``: is it safe to load? Static analysis only; nothing from the files is run.
 
-Folders are walked recursively (:func:`~torchweights.tools.scan.tree.scan_tree`: ``--include``/``--exclude``
-globs, repeatable or comma-separated; a sharded set or a distributed-checkpoint folder is one checkpoint; files that
-are no checkpoint at all are listed as ignored; links to folders and broken links as skipped). One checkpoint: its verdict and every
-finding (worst first) with where it is (member, opcode offset), what and why. Several: one line per file
-(``verdict  path  (first finding)``) and a summary (``300 files: 297 clean, 2 dangerous, 1 unreadable``), with a
-progress bar on stderr when it is a terminal. ``--json`` prints one JSON object (every report and the summary).
-Exit codes, by default: 0 every file is clean (warnings such as unknown classes do not count), 1 at least one file
-has a dangerous or suspicious finding, 2 otherwise when a file could not be fully read or would be refused by
-``tw.load``. ``--fail-on`` names the conditions that fail instead (``dangerous`` 1, ``unknown`` 1: a class scan
-does not know, ``unreadable`` 2). Never imports torch.
+Folders are walked recursively (:func:`~torchweights.tools.scan.tree.scan_tree`: ``--include``/``--exclude`` globs,
+repeatable or comma-separated; a sharded set or a distributed-checkpoint folder is one checkpoint; files that are no
+checkpoint at all are listed as ignored; links to folders and broken links as skipped). One checkpoint: its verdict
+and every finding (worst first) with where it is (member, opcode offset), what and why. Several: one line per file
+(``verdict path (first finding)``) and a summary (``300 files: 297 clean, 2 dangerous, 1 unreadable``), with a
+progress bar on stderr when it is a terminal. ``--json`` prints one JSON object (every report and the summary). Exit
+codes, by default: 0 every file is clean (warnings such as unknown classes do not count), 1 at least one file has a
+dangerous or suspicious finding, 2 otherwise when a file could not be fully read or would be refused by ``tw.load``.
+``--fail-on`` names the conditions that fail instead (``dangerous`` 1, ``unknown`` 1: a class scan does not know,
+``unreadable`` 2). Never imports torch.
 """
 
 from __future__ import annotations
