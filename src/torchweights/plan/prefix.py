@@ -288,7 +288,7 @@ def renames_module(strip: str, add: str, kept: int) -> bool:
 #: A transform that moves keys from one module to another (not only wrapper levels) must make at least this share
 #: of the checkpoint's keys, or of the model's, match by name.
 _COVERED = 0.5
-#: ... and, where it replaces one module name by another, or explains no more than leaf names, this share.
+#: ... and, where it explains no more than leaf names, this share of both.
 _NEARLY_ALL = 0.9
 
 
@@ -305,19 +305,22 @@ def supported(
     Removing or inserting wrapper levels only (``module.``, ``_orig_mod.``,
     :data:`~torchweights.plan.rules.WRAPPER_PARTS`) moves nothing: always supported. Any other transform renames
     keys, and is a wrapper only when the result matches a large share of the checkpoint or of the model by name;
-    a replacement of one name by another (``model.`` -> ``backbone.``; wrapper levels aside) also needs the replaced prefix on nearly
-    every key and equal shapes on half the model; and when only leaf names are left in common (``bn2.weight`` ->
-    ``ln1.weight``), nothing says the modules are the same but the whole checkpoint matching the whole model. A
-    swap of a few keys of one module onto another is a rename: for the user to ask for, never inferred."""
+    a replacement of one name by another (``model.`` -> ``backbone.``; wrapper levels aside) also needs the replaced
+    prefix on most keys and equal shapes on half the model. When only leaf names are left in common
+    (``bn2.weight`` -> ``ln1.weight``), nothing says the modules are the same: only a checkpoint that is all one
+    module loaded into a model that is all that module (``model.weight`` -> ``weight``, ``weight`` -> ``0.weight``)
+    is a wrapper. A swap of one module's keys onto another module is a rename: for the user to ask for (the plan
+    suggests it), never inferred."""
     removed, inserted = _unwrapped(strip), _unwrapped(add)
     if removed == inserted:
         return True
     if names < _COVERED * checkpoint and names < _COVERED * model:
         return False
-    if removed and inserted and (prefixed < _NEARLY_ALL * checkpoint or exact < _COVERED * model):
+    if removed and inserted and (prefixed < _COVERED * checkpoint or exact < _COVERED * model):
         return False
-    if not any("." in rest for rest in moved):
-        return names >= _NEARLY_ALL * checkpoint and names >= _NEARLY_ALL * model
+    if not any("." in rest for rest in moved):  # only leaf names in common: one module's tensors on another's
+        whole = names >= _NEARLY_ALL * checkpoint and names >= _NEARLY_ALL * model
+        return whole and not (removed and inserted)
     return True
 
 
