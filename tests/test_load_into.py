@@ -434,7 +434,7 @@ def test_a_rename_in_the_model_names_and_the_suggested_rename(resnet_file: tuple
     assert "rename '^classifier\\.' -> 'head.' matched 0 keys" in info.value.message
 
 
-class SmallCNN(torch.nn.Module):
+class TrialCNN(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
@@ -444,7 +444,7 @@ class SmallCNN(torch.nn.Module):
         self.fc = torch.nn.Linear(32, 10)
 
 
-class TinyLM(torch.nn.Module):
+class TrialLM(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.emb = torch.nn.Embedding(100, 32)
@@ -459,15 +459,15 @@ def test_an_unrelated_checkpoint_loads_nothing(tmp_path: Path) -> None:
     # A CNN's state dict into a language model: its BatchNorm 'bn2' must not load into the LayerNorm 'ln1' (same
     # shapes) by a prefix swap; like torch, nothing loads, and the report says nothing matches.
     path = tmp_path / "cnn.pt"
-    torch.save(SmallCNN().state_dict(), path)
-    lm = TinyLM()
+    torch.save(TrialCNN().state_dict(), path)
+    lm = TrialLM()
     before = copy.deepcopy(lm.state_dict())
     report = tw.load_into(lm, path, strict=False)
     assert report.plan.prefix.evidence == "no prefix change" and report.plan.suggestion is None
     assert report.headline().startswith("OK (strict=False): loaded 0 of ")
     _same(lm, before)
     with pytest.raises(tw.LoadError) as info:
-        tw.load_into(TinyLM(), path)
+        tw.load_into(TrialLM(), path)
     assert "rename=" not in info.value.message and "prefix=" not in info.value.message
 
 

@@ -221,3 +221,46 @@ def test_twenty_thousand_keys_with_an_optimizer_twice_as_large() -> None:
     assert plan.counts()["load"] == 20_000 and plan.counts()["ignored"] == 40_000
     assert all(a.cast for a in plan.by_kind("load"))
     print(f"reconcile: 20,000 model keys, 60,000 checkpoint tensors: {seconds:.3f} s")
+
+
+#: Module kinds as their leaves; the shapes come from a small pool, so unrelated modules often agree on them.
+KINDS = [("weight", "bias"), ("weight", "bias", "running_mean", "running_var"), ("weight",), ("scale", "pos")]
+WORDS_A = ["conv", "bn", "fc", "features", "stem", "down"]
+WORDS_B = ["attn", "ln", "mlp", "embed", "blocks", "head"]
+
+
+@st.composite
+def unrelated(draw: st.DrawFn, words: list[str]) -> dict[str, tuple[int, ...]]:
+    """A random model of leaf modules named from ``words`` (with indices), each of a random kind."""
+    paths = draw(
+        st.lists(
+            st.lists(st.tuples(st.sampled_from(words), st.sampled_from(["", "0", "1"])), min_size=1, max_size=3),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    out: dict[str, tuple[int, ...]] = {}
+    for parts in paths:
+        module = ".".join(w + (f".{i}" if i else "") for w, i in parts)
+        size = draw(st.sampled_from([4, 8]))
+        for leaf in draw(st.sampled_from(KINDS)):
+            out[f"{module}.{leaf}"] = (size,) if leaf != "weight" or draw(st.booleans()) else (size, 4)
+    return out
+
+
+@SETTINGS
+@given(unrelated(WORDS_A), unrelated(WORDS_B), st.sampled_from(["", "module.", "model."]))
+def test_unrelated_models_load_nothing(
+    checkpoint: dict[str, tuple[int, ...]], target: dict[str, tuple[int, ...]], wrapper: str
+) -> None:
+    # Module names from disjoint words: any tensor that loaded would land in a module its key does not name (a
+    # BatchNorm's weight in a LayerNorm of the same size), whatever prefix made the names meet.
+    spec = ModelSpec.from_tuples((name, shape, "float32") for name, shape in target.items())
+    keys = [SourceKey(wrapper + k, (wrapper + k,), shape, "float32") for k, shape in checkpoint.items()]
+    plan = reconcile(keys, spec, Rules.make(strict=False))
+    assert not plan.by_kind("load"), plan.prefix.evidence
+    assert (
+        plan.suggestion is None
+        or not plan.suggestion.by_kind("load")
+        or 2 * len(plan.suggestion.by_kind("load")) >= len(spec.entries)
+    )

@@ -306,11 +306,11 @@ def supported(
     :data:`~torchweights.plan.rules.WRAPPER_PARTS`) moves nothing: always supported. Any other transform renames
     keys, and is a wrapper only when the result matches a large share of the checkpoint or of the model by name;
     a replacement of one name by another (``model.`` -> ``backbone.``; wrapper levels aside) also needs the replaced
-    prefix on most keys and equal shapes on half the model. When only leaf names are left in common
-    (``bn2.weight`` -> ``ln1.weight``), nothing says the modules are the same: only a checkpoint that is all one
-    module loaded into a model that is all that module (``model.weight`` -> ``weight``, ``weight`` -> ``0.weight``)
-    is a wrapper. A swap of one module's keys onto another module is a rename: for the user to ask for (the plan
-    suggests it), never inferred."""
+    prefix on most keys and equal shapes on half the model. When only leaf names (and layer indices) are left in
+    common (``bn2.weight`` -> ``ln1.weight``, ``conv.0.weight`` -> ``attn.0.weight``), nothing says the modules
+    are the same: only a checkpoint that is all one module loaded into a model that is all that module
+    (``model.weight`` -> ``weight``, ``weight`` -> ``0.weight``) is a wrapper. A swap of one module's keys onto
+    another module is a rename: for the user to ask for (the plan suggests it), never inferred."""
     removed, inserted = _unwrapped(strip), _unwrapped(add)
     if removed == inserted:
         return True
@@ -318,10 +318,16 @@ def supported(
         return False
     if removed and inserted and (prefixed < _COVERED * checkpoint or exact < _COVERED * model):
         return False
-    if not any("." in rest for rest in moved):  # only leaf names in common: one module's tensors on another's
+    if not any(_names_a_module(rest) for rest in moved):  # one module's tensors on another's
         whole = names >= _NEARLY_ALL * checkpoint and names >= _NEARLY_ALL * model
         return whole and not (removed and inserted)
     return True
+
+
+def _names_a_module(rest: str) -> bool:
+    """Whether what is left of a key after a prefix names a module, not only a layer index and a leaf
+    (``bn.weight``, not ``weight`` or ``0.weight``)."""
+    return any(not part.isdigit() for part in rest.split(".")[:-1])
 
 
 def _unwrapped(prefix: str) -> list[str]:
