@@ -215,7 +215,7 @@ def choose_prefix(shapes: dict[str, tuple[int, ...]], index: ModelIndex, rules: 
             prefixed = counts.get(strip, 0)
         else:
             moved, prefixed = shapes.keys() & target.keys(), 0
-        if not supported(strip, add, moved, names, exact, prefixed, eligible, len(model)):
+        if not supported(strip, add, moved, names, exact, (prefixed, len(target)), eligible, len(model)):
             continue
         collisions = _collisions(shapes, stripped[strip][0], strip, add) if strip else 0
         if collisions:
@@ -293,14 +293,22 @@ _NEARLY_ALL = 0.9
 
 
 def supported(
-    strip: str, add: str, moved: Iterable[str], names: int, exact: int, prefixed: int, checkpoint: int, model: int
+    strip: str,
+    add: str,
+    moved: Iterable[str],
+    names: int,
+    exact: int,
+    nested: tuple[int, int],
+    checkpoint: int,
+    model: int,
 ) -> bool:
     """Whether the transform ``strip`` -> ``add`` is the evidence of a wrapper that ``prefix="auto"`` may act on.
 
     ``moved``: the names of the keys it changes that then match a model key, as they are without ``strip`` and
     ``add``; ``names``/``exact``: the container's keys that match a model key by name / by name and shape after it;
-    ``prefixed``: how many keys carry ``strip``; ``checkpoint``: how many keys could match any model key (their last
-    dotted part is one of the model's); ``model``: how many keys the model has.
+    ``nested``: how many keys carry ``strip``, and how many model keys ``add``; ``checkpoint``: how many keys
+    could match any model key (their last dotted part is one of the model's); ``model``: how many keys the model
+    has.
 
     Removing or inserting wrapper levels only (``module.``, ``_orig_mod.``,
     :data:`~torchweights.plan.rules.WRAPPER_PARTS`) moves nothing: always supported. Any other transform renames
@@ -308,10 +316,11 @@ def supported(
     a replacement of one name by another (``model.`` -> ``backbone.``; wrapper levels aside) also needs the replaced
     prefix on most keys and equal shapes on half the model. When only leaf names (and layer indices) are left in
     common (``bn2.weight`` -> ``ln1.weight``, ``conv.0.weight`` -> ``attn.0.weight``), nothing says the modules
-    are the same: only a checkpoint that is all one module loaded into a model that is all that module
-    (``model.weight`` -> ``weight``, ``weight`` -> ``0.weight``) is a wrapper. A swap of one module's keys onto
+    are the same: only a strip of a prefix on nearly every key (``model.0.weight`` -> ``0.weight``), or an add of
+    one that nearly every model key carries (``weight`` -> ``0.weight``), is a wrapper. A swap of one module's keys onto
     another module is a rename: for the user to ask for (the plan suggests it), never inferred."""
     removed, inserted = _unwrapped(strip), _unwrapped(add)
+    prefixed, wrapped = nested
     if removed == inserted:
         return True
     if names < _COVERED * checkpoint and names < _COVERED * model:
@@ -319,8 +328,9 @@ def supported(
     if removed and inserted and (prefixed < _COVERED * checkpoint or exact < _COVERED * model):
         return False
     if not any(_names_a_module(rest) for rest in moved):  # one module's tensors on another's
-        whole = names >= _NEARLY_ALL * checkpoint and names >= _NEARLY_ALL * model
-        return whole and not (removed and inserted)
+        if removed and inserted:
+            return False
+        return prefixed >= _NEARLY_ALL * checkpoint if removed else wrapped >= _NEARLY_ALL * model
     return True
 
 
