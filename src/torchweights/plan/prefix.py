@@ -317,8 +317,10 @@ def supported(
     prefix on most keys and equal shapes on half the model. When only leaf names (and layer indices) are left in
     common (``bn2.weight`` -> ``ln1.weight``, ``conv.0.weight`` -> ``attn.0.weight``), nothing says the modules
     are the same: only a strip of a prefix on nearly every key (``model.0.weight`` -> ``0.weight``), or an add of
-    one that nearly every model key carries (``weight`` -> ``0.weight``), is a wrapper. A swap of one module's keys onto
-    another module is a rename: for the user to ask for (the plan suggests it), never inferred."""
+    one that nearly every model key carries (``weight`` -> ``0.weight``), is a wrapper; most keys will do for a
+    usual wrapper name (:data:`~torchweights.plan.rules.KNOWN_PREFIXES`: ``encoder.weight`` -> ``weight``). A swap
+    of one module's keys onto another module is a rename: for the user to ask for (the plan suggests it), never
+    inferred."""
     removed, inserted = _unwrapped(strip), _unwrapped(add)
     prefixed, wrapped = nested
     if removed == inserted:
@@ -330,7 +332,8 @@ def supported(
     if not any(_names_a_module(rest) for rest in moved):  # one module's tensors on another's
         if removed and inserted:
             return False
-        return prefixed >= _NEARLY_ALL * checkpoint if removed else wrapped >= _NEARLY_ALL * model
+        share = _COVERED if (strip or add) in KNOWN_PREFIXES else _NEARLY_ALL
+        return prefixed >= share * checkpoint if removed else wrapped >= share * model
     return True
 
 
