@@ -434,6 +434,43 @@ def test_a_rename_in_the_model_names_and_the_suggested_rename(resnet_file: tuple
     assert "rename '^classifier\\.' -> 'head.' matched 0 keys" in info.value.message
 
 
+class TrialCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(16)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(32)
+        self.fc = torch.nn.Linear(32, 10)
+
+
+class TrialLM(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 32)
+        self.ln1 = torch.nn.LayerNorm(32)
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+        self.ln2 = torch.nn.LayerNorm(32)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.GELU(), torch.nn.Linear(128, 32))
+        self.lnf = torch.nn.LayerNorm(32)
+
+
+def test_an_unrelated_checkpoint_loads_nothing(tmp_path: Path) -> None:
+    # A CNN's state dict into a language model: its BatchNorm 'bn2' must not load into the LayerNorm 'ln1' (same
+    # shapes) by a prefix swap; like torch, nothing loads, and the report says nothing matches.
+    path = tmp_path / "cnn.pt"
+    torch.save(TrialCNN().state_dict(), path)
+    lm = TrialLM()
+    before = copy.deepcopy(lm.state_dict())
+    report = tw.load_into(lm, path, strict=False)
+    assert report.plan.prefix.evidence == "no prefix change" and report.plan.suggestion is None
+    assert report.headline().startswith("OK (strict=False): loaded 0 of ")
+    _same(lm, before)
+    with pytest.raises(tw.LoadError) as info:
+        tw.load_into(TrialLM(), path)
+    assert "rename=" not in info.value.message and "prefix=" not in info.value.message
+
+
 def test_ambiguous_pairs_get_no_rename() -> None:
     model = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 4), "b": torch.nn.Linear(4, 4), "c": torch.nn.Linear(2, 2)})
     state = {f"{n}.{leaf}": t for n in ("x", "y") for leaf, t in torch.nn.Linear(4, 4).state_dict().items()}

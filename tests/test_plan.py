@@ -335,6 +335,81 @@ def test_removing_a_wrapper_level_inside_a_key_is_a_prefix() -> None:
     assert (plan.prefix.strip, plan.prefix.add) == ("encoder._orig_mod.", "encoder.") and plan.ok
 
 
+CNN_KEYS = {
+    **{f"conv1.{k}": s for k, s in (("weight", (16, 3, 3, 3)), ("bias", (16,)))},
+    **{f"bn1.{k}": (16,) for k in ("weight", "bias", "running_mean", "running_var")},
+    "bn1.num_batches_tracked": ((), "int64"),
+    "conv2.weight": (32, 16, 3, 3),
+    **{f"bn2.{k}": (32,) for k in ("weight", "bias", "running_mean", "running_var")},
+    "bn2.num_batches_tracked": ((), "int64"),
+    "fc.weight": (10, 32),
+    "fc.bias": (10,),
+}
+TINY_LM = model(
+    ("position_ids", (16,), "int64"),
+    ("emb.weight", (100, 32), F32),
+    ("pos.weight", (16, 32), F32),
+    *((f"{ln}.{leaf}", (32,), F32) for ln in ("ln1", "ln2", "lnf") for leaf in ("weight", "bias")),
+    ("attn.in_proj_weight", (96, 32), F32),
+    ("attn.in_proj_bias", (96,), F32),
+    ("attn.out_proj.weight", (32, 32), F32),
+    ("attn.out_proj.bias", (32,), F32),
+    ("mlp.0.weight", (128, 32), F32),
+    ("mlp.0.bias", (128,), F32),
+    ("mlp.2.weight", (32, 128), F32),
+    ("mlp.2.bias", (32,), F32),
+    ("lm_head.weight", (100, 32), F32),
+)
+
+
+@pytest.mark.parametrize("wrapper", ["", "module.", "model."])
+def test_an_unrelated_model_gets_no_prefix_change(wrapper: str) -> None:
+    # A CNN's state dict into a language model: 'bn2.' -> 'ln1.' would match 2 keys with equal shapes (a BatchNorm's
+    # weight and bias onto a LayerNorm's), but only leaf names are in common: nothing loads, as with torch.
+    keys = ckpt({wrapper + k: v for k, v in CNN_KEYS.items()})
+    plan = reconcile(keys, TINY_LM, Rules.make(strict=False))
+    assert plan.prefix.evidence == "no prefix change"
+    assert plan.counts()["load"] == 0 and plan.counts()["missing"] == len(TINY_LM.entries)
+    assert plan.suggestion is None
+    assert_accounted(plan, TINY_LM, keys)
+
+
+def test_one_leaf_module_is_not_swapped_for_another() -> None:
+    # The whole checkpoint is one Linear, the whole model another one under another name: a rename, not a wrapper.
+    spec = model(("head.weight", (10, 8), F32), ("head.bias", (10,), F32))
+    plan = reconcile(ckpt({"fc.weight": (10, 8), "fc.bias": (10,)}), spec)
+    assert plan.prefix.evidence == "no prefix change" and not plan.ok
+    assert plan.suggestion is not None and plan.suggestion.rules.rename == ((r"^fc\.", "head."),)
+
+
+def test_a_checkpoint_of_one_module_into_that_module_nested() -> None:
+    # Lightning's 'model.' around a bare Linear, and a bare Linear into nn.Sequential(Linear): wrappers, by the
+    # whole checkpoint matching the whole model.
+    linear = model(("weight", (10, 8), F32), ("bias", (10,), F32))
+    plan = reconcile(ckpt({"model.weight": (10, 8), "model.bias": (10,)}), linear)
+    assert plan.ok and (plan.prefix.strip, plan.prefix.add) == ("model.", "")
+    nested = model(("0.weight", (10, 8), F32), ("0.bias", (10,), F32))
+    plan = reconcile(ckpt({"weight": (10, 8), "bias": (10,)}), nested)
+    assert plan.ok and (plan.prefix.strip, plan.prefix.add) == ("", "0.")
+
+
+def test_a_leaf_module_is_not_taken_out_of_a_larger_checkpoint() -> None:
+    # The CNN's 'bn2.' alone fits a bare BatchNorm exactly, but the model is not a part of the CNN by its names:
+    # prefix='bn2.' asks for it.
+    bn = model(*((leaf, (32,), F32) for leaf in ("weight", "bias", "running_mean", "running_var")))
+    keys = ckpt(CNN_KEYS)
+    plan = reconcile(keys, bn, Rules.make(strict=False))
+    assert plan.prefix.evidence == "no prefix change" and plan.counts()["load"] == 0
+    assert reconcile(keys, bn, Rules.make(strict="model", prefix="bn2.")).ok
+
+
+def test_a_submodule_is_taken_out_of_a_larger_checkpoint() -> None:
+    # The encoder of a full model's checkpoint into a bare encoder: its keys' module paths match, not just leaves.
+    enc = model(*((k.removeprefix("encoder."), e.shape, e.dtype) for k, e in NET.entries.items() if "encoder." in k))
+    plan = reconcile(ckpt(state(NET)), enc, Rules.make(strict="model"))
+    assert plan.ok and (plan.prefix.strip, plan.prefix.add) == ("encoder.", "")
+
+
 @pytest.mark.parametrize(
     ("strip", "add", "kept", "renames"),
     [

@@ -23,7 +23,7 @@ from .renames import apply_rename
 from .rules import KNOWN_PREFIXES, WRAPPER_PARTS, Rules, is_ema, is_training_state
 from .spec import ModelSpec
 
-__all__ = ["ModelIndex", "choose_prefix", "choose_prefix_with_renames", "renames_module", "transform"]
+__all__ = ["ModelIndex", "choose_prefix", "choose_prefix_with_renames", "renames_module", "supported", "transform"]
 
 
 def _splits(name: str, depth: int = 3) -> list[tuple[str, str]]:
@@ -169,6 +169,7 @@ def choose_prefix(shapes: dict[str, tuple[int, ...]], index: ModelIndex, rules: 
     if len(exact_matched) == total or not total:
         return best
     counts, support = _prefix_counts(shapes, index.rests, index.leaves)
+    eligible = sum(1 for k in shapes if k.rpartition(".")[2] in index.leaves)
     strips = _candidate_set(shapes, counts)
     # Every usual or shared prefix on one side against every one on the other, and the pairs that explain the
     # most keys one by one (a prefix on a few keys only, as long as what is left is a model key).
@@ -208,6 +209,13 @@ def choose_prefix(shapes: dict[str, tuple[int, ...]], index: ModelIndex, rules: 
                 continue
             exact = len(shapes.items() & target.items())
         if (exact, names) <= (best[2], best[1]):
+            continue
+        if strip:
+            moved = stripped[strip][0].keys() & target.keys()
+            prefixed = counts.get(strip, 0)
+        else:
+            moved, prefixed = shapes.keys() & target.keys(), 0
+        if not supported(strip, add, moved, names, exact, (prefixed, len(target)), eligible, len(model)):
             continue
         collisions = _collisions(shapes, stripped[strip][0], strip, add) if strip else 0
         if collisions:
@@ -275,6 +283,64 @@ def renames_module(strip: str, add: str, kept: int) -> bool:
     if not (strip and add and kept):
         return False
     return _unwrapped(strip) != _unwrapped(add)
+
+
+#: A transform that moves keys from one module to another (not only wrapper levels) must make at least this share
+#: of the checkpoint's keys, or of the model's, match by name.
+_COVERED = 0.5
+#: ... and, where it explains no more than leaf names, this share of both.
+_NEARLY_ALL = 0.9
+
+
+def supported(
+    strip: str,
+    add: str,
+    moved: Iterable[str],
+    names: int,
+    exact: int,
+    nested: tuple[int, int],
+    checkpoint: int,
+    model: int,
+) -> bool:
+    """Whether the transform ``strip`` -> ``add`` is the evidence of a wrapper that ``prefix="auto"`` may act on.
+
+    ``moved``: the names of the keys it changes that then match a model key, as they are without ``strip`` and
+    ``add``; ``names``/``exact``: the container's keys that match a model key by name / by name and shape after it;
+    ``nested``: how many keys carry ``strip``, and how many model keys ``add``; ``checkpoint``: how many keys
+    could match any model key (their last dotted part is one of the model's); ``model``: how many keys the model
+    has.
+
+    Removing or inserting wrapper levels only (``module.``, ``_orig_mod.``,
+    :data:`~torchweights.plan.rules.WRAPPER_PARTS`) moves nothing: always supported. Any other transform renames
+    keys, and is a wrapper only when the result matches a large share of the checkpoint or of the model by name;
+    a replacement of one name by another (``model.`` -> ``backbone.``; wrapper levels aside) also needs the replaced
+    prefix on most keys and equal shapes on half the model. When only leaf names (and layer indices) are left in
+    common (``bn2.weight`` -> ``ln1.weight``, ``conv.0.weight`` -> ``attn.0.weight``), nothing says the modules
+    are the same: only a strip of a prefix on nearly every key (``model.0.weight`` -> ``0.weight``), or an add of
+    one that nearly every model key carries (``weight`` -> ``0.weight``), is a wrapper; most keys will do for a
+    usual wrapper name (:data:`~torchweights.plan.rules.KNOWN_PREFIXES`: ``encoder.weight`` -> ``weight``). A swap
+    of one module's keys onto another module is a rename: for the user to ask for (the plan suggests it), never
+    inferred."""
+    removed, inserted = _unwrapped(strip), _unwrapped(add)
+    prefixed, wrapped = nested
+    if removed == inserted:
+        return True
+    if names < _COVERED * checkpoint and names < _COVERED * model:
+        return False
+    if removed and inserted and (prefixed < _COVERED * checkpoint or exact < _COVERED * model):
+        return False
+    if not any(_names_a_module(rest) for rest in moved):  # one module's tensors on another's
+        if removed and inserted:
+            return False
+        share = _COVERED if (strip or add) in KNOWN_PREFIXES else _NEARLY_ALL
+        return prefixed >= share * checkpoint if removed else wrapped >= share * model
+    return True
+
+
+def _names_a_module(rest: str) -> bool:
+    """Whether what is left of a key after a prefix names a module, not only a layer index and a leaf
+    (``bn.weight``, not ``weight`` or ``0.weight``)."""
+    return any(not part.isdigit() for part in rest.split(".")[:-1])
 
 
 def _unwrapped(prefix: str) -> list[str]:

@@ -19,7 +19,8 @@ only runs the steps, each in its own module:
 5. **shapes, skips, dtypes, tied weights, custom loaders** (:mod:`~torchweights.plan.verdicts`): the per-key
    verdicts;
 6. **suggestion**: when missing and unexpected keys pair up module by module, the same load with the renames that
-   pair them (:attr:`~torchweights.plan.model.Plan.suggestion`), kept only if it loads more and loses nothing.
+   pair them (:attr:`~torchweights.plan.model.Plan.suggestion`), kept only if it loads more, loses nothing, and
+   loads at least half the model.
 
 Containers whose keys cannot reach the best match count (an upper bound from the keys' last dotted parts) are
 never scored, and prefix transforms are scored with set operations, so 20,000 keys next to 40,000 optimizer
@@ -126,8 +127,8 @@ def _with_suggestion(plan: Plan, keys: list[SourceKey], spec: ModelSpec, pairs: 
     before = {a.target for a in plan.actions if a.kind in ("load", "tied")}
     after = {a.target for a in again.actions if a.kind in ("load", "tied")}
     gained = after - before
-    if not before <= after or not gained:
-        return plan
+    if not before <= after or not gained or 2 * len(after) < len(spec.entries):
+        return plan  # (a few modules that happen to pair up between unrelated models are no rename to suggest)
     if any(use.matched == 0 for use in again.renames[len(rules.rename) :]):
         return plan
     return replace(plan, suggestion=again)
