@@ -464,7 +464,7 @@ def test_an_unrelated_checkpoint_loads_nothing(tmp_path: Path) -> None:
     before = copy.deepcopy(lm.state_dict())
     report = tw.load_into(lm, path, strict=False)
     assert report.plan.prefix.evidence == "no prefix change" and report.plan.suggestion is None
-    assert report.headline().startswith("OK (strict=False): loaded 0 of ")
+    assert report.headline().startswith("NOTHING LOADED (strict=False): loaded 0 of ")
     _same(lm, before)
     with pytest.raises(tw.LoadError) as info:
         tw.load_into(TrialLM(), path)
@@ -778,3 +778,14 @@ def test_extra_state_can_be_skipped(tmp_path: Path, tensor_state: bool) -> None:
     assert not report.plan.by_kind("extra") and not report.plan.by_kind("missing")
     assert [a.key for a in report.plan.by_kind("skip")] == ["block._extra_state"]
     assert torch.equal(model.block.lin.weight, trained.block.lin.weight)
+
+
+def test_a_load_of_nothing_never_reads_ok(tmp_path: Path) -> None:
+    """strict=False allows a checkpoint that fits nothing, but the result line must not call it OK."""
+    source = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    torch.save(source.state_dict(), tmp_path / "cnn.pt")
+    target = torch.nn.ModuleDict({"emb": torch.nn.Embedding(10, 4), "norm": torch.nn.LayerNorm(4)})
+    report = tw.load_into(target, tmp_path / "cnn.pt", strict=False)
+    assert report.ok and not report.clean and not report.loaded
+    assert report.headline().startswith("NOTHING LOADED (strict=False): loaded 0 of 3;")
+    assert "NOTHING LOADED" in report.log_line()

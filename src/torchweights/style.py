@@ -60,6 +60,7 @@ STATUS_COLOURS: Mapping[str, str] = {
     "FAIL": _RED,
     "INCOMPLETE": _YELLOW,
     "WARN": _YELLOW,
+    "NOTHING LOADED": _RED,
     "DRY RUN": _YELLOW,
     # scan verdicts, finding severities, global verdicts
     "CLEAN": _GREEN,

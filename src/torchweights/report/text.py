@@ -173,6 +173,8 @@ def headline(report: LoadReport) -> str:
         a.kind in ("missing", "mismatch", "unexpected") for a in plan.actions
     )
     verdict = "WARN" if any(f.in_values for f in report.value_findings) else "OK"  # loaded, values suspicious
+    if total and not loaded:  # allowed by strict=False, but nothing of the checkpoint is in the model: never "OK"
+        verdict = "NOTHING LOADED"
     return f"{verdict} ({strict}): {text}" if lenient else f"{verdict}: {text}"
 
 
