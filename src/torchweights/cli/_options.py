@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "EXIT_INTERRUPTED_TEXT",
+    "print_report",
     "HelpFormatter",
     "add_allow_global",
     "add_verb",
@@ -132,3 +134,16 @@ def add_allow_global(parser: argparse.ArgumentParser) -> None:
         dest="allow_globals",
         help="trust pickle global NAME (module.qualname); repeat for several",
     )
+
+
+def print_report(args: argparse.Namespace, report: Any) -> None:
+    """A verb's report on stdout: ``report.to_dict()`` as JSON under ``--json``, else its text laid out for stdout
+    (:func:`~torchweights.style.render_for`: the terminal's width, colour where it colours)."""
+    import json
+    import sys
+
+    from ..style import render_for
+
+    text = json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -11,10 +11,9 @@ cannot be written (nothing was kept).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from . import EXIT_OK
-from ._options import add_allow_global, add_verb
+from ._options import add_allow_global, add_verb, print_report
 
 __all__ = ["EXAMPLES", "EXIT_CODES", "register", "run"]
 
@@ -77,10 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Convert and print the report; return the exit code."""
-    import json
-
     from ..progress import cli_enabled, terminal_bar
-    from ..style import render_for
     from ..tools.convert.run import convert
 
     with terminal_bar("convert", enabled=cli_enabled(args)) as bar:  # on a terminal only
@@ -98,8 +94,5 @@ def run(args: argparse.Namespace) -> int:
             allow_globals=args.allow_globals,
             progress=bar,
         )
-    sys.stdout.write(
-        json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
-    )
-    sys.stdout.flush()
+    print_report(args, report)
     return EXIT_OK

@@ -10,10 +10,9 @@ Exit codes: 0 identical (or equal within ``--rtol``/``--atol``); 1 they differ; 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from . import EXIT_OK
-from ._options import add_allow_global, add_verb
+from ._options import add_allow_global, add_verb, print_report
 
 __all__ = ["EXAMPLES", "EXIT_CODES", "EXIT_DIFFERENT", "register", "run"]
 
@@ -68,10 +67,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Compare and print the report; return the exit code."""
-    import json
-
     from ..progress import cli_enabled, terminal_bar
-    from ..style import render_for
     from ..tools.diff import diff
 
     with terminal_bar("diff", enabled=cli_enabled(args)) as bar:  # on a terminal only
@@ -84,8 +80,5 @@ def run(args: argparse.Namespace) -> int:
             allow_globals=args.allow_globals,
             progress=bar,
         )
-    sys.stdout.write(
-        json.dumps(report.to_dict(), indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
-    )
-    sys.stdout.flush()
+    print_report(args, report)
     return EXIT_OK if report.equal else EXIT_DIFFERENT

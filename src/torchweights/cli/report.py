@@ -13,10 +13,9 @@ Exit codes: :data:`EXIT_CODES` (0 written, nothing flagged; 1 written, tensors f
 from __future__ import annotations
 
 import argparse
-import sys
 
 from . import EXIT_OK, EXIT_UNREADABLE, print_error
-from ._options import add_allow_global, add_verb
+from ._options import add_allow_global, add_verb, print_report
 from .check import factory_spec
 
 __all__ = ["EXAMPLES", "EXIT_CODES", "EXIT_FLAGGED", "register", "run"]
@@ -98,11 +97,5 @@ def run(args: argparse.Namespace) -> int:
         report = html_report(args.path, args.html, model=model, against=args.against, allow_globals=args.allow_globals)
     finally:
         logger.setLevel(level)
-    if args.json:
-        import json
-
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
-    else:
-        sys.stdout.write(str(report))
-    sys.stdout.flush()
+    print_report(args, report)
     return EXIT_OK if report.ok else EXIT_FLAGGED
