@@ -260,6 +260,9 @@ _COMMON_LOAD_MODULES = {
     *("detect", "detect.content", "detect.sample", "detect.sniff", "formats"),
     *("plan", "plan.container", "plan.match", "plan.model", "plan.prefix", "plan.reconcile", "plan.renames"),
     *("plan.rules", "plan.sources", "plan.spec", "plan.verdicts", "report", "report.load"),
+    # the adapters' Step record (Action.adapt) and the planner's adapter hooks; the adapters themselves and
+    # plan.align load only when adapt= / align= ask for them, or a shape differs
+    *("adapt", "adapt.base", "plan.adapters"),
     "progress",  # the progress= callback's meter (api and the read engine); stdlib only, never tqdm
     *("storage", "storage.crc", "storage.engine", "storage.files"),
     *("storage.prefault", "storage.read", "storage.results", "storage.scratch"),

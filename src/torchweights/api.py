@@ -285,6 +285,8 @@ def load_into(
     init_missing: bool = False,
     progress: ProgressCallback | None = None,
     check_values: bool = False,
+    align: str | None = None,
+    adapt: Iterable[str] | str = (),
 ) -> LoadReport:
     """Load a checkpoint into ``model``: reconcile every key first, then copy, and report what happened.
 
@@ -330,6 +332,14 @@ def load_into(
             the tensors left at their initial values: ``report.value_findings``. Warnings only (``report.ok`` does
             not change); the rules are in :mod:`torchweights.values.checks`. With ``dry_run=True``, the checkpoint's
             tensors the plan would load are checked instead, read from the file one at a time.
+        align: ``"auto"`` pairs the keys still unmatched after containers, prefixes and renames by the model's
+            structure (shapes, layer indices, names; never by declaration order alone), for checkpoints of
+            refactored code. Every pair and its confidence is in ``report.plan.alignment``; modules that only a
+            guess could pair raise ``LoadError`` (code ``ambiguous-alignment``) with the ``rename`` that would
+            settle them. See README, "Across refactors".
+        adapt: adapters that load a tensor into another layout, by name (``["input_conv", "pos_embed",
+            "patch_embed", "qkv"]``, or ``"all"``); each adapted key is a line of the report. Without them, a
+            load that one would make fit fails with a fix that names it.
 
     Returns:
         A :class:`~torchweights.report.load.LoadReport` accounting for every key. A load that is not clean (keys
@@ -360,6 +370,8 @@ def load_into(
         on_mismatch=on_mismatch,
         dtype=dtype,
         init_missing=init_missing,
+        align=align,
+        adapt=adapt,
     )
     if isinstance(model, ModelSpec) and not dry_run:
         raise RuleError(
@@ -390,7 +402,7 @@ def load_into(
     report = LoadReport(plan, notes=builtins.list(checkpoint.warnings) if isinstance(checkpoint, Checkpoint) else [])
     if not dry_run:
         assert not isinstance(model, ModelSpec)  # refused above
-        if plan.problems:
+        if plan.problems or plan.ambiguous:
             report.seconds = time.perf_counter() - started
             report.raise_if_problems()
         with metered(progress):

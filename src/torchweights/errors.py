@@ -975,6 +975,18 @@ CODES: dict[str, ErrorCode] = {
         causes='`dtype=` is not `"model"` or `"checkpoint"` (load_into), or not a floating dtype name (convert)',
         fix="pass one of the values the message lists",
     ),
+    "bad-align": ErrorCode(
+        RuleError,
+        "an align option that is not one of the choices",
+        causes='`align=` is not None or `"auto"`',
+        fix='pass `align="auto"` to pair renamed keys by structure, or leave it out',
+    ),
+    "bad-adapt": ErrorCode(
+        RuleError,
+        "an adapter name that is not in the adapter table",
+        causes="a typo in `adapt=[...]` (or `--adapt`); an adapter of a newer torchweights",
+        fix='pass names from the table the message lists (README, "Across refactors"), or `"all"`',
+    ),
     "bad-format": ErrorCode(
         RuleError,
         "an output format that convert cannot write",
@@ -1133,6 +1145,14 @@ CODES: dict[str, ErrorCode] = {
         "the checkpoint does not fit the model (generic); the model is untouched",
         causes="the checkpoint does not fit the model, with no more precise code",
         fix="read `e.report` (or `print(e)`): it lists every key and the options that would load the rest",
+    ),
+    "ambiguous-alignment": ErrorCode(
+        LoadError,
+        'align="auto" found modules it could pair only by guessing',
+        causes="identical sibling modules (same shapes) renamed without a layer index or a name tying each to one "
+        "counterpart, so only declaration order could decide",
+        fix="check the `rename={...}` the message gives (it pairs them in declaration order) and pass it with "
+        '`align="auto"`; the model was not touched',
     ),
     "shape-mismatch": ErrorCode(
         LoadError,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 
+from ..adapt.base import GroupFit, Step
 from .container import Fit
 from .prefix import transform
 from .rules import LEGACY_RENAMES, LegacyRename, Rules
@@ -40,6 +42,8 @@ class Matcher:
         target_of: container key -> model key.
         final: container key -> its name after the user's renames and prefix handling.
         applied: one line per legacy rename used, with how many keys it paired.
+        adapted: model key -> the group adapter's step that fills it (sources as container keys).
+        consumed: container keys that group adapters use (neither paired nor unexpected).
     """
 
     def __init__(self, fit: Fit, spec: ModelSpec, rules: Rules) -> None:
@@ -50,6 +54,8 @@ class Matcher:
         self.target_of: dict[str, str] = {}  # container key -> model key
         self.final: dict[str, str] = {}  # container key -> its name after renames and prefix handling
         self.applied: list[str] = []
+        self.adapted: dict[str, Step] = {}
+        self.consumed: set[str] = set()
 
     def match(self) -> None:
         """Pair every container key whose final name is a model key (the first one wins), then the legacy renames
@@ -75,6 +81,18 @@ class Matcher:
         """Pair container key ``key`` with model key ``target``."""
         self.source_of[target] = (key, via)
         self.target_of[key] = target
+
+    def bind_aligned(self, key: str, target: str) -> None:
+        """Pair container key ``key`` with model key ``target`` as ``align="auto"`` decided."""
+        via = self.via(key, self.fit.renamed[key], self.final[key], self.fit.prefix.strip, self.fit.prefix.add)
+        self.bind(key, target, (*via, "align"))
+
+    def bind_group(self, fit: GroupFit, key_of: dict[str, str]) -> None:
+        """Take a group adapter's fit: its steps' sources are names after prefix handling (``key_of`` maps them
+        back to container keys)."""
+        for target, step in fit.steps.items():
+            self.adapted[target] = replace(step, sources=tuple(key_of[s] for s in step.sources))
+        self.consumed.update(key_of[s] for s in fit.consumed)
 
     def legacy(self) -> None:
         """Built-in renames, each only where it turns a key without a match into an exact match."""

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import field
 from typing import Any
 
+from ..adapt.base import Step
 from ..structs import structure
 from ..text import StrEnum, plural, quote
 from .rules import Rules
@@ -20,6 +21,9 @@ from .rules import Rules
 __all__ = [
     "KINDS",
     "Action",
+    "AlignedPair",
+    "Alignment",
+    "AmbiguousGroup",
     "ActionKind",
     "ContainerChoice",
     "ModuleInit",
@@ -68,6 +72,9 @@ class Action:
         via: transforms that made the match (``"prefix"``, ``"rename 'gamma$' -> 'weight'"``, ``"reshape"``).
         reason: why a key is skipped, missing, mismatched or ignored.
         fallback: loaded through torch's own ``load_state_dict`` path (module with custom loading or hooks).
+        adapt: for a key loaded through an adapter (``adapt=[...]``), the planned
+            :class:`~torchweights.adapt.base.Step`: which adapter, from which checkpoint records (``source`` is the
+            first of them).
     """
 
     kind: ActionKind
@@ -81,6 +88,7 @@ class Action:
     via: tuple[str, ...] = ()
     reason: str = ""
     fallback: bool = False
+    adapt: Step | None = None
 
     def __post_init__(self) -> None:
         if type(self.kind) is not ActionKind:
@@ -111,6 +119,12 @@ class Action:
             out["via"] = list(self.via)
         if self.fallback:
             out["fallback"] = True
+        if self.adapt is not None:
+            out["adapt"] = {
+                "adapter": self.adapt.adapter,
+                "sources": list(self.adapt.sources),
+                "detail": self.adapt.detail,
+            }
         return out
 
 
@@ -221,6 +235,97 @@ class ModuleInit:
 
 
 @structure(frozen=True)
+class AlignedPair:
+    """A checkpoint module (or tensor) paired with a model module (or tensor) by ``align="auto"``.
+
+    Attributes:
+        source: the checkpoint's module path (after prefix handling), or the tensor's name when ``tensor``.
+        target: the model's module path, or tensor name.
+        keys: how many tensors the pair maps.
+        confidence: 0..1: how strongly the structure ties the two (see README, "Across refactors").
+        evidence: what tied them, in words (``"the only modules of their shapes; layer indices"``).
+        tensor: a tensor paired on its own (``cls_token``) rather than a module's ``weight``/``bias``...
+    """
+
+    source: str
+    target: str
+    keys: int
+    confidence: float
+    evidence: str
+    tensor: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "source": self.source,
+            "target": self.target,
+            "keys": self.keys,
+            "confidence": self.confidence,
+            "evidence": self.evidence,
+        }
+
+
+@structure(frozen=True)
+class AmbiguousGroup:
+    """Checkpoint and model modules of identical shapes that nothing but declaration order could pair.
+
+    Attributes:
+        sources / targets: the module paths on each side, each in its side's order.
+        reason: why they cannot be told apart.
+        rename: the ``rename`` pairs that would settle them if declaration order is right (to check, then pass).
+    """
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    reason: str
+    rename: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "sources": list(self.sources),
+            "targets": list(self.targets),
+            "reason": self.reason,
+            "rename": dict(self.rename),
+        }
+
+
+@structure(frozen=True)
+class Alignment:
+    """What ``align="auto"`` did (:mod:`torchweights.plan.align`).
+
+    Attributes:
+        pairs: every aligned module pair.
+        ambiguous: groups that could not be paired without guessing; a plan with any is not ``ok``.
+        confidence: the tensor-weighted mean of the pairs' confidences (0 when nothing was aligned).
+        considered: (checkpoint, model) tensors left unmatched before alignment.
+        aligned: tensors paired by alignment.
+        seconds: time spent aligning.
+        note: why nothing was aligned, when alignment was refused.
+    """
+
+    pairs: tuple[AlignedPair, ...] = ()
+    ambiguous: tuple[AmbiguousGroup, ...] = ()
+    confidence: float = 0.0
+    considered: tuple[int, int] = (0, 0)
+    aligned: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return {
+            "pairs": [p.to_dict() for p in self.pairs],
+            "ambiguous": [g.to_dict() for g in self.ambiguous],
+            "confidence": self.confidence,
+            "considered": {"checkpoint": self.considered[0], "model": self.considered[1]},
+            "aligned": self.aligned,
+            "seconds": round(self.seconds, 4),
+            "note": self.note,
+        }
+
+
+@structure(frozen=True)
 class Plan:
     """Everything :func:`~torchweights.plan.reconcile.reconcile` decided, as frozen data.
 
@@ -236,6 +341,9 @@ class Plan:
         suggestion: when missing and unexpected keys pair up one to one (same leaves and shapes, same layer
             indices), the plan of the same load with the ``rename`` that pairs them, checked to load them and
             everything that loaded here; None otherwise.
+        alignment: what ``align="auto"`` did (None when it was not asked for).
+        adapter_hints: ``(adapter, what it would do)`` for adapters that would make a mismatched or missing key
+            load but were not asked for (``adapt=[...]``); the error's fix names them.
     """
 
     source: str
@@ -250,6 +358,8 @@ class Plan:
     renames: tuple[RenameUse, ...] = ()
     suggestion: Plan | None = None
     skips: tuple[SkipUse, ...] = ()
+    alignment: Alignment | None = None
+    adapter_hints: tuple[tuple[str, str], ...] = ()
 
     def by_kind(self, kind: str) -> list[Action]:
         """The actions of one kind, in plan order."""
@@ -269,9 +379,15 @@ class Plan:
         return [a for a in self.actions if a.kind in bad or (a.target is not None and a.target in meta)]
 
     @property
+    def ambiguous(self) -> tuple[AmbiguousGroup, ...]:
+        """The alignment's ambiguous groups (a load raises on any, whatever ``strict`` says)."""
+        return self.alignment.ambiguous if self.alignment is not None else ()
+
+    @property
     def ok(self) -> bool:
-        """True when the plan can be applied under its strictness and leaves nothing on the meta device."""
-        return not self.problems and not self.left_on_meta
+        """True when the plan can be applied under its strictness, leaves nothing on the meta device and aligned
+        nothing by guessing."""
+        return not self.problems and not self.left_on_meta and not self.ambiguous
 
     @property
     def initialised(self) -> list[str]:

@@ -35,12 +35,13 @@ from typing import Any
 
 from ..records import Checkpoint
 from ..text import quote
+from .adapters import Hint, group_fits, module_map
 from .container import Fit, best_container
 from .match import Matcher
-from .model import Plan, PrefixChoice, RenameUse
+from .model import Alignment, Plan, PrefixChoice, RenameUse
 from .prefix import ModelIndex
 from .renames import paired_renames
-from .rules import RuleError, Rules
+from .rules import RuleError, Rules, matches_any
 from .sources import SourceKey, extra_state_values, source_keys
 from .spec import ModelSpec
 from .verdicts import assemble
@@ -109,10 +110,72 @@ def _reconcile(
     fit, runner = best_container(keys, index, rules)
     matcher = Matcher(fit, spec, rules)
     matcher.match()
+    alignment = _align(matcher, spec, rules) if rules.align == "auto" else None
+    hints = _groups(matcher, spec, rules, alignment)
     inside = {k.record for k in fit.keys.values()}
     outside = [k for k in keys if k.record not in inside]
     extras = extra_state_values(checkpoint)
-    return assemble(name, spec, rules, fit, runner, outside, matcher, extras), matcher.final
+    plan = assemble(name, spec, rules, fit, runner, outside, matcher, extras, alignment=alignment, hints=hints)
+    return plan, matcher.final
+
+
+def _leftovers(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[dict[str, str], dict[str, str]]:
+    """``({final name: container key}, {model key: model key})`` of the keys still without a counterpart: not
+    skipped, not a module's extra state, not a tied copy (loaded through the first key of its storage)."""
+    fit = matcher.fit
+    src = {
+        matcher.final[key]: key
+        for key in fit.keys
+        if key not in matcher.target_of
+        and key not in matcher.consumed
+        and not key.endswith("_extra_state")
+        and matches_any(matcher.final[key], rules.skip) is None
+        and matches_any(key, rules.skip) is None
+    }
+    dst = {
+        name: name
+        for name, entry in spec.entries.items()
+        if name not in matcher.source_of
+        and name not in matcher.adapted
+        and entry.tied_to is None
+        and matches_any(name, rules.skip) is None
+    }
+    return src, dst
+
+
+def _align(matcher: Matcher, spec: ModelSpec, rules: Rules) -> Alignment:
+    """Pair the leftover keys by structure (:mod:`~torchweights.plan.align`) and bind the pairs."""
+    from .align import align  # (only for align="auto": not on every load's path)
+
+    src, dst = _leftovers(matcher, spec, rules)
+    if not src or not dst:
+        return Alignment(considered=(len(src), len(dst)), note="nothing left to align" if not dst else "")
+    fit = matcher.fit
+    shapes = {final: fit.keys[key].shape for final, key in src.items()}
+    order = [matcher.final[k] for k in fit.keys if matcher.final[k] in src]
+    mapping, alignment = align(
+        shapes, {n: spec.entries[n].shape for n in dst}, src_order=order, dst_order=list(spec.entries)
+    )
+    for final, target in mapping.items():
+        matcher.bind_aligned(src[final], target)
+    return alignment
+
+
+def _groups(matcher: Matcher, spec: ModelSpec, rules: Rules, alignment: Alignment | None) -> list[Hint]:
+    """Group adapters (``qkv``) over the keys still left over: bind those asked for; hints for the others."""
+    src, dst = _leftovers(matcher, spec, rules)
+    if not src or not dst:
+        return []
+    fit = matcher.fit
+    fits, hints = group_fits(
+        {n: spec.entries[n].shape for n in dst},
+        {final: fit.keys[key].shape for final, key in src.items()},
+        module_map(alignment),
+        rules,
+    )
+    for found in fits:
+        matcher.bind_group(found, src)
+    return hints
 
 
 def _with_suggestion(plan: Plan, keys: list[SourceKey], spec: ModelSpec, pairs: list[tuple[str, str]]) -> Plan:

@@ -163,6 +163,8 @@ class Rules:
     dtype: Literal["model", "checkpoint"] = "model"
     legacy_renames: bool = True
     init_missing: bool = False
+    align: str | None = None
+    adapt: tuple[str, ...] = ()
     compiled_rename: tuple[tuple[re.Pattern[str], str], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +185,8 @@ class Rules:
         dtype: str = "model",
         legacy_renames: bool = True,
         init_missing: bool = False,
+        align: str | None = None,
+        adapt: Iterable[str] | str = (),
     ) -> Rules:
         """Validate the user's options and compile them.
 
@@ -217,6 +221,9 @@ class Rules:
             raise RuleError(
                 f"skip patterns must be strings (globs such as 'head.*'), not {bad_skips[0]!r}", code="bad-skip"
             )
+        if align not in (None, "auto"):
+            raise RuleError(f"align={align!r} is not None (off) or 'auto'", code="bad-align")
+        adapters = _adapters(adapt)
         return cls(
             strict=strict,  # type: ignore[arg-type]
             container=container,
@@ -227,8 +234,30 @@ class Rules:
             dtype=dtype,  # type: ignore[arg-type]
             legacy_renames=legacy_renames,
             init_missing=bool(init_missing),
+            align=align,
+            adapt=adapters,
             compiled_rename=_compile_renames(pairs),
         )
+
+
+def _adapters(adapt: Iterable[str] | str) -> tuple[str, ...]:
+    """The adapter names asked for, checked against the table (``"all"`` for every adapter)."""
+    asked = (adapt,) if isinstance(adapt, str) else tuple(adapt)
+    if not asked:
+        return ()
+    from ..adapt.registry import names  # (only when adapters are asked for: not on every load's path)
+
+    known = names()
+    if "all" in asked:
+        return known
+    bad = [a for a in asked if a not in known]
+    if bad:
+        raise RuleError(
+            f"adapt={list(asked)!r}: {bad[0]!r} is not an adapter. Known adapters: "
+            f"{', '.join(repr(n) for n in known)} (or 'all').",
+            code="bad-adapt",
+        )
+    return tuple(dict.fromkeys(asked))
 
 
 def _compile_renames(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[re.Pattern[str], str], ...]:

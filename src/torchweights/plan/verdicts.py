@@ -15,10 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..adapt.base import Context, Step
 from ..text import format_shape, quote
+from .adapters import Hint, context_of, reshape_step
 from .container import Fit, RunnerUp
 from .match import Matcher, scalar_compatible
-from .model import Action, ActionKind, ContainerChoice, ModuleInit, Plan, SkipUse
+from .model import Action, ActionKind, Alignment, ContainerChoice, ModuleInit, Plan, SkipUse
 from .prefix import transform
 from .rules import Rules, matches_any
 from .sources import SourceKey
@@ -43,10 +45,12 @@ def _load_action(
     rules: Rules,
     spec: ModelSpec,
     stored_skips: Sequence[str] = (),
+    adapting: _Adapting | None = None,
 ) -> Action:
-    """The verdict for a model key that has a source: load (maybe reshaped or cast), skip, or mismatch.
+    """The verdict for a model key that has a source: load (maybe reshaped, adapted or cast), skip, or mismatch.
 
-    ``stored_skips``: the skip patterns that match no model key, matched against the source's names instead."""
+    ``stored_skips``: the skip patterns that match no model key, matched against the source's names instead.
+    ``adapting``: the model's adapter context and the hints gathered so far (shapes that differ)."""
     dst_shape = target.shape
     common: dict[str, Any] = {
         "target": target.name,
@@ -67,6 +71,16 @@ def _load_action(
     fallback = _in_custom_module(target.name, spec.custom_modules)
     reason = ""
     if source.shape != dst_shape:
+        step, hint = (None, None)
+        if adapting is not None and not fallback and not scalar_compatible(source.shape, dst_shape):
+            step, hint = reshape_step(target.name, source.shape, dst_shape, rules, adapting.context())
+            if hint is not None:
+                adapting.hints.append(hint)
+        if step is not None:
+            step = replace(step, sources=(source.record,))
+            common["via"] = (*via, f"adapt: {step.adapter}")
+            dst_dtype = target.dtype if rules.dtype == "model" else source.dtype
+            return Action(ActionKind.LOAD, dst_dtype=dst_dtype, adapt=step, **common)
         if scalar_compatible(source.shape, dst_shape):
             common["via"] = (*via, "reshape")
         elif fallback and (target.name, source.shape) in spec.converts:
@@ -80,6 +94,8 @@ def _load_action(
             why = "shapes differ"
             if fallback:
                 why += " (the module has its own loading code, which was not seen to accept this shape)"
+            if hint is not None:
+                why += f"; adapt=[{hint[0]!r}] would load it ({hint[1].partition(': ')[2]})"
             return Action(ActionKind.MISMATCH, dst_dtype=target.dtype, reason=why, **common)
     if source.dtype.startswith(("qint", "quint")) != target.dtype.startswith(("qint", "quint")):
         # A quantized tensor and a plain one: no cast turns one into the other (its integers are not its values).
@@ -98,6 +114,41 @@ def _load_action(
         dst_dtype = target.dtype
         common["via"] = (*common["via"], "legacy: float num_batches_tracked")
     return Action(ActionKind.LOAD, dst_dtype=dst_dtype, fallback=fallback, reason=reason, **common)
+
+
+class _Adapting:
+    """The model's context for ``reshape`` adapters (worked out on first use), and the hints naming adapters that
+    were not asked for."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.found: Context | None = None
+        self.hints: list[Hint] = []
+
+    def context(self) -> Context:
+        if self.found is None:
+            self.found = context_of(self.spec)
+        return self.found
+
+
+def _adapted_action(target: ModelEntry, step: Step, fit: Fit, rules: Rules) -> Action:
+    """The load of a model key that a group adapter fills from several container keys (``step.sources``)."""
+    first = fit.keys[step.sources[0]]
+    records = tuple(fit.keys[k].record for k in step.sources)
+    dst_dtype = target.dtype if rules.dtype == "model" else first.dtype
+    return Action(
+        ActionKind.LOAD,
+        target=target.name,
+        source=records[0],
+        key=step.sources[0],
+        src_shape=first.shape,
+        dst_shape=target.shape,
+        src_dtype=first.dtype,
+        dst_dtype=dst_dtype,
+        via=(f"adapt: {step.adapter}",),
+        reason=step.detail,
+        adapt=replace(step, sources=records),
+    )
 
 
 def _is_float(dtype: str) -> bool:
@@ -130,6 +181,9 @@ def assemble(
     outside: list[SourceKey],
     matcher: Matcher,
     extras: Mapping[str, Any] | None = None,
+    *,
+    alignment: Alignment | None = None,
+    hints: Sequence[Hint] = (),
 ) -> Plan:
     """The plan named ``source``: a verdict for every model key, every key of the container ``fit`` (paired by
     ``matcher``), every checkpoint key ``outside`` it, and every extra state (tensors among the container's keys,
@@ -141,6 +195,7 @@ def assemble(
     source_of = matcher.source_of
     verdicts: dict[str, Action] = {}
     stored_skips = _stored_skips(rules, entries)
+    adapting = _Adapting(spec)
     # Tied keys share one storage: it is loaded once, through the group's first key, from the first member that
     # has a fitting source; the other members are "tied". A copy that does not fit its key is not read: it is
     # reported as unexpected.
@@ -155,7 +210,7 @@ def assemble(
             key, via = bound
             if member != root:
                 via = (*via, f"tied: source of {quote(member)}")
-            action = _load_action(root_entry, fit.keys[key], key, via, rules, spec, stored_skips)
+            action = _load_action(root_entry, fit.keys[key], key, via, rules, spec, stored_skips, adapting)
             if action.kind == "load":
                 loader = action
                 break
@@ -192,9 +247,12 @@ def assemble(
         verdict = verdicts.get(entry.name)
         if verdict is None:
             bound = source_of.get(entry.name)
+            step = matcher.adapted.get(entry.name)
             if bound is not None:
                 key, via = bound
-                verdict = _load_action(entry, fit.keys[key], key, via, rules, spec, stored_skips)
+                verdict = _load_action(entry, fit.keys[key], key, via, rules, spec, stored_skips, adapting)
+            elif step is not None:
+                verdict = _adapted_action(entry, step, fit, rules)
             else:
                 verdict = _unsourced(entry, rules)
         actions.append(verdict)
@@ -202,7 +260,7 @@ def assemble(
     actions.extend(stray)
     target_of = matcher.target_of
     for key, src in fit.keys.items():
-        if key in target_of:
+        if key in target_of or key in matcher.consumed:
             continue
         final = matcher.final.get(key, key)
         pattern = matches_any(final, rules.skip) or matches_any(key, rules.skip) or matches_any(src.record, rules.skip)
@@ -258,6 +316,8 @@ def assemble(
         initialise=initialise,
         renames=fit.uses,
         skips=skips,
+        alignment=alignment,
+        adapter_hints=tuple(dict.fromkeys((*hints, *adapting.hints))),
     )
 
 

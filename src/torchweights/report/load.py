@@ -50,8 +50,9 @@ class LoadReport:
     def ok(self) -> bool:
         """True when the load fits under its strictness (nothing mismatched or missing, nothing unexpected under
         ``strict=True``) and leaves no parameter or buffer on the meta device. Under ``strict=False`` a load
-        that leaves tensors on meta happens, and is not ``ok``."""
-        return not self.problems and not self.left_on_meta
+        that leaves tensors on meta happens, and is not ``ok``. A plan whose alignment found modules it could
+        pair only by guessing (``align="auto"``) is never ``ok``."""
+        return not self.problems and not self.left_on_meta and not self.plan.ambiguous
 
     @property
     def problems(self) -> list[Action]:
@@ -161,11 +162,16 @@ class LoadReport:
 
     def raise_if_problems(self) -> None:
         """Raise :class:`~torchweights.errors.LoadError` (carrying this report) when the plan has problems under
-        its strictness (:attr:`problems`)."""
-        if not self.problems:
-            return
+        its strictness (:attr:`problems`), or ``align="auto"`` found modules it could pair only by guessing
+        (code ``ambiguous-alignment``, whatever ``strict`` says)."""
         from ..errors import LoadError
 
+        if self.plan.ambiguous:
+            from .text import ambiguity_text
+
+            raise LoadError(ambiguity_text(self), report=self, code="ambiguous-alignment")
+        if not self.problems:
+            return
         raise LoadError(self.problem_text(), report=self, code=self.error_code())
 
     def error_code(self) -> str:

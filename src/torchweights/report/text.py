@@ -528,3 +528,25 @@ def _has(n: int) -> str:
 
 def _match(n: int) -> str:
     return "matches" if n == 1 else "match"
+
+
+def ambiguity_text(report: LoadReport) -> str:
+    """The ``ambiguous-alignment`` error text: each group ``align="auto"`` could pair only by guessing, and the
+    ``rename`` that would settle them all."""
+    plan = report.plan
+    lines = [
+        f"{quote(plan.source)} does not fit {plan.model} without a guess: align='auto' found "
+        f"{plural(len(plan.ambiguous), 'group')} of modules that only declaration order could pair. Nothing was "
+        "loaded; the model was not changed."
+    ]
+    rename: dict[str, str] = {}
+    for group in plan.ambiguous:
+        lines.append(f"  checkpoint {', '.join(quote(s) for s in group.sources)}")
+        lines.append(f"  model      {', '.join(quote(t) for t in group.targets)}")
+        lines.append(f"    ({group.reason})")
+        rename.update(group.rename)
+    lines.append(
+        "Check that this pairs them as you mean (it follows declaration order), then pass it with align='auto': "
+        f"rename={rename!r}"
+    )
+    return "\n".join(lines)

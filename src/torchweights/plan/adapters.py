@@ -1,0 +1,102 @@
+"""The planner's side of adapters (:mod:`torchweights.adapt`): which pairs a ``reshape`` adapter loads, which
+missing and unexpected keys a ``group`` adapter joins, and the hints that name an adapter the user did not ask for
+but that would make the load fit. Pure data, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from ..adapt.base import Context, GroupFit, Step
+from .model import Alignment
+from .rules import Rules
+from .spec import ModelSpec
+
+__all__ = ["Hint", "context_of", "group_fits", "module_map", "reshape_step"]
+
+#: ``(adapter name, what it would do)``.
+Hint = tuple[str, str]
+
+
+def context_of(spec: ModelSpec) -> Context:
+    """What ``reshape`` adapters may ask about the model: its first kernel (the input convolution's weight)."""
+    first = next((e.name for e in spec.entries.values() if e.kind == "parameter" and len(e.shape) >= 3), None)
+    return Context(first_kernel=first)
+
+
+def reshape_step(
+    target: str, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], rules: Rules, context: Context
+) -> tuple[Step | None, Hint | None]:
+    """The step of the first asked-for ``reshape`` adapter that loads a ``src_shape`` tensor into model key
+    ``target``; else, the hint naming an adapter that would (None, None when none would)."""
+    from ..adapt.registry import ADAPTERS  # (only for keys whose shapes differ)
+
+    hint: Hint | None = None
+    for name, adapter in ADAPTERS.items():
+        if adapter.fit is None:
+            continue
+        step = adapter.fit(target, src_shape, dst_shape, context)
+        if step is None:
+            continue
+        if name in rules.adapt:
+            return step, None
+        if hint is None:
+            hint = (name, f"{target}: {step.detail}")
+    return None, hint
+
+
+def module_map(alignment: Alignment | None) -> dict[str, str]:
+    """Checkpoint module paths -> model module paths, from an alignment's pairs and the parents they agree on
+    (``h.0.attn.c_proj`` -> ``layers.0.attn.out`` maps ``h.0.attn`` -> ``layers.0.attn``)."""
+    if alignment is None:
+        return {}
+    out: dict[str, str] = {}
+    parents: dict[str, set[str]] = {}
+    for pair in alignment.pairs:
+        source, target = pair.source, pair.target
+        if pair.tensor:
+            source, target = source.rpartition(".")[0], target.rpartition(".")[0]
+        else:
+            out[source] = target
+            source, target = source.rpartition(".")[0], target.rpartition(".")[0]
+        while source and target:
+            parents.setdefault(source, set()).add(target)
+            source, target = source.rpartition(".")[0], target.rpartition(".")[0]
+    for source, targets in parents.items():
+        if len(targets) == 1 and source not in out:
+            out[source] = next(iter(targets))
+    return out
+
+
+def group_fits(
+    missing: Mapping[str, tuple[int, ...]],
+    unexpected: Mapping[str, tuple[int, ...]],
+    modules: Mapping[str, str],
+    rules: Rules,
+) -> tuple[list[GroupFit], list[Hint]]:
+    """The ``group`` adapters' fits over the keys left over: those of asked-for adapters (no key in two of them),
+    and hints for the others."""
+    from ..adapt.registry import ADAPTERS
+
+    fits: list[GroupFit] = []
+    hints: list[Hint] = []
+    taken: set[str] = set()
+    for name, adapter in ADAPTERS.items():
+        if adapter.fit_groups is None:
+            continue
+        found = adapter.fit_groups(missing, unexpected, modules)
+        for fit in found:
+            keys = {*fit.steps, *fit.consumed}
+            if name not in rules.adapt:
+                hints.append((name, _describe(fit)))
+            elif not keys & taken:
+                taken |= keys
+                fits.append(fit)
+    return fits, hints
+
+
+def _describe(fit: GroupFit) -> str:
+    steps: Sequence[tuple[str, Step]] = list(fit.steps.items())
+    target, step = steps[0]
+    more = f" (and {len(steps) - 1} more)" if len(steps) > 1 else ""
+    return f"{target}{more} from {', '.join(fit.consumed)}: {step.detail}"
