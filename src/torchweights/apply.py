@@ -29,7 +29,7 @@ through ``module.set_extra_state(value)``, as torch's loader does, once every te
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +100,11 @@ def apply_plan(
     Returns:
         ``(bytes read from the checkpoint, modules loaded through torch's own path)``.
     """
-    loads = [a for a in plan.actions if a.kind == "load" and a.target is not None and a.source is not None]
+    loads = [
+        a
+        for a in plan.actions
+        if a.kind == "load" and a.target is not None and a.source is not None and a.adapt is None
+    ]
     own: list[Action] = []
     fallback_actions: dict[str, list[Action]] = {}
     for action in loads:
@@ -119,6 +123,7 @@ def bytes_to_read(plan: Plan, checkpoint: Checkpoint | Mapping[str, Any]) -> int
     """The tensor bytes applying ``plan`` reads from ``checkpoint``: each loaded source once, and the tensor
     records of modules' extra state (what :func:`apply_plan` returns, and what a dry run reports it would read)."""
     sources = {a.source for a in plan.actions if a.kind == "load" and a.target is not None and a.source is not None}
+    sources.update(name for a in plan.by_kind("load") if a.adapt is not None for name in a.adapt.sources)
     if isinstance(checkpoint, Checkpoint):
         records = checkpoint.records
         sources.update(a.source for a in plan.by_kind("extra") if a.source is not None and a.source in records)
@@ -256,6 +261,8 @@ def _apply_checkpoint(
     if extra_records:
         extra_values.update(materialize(extra_records, check_crc=check_crc))
 
+    adapted = _adapted(plan, lambda names: materialize([records[n] for n in names], check_crc=check_crc))
+
     mapped: dict[str, torch.Tensor] = {}
     if mmap:
         from .storage.mapping import mapped_tensors  # only for mmap=True
@@ -297,6 +304,7 @@ def _apply_checkpoint(
         if tensor is not None:
             module, attr = _owner(model, action.target)
             _assign(module, attr, tensor)
+    _put_adapted(model, adapted, replaced)
     _retie(model, spec, replaced)
     _load_fallback(model, states)
     _restore_extra_states(model, extra, extra_values)
@@ -378,6 +386,7 @@ def _apply_mapping(
     tensors = {name: flat[name][1] for name in wanted}
     bytes_read = bytes_to_read(plan, checkpoint)
     states = _fallback_states(fallback_actions, tensors, spec)
+    adapted = _adapted(plan, lambda names: {n: flat[n][1] for n in names})
     replaced: dict[str, torch.Tensor] = {}
     _initialise(plan, model)
     _defaults(plan, model, spec)
@@ -398,12 +407,66 @@ def _apply_mapping(
                 replaced[action.target] = new
             else:
                 current.copy_(source)
+        _put_adapted(model, adapted, replaced)
         _retie(model, spec, replaced)
     _load_fallback(model, states)
     extra_values: dict[str, Any] = extra_state_values(checkpoint)
     extra_values.update((name, tensor) for name, (_, tensor) in flat.items())
     _restore_extra_states(model, plan.by_kind("extra"), extra_values)
     return bytes_read, tuple(states)
+
+
+def _adapted(
+    plan: Plan, read: Callable[[Sequence[str]], Mapping[str, torch.Tensor]]
+) -> list[tuple[str, torch.Tensor]]:
+    """The model tensors that adapters make (``Action.adapt``), computed before anything is written (a source
+    that cannot be read leaves the model untouched): ``(model key, tensor in the model's dtype)``. Sources are read
+    with ``read`` one action at a time; the last ones read are kept while the next action uses them too (a fused
+    projection split into three), so what is held at once is the adapted outputs and one action's sources."""
+    from . import dtypes
+    from .adapt.registry import ADAPTERS
+
+    out: list[tuple[str, torch.Tensor]] = []
+    held: Mapping[str, torch.Tensor] = {}
+    for action in plan.by_kind("load"):
+        step = action.adapt
+        if step is None or action.target is None or action.dst_shape is None:
+            continue
+        if set(step.sources) - set(held):
+            held = read(step.sources)
+        tensor = ADAPTERS[step.adapter].apply(step, [held[n] for n in step.sources], action.dst_shape)
+        if tuple(tensor.shape) != action.dst_shape:
+            raise AssertionError(f"adapter {step.adapter!r} made {tuple(tensor.shape)}, not {action.dst_shape}")
+        dst_dtype = dtypes.to_torch(action.dst_dtype or action.src_dtype or "float32")
+        tensor = tensor.to(dst_dtype)
+        if any(tensor.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in held.values()):
+            tensor = tensor.clone()  # a view of a source (a split): give the model its own memory
+        out.append((action.target, tensor.contiguous()))
+    return out
+
+
+def _put_adapted(
+    model: torch.nn.Module, adapted: list[tuple[str, torch.Tensor]], replaced: dict[str, torch.Tensor]
+) -> None:
+    """Copy each adapted tensor into the model's own (same shape and dtype, with values) or assign it."""
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in adapted:
+            module, attr = _owner(model, name)
+            current = _current(module, attr)
+            if (
+                current is not None
+                and not current.is_meta
+                and current.dtype == tensor.dtype
+                and current.shape == tensor.shape
+            ):
+                current.copy_(tensor)
+            else:
+                device = "cpu" if current is None or current.is_meta else current.device
+                new = tensor.to(device)
+                _assign(module, attr, new)
+                replaced[name] = new
 
 
 def _restore_extra_states(model: torch.nn.Module, actions: list[Action], values: Mapping[str, Any]) -> None:

@@ -232,7 +232,7 @@ class _Aligner:
         for sig, src in by_sig_src.items():
             dst = by_sig_dst.get(sig)
             if dst:
-                self._signature(src, dst, 1.0 if exact else 0.8)
+                self._signature(src, dst, 1.0 if exact else 0.6)
 
     def _signature(self, src: list[_Unit], dst: list[_Unit], scale: float) -> None:
         left_src, left_dst = self._families(_families(src, False), _families(dst, False), scale, final=False)

@@ -1,0 +1,316 @@
+"""``load_into(..., align="auto")``: keys of refactored code paired by structure (plan/align.py), every pair and its
+confidence reported, ambiguity refused with the rename that settles it, and the model untouched on every raise."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import torchweights as tw
+from torchweights.errors import LoadError, RuleError
+from torchweights.plan.align import rename_mapping
+
+from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised, truth
+
+
+def _resnet_truth(layers: tuple[int, ...] = (2, 2, 2, 2)) -> dict[str, str]:
+    """New module path -> old module path for the ResNet pair, written out by hand."""
+    table = {"stem.conv": "conv1", "stem.bn": "bn1", "head.fc": "fc"}
+    for s, n in enumerate(layers):
+        for b in range(n):
+            new, old = f"stages.{s}.blocks.{b}", f"layer{s + 1}.{b}"
+            table.update({f"{new}.conv_a": f"{old}.conv1", f"{new}.bn_a": f"{old}.bn1"})
+            table.update({f"{new}.conv_b": f"{old}.conv2", f"{new}.bn_b": f"{old}.bn2"})
+            table.update({f"{new}.shortcut.conv": f"{old}.downsample.0", f"{new}.shortcut.bn": f"{old}.downsample.1"})
+    return table
+
+
+def _gpt_truth(n: int) -> dict[str, str]:
+    table = {"embed": "wte", "pos_embed": "wpe", "norm": "ln_f"}
+    for i in range(n):
+        new, old = f"layers.{i}", f"h.{i}"
+        table.update({f"{new}.norm1": f"{old}.ln_1", f"{new}.norm2": f"{old}.ln_2"})
+        table.update({f"{new}.self_attention.qkv": f"{old}.attn.c_attn", f"{new}.self_attention.out": f"{old}.attn.c_proj"})
+        table.update({f"{new}.ffn.fc1": f"{old}.mlp.c_fc", f"{new}.ffn.fc2": f"{old}.mlp.c_proj"})
+    return table
+
+
+def _assert_loaded_as(new: nn.Module, old: nn.Module, expected: dict[str, str]) -> None:
+    """Every key of ``new`` holds the values of the old key ``expected`` names (dtype aside)."""
+    old_state = old.state_dict()
+    new_state = new.state_dict()
+    assert set(expected) == set(new_state), sorted(set(new_state) - set(expected))
+    for key, source in expected.items():
+        assert torch.equal(new_state[key], old_state[source].to(new_state[key].dtype)), (key, source)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_resnet_names_to_stages_and_blocks() -> None:
+    old = randomised(OldResNet())
+    new = NewResNet()
+    report = tw.load_into(new, old.state_dict(), align="auto")
+    assert report.ok and report.applied
+    expected = truth(old, list(new.state_dict()), _resnet_truth())
+    _assert_loaded_as(new, old, expected)
+    alignment = report.plan.alignment
+    assert alignment is not None and alignment.aligned == len(expected)
+    assert not alignment.ambiguous
+    assert all("align" in a.via for a in report.loaded)
+    # a deeper ResNet (3 blocks in a stage; block counts differ between stages) aligns the same way
+    old3 = randomised(OldResNet(layers=(3, 4, 2, 2)), seed=1)
+    new3 = NewResNet(layers=(3, 4, 2, 2))
+    assert tw.load_into(new3, old3.state_dict(), align="auto").ok
+    _assert_loaded_as(new3, old3, truth(old3, list(new3.state_dict()), _resnet_truth((3, 4, 2, 2))))
+
+
+def test_gpt_blocks_renamed_and_non_persistent_buffers_ignored(tmp_path: Path) -> None:
+    """h.{i}.attn.c_attn -> layers.{i}.self_attention.qkv; the new model's causal mask is not persistent (not a
+    key to fill), and the old checkpoint's persistent mask buffers have no target: they stay unexpected, and are
+    never paired with a parameter."""
+    old = randomised(OldGPT(n=6, mask=True))
+    new = NewGPT(n=6)
+    with pytest.raises(LoadError) as error:  # strict=True: the old mask buffers are unexpected
+        tw.load_into(new, old.state_dict(), align="auto")
+    assert error.value.code == "unexpected-keys"
+    report = tw.load_into(new, old.state_dict(), align="auto", strict="model")
+    assert report.ok
+    unexpected = {a.key for a in report.plan.by_kind("unexpected")}
+    assert unexpected == {f"h.{i}.attn.{b}" for i in range(6) for b in ("bias", "masked_bias")}
+    _assert_loaded_as(new, old, truth(old, list(new.state_dict()), _gpt_truth(6)))
+
+
+def test_keys_stored_sorted_alphabetically(tmp_path: Path) -> None:
+    """A safetensors file sorts its keys (h.10 before h.2): the layer index, not the file order, pairs them."""
+    old = randomised(OldGPT(n=12))
+    path = tmp_path / "gpt.safetensors"
+    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(path))
+    stored = list(tw.open(path).records)
+    assert stored == sorted(stored) and stored.index("h.10.attn.c_attn.bias") < stored.index("h.2.attn.c_attn.bias")
+    new = NewGPT(n=12)
+    assert tw.load_into(new, path, align="auto").ok
+    _assert_loaded_as(new, old, truth(old, list(new.state_dict()), _gpt_truth(12)))
+
+
+def test_shuffled_state_dict_order() -> None:
+    old = randomised(OldGPT(n=5), seed=3)
+    items = list(old.state_dict().items())
+    random.Random(0).shuffle(items)
+    new = NewGPT(n=5)
+    assert tw.load_into(new, dict(items), align="auto").ok
+    _assert_loaded_as(new, old, truth(old, list(new.state_dict()), _gpt_truth(5)))
+
+
+def test_prefix_plus_renames_plus_dtype_cast(tmp_path: Path) -> None:
+    """A DataParallel checkpoint ('module.'), in float16, of refactored code, with one rename given by the user."""
+    old = randomised(OldGPT(n=4), seed=4).half()
+    state = {f"module.{k}": v for k, v in old.state_dict().items()}
+    path = tmp_path / "dp.pt"
+    torch.save(state, path)
+    new = NewGPT(n=4)
+    report = tw.load_into(new, path, align="auto", rename={r"^module\.ln_f\.": "module.norm."})
+    assert report.ok
+    assert report.plan.prefix.strip == "module."
+    assert all(p.dtype == torch.float32 for p in new.parameters())
+    _assert_loaded_as(new, old, truth(old, list(new.state_dict()), _gpt_truth(4)))
+    norm = next(a for a in report.loaded if a.target == "norm.weight")
+    assert "rename" in norm.via and "align" not in norm.via  # the user's rename did it, not alignment
+    assert {a.cast for a in report.loaded} == {True}
+
+
+class _QKVOld(nn.Module):
+    def __init__(self, n: int = 3, d: int = 8) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        for _ in range(n):
+            block = nn.Module()
+            block.attn = nn.Module()
+            for name in ("q", "k", "v", "o"):
+                setattr(block.attn, name, nn.Linear(d, d))
+            self.blocks.append(block)
+
+
+class _QKVNew(nn.Module):
+    def __init__(self, n: int = 3, d: int = 8, names: tuple[str, ...] = ("query", "key", "value", "output")) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for _ in range(n):
+            block = nn.Module()
+            block.self_attention = nn.Module()
+            for name in names:
+                setattr(block.self_attention, name, nn.Linear(d, d))
+            self.layers.append(block)
+
+
+def test_identical_siblings_told_apart_by_their_names() -> None:
+    """Four projections of identical shapes in every layer: q -> query, k -> key, v -> value by name, o -> output
+    by name (a prefix)."""
+    old = randomised(_QKVOld())
+    new = _QKVNew()
+    report = tw.load_into(new, old.state_dict(), align="auto")
+    assert report.ok
+    table = {}
+    for i in range(3):
+        for a, b in zip(("q", "k", "v", "o"), ("query", "key", "value", "output"), strict=True):
+            table[f"layers.{i}.self_attention.{b}"] = f"blocks.{i}.attn.{a}"
+    _assert_loaded_as(new, old, truth(old, list(new.state_dict()), table))
+    assert all(0 < p.confidence <= 1 for p in report.plan.alignment.pairs)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("left", "right", "up", "down"),  # nothing ties q/k/v/o to these
+        ("proj_a", "proj_b", "proj_c", "proj_d"),  # indices by letter, but the old names have none
+    ],
+)
+def test_identical_siblings_with_nothing_to_tie_them_refuse(names: tuple[str, ...]) -> None:
+    old = randomised(_QKVOld())
+    new = randomised(_QKVNew(names=names), seed=9)
+    before = _snapshot(new)
+    for strict in (True, False, "model"):
+        with pytest.raises(LoadError) as error:
+            tw.load_into(new, old.state_dict(), align="auto", strict=strict)
+        assert error.value.code == "ambiguous-alignment"
+        assert _unchanged(new, before)
+    text = str(error.value)
+    assert "rename=" in text and "declaration order" in text
+    report = error.value.report
+    assert report is not None and not report.ok
+    groups = report.plan.ambiguous
+    assert groups and all(g.rename for g in groups)
+    assert not report.plan.alignment.pairs  # type: ignore[union-attr]  # nothing of an ambiguous group is paired
+    # the rename the error gives settles it: the same load with it goes through
+    rename = {}
+    for group in groups:
+        rename.update(dict(group.rename))
+    assert tw.load_into(new, old.state_dict(), align="auto", rename=rename).ok
+
+
+def test_two_identical_branches_refuse() -> None:
+    """Two branches of identical shapes renamed without an index or a name in common: only order would decide."""
+    old = nn.Module()
+    old.encoder_left = nn.Linear(4, 4)
+    old.encoder_right = nn.Linear(4, 4)
+    old.head = nn.Linear(4, 2)
+    new = nn.Module()
+    new.tower_one = nn.Linear(4, 4)
+    new.tower_two = nn.Linear(4, 4)
+    new.head = nn.Linear(4, 2)
+    before = _snapshot(new)
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, randomised(old).state_dict(), align="auto")
+    assert error.value.code == "ambiguous-alignment"
+    assert _unchanged(new, before)
+    assert "'encoder_left', 'encoder_right'" in str(error.value)
+
+
+def test_a_changed_head_is_a_mismatch_and_the_rest_aligns() -> None:
+    old = randomised(OldResNet(classes=10))
+    new = NewResNet(classes=7)
+    before = _snapshot(new)
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, old.state_dict(), align="auto")
+    assert error.value.code == "shape-mismatch"
+    assert _unchanged(new, before)
+    report = tw.load_into(new, old.state_dict(), align="auto", strict=False)
+    mismatched = {(a.key, a.target) for a in report.plan.by_kind("mismatch")}
+    assert mismatched == {("fc.weight", "head.fc.weight"), ("fc.bias", "head.fc.bias")}
+    expected = truth(old, list(new.state_dict()), _resnet_truth())
+    del expected["head.fc.weight"], expected["head.fc.bias"]
+    loaded = {a.target: a.key for a in report.loaded}
+    assert loaded == expected
+    head = next(p for p in report.plan.alignment.pairs if p.target == "head.fc")  # type: ignore[union-attr]
+    assert head.confidence < min(p.confidence for p in report.plan.alignment.pairs if p.target != "head.fc")  # type: ignore[union-attr]
+
+
+def test_a_different_architecture_is_refused() -> None:
+    old = randomised(OldResNet())
+    new = NewGPT()
+    report = tw.load_into(new, old.state_dict(), align="auto", dry_run=True)
+    alignment = report.plan.alignment
+    assert alignment is not None and not alignment.pairs and not alignment.ambiguous
+    assert "not the same architecture" in alignment.note
+    assert not report.loaded
+
+
+def test_random_unrelated_models_never_align() -> None:
+    """Models built from disjoint random word lists and random layer sizes: alignment pairs nothing or refuses,
+    and never loads a tensor into a key of another role (their roles differ by construction: no shape in common
+    except by chance, which the coverage rule catches)."""
+    rng = random.Random(5)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
+    for trial in range(40):
+        sizes_a = [rng.choice((4, 6, 8, 12)) for _ in range(6)]
+        sizes_b = [rng.choice((5, 7, 9, 11)) for _ in range(6)]
+        a = nn.Sequential(*(nn.Linear(x, y) for x, y in zip(sizes_a, sizes_a[1:], strict=False)))
+        b = nn.Module()
+        for i, (x, y) in enumerate(zip(sizes_b, sizes_b[1:], strict=False)):
+            setattr(b, rng.choice(words) + str(i), nn.Linear(x, y))
+        report = tw.load_into(b, a.state_dict(), align="auto", dry_run=True, strict=False)
+        assert not report.loaded, trial
+
+
+def test_align_off_by_default_changes_nothing() -> None:
+    old = randomised(OldGPT())
+    with pytest.raises(LoadError) as error:
+        tw.load_into(NewGPT(), old.state_dict())
+    assert error.value.code in ("missing-keys", "unexpected-keys")
+    assert error.value.report is not None and error.value.report.plan.alignment is None
+    with pytest.raises(RuleError) as bad:
+        tw.load_into(NewGPT(), old.state_dict(), align="yes")  # type: ignore[arg-type]
+    assert bad.value.code == "bad-align"
+
+
+def test_report_json_carries_pairs_and_confidence() -> None:
+    old = randomised(OldGPT(n=3))
+    report = tw.load_into(NewGPT(n=3), old.state_dict(), align="auto", dry_run=True)
+    data = report.plan.alignment.to_dict()  # type: ignore[union-attr]
+    json.dumps(data)
+    assert 0 < data["confidence"] <= 1
+    pairs = {(p["source"], p["target"]) for p in data["pairs"]}
+    assert ("h.2.attn.c_attn", "layers.2.self_attention.qkv") in pairs and ("wte", "embed") in pairs
+    assert all(0 < p["confidence"] <= 1 and p["evidence"] for p in data["pairs"])
+
+
+def test_rename_mapping_reproduces_the_alignment() -> None:
+    """The aligned pairs written as a rename (to keep in code) load the same keys without align."""
+    old = randomised(OldResNet(layers=(2, 3, 2, 2)))
+    new = NewResNet(layers=(2, 3, 2, 2))
+    report = tw.load_into(new, old.state_dict(), align="auto", dry_run=True)
+    mapping = rename_mapping(report.plan.alignment)  # type: ignore[arg-type]
+    assert mapping and all(p.startswith("^") for p in mapping)
+    for pattern in mapping:
+        re.compile(pattern)
+    again = tw.load_into(new, old.state_dict(), rename=mapping, dry_run=True)
+    assert again.ok
+    assert {(a.key, a.target) for a in again.loaded} == {(a.key, a.target) for a in report.loaded}
+
+
+def test_single_tensors_align_by_shape() -> None:
+    """Tensors that are not a module's weight/bias (a ViT's cls_token, pos_embed) are units of their own."""
+    old = nn.Module()
+    old.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+    old.pos_embed = nn.Parameter(torch.randn(1, 5, 8))
+    old.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+    new = nn.Module()
+    new.class_embedding = nn.Parameter(torch.zeros(1, 1, 8))
+    new.position_embedding = nn.Parameter(torch.zeros(1, 5, 8))
+    new.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+    report = tw.load_into(new, old.state_dict(), align="auto")
+    assert report.ok
+    assert torch.equal(new.class_embedding, old.cls_token) and torch.equal(new.position_embedding, old.pos_embed)
+    assert torch.equal(new.layers[2].weight, old.blocks[2].weight)
