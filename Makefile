@@ -64,6 +64,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/fresh.py
+	$(BIN)/python bench/align.py
 	if [ "$$TW_BENCH_SCALE" = 1 ]; then $(BIN)/python bench/scale.py; fi
 
 clean:

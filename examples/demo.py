@@ -19,7 +19,7 @@ import torchweights as tw
 from torchweights.cli import main as cli
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_models import TinyNet, pretrained, target
+from demo_models import TinyNet, pretrained, refactored, target
 
 
 def banner(title: str) -> None:
@@ -155,6 +155,30 @@ def main() -> int:
         options = ["--model", f"{models}:pretrained", "--against", str(reference), "--html", str(page)]
         code = cli(["report", str(damaged), *options])
         print(f"(exit code {code}: tensors flagged; open {page} in a browser)")
+
+        banner("12. Across refactors: renamed modules paired by structure (align='auto'), a grayscale stem adapted")
+        new = refactored()  # stem -> features, blocks.{i} -> layers.{i}.linear, head -> classifier; 1 input channel
+        try:
+            tw.load_into(new, reference)
+        except tw.LoadError as exc:
+            print(f"without align: {type(exc).__name__} [{exc.code}]: {exc.message.splitlines()[0]}")
+        try:
+            tw.load_into(new, reference, align="auto")
+        except tw.LoadError as exc:
+            print(f"align='auto' only: {type(exc).__name__} [{exc.code}]: {exc.message.splitlines()[0]}")
+            print(textwrap.indent(textwrap.fill(exc.fix or "", 96), "  fix: "))
+        print()
+        report = tw.load_into(new, reference, align="auto", adapt=["input_conv"])
+        print(report)
+        alignment = report.plan.alignment
+        assert alignment is not None
+        print(f"\naligned pairs (overall confidence {alignment.confidence}):")
+        for pair in alignment.pairs:
+            print(f"  {pair.source:<14} -> {pair.target:<18} {pair.confidence:.2f}  {pair.evidence}")
+        x = torch.randn(2, 1, 8, 8)
+        rgb = torch.load(reference, weights_only=True)
+        summed = torch.nn.functional.conv2d(x.expand(-1, 3, -1, -1), rgb["stem.0.weight"], rgb["stem.0.bias"])
+        print(f"grayscale stem == RGB stem on a gray image: {torch.allclose(new.features.conv(x), summed, atol=1e-5)}")
     return 0
 
 

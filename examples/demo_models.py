@@ -23,3 +23,22 @@ def pretrained() -> TinyNet:
 def target() -> TinyNet:
     """The model we want to fine-tune (10 classes)."""
     return TinyNet(classes=10)
+
+
+class RefactoredNet(torch.nn.Module):
+    """TinyNet after a refactor: every module renamed and nested differently, and a grayscale (1-channel) input."""
+
+    def __init__(self, classes: int = 1000, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = torch.nn.Module()
+        self.features.conv = torch.nn.Conv2d(in_channels, 16, 3)
+        self.features.norm = torch.nn.BatchNorm2d(16)
+        self.layers = torch.nn.ModuleList(torch.nn.Module() for _ in range(4))
+        for layer in self.layers:
+            layer.linear = torch.nn.Linear(16, 16)
+        self.classifier = torch.nn.Linear(16, classes)
+
+
+def refactored() -> RefactoredNet:
+    """The refactored model, for grayscale images."""
+    return RefactoredNet()
