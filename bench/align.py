@@ -2,9 +2,9 @@
 
 A GPT-style checkpoint (``h.{i}.attn.c_attn``...) planned against the same network refactored
 (``layers.{i}.self_attention.qkv``...), in a fresh process each (``import torchweights`` and the first call
-included, as a script meets it), beside the anchor of the same plan without renames (nothing to align), through the planner
-(``reconcile``) on shapes only. Target:
-300 tensors well under a second; a completely different architecture refused as fast.
+included, as a script meets it), through the planner (``reconcile``) on shapes only, beside two anchors: the same
+plan without renames (nothing to align) and an unrelated model (refused). Target: 300 tensors well under a second;
+a completely different architecture refused as fast.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 import torchweights as tw
+from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised, truth
 from torchweights.errors import LoadError, RuleError
 from torchweights.plan.align import rename_mapping
-
-from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised, truth
 
 
 def _resnet_truth(layers: tuple[int, ...] = (2, 2, 2, 2)) -> dict[str, str]:
@@ -37,7 +37,8 @@ def _gpt_truth(n: int) -> dict[str, str]:
     for i in range(n):
         new, old = f"layers.{i}", f"h.{i}"
         table.update({f"{new}.norm1": f"{old}.ln_1", f"{new}.norm2": f"{old}.ln_2"})
-        table.update({f"{new}.self_attention.qkv": f"{old}.attn.c_attn", f"{new}.self_attention.out": f"{old}.attn.c_proj"})
+        table[f"{new}.self_attention.qkv"] = f"{old}.attn.c_attn"
+        table[f"{new}.self_attention.out"] = f"{old}.attn.c_proj"
         table.update({f"{new}.ffn.fc1": f"{old}.mlp.c_fc", f"{new}.ffn.fc2": f"{old}.mlp.c_proj"})
     return table
 
@@ -256,9 +257,9 @@ def test_random_unrelated_models_never_align() -> None:
     for trial in range(40):
         sizes_a = [rng.choice((4, 6, 8, 12)) for _ in range(6)]
         sizes_b = [rng.choice((5, 7, 9, 11)) for _ in range(6)]
-        a = nn.Sequential(*(nn.Linear(x, y) for x, y in zip(sizes_a, sizes_a[1:], strict=False)))
+        a = nn.Sequential(*(nn.Linear(x, y) for x, y in pairwise(sizes_a)))
         b = nn.Module()
-        for i, (x, y) in enumerate(zip(sizes_b, sizes_b[1:], strict=False)):
+        for i, (x, y) in enumerate(pairwise(sizes_b)):
             setattr(b, rng.choice(words) + str(i), nn.Linear(x, y))
         report = tw.load_into(b, a.state_dict(), align="auto", dry_run=True, strict=False)
         assert not report.loaded, trial

@@ -416,9 +416,7 @@ def _apply_mapping(
     return bytes_read, tuple(states)
 
 
-def _adapted(
-    plan: Plan, read: Callable[[Sequence[str]], Mapping[str, torch.Tensor]]
-) -> list[tuple[str, torch.Tensor]]:
+def _adapted(plan: Plan, read: Callable[[Sequence[str]], Mapping[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
     """The model tensors that adapters make (``Action.adapt``), computed before anything is written (a source
     that cannot be read leaves the model untouched): ``(model key, tensor in the model's dtype)``. Sources are read
     with ``read`` one action at a time; the last ones read are kept while the next action uses them too (a fused
