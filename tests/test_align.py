@@ -315,3 +315,22 @@ def test_single_tensors_align_by_shape() -> None:
     assert report.ok
     assert torch.equal(new.class_embedding, old.cls_token) and torch.equal(new.position_embedding, old.pos_embed)
     assert torch.equal(new.layers[2].weight, old.blocks[2].weight)
+
+
+def test_camel_case_snake_case_and_typos_tie_names() -> None:
+    """Identical projections told apart by names written another way: CamelCase against snake_case, a typo."""
+    old = nn.Module()
+    old.blocks = nn.ModuleList()
+    for _ in range(2):
+        block = nn.Module()
+        for name in ("QueryProj", "KeyProj", "ValueProj", "OutProj"):
+            setattr(block, name, nn.Linear(6, 6))
+        old.blocks.append(block)
+    randomised(old)
+    new = _QKVNew(n=2, d=6, names=("querry_proj", "key_proj", "valeu_proj", "out_proj"))
+    assert tw.load_into(new, old.state_dict(), align="auto").ok
+    for i in range(2):
+        attention = new.layers[i].self_attention
+        for a, b in (("QueryProj", "querry_proj"), ("KeyProj", "key_proj"), ("ValueProj", "valeu_proj")):
+            assert torch.equal(getattr(attention, b).weight, getattr(old.blocks[i], a).weight)
+        assert torch.equal(attention.out_proj.bias, old.blocks[i].OutProj.bias)

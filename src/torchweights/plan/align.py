@@ -268,8 +268,9 @@ class _Aligner:
         left_src.extend(u for f in src for u in f.members)
         left_dst.extend(u for f in dst for u in f.members)
         if final and left_src and left_dst:
-            count_src = len(left_src)
-            if count_src == len(left_dst) or min(count_src, len(left_dst)) > 1:
+            # As many on each side: the same modules, in an order nothing tells. Otherwise some have no counterpart
+            # at all and which ones cannot be told: they stay missing and unexpected.
+            if len(left_src) == len(left_dst):
                 self.ambiguous.append(
                     (left_src, left_dst, "modules of identical shapes, with no layer index or name tying each to one")
                 )
