@@ -31,6 +31,7 @@ and an unrelated model is refused without search.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +65,10 @@ _SYNONYMS = {
     "moving_variance": "running_var",
     "moving_var": "running_var",
 }
+#: Ambiguous groups of more modules than this get no suggested rename.
+MAX_SUGGESTED = 32
+#: Above this many candidate family pairs in one signature, names are not compared (no pairing by name).
+MAX_NAME_PAIRS = 4096
 #: Below this share of the model's unmatched tensors paired by exact shapes, the models are not aligned at all.
 MIN_COVERAGE = 0.5
 
@@ -163,6 +168,7 @@ def _describe(path: str, letters: set[str]) -> tuple[str, str, tuple[int, ...], 
     return ".".join(stem), ".".join(fine), tuple(indices), tuple(tokens)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _word_similarity(a: str, b: str) -> float:
     """1 for the same word, 0.8 when one begins the other (``q``/``query``, ``attn``/``attention``), the
     spelling ratio when it is high (typos), else 0."""
@@ -298,43 +304,39 @@ class _Aligner:
     def _by_name(
         src: list[_Family], dst: list[_Family]
     ) -> tuple[list[tuple[_Family, _Family, float, str]], list[_Family], list[_Family]]:
-        """Families of equal size paired by their distinguishing tokens: strict mutual best first, then the last one
-        by elimination."""
+        """Families of equal size paired by their distinguishing tokens: strict mutual bests (each the other's
+        unique best, above 0), round after round, then the last one left by elimination. Similarities are worked
+        out once; beyond :data:`MAX_NAME_PAIRS` candidate pairs names are not compared (nothing pairs by name)."""
         out: list[tuple[_Family, _Family, float, str]] = []
+        if len(src) * len(dst) > MAX_NAME_PAIRS:
+            return out, src, dst
         words_src = _distinguishing(src)
         words_dst = _distinguishing(dst)
-        src, dst = list(src), list(dst)
-        while src and dst:
-            if len(src) == 1 and len(dst) == 1 and len(src[0].members) == len(dst[0].members):
-                out.append((src[0], dst[0], 0.75, "the last family left of its shapes"))
-                return out, [], []
-            best: tuple[_Family, _Family, float] | None = None
-            for a in src:
-                scores = [
-                    (_similarity(words_src[a.stem], words_dst[b.stem]), b)
-                    for b in dst
-                    if len(b.members) == len(a.members)
-                ]
-                scores.sort(key=lambda s: -s[0])
-                if not scores or scores[0][0] <= 0 or (len(scores) > 1 and scores[1][0] >= scores[0][0]):
-                    continue
-                top, b = scores[0]
-                rivals = [
-                    _similarity(words_src[o.stem], words_dst[b.stem])
-                    for o in src
-                    if o is not a and len(o.members) == len(b.members)
-                ]
-                if rivals and max(rivals) >= top:
-                    continue
-                if best is None or top > best[2]:
-                    best = (a, b, top)
-            if best is None:
+        score = {
+            (i, j): _similarity(words_src[a.stem], words_dst[b.stem])
+            for i, a in enumerate(src)
+            for j, b in enumerate(dst)
+            if len(a.members) == len(b.members)
+        }
+        left_src, left_dst = set(range(len(src))), set(range(len(dst)))
+        while left_src and left_dst:
+            if len(left_src) == 1 and len(left_dst) == 1:
+                i, j = next(iter(left_src)), next(iter(left_dst))
+                if (i, j) in score:
+                    out.append((src[i], dst[j], 0.75, "the last family left of its shapes"))
+                    left_src.clear()
+                    left_dst.clear()
                 break
-            a, b, top = best
-            out.append((a, b, 0.7 + 0.3 * top, "their names"))
-            src.remove(a)
-            dst.remove(b)
-        return out, src, dst
+            best_of_src = _unique_best({i: [(score[i, j], j) for j in left_dst if (i, j) in score] for i in left_src})
+            best_of_dst = _unique_best({j: [(score[i, j], i) for i in left_src if (i, j) in score] for j in left_dst})
+            found = [(i, j) for i, j in best_of_src.items() if best_of_dst.get(j) == i]
+            if not found:
+                break
+            for i, j in found:
+                out.append((src[i], dst[j], round(0.7 + 0.3 * score[i, j], 3), "their names"))
+                left_src.discard(i)
+                left_dst.discard(j)
+        return out, [src[i] for i in sorted(left_src)], [dst[j] for j in sorted(left_dst)]
 
     def _members(self, a: _Family, b: _Family, confidence: float, evidence: str) -> bool:
         """Pair the members of two families of equal size by their indices; False when they cannot be."""
@@ -362,14 +364,35 @@ class _Aligner:
         self.used.add(id(b))
 
 
+def _unique_best(options: dict[int, list[tuple[float, int]]]) -> dict[int, int]:
+    """For each key, the option with the strictly highest score above 0 (none on a tie)."""
+    out = {}
+    for key, scored in options.items():
+        if not scored:
+            continue
+        scored.sort(reverse=True)
+        if scored[0][0] > 0 and (len(scored) == 1 or scored[1][0] < scored[0][0]):
+            out[key] = scored[0][1]
+    return out
+
+
 def _varying(units: Sequence[_Unit]) -> list[tuple[int, ...]] | None:
-    """Each unit's indices without the positions that are the same in all (None if their counts differ)."""
+    """Each unit's indices without the positions that are the same in all (None if their counts differ, or if a
+    position is not a run of layer numbers: see :func:`_counts_layers`)."""
     lengths = {len(u.indices) for u in units}
     if len(lengths) != 1:
         return None
     n = lengths.pop()
     keep = [i for i in range(n) if len({u.indices[i] for u in units}) > 1]
+    if not all(_counts_layers({u.indices[i] for u in units}) for i in keep):
+        return None
     return [tuple(u.indices[i] for i in keep) for u in units]
+
+
+def _counts_layers(values: set[int]) -> bool:
+    """Whether numbers look like layer indices (``0..11``, ``1..4``, with at most as many gaps as values) rather
+    than identifiers (``conv_83125``, hashes): only then does their order say which is which."""
+    return max(values) - min(values) + 1 <= 2 * len(values)
 
 
 def _ranked(units: Sequence[_Unit]) -> dict[tuple[int, ...], _Unit] | None:
@@ -392,13 +415,16 @@ def _ranked(units: Sequence[_Unit]) -> dict[tuple[int, ...], _Unit] | None:
 def _total_order(units: Sequence[_Unit]) -> list[_Unit] | None:
     """The units sorted by their indices, when no two have the same."""
     keys = [u.indices for u in units]
-    if len(set(keys)) != len(keys) or any(not k for k in keys):
+    if len(set(keys)) != len(keys) or any(not k for k in keys) or _varying(units) is None:
         return None
     return [u for _, u in sorted(zip(keys, units, strict=True), key=lambda p: p[0])]
 
 
 def _rename_for(src: Sequence[_Unit], dst: Sequence[_Unit]) -> tuple[tuple[str, str], ...]:
-    """The rename that pairs an ambiguous group in declaration order (for the user to check, not applied)."""
+    """The rename that pairs an ambiguous group in declaration order (for the user to check, not applied); none
+    for a group of more than :data:`MAX_SUGGESTED` modules (no rename of that length is a fix to check by eye)."""
+    if len(src) > MAX_SUGGESTED:
+        return ()
     out = []
     for a, b in zip(sorted(src, key=lambda u: u.order), sorted(dst, key=lambda u: u.order), strict=False):
         out.append(_unit_rename(a.path, b.path, a.tensor))
