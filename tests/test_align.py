@@ -334,3 +334,27 @@ def test_camel_case_snake_case_and_typos_tie_names() -> None:
         for a, b in (("QueryProj", "querry_proj"), ("KeyProj", "key_proj"), ("ValueProj", "valeu_proj")):
             assert torch.equal(getattr(attention, b).weight, getattr(old.blocks[i], a).weight)
         assert torch.equal(attention.out_proj.bias, old.blocks[i].OutProj.bias)
+
+
+def test_identifiers_are_not_layer_indices() -> None:
+    """Numbers that are identifiers (``unit_83125``), not a run of layer indices, do not order anything: the
+    modules are ambiguous, not paired by the numbers' order."""
+    rng = random.Random(2)
+    old = nn.Module()
+    for _ in range(4):
+        setattr(old, f"unit_{rng.randrange(10**6)}", nn.Linear(4, 4))
+    new = nn.Module()
+    for _ in range(4):
+        setattr(new, f"cell_{rng.randrange(10**6)}", nn.Linear(4, 4))
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, randomised(old).state_dict(), align="auto")
+    assert error.value.code == "ambiguous-alignment"
+    # layer numbers with a gap or an offset still count layers: 1..4 against 0..3, 0, 1, 3 against 0, 2, 4
+    old = nn.Module()
+    for i in (1, 2, 3, 4):
+        setattr(old, f"layer{i}", nn.Linear(4, 4))
+    new = nn.Module()
+    new.stages = nn.ModuleList(nn.Linear(4, 4) for _ in range(4))
+    randomised(old)
+    assert tw.load_into(new, old.state_dict(), align="auto").ok
+    assert all(torch.equal(new.stages[i].weight, getattr(old, f"layer{i + 1}").weight) for i in range(4))
