@@ -79,7 +79,9 @@ ReshapeFit = Callable[[str, tuple[int, ...], tuple[int, ...], Context], "Step | 
 #: keys without a source to their shapes, ``unexpected`` maps checkpoint keys without a target (after prefix
 #: handling) to theirs, ``module_map`` maps checkpoint module paths to model module paths where they differ (from
 #: alignment); a module absent from it keeps its own path.
-GroupsFit = Callable[[Mapping[str, tuple[int, ...]], Mapping[str, tuple[int, ...]], Mapping[str, str]], "list[GroupFit]"]
+GroupsFit = Callable[
+    [Mapping[str, tuple[int, ...]], Mapping[str, tuple[int, ...]], Mapping[str, str]], "list[GroupFit]"
+]
 #: ``apply(step, tensors, dst_shape) -> tensor``: the model tensor (``dst_shape``), from the step's sources in order
 #: (in their own dtype; the caller casts to the model's).
 Apply = Callable[[Step, "Sequence[torch.Tensor]", tuple[int, ...]], "torch.Tensor"]

@@ -3,12 +3,13 @@ package and a line here."""
 
 from __future__ import annotations
 
+from . import input_conv
 from .base import Adapter
 
 __all__ = ["ADAPTERS", "names"]
 
 #: Every adapter, by the name users pass in ``adapt=[...]``, in the order the planner tries them.
-ADAPTERS: dict[str, Adapter] = {}
+ADAPTERS: dict[str, Adapter] = {adapter.name: adapter for adapter in (input_conv.ADAPTER,)}
 
 
 def names() -> tuple[str, ...]:
