@@ -5,7 +5,7 @@ but that would make the load fit. Pure data, no torch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..adapt.base import Context, GroupFit, Step
 from .model import Alignment
@@ -45,27 +45,58 @@ def reshape_step(
     return None, hint
 
 
-def module_map(alignment: Alignment | None) -> dict[str, str]:
+def module_map(
+    alignment: Alignment | None, missing: Iterable[str] = (), unexpected: Iterable[str] = ()
+) -> dict[str, str]:
     """Checkpoint module paths -> model module paths, from an alignment's pairs and the parents they agree on
-    (``h.0.attn.c_proj`` -> ``layers.0.attn.out`` maps ``h.0.attn`` -> ``layers.0.attn``)."""
+    (``h.0.attn.c_proj`` -> ``layers.0.attn.out`` maps ``h.0.attn`` -> ``layers.0.attn``); then, for the modules
+    above ``unexpected`` keys that are still unmapped, the one module at the same depth below the nearest mapped
+    ancestor's counterpart that holds ``missing`` keys, where there is exactly one (``h.0.attn``, above an
+    unexpected ``c_attn``, -> ``layers.0.self_attention``, above missing ``q``/``k``/``v``). Group adapters check
+    names and shapes before using any of it."""
     if alignment is None:
         return {}
     out: dict[str, str] = {}
     parents: dict[str, set[str]] = {}
     for pair in alignment.pairs:
         source, target = pair.source, pair.target
-        if pair.tensor:
-            source, target = source.rpartition(".")[0], target.rpartition(".")[0]
-        else:
+        if not pair.tensor:
             out[source] = target
-            source, target = source.rpartition(".")[0], target.rpartition(".")[0]
+        source, target = source.rpartition(".")[0], target.rpartition(".")[0]
         while source and target:
             parents.setdefault(source, set()).add(target)
             source, target = source.rpartition(".")[0], target.rpartition(".")[0]
     for source, targets in parents.items():
         if len(targets) == 1 and source not in out:
             out[source] = next(iter(targets))
+    _guess_holders(out, list(missing), unexpected)
     return out
+
+
+def _guess_holders(out: dict[str, str], missing: Sequence[str], unexpected: Iterable[str]) -> None:
+    """Map the unmapped module holding each unexpected key's module (``h.0.attn`` for ``h.0.attn.c_attn.weight``;
+    ``P`` itself for ``P.in_proj_weight``) when one model module alone can be its counterpart: at the same depth
+    below the counterpart of its nearest mapped ancestor, holding missing keys a module deeper, not yet a target
+    (in place)."""
+    taken = set(out.values())
+    for key in unexpected:
+        parts = key.split(".")
+        holder = parts[:-1] if parts[-1].startswith("in_proj_") else parts[:-2]
+        module = ".".join(holder)
+        if not holder or module in out:
+            continue
+        cut = next((c for c in range(len(holder) - 1, 0, -1) if ".".join(holder[:c]) in out), 0)
+        base = out[".".join(holder[:cut])].split(".") if cut else []
+        depth = len(base) + len(holder) - cut
+        candidates = {
+            ".".join(name.split(".")[:depth])
+            for name in missing
+            if name.split(".")[: len(base)] == base and name.count(".") >= depth + 1
+        }
+        candidates -= taken
+        if len(candidates) == 1:
+            out[module] = candidates.pop()
+            taken.add(out[module])
 
 
 def group_fits(

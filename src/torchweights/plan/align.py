@@ -225,8 +225,10 @@ class _Aligner:
         self.pairs: list[tuple[_Unit, _Unit, float, str]] = []
         self.ambiguous: list[tuple[list[_Unit], list[_Unit], str]] = []
         self.used: set[int] = set()  # units paired, or in an ambiguous group
+        self.exact = True  # the pass: shapes equal (True) or only leaves and numbers of dimensions
 
     def run(self, exact: bool) -> None:
+        self.exact = exact
         by_sig_src: dict[tuple[Any, ...], list[_Unit]] = {}
         by_sig_dst: dict[tuple[Any, ...], list[_Unit]] = {}
         for unit in self.src:
@@ -252,7 +254,14 @@ class _Aligner:
         be told apart is recorded as ambiguous)."""
         pairs: list[tuple[_Family, _Family, float, str]] = []
         if len(src) == 1 and len(dst) == 1:
-            pairs.append((src[0], dst[0], 1.0, "the only modules of their shapes"))
+            pairs.append(
+                (
+                    src[0],
+                    dst[0],
+                    1.0,
+                    "the only modules of their kind" if not self.exact else "the only modules of their shapes",
+                )
+            )
             src, dst = [], []
         else:
             pairs.extend(self._by_size(src, dst))
@@ -359,6 +368,8 @@ class _Aligner:
 
     def _pair(self, a: _Unit, b: _Unit, confidence: float, evidence: str) -> None:
         names = 0.8 + 0.2 * _similarity(a.tokens, b.tokens)
+        if not self.exact:
+            evidence += " (shapes differ)"
         self.pairs.append((a, b, round(min(1.0, confidence * names), 3), evidence))
         self.used.add(id(a))
         self.used.add(id(b))
@@ -445,6 +456,7 @@ def align(
     *,
     src_order: Sequence[str] = (),
     dst_order: Sequence[str] = (),
+    gate: bool = True,
 ) -> tuple[dict[str, str], Alignment]:
     """Pair checkpoint keys (``src``: name after prefix handling -> shape) with model keys (``dst``) by structure.
 
@@ -452,6 +464,8 @@ def align(
         src: the checkpoint keys left without a target.
         dst: the model keys left without a source.
         src_order / dst_order: the keys in the checkpoint's and the model's order (for suggested renames).
+        gate: apply the coverage rule (:data:`MIN_COVERAGE`); off for a second pass over what adapters left,
+            once a first pass has shown the two are the same architecture.
 
     Returns:
         ``({checkpoint key: model key}, Alignment)``; the mapping is empty when the alignment was refused or found
@@ -465,7 +479,7 @@ def align(
     exact_tensors = sum(len(b.leaves) for _, b, _, _ in aligner.pairs)
     undecided = sum(len(u.leaves) for _, group, _ in aligner.ambiguous for u in group)
     considered = (len(src), len(dst))
-    if not dst or exact_tensors + undecided < MIN_COVERAGE * len(dst):
+    if not dst or (gate and exact_tensors + undecided < MIN_COVERAGE * len(dst)):
         note = (
             f"align='auto' found {exact_tensors + undecided} of the model's {len(dst)} unmatched tensors with a "
             "counterpart of the same shapes, less than half: the checkpoint is not the same architecture, so "

@@ -112,6 +112,9 @@ def _reconcile(
     matcher.match()
     alignment = _align(matcher, spec, rules) if rules.align == "auto" else None
     hints = _groups(matcher, spec, rules, alignment)
+    if alignment is not None and alignment.pairs and matcher.adapted:
+        # What group adapters took out (q, k, v) may have kept other modules from pairing: align what is left.
+        alignment = _align(matcher, spec, rules, after=alignment)
     inside = {k.record for k in fit.keys.values()}
     outside = [k for k in keys if k.record not in inside]
     extras = extra_state_values(checkpoint)
@@ -143,22 +146,40 @@ def _leftovers(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[dict[st
     return src, dst
 
 
-def _align(matcher: Matcher, spec: ModelSpec, rules: Rules) -> Alignment:
-    """Pair the leftover keys by structure (:mod:`~torchweights.plan.align`) and bind the pairs."""
+def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | None = None) -> Alignment:
+    """Pair the leftover keys by structure (:mod:`~torchweights.plan.align`) and bind the pairs; ``after``: a
+    first pass, whose pairs this second one (without the coverage rule) adds to."""
     from .align import align  # (only for align="auto": not on every load's path)
 
     src, dst = _leftovers(matcher, spec, rules)
     if not src or not dst:
+        if after is not None:
+            return replace(after, ambiguous=())  # (nothing left on one side: nothing left to pair by guessing)
         return Alignment(considered=(len(src), len(dst)), note="nothing left to align" if not dst else "")
     fit = matcher.fit
     shapes = {final: fit.keys[key].shape for final, key in src.items()}
     order = [matcher.final[k] for k in fit.keys if matcher.final[k] in src]
     mapping, alignment = align(
-        shapes, {n: spec.entries[n].shape for n in dst}, src_order=order, dst_order=list(spec.entries)
+        shapes,
+        {n: spec.entries[n].shape for n in dst},
+        src_order=order,
+        dst_order=list(spec.entries),
+        gate=after is None,
     )
     for final, target in mapping.items():
         matcher.bind_aligned(src[final], target)
-    return alignment
+    if after is None:
+        return alignment
+    pairs = (*after.pairs, *alignment.pairs)
+    total = sum(p.keys for p in pairs)
+    return replace(
+        after,
+        pairs=pairs,
+        ambiguous=alignment.ambiguous,
+        confidence=round(sum(p.confidence * p.keys for p in pairs) / total, 3) if total else 0.0,
+        aligned=after.aligned + alignment.aligned,
+        seconds=after.seconds + alignment.seconds,
+    )
 
 
 def _groups(matcher: Matcher, spec: ModelSpec, rules: Rules, alignment: Alignment | None) -> list[Hint]:
@@ -170,7 +191,7 @@ def _groups(matcher: Matcher, spec: ModelSpec, rules: Rules, alignment: Alignmen
     fits, hints = group_fits(
         {n: spec.entries[n].shape for n in dst},
         {final: fit.keys[key].shape for final, key in src.items()},
-        module_map(alignment),
+        module_map(alignment, dst, src),
         rules,
     )
     for found in fits:
