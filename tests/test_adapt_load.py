@@ -12,9 +12,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import torchweights as tw
-from torchweights.errors import LoadError, RuleError
-
 from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised
+from torchweights.errors import LoadError, RuleError
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
