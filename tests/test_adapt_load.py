@@ -164,3 +164,14 @@ def test_meta_model_gets_adapted_tensors() -> None:
     assert report.ok and not report.left_on_meta
     assert torch.allclose(new.stem.conv.weight, old.conv1.weight.sum(1, keepdim=True), atol=1e-6)
     assert isinstance(new.stem.conv.weight, nn.Parameter) and new.stem.conv.weight.requires_grad
+
+
+def test_readme_adapter_table_is_the_registry() -> None:
+    """README's adapter table has one row per registered adapter, with its summary, in table order."""
+    from torchweights.adapt.registry import ADAPTERS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `") and "` | " in line]
+    table = [f"| `{a.name}` | {a.summary} |" for a in ADAPTERS.values()]
+    start = rows.index(table[0])
+    assert rows[start : start + len(table)] == table
