@@ -422,7 +422,6 @@ def _adapted(plan: Plan, read: Callable[[Sequence[str]], Mapping[str, torch.Tens
     with ``read`` one action at a time; the last ones read are kept while the next action uses them too (a fused
     projection split into three), so what is held at once is the adapted outputs and one action's sources."""
     from . import dtypes
-    from .adapt.registry import ADAPTERS
 
     out: list[tuple[str, torch.Tensor]] = []
     held: Mapping[str, torch.Tensor] = {}
@@ -430,6 +429,8 @@ def _adapted(plan: Plan, read: Callable[[Sequence[str]], Mapping[str, torch.Tens
         step = action.adapt
         if step is None or action.target is None or action.dst_shape is None:
             continue
+        from .adapt.registry import ADAPTERS  # (only for a plan with adapted keys)
+
         if set(step.sources) - set(held):
             held = read(step.sources)
         tensor = ADAPTERS[step.adapter].apply(step, [held[n] for n in step.sources], action.dst_shape)
