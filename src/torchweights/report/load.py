@@ -167,7 +167,7 @@ class LoadReport:
         from ..errors import LoadError
 
         if self.plan.ambiguous:
-            from .text import ambiguity_text
+            from .alignment import ambiguity_text
 
             raise LoadError(ambiguity_text(self), report=self, code="ambiguous-alignment")
         if not self.problems:

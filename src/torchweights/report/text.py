@@ -23,6 +23,7 @@ from ..fold import fold_names, human_bytes, human_count
 from ..style import marked
 from ..text import plural, printable, quote, wrap
 from .advice import Advice, Hint, HintKind, advise
+from .alignment import alignment_line, headline_phrase
 from .cells import and_list, more, numel, strict_text, table_rows
 from .sections import mismatch_rows, missing_rows, sections, unexpected_rows
 
@@ -39,16 +40,17 @@ MESSAGE_ROWS = 10
 # --------------------------------------------------------------------------------------------------- render
 
 
-def render(report: LoadReport) -> str:
-    """The terminal report: header, then one section per kind of action, problems first (ends with a newline)."""
+def render(report: LoadReport, *, full: bool = False) -> str:
+    """The terminal report: header, then one section per kind of action, problems first (ends with a newline);
+    ``full`` (the CLI's ``-v``) cuts no section short."""
     plan = report.plan
     lines = table_rows(_header(report), indent="", sep="  ", shrink=())
-    lines += sections(report)
+    lines += sections(report, full=full)
     if report.checked_values:
         from .values import values_section
 
         lines += ["", *values_section(report.value_findings)]
-    if report.problems or report.left_on_meta or plan.suggestion is not None:
+    if report.problems or report.left_on_meta or plan.suggestion is not None or plan.ambiguous:
         advice = advise(plan)
         if advice.hints or advice.changes:
             lines += ["", "to fix"]
@@ -74,6 +76,8 @@ def _header(report: LoadReport) -> list[list[str]]:
     applied = [a for a in plan.applied if a != plan.prefix.evidence]
     for i, item in enumerate(applied):
         rows.append(["rules" if i == 0 else "", item])
+    if plan.alignment is not None:
+        rows.append(["align", alignment_line(plan.alignment)])
     rows.append(["keys", _keys(plan)])
     rows.append(["totals", _totals(report)])
     fallback = _fallback(report)
@@ -137,17 +141,20 @@ def headline(report: LoadReport) -> str:
     strict = f"strict={strict_text(plan.rules.strict)}"
     total, loaded, fates = _fates(report)
     outside = [a for a in plan.actions if a.target is None and a.kind in ("unexpected", "skip")]
-    if problems:
+    if problems or plan.ambiguous:
         counts = Counter[str](a.kind for a in problems)
         words = {"mismatch": "mismatched", "missing": "missing", "unexpected": "unexpected"}
         parts = [f"{counts[k]} {words[k]}" for k in words if counts[k]]
+        if plan.ambiguous:
+            parts.insert(0, f"{plural(len(plan.ambiguous), 'ambiguous group')} (align='auto')")
         meta = set(report.left_on_meta)
         stays = sum(1 for a in problems if a.target in meta)
         if stays:
             parts.append(f"{stays} would stay on the meta device")
         return f"FAILED: {', '.join(parts)} ({strict}); the model was not changed"
     loads = f"loaded {loaded} of {total}" if report.applied else f"would load {loaded} of {total}"
-    parts = [loads, *_fate_text(fates)]
+    phrase = headline_phrase(plan)
+    parts = [f"{loads} {phrase}" if phrase else loads, *_fate_text(fates)]
     targets = {a.target for a in plan.actions if a.target is not None}
     unsaved = [name for name in report.left_on_meta if name not in targets]
     if unsaved:
@@ -229,6 +236,10 @@ def _options(plan: Plan) -> str:
         parts.append("rename={" + ", ".join(f"{p!r}: {r!r}" for p, r in rules.rename) + "}")
     if rules.skip:
         parts.append("skip=[" + ", ".join(quote(s) for s in rules.skip) + "]")
+    if rules.align is not None:
+        parts.append(f"align={quote(rules.align)}")
+    if rules.adapt:
+        parts.append("adapt=[" + ", ".join(quote(a) for a in rules.adapt) + "]")
     if rules.on_mismatch != "error":
         parts.append(f"on_mismatch={quote(rules.on_mismatch)}")
     if rules.dtype != "model":
@@ -528,25 +539,3 @@ def _has(n: int) -> str:
 
 def _match(n: int) -> str:
     return "matches" if n == 1 else "match"
-
-
-def ambiguity_text(report: LoadReport) -> str:
-    """The ``ambiguous-alignment`` error text: each group ``align="auto"`` could pair only by guessing, and the
-    ``rename`` that would settle them all."""
-    plan = report.plan
-    lines = [
-        f"{quote(plan.source)} does not fit {plan.model} without a guess: align='auto' found "
-        f"{plural(len(plan.ambiguous), 'group')} of modules that only declaration order could pair. Nothing was "
-        "loaded; the model was not changed."
-    ]
-    rename: dict[str, str] = {}
-    for group in plan.ambiguous:
-        lines.append(f"  checkpoint {', '.join(quote(s) for s in group.sources)}")
-        lines.append(f"  model      {', '.join(quote(t) for t in group.targets)}")
-        lines.append(f"    ({group.reason})")
-        rename.update(group.rename)
-    lines.append(
-        "Check that this pairs them as you mean (it follows declaration order), then pass it with align='auto': "
-        f"rename={rename!r}"
-    )
-    return "\n".join(lines)
