@@ -233,11 +233,11 @@ def ambiguity_text(report: LoadReport) -> str:
     rename = settling_rename(groups)
     if rename:
         lines.append(
-            "Check that these renames pair them as you mean (they follow declaration order), then pass them with "
-            f"align='auto': rename={printable(repr(rename))}"
+            "Fix: check that these renames pair them as you mean (they follow declaration order), then pass them "
+            f"with align='auto': rename={printable(repr(rename))}"
         )
     else:
-        lines.append("Pass rename={...} for these modules (checkpoint name -> model name) with align='auto'.")
+        lines.append("Fix: pass rename={...} for these modules (checkpoint name -> model name) with align='auto'.")
     return "\n".join(lines)
 
 

@@ -319,6 +319,18 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
             f"{quote(hint.name)} in the same file also matches {plural(n, 'model key')}: "
             f"container={_py(hint.name)} loads it instead."
         )
+    if kind is HintKind.ADAPTER:
+        shown = "; ".join(printable(w) for w in hint.names[:3]) + (" ..." if len(hint.names) > 3 else "")
+        return (
+            f"The adapter {quote(hint.name)} would load {plural(len(hint.names), 'key')} that do not fit as stored "
+            f"({shown}): adapt=[{_py(hint.name)}] (CLI: --adapt {hint.name}) applies it."
+        )
+    if kind is HintKind.ALIGN:
+        return (
+            f"{hint.count} of the {plural(hint.total, 'missing key')} pair with unexpected tensors of their shapes by "
+            f"structure (layer indices, order, names; confidence {hint.confidence:.2f}): align=\"auto\" loads them. "
+            "Review the pairs first with `torchweights check --align auto`, and keep them with --write-rename."
+        )
     if kind is HintKind.AUTO_CONTAINER:
         return 'container="auto" lets torchweights pick the part of the file that fits best.'
     if kind is HintKind.AUTO_PREFIX:
@@ -358,6 +370,10 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
 def _kwargs(advice: Advice) -> list[str]:
     """The advised options as keyword arguments, in the order of the call."""
     out = []
+    if advice.align is not None:
+        out.append(f"align={_py(advice.align)}")
+    if advice.adapt:
+        out.append("adapt=[" + ", ".join(_py(a) for a in advice.adapt) + "]")
     if advice.rename is not None:
         out.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in advice.rename) + "}")
     if advice.skip:
@@ -374,6 +390,9 @@ def _kwargs(advice: Advice) -> list[str]:
 def _flags(advice: Advice) -> list[str]:
     """The advised options as command-line flags, in the same order."""
     out = []
+    if advice.align is not None:
+        out.append(f"--align {advice.align}")
+    out += [f"--adapt {shlex.quote(a)}" for a in advice.adapt]
     if advice.rename is not None:
         out += [f"--rename {shlex.quote(f'{p}={r}')}" for p, r in advice.rename]
     out += [f"--skip {shlex.quote(p)}" for p in advice.skip]
@@ -389,6 +408,8 @@ def _flags(advice: Advice) -> list[str]:
 def _effects(advice: Advice) -> list[str]:
     """What the advised options do, e.g. ``keep 'head.*' as initialised``."""
     out = []
+    if advice.adapt:
+        out.append(f"adapt what does not fit as stored with {and_list([quote(a) for a in advice.adapt])}")
     if advice.new_skips:
         new = advice.new_skips
         shown = and_list([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
@@ -412,7 +433,9 @@ def _call(advice: Advice) -> str:
 
 def _sentence(advice: Advice, call: bool = True, lead: str | None = None) -> str:
     """The fix as a sentence: its lead (``lead`` replaces the plain one), what it does, then the call."""
-    if advice.rename is not None:
+    if advice.align is not None:
+        text = "To pair them by structure and load them"
+    elif advice.rename is not None:
         text = "To load them under their model names"
     elif advice.strict is False:
         text = "To load whatever fits and keep every other model key as initialised"
