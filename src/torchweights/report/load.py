@@ -143,7 +143,7 @@ class LoadReport:
             ),
             "alignment": None if plan.alignment is None else plan.alignment.to_dict(),
             "adapter_hints": [{"adapter": name, "detail": what} for name, what in plan.adapter_hints],
-            "error": self.error(),
+            "load_error": self.error(),
             "totals": self.totals,
             "seconds": round(self.seconds, 6),
             "fallback_modules": list(self.fallback_modules),
@@ -180,7 +180,8 @@ class LoadReport:
     def error(self) -> dict[str, Any] | None:
         """The :class:`~torchweights.errors.LoadError` a real load of this plan raises, as plain data
         (``{"code", "type", "message", "fix", ...}``: :meth:`~torchweights.errors.TorchWeightsError.to_dict`), or
-        None when it loads. In the JSON, so that a dry run (``torchweights check --json``) names the code too."""
+        None when it loads. The JSON has it as ``load_error``: a dry run (``torchweights check --json``) names the
+        code too."""
         from ..errors import LoadError
 
         try:
