@@ -193,12 +193,14 @@ def _align_hint(plan: Plan, gained: int) -> Hint | None:
     """The ``align="auto"`` hint, when alignment was not asked for and pairing the missing and unexpected keys by
     structure (:func:`~torchweights.plan.align.align`, on the plan's names and shapes) would load more of them than
     ``gained`` (what a suggested rename loads): at least :data:`ALIGN_MIN_KEYS` and half the missing keys, with no
-    group that only a guess could pair."""
+    group that only a guess could pair, and no prefix or other part of the file that explains them."""
     if plan.rules.align is not None:
         return None
     missing = {a.target: a.dst_shape for a in plan.by_kind("missing") if a.target and a.dst_shape is not None}
     unexpected = {a.key or a.source or "": a.src_shape for a in plan.by_kind("unexpected") if a.src_shape is not None}
     if len(missing) < ALIGN_MIN_KEYS or len(unexpected) < ALIGN_MIN_KEYS:
+        return None
+    if _missing_hints(plan)[1]:  # a prefix or another part of the file explains them: no renaming to guess
         return None
     from ..plan.align import align  # (only for a plan whose keys do not pair by name)
 
