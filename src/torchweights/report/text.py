@@ -322,7 +322,8 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
     if kind is HintKind.ADAPTER:
         shown = "; ".join(printable(w) for w in hint.names[:3]) + (" ..." if len(hint.names) > 3 else "")
         return (
-            f"The adapter {quote(hint.name)} would load {plural(len(hint.names), 'key')} that do not fit as stored "
+            f"The adapter {quote(hint.name)} would load {plural(len(hint.names), 'key')} that "
+            f"{'does' if len(hint.names) == 1 else 'do'} not fit as stored "
             f"({shown}): adapt=[{_py(hint.name)}] (CLI: --adapt {hint.name}) applies it."
         )
     if kind is HintKind.ALIGN:
@@ -409,7 +410,7 @@ def _effects(advice: Advice) -> list[str]:
     """What the advised options do, e.g. ``keep 'head.*' as initialised``."""
     out = []
     if advice.adapt:
-        out.append(f"adapt what does not fit as stored with {and_list([quote(a) for a in advice.adapt])}")
+        out.append(f"adapt what does not fit with {and_list([quote(a) for a in advice.adapt])}")
     if advice.new_skips:
         new = advice.new_skips
         shown = and_list([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
