@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import RuleError
-from ..text import quote
 from . import EXIT_OK, EXIT_UNREADABLE, print_error
 from ._options import add_allow_global, add_verb
 
@@ -445,6 +444,7 @@ def write_rename(report: Any, path: str) -> str:
     import json
 
     from ..plan.align import rename_mapping
+    from ..text import quote
     from ..writers.atomic import Outputs
 
     alignment = report.plan.alignment
