@@ -1120,6 +1120,15 @@ CODES: dict[str, ErrorCode] = {
         fix="pass `--model package.module:factory` naming a function that takes no arguments and returns the model;"
         " run from the folder that holds the module, or add it to PYTHONPATH",
     ),
+    "no-rename-mapping": ErrorCode(
+        RuleError,
+        "check --write-rename: the alignment has nothing a rename mapping can express",
+        causes="`--write-rename` without `--align auto`; an alignment that paired nothing (every key matched by name, "
+        "or another architecture); groups only a guess could pair; pairs that swap names, which no order of regex "
+        "renames expresses",
+        fix="add `--align auto`; settle ambiguous groups with the `--rename` the report gives; where names swap, keep "
+        '`align="auto"` in code',
+    ),
     "not-a-model": ErrorCode(
         RuleError,
         "load_model: the file holds no pickled nn.Module",

@@ -12,8 +12,15 @@ there stay on meta in the plan, so the CLI and a Python dry run on the factory's
 cannot run, the report says that the tensors are assumed to have values; ``--meta-model`` plans the model as a
 meta model (every tensor to be filled from the checkpoint).
 
-Exit codes: 0 the checkpoint loads under the options given; 1 it does not (the report says why); 2 the checkpoint
-cannot be read, an option cannot be followed, or the model factory cannot be imported or called.
+``--align auto`` pairs keys renamed by a refactor by structure (:func:`torchweights.load_into`'s ``align="auto"``):
+the report lists every pair with its confidence before anything is loaded, and ``--write-rename FILE`` writes the
+pairs as a ``rename`` mapping (JSON, ``{regex: replacement}``) to keep in code: ``load_into(model, path,
+rename=json.load(open(FILE)))`` then loads the same keys without alignment. ``--adapt NAME`` (repeatable, or a comma
+list; ``all``) plans with adapters, as ``adapt=[...]``.
+
+Exit codes: 0 the checkpoint loads under the options given; 1 it does not (the report says why; alignment that only a
+guess could settle included); 2 the checkpoint cannot be read, an option cannot be followed (``--write-rename`` with
+nothing to write), or the model factory cannot be imported or called.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from ._options import add_allow_global, add_verb
 
 __all__ = [
     "EXAMPLES",
+    "RenameMappingError",
     "EXIT_CODES",
     "EXIT_DOES_NOT_FIT",
     "ModelFactoryError",
@@ -41,6 +49,7 @@ __all__ = [
     "factory_spec",
     "register",
     "run",
+    "write_rename",
 ]
 
 #: The checkpoint was read but does not fit the model under the options given.
@@ -49,10 +58,11 @@ EXIT_DOES_NOT_FIT = 1
 #: What each exit code of ``check`` means (its ``--help`` lists them).
 EXIT_CODES = {
     0: "the checkpoint loads into the model under the options given",
-    1: "it does not (the report says why and which option fixes it); with --check-values, also when a tensor holds "
-    "NaN or Inf or a weight is all zero or constant",
-    2: "the checkpoint cannot be read, an option cannot be followed, or the model factory cannot be imported or "
-    "called",
+    1: "it does not (the report says why and which option fixes it; with --align auto, also when modules could be "
+    "paired only by guessing: JSON load_error code ambiguous-alignment); with --check-values, also when a tensor "
+    "holds NaN or Inf or a weight is all zero or constant",
+    2: "the checkpoint cannot be read, an option cannot be followed (--write-rename when the alignment has nothing "
+    "a rename mapping can express), or the model factory cannot be imported or called",
 }
 #: ``(command line, what it does)`` for ``check --help``.
 EXAMPLES = (
@@ -60,6 +70,11 @@ EXAMPLES = (
     ("torchweights check ckpt.pt --model models.py:Net --skip 'head.*'", "a new head: keep it as initialised"),
     ("torchweights check dp.pt --model models.py:Net --strict false", "load what fits, report the rest"),
     ("torchweights check -q model.pt --model models.py:Net && echo fits", "in a script: only the exit code"),
+    (
+        "torchweights check old.pt --model models.py:Net --align auto --write-rename rename.json",
+        "a refactored model: review the pairs, keep them as a rename",
+    ),
+    ("torchweights check rgb.pt --model models.py:GrayNet --adapt input_conv", "plan with an adapter"),
 )
 
 _STRICT: dict[str, bool | str] = {"true": True, "false": False, "model": "model"}
@@ -71,6 +86,13 @@ class ModelFactoryError(RuleError):
     default_code = "bad-factory"
 
 
+class RenameMappingError(RuleError):
+    """``--write-rename``: the alignment has nothing a ``rename`` mapping can express (not asked for, nothing
+    aligned, groups only a guess could pair, or pairs that no order of renames expresses)."""
+
+    default_code = "no-rename-mapping"
+
+
 # --------------------------------------------------------------------------------------------------- argparse
 
 
@@ -79,6 +101,13 @@ def _rename(text: str) -> tuple[str, str]:
     if not sep or not pattern:
         raise argparse.ArgumentTypeError(f"expected REGEX=REPLACEMENT, got {text!r}")
     return pattern, replacement
+
+
+def _adapters(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected an adapter name or a comma list of them, got {text!r}")
+    return names
 
 
 def factory_spec(text: str) -> str:
@@ -158,6 +187,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="plan for a model that stays on the meta device (a factory that builds on meta, to be filled from the "
         "checkpoint): tensors no checkpoint fills stay on meta, as load_into would leave them",
+    )
+    parser.add_argument(
+        "--align",
+        choices=["auto"],
+        default=None,
+        help="pair keys a refactor renamed by structure (layer indices, shapes, names), as load_into(align='auto'): "
+        "the report lists every pair and its confidence",
+    )
+    parser.add_argument(
+        "--write-rename",
+        metavar="FILE",
+        default=None,
+        help="with --align auto: write the aligned pairs as a rename mapping (JSON {regex: replacement}) to keep in "
+        "code: load_into(..., rename=json.load(open(FILE)))",
+    )
+    parser.add_argument(
+        "--adapt",
+        metavar="NAME",
+        action="append",
+        type=_adapters,
+        default=[],
+        help="plan with adapter NAME, as load_into(adapt=[...]); repeat or separate with commas; 'all' for every one",
     )
     add_allow_global(parser)
     parser.add_argument(
@@ -314,6 +365,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the model, plan the load and print the report; return the exit code."""
     from .. import api
     from ..plan.spec import ModelSpec
+    from ..report.text import render
     from ..style import render_for
 
     try:
@@ -359,10 +411,74 @@ def run(args: argparse.Namespace) -> int:
         dry_run=True,
         init_missing=args.init_missing,
         check_values=args.check_values,
+        align=args.align,
+        adapt=[name for names in args.adapt for name in names],
     )
     report.notes.extend(notes)
-    text = report.to_json(indent=2) + "\n" if args.json else render_for(sys.stdout, report.__str__)
+    full = bool(getattr(args, "verbose", 0))  # -v: no section cut short
+    if args.write_rename is not None:
+        try:
+            report.notes.append(write_rename(report, args.write_rename))
+        except RenameMappingError as e:
+            if not args.json:  # the report first: it shows what the alignment found
+                sys.stdout.write(render_for(sys.stdout, lambda: render(report, full=full)))
+            print_error(e, json_output=args.json)
+            return EXIT_UNREADABLE
+    text = report.to_json(indent=2) + "\n" if args.json else render_for(sys.stdout, lambda: render(report, full=full))
     sys.stdout.write(text)
     sys.stdout.flush()
     flagged = any(f.in_values for f in report.value_findings)  # NaN/Inf/zero/constant (not "left as initialised")
     return EXIT_OK if report.ok and not flagged else EXIT_DOES_NOT_FIT
+
+
+def write_rename(report: Any, path: str) -> str:
+    """Write the alignment of ``report`` (a :class:`~torchweights.report.load.LoadReport` planned with
+    ``align="auto"``) to ``path`` as a ``rename`` mapping (JSON ``{regex: replacement}``, in the order to apply),
+    atomically; return the note for the report.
+
+    Raises:
+        RenameMappingError: alignment was not asked for, paired nothing, left groups only a guess could pair, or
+            made pairs that no order of renames expresses.
+        WriteError: the file cannot be written.
+    """
+    import json
+
+    from ..plan.align import rename_mapping
+    from ..text import quote
+    from ..writers.atomic import Outputs
+
+    alignment = report.plan.alignment
+    if alignment is None:
+        raise RenameMappingError(
+            "--write-rename writes the pairs --align auto makes, and alignment was not asked for. "
+            "Fix: add --align auto."
+        )
+    if alignment.ambiguous:
+        raise RenameMappingError(
+            f"--write-rename: {len(alignment.ambiguous)} group(s) of modules could be paired only by guessing, so the "
+            "alignment is not complete; nothing was written. Fix: check the rename the report gives for them, pass it "
+            "with --rename, then write the rest."
+        )
+    if not alignment.pairs:
+        why = alignment.note or "every key matched by name: nothing was left to align"
+        raise RenameMappingError(
+            f"--write-rename: the alignment paired nothing ({why}); nothing was written. Fix: drop --write-rename, "
+            "or check that the checkpoint is for this model."
+        )
+    mapping = rename_mapping(alignment)
+    if not mapping:
+        raise RenameMappingError(
+            f"--write-rename: the {len(alignment.pairs)} aligned pairs swap names (a module's new name is another's "
+            "old one), which no order of regex renames expresses; nothing was written. Fix: keep align='auto' in "
+            "code instead of a rename mapping."
+        )
+    with Outputs(force=True) as out:
+        out.reserve([path])
+        with out.write(path) as fh:
+            fh.write((json.dumps(mapping, indent=2) + "\n").encode())
+        out.commit()
+    n = len(mapping)
+    return (
+        f"--write-rename: wrote {n} rename{'' if n == 1 else 's'} to {quote(path)}: load_into(model, path, "
+        "rename=json.load(open(FILE))) loads the same keys without align"
+    )

@@ -68,6 +68,10 @@ class HintKind(StrEnum):
     NO_RESET = "no-reset"
     #: The buffers ``names`` are left on the meta device and not saved by ``state_dict()``: no checkpoint fills them.
     UNSAVED_BUFFERS = "unsaved-buffers"
+    #: The adapter ``name`` (not asked for) would load keys; ``names``: what it would do, one line per fit.
+    ADAPTER = "adapter"
+    #: ``align="auto"`` would pair ``count`` of the ``total`` missing keys by structure (``confidence`` overall).
+    ALIGN = "align"
 
 
 @structure(frozen=True)
@@ -83,6 +87,7 @@ class Hint:
         current: what the plan chose instead (the container).
         names: the modules or keys it names.
         pairs: ``(pattern, replacement)`` renames.
+        confidence: the alignment's overall confidence (:attr:`HintKind.ALIGN`).
     """
 
     kind: HintKind
@@ -93,6 +98,7 @@ class Hint:
     current: str = ""
     names: tuple[str, ...] = ()
     pairs: tuple[tuple[str, str], ...] = ()
+    confidence: float = 0.0
 
 
 @structure
@@ -110,6 +116,8 @@ class Advice:
         strict: ``False`` (load whatever fits) or ``"model"`` (leave unexpected tensors out), or None.
         unexpected: how many tensors ``strict="model"`` leaves out.
         init_missing: how many keys on the meta device ``init_missing=True`` initialises (0: not advised).
+        adapt: adapters to pass (``adapt=[...]``): they would load keys that do not fit as stored.
+        align: ``"auto"`` when pairing the missing and unexpected keys by structure would load them, else None.
     """
 
     hints: list[Hint] = field(default_factory=list)
@@ -121,19 +129,39 @@ class Advice:
     strict: Literal[False, "model"] | None = None
     unexpected: int = 0
     init_missing: int = 0
+    adapt: tuple[str, ...] = ()
+    align: str | None = None
 
     @property
     def changes(self) -> bool:
         """Whether the advice includes a call (some option to pass), not only hints."""
         return bool(
-            self.rename is not None or self.skip or self.on_mismatch or self.strict is not None or self.init_missing
+            self.rename is not None
+            or self.skip
+            or self.on_mismatch
+            or self.strict is not None
+            or self.init_missing
+            or self.adapt
+            or self.align
         )
 
 
 def advise(plan: Plan) -> Advice:
     """The advice for a plan: the renames that pair missing and unexpected keys first (they load trained
-    weights), then what the plan with them applied still needs (skips, ``init_missing``, strictness)."""
+    weights), or ``align="auto"`` where pairing them by structure loads more; the adapters that would load keys
+    that do not fit as stored; then what the plan with them applied still needs (skips, ``init_missing``,
+    strictness)."""
     suggestion = plan.suggestion
+    gained = 0
+    if suggestion is not None:
+        gained = sum(1 for a in suggestion.actions if a.kind == "load") - sum(
+            1 for a in plan.actions if a.kind == "load"
+        )
+    aligned = _align_hint(plan, gained)
+    if aligned is not None:  # the renames of a suggestion pair fewer keys: align instead
+        advice = Advice(hints=[aligned], align="auto")
+        _advise_adapters(plan, advice)
+        return advice
     if suggestion is None:
         advice = _advise_keys(plan)
         _advise_meta(plan, advice)
@@ -142,7 +170,6 @@ def advise(plan: Plan) -> Advice:
     new = suggestion.rules.rename[len(plan.rules.rename) :]
     unused = {(use.pattern, use.replacement) for use in plan.renames if use.matched == 0}
     pairs = [pair for pair in suggestion.rules.rename if pair not in unused]  # not a rename that matched nothing
-    gained = sum(1 for a in suggestion.actions if a.kind == "load") - sum(1 for a in plan.actions if a.kind == "load")
     hints = [Hint(HintKind.RENAME, count=gained, pairs=tuple(new)), *inner.hints]
     return Advice(
         hints=hints,
@@ -154,7 +181,58 @@ def advise(plan: Plan) -> Advice:
         strict=inner.strict,
         unexpected=inner.unexpected,
         init_missing=inner.init_missing,
+        adapt=inner.adapt,
     )
+
+
+#: ``align="auto"`` is suggested only when it pairs at least this many missing keys with tensors of their shapes.
+ALIGN_MIN_KEYS = 4
+
+
+def _align_hint(plan: Plan, gained: int) -> Hint | None:
+    """The ``align="auto"`` hint, when alignment was not asked for and pairing the missing and unexpected keys by
+    structure (:func:`~torchweights.plan.align.align`, on the plan's names and shapes) would load more of them than
+    ``gained`` (what a suggested rename loads): at least :data:`ALIGN_MIN_KEYS` and half the missing keys, with no
+    group that only a guess could pair, and no prefix or other part of the file that explains them."""
+    if plan.rules.align is not None:
+        return None
+    missing = {a.target: a.dst_shape for a in plan.by_kind("missing") if a.target and a.dst_shape is not None}
+    unexpected = {a.key or a.source or "": a.src_shape for a in plan.by_kind("unexpected") if a.src_shape is not None}
+    if len(missing) < ALIGN_MIN_KEYS or len(unexpected) < ALIGN_MIN_KEYS:
+        return None
+    if _missing_hints(plan)[1]:  # a prefix or another part of the file explains them: no renaming to guess
+        return None
+    from ..plan.align import align  # (only for a plan whose keys do not pair by name)
+
+    mapping, alignment = align(unexpected, missing, src_order=list(unexpected), dst_order=list(missing))
+    if alignment.ambiguous:
+        return None
+    fits = sum(1 for key, target in mapping.items() if unexpected[key] == missing[target])
+    if fits <= gained or fits < ALIGN_MIN_KEYS or 2 * fits < len(missing):
+        return None
+    return Hint(HintKind.ALIGN, count=fits, total=len(missing), confidence=alignment.confidence)
+
+
+def _advise_adapters(plan: Plan, advice: Advice) -> None:
+    """The adapters the plan names as able to load keys that do not fit (not asked for): a hint each, and
+    ``adapt=[...]``."""
+    if not plan.adapter_hints:
+        return
+    by_name: dict[str, list[str]] = {}
+    for name, what in plan.adapter_hints:
+        by_name.setdefault(name, []).append(what)
+    advice.adapt = tuple(by_name)
+    advice.hints += [Hint(HintKind.ADAPTER, name=name, names=tuple(whats)) for name, whats in by_name.items()]
+
+
+def _adapted_keys(plan: Plan) -> set[str]:
+    """The problem keys an adapter hint names (its line starts with the model key: ``conv1.weight: 3 -> 1 ...``)."""
+    out = set()
+    for action in plan.problems:
+        target = action.target
+        if target and any(what.startswith((target + ":", target + " ")) for _, what in plan.adapter_hints):
+            out.add(target)
+    return out
 
 
 def _advise_meta(plan: Plan, advice: Advice) -> None:
@@ -178,7 +256,9 @@ def _advise_meta(plan: Plan, advice: Advice) -> None:
 
 def _advise_keys(plan: Plan) -> Advice:
     advice = Advice()
-    problems = plan.problems
+    _advise_adapters(plan, advice)
+    adapted = _adapted_keys(plan)
+    problems = [a for a in plan.problems if a.target not in adapted or a.target is None]
     kinds = {a.kind for a in problems}
     if not kinds:
         return advice
@@ -186,6 +266,8 @@ def _advise_keys(plan: Plan) -> Advice:
     universe = [a.target for a in plan.actions if a.target is not None]
     mismatched = [a.target or "" for a in problems if a.kind == "mismatch"]
     missing = [a.target or "" for a in problems if a.kind == "missing"]
+    if any(" from " in what.split(": ", 1)[0] for _, what in plan.adapter_hints):
+        return advice  # a group adapter would take keys of its own choosing: what is left is for the next report
     if missing:
         hints, evidence = _missing_hints(plan)
         advice.hints += hints

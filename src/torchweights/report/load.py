@@ -141,6 +141,9 @@ class LoadReport:
             "suggested_rename": (
                 None if plan.suggestion is None else [list(pair) for pair in plan.suggestion.rules.rename]
             ),
+            "alignment": None if plan.alignment is None else plan.alignment.to_dict(),
+            "adapter_hints": [{"adapter": name, "detail": what} for name, what in plan.adapter_hints],
+            "load_error": self.error(),
             "totals": self.totals,
             "seconds": round(self.seconds, 6),
             "fallback_modules": list(self.fallback_modules),
@@ -167,12 +170,25 @@ class LoadReport:
         from ..errors import LoadError
 
         if self.plan.ambiguous:
-            from .text import ambiguity_text
+            from .alignment import ambiguity_text
 
             raise LoadError(ambiguity_text(self), report=self, code="ambiguous-alignment")
         if not self.problems:
             return
         raise LoadError(self.problem_text(), report=self, code=self.error_code())
+
+    def error(self) -> dict[str, Any] | None:
+        """The :class:`~torchweights.errors.LoadError` a real load of this plan raises, as plain data
+        (``{"code", "type", "message", "fix", ...}``: :meth:`~torchweights.errors.TorchWeightsError.to_dict`), or
+        None when it loads. The JSON has it as ``load_error``: a dry run (``torchweights check --json``) names the
+        code too."""
+        from ..errors import LoadError
+
+        try:
+            self.raise_if_problems()
+        except LoadError as e:
+            return e.to_dict()
+        return None
 
     def error_code(self) -> str:
         """The most specific error code for this report's problems."""
@@ -234,9 +250,11 @@ class LoadReport:
     def _repr_html_(self) -> str:
         """The report as a notebook shows it: the result line coloured by outcome, the choices made and every
         action that is not a plain load first (escaped: names come from the file)."""
+        from .alignment import alignment_line, html_tables
         from .html import action_table, card, load_state
 
         plan = self.plan
+        aligned = [("align", alignment_line(plan.alignment))] if plan.alignment is not None else []
         return card(
             "LoadReport",
             load_state(self),
@@ -246,9 +264,10 @@ class LoadReport:
                 ("model", plan.model),
                 ("container", plan.container.name or "the root"),
                 ("prefix", plan.prefix.evidence),
+                *aligned,
                 ("bytes read", self.bytes_read),
             ],
-            [action_table(self)[0]],
+            [*html_tables(plan), action_table(self)[0]],
             self.notes,
         )
 

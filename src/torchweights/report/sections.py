@@ -14,6 +14,7 @@ from ..text import plural, printable, quote, wrap
 if TYPE_CHECKING:  # pragma: no cover
     from ..plan.model import Action
     from .load import LoadReport
+from .alignment import adapted_section, aligned_section, ambiguous_section, is_adapted
 from .cells import fold_rows, more, name_cell, shape_cell, strict_text, table_rows
 
 __all__ = ["OTHER_ROWS", "PROBLEM_ROWS", "mismatch_rows", "missing_rows", "sections", "unexpected_rows"]
@@ -26,11 +27,13 @@ OTHER_ROWS = 10
 LOAD_ROWS = 6
 
 
-def sections(report: LoadReport) -> list[str]:
-    """Every section of the report after its header, in order (problems first), each after a blank line."""
+def sections(report: LoadReport, *, full: bool = False) -> list[str]:
+    """Every section of the report after its header, in order (problems first), each after a blank line; ``full``
+    (the CLI's ``-v``) cuts no section short."""
     lines: list[str] = []
     for section in (
         _meta_section,
+        _ambiguous_section,
         _mismatch_section,
         _missing_section,
         _unexpected_section,
@@ -40,23 +43,31 @@ def sections(report: LoadReport) -> list[str]:
         _tied_section,
         _extra_section,
         _cast_section,
+        _aligned_section,
+        _adapted_section,
         _rename_section,
         _load_section,
         _ignored_section,
     ):
-        body = section(report)
+        body = section(report, full)
         if body:
             lines += ["", *body]
     return lines
 
 
-def _section(title: str, rows: list[list[str]], limit: int, right: Iterable[int] = ()) -> list[str]:
+def _limit(rows: int, full: bool) -> int | None:
+    """Most rows a section shows: ``rows``, or all of them (None) under ``full``."""
+    return None if full else rows
+
+
+def _section(title: str, rows: list[list[str]], limit: int | None, right: Iterable[int] = ()) -> list[str]:
     # a title with a hoisted reason can be long: it wraps with its continuation under the reason
     label, colon, _ = title.partition(": ")
     head = wrap(title, "", " " * (len(label) + len(colon))) if colon else [title]
-    lines = [*head, *table_rows(rows[:limit], right=right)]
-    if len(rows) > limit:
-        lines.append(more(len(rows) - limit))
+    shown = rows if limit is None else rows[:limit]
+    lines = [*head, *table_rows(shown, right=right)]
+    if len(rows) > len(shown):
+        lines.append(more(len(rows) - len(shown)))
     return lines
 
 
@@ -70,7 +81,7 @@ def _title(label: str, count: int, note: str = "") -> str:
     return f"{label} ({count})" + (f": {note}" if note else "")
 
 
-def _meta_section(report: LoadReport) -> list[str]:
+def _meta_section(report: LoadReport, full: bool = False) -> list[str]:
     names = report.left_on_meta
     if not names:
         return []
@@ -94,10 +105,10 @@ def _meta_section(report: LoadReport) -> list[str]:
     rows = [[name_cell(p), *cols] for p, _, cols in fold_rows(items)]
     verb = "left" if report.applied else "would stay"
     note = "no values: the model cannot run until they have some"
-    return _section(_title(f"{verb} on the meta device", len(names), note), rows, PROBLEM_ROWS)
+    return _section(_title(f"{verb} on the meta device", len(names), note), rows, _limit(PROBLEM_ROWS, full))
 
 
-def _init_section(report: LoadReport) -> list[str]:
+def _init_section(report: LoadReport, full: bool = False) -> list[str]:
     plan = report.plan
     if not plan.rules.init_missing:
         return []
@@ -107,16 +118,18 @@ def _init_section(report: LoadReport) -> list[str]:
     items = [(name, (f"{i.method}() of {quote(i.module or '<root>')}",)) for i in inits for name in i.tensors]
     rows = [[name_cell(p), *cols] for p, _, cols in fold_rows(items)]
     verb = "initialised" if report.applied else "to initialise"
-    return _section(_title(verb, len(items), "no tensor in the checkpoint (init_missing=True)"), rows, OTHER_ROWS)
+    return _section(
+        _title(verb, len(items), "no tensor in the checkpoint (init_missing=True)"), rows, _limit(OTHER_ROWS, full)
+    )
 
 
-def _mismatch_section(report: LoadReport) -> list[str]:
+def _mismatch_section(report: LoadReport, full: bool = False) -> list[str]:
     actions = report.plan.by_kind("mismatch")
     if not actions:
         return []
     note = "" if any(a.kind == "mismatch" for a in report.problems) else "not loaded (strict=False)"
     rows = mismatch_rows(actions)
-    return _section(_title("shape mismatch", len(actions), note), rows, PROBLEM_ROWS)
+    return _section(_title("shape mismatch", len(actions), note), rows, _limit(PROBLEM_ROWS, full))
 
 
 def mismatch_rows(actions: Sequence[Action]) -> list[list[str]]:
@@ -127,7 +140,7 @@ def mismatch_rows(actions: Sequence[Action]) -> list[list[str]]:
     return [[name_cell(p), *cols] for p, _, cols in fold_rows(items)]
 
 
-def _missing_section(report: LoadReport) -> list[str]:
+def _missing_section(report: LoadReport, full: bool = False) -> list[str]:
     actions = report.plan.by_kind("missing")
     if not actions:
         return []
@@ -135,7 +148,7 @@ def _missing_section(report: LoadReport) -> list[str]:
     meta = set(report.left_on_meta) | set(report.plan.initialised)
     if not any(a.kind == "missing" for a in report.problems) and not any(a.target in meta for a in actions):
         note += f"; kept as initialised (strict={strict_text(report.plan.rules.strict)})"
-    return _section(_title("missing", len(actions), note), missing_rows(actions), PROBLEM_ROWS)
+    return _section(_title("missing", len(actions), note), missing_rows(actions), _limit(PROBLEM_ROWS, full))
 
 
 def missing_rows(actions: Sequence[Action]) -> list[list[str]]:
@@ -147,14 +160,14 @@ def missing_rows(actions: Sequence[Action]) -> list[list[str]]:
     return [[name_cell(p), *cols] for p, _, cols in fold_rows(items)]
 
 
-def _unexpected_section(report: LoadReport) -> list[str]:
+def _unexpected_section(report: LoadReport, full: bool = False) -> list[str]:
     actions = report.plan.by_kind("unexpected")
     if not actions:
         return []
     note = "no model key matches"
     if not any(a.kind == "unexpected" for a in report.problems):
         note += f"; not loaded (strict={strict_text(report.plan.rules.strict)})"
-    return _section(_title("unexpected", len(actions), note), unexpected_rows(actions), PROBLEM_ROWS)
+    return _section(_title("unexpected", len(actions), note), unexpected_rows(actions), _limit(PROBLEM_ROWS, full))
 
 
 def unexpected_rows(actions: Sequence[Action]) -> list[list[str]]:
@@ -163,7 +176,7 @@ def unexpected_rows(actions: Sequence[Action]) -> list[list[str]]:
     return [[name_cell(p), *cols] for p, _, cols in fold_rows(items)]
 
 
-def _reasoned_section(label: str, actions: Sequence[Action], note: str = "") -> list[str]:
+def _reasoned_section(label: str, actions: Sequence[Action], note: str = "", *, full: bool = False) -> list[str]:
     """Rows of ``name  reason [shapes]``; a reason shared by every row moves into the title."""
     if not actions:
         return []
@@ -176,40 +189,41 @@ def _reasoned_section(label: str, actions: Sequence[Action], note: str = "") -> 
         items.append((a.target or a.key or a.source or "", cols))
     rows = [[name_cell(p), *cols] for p, _, cols in fold_rows(items)]
     title_note = "; ".join(x for x in (note, printable(shared) if shared else "") if x)
-    return _section(_title(label, len(actions), title_note), rows, OTHER_ROWS)
+    return _section(_title(label, len(actions), title_note), rows, _limit(OTHER_ROWS, full))
 
 
-def _skip_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("skipped", report.plan.by_kind("skip"))
+def _skip_section(report: LoadReport, full: bool = False) -> list[str]:
+    return _reasoned_section("skipped", report.plan.by_kind("skip"), full=full)
 
 
-def _default_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("default", report.plan.by_kind("default"))
+def _default_section(report: LoadReport, full: bool = False) -> list[str]:
+    return _reasoned_section("default", report.plan.by_kind("default"), full=full)
 
 
-def _tied_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("tied", report.plan.by_kind("tied"))
+def _tied_section(report: LoadReport, full: bool = False) -> list[str]:
+    return _reasoned_section("tied", report.plan.by_kind("tied"), full=full)
 
 
-def _extra_section(report: LoadReport) -> list[str]:
-    return _reasoned_section("extra state restored", report.plan.by_kind("extra"))
+def _extra_section(report: LoadReport, full: bool = False) -> list[str]:
+    return _reasoned_section("extra state restored", report.plan.by_kind("extra"), full=full)
 
 
-def _cast_section(report: LoadReport) -> list[str]:
+def _cast_section(report: LoadReport, full: bool = False) -> list[str]:
     casts = [a for a in report.loaded if a.cast]
     if not casts:
         return []
     counts = Counter((a.src_dtype or "?", a.dst_dtype or "?") for a in casts)
     rows = [[f"{src} -> {dst}", plural(n, "tensor")] for (src, dst), n in counts.items()]
-    return _section(_title("cast", len(casts)), rows, OTHER_ROWS)
+    return _section(_title("cast", len(casts)), rows, _limit(OTHER_ROWS, full))
 
 
 def _rename_label(a: Action) -> str:
-    labels = [v for v in a.via if v not in ("prefix", "reshape")]
+    """The renames of a key in words; alignment and adapters are left out (their own sections list them)."""
+    labels = [v for v in a.via if v not in ("prefix", "reshape", "align") and not is_adapted(v)]
     return "; ".join("user rename" if v == "rename" else v.replace("legacy rename: ", "legacy: ") for v in labels)
 
 
-def _rename_section(report: LoadReport) -> list[str]:
+def _rename_section(report: LoadReport, full: bool = False) -> list[str]:
     renamed = [a for a in report.plan.actions if a.target and a.key and _rename_label(a)]
     if not renamed:
         return []
@@ -229,10 +243,22 @@ def _rename_section(report: LoadReport) -> list[str]:
             for key, target in pairs:
                 rows.append((first[members[0]], [name_cell(key), "->", name_cell(target), *([label] if label else [])]))
     rows.sort(key=lambda r: r[0])
-    return _section(_title("renamed", len(renamed), shared or ""), [r for _, r in rows], OTHER_ROWS)
+    return _section(_title("renamed", len(renamed), shared or ""), [r for _, r in rows], _limit(OTHER_ROWS, full))
 
 
-def _load_section(report: LoadReport) -> list[str]:
+def _aligned_section(report: LoadReport, full: bool = False) -> list[str]:
+    return aligned_section(report.plan, _limit(PROBLEM_ROWS, full))
+
+
+def _ambiguous_section(report: LoadReport, full: bool = False) -> list[str]:
+    return ambiguous_section(report.plan, _limit(PROBLEM_ROWS, full))
+
+
+def _adapted_section(report: LoadReport, full: bool = False) -> list[str]:
+    return adapted_section(report.plan, _limit(OTHER_ROWS, full))
+
+
+def _load_section(report: LoadReport, full: bool = False) -> list[str]:
     loaded = report.loaded
     if not loaded:
         return []
@@ -242,8 +268,8 @@ def _load_section(report: LoadReport) -> list[str]:
         dtype = a.dst_dtype or "?" if not a.cast else f"{a.src_dtype} -> {a.dst_dtype}"
         items.append((a.target or "", (shape_cell(a.dst_shape), dtype)))
     folded = fold_rows(items)
-    if len(folded) <= LOAD_ROWS:
-        return _section(_title(label, len(loaded)), [[name_cell(p), *cols] for p, _, cols in folded], LOAD_ROWS)
+    if full or len(folded) <= LOAD_ROWS:
+        return _section(_title(label, len(loaded)), [[name_cell(p), *cols] for p, _, cols in folded], None)
     lines = [_title(label, len(loaded))]
     wrapped = wrap(", ".join(_top_groups([a.target or "" for a in loaded])))
     return lines + (wrapped if len(wrapped) <= 4 else [*wrapped[:4], "  ..."])
@@ -287,7 +313,7 @@ def _top_groups(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _ignored_section(report: LoadReport) -> list[str]:
+def _ignored_section(report: LoadReport, full: bool = False) -> list[str]:
     actions = report.plan.by_kind("ignored")
     if not actions:
         return []
@@ -302,7 +328,7 @@ def _ignored_section(report: LoadReport) -> list[str]:
         else:
             rows.append([plural(len(members), "tensor"), f"under {quote(name_cell(_common_prefix(members)))}"])
     note = _hoist(actions, lambda a: a.reason) or ""
-    return _section(_title("ignored", len(actions), printable(note)), rows, OTHER_ROWS, right=[0])
+    return _section(_title("ignored", len(actions), printable(note)), rows, _limit(OTHER_ROWS, full), right=[0])
 
 
 def _common_prefix(names: Sequence[str]) -> str:

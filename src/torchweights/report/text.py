@@ -23,6 +23,7 @@ from ..fold import fold_names, human_bytes, human_count
 from ..style import marked
 from ..text import plural, printable, quote, wrap
 from .advice import Advice, Hint, HintKind, advise
+from .alignment import alignment_line, headline_phrase
 from .cells import and_list, more, numel, strict_text, table_rows
 from .sections import mismatch_rows, missing_rows, sections, unexpected_rows
 
@@ -39,16 +40,17 @@ MESSAGE_ROWS = 10
 # --------------------------------------------------------------------------------------------------- render
 
 
-def render(report: LoadReport) -> str:
-    """The terminal report: header, then one section per kind of action, problems first (ends with a newline)."""
+def render(report: LoadReport, *, full: bool = False) -> str:
+    """The terminal report: header, then one section per kind of action, problems first (ends with a newline);
+    ``full`` (the CLI's ``-v``) cuts no section short."""
     plan = report.plan
     lines = table_rows(_header(report), indent="", sep="  ", shrink=())
-    lines += sections(report)
+    lines += sections(report, full=full)
     if report.checked_values:
         from .values import values_section
 
         lines += ["", *values_section(report.value_findings)]
-    if report.problems or report.left_on_meta or plan.suggestion is not None:
+    if report.problems or report.left_on_meta or plan.suggestion is not None or plan.ambiguous:
         advice = advise(plan)
         if advice.hints or advice.changes:
             lines += ["", "to fix"]
@@ -74,6 +76,8 @@ def _header(report: LoadReport) -> list[list[str]]:
     applied = [a for a in plan.applied if a != plan.prefix.evidence]
     for i, item in enumerate(applied):
         rows.append(["rules" if i == 0 else "", item])
+    if plan.alignment is not None:
+        rows.append(["align", alignment_line(plan.alignment)])
     rows.append(["keys", _keys(plan)])
     rows.append(["totals", _totals(report)])
     fallback = _fallback(report)
@@ -137,17 +141,20 @@ def headline(report: LoadReport) -> str:
     strict = f"strict={strict_text(plan.rules.strict)}"
     total, loaded, fates = _fates(report)
     outside = [a for a in plan.actions if a.target is None and a.kind in ("unexpected", "skip")]
-    if problems:
+    if problems or plan.ambiguous:
         counts = Counter[str](a.kind for a in problems)
         words = {"mismatch": "mismatched", "missing": "missing", "unexpected": "unexpected"}
         parts = [f"{counts[k]} {words[k]}" for k in words if counts[k]]
+        if plan.ambiguous:
+            parts.insert(0, f"{plural(len(plan.ambiguous), 'ambiguous group')} (align='auto')")
         meta = set(report.left_on_meta)
         stays = sum(1 for a in problems if a.target in meta)
         if stays:
             parts.append(f"{stays} would stay on the meta device")
         return f"FAILED: {', '.join(parts)} ({strict}); the model was not changed"
     loads = f"loaded {loaded} of {total}" if report.applied else f"would load {loaded} of {total}"
-    parts = [loads, *_fate_text(fates)]
+    phrase = headline_phrase(plan)
+    parts = [f"{loads} {phrase}" if phrase else loads, *_fate_text(fates)]
     targets = {a.target for a in plan.actions if a.target is not None}
     unsaved = [name for name in report.left_on_meta if name not in targets]
     if unsaved:
@@ -229,6 +236,10 @@ def _options(plan: Plan) -> str:
         parts.append("rename={" + ", ".join(f"{p!r}: {r!r}" for p, r in rules.rename) + "}")
     if rules.skip:
         parts.append("skip=[" + ", ".join(quote(s) for s in rules.skip) + "]")
+    if rules.align is not None:
+        parts.append(f"align={quote(rules.align)}")
+    if rules.adapt:
+        parts.append("adapt=[" + ", ".join(quote(a) for a in rules.adapt) + "]")
     if rules.on_mismatch != "error":
         parts.append(f"on_mismatch={quote(rules.on_mismatch)}")
     if rules.dtype != "model":
@@ -308,6 +319,19 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
             f"{quote(hint.name)} in the same file also matches {plural(n, 'model key')}: "
             f"container={_py(hint.name)} loads it instead."
         )
+    if kind is HintKind.ADAPTER:
+        shown = "; ".join(printable(w) for w in hint.names[:3]) + (" ..." if len(hint.names) > 3 else "")
+        return (
+            f"The adapter {quote(hint.name)} would load {plural(len(hint.names), 'key')} that "
+            f"{'does' if len(hint.names) == 1 else 'do'} not fit as stored "
+            f"({shown}): adapt=[{_py(hint.name)}] (CLI: --adapt {hint.name}) applies it."
+        )
+    if kind is HintKind.ALIGN:
+        return (
+            f"{hint.count} of the {plural(hint.total, 'missing key')} pair with unexpected tensors of their shapes by "
+            f"structure (layer indices, order, names; confidence {hint.confidence:.2f}): align=\"auto\" loads them. "
+            "Review the pairs first with `torchweights check --align auto`, and keep them with --write-rename."
+        )
     if kind is HintKind.AUTO_CONTAINER:
         return 'container="auto" lets torchweights pick the part of the file that fits best.'
     if kind is HintKind.AUTO_PREFIX:
@@ -347,6 +371,10 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
 def _kwargs(advice: Advice) -> list[str]:
     """The advised options as keyword arguments, in the order of the call."""
     out = []
+    if advice.align is not None:
+        out.append(f"align={_py(advice.align)}")
+    if advice.adapt:
+        out.append("adapt=[" + ", ".join(_py(a) for a in advice.adapt) + "]")
     if advice.rename is not None:
         out.append("rename={" + ", ".join(f"{_py(p)}: {_py(r)}" for p, r in advice.rename) + "}")
     if advice.skip:
@@ -363,6 +391,9 @@ def _kwargs(advice: Advice) -> list[str]:
 def _flags(advice: Advice) -> list[str]:
     """The advised options as command-line flags, in the same order."""
     out = []
+    if advice.align is not None:
+        out.append(f"--align {advice.align}")
+    out += [f"--adapt {shlex.quote(a)}" for a in advice.adapt]
     if advice.rename is not None:
         out += [f"--rename {shlex.quote(f'{p}={r}')}" for p, r in advice.rename]
     out += [f"--skip {shlex.quote(p)}" for p in advice.skip]
@@ -378,6 +409,8 @@ def _flags(advice: Advice) -> list[str]:
 def _effects(advice: Advice) -> list[str]:
     """What the advised options do, e.g. ``keep 'head.*' as initialised``."""
     out = []
+    if advice.adapt:
+        out.append(f"adapt what does not fit with {and_list([quote(a) for a in advice.adapt])}")
     if advice.new_skips:
         new = advice.new_skips
         shown = and_list([quote(p) for p in new]) if len(new) <= 3 else f"the {len(new)} patterns"
@@ -401,7 +434,9 @@ def _call(advice: Advice) -> str:
 
 def _sentence(advice: Advice, call: bool = True, lead: str | None = None) -> str:
     """The fix as a sentence: its lead (``lead`` replaces the plain one), what it does, then the call."""
-    if advice.rename is not None:
+    if advice.align is not None:
+        text = "To pair them by structure and load them"
+    elif advice.rename is not None:
         text = "To load them under their model names"
     elif advice.strict is False:
         text = "To load whatever fits and keep every other model key as initialised"
@@ -528,25 +563,3 @@ def _has(n: int) -> str:
 
 def _match(n: int) -> str:
     return "matches" if n == 1 else "match"
-
-
-def ambiguity_text(report: LoadReport) -> str:
-    """The ``ambiguous-alignment`` error text: each group ``align="auto"`` could pair only by guessing, and the
-    ``rename`` that would settle them all."""
-    plan = report.plan
-    lines = [
-        f"{quote(plan.source)} does not fit {plan.model} without a guess: align='auto' found "
-        f"{plural(len(plan.ambiguous), 'group')} of modules that only declaration order could pair. Nothing was "
-        "loaded; the model was not changed."
-    ]
-    rename: dict[str, str] = {}
-    for group in plan.ambiguous:
-        lines.append(f"  checkpoint {', '.join(quote(s) for s in group.sources)}")
-        lines.append(f"  model      {', '.join(quote(t) for t in group.targets)}")
-        lines.append(f"    ({group.reason})")
-        rename.update(group.rename)
-    lines.append(
-        "Check that this pairs them as you mean (it follows declaration order), then pass it with align='auto': "
-        f"rename={rename!r}"
-    )
-    return "\n".join(lines)

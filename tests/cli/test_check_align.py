@@ -1,0 +1,144 @@
+"""``torchweights check --align auto / --write-rename / --adapt``: the mapping shown before anything loads, written
+as a rename that loads the same keys, ambiguity as exit 1 with its code, and the options' errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchweights as tw
+from torchweights.cli import main
+
+MODELS = textwrap.dedent(
+    """
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, a, b):
+            super().__init__()
+            setattr(self, a, nn.Linear(8, 16))
+            setattr(self, b, nn.Linear(16, 8))
+
+    class Old(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block("fc", "proj") for _ in range(3)])
+            self.head = nn.Linear(8, 10)
+
+    class New(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([Block("linear", "out") for _ in range(3)])
+            self.classifier = nn.Linear(8, 10)
+
+    class Twins(nn.Module):
+        def __init__(self, a="left", b="right"):
+            super().__init__()
+            self.body = nn.Linear(4, 8)
+            setattr(self, a, nn.Linear(8, 8))
+            setattr(self, b, nn.Linear(8, 8))
+
+    def old_twins():
+        return Twins("first", "second")
+    """
+)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[dict[str, object]]:
+    models = tmp_path / "tw_align_models.py"
+    models.write_text(MODELS)
+    namespace: dict[str, object] = {}
+    exec(compile(MODELS, str(models), "exec"), namespace)
+    torch.manual_seed(0)
+    old = tmp_path / "old.pt"
+    torch.save(namespace["Old"]().state_dict(), old)  # type: ignore[operator]
+    twins = tmp_path / "twins.pt"
+    torch.save(namespace["old_twins"]().state_dict(), twins)  # type: ignore[operator]
+    yield {"models": str(models), "old": str(old), "twins": str(twins), "ns": namespace, "dir": tmp_path}
+    sys.modules.pop("_torchweights_check_tw_align_models", None)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["check", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_align_auto_shows_the_mapping_as_json(files: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run([files["old"], "--model", f"{files['models']}:New", "--align", "auto", "--json"], capsys)
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["applied"] is False and data["load_error"] is None
+    pairs = {(p["source"], p["target"]) for p in data["alignment"]["pairs"]}
+    assert ("blocks.0.fc", "layers.0.linear") in pairs and ("head", "classifier") in pairs
+    assert len(pairs) == 7 and data["alignment"]["aligned"] == 14
+    code, text, _ = run([files["old"], "--model", f"{files['models']}:New", "--align", "auto"], capsys)
+    assert code == 0 and "blocks.{0..2}.fc    ->  layers.{0..2}.linear" in text
+    assert "DRY RUN (strict=True): would load 14 of 14 (14 aligned, confidence" in text
+
+
+def test_write_rename_then_load_without_align(files: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    target = Path(str(files["dir"])) / "keep" / "rename.json"
+    argv = [str(files["old"]), "--model", f"{files['models']}:New", "--align", "auto", "--write-rename", str(target)]
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and f"wrote 7 renames to '{target}'" in out.replace("\n           ", " ")
+    rename = json.loads(target.read_text())
+    assert rename["^head\\."] == "classifier."
+    new = files["ns"]["New"]  # type: ignore[index]
+    by_align, by_rename = new(), new()
+    aligned = tw.load_into(by_align, str(files["old"]), align="auto")
+    renamed = tw.load_into(by_rename, str(files["old"]), rename=rename)
+    assert renamed.plan.alignment is None and renamed.ok
+    assert {(a.target, a.source) for a in aligned.loaded} == {(a.target, a.source) for a in renamed.loaded}
+    assert all(torch.equal(a, b) for a, b in zip(by_align.state_dict().values(), by_rename.state_dict().values()))
+
+
+def test_ambiguity_exits_1_with_its_code(files: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [files["twins"], "--model", f"{files['models']}:Twins", "--align", "auto"]
+    code, out, _ = run([*argv, "--json"], capsys)
+    assert code == 1
+    error = json.loads(out)["load_error"]
+    assert error["code"] == "ambiguous-alignment" and "'^first\\\\.': 'left.'" in error["fix"]
+    code, text, _ = run(argv, capsys)
+    assert code == 1 and "FAILED: 1 ambiguous group (align='auto')" in text
+    assert "ambiguous (1 group)" in text and "checkpoint  'first', 'second'" in text
+    target = Path(files["dir"]) / "r.json"
+    code, out, err = run([*argv, "--write-rename", str(target), "--json"], capsys)
+    assert code == 2 and json.loads(out)["error"]["code"] == "no-rename-mapping" and not target.exists()
+
+
+def test_write_rename_needs_an_alignment(files: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    target = Path(files["dir"]) / "r.json"
+    code, out, err = run([files["old"], "--model", f"{files['models']}:New", "--write-rename", str(target)], capsys)
+    assert code == 2 and not target.exists()
+    assert "RenameMappingError [no-rename-mapping]" in err and "Fix: add --align auto." in err
+    assert "source" in out  # the report came first: it shows why
+
+
+def test_adapt_takes_lists_and_checks_names(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run([files["old"], "--model", f"{files['models']}:Old", "--adapt", "nope", "--json"], capsys)
+    assert code == 2 and json.loads(out)["error"]["code"] == "bad-adapt"
+    with pytest.raises(SystemExit) as usage:
+        run([files["old"], "--model", f"{files['models']}:Old", "--adapt", ",", "--json"], capsys)
+    assert usage.value.code == 2 and json.loads(capsys.readouterr().out)["error"]["code"] == "usage"
+    from torchweights.adapt import registry
+    from torchweights.adapt.base import Adapter
+
+    for name in ("a1", "a2"):
+        monkeypatch.setitem(registry.ADAPTERS, name, Adapter(name, "reshape", name, lambda *a: None))  # type: ignore[arg-type,return-value]
+    code, text, _ = run(
+        [files["old"], "--model", f"{files['models']}:Old", "--adapt", "a2,a1", "--adapt", "a2"], capsys
+    )
+    assert code == 0 and "options    adapt=['a2', 'a1']" in text
+    code, text, _ = run([files["old"], "--model", f"{files['models']}:Old", "--adapt", "all"], capsys)
+    every = "adapt=[" + ", ".join(repr(name) for name in registry.ADAPTERS) + "]"  # the table's order
+    assert code == 0 and f"options {every}" in " ".join(text.split())
