@@ -161,20 +161,17 @@ def main() -> int:
         try:
             tw.load_into(new, reference)
         except tw.LoadError as exc:
-            print(f"without align: {type(exc).__name__} [{exc.code}]: {exc.message.splitlines()[0]}")
+            print(f"without align: {type(exc).__name__} [{exc.code}]: {exc.message.splitlines()[0]}\n")
         try:
             tw.load_into(new, reference, align="auto")
         except tw.LoadError as exc:
-            print(f"align='auto' only: {type(exc).__name__} [{exc.code}]: {exc.message.splitlines()[0]}")
-            print(textwrap.indent(textwrap.fill(exc.fix or "", 96), "  fix: "))
-        print()
+            print(f"align='auto' alone: {type(exc).__name__} {exc}\n")
+        print("Review the pairs before loading anything (a dry run): torchweights check FILE --model M:F --align auto")
+        options = ["--model", f"{models}:refactored", "--align", "auto", "--adapt", "input_conv"]
+        code = cli(["check", str(reference), *options])
+        print(f"(exit code {code})\n")
         report = tw.load_into(new, reference, align="auto", adapt=["input_conv"])
-        print(report)
-        alignment = report.plan.alignment
-        assert alignment is not None
-        print(f"\naligned pairs (overall confidence {alignment.confidence}):")
-        for pair in alignment.pairs:
-            print(f"  {pair.source:<14} -> {pair.target:<18} {pair.confidence:.2f}  {pair.evidence}")
+        print(f"tw.load_into(model, path, align='auto', adapt=['input_conv']) -> {report.headline()}")
         x = torch.randn(2, 1, 8, 8)
         rgb = torch.load(reference, weights_only=True)
         summed = torch.nn.functional.conv2d(x.expand(-1, 3, -1, -1), rgb["stem.0.weight"], rgb["stem.0.bias"])
