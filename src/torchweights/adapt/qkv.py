@@ -134,15 +134,21 @@ def _triple(parts: Parts, where: str, leaf: str, fused_leaf: str) -> dict[int, s
     return parts[(where, schemes[0], leaf)] if len(schemes) == 1 else None
 
 
-def _split(missing: Shapes, unexpected: Shapes, module_map: Mapping[str, str]) -> list[GroupFit]:
-    parts = _index_parts(missing, None)
+def _fused_modules(keys: Shapes) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The fused projections among ``keys``: ``({module: {leaf: key}}, {module: its parent})``."""
     modules: dict[str, dict[str, str]] = defaultdict(dict)
     parents: dict[str, str] = {}
-    for key in unexpected:
+    for key in keys:
         found = _fused(key)
         if found is not None:
             parents[found[1]] = found[0]
             modules[found[1]][found[2]] = key
+    return modules, parents
+
+
+def _split(missing: Shapes, unexpected: Shapes, module_map: Mapping[str, str]) -> list[GroupFit]:
+    parts = _index_parts(missing, None)
+    modules, parents = _fused_modules(unexpected)
     fits: list[GroupFit] = []
     for module, leaves in modules.items():
         where = model_path(parents[module], module_map)
@@ -163,13 +169,7 @@ def _split(missing: Shapes, unexpected: Shapes, module_map: Mapping[str, str]) -
 
 def _fuse(missing: Shapes, unexpected: Shapes, module_map: Mapping[str, str]) -> list[GroupFit]:
     parts = _index_parts(unexpected, module_map)
-    modules: dict[str, dict[str, str]] = defaultdict(dict)
-    parents: dict[str, str] = {}
-    for key in missing:
-        found = _fused(key)
-        if found is not None:
-            parents[found[1]] = found[0]
-            modules[found[1]][found[2]] = key
+    modules, parents = _fused_modules(missing)
     fits: list[GroupFit] = []
     for module, leaves in modules.items():
         steps: dict[str, Step] = {}
