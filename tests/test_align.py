@@ -358,3 +358,79 @@ def test_identifiers_are_not_layer_indices() -> None:
     randomised(old)
     assert tw.load_into(new, old.state_dict(), align="auto").ok
     assert all(torch.equal(new.stages[i].weight, getattr(old, f"layer{i + 1}").weight) for i in range(4))
+
+
+class _HFLayer(nn.Module):
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.self_attn = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self.self_attn, name, nn.Linear(d, d, bias=False))
+        self.input_layernorm = nn.LayerNorm(d)
+        self.post_attention_layernorm = nn.LayerNorm(d)
+
+
+class _MetaLayer(nn.Module):
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.attention = nn.Module()
+        for name in ("wq", "wk", "wv", "wo"):
+            setattr(self.attention, name, nn.Linear(d, d, bias=False))
+        self.attention_norm = nn.LayerNorm(d)
+        self.ffn_norm = nn.LayerNorm(d)
+
+
+def test_related_words_are_not_a_match_when_the_telling_word_differs(tmp_path: Path) -> None:
+    """LLaMA: HF's post_attention_layernorm is Meta's ffn_norm, not its attention_norm, though it shares the word
+    'attention' with it: a word in common that leaves the other side's telling word ('post') unmatched ties
+    nothing, so the norms refuse (never a swap reported as OK). Meta's wq/wk/wv/wo do tie to q_proj/k_proj...; and
+    the file's keys are stored sorted, so no rename in declaration order is offered."""
+    old = nn.ModuleList(_HFLayer() for _ in range(3))
+    randomised(old)
+    new = randomised(nn.ModuleList(_MetaLayer() for _ in range(3)), seed=1)
+    before = _snapshot(new)
+    path = tmp_path / "hf.safetensors"
+    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(path))
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, path, align="auto")
+    assert error.value.code == "ambiguous-alignment" and _unchanged(new, before)
+    (group,) = error.value.report.plan.ambiguous  # type: ignore[union-attr]
+    assert {s.rpartition(".")[2] for s in group.sources} == {"input_layernorm", "post_attention_layernorm"}
+    assert group.rename == () and "sorted" in group.reason
+    assert "rename={'" not in str(error.value)
+    pairs = {(p.source, p.target) for p in error.value.report.plan.alignment.pairs}  # type: ignore[union-attr]
+    for i in range(3):
+        for a, b in (("q_proj", "wq"), ("k_proj", "wk"), ("v_proj", "wv"), ("o_proj", "wo")):
+            assert (f"{i}.self_attn.{a}", f"{i}.attention.{b}") in pairs
+    # the same from a torch file (declaration order kept): the suggested rename pairs them in that order
+    torch.save(old.state_dict(), tmp_path / "hf.pt")
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, tmp_path / "hf.pt", align="auto")
+    (group,) = error.value.report.plan.ambiguous  # type: ignore[union-attr]
+    assert dict(group.rename)[r"^0\.input_layernorm\."] == "0.attention_norm."
+    assert tw.load_into(new, tmp_path / "hf.pt", align="auto", rename=dict(group.rename)).ok
+    assert torch.equal(new[2].ffn_norm.weight, old[2].post_attention_layernorm.weight)
+
+
+def test_the_aligned_section_never_hides_which_is_which() -> None:
+    """Long names that differ only at the end are printed whole, however narrow the report."""
+    old = nn.Module()
+    old.model = nn.Module()
+    old.model.decoder_layers_with_a_long_name = nn.ModuleList(_HFLayer() for _ in range(2))
+    new = nn.Module()
+    new.transformer_blocks_with_a_long_name = nn.ModuleList(nn.Module() for _ in range(2))
+    for layer in new.transformer_blocks_with_a_long_name:
+        layer.attention_module = nn.Module()
+        for name in ("query", "key", "value", "output"):
+            setattr(layer.attention_module, name, nn.Linear(8, 8, bias=False))
+        layer.pre_norm = nn.LayerNorm(8)
+        layer.post_norm = nn.LayerNorm(8)
+    report = tw.load_into(new, old.state_dict(), align="auto", dry_run=True, strict=False, skip=["*norm*"])
+    from torchweights.report.text import render
+    from torchweights.style import Style, using
+
+    with using(Style(width=60)):
+        text = render(report)
+    section = text[text.index("aligned (") :]
+    assert "model.decoder_layers_with_a_long_name.{0..1}.self_attn.q_proj" in section
+    assert "transformer_blocks_with_a_long_name.{0..1}.attention_module.query" in section

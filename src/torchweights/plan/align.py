@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,6 +66,9 @@ _SYNONYMS = {
     "moving_variance": "running_var",
     "moving_var": "running_var",
 }
+#: The least name similarity (:func:`_weighted_similarity`) that ties two families: ``q`` / ``query`` (0.8) and
+#: BERT's ``self.query`` / ``q`` (0.66) do, LLaMA's ``post_attention_layernorm`` / ``attention_norm`` (0.5) does not.
+NAME_MATCH = 0.6
 #: Ambiguous groups of more modules than this get no suggested rename.
 MAX_SUGGESTED = 32
 #: Above this many candidate family pairs in one signature, names are not compared (no pairing by name).
@@ -176,6 +180,8 @@ def _word_similarity(a: str, b: str) -> float:
         return 1.0
     if a.startswith(b) or b.startswith(a):
         return 0.8
+    if min(len(a), len(b)) == 1 and max(len(a), len(b)) == 2 and a[-1] == b[-1]:
+        return 0.7  # Meta's wq, wo against q, o
     if min(len(a), len(b)) >= 4:
         ratio = difflib.SequenceMatcher(None, a, b).ratio()
         if ratio >= 0.8:
@@ -190,6 +196,17 @@ def _similarity(a: Sequence[str], b: Sequence[str]) -> float:
     total = sum(max(_word_similarity(x, y) for y in b) for x in a)
     back = sum(max(_word_similarity(y, x) for x in a) for y in b)
     return min(total, back) / max(len(a), len(b))
+
+
+def _weighted_similarity(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    """How much of each side's informative words the other accounts for (the lesser of the two shares), 0..1:
+    ``post_attention`` against ``attention`` is 0.5, not a match, where ``post`` tells families apart."""
+    weight_a, weight_b = sum(a.values()), sum(b.values())
+    if weight_a <= 0 or weight_b <= 0:
+        return 0.0
+    cover_a = sum(w * max(_word_similarity(x, y) for y in b) for x, w in a.items()) / weight_a
+    cover_b = sum(w * max(_word_similarity(y, x) for x in a) for y, w in b.items()) / weight_b
+    return min(cover_a, cover_b)
 
 
 @structure
@@ -208,12 +225,15 @@ def _families(units: list[_Unit], fine: bool) -> list[_Family]:
     return [_Family(stem, members, members[0].tokens) for stem, members in groups.items()]
 
 
-def _distinguishing(families: list[_Family]) -> dict[str, tuple[str, ...]]:
-    """Each family's tokens minus those every family of its side has."""
-    if not families:
-        return {}
-    common = set(families[0].tokens).intersection(*(f.tokens for f in families[1:]))
-    return {f.stem: tuple(t for t in f.tokens if t not in common) for f in families}
+def _distinguishing(families: list[_Family]) -> dict[str, dict[str, float]]:
+    """Each family's words with how much they tell families of its side apart: ``log(n / f)`` for a word in ``f``
+    of the ``n`` families (0, left out, for a word they all have)."""
+    n = len(families)
+    counts: dict[str, int] = {}
+    for family in families:
+        for token in set(family.tokens):
+            counts[token] = counts.get(token, 0) + 1
+    return {f.stem: {t: math.log(n / counts[t]) for t in dict.fromkeys(f.tokens) if counts[t] < n} for f in families}
 
 
 class _Aligner:
@@ -322,7 +342,7 @@ class _Aligner:
         words_src = _distinguishing(src)
         words_dst = _distinguishing(dst)
         score = {
-            (i, j): _similarity(words_src[a.stem], words_dst[b.stem])
+            (i, j): _weighted_similarity(words_src[a.stem], words_dst[b.stem])
             for i, a in enumerate(src)
             for j, b in enumerate(dst)
             if len(a.members) == len(b.members)
@@ -342,7 +362,7 @@ class _Aligner:
             if not found:
                 break
             for i, j in found:
-                out.append((src[i], dst[j], round(0.7 + 0.3 * score[i, j], 3), "their names"))
+                out.append((src[i], dst[j], round(0.6 + 0.4 * score[i, j], 3), "their names"))
                 left_src.discard(i)
                 left_dst.discard(j)
         return out, [src[i] for i in sorted(left_src)], [dst[j] for j in sorted(left_dst)]
@@ -376,13 +396,14 @@ class _Aligner:
 
 
 def _unique_best(options: dict[int, list[tuple[float, int]]]) -> dict[int, int]:
-    """For each key, the option with the strictly highest score above 0 (none on a tie)."""
+    """For each key, the option with the strictly highest score, when it reaches :data:`NAME_MATCH` (none on a
+    tie)."""
     out = {}
     for key, scored in options.items():
         if not scored:
             continue
         scored.sort(reverse=True)
-        if scored[0][0] > 0 and (len(scored) == 1 or scored[1][0] < scored[0][0]):
+        if scored[0][0] >= NAME_MATCH and (len(scored) == 1 or scored[1][0] < scored[0][0]):
             out[key] = scored[0][1]
     return out
 
@@ -497,12 +518,15 @@ def align(
                 mapping[key] = target
         pairs.append(AlignedPair(a.path, b.path, len(a.leaves), confidence, evidence, tensor=a.tensor))
         weighted += confidence * len(a.leaves)
+    # A file that stores its keys sorted (safetensors) has lost its declaration order: no order to suggest.
+    stored = list(src_order or src)
+    lost = len(stored) > 2 and stored == sorted(stored)
     ambiguous = tuple(
         AmbiguousGroup(
             tuple(u.path for u in sorted(s, key=lambda u: u.order)),
             tuple(u.path for u in sorted(d, key=lambda u: u.order)),
-            reason,
-            _rename_for(s, d),
+            reason + ("; the file stores its keys sorted, so their declaration order is unknown" if lost else ""),
+            () if lost else _rename_for(s, d),
         )
         for s, d, reason in aligner.ambiguous
     )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..fold import fold_names
-from ..text import plural, printable, quote
+from ..text import plural, printable, quote, wrap
 from .cells import more, name_cell, table_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +26,7 @@ __all__ = [
     "aligned_keys",
     "aligned_section",
     "alignment_line",
+    "ambiguity_fix",
     "ambiguity_text",
     "ambiguous_section",
     "headline_phrase",
@@ -135,7 +136,19 @@ def aligned_section(plan: Plan, limit: int | None) -> list[str]:
         f"aligned ({plural(len(alignment.pairs), 'pair')}): checkpoint -> model, by structure; confidence "
         f"{alignment.confidence:.2f} overall"
     )
-    return [title, *_cut(rows, limit, right=[3])]
+    from .. import style  # (laying text out is not on the load path)
+
+    shown = rows if limit is None else rows[:limit]
+    lines = table_rows(shown, right=[3], shrink=())  # never fold the names: which is which is the point
+    width = style.current().width
+    if width is not None and any(len(line) > width for line in lines):
+        lines = []  # too wide: each pair on a line of its own, what tied it under it
+        for source, _, target, keys, confidence, evidence in shown:
+            lines += wrap(f"{source} -> {target}", indent="  ", hang="      ")
+            lines += wrap(f"{keys}, confidence {confidence}: {evidence}", indent="      ", hang="      ")
+    if len(rows) > len(shown):
+        lines.append(more(len(rows) - len(shown)))
+    return [title, *lines]
 
 
 def _cut(rows: list[list[str]], limit: int | None, right: Sequence[int] = ()) -> list[str]:
@@ -209,9 +222,12 @@ def _fold_sources(actions: Sequence[Action]) -> list[str] | None:
 
 
 def settling_rename(groups: Sequence[AmbiguousGroup]) -> dict[str, str]:
-    """The ``rename`` that would settle every ambiguous group (declaration order: to check before passing it)."""
+    """The ``rename`` that would settle every ambiguous group (declaration order: to check before passing it);
+    empty when a group has none (its order is unknown, or it is too long to check by eye)."""
     rename: dict[str, str] = {}
     for group in groups:
+        if not group.rename:
+            return {}
         rename.update(group.rename)
     return rename
 
@@ -230,15 +246,23 @@ def ambiguity_text(report: LoadReport) -> str:
         lines.append(f"  {i}. checkpoint {_names(group.sources)}")
         lines.append(f"     model      {_names(group.targets)}")
         lines.append(f"     ({printable(group.reason)})")
-    rename = settling_rename(groups)
-    if rename:
-        lines.append(
-            "Fix: check that these renames pair them as you mean (they follow declaration order), then pass them "
-            f"with align='auto': rename={printable(repr(rename))}"
-        )
-    else:
-        lines.append("Fix: pass rename={...} for these modules (checkpoint name -> model name) with align='auto'.")
+    lines.append("Fix: " + ambiguity_fix(plan))
     return "\n".join(lines)
+
+
+def ambiguity_fix(plan: Plan) -> str:
+    """What settles the ambiguous groups: the ``rename`` in declaration order, to check, or (when the file's order
+    is lost or a group is too long) a rename to write."""
+    rename = settling_rename(plan.ambiguous)
+    if rename:
+        return (
+            "check that these renames pair them as you mean (they follow declaration order), then pass them with "
+            f"align='auto': rename={printable(repr(rename))}"
+        )
+    return (
+        "write rename={...} for these modules yourself (checkpoint name -> model name; nothing here tells their "
+        "order) and pass it with align='auto'."
+    )
 
 
 def html_tables(plan: Plan) -> list[Table]:

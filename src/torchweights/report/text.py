@@ -52,8 +52,12 @@ def render(report: LoadReport, *, full: bool = False) -> str:
         lines += ["", *values_section(report.value_findings)]
     if report.problems or report.left_on_meta or plan.suggestion is not None or plan.ambiguous:
         advice = advise(plan)
-        if advice.hints or advice.changes:
+        if advice.hints or advice.changes or plan.ambiguous:
             lines += ["", "to fix"]
+            if plan.ambiguous:
+                from .alignment import ambiguity_fix
+
+                lines += wrap("Ambiguous groups (align='auto'): " + ambiguity_fix(plan))
             for hint in advice.hints:
                 lines += wrap(_hint_text(hint, plan))
             if advice.changes:
