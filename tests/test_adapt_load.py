@@ -175,3 +175,26 @@ def test_readme_adapter_table_is_the_registry() -> None:
     table = [f"| `{a.name}` | {a.summary} |" for a in ADAPTERS.values()]
     start = rows.index(table[0])
     assert rows[start : start + len(table)] == table
+
+
+def test_pos_embed_leaves_a_text_models_position_table_alone() -> None:
+    """BERT's embeddings.position_embeddings sits beside word_embeddings: a 1-D sequence of positions, never
+    resampled as an image grid, even with adapt="all"; a ViT's table beside a cls_token is."""
+    old = nn.Module()
+    old.embeddings = nn.Module()
+    old.embeddings.word_embeddings = nn.Embedding(30, 8)
+    old.embeddings.position_embeddings = nn.Embedding(197, 8)
+    new = nn.Module()
+    new.embeddings = nn.Module()
+    new.embeddings.word_embeddings = nn.Embedding(30, 8)
+    new.embeddings.position_embeddings = nn.Embedding(577, 8)
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, old.state_dict(), adapt="all")
+    assert error.value.code == "shape-mismatch" and "pos_embed" not in str(error.value)
+    vit_old = nn.Module()
+    vit_old.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+    vit_old.pos_embed = nn.Parameter(torch.randn(1, 197, 8))
+    vit_new = nn.Module()
+    vit_new.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+    vit_new.pos_embed = nn.Parameter(torch.zeros(1, 577, 8))
+    assert tw.load_into(vit_new, vit_old.state_dict(), adapt="all").ok

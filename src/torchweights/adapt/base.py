@@ -58,9 +58,12 @@ class Context:
     Attributes:
         first_kernel: the model's first parameter (in ``state_dict()`` order) with 3 or more dimensions: the input
             convolution's weight, or None.
+        keys: every key of the model (to look at a key's neighbours: a position table beside word embeddings is
+            a text model's).
     """
 
     first_kernel: str | None = None
+    keys: frozenset[str] = frozenset()
 
 
 @structure(frozen=True)

@@ -6,8 +6,10 @@ position word (``pos``, ``position``, ``positional``) and an embedding word (``e
 ``pos_embed``, ``position_embeddings``, ``positional_embedding``, ``absolute_pos_embed``,
 ``embeddings.position_embedding.weight``, ``decoder_pos_embed``. Keys with a text word anywhere in their path
 (``text``, ``txt``, ``language``, ``lang``, ``word``, ``caption``: CLIP's text tower) are refused: text positions
-are a 1-D sequence, and resampling them as an image grid would be wrong. GPT's ``wpe`` never matches (no position
-word), nor does any name outside the rule (rename it to let the adapter see it).
+are a 1-D sequence, and resampling them as an image grid would be wrong. So are position tables beside a token
+embedding table in the same module (a sibling named with ``word``/``token``/``tok``/``vocab`` and an embedding
+word: BERT's ``embeddings.word_embeddings`` and ``token_type_embeddings``); a ``cls_token`` is no such table. GPT's
+``wpe`` never matches (no position word), nor does any name outside the rule (rename it to let the adapter see it).
 
 **Which shapes.** Tokens ``(1, P + N, D)`` or ``(P + N, D)`` with ``N = s * s`` grid tokens (row-major) behind ``P``
 prefix tokens (class, distillation, register tokens); the other layout in both the checkpoint and the model, the same
@@ -39,13 +41,15 @@ from .numeric import resize_grid, working_copy
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["ADAPTER", "MAX_PREFIX", "apply", "fit", "is_position_key", "prefix_tokens"]
+__all__ = ["ADAPTER", "MAX_PREFIX", "apply", "beside_token_table", "fit", "is_position_key", "prefix_tokens"]
 
 #: The most prefix tokens (class + distillation + registers) tried.
 MAX_PREFIX = 8
 
 POSITION_WORDS = frozenset({"pos", "position", "positional"})
 TEXT_WORDS = frozenset({"text", "txt", "language", "lang", "word", "caption"})
+#: Words of a token embedding table's name (with an embedding word): a position table beside one is a text model's.
+TOKEN_WORDS = frozenset({"word", "words", "token", "tokens", "tok", "vocab"})
 
 TOKENS, NCHW, NHWC = "tokens", "nchw", "nhwc"
 
@@ -57,6 +61,21 @@ def is_position_key(key: str) -> bool:
     if not any(w in TEXT_WORDS for part in key.split(".") for w in words(part)):
         found = set(words(name))
         return bool(found & POSITION_WORDS) and bool(found & EMBED_WORDS)
+    return False
+
+
+def beside_token_table(key: str, keys: frozenset[str]) -> bool:
+    """Whether the position table ``key`` has a token embedding table beside it (same parent module)."""
+    module, leaf = module_and_leaf(key)
+    table = module if leaf == "weight" else key
+    parent = table.rpartition(".")[0]
+    start = parent + "." if parent else ""
+    for other in keys:
+        if not other.startswith(start) or other.startswith(table + ".") or other == table:
+            continue
+        found = set(words(other[len(start) :].partition(".")[0]))
+        if found & TOKEN_WORDS and found & EMBED_WORDS:
+            return True
     return False
 
 
@@ -83,6 +102,8 @@ def _grid_step(layout: str, prefix: int, old: tuple[int, int], new: tuple[int, i
 def fit(target: str, src_shape: tuple[int, ...], dst_shape: tuple[int, ...], context: Context) -> Step | None:
     """The resample that makes ``dst_shape`` from ``src_shape``, or None (see the module docstring)."""
     if not is_position_key(target) or len(src_shape) != len(dst_shape) or src_shape == dst_shape:
+        return None
+    if beside_token_table(target, context.keys):
         return None
     rank = len(src_shape)
     if rank in (2, 3) and src_shape[-1] == dst_shape[-1] and (rank == 2 or src_shape[0] == dst_shape[0] == 1):

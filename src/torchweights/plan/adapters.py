@@ -21,7 +21,7 @@ Hint = tuple[str, str]
 def context_of(spec: ModelSpec) -> Context:
     """What ``reshape`` adapters may ask about the model: its first kernel (the input convolution's weight)."""
     first = next((e.name for e in spec.entries.values() if e.kind == "parameter" and len(e.shape) >= 3), None)
-    return Context(first_kernel=first)
+    return Context(first_kernel=first, keys=frozenset(spec.entries))
 
 
 def reshape_step(
