@@ -198,3 +198,84 @@ def test_pos_embed_leaves_a_text_models_position_table_alone() -> None:
     vit_new.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
     vit_new.pos_embed = nn.Parameter(torch.zeros(1, 577, 8))
     assert tw.load_into(vit_new, vit_old.state_dict(), adapt="all").ok
+
+
+class _TimmViT(nn.Module):
+    def __init__(self, depth: int = 3, d: int = 16) -> None:
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, d, 4, 4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 17, d))
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            block = nn.Module()
+            block.norm1 = nn.LayerNorm(d)
+            block.attn = nn.Module()
+            block.attn.qkv = nn.Linear(d, 3 * d)
+            block.attn.proj = nn.Linear(d, d)
+            block.norm2 = nn.LayerNorm(d)
+            block.mlp = nn.Module()
+            block.mlp.fc1 = nn.Linear(d, 4 * d)
+            block.mlp.fc2 = nn.Linear(4 * d, d)
+            self.blocks.append(block)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 10)
+
+
+class _HFViT(nn.Module):
+    def __init__(self, depth: int = 3, d: int = 16, grid: int = 4) -> None:
+        super().__init__()
+        self.embeddings = nn.Module()
+        self.embeddings.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.embeddings.position_embeddings = nn.Parameter(torch.zeros(1, 1 + grid * grid, d))
+        self.embeddings.patch_embeddings = nn.Module()
+        self.embeddings.patch_embeddings.projection = nn.Conv2d(3, d, 4, 4)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList()
+        for _ in range(depth):
+            layer = nn.Module()
+            layer.attention = nn.Module()
+            layer.attention.attention = nn.Module()
+            for name in ("query", "key", "value"):
+                setattr(layer.attention.attention, name, nn.Linear(d, d))
+            layer.attention.output = nn.Module()
+            layer.attention.output.dense = nn.Linear(d, d)
+            layer.intermediate = nn.Module()
+            layer.intermediate.dense = nn.Linear(d, 4 * d)
+            layer.output = nn.Module()
+            layer.output.dense = nn.Linear(4 * d, d)
+            layer.layernorm_before = nn.LayerNorm(d)
+            layer.layernorm_after = nn.LayerNorm(d)
+            self.encoder.layer.append(layer)
+        self.layernorm = nn.LayerNorm(d)
+        self.classifier = nn.Linear(d, 10)
+
+
+def test_timm_vit_into_hf_vit_names_with_qkv_split_and_a_larger_grid() -> None:
+    """timm's ViT checkpoint into HF's ViT naming at another resolution: alignment places the blocks, the qkv
+    adapter splits attn.qkv into attention.attention.query/key/value (found through the block's counterpart), the
+    output projection pairs once q/k/v are out of the way, pos_embed resamples 4x4 -> 6x6. The two norms per block
+    only declaration order could tell apart: the user's rename settles them."""
+    old = randomised(_TimmViT())
+    new = _HFViT(grid=6)
+    rename = {r"\.norm1\.": ".layernorm_before.", r"\.norm2\.": ".layernorm_after."}
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, old.state_dict(), align="auto", adapt=["qkv", "pos_embed"])
+    assert error.value.code == "ambiguous-alignment"
+    report = tw.load_into(new, old.state_dict(), align="auto", adapt=["qkv", "pos_embed"], rename=rename)
+    assert report.ok, report
+    for i in range(3):
+        b, layer = old.blocks[i], new.encoder.layer[i]
+        w, bias = b.attn.qkv.weight.detach(), b.attn.qkv.bias.detach()
+        assert torch.equal(layer.attention.attention.query.weight, w[:16])
+        assert torch.equal(layer.attention.attention.key.weight, w[16:32])
+        assert torch.equal(layer.attention.attention.value.bias, bias[32:])
+        assert torch.equal(layer.attention.output.dense.weight, b.attn.proj.weight)
+        assert torch.equal(layer.intermediate.dense.weight, b.mlp.fc1.weight)
+        assert torch.equal(layer.output.dense.bias, b.mlp.fc2.bias)
+        assert torch.equal(layer.layernorm_after.weight, b.norm2.weight)
+    assert torch.equal(new.embeddings.patch_embeddings.projection.weight, old.patch_embed.proj.weight)
+    assert torch.equal(new.embeddings.cls_token, old.cls_token)
+    assert torch.equal(new.embeddings.position_embeddings[:, :1], old.pos_embed[:, :1])
+    assert torch.equal(new.classifier.weight, old.head.weight) and torch.equal(new.layernorm.bias, old.norm.bias)

@@ -75,28 +75,35 @@ def module_map(
 
 def _guess_holders(out: dict[str, str], missing: Sequence[str], unexpected: Iterable[str]) -> None:
     """Map the unmapped module holding each unexpected key's module (``h.0.attn`` for ``h.0.attn.c_attn.weight``;
-    ``P`` itself for ``P.in_proj_weight``) when one model module alone can be its counterpart: at the same depth
-    below the counterpart of its nearest mapped ancestor, holding missing keys a module deeper, not yet a target
-    (in place)."""
+    ``P`` itself for ``P.in_proj_weight``) when one model module alone can be its counterpart: below the
+    counterpart of its nearest mapped ancestor, at its depth or deeper (``encoder.layer.0.attention.attention``),
+    holding :data:`HOLDER_CHILDREN` or more modules with missing keys, and not yet a target (in place)."""
     taken = set(out.values())
+    holders: dict[str, set[str]] = {}
+    for name in missing:
+        module = name.rpartition(".")[0]
+        holder, _, child = module.rpartition(".")
+        holders.setdefault(holder, set()).add(child)
+    full = [h for h, children in holders.items() if len(children) >= HOLDER_CHILDREN and h not in taken]
     for key in unexpected:
         parts = key.split(".")
-        holder = parts[:-1] if parts[-1].startswith("in_proj_") else parts[:-2]
-        module = ".".join(holder)
-        if not holder or module in out:
+        above = parts[:-1] if parts[-1].startswith("in_proj_") else parts[:-2]
+        module = ".".join(above)
+        if not above or module in out:
             continue
-        cut = next((c for c in range(len(holder) - 1, 0, -1) if ".".join(holder[:c]) in out), 0)
-        base = out[".".join(holder[:cut])].split(".") if cut else []
-        depth = len(base) + len(holder) - cut
-        candidates = {
-            ".".join(name.split(".")[:depth])
-            for name in missing
-            if name.split(".")[: len(base)] == base and name.count(".") >= depth + 1
-        }
-        candidates -= taken
+        cut = next((c for c in range(len(above) - 1, 0, -1) if ".".join(above[:c]) in out), 0)
+        if not cut:
+            continue  # nothing above it is placed: no counterpart to look under
+        base = out[".".join(above[:cut])]
+        depth = base.count(".") + 1 + len(above) - cut
+        candidates = [h for h in full if h.startswith(base + ".") and h.count(".") + 1 >= depth]
         if len(candidates) == 1:
-            out[module] = candidates.pop()
-            taken.add(out[module])
+            out[module] = candidates[0]
+            full.remove(candidates[0])
+
+
+#: A module holding this many modules with missing keys (q, k, v) can be the counterpart of an unplaced one.
+HOLDER_CHILDREN = 3
 
 
 def group_fits(

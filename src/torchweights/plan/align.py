@@ -537,6 +537,7 @@ def align(
         confidence=round(weighted / total, 3) if total else 0.0,
         considered=considered,
         aligned=len(mapping),
+        undecided=sum(len(u.leaves) for _, group, _ in aligner.ambiguous for u in group),
         seconds=time.perf_counter() - started,
     )
     return mapping, alignment

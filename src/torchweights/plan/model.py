@@ -300,6 +300,7 @@ class Alignment:
         confidence: the tensor-weighted mean of the pairs' confidences (0 when nothing was aligned).
         considered: (checkpoint, model) tensors left unmatched before alignment.
         aligned: tensors paired by alignment.
+        undecided: model tensors in the ambiguous groups.
         seconds: time spent aligning.
         note: why nothing was aligned, when alignment was refused.
     """
@@ -309,6 +310,7 @@ class Alignment:
     confidence: float = 0.0
     considered: tuple[int, int] = (0, 0)
     aligned: int = 0
+    undecided: int = 0
     seconds: float = 0.0
     note: str = ""
 
@@ -320,6 +322,7 @@ class Alignment:
             "confidence": self.confidence,
             "considered": {"checkpoint": self.considered[0], "model": self.considered[1]},
             "aligned": self.aligned,
+            "undecided": self.undecided,
             "seconds": round(self.seconds, 4),
             "note": self.note,
         }

@@ -110,11 +110,10 @@ def _reconcile(
     fit, runner = best_container(keys, index, rules)
     matcher = Matcher(fit, spec, rules)
     matcher.match()
-    alignment = _align(matcher, spec, rules) if rules.align == "auto" else None
-    hints = _groups(matcher, spec, rules, alignment)
-    if alignment is not None and alignment.pairs and matcher.adapted:
-        # What group adapters took out (q, k, v) may have kept other modules from pairing: align what is left.
-        alignment = _align(matcher, spec, rules, after=alignment)
+    if rules.align == "auto":
+        matcher, alignment, hints = _aligned(matcher, spec, rules)
+    else:
+        alignment, hints = None, _groups(matcher, spec, rules, None)
     inside = {k.record for k in fit.keys.values()}
     outside = [k for k in keys if k.record not in inside]
     extras = extra_state_values(checkpoint)
@@ -146,15 +145,42 @@ def _leftovers(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[dict[st
     return src, dst
 
 
+def _aligned(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[Matcher, Alignment, list[Hint]]:
+    """``align="auto"``: align the leftovers, let group adapters join what the alignment's module map places
+    (q, k, v under a renamed attention block), align what they left; then the coverage rule over all of it
+    (:data:`~torchweights.plan.align.MIN_COVERAGE`: what was paired, adapted or found ambiguous against the
+    model's unmatched tensors). Below it nothing of the alignment stays: the matching starts again without it."""
+    from .align import MIN_COVERAGE
+
+    considered = _leftovers(matcher, spec, rules)[1]
+    alignment = _align(matcher, spec, rules)
+    hints = _groups(matcher, spec, rules, alignment)
+    if alignment.pairs and matcher.adapted:
+        # What group adapters took out (q, k, v) may have kept other modules from pairing: align what is left.
+        alignment = _align(matcher, spec, rules, after=alignment)
+    found = alignment.aligned + alignment.undecided + len(matcher.adapted)
+    if not considered or found >= MIN_COVERAGE * len(considered):
+        return matcher, alignment, hints
+    fresh = Matcher(matcher.fit, spec, rules)
+    fresh.match()
+    note = (
+        f"align='auto' found {found} of the model's {len(considered)} unmatched tensors with a counterpart of the "
+        "same shapes (or an adapter's), less than half: the checkpoint is not the same architecture, so nothing "
+        "was aligned"
+    )
+    refused = Alignment(considered=alignment.considered, seconds=alignment.seconds, note=note)
+    return fresh, refused, _groups(fresh, spec, rules, None)
+
+
 def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | None = None) -> Alignment:
     """Pair the leftover keys by structure (:mod:`~torchweights.plan.align`) and bind the pairs; ``after``: a
-    first pass, whose pairs this second one (without the coverage rule) adds to."""
+    first pass, whose pairs this second one adds to."""
     from .align import align  # (only for align="auto": not on every load's path)
 
     src, dst = _leftovers(matcher, spec, rules)
     if not src or not dst:
         if after is not None:
-            return replace(after, ambiguous=())  # (nothing left on one side: nothing left to pair by guessing)
+            return replace(after, ambiguous=(), undecided=0)  # (nothing left on a side: nothing to guess)
         return Alignment(considered=(len(src), len(dst)), note="nothing left to align" if not dst else "")
     fit = matcher.fit
     shapes = {final: fit.keys[key].shape for final, key in src.items()}
@@ -164,7 +190,7 @@ def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | N
         {n: spec.entries[n].shape for n in dst},
         src_order=order,
         dst_order=list(spec.entries),
-        gate=after is None,
+        gate=False,  # (the coverage rule is decided once adapters have had their say: _aligned)
     )
     for final, target in mapping.items():
         matcher.bind_aligned(src[final], target)
@@ -178,6 +204,7 @@ def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | N
         ambiguous=alignment.ambiguous,
         confidence=round(sum(p.confidence * p.keys for p in pairs) / total, 3) if total else 0.0,
         aligned=after.aligned + alignment.aligned,
+        undecided=alignment.undecided,
         seconds=after.seconds + alignment.seconds,
     )
 

@@ -8,7 +8,7 @@ and words it; decides nothing. Names from the file are escaped (:func:`~torchwei
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..fold import fold_names
@@ -136,19 +136,7 @@ def aligned_section(plan: Plan, limit: int | None) -> list[str]:
         f"aligned ({plural(len(alignment.pairs), 'pair')}): checkpoint -> model, by structure; confidence "
         f"{alignment.confidence:.2f} overall"
     )
-    from .. import style  # (laying text out is not on the load path)
-
-    shown = rows if limit is None else rows[:limit]
-    lines = table_rows(shown, right=[3], shrink=())  # never fold the names: which is which is the point
-    width = style.current().width
-    if width is not None and any(len(line) > width for line in lines):
-        lines = []  # too wide: each pair on a line of its own, what tied it under it
-        for source, _, target, keys, confidence, evidence in shown:
-            lines += wrap(f"{source} -> {target}", indent="  ", hang="      ")
-            lines += wrap(f"{keys}, confidence {confidence}: {evidence}", indent="      ", hang="      ")
-    if len(rows) > len(shown):
-        lines.append(more(len(rows) - len(shown)))
-    return [title, *lines]
+    return [title, *_unfolded(rows, limit, lambda r: (f"{r[0]} -> {r[2]}", f"{r[3]}, confidence {r[4]}: {r[5]}"), [3])]
 
 
 def _cut(rows: list[list[str]], limit: int | None, right: Sequence[int] = ()) -> list[str]:
@@ -203,7 +191,29 @@ def adapted_section(plan: Plan, limit: int | None) -> list[str]:
                 row = [name_cell(target), adapter, printable(detail), "from " + ", ".join(name_cell(s) for s in srcs)]
                 rows.append((order[id(chosen[0])], row))
     rows.sort(key=lambda r: r[0])
-    return [f"adapted ({len(actions)}): loaded through adapters (adapt=[...])", *_cut([r for _, r in rows], limit)]
+    title = f"adapted ({len(actions)}): loaded through adapters (adapt=[...])"
+    return [title, *_unfolded([r for _, r in rows], limit, lambda r: (f"{r[0]} <- {r[3][5:]}", f"{r[1]}: {r[2]}"))]
+
+
+def _unfolded(
+    rows: list[list[str]], limit: int | None, split: Callable[[list[str]], tuple[str, str]], right: Sequence[int] = ()
+) -> list[str]:
+    """Rows as a table whose names are never folded (which is which is the point); when that is wider than the
+    style's width, each row as two lines (``split``: its names, then the rest under them)."""
+    from .. import style  # (laying text out is not on the load path)
+
+    shown = rows if limit is None else rows[:limit]
+    lines = table_rows(shown, right=right, shrink=())
+    width = style.current().width
+    if width is not None and any(len(line) > width for line in lines):
+        lines = []
+        for row in shown:
+            names, rest = split(row)
+            lines += wrap(names, indent="  ", hang="      ")
+            lines += wrap(rest, indent="      ", hang="      ")
+    if len(rows) > len(shown):
+        lines.append(more(len(rows) - len(shown)))
+    return lines
 
 
 def _fold_sources(actions: Sequence[Action]) -> list[str] | None:
