@@ -134,7 +134,8 @@ def group_fits(
 
 
 def _describe(fit: GroupFit) -> str:
+    """``q.weight, k.weight, v.weight from qkv.weight: <detail>``: every key the group fills (the report counts
+    them from this text: one per comma-separated name before ``from``)."""
     steps: Sequence[tuple[str, Step]] = list(fit.steps.items())
-    target, step = steps[0]
-    more = f" (and {len(steps) - 1} more)" if len(steps) > 1 else ""
-    return f"{target}{more} from {', '.join(fit.consumed)}: {step.detail}"
+    detail = steps[0][1].detail
+    return f"{', '.join(t for t, _ in steps)} from {', '.join(fit.consumed)}: {detail}"

@@ -325,9 +325,11 @@ def _hint_text(hint: Hint, plan: Plan) -> str:
         )
     if kind is HintKind.ADAPTER:
         shown = "; ".join(printable(w) for w in hint.names[:3]) + (" ..." if len(hint.names) > 3 else "")
+        # a group's line names every key it fills before " from " (plan/adapters.py); a reshape's names one
+        keys = sum(w.partition(" from ")[0].count(", ") + 1 if " from " in w else 1 for w in hint.names)
         return (
-            f"The adapter {quote(hint.name)} would load {plural(len(hint.names), 'key')} that "
-            f"{'does' if len(hint.names) == 1 else 'do'} not fit as stored "
+            f"The adapter {quote(hint.name)} would load {plural(keys, 'key')} that "
+            f"{'does' if keys == 1 else 'do'} not fit as stored "
             f"({shown}): adapt=[{_py(hint.name)}] (CLI: --adapt {hint.name}) applies it."
         )
     if kind is HintKind.ALIGN:
