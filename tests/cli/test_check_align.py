@@ -142,3 +142,46 @@ def test_adapt_takes_lists_and_checks_names(
     code, text, _ = run([files["old"], "--model", f"{files['models']}:Old", "--adapt", "all"], capsys)
     every = "adapt=[" + ", ".join(repr(name) for name in registry.ADAPTERS) + "]"  # the table's order
     assert code == 0 and f"options {every}" in " ".join(text.split())
+
+
+def test_write_rename_keeps_the_users_renames_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ambiguous norms settled with --rename, the rest aligned: the file written holds both, and alone loads the
+    same keys as the aligned load."""
+    from torch import nn
+
+    source = (
+        "from torch import nn\n"
+        "class New(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.layers = nn.ModuleList(nn.Module() for _ in range(2))\n"
+        "        for layer in self.layers:\n"
+        "            layer.pre_norm = nn.LayerNorm(4)\n"
+        "            layer.post_norm = nn.LayerNorm(4)\n"
+        "            layer.ffn = nn.Linear(4, 8)\n"
+    )
+    models = tmp_path / "tw_rename_models.py"
+    models.write_text(source)
+    namespace: dict[str, object] = {}
+    exec(compile(source, str(models), "exec"), namespace)
+    old = nn.Module()
+    old.blocks = nn.ModuleList(nn.Module() for _ in range(2))
+    for block in old.blocks:
+        block.ln_first = nn.LayerNorm(4)  # only declaration order tells these from pre/post
+        block.ln_second = nn.LayerNorm(4)
+        block.mlp = nn.Linear(4, 8)
+    path = tmp_path / "old.pt"
+    torch.save(old.state_dict(), path)
+    out = tmp_path / "rename.json"
+    base = [str(path), "--model", f"{models}:New", "--align", "auto", "--write-rename", str(out)]
+    code, _, err = run(base, capsys)
+    assert code == 2 and "--rename" in err and not out.exists()
+    flags = ["--rename", r"\.ln_first\.=.pre_norm.", "--rename", r"\.ln_second\.=.post_norm."]
+    code, _, _ = run([*base, *flags], capsys)
+    assert code == 0
+    mapping = json.loads(out.read_text())
+    assert list(mapping)[:2] == [r"\.ln_first\.", r"\.ln_second\."]
+    model = namespace["New"]()  # type: ignore[operator]
+    assert tw.load_into(model, path, rename=mapping).ok
+    assert torch.equal(model.layers[1].post_norm.weight, old.blocks[1].ln_second.weight)
+    sys.modules.pop("_torchweights_check_tw_rename_models", None)

@@ -454,10 +454,22 @@ def write_rename(report: Any, path: str) -> str:
             "Fix: add --align auto."
         )
     if alignment.ambiguous:
+        import shlex
+
+        from ..report.alignment import settling_rename
+        from ..text import plural
+
+        rename = settling_rename(alignment.ambiguous)
+        flags = " ".join(f"--rename {shlex.quote(f'{p}={r}')}" for p, r in rename.items())
+        how = (
+            f"check that these pair them as you mean (declaration order), then add them: {flags}"
+            if rename
+            else "write --rename REGEX=REPLACEMENT for those modules yourself (their order is unknown) and add them"
+        )
         raise RenameMappingError(
-            f"--write-rename: {len(alignment.ambiguous)} group(s) of modules could be paired only by guessing, so the "
-            "alignment is not complete; nothing was written. Fix: check the rename the report gives for them, pass it "
-            "with --rename, then write the rest."
+            f"--write-rename: {plural(len(alignment.ambiguous), 'group')} of modules could be paired only by "
+            f"guessing (listed in the report), so the alignment is not complete; nothing was written. Fix: {how}; "
+            "then --write-rename writes the rest."
         )
     if not alignment.pairs:
         why = alignment.note or "every key matched by name: nothing was left to align"
@@ -472,6 +484,8 @@ def write_rename(report: Any, path: str) -> str:
             "old one), which no order of regex renames expresses; nothing was written. Fix: keep align='auto' in "
             "code instead of a rename mapping."
         )
+    # The renames given with --rename come first, as they applied first: the file alone loads the same keys.
+    mapping = {**dict(report.plan.rules.rename), **mapping}
     with Outputs(force=True) as out:
         out.reserve([path])
         with out.write(path) as fh:
