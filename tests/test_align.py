@@ -434,3 +434,20 @@ def test_the_aligned_section_never_hides_which_is_which() -> None:
     section = text[text.index("aligned (") :]
     assert "model.decoder_layers_with_a_long_name.{0..1}.self_attn.q_proj" in section
     assert "transformer_blocks_with_a_long_name.{0..1}.attention_module.query" in section
+
+
+def test_an_added_block_is_explained_not_guessed() -> None:
+    """A stage with one block more than the checkpoint's: which three of the four blocks correspond cannot be told,
+    so none of that stage is paired, and the error says why; the other stages align."""
+    old = randomised(OldResNet(layers=(2, 2, 2, 2)))
+    new = NewResNet(layers=(3, 2, 2, 2))
+    before = _snapshot(new)
+    with pytest.raises(LoadError) as error:
+        tw.load_into(new, old.state_dict(), align="auto")
+    assert _unchanged(new, before)
+    text = " ".join(str(error.value).split())
+    assert "not paired:" in text and "not the same number" in text
+    report = error.value.report
+    assert report is not None and report.plan.alignment is not None and report.plan.alignment.unequal
+    loaded = {a.target for a in report.loaded}
+    assert "stages.1.blocks.1.conv_b.weight" in loaded and not any(t.startswith("stages.0.") for t in loaded)

@@ -246,6 +246,7 @@ class _Aligner:
         self.ambiguous: list[tuple[list[_Unit], list[_Unit], str]] = []
         self.used: set[int] = set()  # units paired, or in an ambiguous group
         self.exact = True  # the pass: shapes equal (True) or only leaves and numbers of dimensions
+        self.unequal: list[tuple[list[_Unit], list[_Unit]]] = []  # same shapes, other counts: left unpaired
 
     def run(self, exact: bool) -> None:
         self.exact = exact
@@ -310,6 +311,8 @@ class _Aligner:
                     (left_src, left_dst, "modules of identical shapes, with no layer index or name tying each to one")
                 )
                 self.used.update(id(u) for u in (*left_src, *left_dst))
+            elif self.exact:
+                self.unequal.append((left_src, left_dst))
             return [], []
         return left_src, left_dst
 
@@ -531,6 +534,13 @@ def align(
         for s, d, reason in aligner.ambiguous
     )
     total = sum(p.keys for p in pairs)
+    paired = {id(u) for a, b, _, _ in aligner.pairs for u in (a, b)}
+    unequal = []
+    for s_units, d_units in aligner.unequal:
+        s_left = tuple(u.path for u in s_units if id(u) not in paired)
+        d_left = tuple(u.path for u in d_units if id(u) not in paired)
+        if s_left and d_left:
+            unequal.append((s_left, d_left))
     alignment = Alignment(
         pairs=tuple(pairs),
         ambiguous=ambiguous,
@@ -538,6 +548,7 @@ def align(
         considered=considered,
         aligned=len(mapping),
         undecided=sum(len(u.leaves) for _, group, _ in aligner.ambiguous for u in group),
+        unequal=tuple(unequal),
         seconds=time.perf_counter() - started,
     )
     return mapping, alignment

@@ -301,6 +301,8 @@ class Alignment:
         considered: (checkpoint, model) tensors left unmatched before alignment.
         aligned: tensors paired by alignment.
         undecided: model tensors in the ambiguous groups.
+        unequal: ``(checkpoint modules, model modules)`` of the same shapes left unpaired because their numbers
+            differ (a block added or removed): which of them correspond cannot be told.
         seconds: time spent aligning.
         note: why nothing was aligned, when alignment was refused.
     """
@@ -311,6 +313,7 @@ class Alignment:
     considered: tuple[int, int] = (0, 0)
     aligned: int = 0
     undecided: int = 0
+    unequal: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = ()
     seconds: float = 0.0
     note: str = ""
 
@@ -323,6 +326,7 @@ class Alignment:
             "considered": {"checkpoint": self.considered[0], "model": self.considered[1]},
             "aligned": self.aligned,
             "undecided": self.undecided,
+            "unequal": [{"sources": list(a), "targets": list(b)} for a, b in self.unequal],
             "seconds": round(self.seconds, 4),
             "note": self.note,
         }

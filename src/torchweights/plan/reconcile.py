@@ -205,6 +205,7 @@ def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | N
         confidence=round(sum(p.confidence * p.keys for p in pairs) / total, 3) if total else 0.0,
         aligned=after.aligned + alignment.aligned,
         undecided=alignment.undecided,
+        unequal=alignment.unequal,
         seconds=after.seconds + alignment.seconds,
     )
 

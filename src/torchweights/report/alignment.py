@@ -34,6 +34,7 @@ __all__ = [
     "is_adapted",
     "is_aligned",
     "settling_rename",
+    "unequal_lines",
 ]
 
 
@@ -88,7 +89,24 @@ def alignment_line(alignment: Alignment) -> str:
     )
     if alignment.ambiguous:
         text += f"; {plural(len(alignment.ambiguous), 'group')} only a guess could pair (not loaded)"
+    if alignment.unequal:
+        text += f"; {plural(len(alignment.unequal), 'group')} of other numbers on each side (not paired)"
     return text
+
+
+def unequal_lines(alignment: Alignment) -> list[str]:
+    """One paragraph per group of modules of the same shapes left unpaired because their numbers differ."""
+    lines: list[str] = []
+    for sources, targets in alignment.unequal:
+        lines += wrap(
+            f"not paired: {plural(len(sources), 'checkpoint module')} {_names(sources)} and "
+            f"{plural(len(targets), 'model module')} {_names(targets)} have the same shapes but not the same "
+            "number (a block added or removed?): which correspond cannot be told, so none is loaded. Pair them "
+            "with rename={...} if you know.",
+            indent="  ",
+            hang="    ",
+        )
+    return lines
 
 
 def _fold_pairs(pairs: Sequence[AlignedPair]) -> list[tuple[str, str, int, AlignedPair]]:
@@ -120,7 +138,9 @@ def aligned_section(plan: Plan, limit: int | None) -> list[str]:
     if alignment is None:
         return []
     if not alignment.pairs:
-        return [f"aligned (0): {alignment_line(alignment)}"] if alignment.note else []
+        if alignment.note:
+            return [f"aligned (0): {alignment_line(alignment)}"]
+        return ["aligned (0)", *unequal_lines(alignment)] if alignment.unequal else []
     rows = [
         [
             name_cell(source),
@@ -136,7 +156,8 @@ def aligned_section(plan: Plan, limit: int | None) -> list[str]:
         f"aligned ({plural(len(alignment.pairs), 'pair')}): checkpoint -> model, by structure; confidence "
         f"{alignment.confidence:.2f} overall"
     )
-    return [title, *_unfolded(rows, limit, lambda r: (f"{r[0]} -> {r[2]}", f"{r[3]}, confidence {r[4]}: {r[5]}"), [3])]
+    lines = _unfolded(rows, limit, lambda r: (f"{r[0]} -> {r[2]}", f"{r[3]}, confidence {r[4]}: {r[5]}"), [3])
+    return [title, *lines, *unequal_lines(alignment)]
 
 
 def _cut(rows: list[list[str]], limit: int | None, right: Sequence[int] = ()) -> list[str]:

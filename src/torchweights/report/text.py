@@ -551,6 +551,11 @@ def problem_summary(report: LoadReport) -> str:
     unused = [use.describe() for use in plan.renames if use.matched == 0]
     unused += [use.describe() for use in plan.skips if use.matched == 0]
     lines += [f"  {text}: check its pattern." for text in unused]
+    alignment = plan.alignment
+    if alignment is not None and (alignment.note or alignment.unequal):
+        from .alignment import unequal_lines
+
+        lines += [f"  {printable(alignment.note)}."] if alignment.note else unequal_lines(alignment)
     lines += [f"  {sentence}" for sentence in tail]
     return "\n".join(lines)
 
