@@ -407,7 +407,7 @@ def test_related_words_are_not_a_match_when_the_telling_word_differs(tmp_path: P
     with pytest.raises(LoadError) as error:
         tw.load_into(new, tmp_path / "hf.pt", align="auto")
     (group,) = error.value.report.plan.ambiguous  # type: ignore[union-attr]
-    assert dict(group.rename)[r"^0\.input_layernorm\."] == "0.attention_norm."
+    assert dict(group.rename)[r"^(0|1|2)\.input_layernorm\."] == r"\g<1>.attention_norm."
     assert tw.load_into(new, tmp_path / "hf.pt", align="auto", rename=dict(group.rename)).ok
     assert torch.equal(new[2].ffn_norm.weight, old[2].post_attention_layernorm.weight)
 
@@ -451,3 +451,22 @@ def test_an_added_block_is_explained_not_guessed() -> None:
     assert report is not None and report.plan.alignment is not None and report.plan.alignment.unequal
     loaded = {a.target for a in report.loaded}
     assert "stages.1.blocks.1.conv_b.weight" in loaded and not any(t.startswith("stages.0.") for t in loaded)
+
+
+def test_renames_fold_families_whose_indices_stay() -> None:
+    """A family whose layer indices are kept is one regex naming exactly those indices; indices that change or do
+    not form a full grid stay one rename per module; either way the renames load what alignment did."""
+    from torchweights.plan.renames import module_renames
+
+    folded = module_renames([(f"h.{i}.attn", f"layers.{i}.mix", False) for i in range(3)])
+    assert [(p, r) for p, r, _ in folded] == [(r"^h\.(0|1|2)\.attn\.", r"layers.\g<1>.mix.")]
+    ragged = [("s.0.b.0", "t.0.c.0"), ("s.0.b.1", "t.0.c.1"), ("s.1.b.0", "t.1.c.0")]  # no s.1.b.1: not a grid
+    assert len(module_renames([(a, b, False) for a, b in ragged])) == 3
+    renumbered = module_renames([(f"layer{i + 1}.0", f"stages.{i}.blocks.0", False) for i in range(2)])
+    assert len(renumbered) == 2
+    old = randomised(OldGPT(n=4))
+    report = tw.load_into(NewGPT(n=4), old.state_dict(), align="auto", dry_run=True)
+    mapping = rename_mapping(report.plan.alignment)  # type: ignore[arg-type]
+    assert len(mapping) == 9  # 6 block families + wte, wpe, ln_f
+    again = tw.load_into(NewGPT(n=4), old.state_dict(), rename=mapping, dry_run=True)
+    assert again.ok and {(a.key, a.target) for a in again.loaded} == {(a.key, a.target) for a in report.loaded}

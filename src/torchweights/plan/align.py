@@ -40,6 +40,7 @@ from typing import Any
 
 from ..structs import structure
 from .model import AlignedPair, Alignment, AmbiguousGroup
+from .renames import module_renames, rename_mapping
 
 __all__ = ["LEAVES", "MIN_COVERAGE", "align", "rename_mapping", "split_words"]
 
@@ -460,18 +461,11 @@ def _rename_for(src: Sequence[_Unit], dst: Sequence[_Unit]) -> tuple[tuple[str, 
     for a group of more than :data:`MAX_SUGGESTED` modules (no rename of that length is a fix to check by eye)."""
     if len(src) > MAX_SUGGESTED:
         return ()
-    out = []
-    for a, b in zip(sorted(src, key=lambda u: u.order), sorted(dst, key=lambda u: u.order), strict=False):
-        out.append(_unit_rename(a.path, b.path, a.tensor))
-    return tuple(out)
-
-
-def _unit_rename(source: str, target: str, tensor: bool) -> tuple[str, str]:
-    if tensor:
-        return "^" + re.escape(source) + "$", target
-    if not source:
-        return "^", target + "."
-    return "^" + re.escape(source) + r"\.", (target + "." if target else "")
+    ordered = zip(sorted(src, key=lambda u: u.order), sorted(dst, key=lambda u: u.order), strict=False)
+    return tuple(
+        (pattern, replacement)
+        for pattern, replacement, _ in module_renames([(a.path, b.path, a.tensor) for a, b in ordered])
+    )
 
 
 def align(
@@ -552,30 +546,3 @@ def align(
         seconds=time.perf_counter() - started,
     )
     return mapping, alignment
-
-
-def rename_mapping(alignment: Alignment) -> dict[str, str]:
-    """The aligned pairs as a ``rename`` mapping to keep in code (anchored regexes, one per module), ordered so
-    that no rename's output is renamed again by a later one. Empty when no such order exists (a swap)."""
-    items = [(_unit_rename(p.source, p.target, p.tensor), p) for p in alignment.pairs if p.source != p.target]
-    # A rename can run after every other one when none of theirs matches what it produces: pick those from the
-    # end.
-    remaining = list(items)
-    last_first: list[tuple[str, str]] = []
-    while remaining:
-        ready = [
-            item
-            for item in remaining
-            if not any(other is not item and re.match(other[0][0], _probe(item[1])) is not None for other in remaining)
-        ]
-        if not ready:
-            return {}
-        for item in ready:
-            last_first.append(item[0])
-            remaining.remove(item)
-    return dict(reversed(last_first))
-
-
-def _probe(pair: AlignedPair) -> str:
-    """A name the rename of ``pair`` produces, to test later renames against."""
-    return pair.target if pair.tensor else pair.target + ".weight"
