@@ -148,3 +148,13 @@ def truth(old: nn.Module, new_keys: list[str], rename: dict[str, str]) -> dict[s
                     out[key] = candidate
                 break
     return out
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every tensor of ``model``'s state dict (to check later that nothing changed)."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    """Whether every tensor of ``model`` still equals its :func:`snapshot`."""
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

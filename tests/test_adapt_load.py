@@ -12,16 +12,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import torchweights as tw
-from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised
+from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised, snapshot, unchanged
 from torchweights.errors import LoadError, RuleError
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
-    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("channels", [1, 4])
@@ -30,12 +22,12 @@ def test_input_conv_with_alignment_from_a_file(tmp_path: Path, channels: int) ->
     path = tmp_path / "rgb.safetensors"
     save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(path))
     new = randomised(NewResNet(in_ch=channels), seed=7)
-    before = _snapshot(new)
+    before = snapshot(new)
     with pytest.raises(LoadError) as error:
         tw.load_into(new, path, align="auto")
     assert error.value.code == "shape-mismatch"
     assert "input_conv" in str(error.value)  # the fix names the adapter
-    assert _unchanged(new, before)
+    assert unchanged(new, before)
     report = tw.load_into(new, path, align="auto", adapt=["input_conv"])
     assert report.ok
     (adapted,) = [a for a in report.loaded if a.adapt is not None]
@@ -85,10 +77,10 @@ def test_qkv_split_and_fuse(tmp_path: Path, kv: int) -> None:
     path = tmp_path / "fused.pt"
     torch.save(fused.state_dict(), path)
     split = randomised(_Split(kv=kv), seed=3)
-    before = _snapshot(split)
+    before = snapshot(split)
     with pytest.raises(LoadError) as error:
         tw.load_into(split, path)
-    assert "qkv" in str(error.value) and _unchanged(split, before)
+    assert "qkv" in str(error.value) and unchanged(split, before)
     report = tw.load_into(split, path, adapt=["qkv"])
     assert report.ok
     w, b = fused.attn.qkv.weight.detach(), fused.attn.qkv.bias.detach()

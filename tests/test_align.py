@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import torchweights as tw
-from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised, truth
+from _refactors import NewGPT, NewResNet, OldGPT, OldResNet, randomised, snapshot, truth, unchanged
 from torchweights.errors import LoadError, RuleError
 from torchweights.plan.align import rename_mapping
 
@@ -50,14 +50,6 @@ def _assert_loaded_as(new: nn.Module, old: nn.Module, expected: dict[str, str]) 
     assert set(expected) == set(new_state), sorted(set(new_state) - set(expected))
     for key, source in expected.items():
         assert torch.equal(new_state[key], old_state[source].to(new_state[key].dtype)), (key, source)
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
-    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_resnet_names_to_stages_and_blocks() -> None:
@@ -181,12 +173,12 @@ def test_identical_siblings_told_apart_by_their_names() -> None:
 def test_identical_siblings_with_nothing_to_tie_them_refuse(names: tuple[str, ...]) -> None:
     old = randomised(_QKVOld())
     new = randomised(_QKVNew(names=names), seed=9)
-    before = _snapshot(new)
+    before = snapshot(new)
     for strict in (True, False, "model"):
         with pytest.raises(LoadError) as error:
             tw.load_into(new, old.state_dict(), align="auto", strict=strict)
         assert error.value.code == "ambiguous-alignment"
-        assert _unchanged(new, before)
+        assert unchanged(new, before)
     text = str(error.value)
     assert "rename=" in text and "declaration order" in text
     report = error.value.report
@@ -211,22 +203,22 @@ def test_two_identical_branches_refuse() -> None:
     new.tower_one = nn.Linear(4, 4)
     new.tower_two = nn.Linear(4, 4)
     new.head = nn.Linear(4, 2)
-    before = _snapshot(new)
+    before = snapshot(new)
     with pytest.raises(LoadError) as error:
         tw.load_into(new, randomised(old).state_dict(), align="auto")
     assert error.value.code == "ambiguous-alignment"
-    assert _unchanged(new, before)
+    assert unchanged(new, before)
     assert "'encoder_left', 'encoder_right'" in str(error.value)
 
 
 def test_a_changed_head_is_a_mismatch_and_the_rest_aligns() -> None:
     old = randomised(OldResNet(classes=10))
     new = NewResNet(classes=7)
-    before = _snapshot(new)
+    before = snapshot(new)
     with pytest.raises(LoadError) as error:
         tw.load_into(new, old.state_dict(), align="auto")
     assert error.value.code == "shape-mismatch"
-    assert _unchanged(new, before)
+    assert unchanged(new, before)
     report = tw.load_into(new, old.state_dict(), align="auto", strict=False)
     mismatched = {(a.key, a.target) for a in report.plan.by_kind("mismatch")}
     assert mismatched == {("fc.weight", "head.fc.weight"), ("fc.bias", "head.fc.bias")}
@@ -388,12 +380,12 @@ def test_related_words_are_not_a_match_when_the_telling_word_differs(tmp_path: P
     old = nn.ModuleList(_HFLayer() for _ in range(3))
     randomised(old)
     new = randomised(nn.ModuleList(_MetaLayer() for _ in range(3)), seed=1)
-    before = _snapshot(new)
+    before = snapshot(new)
     path = tmp_path / "hf.safetensors"
     save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(path))
     with pytest.raises(LoadError) as error:
         tw.load_into(new, path, align="auto")
-    assert error.value.code == "ambiguous-alignment" and _unchanged(new, before)
+    assert error.value.code == "ambiguous-alignment" and unchanged(new, before)
     (group,) = error.value.report.plan.ambiguous  # type: ignore[union-attr]
     assert {s.rpartition(".")[2] for s in group.sources} == {"input_layernorm", "post_attention_layernorm"}
     assert group.rename == () and "sorted" in group.reason
@@ -441,10 +433,10 @@ def test_an_added_block_is_explained_not_guessed() -> None:
     so none of that stage is paired, and the error says why; the other stages align."""
     old = randomised(OldResNet(layers=(2, 2, 2, 2)))
     new = NewResNet(layers=(3, 2, 2, 2))
-    before = _snapshot(new)
+    before = snapshot(new)
     with pytest.raises(LoadError) as error:
         tw.load_into(new, old.state_dict(), align="auto")
-    assert _unchanged(new, before)
+    assert unchanged(new, before)
     text = " ".join(str(error.value).split())
     assert "not paired:" in text and "not the same number" in text
     report = error.value.report
