@@ -131,7 +131,9 @@ def _item(data: bytes, files: dict[str, bytearray], relative: str) -> tuple[int,
     return start, len(data)
 
 
-def _write(folder: Path, tensors: dict[str, list[tuple[tuple[int, ...], torch.Tensor]]], size: dict[str, tuple[int, ...]]) -> Metadata:
+def _write(
+    folder: Path, tensors: dict[str, list[tuple[tuple[int, ...], torch.Tensor]]], size: dict[str, tuple[int, ...]]
+) -> Metadata:
     """A folder written by hand as torch's FileSystemWriter writes one (each chunk a torch.save archive in a
     .distcp file, ``.metadata`` the pickled ``Metadata``), with tensors split in chunks as several ranks save them."""
     folder.mkdir()
@@ -147,9 +149,7 @@ def _write(folder: Path, tensors: dict[str, list[tuple[tuple[int, ...], torch.Te
             storage[MetadataIndex(fqn, torch.Size(offsets), len(listed) - 1)] = _StorageInfo(
                 f"__{rank}_0.distcp", start, length
             )
-        entries[fqn] = TensorStorageMetadata(
-            TensorProperties(dtype=chunks[0][1].dtype), torch.Size(size[fqn]), listed
-        )
+        entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=chunks[0][1].dtype), torch.Size(size[fqn]), listed)
     metadata = Metadata(state_dict_metadata=entries, planner_data={k: (k,) for k in entries}, storage_data=storage)
     for relative, blob in files.items():
         (folder / relative).write_bytes(bytes(blob))
@@ -184,9 +184,17 @@ def _rewrite(folder: Path, change: object) -> None:
 @pytest.mark.parametrize(
     ("change", "cls", "code"),
     [
-        (lambda v: dataclasses.replace(v, relative_path="../outside.distcp"), CorruptCheckpointError, "bad-dcp-metadata"),
+        (
+            lambda v: dataclasses.replace(v, relative_path="../outside.distcp"),
+            CorruptCheckpointError,
+            "bad-dcp-metadata",
+        ),
         (lambda v: dataclasses.replace(v, length=v.length + 10**6), CorruptCheckpointError, "bad-dcp-metadata"),
-        (lambda v: dataclasses.replace(v, transform_descriptors=["zstd"]), UnsupportedCheckpointError, "unsupported-dcp-item"),
+        (
+            lambda v: dataclasses.replace(v, transform_descriptors=["zstd"]),
+            UnsupportedCheckpointError,
+            "unsupported-dcp-item",
+        ),
     ],
     ids=["outside-the-folder", "outside-the-file", "transforms"],
 )

@@ -22,8 +22,8 @@ import torch.distributed.checkpoint as dcp
 
 import torchweights.api as tw
 from torchweights.errors import UnsafeCheckpointError
-from torchweights.unpickle.values import Stub
 from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.values import Stub
 
 from ._helpers import (
     Reduce,

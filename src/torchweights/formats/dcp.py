@@ -126,7 +126,12 @@ def _locations(meta: dict[str, Any], path: str) -> dict[tuple[str, tuple[int, ..
         where = _stub(info, "torch.distributed.checkpoint.filesystem._StorageInfo", path, "a storage_data value")
         fqn, offsets = at.get("fqn"), at.get("offset")
         relative, start, length = where.get("relative_path"), where.get("offset"), where.get("length")
-        if not isinstance(fqn, str) or not isinstance(relative, str) or type(start) is not int or type(length) is not int:
+        if (
+            not isinstance(fqn, str)
+            or not isinstance(relative, str)
+            or type(start) is not int
+            or type(length) is not int
+        ):
             raise _bad(path, f"storage_data entry {quote(str(fqn))} is malformed")
         if where.get("transform_descriptors"):
             raise UnsupportedCheckpointError(
@@ -171,7 +176,8 @@ class _Items:
                     code="unsupported-dcp-item",
                     path=file,
                 )
-            directory = read_directory(window, file, length, max_inflated=self.options.limits.max_inflated_bytes)
+            limit = self.options.limits.max_inflated_bytes
+            directory = read_directory(window, file, length, max_inflated=limit)  # type: ignore[arg-type]
             check(directory)
             archive = Archive(file, window, directory, self.options.limits)  # type: ignore[arg-type]
 
