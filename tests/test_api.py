@@ -131,13 +131,13 @@ def test_big_endian_zip_files_are_byteswapped(tmp_path: Path) -> None:
     assert torch.equal(loaded["c"], values["c"])
 
 
-def test_unsupported_formats_say_so(tmp_path: Path) -> None:
-    (tmp_path / ".metadata").write_bytes(b"\x80\x04.")
+def test_a_dcp_folder_without_dcp_metadata_says_so(tmp_path: Path) -> None:
+    (tmp_path / ".metadata").write_bytes(b"\x80\x04N.")
     (tmp_path / "__0_0.distcp").write_bytes(b"x")
-    with pytest.raises(tw.UnsupportedCheckpointError) as info:
+    with pytest.raises(tw.CorruptCheckpointError) as info:
         tw.open(tmp_path)
-    assert info.value.code == "unsupported-dcp"
-    assert "dcp_to_torch_save" in info.value.message
+    assert info.value.code == "bad-dcp-metadata"
+    assert "Metadata" in info.value.message
 
 
 def test_torchscript_archives_are_read(tmp_path: Path) -> None:

@@ -131,8 +131,8 @@ def test_distributed_checkpoint_folder_is_one_checkpoint(tmp_path: Path) -> None
     dcp.save({"w": torch.ones(3)}, checkpoint_id=str(root / "step1"))
     _clean(root / "step1" / "extra.pt")
     result = tw.scan_tree(root)
-    # one report for the folder (unreadable: tw.load does not read these folders yet), none per .distcp file
-    assert _names(result, root) == {"step1": "unreadable", "step1/extra.pt": "clean"}
+    # one report for the folder, none per .distcp file
+    assert _names(result, root) == {"step1": "clean", "step1/extra.pt": "clean"}
     assert not tw.scan_tree(root / "step1").walked  # named directly: one checkpoint, as tw.scan reads it
 
 

@@ -451,6 +451,14 @@ CODES: dict[str, ErrorCode] = {
         causes="a tensor whose shape, strides or offset reach outside its storage; damaged or crafted metadata",
         fix=_DOWNLOAD_AGAIN + "; " + _RESAVE,
     ),
+    "bad-dcp-metadata": ErrorCode(
+        CorruptCheckpointError,
+        "a torch.distributed.checkpoint folder whose .metadata does not describe its items",
+        causes="a `.metadata` that is not DCP's `Metadata` (hand-written, another tool's), an item placed outside the "
+        "folder or outside its `.distcp` file, a chunk whose dtype or shape disagrees with `.metadata`",
+        fix="copy the whole folder again from where it was saved (every `.distcp` file with its `.metadata`), or "
+        "save it again",
+    ),
     "bad-member": ErrorCode(
         CorruptCheckpointError,
         "an archive member is not what the format requires there",
@@ -870,12 +878,21 @@ CODES: dict[str, ErrorCode] = {
         causes="a valid checkpoint using a feature torchweights does not read, with no more precise code",
         fix="read it with `torch.load(path, weights_only=True)` if you trust it, and open an issue with the message",
     ),
-    "unsupported-dcp": ErrorCode(
+    "unsupported-dcp-chunks": ErrorCode(
         UnsupportedCheckpointError,
-        "a torch.distributed.checkpoint folder (scanned, not loaded)",
-        causes="a `torch.distributed.checkpoint` folder (`.metadata` and `__0_0.distcp` files)",
-        fix="convert it with `torch.distributed.checkpoint.format_utils.dcp_to_torch_save` (trusted files), then read"
-        " the result; `torchweights scan` reads it already",
+        "a torch.distributed.checkpoint tensor saved in several chunks",
+        causes="a `torch.distributed.checkpoint` folder saved by several ranks or from FSDP/DTensor shards: a tensor "
+        "is split into chunks, which torchweights does not assemble yet",
+        fix="convert it with `torch.distributed.checkpoint.format_utils.dcp_to_torch_save` (trusted folders only), "
+        "then read the result; `torchweights scan` reads the folder already",
+    ),
+    "unsupported-dcp-item": ErrorCode(
+        UnsupportedCheckpointError,
+        "a torch.distributed.checkpoint item stored in a way torchweights does not read",
+        causes="an item of a `torch.distributed.checkpoint` folder written through storage transforms (compression "
+        "extensions) or not as a `torch.save` archive (`serialization_format=SAFETENSORS`, old torch)",
+        fix="save the checkpoint with the default storage writer, or convert it with `dcp_to_torch_save` (trusted "
+        "folders only)",
     ),
     "unsupported-dtype": ErrorCode(
         UnsupportedCheckpointError,

@@ -2,8 +2,9 @@
 ``.metadata`` that every reader unpickles first (``FileSystemReader.read_metadata``: the canary), and ``.distcp``
 files holding tensor bytes and, for non-tensor items, whole ``torch.save`` blobs that ``dcp.load`` unpickles.
 
-``tw.load`` does not read these folders yet (``UnsupportedCheckpointError [unsupported-dcp]``: nothing is
-unpickled); scan reads ``.metadata`` and flags a payload in it.
+``tw.open``/``tw.load`` read ``.metadata`` and every item with the restricted unpickler: a payload in ``.metadata``
+or in a non-tensor item is refused (``UnsafeCheckpointError``) and nothing runs; an unknown class in an item stays an
+inert stub while the tensors load. scan reads ``.metadata`` and the items and flags a payload in them.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import torchweights.api as tw
-from torchweights.errors import UnsupportedCheckpointError
+from torchweights.errors import UnsafeCheckpointError
 from torchweights.tools.scan.scanner import scan
+from torchweights.unpickle.values import Stub
 
 from ._helpers import (
     Reduce,
@@ -70,9 +72,8 @@ def test_canary_reading_the_metadata_runs_the_payload(tmp_path: Path) -> None:
 def test_payload_in_metadata_is_refused_and_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _folder(tmp_path / "ckpt")
     data = _poison_metadata(folder, tmp_path / "MARKER")
-    with pytest.raises(UnsupportedCheckpointError) as info:
+    with pytest.raises(UnsafeCheckpointError):
         tw.load(folder)
-    assert info.value.code == "unsupported-dcp"
     finding = flagged(scan(folder), "dangerous-global", name=SYSTEM)
     assert finding.file == str(folder / ".metadata")
     assert_offset(finding, data)
@@ -95,7 +96,7 @@ def test_hand_written_metadata_payload(tmp_path: Path) -> None:
 def test_clean_dcp_folder_is_not_an_alarm(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "ckpt")
     report = scan(folder)
-    assert report.verdict == "unreadable"  # tw.load cannot read it yet; that is not an alarm
+    assert report.verdict == "clean", report.verdict
     assert not alarms(report), [(f.code, f.name) for f in alarms(report)]
 
 
@@ -112,4 +113,21 @@ def test_payload_in_a_non_tensor_item(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "ckpt", {"w": torch.ones(3), "extra": Reduce(os.system, touch(marker))})
     report = scan(folder)
     assert [f for f in report.findings if f.name == SYSTEM and f.file.endswith(".distcp")]
+    with pytest.raises(UnsafeCheckpointError):
+        tw.load(folder)  # refused, as a payload anywhere in a pickle is: the item is not skipped silently
     assert_no_markers(tmp_path)
+
+
+class Config:
+    """A user class in a non-tensor item: torchweights never imports it."""
+
+    def __init__(self) -> None:
+        self.depth = 4
+
+
+def test_an_unknown_class_in_an_item_stays_inert(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "ckpt", {"w": torch.ones(3), "config": Config()})
+    ckpt = tw.open(folder)
+    stub = ckpt.extras["config"]
+    assert isinstance(stub, Stub) and stub.cls.endswith(".Config") and stub.attributes == {"depth": 4}
+    assert torch.equal(tw.load(folder)["w"], torch.ones(3))

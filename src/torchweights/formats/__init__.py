@@ -59,6 +59,7 @@ _READER_MODULES = {
     "torch-package": "torch_package",
     "npy": "npy",
     "npz": "npy",
+    "dcp": "dcp",
 }
 
 
@@ -107,9 +108,6 @@ def _read_path(path: str, options: ReadOptions) -> Checkpoint:
     return reader(path, options)
 
 
-_FORMAT_NAMES = {
-    "dcp": "torch.distributed.checkpoint folder",
-}
-_FORMAT_FIXES = {
-    "dcp": "Convert it with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(folder, 'model.pt').",
-}
+#: How messages name a detected format that has no reader, and what to do about it (none at present).
+_FORMAT_NAMES: dict[str, str] = {}
+_FORMAT_FIXES: dict[str, str] = {}

@@ -8,7 +8,7 @@ Storages are located by their zip member's data offset, so nothing but the pickl
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from ..limits import DEFAULT_LIMITS, Limits
 from ..records import Checkpoint, StorageRef
 from ..structs import structure
 from ..text import plural, quote, shorten_list
-from ..unpickle.values import PickledStorage, StorageType
+from ..unpickle.values import PickledStorage, PickledTensor, StorageType
 from ._pickled import assemble, run_pickle
 from ._zip import DEFLATE_MAX_RATIO, ZipDirectory, ZipMember, check, check_member_inflation, inflate, read_directory
 from .tree import short_repr
@@ -35,6 +35,7 @@ __all__ = [
     "missing_storage",
     "open_archive",
     "read",
+    "read_archive",
     "read_text_members",
 ]
 
@@ -350,15 +351,37 @@ def _data_pkl(archive: Archive, root: str, path: str, options: ReadOptions) -> t
 def read(path: str, options: ReadOptions) -> Checkpoint:
     """Read a torch zip checkpoint's pickle and locate every storage; no tensor bytes are read."""
     with open_archive(path, options) as archive:
-        root = _find_root(archive.names(), path)
-        records = read_text_members(archive, root, _RECORDS)
-        byteorder = check_byteorder(records, path)
-        check_version(archive, root, records, path)
-        data, where = _data_pkl(archive, root, path, options)
-        storages = ZipStorages(archive, root, byteorder)
-        result = run_pickle(data, options, where, persistent_load=storages)
+        return read_archive(archive, options)
+
+
+def read_archive(
+    archive: Archive,
+    options: ReadOptions,
+    *,
+    where: str | None = None,
+    resolve: Callable[[PickledTensor], tuple[StorageRef, int]] | None = None,
+) -> Checkpoint:
+    """The :class:`Checkpoint` of an open, checked archive (a file, or one embedded in a larger file such as a
+    torch.distributed.checkpoint item): its pickle run, every storage located; no tensor bytes are read.
+
+    Args:
+        archive: the archive (:func:`open_archive`, or an :class:`Archive` over any checked directory).
+        options: the reader's options.
+        where: how messages name the archive (default: its path and ``data.pkl`` member).
+        resolve: where a tensor's storage really is (``(ref, element offset)``), for an archive whose offsets are not
+            the file's (default: the storage as located in the archive).
+    """
+    path = archive.path
+    root = _find_root(archive.names(), path)
+    records = read_text_members(archive, root, _RECORDS)
+    byteorder = check_byteorder(records, path)
+    check_version(archive, root, records, path)
+    data, named = _data_pkl(archive, root, path, options)
+    where = where or named
+    storages = ZipStorages(archive, root, byteorder)
+    result = run_pickle(data, options, where, persistent_load=storages)
     metadata: dict[str, Any] = {"archive_root": root.rstrip("/"), **records}
-    ckpt = assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata)
+    ckpt = assemble(path, "torch-zip", result, options, where=where, files=(path,), metadata=metadata, resolve=resolve)
     ckpt.warnings.extend(storages.warnings)
     return ckpt
 

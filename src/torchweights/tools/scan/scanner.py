@@ -199,6 +199,8 @@ class Scanner(FileWalk):
             self.record(self.path, where, start, seen, 0)
 
     def shards(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.format == "dcp":
+            return  # its .distcp files hold archives at offsets, each walked by FileWalk.directory
         if checkpoint.format.startswith("sharded") or len(checkpoint.files) > 1:
             for shard in checkpoint.files[1:]:
                 if shard != self.path:

@@ -1,0 +1,228 @@
+"""torch.distributed.checkpoint folders as a format: ``tw.open`` gives the records from ``.metadata`` and each item's
+embedded archive, ``tw.load`` is bit-identical to ``dcp_to_torch_save`` then ``torch.load``, ``tw.load_into`` loads
+through the normal planner, and what is not read yet is refused with our own codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+
+import torchweights as tw
+from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled ... assuming a single process"
+        yield
+
+
+def _state() -> dict[str, object]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "f32": torch.randn(3, 4, generator=g),
+        "f16": torch.randn(5, generator=g).half(),
+        "bf16": torch.randn(2, 3, generator=g).bfloat16(),
+        "i8": torch.randint(-128, 127, (7,), dtype=torch.int8, generator=g),
+        "i64": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "flag": torch.tensor([True, False, True]),
+        "c64": torch.randn(2, dtype=torch.complex64, generator=g),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "empty": torch.empty(0, 4),
+        "view": torch.arange(12.0).reshape(3, 4)[:, 1],  # a strided view: DCP saves it as its own chunk
+        "nested": {"w": torch.randn(2, 2, generator=g), "list": [torch.ones(1), torch.zeros(2)]},
+        "epoch": 9,
+        "config": {"lr": 0.1, "name": "run"},
+    }
+
+
+def _tensors(value: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """``{dotted name: tensor}`` of a nested state dict, as ``tw.load`` names them."""
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    out: dict[str, torch.Tensor] = {}
+    for key, sub in items:
+        out.update(_tensors(sub, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def test_load_is_bit_identical_to_dcp_to_torch_save(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    dcp.save(_state(), checkpoint_id=str(folder))
+    dcp_to_torch_save(str(folder), str(tmp_path / "ref.pt"))
+    expected = _tensors(torch.load(tmp_path / "ref.pt", weights_only=True))
+    loaded = tw.load(folder)
+    assert list(loaded) == list(expected)
+    for name, want in expected.items():
+        got = loaded[name]
+        assert (got.dtype, got.shape, got.stride()) == (want.dtype, want.shape, want.stride()), name
+        assert _bits(got) == _bits(want), name
+
+
+def test_open_gives_records_chunks_and_extras(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    dcp.save(_state(), checkpoint_id=str(folder))
+    ckpt = tw.open(folder)
+    assert ckpt.format == "dcp"
+    record = ckpt.records["nested.list.1"]
+    assert (record.dtype, record.shape, record.path) == ("float32", (2,), ("nested", "list", "1"))
+    assert ckpt.records["scalar"].shape == () and ckpt.records["empty"].shape == (0, 4)
+    assert record.storage is not None and record.storage.file == str(folder / "__0_0.distcp")
+    (chunk,) = ckpt.metadata["dcp_chunks"]["f32"]
+    assert chunk["offsets"] == [0, 0] and chunk["sizes"] == [3, 4] and chunk["file"] == "__0_0.distcp"
+    assert ckpt.extras == {"epoch": 9, "config.lr": 0.1, "config.name": "run"}
+    assert ckpt.files == (str(folder / ".metadata"), str(folder / "__0_0.distcp"))
+    assert ckpt.get_tensor("bf16").dtype == torch.bfloat16
+
+
+def test_open_does_not_import_torch(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    dcp.save({"w": torch.ones(2, 3)}, checkpoint_id=str(folder))
+    code = (
+        "import sys, torchweights as tw\n"
+        f"ckpt = tw.open({str(folder)!r})\n"
+        "assert ckpt.records['w'].shape == (2, 3)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_load_into_a_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    folder = tmp_path / "ckpt"
+    dcp.save({"model": source.state_dict(), "step": 3}, checkpoint_id=str(folder))
+    target = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    report = tw.load_into(target, folder)
+    assert report.ok, report
+    for name, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], value), name
+
+
+def _item(data: bytes, files: dict[str, bytearray], relative: str) -> tuple[int, int]:
+    blob = files.setdefault(relative, bytearray())
+    start = len(blob)
+    blob.extend(data)
+    return start, len(data)
+
+
+def _write(
+    folder: Path, tensors: dict[str, list[tuple[tuple[int, ...], torch.Tensor]]], size: dict[str, tuple[int, ...]]
+) -> Metadata:
+    """A folder written by hand as torch's FileSystemWriter writes one (each chunk a torch.save archive in a
+    .distcp file, ``.metadata`` the pickled ``Metadata``), with tensors split in chunks as several ranks save them."""
+    folder.mkdir()
+    files: dict[str, bytearray] = {}
+    entries, storage = {}, {}
+    for fqn, chunks in tensors.items():
+        listed = []
+        for rank, (offsets, chunk) in enumerate(chunks):
+            buffer = io.BytesIO()
+            torch.save(chunk, buffer)
+            start, length = _item(buffer.getvalue(), files, f"__{rank}_0.distcp")
+            listed.append(ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=chunk.size()))
+            storage[MetadataIndex(fqn, torch.Size(offsets), len(listed) - 1)] = _StorageInfo(
+                f"__{rank}_0.distcp", start, length
+            )
+        entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=chunks[0][1].dtype), torch.Size(size[fqn]), listed)
+    metadata = Metadata(state_dict_metadata=entries, planner_data={k: (k,) for k in entries}, storage_data=storage)
+    for relative, blob in files.items():
+        (folder / relative).write_bytes(bytes(blob))
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    return metadata
+
+
+def test_a_tensor_in_several_chunks_is_refused(tmp_path: Path) -> None:
+    full = torch.arange(12.0).reshape(4, 3)
+    folder = tmp_path / "ckpt"
+    _write(folder, {"w": [((0, 0), full[:2].clone()), ((2, 0), full[2:].clone())]}, {"w": (4, 3)})
+    dcp_to_torch_save(str(folder), str(tmp_path / "ref.pt"))  # torch reads the hand-written folder
+    assert torch.equal(torch.load(tmp_path / "ref.pt")["w"], full)
+    with pytest.raises(UnsupportedCheckpointError) as info:
+        tw.open(folder)
+    assert info.value.code == "unsupported-dcp-chunks"
+    assert "'w'" in info.value.message and "dcp_to_torch_save" in info.value.message
+
+
+def test_a_single_hand_written_chunk_loads(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    _write(folder, {"w": [((0,), torch.arange(5, dtype=torch.int16))]}, {"w": (5,)})
+    assert torch.equal(tw.load(folder)["w"], torch.arange(5, dtype=torch.int16))
+
+
+def _rewrite(folder: Path, change: object) -> None:
+    metadata = pickle.loads((folder / ".metadata").read_bytes())
+    metadata.storage_data = {k: change(v) for k, v in metadata.storage_data.items()}  # type: ignore[operator]
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+@pytest.mark.parametrize(
+    ("change", "cls", "code"),
+    [
+        (
+            lambda v: dataclasses.replace(v, relative_path="../outside.distcp"),
+            CorruptCheckpointError,
+            "bad-dcp-metadata",
+        ),
+        (lambda v: dataclasses.replace(v, length=v.length + 10**6), CorruptCheckpointError, "bad-dcp-metadata"),
+        (
+            lambda v: dataclasses.replace(v, transform_descriptors=["zstd"]),
+            UnsupportedCheckpointError,
+            "unsupported-dcp-item",
+        ),
+    ],
+    ids=["outside-the-folder", "outside-the-file", "transforms"],
+)
+def test_items_it_cannot_read_are_refused(tmp_path: Path, change: object, cls: type, code: str) -> None:
+    folder = tmp_path / "ckpt"
+    dcp.save({"w": torch.ones(3)}, checkpoint_id=str(folder))
+    (tmp_path / "outside.distcp").write_bytes((folder / "__0_0.distcp").read_bytes())
+    _rewrite(folder, change)
+    with pytest.raises(cls) as info:
+        tw.open(folder)
+    assert info.value.code == code
+
+
+def test_a_chunk_that_disagrees_with_the_metadata_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    metadata = _write(folder, {"w": [((0,), torch.ones(4))]}, {"w": (4,)})
+    metadata.state_dict_metadata["w"] = dataclasses.replace(
+        metadata.state_dict_metadata["w"], properties=TensorProperties(dtype=torch.float16)
+    )
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CorruptCheckpointError) as info:
+        tw.open(folder)
+    assert info.value.code == "bad-dcp-metadata" and "float16" in info.value.message
+
+
+def test_a_metadata_that_is_not_dcps_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".metadata").write_bytes(pickle.dumps({"state_dict_metadata": {}}))
+    (tmp_path / "__0_0.distcp").write_bytes(b"x")
+    with pytest.raises(CorruptCheckpointError) as info:
+        tw.open(tmp_path)
+    assert info.value.code == "bad-dcp-metadata"
