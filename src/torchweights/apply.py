@@ -421,16 +421,17 @@ def _adapted(plan: Plan, read: Callable[[Sequence[str]], Mapping[str, torch.Tens
     that cannot be read leaves the model untouched): ``(model key, tensor in the model's dtype)``. Sources are read
     with ``read`` one action at a time; the last ones read are kept while the next action uses them too (a fused
     projection split into three), so what is held at once is the adapted outputs and one action's sources."""
+    actions = [a for a in plan.by_kind("load") if a.adapt is not None and a.target is not None and a.dst_shape]
+    if not actions:
+        return []
     from . import dtypes
+    from .adapt.registry import ADAPTERS  # (only for a plan with adapted keys)
 
     out: list[tuple[str, torch.Tensor]] = []
     held: Mapping[str, torch.Tensor] = {}
-    for action in plan.by_kind("load"):
+    for action in actions:
         step = action.adapt
-        if step is None or action.target is None or action.dst_shape is None:
-            continue
-        from .adapt.registry import ADAPTERS  # (only for a plan with adapted keys)
-
+        assert step is not None and action.target is not None and action.dst_shape is not None
         if set(step.sources) - set(held):
             held = read(step.sources)
         tensor = ADAPTERS[step.adapter].apply(step, [held[n] for n in step.sources], action.dst_shape)

@@ -50,10 +50,9 @@ def module_map(
 ) -> dict[str, str]:
     """Checkpoint module paths -> model module paths, from an alignment's pairs and the parents they agree on
     (``h.0.attn.c_proj`` -> ``layers.0.attn.out`` maps ``h.0.attn`` -> ``layers.0.attn``); then, for the modules
-    above ``unexpected`` keys that are still unmapped, the one module at the same depth below the nearest mapped
-    ancestor's counterpart that holds ``missing`` keys, where there is exactly one (``h.0.attn``, above an
-    unexpected ``c_attn``, -> ``layers.0.self_attention``, above missing ``q``/``k``/``v``). Group adapters check
-    names and shapes before using any of it."""
+    above ``unexpected`` keys that are still unmapped, the one candidate :func:`_guess_holders` finds (``h.0.attn``,
+    above an unexpected ``c_attn``, -> ``layers.0.self_attention``, above missing ``q``/``k``/``v``). Group
+    adapters check names and shapes before using any of it."""
     if alignment is None:
         return {}
     out: dict[str, str] = {}

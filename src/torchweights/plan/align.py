@@ -38,11 +38,12 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..adapt.names import words
 from ..structs import structure
 from .model import AlignedPair, Alignment, AmbiguousGroup
 from .renames import module_renames, rename_mapping
 
-__all__ = ["LEAVES", "MIN_COVERAGE", "align", "rename_mapping", "split_words"]
+__all__ = ["LEAVES", "MIN_COVERAGE", "align", "covers", "mean_confidence", "refusal_note", "rename_mapping"]
 
 #: Leaf names of the tensors a module owns as a set; any other tensor is a unit of its own.
 LEAVES = frozenset(
@@ -77,16 +78,10 @@ MAX_NAME_PAIRS = 4096
 #: Below this share of the model's unmatched tensors paired by exact shapes, the models are not aligned at all.
 MIN_COVERAGE = 0.5
 
-_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _TRAILING = re.compile(r"^(.*?[A-Za-z])_?(\d+)$")
 _LETTER = re.compile(r"^(.*[A-Za-z0-9])_([a-h])$")
 
 Shape = tuple[int, ...]
-
-
-def split_words(name: str) -> list[str]:
-    """The lower-case words of a name part: ``SelfAttention`` -> ``self, attention``; ``c_attn`` -> ``c, attn``."""
-    return [w.lower() for w in _WORDS.findall(name)]
 
 
 @structure
@@ -162,14 +157,14 @@ def _describe(path: str, letters: set[str]) -> tuple[str, str, tuple[int, ...], 
         if letter and letter.group(1) in letters:
             stem.append(letter.group(1) + "{}")
             indices.append(ord(letter.group(2)) - ord("a"))
-            tokens.extend(split_words(letter.group(1)))
+            tokens.extend(words(letter.group(1)))
         elif trailing:
             stem.append(trailing.group(1) + "{}")
             indices.append(int(trailing.group(2)))
-            tokens.extend(split_words(trailing.group(1)))
+            tokens.extend(words(trailing.group(1)))
         else:
             stem.append(part)
-            tokens.extend(split_words(part))
+            tokens.extend(words(part))
     return ".".join(stem), ".".join(fine), tuple(indices), tuple(tokens)
 
 
@@ -497,24 +492,18 @@ def align(
     exact_tensors = sum(len(b.leaves) for _, b, _, _ in aligner.pairs)
     undecided = sum(len(u.leaves) for _, group, _ in aligner.ambiguous for u in group)
     considered = (len(src), len(dst))
-    if not dst or (gate and exact_tensors + undecided < MIN_COVERAGE * len(dst)):
-        note = (
-            f"align='auto' found {exact_tensors + undecided} of the model's {len(dst)} unmatched tensors with a "
-            "counterpart of the same shapes, less than half: the checkpoint is not the same architecture, so "
-            "nothing was aligned"
-        )
+    if not dst or (gate and not covers(exact_tensors + undecided, len(dst))):
+        note = refusal_note(exact_tensors + undecided, len(dst))
         return {}, Alignment(considered=considered, seconds=time.perf_counter() - started, note=note)
     aligner.run(exact=False)
     mapping: dict[str, str] = {}
     pairs: list[AlignedPair] = []
-    weighted = 0.0
     for a, b, confidence, evidence in aligner.pairs:
         for leaf, key in a.leaves.items():
             target = b.leaves.get(leaf)
             if target is not None:
                 mapping[key] = target
         pairs.append(AlignedPair(a.path, b.path, len(a.leaves), confidence, evidence, tensor=a.tensor))
-        weighted += confidence * len(a.leaves)
     # A file that stores its keys sorted (safetensors) has lost its declaration order: no order to suggest.
     stored = list(src_order or src)
     lost = len(stored) > 2 and stored == sorted(stored)
@@ -527,7 +516,6 @@ def align(
         )
         for s, d, reason in aligner.ambiguous
     )
-    total = sum(p.keys for p in pairs)
     paired = {id(u) for a, b, _, _ in aligner.pairs for u in (a, b)}
     unequal = []
     for s_units, d_units in aligner.unequal:
@@ -538,11 +526,32 @@ def align(
     alignment = Alignment(
         pairs=tuple(pairs),
         ambiguous=ambiguous,
-        confidence=round(weighted / total, 3) if total else 0.0,
+        confidence=mean_confidence(pairs),
         considered=considered,
         aligned=len(mapping),
-        undecided=sum(len(u.leaves) for _, group, _ in aligner.ambiguous for u in group),
+        undecided=undecided,
         unequal=tuple(unequal),
         seconds=time.perf_counter() - started,
     )
     return mapping, alignment
+
+
+def covers(found: int, considered: int) -> bool:
+    """The coverage rule: whether ``found`` (paired, adapted or ambiguous) of the model's ``considered``
+    unmatched tensors make the two the same architecture (:data:`MIN_COVERAGE`)."""
+    return found >= MIN_COVERAGE * considered
+
+
+def refusal_note(found: int, considered: int) -> str:
+    """:attr:`~torchweights.plan.model.Alignment.note` of an alignment refused by the coverage rule."""
+    return (
+        f"align='auto' found {found} of the model's {considered} unmatched tensors with a counterpart (of the same "
+        "shapes, or an adapter's), less than half: the checkpoint is not the same architecture, so nothing was "
+        "aligned"
+    )
+
+
+def mean_confidence(pairs: Sequence[AlignedPair]) -> float:
+    """The tensor-weighted mean of the pairs' confidences (0 for none)."""
+    total = sum(p.keys for p in pairs)
+    return round(sum(p.confidence * p.keys for p in pairs) / total, 3) if total else 0.0

@@ -121,9 +121,9 @@ def _reconcile(
     return plan, matcher.final
 
 
-def _leftovers(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[dict[str, str], dict[str, str]]:
-    """``({final name: container key}, {model key: model key})`` of the keys still without a counterpart: not
-    skipped, not a module's extra state, not a tied copy (loaded through the first key of its storage)."""
+def _leftovers(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[dict[str, str], list[str]]:
+    """``({final name: container key}, [model key])`` of the keys still without a counterpart: not skipped, not a
+    module's extra state, not a tied copy (loaded through the first key of its storage)."""
     fit = matcher.fit
     src = {
         matcher.final[key]: key
@@ -134,14 +134,14 @@ def _leftovers(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[dict[st
         and matches_any(matcher.final[key], rules.skip) is None
         and matches_any(key, rules.skip) is None
     }
-    dst = {
-        name: name
+    dst = [
+        name
         for name, entry in spec.entries.items()
         if name not in matcher.source_of
         and name not in matcher.adapted
         and entry.tied_to is None
         and matches_any(name, rules.skip) is None
-    }
+    ]
     return src, dst
 
 
@@ -150,7 +150,7 @@ def _aligned(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[Matcher, 
     (q, k, v under a renamed attention block), align what they left; then the coverage rule over all of it
     (:data:`~torchweights.plan.align.MIN_COVERAGE`: what was paired, adapted or found ambiguous against the
     model's unmatched tensors). Below it nothing of the alignment stays: the matching starts again without it."""
-    from .align import MIN_COVERAGE
+    from .align import covers, refusal_note
 
     considered = _leftovers(matcher, spec, rules)[1]
     alignment = _align(matcher, spec, rules)
@@ -159,15 +159,11 @@ def _aligned(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[Matcher, 
         # What group adapters took out (q, k, v) may have kept other modules from pairing: align what is left.
         alignment = _align(matcher, spec, rules, after=alignment)
     found = alignment.aligned + alignment.undecided + len(matcher.adapted)
-    if not considered or found >= MIN_COVERAGE * len(considered):
+    if not considered or covers(found, len(considered)):
         return matcher, alignment, hints
     fresh = Matcher(matcher.fit, spec, rules)
     fresh.match()
-    note = (
-        f"align='auto' found {found} of the model's {len(considered)} unmatched tensors with a counterpart of the "
-        "same shapes (or an adapter's), less than half: the checkpoint is not the same architecture, so nothing "
-        "was aligned"
-    )
+    note = refusal_note(found, len(considered))
     refused = Alignment(considered=alignment.considered, seconds=alignment.seconds, note=note)
     return fresh, refused, _groups(fresh, spec, rules, None)
 
@@ -175,7 +171,7 @@ def _aligned(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[Matcher, 
 def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | None = None) -> Alignment:
     """Pair the leftover keys by structure (:mod:`~torchweights.plan.align`) and bind the pairs; ``after``: a
     first pass, whose pairs this second one adds to."""
-    from .align import align  # (only for align="auto": not on every load's path)
+    from .align import align, mean_confidence  # (only for align="auto": not on every load's path)
 
     src, dst = _leftovers(matcher, spec, rules)
     if not src or not dst:
@@ -197,12 +193,11 @@ def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | N
     if after is None:
         return alignment
     pairs = (*after.pairs, *alignment.pairs)
-    total = sum(p.keys for p in pairs)
     return replace(
         after,
         pairs=pairs,
         ambiguous=alignment.ambiguous,
-        confidence=round(sum(p.confidence * p.keys for p in pairs) / total, 3) if total else 0.0,
+        confidence=mean_confidence(pairs),
         aligned=after.aligned + alignment.aligned,
         undecided=alignment.undecided,
         unequal=alignment.unequal,

@@ -79,8 +79,7 @@ def _load_action(
         if step is not None:
             step = replace(step, sources=(source.record,))
             common["via"] = (*via, f"adapt: {step.adapter}")
-            dst_dtype = target.dtype if rules.dtype == "model" else source.dtype
-            return Action(ActionKind.LOAD, dst_dtype=dst_dtype, adapt=step, **common)
+            return Action(ActionKind.LOAD, dst_dtype=_stored_dtype(target, source.dtype, rules), adapt=step, **common)
         if scalar_compatible(source.shape, dst_shape):
             common["via"] = (*via, "reshape")
         elif fallback and (target.name, source.shape) in spec.converts:
@@ -103,7 +102,7 @@ def _load_action(
         if rules.on_mismatch == "skip":
             return Action(ActionKind.SKIP, dst_dtype=target.dtype, reason=f"{why} (on_mismatch='skip')", **common)
         return Action(ActionKind.MISMATCH, dst_dtype=target.dtype, reason=why, **common)
-    dst_dtype = target.dtype if rules.dtype == "model" else source.dtype
+    dst_dtype = _stored_dtype(target, source.dtype, rules)
     if (
         dst_dtype != target.dtype
         and _is_batch_counter(target.name)
@@ -135,7 +134,7 @@ def _adapted_action(target: ModelEntry, step: Step, fit: Fit, rules: Rules) -> A
     """The load of a model key that a group adapter fills from several container keys (``step.sources``)."""
     first = fit.keys[step.sources[0]]
     records = tuple(fit.keys[k].record for k in step.sources)
-    dst_dtype = target.dtype if rules.dtype == "model" else first.dtype
+    dst_dtype = _stored_dtype(target, first.dtype, rules)
     return Action(
         ActionKind.LOAD,
         target=target.name,
@@ -149,6 +148,11 @@ def _adapted_action(target: ModelEntry, step: Step, fit: Fit, rules: Rules) -> A
         reason=step.detail,
         adapt=replace(step, sources=records),
     )
+
+
+def _stored_dtype(target: ModelEntry, source_dtype: str, rules: Rules) -> str:
+    """The dtype a loaded key is stored in: the model's (``dtype="model"``) or the checkpoint's."""
+    return target.dtype if rules.dtype == "model" else source_dtype
 
 
 def _is_float(dtype: str) -> bool:
