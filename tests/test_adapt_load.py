@@ -271,3 +271,41 @@ def test_timm_vit_into_hf_vit_names_with_qkv_split_and_a_larger_grid() -> None:
     assert torch.equal(new.embeddings.cls_token, old.cls_token)
     assert torch.equal(new.embeddings.position_embeddings[:, :1], old.pos_embed[:, :1])
     assert torch.equal(new.classifier.weight, old.head.weight) and torch.equal(new.layernorm.bias, old.norm.bias)
+
+
+def test_a_fused_qkv_is_the_adapters_not_a_mismatched_q() -> None:
+    """transformer.h.{i}.attn.qkv/proj into blocks.{i}.attn.q/k/v/o: the pass that pairs modules with shapes
+    ignored runs only after group adapters, so the fused qkv is split (not paired with q as a shape mismatch) and
+    proj then pairs with o; the report counts each checkpoint tensor once."""
+    d = 8
+    old = nn.Module()
+    old.transformer = nn.Module()
+    old.transformer.h = nn.ModuleList()
+    for _ in range(2):
+        block = nn.Module()
+        block.attn = nn.Module()
+        block.attn.qkv = nn.Linear(d, 3 * d)
+        block.attn.proj = nn.Linear(d, d)
+        block.mlp = nn.Module()
+        block.mlp.fc = nn.Linear(d, 4 * d)
+        block.mlp.out = nn.Linear(4 * d, d)
+        old.transformer.h.append(block)
+    randomised(old)
+    new = nn.Module()
+    new.blocks = nn.ModuleList()
+    for _ in range(2):
+        block = nn.Module()
+        block.attn = nn.Module()
+        for name in "qkvo":
+            setattr(block.attn, name, nn.Linear(d, d))
+        block.mlp = nn.Module()
+        block.mlp.up = nn.Linear(d, 4 * d)
+        block.mlp.down = nn.Linear(4 * d, d)
+        new.blocks.append(block)
+    report = tw.load_into(new, old.state_dict(), align="auto", adapt=["qkv"])
+    assert report.ok and not report.plan.by_kind("mismatch")
+    for i in range(2):
+        w = old.transformer.h[i].attn.qkv.weight.detach()
+        assert torch.equal(new.blocks[i].attn.k.weight, w[d : 2 * d])
+        assert torch.equal(new.blocks[i].attn.o.weight, old.transformer.h[i].attn.proj.weight)
+    assert f"{len(old.state_dict())} in the checkpoint" in str(report)

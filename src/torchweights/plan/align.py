@@ -470,6 +470,7 @@ def align(
     src_order: Sequence[str] = (),
     dst_order: Sequence[str] = (),
     gate: bool = True,
+    loose: bool = True,
 ) -> tuple[dict[str, str], Alignment]:
     """Pair checkpoint keys (``src``: name after prefix handling -> shape) with model keys (``dst``) by structure.
 
@@ -479,6 +480,8 @@ def align(
         src_order / dst_order: the keys in the checkpoint's and the model's order (for suggested renames).
         gate: apply the coverage rule (:data:`MIN_COVERAGE`); off for a second pass over what adapters left,
             once a first pass has shown the two are the same architecture.
+        loose: also pair what remains with shapes ignored (reported as mismatches, or adapted); off for a first
+            pass that group adapters follow (a fused ``qkv`` is theirs, not a mismatched ``q``).
 
     Returns:
         ``({checkpoint key: model key}, Alignment)``; the mapping is empty when the alignment was refused or found
@@ -495,7 +498,8 @@ def align(
     if not dst or (gate and not covers(exact_tensors + undecided, len(dst))):
         note = refusal_note(exact_tensors + undecided, len(dst))
         return {}, Alignment(considered=considered, seconds=time.perf_counter() - started, note=note)
-    aligner.run(exact=False)
+    if loose:
+        aligner.run(exact=False)
     mapping: dict[str, str] = {}
     pairs: list[AlignedPair] = []
     for a, b, confidence, evidence in aligner.pairs:

@@ -153,11 +153,11 @@ def _aligned(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[Matcher, 
     from .align import covers, refusal_note
 
     considered = _leftovers(matcher, spec, rules)[1]
-    alignment = _align(matcher, spec, rules)
+    alignment = _align(matcher, spec, rules, loose=False)
     hints = _groups(matcher, spec, rules, alignment)
-    if alignment.pairs and matcher.adapted:
-        # What group adapters took out (q, k, v) may have kept other modules from pairing: align what is left.
-        alignment = _align(matcher, spec, rules, after=alignment)
+    # Then what is left: what group adapters took out (q, k, v) may have kept other modules from pairing, and only
+    # now may what remains pair with shapes ignored (a fused qkv is the adapter's, not a mismatched q).
+    alignment = _align(matcher, spec, rules, after=alignment)
     found = alignment.aligned + alignment.undecided + len(matcher.adapted)
     if not considered or covers(found, len(considered)):
         return matcher, alignment, hints
@@ -168,9 +168,11 @@ def _aligned(matcher: Matcher, spec: ModelSpec, rules: Rules) -> tuple[Matcher, 
     return fresh, refused, _groups(fresh, spec, rules, None)
 
 
-def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | None = None) -> Alignment:
+def _align(
+    matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | None = None, *, loose: bool = True
+) -> Alignment:
     """Pair the leftover keys by structure (:mod:`~torchweights.plan.align`) and bind the pairs; ``after``: a
-    first pass, whose pairs this second one adds to."""
+    first pass, whose pairs this second one adds to; ``loose``: pair what remains with shapes ignored too."""
     from .align import align, mean_confidence  # (only for align="auto": not on every load's path)
 
     src, dst = _leftovers(matcher, spec, rules)
@@ -187,6 +189,7 @@ def _align(matcher: Matcher, spec: ModelSpec, rules: Rules, after: Alignment | N
         src_order=order,
         dst_order=list(spec.entries),
         gate=False,  # (the coverage rule is decided once adapters have had their say: _aligned)
+        loose=loose,
     )
     for final, target in mapping.items():
         matcher.bind_aligned(src[final], target)

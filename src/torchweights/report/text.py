@@ -255,7 +255,9 @@ def _options(plan: Plan) -> str:
 
 def _keys(plan: Plan) -> str:
     model = sum(1 for a in plan.actions if a.target is not None)
-    ckpt = sum(1 for a in plan.actions if a.source is not None)
+    sources = {a.source for a in plan.actions if a.source is not None}  # (a split qkv feeds three keys)
+    sources.update(name for a in plan.actions if a.adapt is not None for name in a.adapt.sources)
+    ckpt = len(sources)
     counts = plan.counts()
     kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
     return f"{model} in the model, {ckpt} in the checkpoint: {kinds or 'nothing'}"
