@@ -1142,9 +1142,9 @@ CODES: dict[str, ErrorCode] = {
         "check --write-rename: the alignment has nothing a rename mapping can express",
         causes="`--write-rename` without `--align auto`; an alignment that paired nothing (every key matched by name, "
         "or another architecture); groups only a guess could pair; pairs that swap names, which no order of regex "
-        "renames expresses",
-        fix="add `--align auto`; settle ambiguous groups with the `--rename` the report gives; where names swap, keep "
-        '`align="auto"` in code',
+        "renames expresses; keys an adapter fills through the aligned modules, which the renames alone do not load",
+        fix="add `--align auto`; settle ambiguous groups with the `--rename` the report gives; where names swap or "
+        'adapters need the alignment, keep `align="auto"` in code',
     ),
     "not-a-model": ErrorCode(
         RuleError,

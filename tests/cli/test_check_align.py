@@ -187,3 +187,42 @@ def test_write_rename_keeps_the_users_renames_first(tmp_path: Path, capsys: pyte
     assert tw.load_into(model, path, rename=mapping).ok
     assert torch.equal(model.layers[1].post_norm.weight, old.blocks[1].ln_second.weight)
     sys.modules.pop("_torchweights_check_tw_rename_models", None)
+
+
+def test_write_rename_refuses_what_the_renames_alone_would_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fused qkv split into a renamed block's q/k/v is placed through the alignment: the renames alone would
+    leave q/k/v missing, so nothing is written (the file's promise is to load the same keys without align)."""
+    from torch import nn
+
+    source = (
+        "from torch import nn\n"
+        "def new():\n"
+        "    m = nn.Module()\n"
+        "    m.blocks = nn.ModuleList(nn.Module() for _ in range(2))\n"
+        "    for b in m.blocks:\n"
+        "        b.attn = nn.Module()\n"
+        "        for n in 'qkvo':\n"
+        "            setattr(b.attn, n, nn.Linear(4, 4))\n"
+        "        b.up = nn.Linear(4, 16)\n"
+        "    return m\n"
+    )
+    models = tmp_path / "tw_qkv_models.py"
+    models.write_text(source)
+    old = nn.Module()
+    old.h = nn.ModuleList(nn.Module() for _ in range(2))
+    for b in old.h:
+        b.attn = nn.Module()
+        b.attn.qkv = nn.Linear(4, 12)
+        b.attn.proj = nn.Linear(4, 4)
+        b.fc = nn.Linear(4, 16)
+    path = tmp_path / "old.pt"
+    torch.save(old.state_dict(), path)
+    out = tmp_path / "rename.json"
+    argv = [str(path), "--model", f"{models}:new", "--align", "auto", "--adapt", "qkv", "--write-rename", str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "would not load the same keys" in err and not out.exists()
+    code, _, _ = run(argv[:-2], capsys)
+    assert code == 0  # the load itself (with align) fits
+    sys.modules.pop("_torchweights_check_tw_qkv_models", None)

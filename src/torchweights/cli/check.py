@@ -363,7 +363,6 @@ def real_meta(factory: Callable[[], Any]) -> tuple[set[str] | None, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Build the model, plan the load and print the report; return the exit code."""
-    from .. import api
     from ..plan.spec import ModelSpec
     from ..report.text import render
     from ..style import render_for
@@ -397,28 +396,12 @@ def run(args: argparse.Namespace) -> int:
                 "building it with fake tensors): planned as load_into would load that model"
             )
         target = spec.materialised(keep=keep or ())
-    report = api.load_into(
-        target,
-        args.path,
-        strict=_STRICT[args.strict],
-        container=args.container,
-        prefix=args.prefix,
-        rename=args.rename,
-        skip=args.skip,
-        on_mismatch=args.on_mismatch,
-        dtype=args.dtype,
-        allow_globals=args.allow_globals,
-        dry_run=True,
-        init_missing=args.init_missing,
-        check_values=args.check_values,
-        align=args.align,
-        adapt=[name for names in args.adapt for name in names],
-    )
+    report = _plan(args, target)
     report.notes.extend(notes)
     full = bool(getattr(args, "verbose", 0))  # -v: no section cut short
     if args.write_rename is not None:
         try:
-            report.notes.append(write_rename(report, args.write_rename))
+            report.notes.append(write_rename(report, args.write_rename, lambda mapping: _plan(args, target, mapping)))
         except RenameMappingError as e:
             if not args.json:  # the report first: it shows what the alignment found
                 sys.stdout.write(render_for(sys.stdout, lambda: render(report, full=full)))
@@ -431,14 +414,45 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok and not flagged else EXIT_DOES_NOT_FIT
 
 
-def write_rename(report: Any, path: str) -> str:
+def _plan(args: argparse.Namespace, target: Any, rename: dict[str, str] | None = None) -> Any:
+    """The dry run ``check`` reports: ``load_into`` with the command line's options; with ``rename``, the same
+    without ``align`` and with those renames instead (what ``--write-rename`` writes, checked)."""
+    from .. import api
+
+    return api.load_into(
+        target,
+        args.path,
+        strict=_STRICT[args.strict],
+        container=args.container,
+        prefix=args.prefix,
+        rename=args.rename if rename is None else rename,
+        skip=args.skip,
+        on_mismatch=args.on_mismatch,
+        dtype=args.dtype,
+        allow_globals=args.allow_globals,
+        dry_run=True,
+        init_missing=args.init_missing,
+        check_values=args.check_values and rename is None,
+        align=args.align if rename is None else None,
+        adapt=[name for names in args.adapt for name in names],
+    )
+
+
+def _loads(report: Any) -> set[tuple[str | None, tuple[str, ...]]]:
+    """What a report loads: each model key with the checkpoint tensors it comes from."""
+    return {(a.target, a.adapt.sources if a.adapt else (a.source,)) for a in report.plan.by_kind("load")}
+
+
+def write_rename(report: Any, path: str, replan: Callable[[dict[str, str]], Any]) -> str:
     """Write the alignment of ``report`` (a :class:`~torchweights.report.load.LoadReport` planned with
     ``align="auto"``) to ``path`` as a ``rename`` mapping (JSON ``{regex: replacement}``, in the order to apply),
-    atomically; return the note for the report.
+    atomically, once ``replan`` (the same dry run with that ``rename`` and without ``align``) shows it loads the same
+    keys from the same tensors; return the note for the report.
 
     Raises:
-        RenameMappingError: alignment was not asked for, paired nothing, left groups only a guess could pair, or
-            made pairs that no order of renames expresses.
+        RenameMappingError: alignment was not asked for, paired nothing, left groups only a guess could pair, made
+            pairs that no order of renames expresses, or the renames alone load other keys (a group adapter placed
+            through the alignment).
         WriteError: the file cannot be written.
     """
     import json
@@ -486,6 +500,13 @@ def write_rename(report: Any, path: str) -> str:
         )
     # The renames given with --rename come first, as they applied first: the file alone loads the same keys.
     mapping = {**dict(report.plan.rules.rename), **mapping}
+    differ = sorted({str(target) for target, _ in _loads(report) ^ _loads(replan(mapping))})
+    if differ:
+        raise RenameMappingError(
+            f"--write-rename: the renames alone would not load the same keys as the alignment ({len(differ)} "
+            f"differ, e.g. {quote(differ[0])}: an adapter placed through the aligned modules); nothing was written. "
+            "Fix: keep align='auto' in code instead of a rename mapping."
+        )
     with Outputs(force=True) as out:
         out.reserve([path])
         with out.write(path) as fh:
