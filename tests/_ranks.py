@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import queue
 import tempfile
 import time
@@ -51,6 +52,7 @@ def _child(
             value = fn(rank, world, *args)
         finally:
             dist.destroy_process_group()
+        pickle.dumps(value)  # an unpicklable result fails here, with its traceback, not in the queue's thread
         results.put((rank, True, value))
     except BaseException:  # everything goes back to the test, DCP's CheckpointException included
         results.put((rank, False, traceback.format_exc()))
