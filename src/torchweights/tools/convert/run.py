@@ -43,13 +43,15 @@ from .plan import (
     destination,
     json_extras,
     parse_size,
+    dcp_extras,
+    dcp_paths,
     plan_items,
     refuse_unwritable,
     target_dtype,
     views_note,
 )
 from .report import ConvertReport
-from .write import write_safetensors, write_torch
+from .write import write_dcp, write_safetensors, write_torch
 
 __all__ = ["convert"]
 
@@ -107,8 +109,8 @@ def convert(
     from ...api import open as open_checkpoint
 
     started = time.perf_counter()
-    if to not in ("safetensors", "torch"):
-        raise RuleError(f"to={to!r} is not 'safetensors' or 'torch'.", code="bad-format")
+    if to not in ("safetensors", "torch", "dcp"):
+        raise RuleError(f"to={to!r} is not 'safetensors', 'torch' or 'dcp'.", code="bad-format")
     limit = parse_size(max_shard_size)
     target = target_dtype(dtype)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, allow_globals=allow_globals, limits=limits)
@@ -177,7 +179,12 @@ def _convert(
         meta[f"{META_PREFIX}source_files_sha256"] = json.dumps(digests, sort_keys=True)
     plain_extras = json_extras(ckpt, notes) if extras else {}
     with Outputs(force=force) as outputs:
-        if to == "safetensors":
+        if to == "dcp":
+            paths = dcp_paths(selection, items, aliases)
+            items_extras = dcp_extras(plain_extras, paths, notes)
+            written = write_dcp(dest, items, aliases, paths, items_extras, limit, verify, force, sources)
+            plain_extras = {}
+        elif to == "safetensors":
             note = views_note(items)
             if note:
                 notes.append(note)
