@@ -338,8 +338,9 @@ class OutputFolder:
                         code="output-exists",
                         path=self.final,
                     )
-                old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.final)}.", suffix=".tw-old",
-                                       dir=os.path.dirname(self.final))
+                old = tempfile.mkdtemp(
+                    prefix=f".{os.path.basename(self.final)}.", suffix=".tw-old", dir=os.path.dirname(self.final)
+                )
                 os.replace(self.final, old)  # rename over the empty placeholder
             os.rename(self.temp, self.final)
         except OSError as exc:

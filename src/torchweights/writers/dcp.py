@@ -136,7 +136,8 @@ def metadata_pickle(items: Sequence[Chunk | Bytes], placed: Sequence[Placed]) ->
         zeros = (0,) * len(item.shape)
         chunk = _new("ChunkStorageMetadata", {"offsets": _size(zeros), "sizes": _size(item.shape)})
         entries[item.fqn] = _new(
-            "TensorStorageMetadata", {"properties": _properties(item.dtype), "size": _size(item.shape), "chunks": [chunk]}
+            "TensorStorageMetadata",
+            {"properties": _properties(item.dtype), "size": _size(item.shape), "chunks": [chunk]},
         )
     kinds = {item.fqn: isinstance(item, Chunk) for item in items}
     shapes = {item.fqn: len(item.shape) for item in items if isinstance(item, Chunk)}

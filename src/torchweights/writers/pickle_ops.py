@@ -117,4 +117,3 @@ class Pickler:
             self.out += b"u"
         else:
             raise TypeError(f"cannot pickle {type(value).__name__} as plain data")
-

@@ -156,7 +156,7 @@ def write_archive(fh: IO[bytes], data_pkl: bytes, storages: Sequence[Storage], r
         "byteorder": b"little",
     }
     out = _FromHere(fh)
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
         zf.writestr(zipfile.ZipInfo(f"{root}/data.pkl", _DATE), data_pkl)
         for name, value in small.items():
             zf.writestr(zipfile.ZipInfo(f"{root}/{name}", _DATE), value)

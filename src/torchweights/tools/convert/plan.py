@@ -348,5 +348,7 @@ def dcp_extras(
     if clash:
         notes.append(f"left out {plural(len(clash), 'extra')} named like a tensor: {quote_list(clash)}")
     if out:
-        notes.append(f"kept {plural(len(out), 'plain extra')} as non-tensor items: {shorten_list(quote(n) for n in out)}")
+        notes.append(
+            f"kept {plural(len(out), 'plain extra')} as non-tensor items: {shorten_list(quote(n) for n in out)}"
+        )
     return out
