@@ -1007,8 +1007,8 @@ CODES: dict[str, ErrorCode] = {
     "bad-format": ErrorCode(
         RuleError,
         "an output format that convert cannot write",
-        causes='`to=` (`--to`) is not `"safetensors"` or `"torch"`',
-        fix='pass `to="safetensors"` or `to="torch"`',
+        causes='`to=` (`--to`) is not `"safetensors"`, `"torch"` or `"dcp"`',
+        fix='pass `to="safetensors"`, `to="torch"` or `to="dcp"`',
     ),
     "bad-fail-on": ErrorCode(
         RuleError,
