@@ -6,6 +6,7 @@ sharding it."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,3 +254,62 @@ def test_a_sharded_model_on_meta_is_refused_with_the_fix(tmp_path: Path) -> None
     save_file(_reference().state_dict(), str(path))
     for message in run_ranks(_meta, 2, str(path)):
         assert message is not None and message.startswith("bad-model") and "to_empty" in message
+
+
+def _crc(rank: int, world: int, path: str) -> tuple[str, str, bool] | None:
+    net = _sharded(world, seed=100 + rank)
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        return (exc.code, exc.message, "fc1.weight" in exc.message)
+    return None
+
+
+def test_a_damaged_zip_member_read_in_pieces_fails_its_crc_on_every_rank(tmp_path: Path) -> None:
+    """No rank reads the whole storage of ``fc1.weight``, yet the CRC-32 its zip member records is checked: each
+    rank's piece is checksummed and the pieces are joined."""
+    path = tmp_path / "model.pt"
+    torch.save(_reference().state_dict(), path)
+    ref = tw.open(path)["fc1.weight"].storage
+    assert ref is not None and ref.crc32 is not None
+    data = bytearray(path.read_bytes())
+    data[ref.offset + ref.nbytes // 2] ^= 0x40  # one bit, in the rows of rank 0 or 1
+    path.write_bytes(bytes(data))
+    for world in (2, 4):
+        results = run_ranks(_crc, world, str(path))
+        assert len(set(results)) == 1
+        (result,) = set(results)
+        assert result is not None and result[0] == "bad-crc" and result[2]
+        assert "reload it from a good file" in result[1]
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as fh:
+        return int(next(line for line in fh if line.startswith("rchar:")).split()[1])
+
+
+def _io(rank: int, world: int, path: str) -> int:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    net = nn.Linear(1024, 1024, bias=False)
+    fully_shard(net, mesh=init_device_mesh("cpu", (world,)))
+    tw.load_into(net, path)  # first: the lazy imports read their .pyc files too
+    before = _rchar()
+    tw.load_into(net, path)
+    return _rchar() - before
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs /proc/self/io (Linux)")
+@pytest.mark.parametrize("kind", ["pt", "safetensors"])
+def test_each_rank_reads_only_its_own_bytes(tmp_path: Path, kind: str) -> None:
+    """Counted by the kernel (``rchar``: every byte read by a system call, the CRC-32 check included)."""
+    weight = torch.randn(1024, 1024)
+    path = tmp_path / f"model.{kind}"
+    if kind == "pt":
+        torch.save({"weight": weight}, path)
+    else:
+        save_file({"weight": weight}, str(path))
+    for world in (2, 4):
+        read = run_ranks(_io, world, str(path))
+        assert all(n < weight.nbytes / world + 256 * 1024 for n in read), (world, read, weight.nbytes)

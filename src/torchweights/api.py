@@ -382,7 +382,7 @@ def load_into(
             code="bad-model",
         )
     if not dry_run and not isinstance(model, ModelSpec) and _sharded(model):
-        from .distributed import agree, check_sharded, plan_digest  # only for sharded models
+        from .distributed import Piece, agree, check_pieces, check_sharded, crc_pieces, plan_digest, shard_parts
 
         # Every rank plans; all agree before any byte is read, and again after the reads (see distributed.py).
         failure: Exception | None = None
@@ -399,13 +399,23 @@ def load_into(
             failure = exc
         agree(failure, digest, written=False, report=report)
         assert report is not None
+        pieces: list[Piece] = []
         try:
             with metered(progress):
                 done = apply_plan(plan, model, checkpoint, spec, check_crc=check_crc)
             report.bytes_read, report.fallback_modules = done
+            if check_crc and isinstance(checkpoint, Checkpoint):  # zip members the ranks read part of each
+                pieces = crc_pieces(shard_parts(plan, model, checkpoint.records, spec))
         except Exception as exc:
             failure = exc
-        agree(failure, "", written=True, report=report)
+        everyone = agree(failure, "", written=True, report=report, payload=pieces)
+        if isinstance(checkpoint, Checkpoint):
+            check_pieces(
+                (p for rank in everyone for p in rank),
+                checkpoint.records,
+                "Every rank had written its shards before the ranks' pieces could be checked together: do not use "
+                "the model as it is; reload it from a good file, on every rank.",
+            )
         report.applied = True
         report.meta_after = _on_meta(model)
         report.seconds = time.perf_counter() - started

@@ -270,6 +270,7 @@ def _apply_checkpoint(
         mapped = mapped_tensors(_mappable(own, records, model), check_crc=check_crc)
 
     requests: list[tuple[TensorRecord, torch.Tensor]] = []
+    shards: list[tuple[TensorRecord, torch.Tensor]] = []  # parts of sharded tensors: CRC-checked by all ranks
     replaced: dict[str, torch.Tensor] = {}
     in_place: list[str] = []
     for action in own:
@@ -281,7 +282,7 @@ def _apply_checkpoint(
             from .distributed import local_requests  # only for a sharded model
 
             parts = local_requests(record, current)  # this rank's bytes only, into its own shard
-            requests.extend(parts)
+            shards.extend(parts)
             bytes_read += sum(part.nbytes for part, _ in parts) - record.nbytes
             in_place.append(action.target)
             continue
@@ -301,6 +302,8 @@ def _apply_checkpoint(
         replaced[action.target] = new
 
     result = fill(requests, check_crc=check_crc)
+    if shards:  # (a rank reads part of a member: the ranks check its CRC-32 together, distributed.check_pieces)
+        fill(shards, check_crc=False)
     if result.bad_crc:
         raise crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
 

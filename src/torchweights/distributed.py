@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import CODES, LoadError, RuleError, TorchWeightsError
@@ -35,7 +36,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plan.spec import ModelSpec
     from .records import TensorRecord
 
-__all__ = ["agree", "check_sharded", "copy_local", "is_dtensor", "local_box", "local_requests", "plan_digest"]
+__all__ = [
+    "Piece",
+    "agree",
+    "check_pieces",
+    "check_sharded",
+    "copy_local",
+    "crc_pieces",
+    "is_dtensor",
+    "local_box",
+    "local_requests",
+    "plan_digest",
+    "shard_parts",
+]
 
 
 def is_dtensor(tensor: object) -> bool:
@@ -168,7 +181,9 @@ def _rebuilt(described: tuple[str, str | None, str], context: str) -> TorchWeigh
         return LoadError(f"{context}: {message}", code=code)
 
 
-def agree(failure: BaseException | None, digest: str, *, written: bool, report: Any = None) -> None:
+def agree(
+    failure: BaseException | None, digest: str, *, written: bool, report: Any = None, payload: Any = None
+) -> list[Any]:
     """Every rank of the default process group exchanges its outcome; return only when every rank succeeded with
     the same ``digest``, else raise the same error on every rank.
 
@@ -177,14 +192,18 @@ def agree(failure: BaseException | None, digest: str, *, written: bool, report: 
         digest: :func:`plan_digest` of this rank's plan ("" after the reads).
         written: whether shards may have been written already (said in the error).
         report: this rank's :class:`~torchweights.report.load.LoadReport`, attached to a ``LoadError``.
+        payload: anything picklable to share with the other ranks.
+
+    Returns:
+        Every rank's ``payload``, in rank order.
     """
     import torch.distributed as dist
 
     world = dist.get_world_size()
     mine = None if failure is None else _describe(failure)
     gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, (mine, digest))
-    for rank, (described, _) in enumerate(gathered):
+    dist.all_gather_object(gathered, (mine, digest, payload))
+    for rank, (described, _, _) in enumerate(gathered):
         if described is None:
             continue
         context = _context(rank, world, written)
@@ -194,8 +213,8 @@ def agree(failure: BaseException | None, digest: str, *, written: bool, report: 
         if isinstance(error, LoadError):
             error.report = getattr(failure, "report", None) or report
         raise error from failure
-    if len({d for _, d in gathered}) > 1:
-        ranks = [r for r, (_, d) in enumerate(gathered) if d != gathered[0][1]]
+    if len({d for _, d, _ in gathered}) > 1:
+        ranks = [r for r, (_, d, _) in enumerate(gathered) if d != gathered[0][1]]
         raise LoadError(
             f"the ranks planned different loads (ranks {ranks} differ from rank 0): they read different files or "
             "called load_into with different options. Nothing was read and no rank's parameters were changed. Fix: "
@@ -204,3 +223,99 @@ def agree(failure: BaseException | None, digest: str, *, written: bool, report: 
             code="ranks-disagree",
             report=report,
         )
+    return [p for _, _, p in gathered]
+
+
+#: One piece of a zip member read by one rank: ``(file, storage key, start, end, CRC-32 of bytes [start, end))``.
+Piece = tuple[str, str, int, int, int]
+
+
+def shard_parts(
+    plan: Plan, model: torch.nn.Module, records: Mapping[str, TensorRecord], spec: ModelSpec
+) -> list[tuple[TensorRecord, torch.Tensor]]:
+    """The parts of the file's records this rank read into its shards, with where each landed (as
+    :func:`local_requests` gives them)."""
+    parts: list[tuple[TensorRecord, torch.Tensor]] = []
+    for action in plan.by_kind("load"):
+        entry = spec.entries.get(action.target or "")
+        if entry is None or not entry.sharded or action.source is None or action.adapt is not None:
+            continue
+        tensor = model.get_parameter(entry.name) if entry.kind == "parameter" else model.get_buffer(entry.name)
+        parts.extend(local_requests(records[action.source], tensor))
+    return parts
+
+
+def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]]) -> list[Piece]:
+    """The CRC-32 of each byte range this rank read into its shards of a zip member that records one (the shards
+    are read without the engine's own check, which would read each whole member on every rank): computed over the
+    shard's memory where the bytes landed as they are stored, else read again from the file in bounded chunks (from
+    the page cache: the bytes were just read)."""
+    import torch
+
+    from .storage.contents import CHUNK_BYTES, span
+    from .storage.crc import crc32
+    from .storage.raw import read_byte_range
+    from .storage.targets import lands_as_is, memory_of
+
+    pieces: list[Piece] = []
+    for part, landed in parts:
+        ref = part.storage
+        if ref is None or ref.crc32 is None or ref.compression or not part.is_contiguous or not part.numel:
+            continue
+        start, end = span(part)
+        as_stored = lands_as_is(part, ref, landed) and ref.byteorder == "little" and not (part.conj or part.neg)
+        if as_stored:
+            flat = landed.detach().view(-1).view(torch.uint8)
+            value = crc32(memory_of(flat), 0, flat.data_ptr())
+        else:
+            value = 0
+            for at in range(start, end, CHUNK_BYTES):
+                value = crc32(memoryview(read_byte_range(ref, at, min(end, at + CHUNK_BYTES))), value)
+        pieces.append((ref.file, ref.key, start, end, value))
+    return pieces
+
+
+def check_pieces(pieces: Iterable[Piece], records: Mapping[str, TensorRecord], consequence: str) -> None:
+    """Join the pieces every rank read of each zip member; where they cover the whole member, compare the joined
+    CRC-32 with the recorded one (``bad-crc`` on every rank at once on a mismatch). A member the ranks read only
+    part of together is not checked, as a single-process load does not check a storage it reads part of."""
+    from .storage.crc import crc32_combine
+    from .storage.results import CrcMismatch, crc_error
+
+    refs = {(r.storage.file, r.storage.key): r.storage for r in _leaves(records) if r.storage is not None}
+    names: dict[tuple[str, str], list[str]] = {}
+    for r in _leaves(records):
+        if r.storage is not None:
+            names.setdefault((r.storage.file, r.storage.key), []).append(r.name)
+    by_member: dict[tuple[str, str], set[tuple[int, int, int]]] = {}
+    for file, key, start, end, value in pieces:
+        by_member.setdefault((file, key), set()).add((start, end, value))
+    bad: list[Any] = []
+    for member, found in sorted(by_member.items()):
+        ref = refs.get(member)
+        if ref is None or ref.crc32 is None:
+            continue
+        at, joined = 0, 0
+        for start, end, value in sorted(found):
+            if start < at:  # the same range read by several ranks (replicas) or overlapping views: skip it
+                if end <= at:
+                    continue
+                break
+            if start > at:
+                break  # a gap: not read whole by the ranks together
+            joined = crc32_combine(joined, value, end - start) if at else value
+            at = end
+        if at == ref.nbytes and joined != ref.crc32:
+            bad.append(CrcMismatch(ref, ref.crc32, joined, tuple(names.get(member, ()))))
+    if bad:
+        raise crc_error(bad, consequence)
+
+
+def _leaves(records: Mapping[str, TensorRecord]) -> Iterator[TensorRecord]:
+    """Every record with bytes of its own: the records, and the chunks of records stored in pieces."""
+    for record in records.values():
+        chunks = getattr(record, "chunks", None)
+        if chunks:
+            yield from (chunk for _, chunk in chunks)
+        else:
+            yield record
