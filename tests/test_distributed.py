@@ -313,3 +313,32 @@ def test_each_rank_reads_only_its_own_bytes(tmp_path: Path, kind: str) -> None:
     for world in (2, 4):
         read = run_ranks(_io, world, str(path))
         assert all(n < weight.nbytes / world + 256 * 1024 for n in read), (world, read, weight.nbytes)
+
+
+def test_the_readme_example_runs_under_torchrun(tmp_path: Path) -> None:
+    """``torchrun --standalone --nproc-per-node 2 examples/distributed_load.py`` on CPU, as the README says."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(root / "examples" / "distributed_load.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0/2", "rank 1/2"]
+    assert all(": OK: loaded 4 of 4 (" in line for line in lines), lines
