@@ -207,6 +207,7 @@ class TensorRecord:
             **({"layout": self.layout} if self.sparse else {}),
             **({"conj": True} if self.conj else {}),
             **({"neg": True} if self.neg else {}),
+            **({"chunks": len(self.chunks)} if self.chunks is not None else {}),
         }
 
 
