@@ -4,6 +4,7 @@ slicing, and fill reading only the bytes of each box, into slices that are not c
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,7 @@ def test_row_ranges_read_only_their_bytes(tmp_path: Path) -> None:
     record = tw.open(path).records["w"]
     total = 0
     cuts = [0, 1000, 3000, 3001, rows]
-    for lo, hi in zip(cuts, cuts[1:]):
+    for lo, hi in pairwise(cuts):
         local = torch.empty(hi - lo, cols)
         parts = regions(record, (lo, 0), (hi - lo, cols))
         assert len(parts) == 1 and parts[0][0].is_contiguous

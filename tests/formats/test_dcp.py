@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _ranks import run_ranks
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -28,6 +27,7 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 import torchweights as tw
+from _ranks import run_ranks
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
 from torchweights.storage.read import fill
 from torchweights.storage.regions import regions as tw_regions
