@@ -34,7 +34,6 @@ from ..records import StorageRef, TensorRecord
 from ..text import quote
 from .engine import Engine
 from .prefault import fresh
-from .regions import regions
 from .results import FillResult, crc_error, not_whole_elements, storage_label
 from .settings import IOSettings, current_settings
 from .targets import Group, Target, lands_as_is, memory_of
@@ -168,6 +167,8 @@ def _pieces(requests: Iterable[tuple[TensorRecord, torch.Tensor]]) -> Iterator[t
         if record.chunks is None:
             yield record, dst
             continue
+        from .regions import regions  # only for tensors stored in pieces: not on a plain load's path
+
         if dst.numel() != record.numel:
             raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {record.numel}")
         whole = dst if tuple(dst.shape) == record.shape else dst.view(record.shape)
