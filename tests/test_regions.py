@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import torchweights as tw
 from torchweights.records import TensorRecord
+from torchweights.storage.contents import logical_bytes, logical_chunks
 from torchweights.storage.read import fill, materialize
 from torchweights.storage.regions import regions
 
@@ -164,3 +165,16 @@ def test_row_ranges_read_only_their_bytes(tmp_path: Path) -> None:
         total += fill([(part, local[slices]) for part, slices in parts]).bytes_read
         assert torch.equal(local, weight[lo:hi])
     assert total == weight.numel() * 4
+
+
+@pytest.mark.parametrize("layout", ["rows", "cols", "grid"])
+def test_logical_chunks_of_a_chunked_record_are_bounded(
+    chunked: dict[str, TensorRecord], full: torch.Tensor, layout: str
+) -> None:
+    """convert/diff/verify's view: the logical bytes in C order, at most ``chunk_bytes`` at a time (a band of two
+    32-byte rows here) when pieces split the columns, piece by piece when they split only the rows."""
+    pieces = list(logical_chunks(chunked[layout], chunk_bytes=64))
+    assert b"".join(pieces) == full.numpy().tobytes()
+    sizes = [len(p) for p in pieces]
+    assert sizes == ([64, 64, 32, 32] if layout == "rows" else [64, 64, 64])  # rows: pieces of 2, 3 and 1 rows
+    assert logical_bytes(chunked[layout]) == full.numpy().tobytes()

@@ -349,6 +349,9 @@ def test_a_folder_saved_by_several_ranks_loads_bit_identical(sharded: dict[int, 
         assert (got.dtype, got.shape) == (want.dtype, want.shape), name
         assert _bits(got) == _bits(want), name
     assert _bits(loaded["cols"]) == _bits(_extra(world)["cols"])
+    mapped = tw.load(folder, mmap=True)  # pieces are read, not mapped: one new contiguous tensor each
+    assert all(_bits(mapped[n]) == _bits(want) for n, want in expected.items())
+    assert mapped["model.0.weight"].is_contiguous() and mapped["cols"].is_contiguous()
     if world == 4:
         assert torch.equal(loaded["grid"], _extra(4)["grid"]) and len(ckpt.records["grid"].chunks or ()) == 4
         part = torch.zeros(3, 3, dtype=torch.int32)  # a box across the 2-D mesh's four pieces
@@ -372,8 +375,10 @@ def test_load_into_a_plain_model_from_a_sharded_folder(sharded: dict[int, Path],
 def test_convert_diff_verify_and_scan_a_sharded_folder(sharded: dict[int, Path], tmp_path: Path) -> None:
     folder = sharded[4]
     expected = tw.load(folder.parent / "ref.pt")
-    for out in (tmp_path / "st" / "out.safetensors", tmp_path / "pt" / "out.pt"):
-        report = tw.convert(folder, out, to="torch" if out.suffix == ".pt" else "safetensors", container="")
+    for out in (tmp_path / "st" / "out.safetensors", tmp_path / "pt" / "out.pt", tmp_path / "set"):
+        to = "torch" if out.suffix == ".pt" else "safetensors"
+        limit = 200 if out.name == "set" else "5GB"  # the folder: a sharded set of 3 shards
+        report = tw.convert(folder, out, to=to, container="", max_shard_size=limit)
         assert report is not None
         back = tw.load(out)
         assert set(back) == set(expected)
