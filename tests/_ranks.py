@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import queue
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import Any
 __all__ = ["RankFailure", "run_ranks"]
 
 #: Seconds a whole multi-rank run may take before every child is killed and the test fails.
-DEADLINE = 120.0
+DEADLINE = 90.0
 
 
 class RankFailure(AssertionError):
@@ -51,7 +52,9 @@ def _child(
             value = fn(rank, world, *args)
         finally:
             dist.destroy_process_group()
-        results.put((rank, True, value))
+        # Plain pickle bytes: tensors then travel by value (the queue's own pickler would pass shared memory
+        # that dies with this process), and an unpicklable result fails here, with its traceback.
+        results.put((rank, True, pickle.dumps(value)))
     except BaseException:  # everything goes back to the test, DCP's CheckpointException included
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -94,4 +97,4 @@ def run_ranks(fn: Callable[..., Any], world: int, *args: Any, deadline: float = 
                     child.kill()
                     child.join()
             results.close()
-    return [got[r][1] for r in range(world)]
+    return [pickle.loads(got[r][1]) for r in range(world)]

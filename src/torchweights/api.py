@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -17,6 +18,8 @@ from .report.load import LoadReport
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from .plan.model import Plan
+    from .plan.rules import Rules
     from .plan.spec import ModelSpec
 
 __all__ = ["load", "load_into", "open", "refuse_allowed_modules", "selected"]
@@ -356,9 +359,8 @@ def load_into(
 
     from .apply import apply_plan, bytes_to_read
     from .errors import RuleError
-    from .plan.reconcile import reconcile
     from .plan.rules import Rules
-    from .plan.spec import ModelSpec, probe_custom_loading
+    from .plan.spec import ModelSpec
 
     started = time.perf_counter()
     rules = Rules.make(
@@ -379,27 +381,48 @@ def load_into(
             "or dry_run=True to plan only.",
             code="bad-model",
         )
-    checkpoint: Checkpoint | Mapping[str, Any]
-    if isinstance(source, (str, os.PathLike)):
-        checkpoint = open(source, allow_globals=allow_globals, limits=limits)
-        name = os.fspath(source)
-    else:
-        checkpoint = source
-        name = source.path if isinstance(source, Checkpoint) else "<state dict>"
-    spec = model if isinstance(model, ModelSpec) else ModelSpec.from_module(model)
-    plan = reconcile(checkpoint, spec, rules, source=name)
-    if spec.custom_modules and not isinstance(model, ModelSpec):
-        # Shapes that differ under modules with their own loading code: ask that code (on meta copies).
-        bound = {
-            a.target: (a.src_shape, a.src_dtype)
-            for a in plan.actions
-            if a.target is not None and a.source is not None and a.src_shape is not None and a.src_dtype
-        }
-        probed = probe_custom_loading(model, spec, bound)
-        if probed.converts:
-            spec = probed
-            plan = reconcile(checkpoint, spec, rules, source=name)
-    report = LoadReport(plan, notes=builtins.list(checkpoint.warnings) if isinstance(checkpoint, Checkpoint) else [])
+    if not dry_run and not isinstance(model, ModelSpec) and _sharded(model):
+        from .distributed import Piece, agree, check_pieces, check_sharded, crc_pieces, plan_digest, shard_parts
+
+        # Every rank plans; all agree before any byte is read, and again after the reads (see distributed.py).
+        failure: Exception | None = None
+        report: LoadReport | None = None
+        digest = ""
+        try:
+            checkpoint, spec, plan, report = _planned(model, source, rules, allow_globals, limits)
+            check_sharded(plan, spec, mmap=mmap, check_values=check_values)
+            if plan.problems or plan.ambiguous:
+                report.seconds = time.perf_counter() - started
+                report.raise_if_problems()
+            digest = plan_digest(plan)
+        except Exception as exc:  # agreed below: every rank raises the first failing rank's error
+            failure = exc
+        agree(failure, digest, written=False, report=report)
+        assert report is not None
+        pieces: list[Piece] = []
+        try:
+            with metered(progress):
+                done = apply_plan(plan, model, checkpoint, spec, check_crc=check_crc)
+            report.bytes_read, report.fallback_modules = done
+            if check_crc and isinstance(checkpoint, Checkpoint):  # zip members the ranks read part of each
+                pieces = crc_pieces(shard_parts(plan, model, checkpoint.records, spec))
+        except Exception as exc:
+            failure = exc
+        everyone = agree(failure, "", written=True, report=report, payload=pieces)
+        if isinstance(checkpoint, Checkpoint):
+            check_pieces(
+                (p for rank in everyone for p in rank),
+                checkpoint.records,
+                "Every rank had written its shards before the ranks' pieces could be checked together: do not use "
+                "the model as it is; reload it from a good file, on every rank.",
+            )
+        report.applied = True
+        report.meta_after = _on_meta(model)
+        report.seconds = time.perf_counter() - started
+        if not report.clean:
+            logger.warning("%s", report.log_line())
+        return report
+    checkpoint, spec, plan, report = _planned(model, source, rules, allow_globals, limits)
     if not dry_run:
         assert not isinstance(model, ModelSpec)  # refused above
         if plan.problems or plan.ambiguous:
@@ -426,6 +449,47 @@ def load_into(
     if report.applied and not report.clean:
         logger.warning("%s", report.log_line())
     return report
+
+
+def _planned(
+    model: torch.nn.Module | ModelSpec,
+    source: str | os.PathLike[str] | Checkpoint | Mapping[str, Any],
+    rules: Rules,
+    allow_globals: Iterable[str],
+    limits: Limits,
+) -> tuple[Checkpoint | Mapping[str, Any], ModelSpec, Plan, LoadReport]:
+    """Open ``source`` and plan the load into ``model``: ``(checkpoint, spec, plan, report)``."""
+    from .plan.reconcile import reconcile
+    from .plan.spec import ModelSpec, probe_custom_loading
+
+    checkpoint: Checkpoint | Mapping[str, Any]
+    if isinstance(source, (str, os.PathLike)):
+        checkpoint = open(source, allow_globals=allow_globals, limits=limits)
+        name = os.fspath(source)
+    else:
+        checkpoint = source
+        name = source.path if isinstance(source, Checkpoint) else "<state dict>"
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.from_module(model)
+    plan = reconcile(checkpoint, spec, rules, source=name)
+    if spec.custom_modules and not isinstance(model, ModelSpec):
+        # Shapes that differ under modules with their own loading code: ask that code (on meta copies).
+        bound = {
+            a.target: (a.src_shape, a.src_dtype)
+            for a in plan.actions
+            if a.target is not None and a.source is not None and a.src_shape is not None and a.src_dtype
+        }
+        probed = probe_custom_loading(model, spec, bound)
+        if probed.converts:
+            spec = probed
+            plan = reconcile(checkpoint, spec, rules, source=name)
+    report = LoadReport(plan, notes=builtins.list(checkpoint.warnings) if isinstance(checkpoint, Checkpoint) else [])
+    return checkpoint, spec, plan, report
+
+
+def _sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a sharded (DTensor) parameter or buffer: an FSDP2 or tensor-parallel model."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return dtensor is not None and any(isinstance(t, dtensor) for t in (*model.parameters(), *model.buffers()))
 
 
 def _on_meta(model: torch.nn.Module) -> tuple[str, ...]:

@@ -268,6 +268,7 @@ def _apply_checkpoint(
         mapped = mapped_tensors(_mappable(own, records, model), check_crc=check_crc)
 
     requests: list[tuple[TensorRecord, torch.Tensor]] = []
+    shards: list[tuple[TensorRecord, torch.Tensor]] = []  # parts of sharded tensors: CRC-checked by all ranks
     replaced: dict[str, torch.Tensor] = {}
     in_place: list[str] = []
     for action in own:
@@ -275,6 +276,14 @@ def _apply_checkpoint(
         record = records[action.source]
         module, attr = _owner(model, action.target)
         current = _current(module, attr)
+        if spec.entries[action.target].sharded and current is not None:
+            from .distributed import local_requests  # only for a sharded model
+
+            parts = local_requests(record, current)  # this rank's bytes only, into its own shard
+            shards.extend(parts)
+            bytes_read += sum(part.nbytes for part, _ in parts) - record.nbytes
+            in_place.append(action.target)
+            continue
         dst_dtype = dtypes.to_torch(action.dst_dtype or action.src_dtype or "float32")
         shape = tuple(action.dst_shape if action.dst_shape is not None else record.shape)
         view = mapped.get(action.source)
@@ -291,6 +300,8 @@ def _apply_checkpoint(
         replaced[action.target] = new
 
     result = fill(requests, check_crc=check_crc)
+    if shards:  # (a rank reads part of a member: the ranks check its CRC-32 together, distributed.check_pieces)
+        fill(shards, check_crc=False)
     if result.bad_crc:
         raise crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
 
@@ -395,6 +406,8 @@ def _apply_mapping(
             module, attr = _owner(model, action.target)
             current = _current(module, attr)
             dst_dtype = dtypes.to_torch(action.dst_dtype or action.src_dtype or "float32")
+            if _copy_sharded(current, source):
+                continue
             if current is None or current.is_meta or current.dtype != dst_dtype:
                 new = source.to(dtype=dst_dtype, device="cpu" if current is None or current.is_meta else current.device)
                 if new.untyped_storage().data_ptr() == source.untyped_storage().data_ptr() and (
@@ -453,6 +466,8 @@ def _put_adapted(
         for name, tensor in adapted:
             module, attr = _owner(model, name)
             current = _current(module, attr)
+            if _copy_sharded(current, tensor):
+                continue
             if (
                 current is not None
                 and not current.is_meta
@@ -465,6 +480,18 @@ def _put_adapted(
                 new = tensor.to(device)
                 _assign(module, attr, new)
                 replaced[name] = new
+
+
+def _copy_sharded(current: torch.Tensor | None, full: torch.Tensor) -> bool:
+    """Copy this rank's part of ``full`` into ``current`` when it is a sharded tensor (a DTensor); False otherwise."""
+    if current is None or type(current).__name__ != "DTensor":
+        return False
+    from .distributed import copy_local, is_dtensor  # only for a sharded model
+
+    if not is_dtensor(current):
+        return False
+    copy_local(current, full)
+    return True
 
 
 def _restore_extra_states(model: torch.nn.Module, actions: list[Action], values: Mapping[str, Any]) -> None:

@@ -1000,8 +1000,8 @@ CODES: dict[str, ErrorCode] = {
     "bad-format": ErrorCode(
         RuleError,
         "an output format that convert cannot write",
-        causes='`to=` (`--to`) is not `"safetensors"` or `"torch"`',
-        fix='pass `to="safetensors"` or `to="torch"`',
+        causes='`to=` (`--to`) is not `"safetensors"`, `"torch"` or `"dcp"`',
+        fix='pass `to="safetensors"`, `to="torch"` or `to="dcp"`',
     ),
     "bad-fail-on": ErrorCode(
         RuleError,
@@ -1172,6 +1172,19 @@ CODES: dict[str, ErrorCode] = {
         "counterpart, so only declaration order could decide",
         fix="check the `rename={...}` the message gives (it pairs them in declaration order) and pass it with "
         '`align="auto"`; the model was not touched',
+    ),
+    "ranks-disagree": ErrorCode(
+        LoadError,
+        "the ranks of a sharded (FSDP2/DTensor) load planned different loads; nothing was read on any rank",
+        causes="another copy of the checkpoint (or another version) on some nodes; `load_into` called with other "
+        "options on some ranks",
+        fix="give every rank the same checkpoint bytes and the same arguments",
+    ),
+    "rank-failed": ErrorCode(
+        LoadError,
+        "another rank of a sharded load failed with an error that is not torchweights' own; every rank raises it",
+        causes="an unexpected error on that rank (out of memory, a bug); the message names the rank and the error",
+        fix="read the failing rank's message; fix what it names there and load again on every rank",
     ),
     "shape-mismatch": ErrorCode(
         LoadError,

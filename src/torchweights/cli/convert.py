@@ -1,4 +1,5 @@
-"""``torchweights convert SRC DST``: the weights of any readable checkpoint as safetensors (or a plain torch file).
+"""``torchweights convert SRC DST``: the weights of any readable checkpoint as safetensors (or a plain torch file,
+or a torch.distributed.checkpoint folder).
 
 Streams tensor by tensor, writes every output to a temporary file first and renames it into place only when all of
 them are written and verified bit for bit against the source. Never overwrites without ``--force``; leaves nothing
@@ -28,6 +29,7 @@ EXAMPLES = (
     ("torchweights convert model.pth out/ --max-shard-size 2GB", "shards with model.safetensors.index.json"),
     ("torchweights convert model.pt half/ --dtype bfloat16", "cast floating-point tensors (needs torch)"),
     ("torchweights convert old.pt clean.pt --to torch", "a plain state dict for torch.load(weights_only=True)"),
+    ("torchweights convert model.safetensors ckpt/ --to dcp", "a folder torch.distributed.checkpoint.load reads"),
 )
 
 
@@ -36,10 +38,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = add_verb(
         subparsers,
         "convert",
-        help="write a checkpoint's weights as safetensors (sharded with an index) or a plain torch file, verified",
+        help="write a checkpoint's weights as safetensors (sharded with an index), a plain torch file or a DCP "
+        "folder, verified",
         description=(
             "Write the weights of SRC (any format torchweights reads) to DST: safetensors by default (one file, or "
-            "shards model-00001-of-0000N.safetensors with model.safetensors.index.json), or --to torch. Streaming, "
+            "shards model-00001-of-0000N.safetensors with model.safetensors.index.json), --to torch, or --to dcp (a "
+            "torch.distributed.checkpoint folder: .metadata and __0_N.distcp files). Streaming, "
             "atomic, verified bit for bit; nothing from SRC is executed."
         ),
         exit_codes=EXIT_CODES,
@@ -48,11 +52,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint file, sharded index (*.index.json) or folder")
     parser.add_argument(
-        "dst", metavar="DST", help="output file (.safetensors, .pt/.bin for --to torch) or folder (created if needed)"
+        "dst",
+        metavar="DST",
+        help="output file (.safetensors, .pt/.bin for --to torch) or folder (created if needed; the checkpoint "
+        "folder itself for --to dcp)",
     )
-    parser.add_argument("--to", choices=["safetensors", "torch"], default="safetensors", help="default: safetensors")
     parser.add_argument(
-        "--max-shard-size", metavar="SIZE", default="5GB", help="largest safetensors shard: 5GB (default), 500MiB..."
+        "--to", choices=["safetensors", "torch", "dcp"], default="safetensors", help="default: safetensors"
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        default="5GB",
+        help="largest safetensors shard or .distcp file: 5GB (default), 500MiB...",
     )
     parser.add_argument(
         "--dtype", metavar="DTYPE", default=None, help="cast floating-point tensors (bfloat16, float16...); needs torch"
@@ -69,7 +81,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip re-reading the outputs")
-    parser.add_argument("--no-extras", dest="extras", action="store_false", help="do not write <stem>.extras.json")
+    parser.add_argument(
+        "--no-extras", dest="extras", action="store_false", help="do not write <stem>.extras.json (DCP: extras items)"
+    )
     add_allow_global(parser)
     parser.set_defaults(handler=run)
 

@@ -7,6 +7,7 @@ A :class:`ModelSpec` is plain data. :meth:`ModelSpec.from_module` reads it off a
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import field, replace
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ class ModelEntry:
         tied_to: for a key that shares its storage with an earlier key (tied weights), that earlier key.
         module: the owning module's path (``encoder.layers.0.attn.q``; ``""`` for the root).
         meta: whether the tensor lives on the meta device (it has no values until something fills it).
+        sharded: whether the tensor is a ``DTensor`` (a parameter of an FSDP2 ``fully_shard`` or tensor-parallel
+            model): ``shape`` is then its global shape, and each rank holds and loads only its own part
+            (:mod:`torchweights.distributed`).
     """
 
     name: str
@@ -43,6 +47,7 @@ class ModelEntry:
     tied_to: str | None = None
     module: str = ""
     meta: bool = False
+    sharded: bool = False
 
 
 @structure(frozen=True)
@@ -131,14 +136,14 @@ class ModelSpec:
         on_meta = False
         by_class: dict[type, tuple[bool, bool]] = {}  # per class, once a call: (overrides loading, extra state)
         dtype_names: dict[Any, str] = {}
+        # DTensor, only where torch.distributed.tensor was imported (no sharded model exists otherwise)
+        dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
         for module_name, module in model.named_modules(remove_duplicate=False):
             module_class = type(module)
             traits = by_class.get(module_class)
             if traits is None:
                 traits = by_class[module_class] = (_overrides_loading(module), has_extra_state(module))
-            hooks = getattr(module, "_load_state_dict_pre_hooks", None) or getattr(
-                module, "_load_state_dict_post_hooks", None
-            )
+            hooks = _own_hooks(module)
             if (hooks or traits[0]) and module_name not in custom:
                 custom.append(module_name)
             if traits[1]:
@@ -175,13 +180,16 @@ class ModelSpec:
                             ptr = tensor.untyped_storage().data_ptr()
                         except (RuntimeError, NotImplementedError):  # sparse, quantized...: no plain storage
                             ptr = None
-                        if ptr is not None:
-                            tied_to = seen.setdefault((ptr, tensor.storage_offset(), shape), name)
-                            tied_to = None if tied_to == name else tied_to
+                        # A tensor without a plain storage (a DTensor of a sharded model) is tied where it is
+                        # the same object, as FSDP2 registers a tied parameter once under both names.
+                        at = ("id", id(tensor)) if ptr is None else (ptr, tensor.storage_offset(), shape)
+                        tied_to = seen.setdefault(at, name)
+                        tied_to = None if tied_to == name else tied_to
                     dtype = dtype_names.get(tensor.dtype)
                     if dtype is None:
                         dtype = dtype_names[tensor.dtype] = str(tensor.dtype).removeprefix("torch.")
-                    entries[name] = ModelEntry(name, shape, dtype, kind, tied_to, module_name, meta)
+                    sharded = dtensor is not None and isinstance(tensor, dtensor)
+                    entries[name] = ModelEntry(name, shape, dtype, kind, tied_to, module_name, meta, sharded)
             if owns_meta:
                 method = init_method(module)
                 if method is not None:
@@ -233,6 +241,21 @@ def init_method(module: torch.nn.Module) -> str | None:
         if callable(getattr(module, name, None)):
             return name
     return None
+
+
+#: Where the load_state_dict hooks that do not change what a module loads are defined: FSDP2 registers a post hook
+#: per sharded parameter that only re-syncs its own bookkeeping after ``load_state_dict``.
+_BOOKKEEPING_HOOKS = ("torch.distributed.fsdp.",)
+
+
+def _own_hooks(module: torch.nn.Module) -> bool:
+    """Whether ``module`` has load_state_dict hooks of its own (not FSDP2's bookkeeping)."""
+    for table in ("_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
+        for hook in (getattr(module, table, None) or {}).values():
+            fn = getattr(hook, "hook", hook)  # pre hooks come wrapped
+            if not str(getattr(fn, "__module__", "") or "").startswith(_BOOKKEEPING_HOOKS):
+                return True
+    return False
 
 
 def _overrides_loading(module: torch.nn.Module) -> bool:

@@ -33,7 +33,7 @@ from typing import IO
 from ..errors import TorchWeightsError, WriteError
 from ..text import quote, quote_list
 
-__all__ = ["TEMP_SUFFIX", "Outputs", "current_umask", "new_file_mode"]
+__all__ = ["TEMP_SUFFIX", "OutputFolder", "Outputs", "current_umask", "new_file_mode"]
 
 #: Suffix of the temporary files (hidden, in the destination folder) while an output is being written.
 TEMP_SUFFIX = ".tw-partial"
@@ -250,3 +250,121 @@ class Outputs:
             "removed); free some space or choose a destination you can write to, then run again.",
             path=final,
         )
+
+
+class OutputFolder:
+    """One all-or-nothing output folder: its files are written into a hidden temporary folder beside it, which is
+    renamed to the final name by :meth:`commit` (with ``force``, an existing folder of that name is moved aside
+    first and removed once the new one is in place). Leaving the ``with`` block before :meth:`commit` completes
+    removes the temporary folder and every parent folder this transaction created.
+
+    Without ``force`` the final name is checked to be free just before the rename; a folder created there in that
+    instant, if empty, would be replaced (a rename over a non-empty one fails).
+    """
+
+    def __init__(self, final: str, *, force: bool = False) -> None:
+        self.final = os.path.abspath(final)
+        self.force = force
+        self.temp = ""
+        self.created_dirs: list[str] = []
+        self.done = False
+        self.mode = new_file_mode()
+
+    def __enter__(self) -> OutputFolder:
+        if os.path.lexists(self.final) and not (self.force and os.path.isdir(self.final)):
+            if self.force:
+                raise WriteError(
+                    f"{quote(self.final)} is a file, so the output folder cannot be written there, even with force. "
+                    "Remove it or choose another destination.",
+                    code="output-exists",
+                    path=self.final,
+                )
+            raise WriteError(
+                f"{quote(self.final)} already exists; nothing was written. Outputs are never overwritten by default: "
+                "pass force=True (CLI: --force) to replace it, or choose another destination.",
+                code="output-exists",
+                path=self.final,
+            )
+        parent = os.path.dirname(self.final)
+        helper = Outputs()
+        helper._make_dirs(parent)
+        self.created_dirs = helper.created_dirs
+        try:
+            self.temp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.final)}.", suffix=TEMP_SUFFIX, dir=parent)
+            os.chmod(self.temp, 0o777 & ~current_umask())
+        except OSError as exc:
+            self.abort()
+            raise Outputs._failed(self.final, exc) from None
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None or not self.done:
+            self.abort()
+
+    def path(self, name: str) -> str:
+        """Where file ``name`` of the folder is while the transaction is open."""
+        return os.path.join(self.temp, name)
+
+    @contextlib.contextmanager
+    def write(self, name: str) -> Iterator[IO[bytes]]:
+        """A binary file for ``name`` inside the folder; flushed and fsynced when the block ends normally."""
+        try:
+            with open(self.path(name), "xb") as fh:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fh.fileno(), self.mode)
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if isinstance(exc, TorchWeightsError):
+                raise
+            raise Outputs._failed(os.path.join(self.final, name), exc) from None
+
+    def commit(self) -> None:
+        """Rename the temporary folder to the final name (replacing an existing one with ``force``).
+
+        Raises:
+            WriteError: ``output-exists`` if, without ``force``, the name was taken since the start;
+                ``write-failed`` if a rename fails. The temporary folder is then removed.
+        """
+        _fsync_dir(self.temp)
+        old = ""
+        try:
+            if os.path.lexists(self.final):
+                if not self.force:
+                    raise WriteError(
+                        f"{quote(self.final)} appeared while the conversion ran; nothing was kept. Pass force=True "
+                        "(CLI: --force) to replace it, or choose another destination.",
+                        code="output-exists",
+                        path=self.final,
+                    )
+                old = tempfile.mkdtemp(
+                    prefix=f".{os.path.basename(self.final)}.", suffix=".tw-old", dir=os.path.dirname(self.final)
+                )
+                os.replace(self.final, old)  # rename over the empty placeholder
+            os.rename(self.temp, self.final)
+        except OSError as exc:
+            if old:
+                with contextlib.suppress(OSError):
+                    os.replace(old, self.final)  # put the old folder back
+            raise Outputs._failed(self.final, exc) from None
+        _fsync_dir(os.path.dirname(self.final))
+        self.temp = ""
+        self.done = True
+        if old:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Remove the temporary folder and every folder created; never raises."""
+        if self.temp:
+            import shutil
+
+            shutil.rmtree(self.temp, ignore_errors=True)
+            self.temp = ""
+        for folder in reversed(self.created_dirs):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        self.created_dirs = []
+        self.done = True

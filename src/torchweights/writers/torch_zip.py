@@ -20,8 +20,9 @@ from .. import dtypes
 from ..structs import structure
 from ..text import quote
 from . import write_exactly
+from .pickle_ops import Pickler
 
-__all__ = ["Storage", "Tensor", "pickle_state_dict", "write_file"]
+__all__ = ["Storage", "Tensor", "pickle_state_dict", "pickle_tensor", "write_archive", "write_file"]
 
 _DATA_ALIGNMENT = 64
 _DATE = (1980, 1, 1, 0, 0, 0)
@@ -49,83 +50,55 @@ class Tensor:
     offset: int
 
 
-class _Pickler:
-    """Emits the few protocol-2 opcodes a state dict needs; globals are memoised."""
-
-    def __init__(self) -> None:
-        self.out = bytearray(b"\x80\x02")  # PROTO 2
-        self.memo: dict[str, int] = {}
-
-    def text(self, value: str) -> None:
-        raw = value.encode("utf-8", "surrogatepass")
-        self.out += b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
-
-    def integer(self, value: int) -> None:
-        if -(1 << 31) <= value < (1 << 31):
-            self.out += b"J" + struct.pack("<i", value)  # BININT
-            return
-        raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
-        self.out += b"\x8a" + bytes([len(raw)]) + raw  # LONG1
-
-    def ints(self, values: Sequence[int]) -> None:
-        self.out += b"("  # MARK
-        for v in values:
-            self.integer(v)
-        self.out += b"t"  # TUPLE
-
-    def global_(self, module: str, name: str) -> None:
-        key = f"{module}\n{name}\n"
-        index = self.memo.get(key)
-        if index is not None:
-            self.out += b"j" + struct.pack("<I", index)  # LONG_BINGET
-            return
-        self.out += b"c" + key.encode("ascii")  # GLOBAL
-        index = self.memo[key] = len(self.memo)
-        self.out += b"r" + struct.pack("<I", index)  # LONG_BINPUT
-
-    def ordered_dict(self) -> None:
-        self.global_("collections", "OrderedDict")
-        self.out += b")R"  # EMPTY_TUPLE, REDUCE
-
-
 def pickle_state_dict(tensors: Sequence[Tensor], storages: Sequence[Storage]) -> bytes:
     """The ``data.pkl`` of a ``{name: tensor}`` dict."""
     sizes = {s.key: s for s in storages}
-    p = _Pickler()
+    p = Pickler()
     p.out += b"}"  # EMPTY_DICT
     for start in range(0, len(tensors), 1000):
         p.out += b"("  # MARK
         for t in tensors[start : start + 1000]:
             p.text(t.name)
-            storage = sizes[t.storage]
-            info = dtypes.get(t.dtype)
-            v2 = info.storage_class is not None
-            p.global_("torch._utils", "_rebuild_tensor_v2" if v2 else "_rebuild_tensor_v3")
-            p.out += b"(("  # MARK (args), MARK (persistent id)
-            p.text("storage")
-            if v2:
-                p.global_("torch", info.storage_class or "")
-            else:
-                p.global_("torch.storage", "UntypedStorage")
-            p.text(t.storage)
-            p.text("cpu")
-            p.integer(storage.nbytes // info.itemsize if v2 else storage.nbytes)
-            p.out += b"tQ"  # TUPLE, BINPERSID
-            p.integer(t.offset)
-            p.ints(t.shape)
-            p.ints(t.stride)
-            p.out += b"\x89"  # NEWFALSE: requires_grad
-            p.ordered_dict()  # backward hooks
-            if not v2:
-                p.global_("torch", info.name)
-            p.out += b"tR"  # TUPLE, REDUCE
+            _tensor(p, t, sizes[t.storage])
         p.out += b"u"  # SETITEMS
-    p.out += b"."  # STOP
-    return bytes(p.out)
+    return p.finish()
+
+
+def pickle_tensor(tensor: Tensor, storage: Storage) -> bytes:
+    """The ``data.pkl`` of one tensor (what ``torch.save(tensor)`` writes)."""
+    p = Pickler()
+    _tensor(p, tensor, storage)
+    return p.finish()
+
+
+def _tensor(p: Pickler, t: Tensor, storage: Storage) -> None:
+    """Emit ``t`` as ``torch.save`` pickles a tensor: ``_rebuild_tensor_v2`` over a typed storage, or ``_v3``."""
+    info = dtypes.get(t.dtype)
+    v2 = info.storage_class is not None
+    p.global_("torch._utils", "_rebuild_tensor_v2" if v2 else "_rebuild_tensor_v3")
+    p.out += b"(("  # MARK (args), MARK (persistent id)
+    p.text("storage")
+    if v2:
+        p.global_("torch", info.storage_class or "")
+    else:
+        p.global_("torch.storage", "UntypedStorage")
+    p.text(t.storage)
+    p.text("cpu")
+    p.integer(storage.nbytes // info.itemsize if v2 else storage.nbytes)
+    p.out += b"tQ"  # TUPLE, BINPERSID
+    p.integer(t.offset)
+    p.ints(t.shape)
+    p.ints(t.stride)
+    p.out += b"\x89"  # NEWFALSE: requires_grad
+    p.ordered_dict()  # backward hooks
+    if not v2:
+        p.global_("torch", info.name)
+    p.out += b"tR"  # TUPLE, REDUCE
 
 
 def _aligned_info(zf: zipfile.ZipFile, name: str, size: int) -> zipfile.ZipInfo:
-    """A stored member whose data will start at a multiple of 64 bytes (padding in its local extra field)."""
+    """A stored member whose data will start at a multiple of 64 bytes from the archive's start (padding in its
+    local extra field)."""
     info = zipfile.ZipInfo(name, _DATE)
     info.compress_type = zipfile.ZIP_STORED
     info.file_size = size
@@ -137,8 +110,42 @@ def _aligned_info(zf: zipfile.ZipFile, name: str, size: int) -> zipfile.ZipInfo:
     return info
 
 
+class _FromHere:
+    """``fh`` with positions counted from where it stood when wrapped: an archive written into a larger file
+    (a DCP ``.distcp``) is laid out, and aligned, as if it were a file of its own, as ``torch.save`` does."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.base = fh.tell()
+
+    def tell(self) -> int:
+        return self.fh.tell() - self.base
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.fh.seek(offset + self.base if whence == 0 else offset, whence) - self.base
+
+    def write(self, data: bytes) -> int:
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def seekable(self) -> bool:
+        return True
+
+
 def write_file(fh: IO[bytes], tensors: Sequence[Tensor], storages: Sequence[Storage], root: str = "archive") -> None:
     """Write a ``torch.save``-compatible zip of ``tensors`` over ``storages`` to ``fh`` (seekable).
+
+    Raises:
+        WriteError: a storage's source yields more or fewer bytes than declared.
+    """
+    write_archive(fh, pickle_state_dict(tensors, storages), storages, root)
+
+
+def write_archive(fh: IO[bytes], data_pkl: bytes, storages: Sequence[Storage], root: str = "archive") -> None:
+    """Write a ``torch.save`` zip holding the pickle ``data_pkl`` and ``storages`` to ``fh`` (seekable), from its
+    current position (offsets and alignment count from there).
 
     Raises:
         WriteError: a storage's source yields more or fewer bytes than declared.
@@ -148,8 +155,9 @@ def write_file(fh: IO[bytes], tensors: Sequence[Tensor], storages: Sequence[Stor
         ".storage_alignment": str(_DATA_ALIGNMENT).encode(),
         "byteorder": b"little",
     }
-    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        zf.writestr(zipfile.ZipInfo(f"{root}/data.pkl", _DATE), pickle_state_dict(tensors, storages))
+    out = _FromHere(fh)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
+        zf.writestr(zipfile.ZipInfo(f"{root}/data.pkl", _DATE), data_pkl)
         for name, value in small.items():
             zf.writestr(zipfile.ZipInfo(f"{root}/{name}", _DATE), value)
         for storage in storages:

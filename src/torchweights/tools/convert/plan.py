@@ -33,6 +33,8 @@ __all__ = [
     "plan_items",
     "refuse_unwritable",
     "cut_shards",
+    "dcp_extras",
+    "dcp_paths",
     "target_dtype",
     "views_note",
 ]
@@ -194,7 +196,9 @@ def refuse_unwritable(items: list[Item], path: str, to: str) -> None:
         if len(quantized) == len(bad)
         else "Convert to='torch' to keep them exactly, or leave them out with select=[...] (CLI: --select)"
     )
-    where = "safetensors" if to == "safetensors" else "a plain state-dict torch file"
+    where = {"safetensors": "safetensors", "dcp": "a torch.distributed.checkpoint folder"}.get(
+        to, "a plain state-dict torch file"
+    )
     raise RuleError(
         f"{plural(len(bad), 'tensor')} of {quote(path)} {'has' if len(bad) == 1 else 'have'} a dtype {where} "
         f"cannot store ({', '.join(kinds)}): {quote_list(item.name for item in bad)}. Nothing was written. {fix}.",
@@ -242,8 +246,12 @@ class Destination:
 
 
 def destination(dst: str, to: str) -> Destination:
-    """The output names for ``dst`` (a file or a folder) and the output format ``to``."""
+    """The output names for ``dst`` (a file or a folder; for ``"dcp"`` the folder itself) and the output format
+    ``to``."""
     is_dir = os.path.isdir(dst) or dst.endswith(("/", os.sep))
+    if to == "dcp":
+        folder = dst.rstrip("/" + os.sep) or dst
+        return Destination(os.path.dirname(folder) or ".", os.path.basename(folder), folder, to)
     if to == "safetensors":
         if not is_dir and dst.endswith(".safetensors"):
             base = os.path.basename(dst)
@@ -305,3 +313,42 @@ def json_extras(ckpt: Checkpoint, notes: list[str]) -> dict[str, Any]:
             f"JSON data: {shorten_list(quote(d) for d in dropped)}"
         )
     return kept
+
+
+def dcp_paths(selection: Selection, items: list[Item], aliases: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """The key path (DCP's ``planner_data``) of every name written: its keys inside the container when they join
+    to the name (nested dicts stay nested for ``dcp_to_torch_save``), else the name as one key."""
+    depth = len(selection.container)
+    out: dict[str, tuple[str, ...]] = {}
+    for name in [item.name for item in items] + list(aliases):
+        path = selection.tensors[name].path[depth:]
+        out[name] = path if path and ".".join(path) == name else (name,)
+    return out
+
+
+def dcp_extras(
+    plain: dict[str, Any], paths: dict[str, tuple[str, ...]], notes: list[str]
+) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """Plain extras as DCP items ``{fqn: (key path, value)}``: dicts flattened into dotted names as ``dcp.save``
+    flattens a state dict (lists and scalars are items of their own); names a tensor already has are left out."""
+    out: dict[str, tuple[tuple[str, ...], Any]] = {}
+
+    def walk(path: tuple[str, ...], value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk((*path, key), inner)
+            return
+        out[".".join(path)] = (path, value)
+
+    for name, value in plain.items():
+        walk((name,), value)
+    clash = [fqn for fqn in out if fqn in paths]
+    for fqn in clash:
+        del out[fqn]
+    if clash:
+        notes.append(f"left out {plural(len(clash), 'extra')} named like a tensor: {quote_list(clash)}")
+    if out:
+        notes.append(
+            f"kept {plural(len(out), 'plain extra')} as non-tensor items: {shorten_list(quote(n) for n in out)}"
+        )
+    return out

@@ -19,8 +19,9 @@ class ConvertReport:
         source: the source path.
         source_format: its format id.
         source_sha256: sha256 of the source file (for a sharded set, of its index).
-        to: ``"safetensors"`` or ``"torch"``.
-        files: every output file, final paths, in the order written (shards, index, extras).
+        to: ``"safetensors"``, ``"torch"`` or ``"dcp"``.
+        files: every output file, final paths, in the order written (shards, index, extras; for a DCP folder its
+            ``.metadata`` and ``.distcp`` files).
         container: the container the weights were taken from (``""`` for the root), and ``container_reason``.
         tensors: tensors written (each once).
         nbytes: bytes of tensor data written.

@@ -1,5 +1,5 @@
 """``tw.convert`` (:func:`convert`): move the weights of any readable checkpoint into safetensors (or a plain torch
-file), streaming, atomically, and verified bit for bit.
+file, or a torch.distributed.checkpoint folder), streaming, atomically, and verified bit for bit.
 
 The algorithm, in the order it runs:
 
@@ -40,6 +40,8 @@ from .plan import (
     META_PREFIX,
     Destination,
     Item,
+    dcp_extras,
+    dcp_paths,
     destination,
     json_extras,
     parse_size,
@@ -49,7 +51,7 @@ from .plan import (
     views_note,
 )
 from .report import ConvertReport
-from .write import write_safetensors, write_torch
+from .write import write_dcp, write_safetensors, write_torch
 
 __all__ = ["convert"]
 
@@ -70,17 +72,23 @@ def convert(
     limits: Limits = DEFAULT_LIMITS,
     progress: ProgressCallback | None = None,
 ) -> ConvertReport:
-    """Write the weights of ``src`` to ``dst`` as safetensors (or a plain torch file), streaming and verified.
+    """Write the weights of ``src`` to ``dst`` as safetensors (or a plain torch file, or a DCP folder), streaming
+    and verified.
 
     Args:
         src: any checkpoint :func:`torchweights.open` reads, or an opened :class:`Checkpoint`.
         dst: for safetensors, a ``.safetensors`` file, or a folder (``model.safetensors``, or
             ``model-00001-of-0000N.safetensors`` shards and ``model.safetensors.index.json``); for torch, a
-            ``.pt``/``.pth``/``.bin`` file, or a folder (``pytorch_model.bin``).
-        to: ``"safetensors"`` or ``"torch"`` (a plain state dict that ``torch.load(weights_only=True)`` reads;
-            storages and views are kept as they are, shared storages stay shared).
-        max_shard_size: most tensor bytes per safetensors shard (``"5GB"``, ``"500MiB"``, bytes); a bigger tensor
-            gets a shard of its own. Torch output is always one file.
+            ``.pt``/``.pth``/``.bin`` file, or a folder (``pytorch_model.bin``); for dcp, the checkpoint folder
+            (it must not exist, unless ``force``).
+        to: ``"safetensors"``, ``"torch"`` (a plain state dict that ``torch.load(weights_only=True)`` reads;
+            storages and views are kept as they are, shared storages stay shared) or ``"dcp"`` (a
+            torch.distributed.checkpoint folder that ``torch.distributed.checkpoint.load`` reads on any number of
+            ranks, and ``dcp_to_torch_save`` too: ``.metadata`` and ``__0_N.distcp`` files, each tensor one chunk;
+            names are the dotted keys ``tw.load`` gives; tied tensors point at one stored copy; the folder is
+            built beside its name and renamed into place once verified, replacing an existing one with ``force``).
+        max_shard_size: most tensor bytes per safetensors shard or ``.distcp`` file (``"5GB"``, ``"500MiB"``,
+            bytes); a bigger tensor gets a shard of its own. Torch output is always one file.
         dtype: cast floating-point tensors to this dtype (``"bfloat16"``, ``torch.float16``); others keep theirs.
             Needs torch; None (default) keeps every dtype and needs no torch.
         select: glob patterns (``"encoder.*"``) of the keys to write; None writes all.
@@ -88,7 +96,8 @@ def convert(
             takes the whole file.
         force: replace existing outputs (and remove earlier shards of the same name that would be left over).
         verify: re-read every output and compare each tensor bit for bit with the source (default).
-        extras: save non-tensor data that is plain (epoch, hyper-parameters) as ``<stem>.extras.json``.
+        extras: save non-tensor data that is plain (epoch, hyper-parameters) as ``<stem>.extras.json``; in a
+            DCP folder as non-tensor items instead (dicts flattened into dotted names, as ``dcp.save`` does).
         allow_globals: pickle globals you trust (see :func:`torchweights.open`).
         limits: resource bounds for hostile files.
         progress: ``progress(done_bytes, total_bytes)``: the sources hashed (sha256, recorded in the output), the
@@ -107,8 +116,8 @@ def convert(
     from ...api import open as open_checkpoint
 
     started = time.perf_counter()
-    if to not in ("safetensors", "torch"):
-        raise RuleError(f"to={to!r} is not 'safetensors' or 'torch'.", code="bad-format")
+    if to not in ("safetensors", "torch", "dcp"):
+        raise RuleError(f"to={to!r} is not 'safetensors', 'torch' or 'dcp'.", code="bad-format")
     limit = parse_size(max_shard_size)
     target = target_dtype(dtype)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src, allow_globals=allow_globals, limits=limits)
@@ -177,7 +186,12 @@ def _convert(
         meta[f"{META_PREFIX}source_files_sha256"] = json.dumps(digests, sort_keys=True)
     plain_extras = json_extras(ckpt, notes) if extras else {}
     with Outputs(force=force) as outputs:
-        if to == "safetensors":
+        if to == "dcp":
+            paths = dcp_paths(selection, items, aliases)
+            items_extras = dcp_extras(plain_extras, paths, notes)
+            written = write_dcp(dest, items, aliases, paths, items_extras, limit, verify, force, sources)
+            plain_extras = {}
+        elif to == "safetensors":
             note = views_note(items)
             if note:
                 notes.append(note)

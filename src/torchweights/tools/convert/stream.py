@@ -14,7 +14,7 @@ from ...storage.contents import CHUNK_BYTES, logical_chunks
 from ...text import quote, quote_list, shorten_list
 from .plan import Item
 
-__all__ = ["chunk_source", "chunks", "span_source", "verify_safetensors", "verify_torch"]
+__all__ = ["chunk_source", "chunks", "span_source", "verify_dcp", "verify_safetensors", "verify_torch"]
 
 
 def _as_bytes(tensor: Any) -> bytearray:
@@ -141,3 +141,11 @@ def verify_torch(temp: str, final: str, items: list[Item], aliases: dict[str, st
     from ...formats import torch_zip as zip_reader
 
     _compare(zip_reader.read(temp, ReadOptions()), final, items, aliases)
+
+
+def verify_dcp(temp: str, final: str, items: list[Item], aliases: dict[str, str]) -> None:
+    """Re-read the written DCP folder with our reader; compare every tensor with a fresh read of the source."""
+    from ...formats import ReadOptions
+    from ...formats import dcp as dcp_reader
+
+    _compare(dcp_reader.read(temp, ReadOptions()), final, items, aliases)

@@ -1,5 +1,7 @@
 """Writing a conversion's outputs: safetensors files (sharded, with their index) or one plain torch file, and the
-extras JSON, each to a temporary file of :class:`~torchweights.writers.atomic.Outputs`, verified before commit."""
+extras JSON, each to a temporary file of :class:`~torchweights.writers.atomic.Outputs`, or a
+torch.distributed.checkpoint folder built beside its final name (:class:`~torchweights.writers.atomic.OutputFolder`);
+each verified before commit."""
 
 from __future__ import annotations
 
@@ -9,15 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import WriteError
+from ...formats.safetensors import contiguous_strides
 from ...storage.contents import span
 from ...text import quote_list
+from ...writers import dcp as dcp_writer
 from ...writers import safetensors as st_writer
 from ...writers import torch_zip as torch_writer
-from ...writers.atomic import Outputs
+from ...writers.atomic import OutputFolder, Outputs
 from .plan import META_PREFIX, Destination, Item, cut_shards
-from .stream import chunk_source, span_source, verify_safetensors, verify_torch
+from .stream import chunk_source, span_source, verify_dcp, verify_safetensors, verify_torch
 
-__all__ = ["write_safetensors", "write_torch"]
+__all__ = ["write_dcp", "write_safetensors", "write_torch"]
 
 
 def _check_free(outputs: Outputs, finals: list[str], dest: Destination, sources: list[str]) -> None:
@@ -132,7 +136,7 @@ def write_torch(
         if first.cast or first.record.numel == 0 or first.record.storage is None:
             storages.append(torch_writer.Storage(key, first.dtype, first.nbytes, chunk_source(first)))
             tensors[first.name] = torch_writer.Tensor(
-                first.name, key, first.dtype, first.record.shape, _contiguous(first.record.shape), 0
+                first.name, key, first.dtype, first.record.shape, contiguous_strides(first.record.shape), 0
             )
             continue
         lo = min(span(m.record)[0] for m in members)
@@ -170,8 +174,57 @@ def _torch_order(items: list[Item], aliases: dict[str, str]) -> list[str]:
     return out
 
 
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        strides[i] = strides[i + 1] * max(shape[i + 1], 1)
-    return tuple(strides)
+def write_dcp(
+    dest: Destination,
+    items: list[Item],
+    aliases: dict[str, str],
+    paths: dict[str, tuple[str, ...]],
+    extras: dict[str, tuple[tuple[str, ...], Any]],
+    limit: int,
+    verify: bool,
+    force: bool,
+    sources: list[str],
+) -> list[str]:
+    """Write ``items`` as a torch.distributed.checkpoint folder (``.distcp`` files of at most ``limit`` tensor
+    bytes, then ``.metadata``), built beside ``dest.single`` and renamed into place once verified; returns the
+    final paths of its files.
+
+    ``paths`` gives each name's key path (``planner_data``); an alias is recorded with the kept tensor's bytes
+    (both names point at one archive, which ``tw.load`` ties again); ``extras`` are ``{fqn: (path, value)}``
+    items of plain data.
+    """
+    final = os.path.abspath(dest.single)
+    inside = [s for s in sources if s == final or s.startswith(final + os.sep)]
+    if inside:
+        raise WriteError(
+            f"{quote_list(inside)} {'is' if len(inside) == 1 else 'are'} part of the source; converting in place "
+            "would destroy it. Choose another destination.",
+            code="output-exists",
+            path=inside[0],
+        )
+    chunks = {
+        item.name: dcp_writer.Chunk(item.name, paths[item.name], item.dtype, item.record.shape, chunk_source(item))
+        for item in items
+    }
+    byte_items = [dcp_writer.Bytes(fqn, path, value) for fqn, (path, value) in extras.items()]
+    shards = cut_shards(items, limit)
+    names = [f"__0_{i}.distcp" for i in range(len(shards))]
+    placed: list[dcp_writer.Placed] = []
+    with OutputFolder(final, force=force) as folder:
+        for i, (shard, name) in enumerate(zip(shards, names)):
+            written: list[dcp_writer.Chunk | dcp_writer.Bytes] = [chunks[item.name] for item in shard]
+            with folder.write(name) as fh:
+                placed += dcp_writer.write_data_file(fh, name, (byte_items if i == 0 else []) + written)
+        where = {p.fqn: p for p in placed}
+        for alias, kept in aliases.items():
+            placed.append(dcp_writer.Placed(alias, where[kept].relative_path, where[kept].offset, where[kept].length))
+        recorded: list[dcp_writer.Chunk | dcp_writer.Bytes] = [*byte_items]
+        for name in _torch_order(items, aliases):
+            source = chunks[aliases.get(name, name)]
+            recorded.append(dcp_writer.Chunk(name, paths[name], source.dtype, source.shape, source.chunks))
+        with folder.write(dcp_writer.METADATA) as fh:
+            fh.write(dcp_writer.metadata_pickle(recorded, placed))
+        if verify:
+            verify_dcp(folder.temp, final, items, aliases)
+        folder.commit()
+    return [os.path.join(final, dcp_writer.METADATA), *(os.path.join(final, n) for n in names)]

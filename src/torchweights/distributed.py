@@ -1,0 +1,321 @@
+"""Sharded models: ``load_into`` on every rank of an FSDP2 (``fully_shard``) or DTensor model.
+
+A sharded parameter is a ``DTensor``: its ``shape`` is the global one, and each rank holds one box of it (FSDP2:
+a range of rows, ``torch.chunk``-style, possibly empty). The plan is made against the global shapes, exactly as
+for a plain model, on every rank; then:
+
+1. :func:`agree`: every rank of the default process group tells the others whether it could open and plan, and a
+   digest of its plan. If any rank failed, every rank raises the same error (the first failing rank's, with its
+   class and code); if the plans differ (another file on another node), every rank raises ``ranks-disagree``.
+   Nothing has been read or written yet, so no rank's parameters changed.
+2. :func:`local_requests`: each rank reads only the bytes of its own box of each sharded tensor, straight into its
+   local shard (:func:`torchweights.storage.regions.regions` turns the box into byte ranges of the file, or of the
+   chunks of a DCP folder saved on any number of ranks: resharding is a matter of which bytes are read). Tensors
+   that are not sharded (buffers) are read whole, as for a plain model.
+3. :func:`agree` again after the reads: a rank whose read failed (an I/O error, a file changed) makes every rank
+   raise the same error, which says that shards were written.
+
+Collectives run only where every rank calls them in the same order (before and after the reads), so a failure
+seen by some ranks cannot leave the others waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .errors import CODES, LoadError, RuleError, TorchWeightsError
+from .text import quote
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .plan.model import Plan
+    from .plan.spec import ModelSpec
+    from .records import TensorRecord
+
+__all__ = [
+    "Piece",
+    "agree",
+    "check_pieces",
+    "check_sharded",
+    "copy_local",
+    "crc_pieces",
+    "is_dtensor",
+    "local_box",
+    "local_requests",
+    "plan_digest",
+    "shard_parts",
+]
+
+
+def is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (without importing torch.distributed: none exists before it is)."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+def local_box(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
+    """``(local shard, global offsets, sizes)``: the box of the global tensor this rank holds, and where it lives."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    placements = tensor.placements  # type: ignore[attr-defined]
+    if any(p.is_partial() for p in placements):
+        raise RuleError(
+            f"a DTensor with a Partial placement ({placements}) holds partial sums, not a part of the tensor, so a "
+            "checkpoint cannot be loaded into it. Fix: load into the model before it is redistributed to Partial.",
+            code="bad-model",
+        )
+    sizes, offsets = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, placements)  # type: ignore[attr-defined]
+    local = tensor.to_local()  # type: ignore[attr-defined]
+    if tuple(local.shape) != tuple(sizes):
+        raise RuleError(
+            f"the local shard is {list(local.shape)}, but its placements give this rank {list(sizes)} (padded "
+            "shards are not loaded in place). Fix: load into the model as fully_shard() leaves it.",
+            code="bad-model",
+        )
+    return local, tuple(offsets), tuple(sizes)
+
+
+def _slices(offsets: tuple[int, ...], sizes: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(o, o + n) for o, n in zip(offsets, sizes))
+
+
+def local_requests(record: TensorRecord, tensor: torch.Tensor) -> list[tuple[TensorRecord, torch.Tensor]]:
+    """The reads that fill this rank's shard of ``tensor`` from ``record`` (the whole tensor in the file):
+    ``(part of the record, part of the local shard)`` pairs, only the bytes of this rank's box."""
+    from .storage.regions import regions
+
+    local, offsets, sizes = local_box(tensor)
+    return [(part, local[where]) for part, where in regions(record, offsets, sizes)]
+
+
+def copy_local(tensor: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy this rank's box of ``full`` (the whole tensor, in memory) into ``tensor``'s local shard."""
+    import torch
+
+    local, offsets, sizes = local_box(tensor)
+    with torch.no_grad():
+        local.copy_(full[_slices(offsets, sizes)])
+
+
+def check_sharded(plan: Plan, spec: ModelSpec, *, mmap: bool, check_values: bool) -> None:
+    """Refuse, before anything is read, what a sharded model cannot take: a sharded tensor on the meta device, a
+    load that would replace a sharded tensor (another dtype, a reshape), one through a module's own loading code,
+    ``mmap=True`` and ``check_values=True``."""
+    sharded = [e for e in spec.entries.values() if e.sharded]
+    if not sharded:
+        return
+    fix = "Fix: "
+    if mmap or check_values:
+        option = "mmap=True" if mmap else "check_values=True"
+        raise RuleError(
+            f"{option} is not supported on a sharded (FSDP2/DTensor) model: each rank holds only a part of each "
+            f"tensor. {fix}leave {option.split('=')[0]} off, or load into an unsharded copy.",
+            code="bad-rule",
+        )
+    on_meta = [e.name for e in sharded if e.meta]
+    if on_meta:
+        raise RuleError(
+            f"the sharded model has DTensors on the meta device ({quote(on_meta[0])}...): they have no memory for "
+            f"their shards. {fix}call model.to_empty(device=...) after fully_shard(), then load_into.",
+            code="bad-model",
+        )
+    for action in plan.by_kind("load"):
+        entry = spec.entries.get(action.target or "")
+        if entry is None or not entry.sharded:
+            continue
+        replaced = (action.dst_dtype or action.src_dtype) != entry.dtype or "reshape" in action.via
+        custom = action.fallback and any(m == "" or entry.name.startswith(m + ".") for m in spec.custom_modules)
+        if replaced or custom:
+            why = (
+                "its own loading code (_load_from_state_dict or a load hook) would replace it"
+                if custom
+                else "the load would replace it (dtype='checkpoint' or a 0-dim/1-element reshape)"
+            )
+            raise RuleError(
+                f"{quote(entry.name)} is sharded (a DTensor), and {why}; a sharded tensor is only filled in place. "
+                f"{fix}load with dtype='model', or load into an unsharded copy and shard it afterwards.",
+                code="bad-model",
+            )
+
+
+def plan_digest(plan: Plan) -> str:
+    """A digest of what ``plan`` does, equal on every rank that planned the same load."""
+    h = hashlib.sha256()
+    for a in plan.actions:
+        h.update(repr((a.kind, a.source, a.target, a.src_shape, a.dst_shape, a.src_dtype, a.dst_dtype)).encode())
+        if a.adapt is not None:
+            h.update(repr((a.adapt.adapter, a.adapt.sources)).encode())
+    return h.hexdigest()
+
+
+def _describe(exc: BaseException) -> tuple[str, str | None, str]:
+    if isinstance(exc, TorchWeightsError):
+        return type(exc).__name__, exc.code, exc.message
+    return type(exc).__name__, None, str(exc)
+
+
+def _context(rank: int, world: int, written: bool) -> str:
+    after = (
+        "some shards were already written: reload the model"
+        if written
+        else "nothing was read, no rank's parameters were changed"
+    )
+    return f"rank {rank} of {world} (every rank raised this error; {after})"
+
+
+def _rebuilt(described: tuple[str, str | None, str], context: str) -> TorchWeightsError:
+    """The error the first failing rank raised, made again on this rank (same class, code and message)."""
+    from . import errors
+
+    name, code, message = described
+    cls = getattr(errors, name, None)
+    if code is None or code not in CODES or not (isinstance(cls, type) and issubclass(cls, TorchWeightsError)):
+        return LoadError(f"{context}: {name}: {message}", code="rank-failed")
+    try:
+        return cls(f"{context}: {message}", code=code)  # type: ignore[no-any-return]
+    except TypeError:  # a class with other arguments: the same code on our base class
+        return LoadError(f"{context}: {message}", code=code)
+
+
+def agree(
+    failure: BaseException | None, digest: str, *, written: bool, report: Any = None, payload: Any = None
+) -> list[Any]:
+    """Every rank of the default process group exchanges its outcome; return only when every rank succeeded with
+    the same ``digest``, else raise the same error on every rank.
+
+    Args:
+        failure: this rank's exception, or None.
+        digest: :func:`plan_digest` of this rank's plan ("" after the reads).
+        written: whether shards may have been written already (said in the error).
+        report: this rank's :class:`~torchweights.report.load.LoadReport`, attached to a ``LoadError``.
+        payload: anything picklable to share with the other ranks.
+
+    Returns:
+        Every rank's ``payload``, in rank order.
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    mine = None if failure is None else _describe(failure)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (mine, digest, payload))
+    for rank, (described, _, _) in enumerate(gathered):
+        if described is None:
+            continue
+        context = _context(rank, world, written)
+        if isinstance(failure, TorchWeightsError) and _describe(failure) == tuple(described):
+            raise failure.in_context(context) from failure  # this rank's own error: every attribute kept
+        error = _rebuilt(tuple(described), context)  # type: ignore[arg-type]
+        if isinstance(error, LoadError):
+            error.report = getattr(failure, "report", None) or report
+        raise error from failure
+    if len({d for _, d, _ in gathered}) > 1:
+        ranks = [r for r, (_, d, _) in enumerate(gathered) if d != gathered[0][1]]
+        raise LoadError(
+            f"the ranks planned different loads (ranks {ranks} differ from rank 0): they read different files or "
+            "called load_into with different options. Nothing was read and no rank's parameters were changed. Fix: "
+            "give every rank the same checkpoint (the same bytes: a copy on each node must be identical) and the "
+            "same arguments.",
+            code="ranks-disagree",
+            report=report,
+        )
+    return [p for _, _, p in gathered]
+
+
+#: One piece of a zip member read by one rank: ``(file, storage key, start, end, CRC-32 of bytes [start, end))``.
+Piece = tuple[str, str, int, int, int]
+
+
+def shard_parts(
+    plan: Plan, model: torch.nn.Module, records: Mapping[str, TensorRecord], spec: ModelSpec
+) -> list[tuple[TensorRecord, torch.Tensor]]:
+    """The parts of the file's records this rank read into its shards, with where each landed (as
+    :func:`local_requests` gives them)."""
+    parts: list[tuple[TensorRecord, torch.Tensor]] = []
+    for action in plan.by_kind("load"):
+        entry = spec.entries.get(action.target or "")
+        if entry is None or not entry.sharded or action.source is None or action.adapt is not None:
+            continue
+        tensor = model.get_parameter(entry.name) if entry.kind == "parameter" else model.get_buffer(entry.name)
+        parts.extend(local_requests(records[action.source], tensor))
+    return parts
+
+
+def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]]) -> list[Piece]:
+    """The CRC-32 of each byte range this rank read into its shards of a zip member that records one (the shards
+    are read without the engine's own check, which would read each whole member on every rank): computed over the
+    shard's memory where the bytes landed as they are stored, else read again from the file in bounded chunks (from
+    the page cache: the bytes were just read)."""
+    import torch
+
+    from .storage.contents import CHUNK_BYTES, span
+    from .storage.crc import crc32
+    from .storage.raw import read_byte_range
+    from .storage.targets import lands_as_is, memory_of
+
+    pieces: list[Piece] = []
+    for part, landed in parts:
+        ref = part.storage
+        if ref is None or ref.crc32 is None or ref.compression or not part.is_contiguous or not part.numel:
+            continue
+        start, end = span(part)
+        as_stored = lands_as_is(part, ref, landed) and ref.byteorder == "little" and not (part.conj or part.neg)
+        if as_stored:
+            flat = landed.detach().view(-1).view(torch.uint8)
+            value = crc32(memory_of(flat), 0, flat.data_ptr())
+        else:
+            value = 0
+            for at in range(start, end, CHUNK_BYTES):
+                value = crc32(memoryview(read_byte_range(ref, at, min(end, at + CHUNK_BYTES))), value)
+        pieces.append((ref.file, ref.key, start, end, value))
+    return pieces
+
+
+def check_pieces(pieces: Iterable[Piece], records: Mapping[str, TensorRecord], consequence: str) -> None:
+    """Join the pieces every rank read of each zip member; where they cover the whole member, compare the joined
+    CRC-32 with the recorded one (``bad-crc`` on every rank at once on a mismatch). A member the ranks read only
+    part of together is not checked, as a single-process load does not check a storage it reads part of."""
+    from .storage.crc import crc32_combine
+    from .storage.results import CrcMismatch, crc_error
+
+    refs = {(r.storage.file, r.storage.key): r.storage for r in _leaves(records) if r.storage is not None}
+    names: dict[tuple[str, str], list[str]] = {}
+    for r in _leaves(records):
+        if r.storage is not None:
+            names.setdefault((r.storage.file, r.storage.key), []).append(r.name)
+    by_member: dict[tuple[str, str], set[tuple[int, int, int]]] = {}
+    for file, key, start, end, value in pieces:
+        by_member.setdefault((file, key), set()).add((start, end, value))
+    bad: list[Any] = []
+    for member, found in sorted(by_member.items()):
+        ref = refs.get(member)
+        if ref is None or ref.crc32 is None:
+            continue
+        at, joined = 0, 0
+        for start, end, value in sorted(found):
+            if start < at:  # the same range read by several ranks (replicas) or overlapping views: skip it
+                if end <= at:
+                    continue
+                break
+            if start > at:
+                break  # a gap: not read whole by the ranks together
+            joined = crc32_combine(joined, value, end - start) if at else value
+            at = end
+        if at == ref.nbytes and joined != ref.crc32:
+            bad.append(CrcMismatch(ref, ref.crc32, joined, tuple(names.get(member, ()))))
+    if bad:
+        raise crc_error(bad, consequence)
+
+
+def _leaves(records: Mapping[str, TensorRecord]) -> Iterator[TensorRecord]:
+    """Every record with bytes of its own: the records, and the chunks of records stored in pieces."""
+    for record in records.values():
+        chunks = getattr(record, "chunks", None)
+        if chunks:
+            yield from (chunk for _, chunk in chunks)
+        else:
+            yield record

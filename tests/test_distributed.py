@@ -1,0 +1,315 @@
+"""``load_into`` on FSDP2 (``fully_shard``) and DTensor models, on 2 and 4 forked gloo ranks: the same planning as for
+a plain model on every rank, agreed before any byte is read; each rank reads only its own shards; failures raise
+the same error everywhere and change nothing; the result is bit-identical to loading an unsharded copy and
+sharding it."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import torchweights as tw
+from _ranks import run_ranks
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+class Net(nn.Module):
+    """Uneven sizes on purpose: 7 rows over 4 ranks is 2+2+2+1, 3 rows is 1+1+1+0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.fc1 = nn.Linear(6, 7)
+        self.norm = nn.BatchNorm1d(7)
+        self.fc2 = nn.Linear(7, 3)
+        self.scale = nn.Parameter(torch.ones(1))
+
+
+#: Buffers stay plain tensors under FSDP2: every rank reads them whole.
+BUFFERS = ("norm.running_mean", "norm.running_var", "norm.num_batches_tracked")
+
+
+def _reference(seed: int = 1) -> Net:
+    torch.manual_seed(seed)
+    net = Net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+        net.norm.running_mean.normal_()
+        net.norm.num_batches_tracked.fill_(5)
+    return net
+
+
+def _sharded(world: int, seed: int) -> Net:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(seed)  # other values than the file on every rank
+    net = Net()
+    mesh = init_device_mesh("cpu", (world,))
+    for sub in (net.fc1, net.fc2, net.embed):
+        fully_shard(sub, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+    return net
+
+
+def _locals(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: (v.to_local() if hasattr(v, "to_local") else v).clone() for k, v in net.state_dict().items()}
+
+
+def _full(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in net.state_dict().items()}
+
+
+def _load(rank: int, world: int, path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """On each rank: load into a sharded model; also load the same file into an unsharded copy and shard that."""
+    net = _sharded(world, seed=100 + rank)
+    report = tw.load_into(net, path, **options)
+    twin = Net()
+    tw.load_into(twin, path, **options)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    for sub in (twin.fc1, twin.fc2, twin.embed):
+        fully_shard(sub, mesh=mesh)
+    fully_shard(twin, mesh=mesh)
+    return {
+        "ok": report.ok,
+        "bytes": report.bytes_read,
+        "locals": _locals(net),
+        "twin": _locals(twin),
+        "full": _full(net),
+    }
+
+
+def _check(results: list[dict[str, Any]], reference: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> None:
+    for result in results:
+        assert result["ok"]
+        assert result["full"].keys() == reference.keys()
+        for key, value in reference.items():
+            got = result["full"][key]
+            assert got.dtype == value.dtype and torch.equal(got, value), key
+            assert torch.equal(result["locals"][key], result["twin"][key]), key  # bit-identical shard by shard
+    # Each rank reads its own rows of the sharded tensors (and every replicated buffer): together, the file once.
+    replicated = sum(t.nbytes for k, t in stored.items() if k in BUFFERS)
+    sharded_bytes = sum(t.nbytes for k, t in stored.items() if k not in BUFFERS)
+    assert sum(r["bytes"] - replicated for r in results) == sharded_bytes
+    assert all(r["bytes"] < sharded_bytes for r in results)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_from_a_safetensors_file_with_a_module_prefix(tmp_path: Path, world: int) -> None:
+    reference = _reference().state_dict()
+    path = tmp_path / "model.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in reference.items()}, str(path))
+    results = run_ranks(_load, world, str(path), {})
+    _check(results, reference, reference)
+
+
+def test_from_a_sharded_hugging_face_set(tmp_path: Path) -> None:
+    reference = _reference().state_dict()
+    keys = list(reference)
+    shards = [keys[0:3], keys[3:6], keys[6:]]
+    weight_map = {}
+    for i, part in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-00003.safetensors"
+        save_file({k: reference[k].contiguous() for k in part}, str(tmp_path / name))
+        weight_map.update(dict.fromkeys(part, name))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    results = run_ranks(_load, 4, str(index), {})
+    _check(results, reference, reference)
+
+
+def test_from_a_torch_file_with_a_cast(tmp_path: Path) -> None:
+    """A ``.pt`` checkpoint in bfloat16 (nested under ``state_dict``) into a float32 sharded model: each rank casts
+    its own rows."""
+    reference = _reference().state_dict()
+    stored = {k: v.bfloat16() if v.is_floating_point() else v for k, v in reference.items()}
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": stored, "epoch": 3}, path)
+    results = run_ranks(_load, 2, str(path), {})
+    expected = {k: v.to(reference[k].dtype) for k, v in stored.items()}
+    _check(results, expected, stored)
+
+
+def _mismatch(rank: int, world: int, path: str) -> dict[str, Any]:
+    net = _sharded(world, seed=100 + rank)
+    before = _locals(net)
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        error = (type(exc).__name__, exc.code, exc.message)
+    else:
+        error = None
+    after = _locals(net)
+    return {"error": error, "unchanged": all(torch.equal(before[k], after[k]) for k in before)}
+
+
+def test_a_shape_mismatch_raises_the_same_error_on_every_rank_and_changes_nothing(tmp_path: Path) -> None:
+    state = _reference().state_dict()
+    state["fc2.weight"] = torch.zeros(4, 7)  # the model has (3, 7)
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    results = run_ranks(_mismatch, 4, str(path))
+    errors = {r["error"] for r in results}
+    assert len(errors) == 1
+    (error,) = errors
+    assert error is not None and error[0] == "LoadError" and error[1] == "shape-mismatch"
+    assert "fc2.weight" in error[2] and "no rank's parameters were changed" in error[2]
+    assert all(r["unchanged"] for r in results)
+
+
+def _one_rank_missing(rank: int, world: int, good: str, missing: str) -> dict[str, Any]:
+    return _mismatch(rank, world, missing if rank == 1 else good)
+
+
+def test_a_file_missing_on_one_rank_raises_everywhere(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file(_reference().state_dict(), str(path))
+    results = run_ranks(_one_rank_missing, 2, str(path), str(tmp_path / "absent.safetensors"))
+    errors = {r["error"] for r in results}
+    assert len(errors) == 1
+    (error,) = errors
+    assert error is not None and error[0] == "CheckpointNotFoundError"
+    assert error[2].startswith("rank 1 of 2 (every rank raised this error; nothing was read")
+    assert all(r["unchanged"] for r in results)
+
+
+def _other_plans(rank: int, world: int, good: str, other: str) -> dict[str, Any]:
+    net = _sharded(world, seed=100 + rank)
+    before = _locals(net)
+    try:
+        tw.load_into(net, other if rank == 1 else good, strict=False)
+    except tw.TorchWeightsError as exc:
+        return {"code": exc.code, "unchanged": all(torch.equal(before[k], v) for k, v in _locals(net).items())}
+    return {"code": None, "unchanged": False}
+
+
+def test_ranks_that_plan_different_loads_refuse_together(tmp_path: Path) -> None:
+    state = _reference().state_dict()
+    good, other = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(state, str(good))
+    save_file({k: v for k, v in state.items() if k != "fc1.bias"}, str(other))
+    results = run_ranks(_other_plans, 2, str(good), str(other))
+    assert [r["code"] for r in results] == ["ranks-disagree", "ranks-disagree"]
+    assert all(r["unchanged"] for r in results)
+
+
+def _columns(rank: int, world: int, path: str) -> dict[str, Any]:
+    """A tensor-parallel style DTensor sharded along dim 1 (not rows)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    net = nn.Linear(10, 6)
+    net.weight = nn.Parameter(distribute_tensor(torch.zeros(6, 10), mesh, [Shard(1)]))
+    net.bias = nn.Parameter(distribute_tensor(torch.zeros(6), mesh, [Shard(0)]))
+    report = tw.load_into(net, path)
+    return {"ok": report.ok, "weight": net.weight.full_tensor(), "bias": net.bias.full_tensor()}
+
+
+def test_a_dtensor_sharded_along_columns(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    state = {"weight": torch.randn(6, 10), "bias": torch.randn(6)}
+    path = tmp_path / "linear.pt"
+    torch.save(state, path)
+    for result in run_ranks(_columns, 4, str(path)):
+        assert result["ok"]
+        assert torch.equal(result["weight"], state["weight"]) and torch.equal(result["bias"], state["bias"])
+
+
+def _meta(rank: int, world: int, path: str) -> str | None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta"):
+        net = Net()
+    fully_shard(net, mesh=init_device_mesh("cpu", (world,)))
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        return f"{exc.code}: {exc}"
+    return None
+
+
+def test_a_sharded_model_on_meta_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file(_reference().state_dict(), str(path))
+    for message in run_ranks(_meta, 2, str(path)):
+        assert message is not None and message.startswith("bad-model") and "to_empty" in message
+
+
+def _crc(rank: int, world: int, path: str) -> tuple[str, str, bool] | None:
+    net = _sharded(world, seed=100 + rank)
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        return (exc.code, exc.message, "fc1.weight" in exc.message)
+    return None
+
+
+def test_a_damaged_zip_member_read_in_pieces_fails_its_crc_on_every_rank(tmp_path: Path) -> None:
+    """No rank reads the whole storage of ``fc1.weight``, yet the CRC-32 its zip member records is checked: each
+    rank's piece is checksummed and the pieces are joined."""
+    path = tmp_path / "model.pt"
+    torch.save(_reference().state_dict(), path)
+    ref = tw.open(path)["fc1.weight"].storage
+    assert ref is not None and ref.crc32 is not None
+    data = bytearray(path.read_bytes())
+    data[ref.offset + ref.nbytes // 2] ^= 0x40  # one bit, in the rows of rank 0 or 1
+    path.write_bytes(bytes(data))
+    for world in (2, 4):
+        results = run_ranks(_crc, world, str(path))
+        assert len(set(results)) == 1
+        (result,) = set(results)
+        assert result is not None and result[0] == "bad-crc" and result[2]
+        assert "reload it from a good file" in result[1]
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as fh:
+        return int(next(line for line in fh if line.startswith("rchar:")).split()[1])
+
+
+def _io(rank: int, world: int, path: str) -> int:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    net = nn.Linear(1024, 1024, bias=False)
+    fully_shard(net, mesh=init_device_mesh("cpu", (world,)))
+    tw.load_into(net, path)  # first: the lazy imports read their .pyc files too
+    before = _rchar()
+    tw.load_into(net, path)
+    return _rchar() - before
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs /proc/self/io (Linux)")
+@pytest.mark.parametrize("kind", ["pt", "safetensors"])
+def test_each_rank_reads_only_its_own_bytes(tmp_path: Path, kind: str) -> None:
+    """Counted by the kernel (``rchar``: every byte read by a system call, the CRC-32 check included)."""
+    weight = torch.randn(1024, 1024)
+    path = tmp_path / f"model.{kind}"
+    if kind == "pt":
+        torch.save({"weight": weight}, path)
+    else:
+        save_file({"weight": weight}, str(path))
+    for world in (2, 4):
+        read = run_ranks(_io, world, str(path))
+        assert all(n < weight.nbytes / world + 256 * 1024 for n in read), (world, read, weight.nbytes)
