@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -390,3 +391,40 @@ def test_convert_diff_verify_and_scan_a_sharded_folder(sharded: dict[int, Path],
     scan = tw.scan(folder)
     assert scan.verdict == "clean", scan.findings
     assert scan.loads
+
+
+def _load_resharded(rank: int, world: int, folder: str) -> dict[str, Any]:
+    """On each rank: load the folder into a fresh FSDP2 model of ``world`` ranks; each rank's local shards and the
+    full tensors after the load, and the bytes it read."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(123)  # other values than the folder's
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    model[1].to(torch.bfloat16)
+    model.register_buffer("steps", torch.zeros(6, dtype=torch.int64))
+    for layer in model:
+        fully_shard(layer)
+    fully_shard(model)
+    report = tw.load_into(model, folder)
+    state = model.state_dict()
+    local = {k: (v.to_local() if hasattr(v, "to_local") else v).clone() for k, v in state.items()}
+    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in state.items()}
+    return {"ok": report.ok, "local": local, "full": full}
+
+
+@pytest.mark.parametrize(("saved", "loaded"), [(2, 4), (4, 2)])
+def test_a_sharded_folder_loads_into_an_fsdp2_model_of_another_world(
+    sharded: dict[int, Path], saved: int, loaded: int
+) -> None:
+    """Saved on 2 ranks, loaded on 4 and the reverse: each rank's shards hold its rows of the saved tensors."""
+    results = run_ranks(_load_resharded, loaded, str(sharded[saved]))
+    want = _model().state_dict()
+    for rank, result in enumerate(results):
+        assert result["ok"], rank
+        for name, value in want.items():
+            got = result["full"][name]
+            assert got.dtype == value.dtype and _bits(got) == _bits(value), (rank, name)
+            if name != "steps":  # FSDP2 shards dim 0 in torch.chunk pieces
+                pieces = torch.chunk(value, loaded)
+                mine = pieces[rank] if rank < len(pieces) else value[:0]
+                assert _bits(result["local"][name]) == _bits(mine), (rank, name)
