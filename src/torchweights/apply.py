@@ -233,9 +233,7 @@ def _apply_checkpoint(
     from .storage.results import crc_error
 
     records = checkpoint.records
-    empty = [
-        a for a in own if a.source is not None and records[a.source].storage is None and records[a.source].numel > 0
-    ]
+    empty = [a for a in own if a.source is not None and not records[a.source].has_data and records[a.source].numel > 0]
     if empty:
         names = shorten_list(quote(a.source or "") for a in empty)
         raise CorruptCheckpointError(

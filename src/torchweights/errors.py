@@ -455,7 +455,8 @@ CODES: dict[str, ErrorCode] = {
         CorruptCheckpointError,
         "a torch.distributed.checkpoint folder whose .metadata does not describe its items",
         causes="a `.metadata` that is not DCP's `Metadata` (hand-written, another tool's), an item placed outside the "
-        "folder or outside its `.distcp` file, a chunk whose dtype or shape disagrees with `.metadata`",
+        "folder or outside its `.distcp` file, a chunk whose dtype or shape disagrees with `.metadata`, chunks of a "
+        "tensor that do not tile its shape exactly (overlapping, leaving a gap, reaching past it)",
         fix="copy the whole folder again from where it was saved (every `.distcp` file with its `.metadata`), or "
         "save it again",
     ),
@@ -877,14 +878,6 @@ CODES: dict[str, ErrorCode] = {
         "a valid checkpoint using a feature torchweights cannot read",
         causes="a valid checkpoint using a feature torchweights does not read, with no more precise code",
         fix="read it with `torch.load(path, weights_only=True)` if you trust it, and open an issue with the message",
-    ),
-    "unsupported-dcp-chunks": ErrorCode(
-        UnsupportedCheckpointError,
-        "a torch.distributed.checkpoint tensor saved in several chunks",
-        causes="a `torch.distributed.checkpoint` folder saved by several ranks or from FSDP/DTensor shards: a tensor "
-        "is split into chunks, which torchweights does not assemble yet",
-        fix="convert it with `torch.distributed.checkpoint.format_utils.dcp_to_torch_save` (trusted folders only), "
-        "then read the result; `torchweights scan` reads the folder already",
     ),
     "unsupported-dcp-item": ErrorCode(
         UnsupportedCheckpointError,

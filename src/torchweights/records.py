@@ -85,7 +85,8 @@ class TensorRecord:
         shape: sizes per dimension.
         stride: strides in elements.
         storage_offset: offset of element 0 into the storage, in elements.
-        storage: where the bytes are; None for tensors saved without data (meta device).
+        storage: where the bytes are; None for tensors saved without data (meta device), for sparse tensors
+            (:attr:`sparse`) and for tensors stored in pieces (:attr:`chunks`). :attr:`has_data` tells them apart.
         requires_grad: the flag saved with the tensor.
         is_parameter: saved as ``nn.Parameter``.
         quantization: for a quantized tensor (dtype ``qint8``, ``quint8``, ``qint32``...): ``qscheme`` and either
@@ -100,6 +101,13 @@ class TensorRecord:
             ``compressed_indices``, ``plain_indices`` and ``values``; not listed in the checkpoint) and, for COO,
             ``is_coalesced``. ``shape`` is then the dense size, ``dtype`` the values' dtype, ``storage`` None and
             :attr:`nbytes` the bytes of the components.
+        chunks: for a tensor stored in pieces (a torch.distributed.checkpoint saved by several ranks, FSDP/DTensor
+            shards): ``((global offsets, record), ...)``, one per piece, whose record describes that piece alone
+            (its own ``shape`` is the piece's sizes, its own storage, C-contiguous as DCP writes it). The pieces tile
+            the whole shape exactly. The whole record then has ``storage`` None, the global ``dtype`` and
+            ``shape`` and C-contiguous strides; :attr:`view_key` and :attr:`byte_range` are None, and
+            :func:`torchweights.storage.regions.regions` gives the pieces that hold any box of it. None for every
+            other tensor.
     """
 
     name: str
@@ -116,6 +124,7 @@ class TensorRecord:
     neg: bool = False
     attributes: dict[str, Any] | None = None
     sparse: dict[str, Any] | None = None
+    chunks: tuple[tuple[tuple[int, ...], TensorRecord], ...] | None = None
 
     @property
     def layout(self) -> str:
@@ -128,6 +137,12 @@ class TensorRecord:
         if not self.sparse:
             return ()
         return tuple(v for v in self.sparse.values() if isinstance(v, TensorRecord))
+
+    @property
+    def has_data(self) -> bool:
+        """True when the tensor has bytes to read: a storage, sparse components or pieces (:attr:`chunks`); False
+        for a tensor saved without data (meta device)."""
+        return self.storage is not None or bool(self.sparse) or self.chunks is not None
 
     @_once
     def numel(self) -> int:
@@ -150,7 +165,8 @@ class TensorRecord:
     @property
     def view_key(self) -> tuple[Any, ...] | None:
         """Equal for records that are the same tensor (tied weights: one storage, the same dtype, shape, strides
-        and offset); None for a tensor without data or without elements, which cannot be tied."""
+        and offset); None for a tensor without a storage of its own (no data, stored in :attr:`chunks`) or without
+        elements, which cannot be tied."""
         ref = self.storage
         if ref is None or self.numel == 0:
             return None
@@ -158,7 +174,8 @@ class TensorRecord:
 
     @property
     def byte_range(self) -> tuple[int, int] | None:
-        """``(start, end)`` absolute file offsets spanned by this tensor's elements, or None without storage."""
+        """``(start, end)`` absolute file offsets spanned by this tensor's elements, or None without a storage of
+        its own (no data, stored in :attr:`chunks`)."""
         if self.storage is None:
             return None
         size = self.itemsize
@@ -190,6 +207,7 @@ class TensorRecord:
             **({"layout": self.layout} if self.sparse else {}),
             **({"conj": True} if self.conj else {}),
             **({"neg": True} if self.neg else {}),
+            **({"chunks": len(self.chunks)} if self.chunks is not None else {}),
         }
 
 

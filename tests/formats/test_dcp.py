@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,7 +28,10 @@ from torch.distributed.checkpoint.metadata import (
 )
 
 import torchweights as tw
+from _ranks import run_ranks
 from torchweights.errors import CorruptCheckpointError, UnsupportedCheckpointError
+from torchweights.storage.read import fill
+from torchweights.storage.regions import regions as tw_regions
 
 
 @pytest.fixture(autouse=True)
@@ -93,8 +97,7 @@ def test_open_gives_records_chunks_and_extras(tmp_path: Path) -> None:
     assert (record.dtype, record.shape, record.path) == ("float32", (2,), ("nested", "list", "1"))
     assert ckpt.records["scalar"].shape == () and ckpt.records["empty"].shape == (0, 4)
     assert record.storage is not None and record.storage.file == str(folder / "__0_0.distcp")
-    (chunk,) = ckpt.metadata["dcp_chunks"]["f32"]
-    assert chunk["offsets"] == [0, 0] and chunk["sizes"] == [3, 4] and chunk["file"] == "__0_0.distcp"
+    assert ckpt.records["f32"].chunks is None and "dcp_chunks" not in ckpt.metadata  # one chunk: a plain record
     assert ckpt.extras == {"epoch": 9, "config.lr": 0.1, "config.name": "run"}
     assert ckpt.files == (str(folder / ".metadata"), str(folder / "__0_0.distcp"))
     assert ckpt.get_tensor("bf16").dtype == torch.bfloat16
@@ -157,16 +160,65 @@ def _write(
     return metadata
 
 
-def test_a_tensor_in_several_chunks_is_refused(tmp_path: Path) -> None:
+def test_a_tensor_in_several_chunks_loads(tmp_path: Path) -> None:
     full = torch.arange(12.0).reshape(4, 3)
     folder = tmp_path / "ckpt"
     _write(folder, {"w": [((0, 0), full[:2].clone()), ((2, 0), full[2:].clone())]}, {"w": (4, 3)})
     dcp_to_torch_save(str(folder), str(tmp_path / "ref.pt"))  # torch reads the hand-written folder
     assert torch.equal(torch.load(tmp_path / "ref.pt")["w"], full)
-    with pytest.raises(UnsupportedCheckpointError) as info:
+    record = tw.open(folder).records["w"]
+    assert (record.shape, record.stride, record.storage, record.view_key, record.byte_range) == (
+        (4, 3),
+        (3, 1),
+        None,
+        None,
+        None,
+    )
+    assert record.has_data and record.chunks is not None
+    assert [(at, piece.shape) for at, piece in record.chunks] == [((0, 0), (2, 3)), ((2, 0), (2, 3))]
+    assert torch.equal(tw.load(folder)["w"], full)
+
+
+_FULL = torch.arange(24.0).reshape(4, 6)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "fault"),
+    [
+        ([((0, 0), _FULL[:3]), ((2, 0), _FULL[2:])], "overlap"),
+        ([((0, 0), _FULL[:2]), ((3, 0), _FULL[3:])], "gap"),
+        ([((0, 0), _FULL[:2]), ((2, 3), _FULL[2:])], "reaches past"),
+        ([((0, 0), _FULL[:2, :3]), ((2, 0), _FULL[2:])], "gap"),
+    ],
+    ids=["overlap", "gap", "out-of-bounds", "short-chunk"],
+)
+def test_chunks_that_do_not_tile_the_tensor_are_refused(
+    tmp_path: Path, pieces: list[tuple[tuple[int, ...], torch.Tensor]], fault: str
+) -> None:
+    folder = tmp_path / "ckpt"
+    _write(folder, {"w": [(at, t.clone()) for at, t in pieces]}, {"w": (4, 6)})
+    with pytest.raises(CorruptCheckpointError) as info:
         tw.open(folder)
-    assert info.value.code == "unsupported-dcp-chunks"
-    assert "'w'" in info.value.message and "dcp_to_torch_save" in info.value.message
+    assert info.value.code == "bad-dcp-metadata"
+    assert "'w'" in info.value.message and fault in info.value.message
+
+
+def test_a_chunk_of_another_shape_than_listed_is_refused(tmp_path: Path) -> None:
+    """The chunk's archive holds a tensor of other sizes than .metadata lists for it (the tiling is right)."""
+    folder = tmp_path / "ckpt"
+    metadata = _write(folder, {"w": [((0, 0), _FULL[:2].clone()), ((2, 0), _FULL[2:].clone())]}, {"w": (4, 6)})
+    entry = metadata.state_dict_metadata["w"]
+    assert isinstance(entry, TensorStorageMetadata)
+    entry.chunks[0] = ChunkStorageMetadata(offsets=torch.Size((0, 0)), sizes=torch.Size((1, 6)))
+    entry.chunks.append(ChunkStorageMetadata(offsets=torch.Size((1, 0)), sizes=torch.Size((1, 6))))
+    metadata.storage_data[MetadataIndex("w", torch.Size((1, 0)))] = metadata.storage_data[
+        MetadataIndex("w", torch.Size((2, 0)), 1)
+    ]
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CorruptCheckpointError) as info:
+        tw.open(folder)
+    assert info.value.code == "bad-dcp-metadata"
+    assert "chunk [0, 0] of tensor 'w' is float32 [2, 6], but .metadata says float32 [1, 6]" in info.value.message
 
 
 def test_a_single_hand_written_chunk_loads(tmp_path: Path) -> None:
@@ -226,3 +278,153 @@ def test_a_metadata_that_is_not_dcps_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CorruptCheckpointError) as info:
         tw.open(tmp_path)
     assert info.value.code == "bad-dcp-metadata"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Folders saved by several ranks: FSDP2 shards (uneven: a rank with one row, a rank with none), DTensors sharded on
+# dim 1 and on a 2-D mesh
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    model[1].to(torch.bfloat16)
+    model.register_buffer("steps", torch.arange(6, dtype=torch.int64))
+    return model
+
+
+def _extra(world: int) -> dict[str, torch.Tensor]:
+    """The DTensors' full values (the same on every rank)."""
+    g = torch.Generator().manual_seed(1)
+    out = {"cols": torch.randn(3, 10, generator=g)}
+    if world == 4:
+        out["grid"] = torch.randint(-1000, 1000, (5, 6), dtype=torch.int32, generator=g)
+    return out
+
+
+def _save_sharded(rank: int, world: int, folder: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    model = _model()
+    for layer in model:
+        fully_shard(layer)
+    fully_shard(model)
+    state: dict[str, object] = {"model": model.state_dict(), "step": 5}
+    mesh = init_device_mesh("cpu", (world,))
+    full = _extra(world)
+    state["cols"] = distribute_tensor(full["cols"], mesh, [Shard(1)])
+    if world == 4:
+        grid = init_device_mesh("cpu", (2, 2))
+        state["grid"] = distribute_tensor(full["grid"], grid, [Shard(0), Shard(1)])
+    dcp.save(state, checkpoint_id=folder)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """DCP folders saved by 2 and 4 FSDP2 ranks, with the reference ``dcp_to_torch_save`` file of each."""
+    out = {}
+    for world in (2, 4):
+        folder = tmp_path_factory.mktemp(f"dcp{world}") / "ckpt"
+        run_ranks(_save_sharded, world, str(folder))
+        dcp_to_torch_save(str(folder), str(folder.parent / "ref.pt"))
+        out[world] = folder
+    return out
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_folder_saved_by_several_ranks_loads_bit_identical(sharded: dict[int, Path], world: int) -> None:
+    folder = sharded[world]
+    expected = _tensors(torch.load(folder.parent / "ref.pt", weights_only=True))
+    ckpt = tw.open(folder)
+    weight = ckpt.records["model.0.weight"]
+    assert weight.shape == (7, 5) and weight.chunks is not None and len(weight.chunks) == world
+    assert ckpt.records["model.steps"].chunks is None  # a buffer FSDP does not shard: one chunk, a plain record
+    assert ckpt.records["cols"].chunks is not None and {at[0] for at, _ in ckpt.records["cols"].chunks} == {0}
+    loaded = tw.load(folder)
+    assert list(loaded) == list(expected) and set(expected) >= {"model.1.weight", "cols"}
+    for name, want in expected.items():
+        got = loaded[name]
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), name
+        assert _bits(got) == _bits(want), name
+    assert _bits(loaded["cols"]) == _bits(_extra(world)["cols"])
+    mapped = tw.load(folder, mmap=True)  # pieces are read, not mapped: one new contiguous tensor each
+    assert all(_bits(mapped[n]) == _bits(want) for n, want in expected.items())
+    assert mapped["model.0.weight"].is_contiguous() and mapped["cols"].is_contiguous()
+    if world == 4:
+        assert torch.equal(loaded["grid"], _extra(4)["grid"]) and len(ckpt.records["grid"].chunks or ()) == 4
+        part = torch.zeros(3, 3, dtype=torch.int32)  # a box across the 2-D mesh's four pieces
+        fill([(p, part[s]) for p, s in tw_regions(ckpt.records["grid"], (1, 2), (3, 3))])
+        assert torch.equal(part, _extra(4)["grid"][1:4, 2:5])
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_load_into_a_plain_model_from_a_sharded_folder(sharded: dict[int, Path], world: int) -> None:
+    target = _model()
+    with torch.no_grad():
+        for p in target.parameters():
+            p.zero_()
+    report = tw.load_into(target, sharded[world])
+    assert report.ok, report
+    for name, value in _model().state_dict().items():
+        got = target.state_dict()[name]
+        assert got.dtype == value.dtype and torch.equal(got, value), name
+
+
+def test_convert_diff_verify_and_scan_a_sharded_folder(sharded: dict[int, Path], tmp_path: Path) -> None:
+    folder = sharded[4]
+    expected = tw.load(folder.parent / "ref.pt")
+    for out in (tmp_path / "st" / "out.safetensors", tmp_path / "pt" / "out.pt", tmp_path / "set"):
+        to = "torch" if out.suffix == ".pt" else "safetensors"
+        limit = 200 if out.name == "set" else "5GB"  # the folder: a sharded set of 3 shards
+        report = tw.convert(folder, out, to=to, container="", max_shard_size=limit)
+        assert report is not None
+        back = tw.load(out)
+        assert set(back) == set(expected)
+        for name, want in expected.items():
+            assert back[name].dtype == want.dtype and _bits(back[name]) == _bits(want), (out.name, name)
+        assert tw.diff(folder, out).identical
+    assert tw.diff(folder, sharded[2]).by_status("identical")  # the same model saved by 2 and by 4 ranks
+    assert tw.verify(folder).ok
+    scan = tw.scan(folder)
+    assert scan.verdict == "clean", scan.findings
+    assert scan.loads
+
+
+def _load_resharded(rank: int, world: int, folder: str) -> dict[str, Any]:
+    """On each rank: load the folder into a fresh FSDP2 model of ``world`` ranks; each rank's local shards and the
+    full tensors after the load, and the bytes it read."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(123)  # other values than the folder's
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    model[1].to(torch.bfloat16)
+    model.register_buffer("steps", torch.zeros(6, dtype=torch.int64))
+    for layer in model:
+        fully_shard(layer)
+    fully_shard(model)
+    report = tw.load_into(model, folder)
+    state = model.state_dict()
+    local = {k: (v.to_local() if hasattr(v, "to_local") else v).clone() for k, v in state.items()}
+    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in state.items()}
+    return {"ok": report.ok, "local": local, "full": full}
+
+
+@pytest.mark.parametrize(("saved", "loaded"), [(2, 4), (4, 2)])
+def test_a_sharded_folder_loads_into_an_fsdp2_model_of_another_world(
+    sharded: dict[int, Path], saved: int, loaded: int
+) -> None:
+    """Saved on 2 ranks, loaded on 4 and the reverse: each rank's shards hold its rows of the saved tensors."""
+    results = run_ranks(_load_resharded, loaded, str(sharded[saved]))
+    want = _model().state_dict()
+    for rank, result in enumerate(results):
+        assert result["ok"], rank
+        for name, value in want.items():
+            got = result["full"][name]
+            assert got.dtype == value.dtype and _bits(got) == _bits(value), (rank, name)
+            if name != "steps":  # FSDP2 shards dim 0 in torch.chunk pieces
+                pieces = torch.chunk(value, loaded)
+                mine = pieces[rank] if rank < len(pieces) else value[:0]
+                assert _bits(result["local"][name]) == _bits(mine), (rank, name)

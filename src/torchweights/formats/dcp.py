@@ -14,13 +14,18 @@ place later, like any other record. Each non-tensor item is a ``torch.save`` arc
 classes become inert stubs, anything dangerous is refused) into :attr:`Checkpoint.extras`.
 
 Names and nesting follow ``planner_data`` as ``torch.distributed.checkpoint.format_utils.dcp_to_torch_save`` does, so
-``tw.load(folder)`` gives the tensors of that file. A tensor must be one chunk covering its whole shape (every
-single-process save); one saved in several chunks (several ranks, FSDP/DTensor shards) is refused with
-``unsupported-dcp-chunks`` for now.
+``tw.load(folder)`` gives the tensors of that file. A tensor saved in one chunk covering its whole shape (every
+single-process save) is a plain record of that chunk. One saved in several chunks (several ranks, FSDP2/DTensor
+shards) is a record with :attr:`~torchweights.records.TensorRecord.chunks`: each chunk's global offsets and its own
+record, read from its own archive; the chunks must tile the global shape exactly (each inside it, none overlapping,
+nothing missing) and each must be the dtype and sizes ``.metadata`` gives it, else the folder is refused
+(``bad-dcp-metadata``) before any tensor byte is read. :func:`torchweights.storage.regions.regions` gives the chunk
+pieces of any box of such a tensor (a shard of another sharding: DCP saved on 2 ranks, loaded on 4).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any
@@ -31,6 +36,7 @@ from ..text import quote, shorten_list
 from ..unpickle.values import PickledTensor, Stub, TorchValue
 from ._pickled import run_pickle
 from ._zip import check, read_directory
+from .safetensors import contiguous_strides
 from .torch_zip import Archive, read_archive
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,7 +211,6 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
     places = _locations(meta, metadata)
     items = _Items(folder, metadata, options)
     ckpt = Checkpoint(path=path, format="dcp", metadata={"dcp_version": meta.get("version")})
-    chunks: dict[str, list[dict[str, Any]]] = {}
     globals_seen: set[str] = set()
     for fqn, entry in entries.items():
         if not isinstance(fqn, str):
@@ -226,11 +231,10 @@ def read(path: str, options: ReadOptions) -> Checkpoint:
                 ckpt.extras[_joined(name, sub)] = value
             ckpt.warnings.extend(inner.warnings)
             continue
-        record = _tensor(fqn, name, keys, entry, places, items, metadata, chunks)
+        record = _tensor(fqn, name, keys, entry, places, items, metadata)
         ckpt.records[name] = record
     ckpt.files = (metadata, *sorted(items.files.values()))
     ckpt.globals = tuple(sorted(globals_seen))
-    ckpt.metadata["dcp_chunks"] = chunks
     return ckpt
 
 
@@ -242,9 +246,10 @@ def _tensor(
     places: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]],
     items: _Items,
     metadata: str,
-    chunks: dict[str, list[dict[str, Any]]],
 ) -> TensorRecord:
-    """The record of one tensor entry, read from its (single) chunk's archive and checked against ``.metadata``."""
+    """The record of one tensor entry: its chunk's record when one chunk holds it all, else a record with
+    :attr:`~torchweights.records.TensorRecord.chunks`; every chunk's archive is read and checked against
+    ``.metadata``, and the chunks must tile the shape exactly."""
     fields = _stub(entry, _DCP + "TensorStorageMetadata", metadata, f"the entry of {quote(fqn)}")
     shape = _ints(fields.get("size"), metadata, f"the size of {quote(fqn)}")
     props = fields.get("properties")
@@ -264,26 +269,46 @@ def _tensor(
         if place is None:
             raise _bad(metadata, f"chunk {list(offsets)} of {quote(fqn)} has no place in storage_data")
         spans.append((offsets, sizes, place))
-    chunks[name] = [
-        {"offsets": list(o), "sizes": list(s), "file": p[0], "offset": p[1], "length": p[2]} for o, s, p in spans
-    ]
-    if len(spans) != 1 or spans[0][1] != shape or any(spans[0][0]):
-        raise UnsupportedCheckpointError(
-            f"{quote(metadata)}: tensor {quote(fqn)} of shape {list(shape)} is saved in {len(spans)} chunks (several "
-            "ranks, or FSDP/DTensor shards), which torchweights does not assemble yet. Fix: convert the folder with "
-            "torch.distributed.checkpoint.format_utils.dcp_to_torch_save (trusted folders only), then read the "
-            "result.",
-            code="unsupported-dcp-chunks",
-            path=metadata,
-        )
-    inner = items.read(fqn, spans[0][2])
-    record = inner.records.get("")
-    if record is None or len(inner.records) != 1 or inner.extras:
-        raise _bad(metadata, f"the chunk of tensor {quote(fqn)} does not hold one tensor")
-    if record.dtype != dtype.value or record.shape != shape:
-        raise _bad(
-            metadata,
-            f"the chunk of tensor {quote(fqn)} is {record.dtype} {list(record.shape)}, but .metadata says "
-            f"{dtype.value} {list(shape)}",
-        )
-    return replace(record, name=name, path=keys)
+    fault = _tiling_fault(shape, [(o, s) for o, s, _ in spans])
+    if fault:
+        raise _bad(metadata, f"the chunks of tensor {quote(fqn)} of shape {list(shape)} do not tile it: {fault}")
+    pieces = []
+    for offsets, sizes, place in spans:
+        inner = items.read(fqn, place)
+        record = inner.records.get("")
+        if record is None or len(inner.records) != 1 or inner.extras:
+            raise _bad(metadata, f"chunk {list(offsets)} of tensor {quote(fqn)} does not hold one tensor")
+        if record.dtype != dtype.value or record.shape != sizes:
+            raise _bad(
+                metadata,
+                f"chunk {list(offsets)} of tensor {quote(fqn)} is {record.dtype} {list(record.shape)}, but .metadata "
+                f"says {dtype.value} {list(sizes)}",
+            )
+        pieces.append((offsets, replace(record, name=name, path=keys)))
+    if len(pieces) == 1 and pieces[0][1].shape == shape:
+        return pieces[0][1]  # one chunk holds it all (every single-process save): a plain record
+    pieces.sort(key=lambda p: p[0])
+    return TensorRecord(name, keys, dtype.value, shape, contiguous_strides(shape), 0, None, chunks=tuple(pieces))
+
+
+def _tiling_fault(shape: tuple[int, ...], boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> str | None:
+    """Why the chunk boxes ``(offsets, sizes)`` do not tile ``shape`` exactly (each inside it, no two overlapping,
+    their volumes adding up to its number of elements), or None when they do."""
+    for offsets, sizes in boxes:
+        if len(offsets) != len(shape) or len(sizes) != len(shape):
+            return f"chunk {list(offsets)} has {len(offsets)} offsets and {len(sizes)} sizes for {len(shape)} dims"
+        if any(o + n > size for o, n, size in zip(offsets, sizes, shape)):
+            return f"chunk {list(offsets)} of sizes {list(sizes)} reaches past the shape"
+    live = sorted((b for b in boxes if math.prod(b[1])), key=lambda b: b[0])  # empty chunks cover nothing
+    active: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    for offsets, sizes in live:
+        if shape:  # sorted by the first offset: boxes that end before this one starts cannot meet it or later ones
+            active = [b for b in active if b[0][0] + b[1][0] > offsets[0]]
+        for other, other_sizes in active:
+            if all(max(a, b) < min(a + n, b + m) for a, n, b, m in zip(offsets, sizes, other, other_sizes)):
+                return f"chunks {list(other)} and {list(offsets)} overlap"
+        active.append((offsets, sizes))
+    covered = sum(math.prod(s) for _, s in boxes)
+    if covered != math.prod(shape):
+        return f"they hold {covered} elements, the tensor {math.prod(shape)} (a gap)"
+    return None

@@ -10,6 +10,10 @@ Strided views are gathered in pure Python with strided :class:`memoryview` slice
 matrix costs one slice per row; torch is used only for casts. Big-endian storages are byte-swapped with
 :mod:`array`.
 
+A tensor stored in pieces (:attr:`TensorRecord.chunks <torchweights.records.TensorRecord>`, a DCP folder saved by
+several ranks) comes piece after piece when the pieces split it only along dimension 0, else one band of rows at a
+time assembled from the pieces that cross it: bounded memory either way.
+
 Integrity: a storage whose zip member records a CRC-32 is checked before its last piece is handed out (``bad-crc``),
 as ``tw.load`` checks it: on the way when the tensor spans the whole storage, else by one streamed pass over the
 member first (its CRC covers bytes outside the tensor too). So ``convert`` cannot write, nor ``diff`` compare,
@@ -28,6 +32,7 @@ from .. import dtypes
 from ..records import StorageRef, TensorRecord
 from .crc import crc32
 from .raw import read_byte_range, storage_crc
+from .regions import regions
 from .results import CrcMismatch, crc_error
 
 __all__ = ["CHUNK_BYTES", "logical_bytes", "logical_chunks", "span", "to_little_endian"]
@@ -155,6 +160,9 @@ def logical_chunks(
         CorruptCheckpointError: ``bad-crc``: the storage does not match its CRC-32.
         TorchWeightsError: the bytes cannot be read (see :func:`torchweights.storage.raw.read_byte_range`).
     """
+    if record.chunks is not None:
+        yield from _pieced(record, record.chunks, chunk_bytes, check_crc)
+        return
     ref = record.storage
     if ref is None:
         raise ValueError(f"tensor {record.name!r} was saved without data (meta device)")
@@ -186,6 +194,57 @@ def logical_chunks(
             if at + step >= end:
                 _check(ref, value, record)
         yield to_little_endian(piece, ref, record.dtype)
+
+
+def _pieced(
+    record: TensorRecord,
+    chunks: tuple[tuple[tuple[int, ...], TensorRecord], ...],
+    chunk_bytes: int,
+    check_crc: bool,
+) -> Iterator[bytearray]:
+    """:func:`logical_chunks` of a tensor stored in pieces: each piece in turn when they split it only along
+    dimension 0 (whole rows), else one band of rows at a time assembled from the pieces that cross it (at most
+    ``chunk_bytes`` of rows, at least one row), each piece's storage CRC-checked once first."""
+    if record.numel == 0:
+        return
+    shape = record.shape
+    if all(not any(at[1:]) and piece.shape[1:] == shape[1:] for at, piece in chunks):
+        for _, piece in sorted(chunks, key=lambda c: c[0]):
+            yield from logical_chunks(piece, chunk_bytes, check_crc=check_crc)
+        return
+    if check_crc:
+        for _, piece in chunks:
+            ref = piece.storage
+            if ref is not None and ref.crc32 is not None and piece.numel:
+                _check(ref, storage_crc(ref), piece)
+    row = math.prod(shape[1:]) * record.itemsize
+    rows = max(1, chunk_bytes // max(row, 1))
+    for start in range(0, shape[0], rows):
+        count = min(rows, shape[0] - start)
+        band = bytearray(count * row)
+        box = (start, *(0,) * (len(shape) - 1))
+        for part, slices in regions(record, box, (count, *shape[1:])):
+            _place(band, (count, *shape[1:]), logical_bytes(part, check_crc=False), slices, record.itemsize)
+        yield band
+
+
+def _place(out: bytearray, shape: tuple[int, ...], data: bytearray, slices: tuple[slice, ...], itemsize: int) -> None:
+    """Copy ``data`` (a box's elements in C order) into ``out`` (a C-order tensor of ``shape``) at ``slices``, one
+    run of contiguous elements at a time."""
+    sizes = [s.stop - s.start for s in slices]
+    strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
+    inner = len(shape) - 1  # the dimensions from ``inner`` on are copied as one run
+    while inner > 0 and sizes[inner] == shape[inner]:
+        inner -= 1
+    run = math.prod(sizes[inner:]) * itemsize
+    src = memoryview(data)
+    dst = memoryview(out)
+    at = 0
+    for index in itertools.product(*(range(n) for n in sizes[:inner])):
+        first = sum((s.start + i) * k for s, i, k in zip(slices, index, strides))
+        first += slices[inner].start * strides[inner]
+        dst[first * itemsize : first * itemsize + run] = src[at : at + run]
+        at += run
 
 
 def logical_bytes(record: TensorRecord, *, check_crc: bool = True) -> bytearray:

@@ -12,7 +12,8 @@ Two entry points share one engine (:mod:`torchweights.storage.engine`):
   are not contiguous are rebuilt from a copy of their storage, never from a copy of the checkpoint.
 - :func:`materialize` builds new tensors (``tw.load``), one storage per file storage, so views and tied weights
   share memory exactly as they were saved; with ``mmap=True`` they are views of a private mapping of the file
-  (:mod:`torchweights.storage.mapping`).
+  (:mod:`torchweights.storage.mapping`). A tensor stored in pieces (:attr:`TensorRecord.chunks
+  <torchweights.records.TensorRecord>`) becomes one new contiguous tensor, read (not mapped) piece by piece.
 
 Integrity: a zip member records the CRC-32 of its bytes (``StorageRef.crc32``). Whenever a whole storage is read
 its CRC is computed and compared; a mismatch is a :class:`~torchweights.errors.CorruptCheckpointError` with code
@@ -24,7 +25,7 @@ A storage's bytes without torch (for ``convert``, ``diff``, ``verify`` and ``sca
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import dtypes
@@ -86,11 +87,15 @@ def fill(
     """Read each record's bytes into its destination tensor (same number of elements; any dtype and device).
 
     Contiguous CPU destinations of the record's dtype receive the bytes straight from the file; everything else
-    goes through bounded scratch buffers (see the module docstring). CRC mismatches do not stop the reads: they
-    are all returned in :attr:`FillResult.bad_crc`, for the caller to decide (see :func:`crc_error`).
+    goes through bounded scratch buffers (see the module docstring). A contiguous record bound for a destination
+    that is not contiguous (a slice of a bigger tensor, as :func:`torchweights.storage.regions.regions` gives
+    them) is read into a scratch tensor of its own size, then copied. A tensor stored in pieces
+    (:attr:`TensorRecord.chunks`) is read piece by piece into its slices of the destination. CRC mismatches do
+    not stop the reads: they are all returned in :attr:`FillResult.bad_crc`, for the caller to decide (see
+    :func:`crc_error`).
 
     Args:
-        requests: ``(record, destination)`` pairs; records without storage or elements are skipped.
+        requests: ``(record, destination)`` pairs; records without data or elements are skipped.
         check_crc: compare every fully read storage with the CRC-32 its zip member records.
         settings: I/O settings; default: those of the innermost :func:`io_settings` block.
 
@@ -104,7 +109,8 @@ def fill(
     torch_work = False
     flagged: list[tuple[TensorRecord, torch.Tensor]] = []
     written: list[torch.Tensor] = []
-    for record, dst in requests:
+    staged: list[tuple[torch.Tensor, torch.Tensor]] = []  # (scratch, destination): copied once all is read
+    for record, dst in _pieces(requests):
         ref = record.storage
         if record.sparse:
             raise UnsupportedCheckpointError(
@@ -122,6 +128,10 @@ def fill(
         _check_fits(record, ref)
         if dst.numel() != numel:
             raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {numel}")
+        written.append(dst)
+        if record.is_contiguous and not dst.is_contiguous():  # a slice of a bigger tensor: read only these bytes
+            staged.append((dst.new_empty(dst.shape), dst))
+            dst = staged[-1][0]
         key = (ref.file, ref.key)
         group = groups.get(key)
         if group is None:
@@ -132,13 +142,14 @@ def fill(
         plain = lands_as_is(record, ref, dst)
         group.pending.append((record, dst, plain))
         group.names.append(record.name)
-        written.append(dst)
         cuda = cuda or device == "cuda"
         if not torch_work:
             torch_work = not plain or (ref.byteorder == "big" and record.itemsize > 1)
     ordered = sorted(groups.values(), key=lambda g: (g.ref.file, g.ref.offset))
     try:
         result = Engine(ordered, check_crc, settings, cuda=cuda, torch_work=torch_work or not settings.direct).run()
+        for scratch, dst in staged:
+            dst.detach().copy_(scratch)
     finally:
         # The bytes were written through raw pointers, which autograd cannot see: bump each destination's version
         # counter as an in-place torch op would, so a graph that saved one of them raises at backward() instead
@@ -147,6 +158,22 @@ def fill(
     for record, dst in flagged:
         apply_flags_in_place(record, dst)  # the destination holds the values, not the stored ones
     return result
+
+
+def _pieces(requests: Iterable[tuple[TensorRecord, torch.Tensor]]) -> Iterator[tuple[TensorRecord, torch.Tensor]]:
+    """``requests`` with each tensor stored in pieces (:attr:`TensorRecord.chunks`) replaced by its pieces, each
+    bound for its slice of the destination (viewed in the record's shape)."""
+    for record, dst in requests:
+        if record.chunks is None:
+            yield record, dst
+            continue
+        from .regions import regions  # only for tensors stored in pieces: not on a plain load's path
+
+        if dst.numel() != record.numel:
+            raise ValueError(f"{record.name}: destination has {dst.numel()} elements, the record {record.numel}")
+        whole = dst if tuple(dst.shape) == record.shape else dst.view(record.shape)
+        for part, slices in regions(record, [0] * len(record.shape), record.shape):
+            yield part, whole[slices]
 
 
 def _written(tensors: list[torch.Tensor]) -> None:
@@ -187,7 +214,8 @@ def materialize(
     records = list(records)
     if not records:
         return {}
-    reads = [part for r in records for part in (r.parts or (r,))]  # a sparse tensor: its components
+    pieced = {r.name: _assembled(r, map_location, check_crc) for r in records if r.chunks is not None}
+    reads = [part for r in records if r.chunks is None for part in (r.parts or (r,))]  # sparse: its components
     first: dict[tuple[str, str], TensorRecord] = {}
     names: dict[tuple[str, str], list[str]] = {}
     for r in reads:
@@ -251,4 +279,21 @@ def materialize(
         else:
             storage, base = storages[(ref.file, ref.key)]
             built[record.name] = build_tensor(record, storage, base)
-    return {r.name: build_sparse(r, built) if r.sparse else built[r.name] for r in records}
+    return {
+        r.name: pieced[r.name] if r.chunks is not None else build_sparse(r, built) if r.sparse else built[r.name]
+        for r in records
+    }
+
+
+def _assembled(record: TensorRecord, map_location: Any, check_crc: bool) -> torch.Tensor:
+    """A tensor stored in pieces (:attr:`TensorRecord.chunks`) as one new contiguous tensor, on the device its first
+    piece's location maps to (read, never mapped)."""
+    import torch
+
+    location = next((c.storage.location for _, c in record.chunks or () if c.storage is not None), "cpu")
+    device = device_resolver(map_location)(location)
+    out = fresh(torch.empty(record.shape, dtype=dtypes.to_torch(record.dtype), device=device))
+    result = fill([(record, out)], check_crc=check_crc)
+    if result.bad_crc:
+        raise crc_error(result.bad_crc, "Nothing was loaded.")
+    return out

@@ -382,7 +382,9 @@ def diff(
             only_b.append(TensorDiff(action.target, Status.ONLY_B, b=rb.name, shape_b=rb.shape, dtype_b=rb.dtype))
         elif action.kind in ("load", "mismatch") and action.source is not None and action.target is not None:
             pairs.append((ca.records[action.source], weights_b.tensors[action.target], action.target))
-    total = sum(ra.nbytes + rb.nbytes for ra, rb, _ in pairs if ra.shape == rb.shape and ra.storage and rb.storage)
+    total = sum(
+        ra.nbytes + rb.nbytes for ra, rb, _ in pairs if ra.shape == rb.shape and _readable(ra) and _readable(rb)
+    )
     with metered(progress, total):
         common = [_compare(ra, rb, name, report) for ra, rb, name in pairs]
     report.tensors = [*common, *only_a, *only_b]
@@ -401,10 +403,10 @@ def _compare(ra: TensorRecord, rb: TensorRecord, name: str, report: DiffReport) 
     }
     if ra.shape != rb.shape:
         return TensorDiff(name, Status.SHAPE, **layout)
-    if ra.storage is None or rb.storage is None:
-        if ra.storage is None and rb.storage is None:
+    if not _readable(ra) or not _readable(rb):
+        if not _readable(ra) and not _readable(rb):
             return TensorDiff(name, Status.IDENTICAL if ra.dtype == rb.dtype else Status.DTYPE, **layout)
-        report.notes.append(f"{quote(name)} has no data (meta device) in {'A' if ra.storage is None else 'B'}")
+        report.notes.append(f"{quote(name)} has no data (meta device) in {'A' if not _readable(ra) else 'B'}")
         return TensorDiff(name, Status.DIFFERENT if ra.dtype == rb.dtype else Status.DTYPE, **layout)
     stats = _Stats(report.rtol, report.atol)
     same_dtype = ra.dtype == rb.dtype
@@ -423,6 +425,12 @@ def _compare(ra: TensorRecord, rb: TensorRecord, name: str, report: DiffReport) 
         return TensorDiff(name, Status.IDENTICAL, changed=0, **layout)
     status = Status.CLOSE if stats.close else Status.DIFFERENT
     return TensorDiff(name, status, max_abs=stats.max_abs, max_rel=stats.max_rel, changed=stats.changed, **layout)
+
+
+def _readable(record: TensorRecord) -> bool:
+    """Whether ``record`` has logical bytes to compare: data of its own or in pieces (a sparse tensor's are not
+    compared, as before; a tensor saved without data has none)."""
+    return record.has_data and not record.sparse
 
 
 def _blocks(record: TensorRecord) -> Iterator[bytearray]:

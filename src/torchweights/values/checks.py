@@ -103,7 +103,7 @@ def check_planned(checkpoint: Checkpoint | Mapping[str, Any], plan: Plan, spec: 
             tensor = checkpoint.get(source)
             return None if tensor is None else (tensor.detach(), entry.kind == "parameter")
         record = checkpoint.records.get(source)
-        if record is None or (record.storage is None and not record.sparse):
+        if record is None or not record.has_data:
             return None
         return materialize([record])[source], entry.kind == "parameter"
 

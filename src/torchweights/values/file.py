@@ -58,7 +58,7 @@ def stats(
     records = ckpt.records if select is None else selected(ckpt, select)[0]
     found: list[TensorStats] = []
     for name, record in records.items():
-        if record.storage is None and not record.sparse:  # saved without data (meta): nothing to read
+        if not record.has_data:  # saved without data (meta): nothing to read
             found.append(TensorStats(name, record.dtype, tuple(record.shape), record.numel))
             continue
         tensor = materialize([record], check_crc=check_crc)[name]

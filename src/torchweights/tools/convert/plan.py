@@ -132,7 +132,7 @@ def plan_items(selection: Selection, target: str | None, notes: list[str]) -> tu
     kept: dict[tuple[Any, ...], str] = {}
     meta: list[str] = []
     for key, record in selection.tensors.items():
-        if record.storage is None:
+        if not record.has_data or record.sparse:  # sparse: as before, not written (no logical bytes)
             meta.append(key)
             continue
         view = record.view_key

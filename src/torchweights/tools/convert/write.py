@@ -126,15 +126,14 @@ def write_torch(
     groups: dict[tuple[Any, ...], list[Item]] = {}
     for item in items:
         ref = item.record.storage
-        assert ref is not None
-        if item.cast or item.record.numel == 0:
+        if ref is None or item.cast or item.record.numel == 0:  # cast, empty or stored in pieces: a copy
             groups[("own", item.name)] = [item]
         else:
             groups.setdefault((ref.file, ref.key, item.record.dtype), []).append(item)
     for n, members in enumerate(groups.values()):
         key = str(n)
         first = members[0]
-        if first.cast or first.record.numel == 0:
+        if first.cast or first.record.numel == 0 or first.record.storage is None:
             storages.append(torch_writer.Storage(key, first.dtype, first.nbytes, chunk_source(first)))
             tensors[first.name] = torch_writer.Tensor(
                 first.name, key, first.dtype, first.record.shape, contiguous_strides(first.record.shape), 0

@@ -34,14 +34,14 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ...errors import TorchWeightsError
 from ...formats import ReadOptions, open_path
 from ...formats.tree import refuse_unreadable
 from ...limits import DEFAULT_LIMITS, Limits
-from ...records import Checkpoint, StorageRef
+from ...records import Checkpoint, StorageRef, TensorRecord
 from ...storage.raw import read_byte_range
 from ...text import printable
 from ...unpickle.machine import FIRST_OPCODES
@@ -163,7 +163,7 @@ class Scanner(FileWalk):
             return None
         self.report.format = checkpoint.format
         self.report.files = list(checkpoint.files)
-        for record in checkpoint.records.values():
+        for record in _stored(checkpoint):
             ref = record.storage
             if ref is not None and ref.member is not None:
                 storage = self.storage_members.setdefault((ref.file, ref.member), StorageMember(record.name, set()))
@@ -211,7 +211,7 @@ class Scanner(FileWalk):
         storage offset: a view into a bigger storage) as well as where its storage starts, in every format (zip
         storage members were probed from their start already). Tensors of every other dtype are never read."""
         probed: set[tuple[str, str | None, int, int]] = set()
-        for record in checkpoint.records.values():
+        for record in _stored(checkpoint):
             ref = record.storage
             if ref is None or record.dtype not in BYTE_DTYPES:
                 continue
@@ -244,3 +244,13 @@ class Scanner(FileWalk):
         except TorchWeightsError:
             return  # the storage cannot be read: loading it would fail the same way
         self.latent(blob, ref.file, where, 1)
+
+
+def _stored(checkpoint: Checkpoint) -> Iterator[TensorRecord]:
+    """The records whose storages hold the checkpoint's bytes: each tensor's, or each of its pieces' for a tensor
+    stored in pieces (:attr:`TensorRecord.chunks`)."""
+    for record in checkpoint.records.values():
+        if record.chunks is None:
+            yield record
+        else:
+            yield from (piece for _, piece in record.chunks)
