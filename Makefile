@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/fresh.py
 	$(BIN)/python bench/align.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/distributed.py
 	if [ "$$TW_BENCH_SCALE" = 1 ]; then $(BIN)/python bench/scale.py; fi
 
 clean:
