@@ -342,3 +342,40 @@ def test_the_readme_example_runs_under_torchrun(tmp_path: Path) -> None:
     lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
     assert [line.split(":")[0] for line in lines] == ["rank 0/2", "rank 1/2"]
     assert all(": OK: loaded 4 of 4 (" in line for line in lines), lines
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field + ":"))
+
+
+def _memory(rank: int, world: int, path: str, layers: int, dim: int) -> tuple[int, int]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta"):
+        net = nn.Sequential(*(nn.Linear(dim, dim, bias=False) for _ in range(layers)))
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in net:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+    net.to_empty(device="cpu")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := VmRSS
+    before, read = _status("VmRSS"), _rchar()
+    tw.load_into(net, path)
+    return _status("VmHWM") - before, _rchar() - read
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs /proc/self/clear_refs (Linux)")
+def test_per_rank_memory_on_a_few_hundred_mb_model(tmp_path: Path) -> None:
+    """A 256 MiB model on 2 ranks: each rank's resident memory grows by its own shard (128 MiB, faulted in as it is
+    written) plus bounded scratch, never by the model; each rank reads its own half."""
+    layers, dim = 4, 4096
+    path = tmp_path / "model.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file({f"{i}.weight": torch.randn(dim, dim, generator=g) for i in range(layers)}, str(path))
+    model = layers * dim * dim * 4
+    for peak, read in run_ranks(_memory, 2, str(path), layers, dim):
+        assert peak < model / 2 + (48 << 20), peak
+        assert read < model / 2 + (4 << 20), read
