@@ -12,6 +12,7 @@ offset of a ``.distcp`` file; each non-tensor item is a ``torch.save`` archive o
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
@@ -46,10 +47,7 @@ class Chunk:
     @property
     def nbytes(self) -> int:
         """Bytes of its data."""
-        count = 1
-        for n in self.shape:
-            count *= n
-        return count * dtypes.itemsize(self.dtype)
+        return math.prod(self.shape) * dtypes.itemsize(self.dtype)
 
 
 @structure(frozen=True)

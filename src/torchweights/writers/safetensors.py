@@ -10,6 +10,7 @@ before any byte is read, so the header is written first and each tensor is strea
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO
@@ -45,10 +46,7 @@ class Entry:
     @property
     def nbytes(self) -> int:
         """Bytes of the tensor's data."""
-        count = 1
-        for n in self.shape:
-            count *= n
-        return count * dtypes.itemsize(self.dtype)
+        return math.prod(self.shape) * dtypes.itemsize(self.dtype)
 
 
 def layout(entries: Sequence[Entry]) -> list[Entry]:
