@@ -176,6 +176,23 @@ def main() -> int:
         rgb = torch.load(reference, weights_only=True)
         summed = torch.nn.functional.conv2d(x.expand(-1, 3, -1, -1), rgb["stem.0.weight"], rgb["stem.0.bias"])
         print(f"grayscale stem == RGB stem on a gray image: {torch.allclose(new.features.conv(x), summed, atol=1e-5)}")
+
+        banner("13. Distributed: a torch.distributed.checkpoint folder, written and read without unpickling code")
+        dcp_folder = folder / "dcp"
+        print(tw.convert(reference, dcp_folder, to="dcp").summary)
+        import torch.distributed.checkpoint as dcp
+
+        state = pretrained().state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "torch.distributed is ... uninitialized, assuming a single process"
+            dcp.load(state, checkpoint_id=str(dcp_folder))  # torch's own reader takes the folder
+        print(f"torch's dcp.load reads it: {all(torch.equal(v, rgb[k]) for k, v in state.items())}")
+        print(tw.scan(dcp_folder).summary)
+        print(tw.load_into(pretrained(), dcp_folder).headline())
+        print(
+            "On FSDP2 models, every rank reads only its own shards: torchrun --standalone --nproc-per-node 2 "
+            "examples/distributed_load.py"
+        )
     return 0
 
 
