@@ -379,3 +379,79 @@ def test_per_rank_memory_on_a_few_hundred_mb_model(tmp_path: Path) -> None:
     for peak, read in run_ranks(_memory, 2, str(path), layers, dim):
         assert peak < model / 2 + (48 << 20), peak
         assert read < model / 2 + (4 << 20), read
+
+
+def _copies(rank: int, world: int, paths: list[str], options: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each rank loads its own path with its own options; what it raised, and whether its shards changed."""
+    net = _sharded(world, seed=100 + rank)
+    before = _locals(net)
+    try:
+        tw.load_into(net, paths[rank], **options[rank])
+    except tw.TorchWeightsError as exc:
+        error: tuple[str, str, str] | None = (type(exc).__name__, exc.code, exc.message)
+    else:
+        error = None
+    return {"error": error, "unchanged": all(torch.equal(before[k], v) for k, v in _locals(net).items())}
+
+
+def test_another_copy_with_other_values_on_one_node_is_told_apart(tmp_path: Path) -> None:
+    """Same names, shapes and dtypes, other values (another version of the file): the plans are equal, the sampled
+    bytes are not."""
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(_reference(seed=1).state_dict(), str(a))
+    save_file(_reference(seed=2).state_dict(), str(b))
+    results = run_ranks(_copies, 2, [str(a), str(b)], [{}, {}])
+    assert [r["error"][1] for r in results] == ["ranks-disagree", "ranks-disagree"]
+    assert all(r["unchanged"] for r in results)
+
+
+def test_identical_copies_at_other_paths_load(tmp_path: Path) -> None:
+    a, b = tmp_path / "node0" / "m.safetensors", tmp_path / "node1" / "m.safetensors"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    save_file(_reference().state_dict(), str(a))
+    b.write_bytes(a.read_bytes())
+    results = run_ranks(_copies, 2, [str(a), str(b)], [{}, {}])
+    assert [r["error"] for r in results] == [None, None]
+
+
+def test_an_option_refused_on_one_rank_raises_everywhere_without_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file(_reference().state_dict(), str(path))
+    results = run_ranks(_copies, 2, [str(path)] * 2, [{}, {"rename": {"(": "x"}}], deadline=60)
+    assert {r["error"][:2] for r in results} == {("RuleError", "bad-rename")}
+    assert results[0]["error"] == results[1]["error"]
+    assert all(r["unchanged"] for r in results)
+
+
+def test_pieces_of_copies_at_other_paths_are_joined_for_the_crc(tmp_path: Path) -> None:
+    """Two identical damaged copies at other paths: each rank's piece is keyed by the file's place, not its path."""
+    a, b = tmp_path / "node0" / "m.pt", tmp_path / "node1" / "m.pt"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    torch.save(_reference().state_dict(), a)
+    ref = tw.open(a)["fc1.weight"].storage
+    assert ref is not None
+    data = bytearray(a.read_bytes())
+    data[ref.offset + ref.nbytes // 2] ^= 0x40
+    a.write_bytes(bytes(data))
+    b.write_bytes(bytes(data))
+    results = run_ranks(_copies, 2, [str(a), str(b)], [{}, {}])
+    assert [r["error"][1] for r in results] == ["bad-crc", "bad-crc"]
+
+
+def _after_forward(rank: int, world: int, path: str) -> str | None:
+    net = _sharded(world, seed=100 + rank)
+    net.fc2(net.fc1(net.embed(torch.tensor([[1, 2]])).mean(1)))  # the root's parameters are unsharded now
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        return f"{exc.code}: {exc.message}"
+    return None
+
+
+def test_a_load_between_forward_and_backward_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file(_reference().state_dict(), str(path))
+    for message in run_ranks(_after_forward, 2, str(path)):
+        assert message is not None and message.startswith("bad-model") and "reshard()" in message

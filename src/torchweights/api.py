@@ -363,18 +363,21 @@ def load_into(
     from .plan.spec import ModelSpec
 
     started = time.perf_counter()
-    rules = Rules.make(
-        strict=strict,  # type: ignore[arg-type]
-        container=container,
-        prefix=prefix,
-        rename=rename if rename is None or isinstance(rename, Mapping) else builtins.list(rename),
-        skip=skip,
-        on_mismatch=on_mismatch,
-        dtype=dtype,
-        init_missing=init_missing,
-        align=align,
-        adapt=adapt,
-    )
+
+    def make_rules() -> Rules:
+        return Rules.make(
+            strict=strict,  # type: ignore[arg-type]
+            container=container,
+            prefix=prefix,
+            rename=rename if rename is None or isinstance(rename, Mapping) else builtins.list(rename),
+            skip=skip,
+            on_mismatch=on_mismatch,
+            dtype=dtype,
+            init_missing=init_missing,
+            align=align,
+            adapt=adapt,
+        )
+
     if isinstance(model, ModelSpec) and not dry_run:
         raise RuleError(
             "load_into got a ModelSpec, which describes a model but holds no tensors to fill: pass the nn.Module, "
@@ -388,13 +391,13 @@ def load_into(
         failure: Exception | None = None
         report: LoadReport | None = None
         digest = ""
-        try:
-            checkpoint, spec, plan, report = _planned(model, source, rules, allow_globals, limits)
-            check_sharded(plan, spec, mmap=mmap, check_values=check_values)
+        try:  # (an option refused on one rank only is agreed on too: no rank is left waiting)
+            checkpoint, spec, plan, report = _planned(model, source, make_rules(), allow_globals, limits)
+            check_sharded(model, plan, spec, mmap=mmap, check_values=check_values)
             if plan.problems or plan.ambiguous:
                 report.seconds = time.perf_counter() - started
                 report.raise_if_problems()
-            digest = plan_digest(plan)
+            digest = plan_digest(plan, checkpoint)
         except Exception as exc:  # agreed below: every rank raises the first failing rank's error
             failure = exc
         agree(failure, digest, written=False, report=report)
@@ -405,14 +408,14 @@ def load_into(
                 done = apply_plan(plan, model, checkpoint, spec, check_crc=check_crc)
             report.bytes_read, report.fallback_modules = done
             if check_crc and isinstance(checkpoint, Checkpoint):  # zip members the ranks read part of each
-                pieces = crc_pieces(shard_parts(plan, model, checkpoint.records, spec))
+                pieces = crc_pieces(shard_parts(plan, model, checkpoint.records, spec), checkpoint.files)
         except Exception as exc:
             failure = exc
         everyone = agree(failure, "", written=True, report=report, payload=pieces)
         if isinstance(checkpoint, Checkpoint):
             check_pieces(
                 (p for rank in everyone for p in rank),
-                checkpoint.records,
+                checkpoint,
                 "Every rank had written its shards before the ranks' pieces could be checked together: do not use "
                 "the model as it is; reload it from a good file, on every rank.",
             )
@@ -422,7 +425,7 @@ def load_into(
         if not report.clean:
             logger.warning("%s", report.log_line())
         return report
-    checkpoint, spec, plan, report = _planned(model, source, rules, allow_globals, limits)
+    checkpoint, spec, plan, report = _planned(model, source, make_rules(), allow_globals, limits)
     if not dry_run:
         assert not isinstance(model, ModelSpec)  # refused above
         if plan.problems or plan.ambiguous:
@@ -487,7 +490,11 @@ def _planned(
 
 
 def _sharded(model: torch.nn.Module) -> bool:
-    """Whether ``model`` has a sharded (DTensor) parameter or buffer: an FSDP2 or tensor-parallel model."""
+    """Whether ``model`` is sharded: an FSDP2 module (sharded or not at the moment) or a model with a DTensor
+    parameter or buffer (tensor parallel)."""
+    fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
+    if fsdp is not None and any(isinstance(m, fsdp) for m in model.modules()):
+        return True
     dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
     return dtensor is not None and any(isinstance(t, dtensor) for t in (*model.parameters(), *model.buffers()))
 

@@ -22,8 +22,9 @@ seen by some ranks cannot leave the others waiting in a collective.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import CODES, LoadError, RuleError, TorchWeightsError
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .plan.model import Plan
     from .plan.spec import ModelSpec
-    from .records import TensorRecord
+    from .records import Checkpoint, StorageRef, TensorRecord
 
 __all__ = [
     "Piece",
@@ -43,6 +44,7 @@ __all__ = [
     "check_sharded",
     "copy_local",
     "crc_pieces",
+    "unsharded_modules",
     "is_dtensor",
     "local_box",
     "local_requests",
@@ -101,14 +103,44 @@ def copy_local(tensor: torch.Tensor, full: torch.Tensor) -> None:
         local.copy_(full[_slices(offsets, sizes)])
 
 
-def check_sharded(plan: Plan, spec: ModelSpec, *, mmap: bool, check_values: bool) -> None:
-    """Refuse, before anything is read, what a sharded model cannot take: a sharded tensor on the meta device, a
-    load that would replace a sharded tensor (another dtype, a reshape), one through a module's own loading code,
-    ``mmap=True`` and ``check_values=True``."""
+def unsharded_modules(model: torch.nn.Module) -> list[str]:
+    """The FSDP2 modules of ``model`` whose parameters are unsharded at the moment (after a forward, before its
+    backward): their registered parameters are then temporary full copies, which FSDP2 drops at the next reshard,
+    so a load into them would be lost."""
+    fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
+    found: list[str] = []
+    if fsdp is None:
+        return found
+    for name, module in model.named_modules():
+        if not isinstance(module, fsdp):
+            continue
+        get_state = getattr(module, "_get_fsdp_state", None)
+        group = getattr(get_state() if callable(get_state) else None, "_fsdp_param_group", None)
+        states = {
+            getattr(getattr(p, "sharded_state", None), "name", "SHARDED") for p in getattr(group, "fsdp_params", ())
+        }
+        if states - {"SHARDED"}:
+            found.append(name or "<root>")
+    return found
+
+
+def check_sharded(model: torch.nn.Module, plan: Plan, spec: ModelSpec, *, mmap: bool, check_values: bool) -> None:
+    """Refuse, before anything is read, what a sharded model cannot take: FSDP2 modules that are unsharded at the
+    moment, a sharded tensor on the meta device, a load that would replace a sharded tensor (another dtype, a
+    reshape), one through a module's own loading code, ``mmap=True`` and ``check_values=True``."""
+    fix = "Fix: "
+    unsharded = unsharded_modules(model)
+    if unsharded:
+        raise RuleError(
+            f"the FSDP2 module{'s' if len(unsharded) > 1 else ''} {', '.join(quote(m) for m in unsharded[:3])} "
+            "hold unsharded parameters (after a forward, before its backward, or with reshard_after_forward=False): "
+            "those are temporary copies that FSDP2 drops at the next reshard, so a load into them would be lost. "
+            f"{fix}load before the forward, or call model.reshard() first.",
+            code="bad-model",
+        )
     sharded = [e for e in spec.entries.values() if e.sharded]
     if not sharded:
         return
-    fix = "Fix: "
     if mmap or check_values:
         option = "mmap=True" if mmap else "check_values=True"
         raise RuleError(
@@ -142,13 +174,38 @@ def check_sharded(plan: Plan, spec: ModelSpec, *, mmap: bool, check_values: bool
             )
 
 
-def plan_digest(plan: Plan) -> str:
-    """A digest of what ``plan`` does, equal on every rank that planned the same load."""
+#: Bytes of each file every rank hashes to tell two copies apart (:func:`plan_digest`): this many blocks...
+SAMPLE_BLOCKS = 16
+#: ... of this size, spread evenly over the file (its first and last bytes included).
+SAMPLE_BYTES = 64 << 10
+
+
+def _fingerprint(path: str, h: Any) -> None:
+    """Feed ``h`` the size and :data:`SAMPLE_BLOCKS` evenly spread blocks of the file at ``path``."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        h.update(size.to_bytes(8, "little"))
+        last = max(0, size - SAMPLE_BYTES)
+        for i in range(SAMPLE_BLOCKS):
+            h.update(os.pread(fh.fileno(), SAMPLE_BYTES, last * i // (SAMPLE_BLOCKS - 1)))
+
+
+def plan_digest(plan: Plan, checkpoint: object) -> str:
+    """A digest of what ``plan`` does and of the files it reads, equal on every rank that planned the same load
+    from the same bytes: the actions, and each file's size and a sample of its bytes (:data:`SAMPLE_BLOCKS`
+    blocks of :data:`SAMPLE_BYTES`, so another copy with other values is told apart without reading the files;
+    not names or paths, which may differ between nodes)."""
+    from .records import Checkpoint
+
     h = hashlib.sha256()
     for a in plan.actions:
         h.update(repr((a.kind, a.source, a.target, a.src_shape, a.dst_shape, a.src_dtype, a.dst_dtype)).encode())
         if a.adapt is not None:
             h.update(repr((a.adapt.adapter, a.adapt.sources)).encode())
+    if isinstance(checkpoint, Checkpoint):
+        for file in checkpoint.files:
+            if os.path.isfile(file):
+                _fingerprint(file, h)
     return h.hexdigest()
 
 
@@ -216,9 +273,10 @@ def agree(
     if len({d for _, d, _ in gathered}) > 1:
         ranks = [r for r, (_, d, _) in enumerate(gathered) if d != gathered[0][1]]
         raise LoadError(
-            f"the ranks planned different loads (ranks {ranks} differ from rank 0): they read different files or "
-            "called load_into with different options. Nothing was read and no rank's parameters were changed. Fix: "
-            "give every rank the same checkpoint (the same bytes: a copy on each node must be identical) and the "
+            f"the ranks planned different loads or read different files (ranks {ranks} differ from rank 0): their "
+            "plans, file sizes or sampled file bytes differ (another copy or version of the checkpoint on some "
+            "nodes, or options that change what is loaded). Nothing was read and no rank's parameters were "
+            "changed. Fix: give every rank the same checkpoint (a copy on each node must be identical) and the "
             "same arguments.",
             code="ranks-disagree",
             report=report,
@@ -226,8 +284,9 @@ def agree(
     return [p for _, _, p in gathered]
 
 
-#: One piece of a zip member read by one rank: ``(file, storage key, start, end, CRC-32 of bytes [start, end))``.
-Piece = tuple[str, str, int, int, int]
+#: One piece of a zip member read by one rank: ``(file's place in Checkpoint.files, storage key, start, end,
+#: CRC-32 of bytes [start, end))``; the file by its place, not its path, which may differ between nodes.
+Piece = tuple[int, str, int, int, int]
 
 
 def shard_parts(
@@ -245,7 +304,7 @@ def shard_parts(
     return parts
 
 
-def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]]) -> list[Piece]:
+def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]], files: Sequence[str]) -> list[Piece]:
     """The CRC-32 of each byte range this rank read into its shards of a zip member that records one (the shards
     are read without the engine's own check, which would read each whole member on every rank): computed over the
     shard's memory where the bytes landed as they are stored, else read again from the file in bounded chunks (from
@@ -257,10 +316,13 @@ def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]]) -> list[Piece
     from .storage.raw import read_byte_range
     from .storage.targets import lands_as_is, memory_of
 
+    place = {file: i for i, file in enumerate(files)}
     pieces: list[Piece] = []
     for part, landed in parts:
         ref = part.storage
         if ref is None or ref.crc32 is None or ref.compression or not part.is_contiguous or not part.numel:
+            continue
+        if ref.file not in place:
             continue
         start, end = span(part)
         as_stored = lands_as_is(part, ref, landed) and ref.byteorder == "little" and not (part.conj or part.neg)
@@ -271,23 +333,26 @@ def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]]) -> list[Piece
             value = 0
             for at in range(start, end, CHUNK_BYTES):
                 value = crc32(memoryview(read_byte_range(ref, at, min(end, at + CHUNK_BYTES))), value)
-        pieces.append((ref.file, ref.key, start, end, value))
+        pieces.append((place[ref.file], ref.key, start, end, value))
     return pieces
 
 
-def check_pieces(pieces: Iterable[Piece], records: Mapping[str, TensorRecord], consequence: str) -> None:
+def check_pieces(pieces: Iterable[Piece], checkpoint: Checkpoint, consequence: str) -> None:
     """Join the pieces every rank read of each zip member; where they cover the whole member, compare the joined
     CRC-32 with the recorded one (``bad-crc`` on every rank at once on a mismatch). A member the ranks read only
     part of together is not checked, as a single-process load does not check a storage it reads part of."""
     from .storage.crc import crc32_combine
     from .storage.results import CrcMismatch, crc_error
 
-    refs = {(r.storage.file, r.storage.key): r.storage for r in _leaves(records) if r.storage is not None}
-    names: dict[tuple[str, str], list[str]] = {}
-    for r in _leaves(records):
-        if r.storage is not None:
-            names.setdefault((r.storage.file, r.storage.key), []).append(r.name)
-    by_member: dict[tuple[str, str], set[tuple[int, int, int]]] = {}
+    place = {file: i for i, file in enumerate(checkpoint.files)}
+    refs: dict[tuple[int, str], StorageRef] = {}
+    names: dict[tuple[int, str], list[str]] = {}
+    for r in _leaves(checkpoint.records):
+        if r.storage is not None and r.storage.file in place:
+            member = (place[r.storage.file], r.storage.key)
+            refs[member] = r.storage
+            names.setdefault(member, []).append(r.name)
+    by_member: dict[tuple[int, str], set[tuple[int, int, int]]] = {}
     for file, key, start, end, value in pieces:
         by_member.setdefault((file, key), set()).add((start, end, value))
     bad: list[Any] = []

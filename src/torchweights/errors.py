@@ -1176,8 +1176,8 @@ CODES: dict[str, ErrorCode] = {
     "ranks-disagree": ErrorCode(
         LoadError,
         "the ranks of a sharded (FSDP2/DTensor) load planned different loads; nothing was read on any rank",
-        causes="another copy of the checkpoint (or another version) on some nodes; `load_into` called with other "
-        "options on some ranks",
+        causes="another copy of the checkpoint (or another version) on some nodes: plans, file sizes or a sample "
+        "of each file's bytes differ; `load_into` called on some ranks with options that change what is loaded",
         fix="give every rank the same checkpoint bytes and the same arguments",
     ),
     "rank-failed": ErrorCode(

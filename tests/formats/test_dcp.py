@@ -428,3 +428,23 @@ def test_a_sharded_folder_loads_into_an_fsdp2_model_of_another_world(
                 pieces = torch.chunk(value, loaded)
                 mine = pieces[rank] if rank < len(pieces) else value[:0]
                 assert _bits(result["local"][name]) == _bits(mine), (rank, name)
+
+
+def test_verify_checks_the_crc_of_every_chunk(tmp_path: Path) -> None:
+    """A flipped bit in a ``.distcp`` file, inside a chunk's bytes: ``tw.load`` refuses it (``bad-crc``), and so does
+    ``verify``, naming the member."""
+    folder = tmp_path / "ckpt"
+    dcp.save({"w": torch.randn(100, 100), "b": torch.randn(100)}, checkpoint_id=str(folder))
+    clean = tw.verify(folder)
+    assert clean.ok and any("match their recorded CRC-32" in c.detail for c in clean.checks)
+    ref = tw.open(folder)["w"].storage
+    assert ref is not None and ref.crc32 is not None
+    data = bytearray(Path(ref.file).read_bytes())
+    data[ref.offset + 500] ^= 1
+    Path(ref.file).write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError) as exc:
+        tw.load(folder)
+    assert exc.value.code == "bad-crc"
+    report = tw.verify(folder)
+    assert not report.ok
+    assert [c.code for c in report.problems] == ["bad-crc"] and "archive/data/0" in report.problems[0].detail

@@ -192,7 +192,8 @@ class _Items:
                 ref = tensor.storage.ref
                 return replace(ref, key=f"{relative}@{start}/{ref.key}", offset=start + ref.offset), 0
 
-            return read_archive(archive, self.options, where=f"{quote(self.metadata)} {what}", resolve=resolve)
+            where = f"{quote(file)}: item {quote(fqn)} (bytes {start} to {start + length}, listed in .metadata)"
+            return read_archive(archive, self.options, where=where, resolve=resolve)
 
 
 def _joined(prefix: str, inner: str) -> str:

@@ -10,6 +10,8 @@
   tensor is in two shards, and no shard holds tensors the index does not list;
 * torch zip files: the zip structure (our own parser, :mod:`torchweights.formats._zip`) and the CRC-32 of every
   member, recomputed from its bytes, then the records (storage sizes against their members);
+* torch.distributed.checkpoint folders: ``.metadata`` and every item read (the records), and the CRC-32 of every
+  tensor storage (each chunk is a ``torch.save`` archive embedded in a ``.distcp`` file, whose members record one);
 * legacy torch and pickle files carry no checksums: only their records are checked (use a manifest);
 * with ``manifest``: the sha256 of every file of the checkpoint against a ``SHA256SUMS`` file
   (``<hex>  <name>`` per line, as ``sha256sum`` writes it).
@@ -30,6 +32,7 @@ from typing import Any
 from ..errors import CheckpointNotFoundError, CheckpointReadError, CorruptCheckpointError, TorchWeightsError
 from ..limits import DEFAULT_LIMITS, Limits
 from ..progress import ProgressCallback, current, metered
+from ..records import StorageRef
 from ..storage.crc import crc32
 from ..structs import structure
 from ..style import current as current_style
@@ -259,12 +262,52 @@ def _verify_file(report: VerifyReport, path: str, fmt: str, options: Any, label:
         return None
     if ckpt.format == "safetensors":
         what = "header valid; tensors tile the data up to the end of the file"
+    elif ckpt.format == "dcp":
+        what = "items readable"
+        _verify_storages(report, ckpt, where)
     elif fmt in _ZIP_FORMATS:
         what = "pickles and storages consistent with the members"
     else:
         what = "records readable; this format carries no checksums (use a manifest)"
     report.add(f"{where}: records", True, f"{plural(len(ckpt.records), 'tensor')}, {format_bytes(ckpt.nbytes)}; {what}")
     return ckpt.nbytes
+
+
+def _verify_storages(report: VerifyReport, ckpt: Any, where: str) -> None:
+    """The CRC-32 of every tensor storage whose container records one (the chunks of a DCP folder: zip members of
+    archives embedded in its ``.distcp`` files), recomputed from its bytes."""
+    from ..storage.raw import storage_crc
+
+    refs: dict[tuple[str, str], StorageRef] = {}
+    for record in ckpt.records.values():
+        for part in [chunk for _, chunk in record.chunks] if record.chunks else [record]:
+            ref = part.storage
+            if ref is not None and ref.crc32 is not None:
+                refs.setdefault((ref.file, ref.key), ref)
+    meter = current()
+    if meter is not None:
+        meter.grow(sum(ref.nbytes for ref in refs.values()))
+    bad = 0
+    for ref in refs.values():
+        try:
+            value = storage_crc(ref)
+        except CorruptCheckpointError as exc:
+            bad += 1
+            report.add(f"{where}: crc {quote(ref.key)}", False, exc.message, exc.code)
+            continue
+        if meter is not None:
+            meter.advance(ref.nbytes)
+        if value != ref.crc32:
+            bad += 1
+            what = f"{quote(os.path.basename(ref.file))} member {quote(ref.member or ref.key)}"
+            report.add(
+                f"{where}: crc {quote(ref.key)}",
+                False,
+                f"{what}: CRC-32 is {value:08x}, {ref.crc32:08x} recorded: its bytes changed",
+                "bad-crc",
+            )
+    if refs and not bad:
+        report.add(f"{where}: storage CRC-32", True, f"{plural(len(refs), 'storage')} match their recorded CRC-32")
 
 
 def _verify_zip(report: VerifyReport, path: str, where: str) -> None:
