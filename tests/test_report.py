@@ -488,3 +488,18 @@ def test_problem_text_is_the_load_error_message() -> None:
         report.raise_if_problems()
     assert info.value.message == report.problem_text() == problem_summary(report)
     assert info.value.report is report
+
+
+def test_the_summary_counts_names_not_folded_patterns() -> None:
+    """The logged line's "and N more" counts the keys it leaves out, not the folded patterns standing for them."""
+    import torch
+
+    import torchweights as tw
+
+    net = torch.nn.Module()
+    for name in ("a", "b", "c", "kept"):
+        net.add_module(name, torch.nn.Linear(2, 2, bias=False))
+    net.layers = torch.nn.ModuleList(torch.nn.Linear(2, 2, bias=False) for _ in range(4))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    report = tw.load_into(net, state, skip=["a.*", "b.*", "c.*", "layers.*"], strict=False)
+    assert "skipped: a.weight, b.weight, c.weight and 4 more." in report.log_line()

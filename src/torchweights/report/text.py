@@ -221,9 +221,11 @@ def log_line(report: LoadReport) -> str:
 
 
 def _few(names: Sequence[str], limit: int = 3) -> str:
-    folded = [pattern for pattern, _ in fold_names(names)]
-    shown = ", ".join(printable(n) for n in folded[:limit])
-    return shown + (f" and {len(folded) - limit} more" if len(folded) > limit else "")
+    """The first ``limit`` folded names, and how many names (not patterns) the rest stand for."""
+    folded = fold_names(names)
+    shown = ", ".join(printable(pattern) for pattern, _ in folded[:limit])
+    rest = sum(len(members) for _, members in folded[limit:])
+    return shown + (f" and {rest} more" if rest else "")
 
 
 def _options(plan: Plan) -> str:
