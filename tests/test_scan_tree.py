@@ -348,3 +348,17 @@ def test_completion_offers_fail_on_words(capsys: pytest.CaptureFixture[str]) -> 
     assert '--fail-on) COMPREPLY=($(compgen -W "dangerous unknown unreadable"' in capsys.readouterr().out
     assert main(["completion", "fish"]) == 0
     assert "-l fail-on -x -a 'dangerous unknown unreadable'" in capsys.readouterr().out
+
+
+def test_an_unreadable_file_in_a_folder_shows_the_readers_own_code(tmp_path: Path) -> None:
+    """A truncated safetensors file and a truncated .pt both read ``(truncated)`` in the folder's list, not the
+    scan's generic ``load-refused``."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(50, 50)}, str(tmp_path / "a.safetensors"))
+    torch.save({"w": torch.randn(50, 50)}, tmp_path / "b.pt")
+    for name in ("a.safetensors", "b.pt"):
+        path = tmp_path / name
+        path.write_bytes(path.read_bytes()[:-500])
+    rows = [line for line in str(tw.scan_tree(tmp_path)).splitlines() if line.startswith("unreadable")]
+    assert len(rows) == 2 and all(row.endswith("(truncated)") for row in rows), rows

@@ -155,9 +155,12 @@ class TreeScan:
             telling = [f for f in report.findings if f.code != "load-refused"] or report.findings
             first = telling[0] if telling else None
             verdict = str(report.verdict)
+            short = _short(first) if first else ""
+            if first is not None and first.code == "load-refused" and report.load_error is not None:
+                short = report.load_error.code  # the reader's own code (truncated, bad-crc...), as for other formats
             rows.append(
                 f"{paint(status(verdict))}{' ' * (10 - len(verdict))}  {printable(report.path)}"
-                + (f"  ({_short(first)})" if first else "")
+                + (f"  ({short})" if short else "")
             )
         rows += [
             f"{'ignored':<10}  {printable(r.path)}  (not a checkpoint: {_why_not(r).code})"
