@@ -312,7 +312,8 @@ def test_each_rank_reads_only_its_own_bytes(tmp_path: Path, kind: str) -> None:
         save_file({"weight": weight}, str(path))
     for world in (2, 4):
         read = run_ranks(_io, world, str(path))
-        assert all(n < weight.nbytes / world + 256 * 1024 for n in read), (world, read, weight.nbytes)
+        # its share, the sample of the file the ranks compare (distributed.SAMPLE_BLOCKS x SAMPLE_BYTES), headers
+        assert all(n < weight.nbytes / world + 512 * 1024 for n in read), (world, read, weight.nbytes)
 
 
 def test_the_readme_example_runs_under_torchrun(tmp_path: Path) -> None:

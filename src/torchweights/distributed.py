@@ -177,7 +177,7 @@ def check_sharded(model: torch.nn.Module, plan: Plan, spec: ModelSpec, *, mmap: 
 #: Bytes of each file every rank hashes to tell two copies apart (:func:`plan_digest`): this many blocks...
 SAMPLE_BLOCKS = 16
 #: ... of this size, spread evenly over the file (its first and last bytes included).
-SAMPLE_BYTES = 64 << 10
+SAMPLE_BYTES = 16 << 10
 
 
 def _fingerprint(path: str, h: Any) -> None:
