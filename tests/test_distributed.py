@@ -456,3 +456,37 @@ def test_a_load_between_forward_and_backward_is_refused(tmp_path: Path) -> None:
     save_file(_reference().state_dict(), str(path))
     for message in run_ranks(_after_forward, 2, str(path)):
         assert message is not None and message.startswith("bad-model") and "reshard()" in message
+
+
+def _wide(rank: int, world: int, path: str, shapes: list[tuple[tuple[int, ...], int]]) -> dict[str, Any]:
+    """DTensors sharded along other dimensions than rows: ``(shape, dim)`` each, loaded twice (the second read is
+    counted)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    net = nn.Module()
+    for i, (shape, dim) in enumerate(shapes):
+        net.register_parameter(f"p{i}", nn.Parameter(distribute_tensor(torch.zeros(shape), mesh, [Shard(dim)])))
+    tw.load_into(net, path)
+    before = _rchar()
+    tw.load_into(net, path)
+    return {"read": _rchar() - before, "full": {k: v.full_tensor() for k, v in net.state_dict().items()}}
+
+
+@pytest.mark.parametrize(
+    ("shapes", "fraction"),
+    [
+        ([((8, 131072), 1)], 0.5),  # rows of 512 KiB: each rank reads one byte range per row, only its columns
+        ([((6, 10, 12), 2), ((5, 7, 9), 1)], 1.0),  # short rows: bands of whole rows, its columns copied out
+    ],
+)
+def test_shards_along_columns_read_runs_or_bands(tmp_path: Path, shapes: list[Any], fraction: float) -> None:
+    torch.manual_seed(5)
+    state = {f"p{i}": torch.randn(shape) for i, (shape, _) in enumerate(shapes)}
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path))
+    total = sum(t.nbytes for t in state.values())
+    for result in run_ranks(_wide, 2, str(path), shapes):
+        assert all(torch.equal(result["full"][k], v) for k, v in state.items())
+        assert result["read"] <= total * fraction + 300 * 1024, (result["read"], total)

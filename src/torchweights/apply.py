@@ -269,6 +269,7 @@ def _apply_checkpoint(
 
     requests: list[tuple[TensorRecord, torch.Tensor]] = []
     shards: list[tuple[TensorRecord, torch.Tensor]] = []  # parts of sharded tensors: CRC-checked by all ranks
+    bands: list[Any] = []  # rows of sharded tensors read through scratch (distributed.Band)
     replaced: dict[str, torch.Tensor] = {}
     in_place: list[str] = []
     for action in own:
@@ -277,11 +278,12 @@ def _apply_checkpoint(
         module, attr = _owner(model, action.target)
         current = _current(module, attr)
         if spec.entries[action.target].sharded and current is not None:
-            from .distributed import local_requests  # only for a sharded model
+            from .distributed import local_reads  # only for a sharded model
 
-            parts = local_requests(record, current)  # this rank's bytes only, into its own shard
+            parts, banded = local_reads(record, current)  # this rank's bytes only, into its own shard
             shards.extend(parts)
-            bytes_read += sum(part.nbytes for part, _ in parts) - record.nbytes
+            bands.extend(banded)
+            bytes_read += sum(p.nbytes for p, _ in parts) + sum(b.span.nbytes for b in banded) - record.nbytes
             in_place.append(action.target)
             continue
         dst_dtype = dtypes.to_torch(action.dst_dtype or action.src_dtype or "float32")
@@ -300,8 +302,11 @@ def _apply_checkpoint(
         replaced[action.target] = new
 
     result = fill(requests, check_crc=check_crc)
-    if shards:  # (a rank reads part of a member: the ranks check its CRC-32 together, distributed.check_pieces)
+    if shards or bands:  # (a rank reads part of a member: the ranks check its CRC-32 together, check_pieces)
+        from .distributed import read_bands
+
         fill(shards, check_crc=False)
+        read_bands(bands)
     if result.bad_crc:
         raise crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
 

@@ -8,7 +8,7 @@ for a plain model, on every rank; then:
    digest of its plan. If any rank failed, every rank raises the same error (the first failing rank's, with its
    class and code); if the plans differ (another file on another node), every rank raises ``ranks-disagree``.
    Nothing has been read or written yet, so no rank's parameters changed.
-2. :func:`local_requests`: each rank reads only the bytes of its own box of each sharded tensor, straight into its
+2. :func:`local_reads`: each rank reads only the bytes of its own box of each sharded tensor, straight into its
    local shard (:func:`torchweights.storage.regions.regions` turns the box into byte ranges of the file, or of the
    chunks of a DCP folder saved on any number of ranks: resharding is a matter of which bytes are read). Tensors
    that are not sharded (buffers) are read whole, as for a plain model.
@@ -22,12 +22,15 @@ seen by some ranks cannot leave the others waiting in a collective.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import CODES, LoadError, RuleError, TorchWeightsError
+from .structs import structure
 from .text import quote
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .records import Checkpoint, StorageRef, TensorRecord
 
 __all__ = [
+    "Band",
     "Piece",
     "agree",
     "check_pieces",
@@ -47,7 +51,8 @@ __all__ = [
     "unsharded_modules",
     "is_dtensor",
     "local_box",
-    "local_requests",
+    "local_reads",
+    "read_bands",
     "plan_digest",
     "shard_parts",
 ]
@@ -85,13 +90,89 @@ def _slices(offsets: tuple[int, ...], sizes: tuple[int, ...]) -> tuple[slice, ..
     return tuple(slice(o, o + n) for o, n in zip(offsets, sizes))
 
 
-def local_requests(record: TensorRecord, tensor: torch.Tensor) -> list[tuple[TensorRecord, torch.Tensor]]:
-    """The reads that fill this rank's shard of ``tensor`` from ``record`` (the whole tensor in the file):
-    ``(part of the record, part of the local shard)`` pairs, only the bytes of this rank's box."""
+#: A box that is not contiguous in the file (a tensor-parallel shard along columns) is read as one byte range per
+#: row when each row's part is at least this long...
+RUN_BYTES = 256 << 10
+#: ... and as bands of whole rows of at most this many bytes otherwise (the rank's columns copied out of each band):
+#: bounded memory either way, never a copy of the whole storage.
+BAND_BYTES = 16 << 20
+
+
+@structure(frozen=True)
+class Band:
+    """Rows of a box read as one byte range (``span``: a flat record of the elements from the first row's first to
+    the last row's last), then copied from ``as_strided(shape, stride)`` of it into ``dst``."""
+
+    span: TensorRecord
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dst: Any
+
+
+def _pieces(part: TensorRecord, dst: torch.Tensor) -> tuple[list[tuple[TensorRecord, torch.Tensor]], list[Band]]:
+    """``part`` (a box of a record) as reads: itself when it is contiguous in the file; else one contiguous run per
+    leading index when runs are long (:data:`RUN_BYTES`), else bands of rows (:data:`BAND_BYTES`)."""
+    if part.is_contiguous or part.storage is None or not part.shape:
+        return [(part, dst)], []
+    k = next(
+        (
+            k
+            for k in range(1, len(part.shape))
+            if replace(part, shape=part.shape[k:], stride=part.stride[k:]).is_contiguous
+        ),
+        len(part.shape),
+    )
+    inner = replace(part, shape=part.shape[k:], stride=part.stride[k:])
+    if k < len(part.shape) and inner.nbytes >= RUN_BYTES:
+        runs = []
+        for index in itertools.product(*(range(n) for n in part.shape[:k])):
+            moved = part.storage_offset + sum(i * s for i, s in zip(index, part.stride))
+            runs.append((replace(inner, storage_offset=moved), dst[index]))
+        return runs, []
+    rows, step = part.shape[0], part.stride[0]
+    extent = 1 + sum((n - 1) * s for n, s in zip(part.shape[1:], part.stride[1:]))  # elements one row spans
+    per = max(1, BAND_BYTES // max(1, step * part.itemsize))
+    bands = []
+    for i in range(0, rows, per):
+        j = min(rows, i + per)
+        count = (j - i - 1) * step + extent
+        span = replace(part, shape=(count,), stride=(1,), storage_offset=part.storage_offset + i * step)
+        bands.append(Band(span, (j - i, *part.shape[1:]), part.stride, dst[i:j]))
+    return [], bands
+
+
+def local_reads(
+    record: TensorRecord, tensor: torch.Tensor
+) -> tuple[list[tuple[TensorRecord, torch.Tensor]], list[Band]]:
+    """The reads that fill this rank's shard of ``tensor`` from ``record`` (the whole tensor in the file), only the
+    bytes of this rank's box (and, for a box along columns with short rows, of the rows it spans): ``(part of the
+    record, part of the local shard)`` pairs for :func:`~torchweights.storage.read.fill`, and bands for
+    :func:`read_bands`."""
     from .storage.regions import regions
 
     local, offsets, sizes = local_box(tensor)
-    return [(part, local[where]) for part, where in regions(record, offsets, sizes)]
+    direct: list[tuple[TensorRecord, torch.Tensor]] = []
+    bands: list[Band] = []
+    for part, where in regions(record, offsets, sizes):
+        more, banded = _pieces(part, local[where])
+        direct += more
+        bands += banded
+    return direct, bands
+
+
+def read_bands(bands: Iterable[Band]) -> None:
+    """Read each band into a scratch buffer of its own size (at most :data:`BAND_BYTES`) and copy the box's elements
+    out of it, one band at a time."""
+    import torch
+
+    from . import dtypes
+    from .storage.read import fill
+
+    for band in bands:
+        scratch = torch.empty(band.span.shape, dtype=dtypes.to_torch(band.span.dtype))
+        fill([(band.span, scratch)], check_crc=False)  # (CRC-32: the ranks' pieces, check_pieces)
+        with torch.no_grad():
+            band.dst.copy_(scratch.as_strided(band.shape, band.stride))
 
 
 def copy_local(tensor: torch.Tensor, full: torch.Tensor) -> None:
@@ -293,14 +374,16 @@ def shard_parts(
     plan: Plan, model: torch.nn.Module, records: Mapping[str, TensorRecord], spec: ModelSpec
 ) -> list[tuple[TensorRecord, torch.Tensor]]:
     """The parts of the file's records this rank read into its shards, with where each landed (as
-    :func:`local_requests` gives them)."""
+    :func:`local_reads` gives them)."""
     parts: list[tuple[TensorRecord, torch.Tensor]] = []
     for action in plan.by_kind("load"):
         entry = spec.entries.get(action.target or "")
         if entry is None or not entry.sharded or action.source is None or action.adapt is not None:
             continue
         tensor = model.get_parameter(entry.name) if entry.kind == "parameter" else model.get_buffer(entry.name)
-        parts.extend(local_requests(records[action.source], tensor))
+        direct, bands = local_reads(records[action.source], tensor)
+        parts += direct
+        parts += [(band.span, band.dst) for band in bands]  # read again from the file for their CRC-32
     return parts
 
 

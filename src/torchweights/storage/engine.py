@@ -174,8 +174,17 @@ class Engine:
         cuts = sorted({lo, hi, *(p for t in targets for p in (t.start, t.end) if lo < p < hi)})
         out: list[_Job] = []
         chunk = self.scratch.size
+        # A sweep over the cuts: the targets that cover each segment, in their own order, without comparing every
+        # target with every segment (thousands of pieces of one storage: a shard read row by row).
+        order = sorted(range(len(targets)), key=lambda i: targets[i].start)
+        active: list[int] = []
+        nxt = 0
         for a, b in pairwise(cuts):
-            covering = [t for t in targets if t.start <= a and b <= t.end]
+            while nxt < len(order) and targets[order[nxt]].start <= a:
+                active.append(order[nxt])
+                nxt += 1
+            active = [i for i in active if targets[i].end >= b]
+            covering = [targets[i] for i in sorted(active)]
             if not covering and not crc:
                 continue
             direct = next((t for t in covering if t.mem is not None), None) if self.settings.direct else None
