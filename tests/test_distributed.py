@@ -490,3 +490,24 @@ def test_shards_along_columns_read_runs_or_bands(tmp_path: Path, shapes: list[An
     for result in run_ranks(_wide, 2, str(path), shapes):
         assert all(torch.equal(result["full"][k], v) for k, v in state.items())
         assert result["read"] <= total * fraction + 300 * 1024, (result["read"], total)
+
+
+def _partial(rank: int, world: int, path: str) -> tuple[str, str] | None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial
+
+    net = nn.Linear(3, 2, bias=False)
+    net.weight = nn.Parameter(DTensor.from_local(torch.zeros(2, 3), init_device_mesh("cpu", (world,)), [Partial()]))
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        return exc.code, exc.message
+    return None
+
+
+def test_a_partial_placement_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "linear.safetensors"
+    save_file({"weight": torch.ones(2, 3)}, str(path))
+    for result in run_ranks(_partial, 2, str(path)):
+        assert result is not None and result[0] == "bad-model" and "Partial" in result[1]
+        assert "nothing was read" in result[1]

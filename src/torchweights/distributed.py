@@ -222,6 +222,9 @@ def check_sharded(model: torch.nn.Module, plan: Plan, spec: ModelSpec, *, mmap: 
     sharded = [e for e in spec.entries.values() if e.sharded]
     if not sharded:
         return
+    for tensor in (*model.parameters(), *model.buffers()):
+        if is_dtensor(tensor) and not tensor.is_meta:
+            local_box(tensor)  # Partial placements and padded shards refused here, before anything is read
     if mmap or check_values:
         option = "mmap=True" if mmap else "check_values=True"
         raise RuleError(
