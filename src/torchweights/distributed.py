@@ -1,19 +1,23 @@
 """Sharded models: ``load_into`` on every rank of an FSDP2 (``fully_shard``) or DTensor model.
 
 A sharded parameter is a ``DTensor``: its ``shape`` is the global one, and each rank holds one box of it (FSDP2:
-a range of rows, ``torch.chunk``-style, possibly empty). The plan is made against the global shapes, exactly as
-for a plain model, on every rank; then:
+a range of rows, ``torch.chunk``-style, possibly empty; tensor parallel: columns). The plan is made against the
+global shapes, exactly as for a plain model, on every rank; then:
 
-1. :func:`agree`: every rank of the default process group tells the others whether it could open and plan, and a
-   digest of its plan. If any rank failed, every rank raises the same error (the first failing rank's, with its
-   class and code); if the plans differ (another file on another node), every rank raises ``ranks-disagree``.
-   Nothing has been read or written yet, so no rank's parameters changed.
+1. :func:`agree`: every rank of the default process group tells the others whether it could open and plan (the
+   options included), and a digest of its plan and of its files (:func:`plan_digest`: sizes and sampled bytes, not
+   paths). If any rank failed, every rank raises the same error (the first failing rank's, with its class and
+   code); if the digests differ (another copy of the file on some node), every rank raises ``ranks-disagree``.
+   Nothing has been read or written yet, so no rank's parameters changed. :func:`check_sharded` refuses what a
+   sharded model cannot take in this step.
 2. :func:`local_reads`: each rank reads only the bytes of its own box of each sharded tensor, straight into its
    local shard (:func:`torchweights.storage.regions.regions` turns the box into byte ranges of the file, or of the
-   chunks of a DCP folder saved on any number of ranks: resharding is a matter of which bytes are read). Tensors
-   that are not sharded (buffers) are read whole, as for a plain model.
-3. :func:`agree` again after the reads: a rank whose read failed (an I/O error, a file changed) makes every rank
-   raise the same error, which says that shards were written.
+   chunks of a DCP folder saved on any number of ranks: resharding is a matter of which bytes are read; a box
+   along columns is read row by row or in bands, :func:`read_bands`). Tensors that are not sharded (buffers) are
+   read whole, as for a plain model.
+3. :func:`agree` again after the reads, carrying each rank's CRC-32 pieces (:func:`crc_pieces`): a rank whose read
+   failed (an I/O error, a file changed) makes every rank raise the same error, which says that shards were
+   written; :func:`check_pieces` joins the pieces of each zip member and compares them with its recorded CRC-32.
 
 Collectives run only where every rank calls them in the same order (before and after the reads), so a failure
 seen by some ranks cannot leave the others waiting in a collective.
@@ -48,13 +52,13 @@ __all__ = [
     "check_sharded",
     "copy_local",
     "crc_pieces",
-    "unsharded_modules",
     "is_dtensor",
     "local_box",
     "local_reads",
-    "read_bands",
     "plan_digest",
+    "read_bands",
     "shard_parts",
+    "unsharded_modules",
 ]
 
 
