@@ -511,3 +511,77 @@ def test_a_partial_placement_is_refused_before_anything_is_read(tmp_path: Path) 
     for result in run_ranks(_partial, 2, str(path)):
         assert result is not None and result[0] == "bad-model" and "Partial" in result[1]
         assert "nothing was read" in result[1]
+
+
+def _transposed(rank: int, world: int, path: str, dim: int, band: int) -> dict[str, Any]:
+    """A ``.pt`` tensor stored transposed, sharded along ``dim``; bands of ``band`` bytes at most."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from torchweights import distributed
+
+    distributed.BAND_BYTES = band
+    shape = tuple(tw.open(path)["w"].shape)
+    net = nn.Module()
+    net.w = nn.Parameter(distribute_tensor(torch.zeros(shape), init_device_mesh("cpu", (world,)), [Shard(dim)]))
+    try:
+        tw.load_into(net, path)  # first: the lazy imports
+    except tw.TorchWeightsError as exc:
+        return {"error": exc.code}
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = _status("VmRSS")
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        return {"error": exc.code}
+    return {"error": None, "peak": _status("VmHWM") - before, "w": net.w.full_tensor()}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs /proc/self/clear_refs (Linux)")
+@pytest.mark.parametrize("dim", [0, 1])
+def test_a_transposed_tensor_is_read_in_bounded_bands_and_its_crc_checked(tmp_path: Path, dim: int) -> None:
+    """Stored column-major: a rank's part is spread over the whole storage. Bands stay within their bound (not one
+    band of the whole storage), a good file passes its CRC-32 (the band's bytes are not the shard's order), and a
+    flipped byte in rows every rank reads in part fails it on every rank."""
+    torch.manual_seed(7)
+    w = torch.randn(1024, 512)
+    path = tmp_path / "t.pt"
+    torch.save({"w": w.t()}, path)  # shape (512, 1024), strides (1, 512)
+    for result in run_ranks(_transposed, 2, str(path), dim, 256 * 1024):
+        assert result["error"] is None and torch.equal(result["w"], w.t())
+        assert result["peak"] < (1 << 20) + (256 << 10) * 4, result["peak"]  # the shard is allocated already
+    ref = tw.open(path)["w"].storage
+    assert ref is not None
+    data = bytearray(path.read_bytes())
+    data[ref.offset + ref.nbytes // 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert [r["error"] for r in run_ranks(_transposed, 2, str(path), dim, 256 * 1024)] == ["bad-crc", "bad-crc"]
+
+
+def test_a_flipped_byte_under_column_shards_with_short_rows_fails_everywhere(tmp_path: Path) -> None:
+    """Short rows: every rank reads bands of whole rows, so the ranks' pieces overlap and do not join; the member is
+    then checked whole, by one rank, and every rank raises."""
+    torch.manual_seed(8)
+    path = tmp_path / "m.pt"
+    torch.save({"weight": torch.randn(64, 96)}, path)
+    ref = tw.open(path)["weight"].storage
+    assert ref is not None
+    data = bytearray(path.read_bytes())
+    data[ref.offset + 1000] ^= 0x01
+    path.write_bytes(bytes(data))
+    for world in (2, 3):
+        assert run_ranks(_column_code, world, str(path)) == ["bad-crc"] * world
+
+
+def _column_code(rank: int, world: int, path: str) -> str | None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    net = nn.Linear(96, 64, bias=False)
+    net.weight = nn.Parameter(distribute_tensor(torch.zeros(64, 96), init_device_mesh("cpu", (world,)), [Shard(1)]))
+    try:
+        tw.load_into(net, path)
+    except tw.TorchWeightsError as exc:
+        return exc.code
+    return None

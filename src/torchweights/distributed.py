@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import CODES, LoadError, RuleError, TorchWeightsError
+from .errors import CODES, CorruptCheckpointError, LoadError, RuleError, TorchWeightsError
 from .structs import structure
 from .text import quote
 
@@ -133,15 +133,19 @@ def _pieces(part: TensorRecord, dst: torch.Tensor) -> tuple[list[tuple[TensorRec
             moved = part.storage_offset + sum(i * s for i, s in zip(index, part.stride))
             runs.append((replace(inner, storage_offset=moved), dst[index]))
         return runs, []
-    rows, step = part.shape[0], part.stride[0]
-    extent = 1 + sum((n - 1) * s for n, s in zip(part.shape[1:], part.stride[1:]))  # elements one row spans
-    per = max(1, BAND_BYTES // max(1, step * part.itemsize))
+    # Bands along the dimension that strides furthest through the file (rows, or columns of a transposed tensor),
+    # as many of its indices per band as keep the band's span within BAND_BYTES (at least one).
+    d = max(range(len(part.shape)), key=lambda k: (part.shape[k] > 1, part.stride[k]))
+    count, step = part.shape[d], part.stride[d]
+    extent = 1 + sum((n - 1) * s for k, (n, s) in enumerate(zip(part.shape, part.stride)) if k != d)
+    per = max(1, (BAND_BYTES // part.itemsize - extent) // max(1, step) + 1)
     bands = []
-    for i in range(0, rows, per):
-        j = min(rows, i + per)
-        count = (j - i - 1) * step + extent
-        span = replace(part, shape=(count,), stride=(1,), storage_offset=part.storage_offset + i * step)
-        bands.append(Band(span, (j - i, *part.shape[1:]), part.stride, dst[i:j]))
+    for i in range(0, count, per):
+        j = min(count, i + per)
+        elements = (j - i - 1) * step + extent
+        span = replace(part, shape=(elements,), stride=(1,), storage_offset=part.storage_offset + i * step)
+        shape = tuple(j - i if k == d else n for k, n in enumerate(part.shape))
+        bands.append(Band(span, shape, part.stride, dst.narrow(d, i, j - i)))
     return [], bands
 
 
@@ -379,10 +383,10 @@ Piece = tuple[int, str, int, int, int]
 
 def shard_parts(
     plan: Plan, model: torch.nn.Module, records: Mapping[str, TensorRecord], spec: ModelSpec
-) -> list[tuple[TensorRecord, torch.Tensor]]:
+) -> list[tuple[TensorRecord, torch.Tensor | None]]:
     """The parts of the file's records this rank read into its shards, with where each landed (as
     :func:`local_reads` gives them)."""
-    parts: list[tuple[TensorRecord, torch.Tensor]] = []
+    parts: list[tuple[TensorRecord, torch.Tensor | None]] = []
     for action in plan.by_kind("load"):
         entry = spec.entries.get(action.target or "")
         if entry is None or not entry.sharded or action.source is None or action.adapt is not None:
@@ -390,11 +394,11 @@ def shard_parts(
         tensor = model.get_parameter(entry.name) if entry.kind == "parameter" else model.get_buffer(entry.name)
         direct, bands = local_reads(records[action.source], tensor)
         parts += direct
-        parts += [(band.span, band.dst) for band in bands]  # read again from the file for their CRC-32
+        parts += [(band.span, None) for band in bands]  # (not in the shard as stored: read again for the CRC-32)
     return parts
 
 
-def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]], files: Sequence[str]) -> list[Piece]:
+def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor | None]], files: Sequence[str]) -> list[Piece]:
     """The CRC-32 of each byte range this rank read into its shards of a zip member that records one (the shards
     are read without the engine's own check, which would read each whole member on every rank): computed over the
     shard's memory where the bytes landed as they are stored, else read again from the file in bounded chunks (from
@@ -415,8 +419,8 @@ def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]], files: Sequen
         if ref.file not in place:
             continue
         start, end = span(part)
-        as_stored = lands_as_is(part, ref, landed) and ref.byteorder == "little" and not (part.conj or part.neg)
-        if as_stored:
+        plain = ref.byteorder == "little" and not (part.conj or part.neg)
+        if landed is not None and plain and lands_as_is(part, ref, landed):
             flat = landed.detach().view(-1).view(torch.uint8)
             value = crc32(memory_of(flat), 0, flat.data_ptr())
         else:
@@ -427,11 +431,27 @@ def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor]], files: Sequen
     return pieces
 
 
+def _covers(found: Iterable[tuple[int, int, int]], nbytes: int) -> bool:
+    """Whether the ranges ``(start, end, _)`` together cover ``[0, nbytes)``."""
+    at = 0
+    for start, end, _ in sorted(found):
+        if start > at:
+            return False
+        at = max(at, end)
+    return at >= nbytes
+
+
 def check_pieces(pieces: Iterable[Piece], checkpoint: Checkpoint, consequence: str) -> None:
     """Join the pieces every rank read of each zip member; where they cover the whole member, compare the joined
-    CRC-32 with the recorded one (``bad-crc`` on every rank at once on a mismatch). A member the ranks read only
-    part of together is not checked, as a single-process load does not check a storage it reads part of."""
+    CRC-32 with the recorded one (``bad-crc`` on every rank at once on a mismatch). Where the ranks' pieces cover a
+    member but overlap so that they do not join (bands of whole rows read by every rank), the member is checked
+    whole, by one rank each (spread over the ranks), and the ranks share the outcome. A member the ranks read only
+    part of together is not checked, as a single-process load does not check a storage it reads part of. Called
+    by every rank with the same gathered pieces (its collective is symmetric)."""
+    import torch.distributed as dist
+
     from .storage.crc import crc32_combine
+    from .storage.raw import storage_crc
     from .storage.results import CrcMismatch, crc_error
 
     place = {file: i for i, file in enumerate(checkpoint.files)}
@@ -446,6 +466,7 @@ def check_pieces(pieces: Iterable[Piece], checkpoint: Checkpoint, consequence: s
     for file, key, start, end, value in pieces:
         by_member.setdefault((file, key), set()).add((start, end, value))
     bad: list[Any] = []
+    whole: list[tuple[int, str]] = []  # covered together, but not joinable: checked whole
     for member, found in sorted(by_member.items()):
         ref = refs.get(member)
         if ref is None or ref.crc32 is None:
@@ -460,8 +481,28 @@ def check_pieces(pieces: Iterable[Piece], checkpoint: Checkpoint, consequence: s
                 break  # a gap: not read whole by the ranks together
             joined = crc32_combine(joined, value, end - start) if at else value
             at = end
-        if at == ref.nbytes and joined != ref.crc32:
-            bad.append(CrcMismatch(ref, ref.crc32, joined, tuple(names.get(member, ()))))
+        if at == ref.nbytes:
+            if joined != ref.crc32:
+                bad.append(CrcMismatch(ref, ref.crc32, joined, tuple(names.get(member, ()))))
+        elif _covers(found, ref.nbytes):
+            whole.append(member)
+    if whole:  # (the same list on every rank: every rank takes part)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        mine: list[tuple[tuple[int, str], int | None, str]] = []
+        for i, member in enumerate(whole):
+            if i % world == rank:
+                try:
+                    mine.append((member, storage_crc(refs[member]), ""))
+                except TorchWeightsError as exc:  # shared below: every rank raises, none waits
+                    mine.append((member, None, exc.message))
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        for member, value, failed in (item for items in gathered for item in items):
+            ref = refs[member]
+            if value is None:
+                raise CorruptCheckpointError(f"{consequence} {failed}", code="bad-crc", path=ref.file)
+            if value != ref.crc32:
+                bad.append(CrcMismatch(ref, ref.crc32 or 0, value, tuple(names.get(member, ()))))
     if bad:
         raise crc_error(bad, consequence)
 
