@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -360,7 +359,7 @@ def load_into(
     from .apply import apply_plan, bytes_to_read
     from .errors import RuleError
     from .plan.rules import Rules
-    from .plan.spec import ModelSpec
+    from .plan.spec import ModelSpec, is_sharded
 
     started = time.perf_counter()
 
@@ -384,8 +383,8 @@ def load_into(
             "or dry_run=True to plan only.",
             code="bad-model",
         )
-    if not dry_run and not isinstance(model, ModelSpec) and _sharded(model):
-        from .distributed import Piece, agree, check_pieces, check_sharded, crc_pieces, plan_digest, shard_parts
+    if not dry_run and not isinstance(model, ModelSpec) and is_sharded(model):
+        from .distributed import Piece, agree, check_pieces, check_sharded, plan_digest
 
         # Every rank plans; all agree before any byte is read, and again after the reads (see distributed.py).
         failure: Exception | None = None
@@ -404,11 +403,9 @@ def load_into(
         assert report is not None
         pieces: list[Piece] = []
         try:
-            with metered(progress):
-                done = apply_plan(plan, model, checkpoint, spec, check_crc=check_crc)
+            with metered(progress):  # (pieces: the zip members' parts this rank read, for their CRC-32)
+                done = apply_plan(plan, model, checkpoint, spec, check_crc=check_crc, pieces=pieces)
             report.bytes_read, report.fallback_modules = done
-            if check_crc and isinstance(checkpoint, Checkpoint):  # zip members the ranks read part of each
-                pieces = crc_pieces(shard_parts(plan, model, checkpoint.records, spec), checkpoint.files)
         except Exception as exc:
             failure = exc
         everyone = agree(failure, "", written=True, report=report, payload=pieces)
@@ -487,16 +484,6 @@ def _planned(
             plan = reconcile(checkpoint, spec, rules, source=name)
     report = LoadReport(plan, notes=builtins.list(checkpoint.warnings) if isinstance(checkpoint, Checkpoint) else [])
     return checkpoint, spec, plan, report
-
-
-def _sharded(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is sharded: an FSDP2 module (sharded or not at the moment) or a model with a DTensor
-    parameter or buffer (tensor parallel)."""
-    fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
-    if fsdp is not None and any(isinstance(m, fsdp) for m in model.modules()):
-        return True
-    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
-    return dtensor is not None and any(isinstance(t, dtensor) for t in (*model.parameters(), *model.buffers()))
 
 
 def _on_meta(model: torch.nn.Module) -> tuple[str, ...]:

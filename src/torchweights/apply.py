@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CorruptCheckpointError
 from .plan.model import Action, Plan
 from .plan.sources import extra_state_values, mapping_tensors
-from .plan.spec import ModelSpec
+from .plan.spec import ModelSpec, is_dtensor
 from .records import Checkpoint, TensorRecord
 from .text import plural, quote, shorten_list
 
@@ -86,6 +86,7 @@ def apply_plan(
     *,
     check_crc: bool = True,
     mmap: bool = False,
+    pieces: list[Any] | None = None,
 ) -> tuple[int, tuple[str, ...]]:
     """Execute ``plan`` on ``model``.
 
@@ -96,6 +97,8 @@ def apply_plan(
         spec: the model's spec the plan was made against.
         check_crc: check zip members' CRC-32 while reading (``bad-crc`` on mismatch).
         mmap: assign parameters as views of a private mapping of the file where possible.
+        pieces: on a sharded model, receives the CRC-32 of every part of a zip member this rank read into its
+            shards (:func:`torchweights.distributed.crc_pieces`, with ``check_crc``), for the ranks to join.
 
     Returns:
         ``(bytes read from the checkpoint, modules loaded through torch's own path)``.
@@ -115,7 +118,7 @@ def apply_plan(
         else:
             fallback_actions.setdefault(custom, []).append(action)
     if isinstance(checkpoint, Checkpoint):
-        return _apply_checkpoint(plan, model, checkpoint, spec, own, fallback_actions, check_crc, mmap)
+        return _apply_checkpoint(plan, model, checkpoint, spec, own, fallback_actions, check_crc, mmap, pieces)
     return _apply_mapping(plan, model, checkpoint, spec, own, fallback_actions)
 
 
@@ -224,6 +227,7 @@ def _apply_checkpoint(
     fallback_actions: dict[str, list[Action]],
     check_crc: bool,
     mmap: bool,
+    pieces: list[Any] | None,
 ) -> tuple[int, tuple[str, ...]]:
     import torch
 
@@ -303,10 +307,12 @@ def _apply_checkpoint(
 
     result = fill(requests, check_crc=check_crc)
     if shards or bands:  # (a rank reads part of a member: the ranks check its CRC-32 together, check_pieces)
-        from .distributed import read_bands
+        from .distributed import crc_pieces, read_bands
 
         fill(shards, check_crc=False)
         read_bands(bands)
+        if check_crc and pieces is not None:  # a band's bytes are not in the shard as stored: read again
+            pieces += crc_pieces([*shards, *((band.span, None) for band in bands)], checkpoint.files)
     if result.bad_crc:
         raise crc_error(result.bad_crc, _consequence(in_place, result.bad_crc))
 
@@ -489,12 +495,11 @@ def _put_adapted(
 
 def _copy_sharded(current: torch.Tensor | None, full: torch.Tensor) -> bool:
     """Copy this rank's part of ``full`` into ``current`` when it is a sharded tensor (a DTensor); False otherwise."""
-    if current is None or type(current).__name__ != "DTensor":
-        return False
-    from .distributed import copy_local, is_dtensor  # only for a sharded model
-
     if not is_dtensor(current):
         return False
+    from .distributed import copy_local  # only for a sharded model
+
+    assert current is not None
     copy_local(current, full)
     return True
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import CODES, CorruptCheckpointError, LoadError, RuleError, TorchWeightsError
+from .plan.spec import fsdp_module_type, is_dtensor
 from .structs import structure
 from .text import quote
 
@@ -52,20 +52,12 @@ __all__ = [
     "check_sharded",
     "copy_local",
     "crc_pieces",
-    "is_dtensor",
     "local_box",
     "local_reads",
     "plan_digest",
     "read_bands",
-    "shard_parts",
     "unsharded_modules",
 ]
-
-
-def is_dtensor(tensor: object) -> bool:
-    """Whether ``tensor`` is a ``DTensor`` (without importing torch.distributed: none exists before it is)."""
-    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
-    return dtensor is not None and isinstance(tensor, dtensor)
 
 
 def local_box(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
@@ -196,7 +188,7 @@ def unsharded_modules(model: torch.nn.Module) -> list[str]:
     """The FSDP2 modules of ``model`` whose parameters are unsharded at the moment (after a forward, before its
     backward): their registered parameters are then temporary full copies, which FSDP2 drops at the next reshard,
     so a load into them would be lost."""
-    fsdp = getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
+    fsdp = fsdp_module_type()
     found: list[str] = []
     if fsdp is None:
         return found
@@ -379,23 +371,6 @@ def agree(
 #: One piece of a zip member read by one rank: ``(file's place in Checkpoint.files, storage key, start, end,
 #: CRC-32 of bytes [start, end))``; the file by its place, not its path, which may differ between nodes.
 Piece = tuple[int, str, int, int, int]
-
-
-def shard_parts(
-    plan: Plan, model: torch.nn.Module, records: Mapping[str, TensorRecord], spec: ModelSpec
-) -> list[tuple[TensorRecord, torch.Tensor | None]]:
-    """The parts of the file's records this rank read into its shards, with where each landed (as
-    :func:`local_reads` gives them)."""
-    parts: list[tuple[TensorRecord, torch.Tensor | None]] = []
-    for action in plan.by_kind("load"):
-        entry = spec.entries.get(action.target or "")
-        if entry is None or not entry.sharded or action.source is None or action.adapt is not None:
-            continue
-        tensor = model.get_parameter(entry.name) if entry.kind == "parameter" else model.get_buffer(entry.name)
-        direct, bands = local_reads(records[action.source], tensor)
-        parts += direct
-        parts += [(band.span, None) for band in bands]  # (not in the shard as stored: read again for the CRC-32)
-    return parts
 
 
 def crc_pieces(parts: Iterable[tuple[TensorRecord, torch.Tensor | None]], files: Sequence[str]) -> list[Piece]:

@@ -17,7 +17,7 @@ from ..structs import structure
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["ModelEntry", "ModelSpec"]
+__all__ = ["ModelEntry", "ModelSpec", "fsdp_module_type", "is_dtensor", "is_sharded"]
 
 #: Buffer names of torch's normalisation layers, for :meth:`ModelSpec.from_tuples`.
 _BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")
@@ -136,8 +136,6 @@ class ModelSpec:
         on_meta = False
         by_class: dict[type, tuple[bool, bool]] = {}  # per class, once a call: (overrides loading, extra state)
         dtype_names: dict[Any, str] = {}
-        # DTensor, only where torch.distributed.tensor was imported (no sharded model exists otherwise)
-        dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
         for module_name, module in model.named_modules(remove_duplicate=False):
             module_class = type(module)
             traits = by_class.get(module_class)
@@ -188,7 +186,7 @@ class ModelSpec:
                     dtype = dtype_names.get(tensor.dtype)
                     if dtype is None:
                         dtype = dtype_names[tensor.dtype] = str(tensor.dtype).removeprefix("torch.")
-                    sharded = dtensor is not None and isinstance(tensor, dtensor)
+                    sharded = is_dtensor(tensor)
                     entries[name] = ModelEntry(name, shape, dtype, kind, tied_to, module_name, meta, sharded)
             if owns_meta:
                 method = init_method(module)
@@ -207,6 +205,27 @@ class ModelSpec:
 
 #: The last part of the state-dict key under which torch saves a module's ``get_extra_state()``.
 EXTRA_STATE = "_extra_state"
+
+
+def is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a sharded tensor), without importing torch.distributed: none exists
+    before it is imported."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+def fsdp_module_type() -> type | None:
+    """FSDP2's ``FSDPModule`` class where torch.distributed.fsdp was imported, else None (no FSDP2 module exists)."""
+    return getattr(sys.modules.get("torch.distributed.fsdp"), "FSDPModule", None)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is sharded: it has an FSDP2 module (sharded or not at the moment) or a DTensor parameter or
+    buffer (tensor parallel)."""
+    fsdp = fsdp_module_type()
+    if fsdp is not None and any(isinstance(m, fsdp) for m in model.modules()):
+        return True
+    return any(is_dtensor(t) for t in (*model.parameters(), *model.buffers()))
 
 
 def has_extra_state(module: torch.nn.Module) -> bool:
