@@ -448,3 +448,19 @@ def test_verify_checks_the_crc_of_every_chunk(tmp_path: Path) -> None:
     report = tw.verify(folder)
     assert not report.ok
     assert [c.code for c in report.problems] == ["bad-crc"] and "archive/data/0" in report.problems[0].detail
+
+
+def test_verify_counts_and_hashes_the_folders_files(tmp_path: Path) -> None:
+    """A DCP folder is its files: verify counts them, and a sha256 manifest is checked against each of them (it
+    used to look for the folder itself in the manifest)."""
+    import hashlib
+
+    folder = tmp_path / "ckpt"
+    dcp.save({"w": torch.randn(10, 10)}, checkpoint_id=str(folder))
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    manifest = tmp_path / "SHA256SUMS"
+    manifest.write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in files))
+    report = tw.verify(folder, manifest=manifest)
+    assert report.ok, str(report)
+    assert sorted(report.files) == sorted(str(p) for p in files)
+    assert sum(c.name.startswith("sha256") for c in report.checks) == len(files)

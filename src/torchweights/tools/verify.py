@@ -264,6 +264,7 @@ def _verify_file(report: VerifyReport, path: str, fmt: str, options: Any, label:
         what = "header valid; tensors tile the data up to the end of the file"
     elif ckpt.format == "dcp":
         what = "items readable"
+        report.files[report.files.index(path) :] = list(ckpt.files)  # its files, not the folder (manifest, count)
         _verify_storages(report, ckpt, where)
     elif fmt in _ZIP_FORMATS:
         what = "pickles and storages consistent with the members"
